@@ -1,0 +1,82 @@
+# -*- test-case-name: tests.test_address -*-
+"""
+Mailbox addresses of local accounts: validation and normal form.
+
+An account address is a dot-atom local part (RFC 5322 §3.2.3) and a domain
+name, both lower-cased.  The local part becomes a directory name under
+C{mail/<domain>/}, so besides the dot-atom rules (no leading, trailing or
+doubled dot) it may not contain C{/}.
+"""
+
+import re
+
+import attrs
+
+# RFC 5322 atext, less "/" (a path separator in the mailbox layout).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+=?^_`{|}~-]"
+_LOCAL_RE = re.compile(rf"^{_ATEXT}+(\.{_ATEXT}+)*$")
+_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+# RFC 5321 §4.5.3.1.1 and §4.5.3.1.2
+MAX_LOCALPART_OCTETS = 64
+MAX_DOMAIN_OCTETS = 255
+
+
+class AddressInvalid(ValueError):
+    """
+    An address is malformed, or its domain is not one of ours.
+    """
+
+
+@attrs.frozen
+class AccountAddress:
+    """
+    A normalised local account address.
+
+    @ivar localpart: the lower-cased local part.
+    @ivar domain: the lower-cased domain.
+    """
+
+    localpart: str
+    domain: str
+
+    def __str__(self) -> str:
+        return f"{self.localpart}@{self.domain}"
+
+
+def isDomainName(name: str) -> bool:
+    """
+    Say whether C{name} is a syntactically valid DNS host or domain name.
+
+    @param name: the candidate, without a trailing dot.
+    @return: C{True} when every label is LDH and the total length fits.
+    """
+    if not name or len(name) > 253:
+        return False
+    return all(_LABEL_RE.match(label) for label in name.split("."))
+
+
+def parseAccountAddress(text: str, domains: tuple[str, ...] | None = None) -> AccountAddress:
+    """
+    Validate and normalise an account address.
+
+    @param text: the address as typed, C{local@domain}.
+    @param domains: the local domains, lower-cased; when given, the domain
+        must be one of them.
+    @return: the normal form.
+    @raise AddressInvalid: with a one-line reason.
+    """
+    if not isinstance(text, str) or text.count("@") != 1:
+        raise AddressInvalid(f"{text!r} is not an address of the form local@domain")
+    local, _, domain = text.strip().rpartition("@")
+    local = local.lower()
+    domain = domain.lower().rstrip(".")
+    if not local or len(local.encode("utf-8")) > MAX_LOCALPART_OCTETS or not _LOCAL_RE.match(local):
+        raise AddressInvalid(f"{text!r}: invalid local part {local!r}")
+    if not isDomainName(domain):
+        raise AddressInvalid(f"{text!r}: invalid domain {domain!r}")
+    if domains is not None and domain not in domains:
+        raise AddressInvalid(
+            f"{text!r}: domain {domain!r} is not a local domain ({', '.join(domains)})"
+        )
+    return AccountAddress(local, domain)

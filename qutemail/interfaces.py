@@ -1,0 +1,149 @@
+# -*- test-case-name: tests.test_interfaces -*-
+"""
+Every zope interface of QutEmail.
+
+Every method returns a L{twisted.internet.defer.Deferred}, even where an
+implementation is synchronous.
+"""
+
+import attrs
+from zope.interface import Attribute, Interface
+
+
+@attrs.frozen
+class Account:
+    """
+    A local user account.
+
+    @ivar address: the normalised address, C{local@domain}.
+    @ivar quotaBytes: the mailbox quota in bytes, or C{None} for the
+        configured default.
+    """
+
+    address: str
+    quotaBytes: int | None = None
+
+    @property
+    def localpart(self) -> str:
+        """
+        The local part of C{address}.
+        """
+        return self.address.rpartition("@")[0]
+
+    @property
+    def domain(self) -> str:
+        """
+        The domain of C{address}.
+        """
+        return self.address.rpartition("@")[2]
+
+
+class UserExists(Exception):
+    """
+    An account with this address already exists.
+    """
+
+
+class NoSuchUser(Exception):
+    """
+    No account has this address.
+    """
+
+
+class IUserDirectory(Interface):
+    """
+    The local accounts: who exists, and their password.
+    """
+
+    def getAccount(address: str):
+        """
+        Look up an account.
+
+        @param address: a normalised address (see L{qutemail.address}).
+        @return: a Deferred firing with the L{Account}, or C{None} when
+            there is no such account.
+        """
+
+    def checkPassword(address: str, password: bytes):
+        """
+        Check a password.
+
+        @param address: a normalised address.
+        @param password: the password as the client sent it.
+        @return: a Deferred firing with the L{Account} when the password is
+            right, or C{None} when it is wrong or there is no such account
+            (the two cases take the same time).
+        """
+
+    def addUser(address: str, password: bytes):
+        """
+        Create an account.
+
+        @return: a Deferred firing with the new L{Account}.
+        @raise UserExists: (in the Deferred) when it already exists.
+        """
+
+    def setPassword(address: str, password: bytes):
+        """
+        Replace an account's password.
+
+        @return: a Deferred firing with C{None}.
+        @raise NoSuchUser: (in the Deferred) when there is no such account.
+        """
+
+    def setQuota(address: str, quotaBytes: int | None):
+        """
+        Set an account's mailbox quota (C{None}: the configured default).
+
+        @return: a Deferred firing with the updated L{Account}.
+        @raise NoSuchUser: (in the Deferred) when there is no such account.
+        """
+
+    def removeUser(address: str):
+        """
+        Delete an account (its mailbox stays on disk).
+
+        @return: a Deferred firing with C{None}.
+        @raise NoSuchUser: (in the Deferred) when there is no such account.
+        """
+
+    def listAccounts():
+        """
+        @return: a Deferred firing with a list of every L{Account}, sorted by
+            address.
+        """
+
+
+class IMessageStore(Interface):
+    """
+    Local mailboxes.
+    """
+
+    def deliver(message, account: Account):
+        """
+        Store a spooled message in an account's INBOX.
+
+        @param message: a L{qutemail.pipeline.spool.SpooledMessage}.
+        @param account: the recipient.
+        @return: a Deferred firing with the stored message's id.
+        @raise qutemail.replies.ReplyError: (in the Deferred) carrying
+            C{OVER_QUOTA} when the mailbox is full.
+        """
+
+    def usage(account: Account):
+        """
+        @return: a Deferred firing with C{(bytes, messages)} in the mailbox.
+        """
+
+
+class IRateLimiter(Interface):
+    """
+    Counters over a sliding window (issue 3).
+    """
+
+    name = Attribute("a short name for logs")
+
+    def consume(key: str, units: int, limit: int, windowSeconds: float, now: float):
+        """
+        @return: a Deferred firing with C{True} when allowed.
+        """

@@ -1,0 +1,228 @@
+# -*- test-case-name: tests.pipeline.test_router -*-
+"""
+The router: what happens to a message once the journal holds it.
+
+Each recipient is local (an account in one of our domains) or remote.  Local
+recipients are delivered to their Maildir at once; a recipient whose
+delivery fails for now (quota, a store error) and every remote recipient go
+to the deferred queue.  Only when every recipient is delivered or durably
+queued is the message marked done in the journal.
+"""
+
+import errno
+import secrets
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.logger import Logger
+
+from qutemail.pipeline.dsn import FailedRecipient, buildReport, originalHeader
+from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.queue.deferred import DEFERRED, RELAY, DeferredQueue, RecipientState, retryDelay
+from qutemail.replies import LOCAL_ERROR, NO_SUCH_USER, STORAGE_FULL, Reply, ReplyError
+
+# How long to wait before retrying a message whose routing itself failed
+# (for example the deferred queue could not be written).
+ROUTE_RETRY_SECONDS = 60.0
+
+
+class QueueIds:
+    """
+    Queue ids: time-ordered, unique on this node across restarts.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        """
+        @param clock: an C{IReactorTime}.
+        """
+        self._clock = clock
+        self._counter = 0
+        self._salt = secrets.token_hex(2)
+
+    def next(self) -> str:
+        """
+        @return: a new queue id (hex: microseconds, salt, counter).
+        """
+        self._counter = (self._counter + 1) & 0xFFFF
+        return f"{int(self._clock.seconds() * 1_000_000):x}{self._salt}{self._counter:04x}".upper()
+
+
+def replyFor(failure) -> Reply:
+    """
+    The reply that describes a failed local delivery.
+
+    @param failure: the L{twisted.python.failure.Failure}.
+    @return: a L{Reply}; our own faults are always temporary.
+    """
+    if failure.check(ReplyError):
+        return failure.value.reply
+    if failure.check(OSError) and failure.value.errno in (errno.ENOSPC, errno.EDQUOT):
+        return STORAGE_FULL
+    return LOCAL_ERROR
+
+
+class Router:
+    """
+    Routes journalled messages to Maildirs and the deferred queue.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        journal: Any,
+        store: Any,
+        users: Any,
+        queue: DeferredQueue,
+        clock: Any,
+        hostname: str,
+        domains: tuple[str, ...],
+        queueIds: QueueIds,
+        retrySchedule: tuple[float, ...],
+        runner: Any,
+    ) -> None:
+        """
+        @param journal: the L{qutemail.queue.journal.Journal}.
+        @param store: the L{qutemail.interfaces.IMessageStore}.
+        @param users: the L{qutemail.interfaces.IUserDirectory}.
+        @param queue: the deferred queue.
+        @param clock: an C{IReactorTime}.
+        @param hostname: this server's name (bounces come from it).
+        @param domains: the local domains.
+        @param queueIds: the queue id source (for bounces).
+        @param retrySchedule: the retry intervals, seconds.
+        @param runner: the L{qutemail.blocking.BlockingRunner}.
+        """
+        self.runner = runner
+        self.journal = journal
+        self.store = store
+        self.users = users
+        self.queue = queue
+        self.clock = clock
+        self.hostname = hostname
+        self.domains = domains
+        self.queueIds = queueIds
+        self.retrySchedule = retrySchedule
+        self._inflight: set[Deferred] = set()
+
+    def isLocal(self, address: str) -> bool:
+        """
+        @return: whether C{address} is in one of our domains.
+        """
+        return address.rpartition("@")[2].lower() in self.domains
+
+    def accept(self, message: SpooledMessage, recovering: bool = False) -> None:
+        """
+        Route a journalled message in the background.
+
+        @param message: the message, durable in the journal.
+        @param recovering: it was found in the journal after a restart, so
+            some copies may already be stored.
+        """
+        d = ensureDeferred(self._route(message, recovering))
+        self._inflight.add(d)
+
+        def failed(failure):
+            self._log.failure("routing {queueId} failed; retrying in {seconds}s", failure,
+                              queueId=message.queueId, seconds=ROUTE_RETRY_SECONDS)
+            self.clock.callLater(ROUTE_RETRY_SECONDS, self.accept, message, True)
+
+        d.addErrback(failed)
+        d.addBoth(lambda _: self._inflight.discard(d))
+
+    async def _route(self, message: SpooledMessage, recovering: bool) -> None:
+        """
+        Deliver or queue every recipient, then mark the message done.
+        """
+        envelope = message.envelope
+        attempts: list[tuple[int, str, Deferred]] = []
+        queued: list[RecipientState] = []
+        now = self.clock.seconds()
+        for index, address in enumerate(envelope.recipients):
+            if not self.isLocal(address):
+                queued.append(RecipientState(address, index, RELAY, lastReply="waiting for relay"))
+                continue
+            attempts.append((index, address, ensureDeferred(self.attempt(message, address, index, recovering))))
+        results = await DeferredList([d for _, _, d in attempts], consumeErrors=True)
+        bounced: list[FailedRecipient] = []
+        for (index, address, _), (ok, result) in zip(attempts, results):
+            if ok and result is None:
+                self._log.info("delivered {queueId} to {recipient} size={size}",
+                               queueId=message.queueId, recipient=address, size=message.size)
+                continue
+            reply = result if ok else replyFor(result)
+            if not ok:
+                self._log.failure("delivery of {queueId} to {recipient} failed", result,
+                                  queueId=message.queueId, recipient=address)
+            if reply.isTemporary:
+                queued.append(RecipientState(address, index, DEFERRED, attempts=1,
+                                             nextAttempt=now + retryDelay(self.retrySchedule, 1),
+                                             lastReply=str(reply)))
+                self._log.info("deferred {queueId} for {recipient}: {reply}",
+                               queueId=message.queueId, recipient=address, reply=str(reply))
+            else:
+                bounced.append(FailedRecipient(address, reply.enhanced, str(reply)))
+        if queued:
+            await self.queue.add(message, queued)
+        if bounced:
+            await self.bounce(message, bounced)
+        self.journal.markDone(message.queueId, message.path)
+
+    async def attempt(self, message: SpooledMessage, address: str, index: int, checkExisting: bool) -> Reply | None:
+        """
+        Try one local delivery.
+
+        @return: C{None} when stored, else the L{Reply} saying why not (a
+            temporary one for failures worth retrying).
+        """
+        account = await self.users.getAccount(address)
+        if account is None:
+            return NO_SUCH_USER
+        try:
+            await self.store.deliver(message, account, index, checkExisting)
+        except ReplyError as e:
+            return e.reply
+        return None
+
+    async def bounce(self, message: SpooledMessage, failed: list[FailedRecipient]) -> None:
+        """
+        Send the sender a delivery status notification, unless the sender is
+        null (RFC 5321 §4.5.5: never bounce a bounce).
+
+        @param message: the original message.
+        @param failed: the recipients it failed for.
+        """
+        sender = message.envelope.sender
+        for r in failed:
+            self._log.info("bounced {queueId} for {recipient}: {reply}",
+                           queueId=message.queueId, recipient=r.address, reply=r.diagnostic)
+        if not sender:
+            return
+        header = originalHeader(await self._readHead(message))
+        now = self.clock.seconds()
+        report = buildReport(self.hostname, sender, message.queueId,
+                             message.envelope.receivedAt, now, failed, header)
+        envelope = Envelope("", (sender,), helo=self.hostname, peer="127.0.0.1", receivedAt=now)
+        bounce = SpooledMessage(self.queueIds.next(), envelope, len(report), inline=report)
+        await self.journal.commit(bounce)
+        self.accept(bounce)
+
+    async def _readHead(self, message: SpooledMessage) -> bytes:
+        """
+        @return: the first bytes of a message, enough for its header.
+        """
+        if message.inline is not None:
+            return message.inline[:65536]
+
+        def read():
+            with open(message.path, "rb") as f:
+                return f.read(65536)
+
+        return await self.runner.run(read)
+
+    def stop(self) -> Deferred:
+        """
+        @return: a Deferred that fires when background routing is done.
+        """
+        return DeferredList(list(self._inflight), consumeErrors=True)

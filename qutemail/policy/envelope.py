@@ -1,0 +1,77 @@
+# -*- test-case-name: tests.policy.test_envelope -*-
+"""
+Envelope verdicts: may this sender send, may this recipient receive?
+
+The policy knows nothing of transports: it takes addresses and the session's
+facts and returns an L{Account} or raises L{ReplyError}.
+"""
+
+from typing import Any
+
+from qutemail.address import AddressInvalid, parseAccountAddress
+from qutemail.interfaces import Account
+from qutemail.replies import MAILBOX_FULL, NO_SUCH_USER, RELAY_DENIED, TOO_BIG, ReplyError
+
+
+class RecipientPolicy:
+    """
+    Decides MAIL and RCPT for one listener.
+    """
+
+    def __init__(self, users: Any, store: Any, domains: tuple[str, ...], maxMessageBytes: int) -> None:
+        """
+        @param users: the L{qutemail.interfaces.IUserDirectory}.
+        @param store: the L{qutemail.store.maildir.MaildirStore} (for quota).
+        @param domains: the local domains, lower-cased.
+        @param maxMessageBytes: the largest message accepted.
+        """
+        self.users = users
+        self.store = store
+        self.domains = domains
+        self.maxMessageBytes = maxMessageBytes
+
+    def isLocal(self, address: str) -> bool:
+        """
+        @return: whether the address's domain is one of ours.
+        """
+        return address.rpartition("@")[2].lower() in self.domains
+
+    async def checkSender(self, sender: str, declaredSize: int | None, authenticated: str | None) -> None:
+        """
+        Decide MAIL FROM.
+
+        @param sender: the reverse path, C{""} for the null sender.
+        @param declaredSize: the C{SIZE=} parameter, if any (RFC 1870).
+        @param authenticated: the authenticated account, if any.
+        @raise ReplyError: C{TOO_BIG} when the declared size is over the limit.
+        """
+        if declaredSize is not None and declaredSize > self.maxMessageBytes:
+            raise ReplyError(TOO_BIG)
+
+    async def checkRecipient(self, recipient: str, declaredSize: int | None, authenticated: str | None) -> Account | None:
+        """
+        Decide RCPT TO.
+
+        @param recipient: the forward path.
+        @param declaredSize: the C{SIZE=} of the transaction, if declared.
+        @param authenticated: the authenticated account, if any.
+        @return: the local L{Account}, or C{None} for a remote recipient an
+            authenticated user may relay to.
+        @raise ReplyError: C{RELAY_DENIED} for a remote recipient without
+            authentication, C{NO_SUCH_USER} for an unknown local one,
+            C{MAILBOX_FULL} when the mailbox is already over its quota.
+        """
+        if not self.isLocal(recipient):
+            if authenticated is None:
+                raise ReplyError(RELAY_DENIED)
+            return None
+        try:
+            normal = str(parseAccountAddress(recipient, self.domains))
+        except AddressInvalid:
+            raise ReplyError(NO_SUCH_USER)
+        account = await self.users.getAccount(normal)
+        if account is None:
+            raise ReplyError(NO_SUCH_USER)
+        if await self.store.isFull(account, declaredSize or 0):
+            raise ReplyError(MAILBOX_FULL)
+        return account

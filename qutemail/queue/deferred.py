@@ -1,0 +1,238 @@
+# -*- test-case-name: tests.queue.test_deferred -*-
+"""
+The deferred queue: messages some of whose recipients could not be dealt
+with at once (mailbox over quota, a store failure, a remote recipient
+waiting for the relay), kept apart from fresh mail in the journal so that a
+backlog never slows new deliveries.
+
+Each entry is two files under C{queue/deferred/}: C{<queueId>.msg} (the body,
+written once) and C{<queueId>.json} (the envelope and the state of every
+recipient), both replaced atomically and durably.
+
+Recipient states: C{deferred} (retry at C{nextAttempt}), C{relay} (waiting
+for outbound delivery), C{delivered}, C{bounced}.
+"""
+
+import json
+import os
+import shutil
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from qutemail.durable import replaceFile, syncDirectory
+from qutemail.pipeline.spool import Envelope, SpooledMessage
+
+DEFERRED = "deferred"
+RELAY = "relay"
+DELIVERED = "delivered"
+BOUNCED = "bounced"
+
+
+@attrs.define
+class RecipientState:
+    """
+    Where one recipient of a queued message stands.
+
+    @ivar address: the recipient.
+    @ivar index: its position in the original envelope.
+    @ivar state: one of C{deferred}, C{relay}, C{delivered}, C{bounced}.
+    @ivar attempts: delivery attempts so far.
+    @ivar nextAttempt: POSIX time of the next attempt.
+    @ivar lastReply: the last reply or reason, one line.
+    """
+
+    address: str
+    index: int
+    state: str = DEFERRED
+    attempts: int = 0
+    nextAttempt: float = 0.0
+    lastReply: str = ""
+
+
+@attrs.define
+class QueueEntry:
+    """
+    One message in the deferred queue.
+
+    @ivar message: the message, its body in C{<queueId>.msg}.
+    @ivar recipients: the recipients still of interest.
+    """
+
+    message: SpooledMessage
+    recipients: list[RecipientState]
+
+    @property
+    def queueId(self) -> str:
+        """
+        The message's queue id.
+        """
+        return self.message.queueId
+
+    def pending(self) -> list[RecipientState]:
+        """
+        @return: recipients neither delivered nor bounced.
+        """
+        return [r for r in self.recipients if r.state in (DEFERRED, RELAY)]
+
+    def toJSON(self) -> bytes:
+        """
+        @return: the C{.json} file's contents.
+        """
+        return json.dumps(
+            {
+                "queueId": self.queueId,
+                "size": self.message.size,
+                "envelope": self.message.envelope.toJSON(),
+                "recipients": [attrs.asdict(r) for r in self.recipients],
+            },
+            indent=1,
+        ).encode("utf-8")
+
+
+def retryDelay(schedule: tuple[float, ...], attempts: int) -> float:
+    """
+    The wait before the next attempt.
+
+    @param schedule: the configured intervals; the last one repeats.
+    @param attempts: attempts made so far (at least 1).
+    @return: seconds.
+    """
+    return schedule[min(max(attempts, 1), len(schedule)) - 1]
+
+
+class DeferredQueue:
+    """
+    The on-disk deferred queue, with an in-memory index of its entries.
+    """
+
+    _log = Logger()
+
+    def __init__(self, directory: str, runner: Any) -> None:
+        """
+        @param directory: C{queue/deferred/}.
+        @param runner: the L{qutemail.blocking.BlockingRunner}.
+        """
+        self._directory = directory
+        self._runner = runner
+        self.entries: dict[str, QueueEntry] = {}
+
+    def _paths(self, queueId: str) -> tuple[str, str]:
+        """
+        @return: the C{.msg} and C{.json} paths of an entry.
+        """
+        base = os.path.join(self._directory, queueId)
+        return base + ".msg", base + ".json"
+
+    def load(self) -> list[QueueEntry]:
+        """
+        Read every entry from disk.  Blocking: call before the reactor runs
+        or in a worker thread.
+
+        @return: the entries.
+        """
+        os.makedirs(self._directory, exist_ok=True)
+        for name in sorted(os.listdir(self._directory)):
+            if not name.endswith(".json"):
+                continue
+            bodyPath, metaPath = self._paths(name[: -len(".json")])
+            if not os.path.exists(bodyPath):
+                self._log.error("deferred entry {path} has no body; left in place", path=metaPath)
+                continue
+            with open(metaPath, "rb") as f:
+                meta = json.load(f)
+            message = SpooledMessage(
+                meta["queueId"], Envelope.fromJSON(meta["envelope"]), meta["size"], path=bodyPath
+            )
+            entry = QueueEntry(message, [RecipientState(**r) for r in meta["recipients"]])
+            self.entries[entry.queueId] = entry
+        # Bodies whose metadata never got written were never acknowledged
+        # as queued: the journal still holds those messages.
+        for name in os.listdir(self._directory):
+            if name.endswith(".msg") and name[:-4] not in self.entries:
+                os.unlink(os.path.join(self._directory, name))
+        return list(self.entries.values())
+
+    def add(self, message: SpooledMessage, recipients: list[RecipientState]) -> Deferred:
+        """
+        Queue a message for some of its recipients, durably.
+
+        @param message: the message (inline or spilled).
+        @param recipients: their initial states.
+        @return: a Deferred firing with the L{QueueEntry} once both files
+            are on disk.
+        """
+        bodyPath, _ = self._paths(message.queueId)
+        entry = QueueEntry(attrs.evolve(message, inline=None, path=bodyPath), recipients)
+        d = self._runner.run(self._writeNew, message, entry)
+
+        def added(_):
+            self.entries[entry.queueId] = entry
+            return entry
+
+        return d.addCallback(added)
+
+    def _writeNew(self, message: SpooledMessage, entry: QueueEntry) -> None:
+        """
+        Write the body, then the metadata (worker thread).
+        """
+        os.makedirs(self._directory, exist_ok=True)
+        bodyPath, metaPath = self._paths(entry.queueId)
+        if message.inline is not None:
+            replaceFile(bodyPath, message.inline)
+        else:
+            shutil.copyfile(message.path, bodyPath + ".tmp")
+            with open(bodyPath + ".tmp", "rb+") as f:
+                os.fsync(f.fileno())
+            os.rename(bodyPath + ".tmp", bodyPath)
+            syncDirectory(self._directory)
+        replaceFile(metaPath, entry.toJSON())
+
+    def update(self, entry: QueueEntry) -> Deferred:
+        """
+        Write an entry's new state; remove it when nothing is pending.
+
+        @param entry: the entry, changed in place by the caller.
+        @return: a Deferred firing when the change is durable.
+        """
+        if entry.pending():
+            return self._runner.run(replaceFile, self._paths(entry.queueId)[1], entry.toJSON())
+        self.entries.pop(entry.queueId, None)
+        return self._runner.run(self._remove, entry.queueId)
+
+    def remove(self, queueId: str) -> Deferred:
+        """
+        Delete an entry whatever its state.
+
+        @return: a Deferred firing when it is gone.
+        """
+        self.entries.pop(queueId, None)
+        return self._runner.run(self._remove, queueId)
+
+    def _remove(self, queueId: str) -> None:
+        """
+        Delete an entry's files, metadata first (worker thread).
+        """
+        bodyPath, metaPath = self._paths(queueId)
+        for path in (metaPath, bodyPath):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def due(self, now: float, limit: int) -> list[QueueEntry]:
+        """
+        @param now: the current time.
+        @param limit: the most entries to return.
+        @return: entries with a deferred recipient due by C{now}, oldest
+            attempt first.
+        """
+        due = [
+            e
+            for e in self.entries.values()
+            if any(r.state == DEFERRED and r.nextAttempt <= now for r in e.recipients)
+        ]
+        due.sort(key=lambda e: min(r.nextAttempt for r in e.recipients if r.state == DEFERRED))
+        return due[:limit]

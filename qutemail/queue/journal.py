@@ -1,0 +1,349 @@
+# -*- test-case-name: tests.queue.test_journal -*-
+"""
+The spool journal: one durable write per transaction, with group commit.
+
+Accepted messages are appended as records to a segment file under
+C{queue/journal/}; every record written by one batch is made durable by one
+C{fdatasync}, so concurrent transactions share the cost of a flush (group
+commit) and no file is created or deleted per small message.  The server
+answers 250 only after the batch holding its record is synced.
+
+Record layout (all integers decimal ASCII)::
+
+    M <queueId> <envelopeLen> <bodyLen> <crc32>\\n <envelope JSON> <body>
+    D <queueId>\\n
+
+An C{M} record holds the message (its body inline, or C{bodyLen} 0 and the
+envelope naming a spill file under C{queue/large/}); a C{D} record says every
+recipient of that message has been dealt with (delivered, or moved to the
+deferred queue).  A C{D} record is only written after the work it records is
+itself durable, so it needs no sync of its own.  A segment is deleted once it
+is no longer the one being written and every message in it is done.  After a
+crash, L{Journal.recover} returns the messages without a C{D} record; a torn
+record at the end of the last segment (a batch that never got its sync, so
+no 250) is ignored.
+"""
+
+import json
+import os
+import zlib
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from qutemail.durable import syncDirectory, writeAll
+from qutemail.pipeline.spool import Envelope, SpooledMessage
+
+DEFAULT_SEGMENT_BYTES = 32 * 1024 * 1024
+_SEGMENT_SUFFIX = ".log"
+
+
+class JournalCorrupt(Exception):
+    """
+    A record in a sealed segment does not parse or fails its checksum.
+    """
+
+
+def _segmentName(number: int) -> str:
+    """
+    @return: the file name of segment C{number}.
+    """
+    return f"{number:010d}{_SEGMENT_SUFFIX}"
+
+
+def encodeMessage(message: SpooledMessage) -> bytes:
+    """
+    Build the C{M} record of a message.
+
+    @param message: an inline or spilled message.
+    @return: the record bytes.
+    """
+    meta = {"envelope": message.envelope.toJSON(), "size": message.size, "path": message.path}
+    envelope = json.dumps(meta, separators=(",", ":")).encode("utf-8")
+    body = message.inline or b""
+    crc = zlib.crc32(body, zlib.crc32(envelope))
+    header = b"M %s %d %d %d\n" % (message.queueId.encode("ascii"), len(envelope), len(body), crc)
+    return header + envelope + body
+
+
+def encodeDone(queueId: str) -> bytes:
+    """
+    @return: the C{D} record for C{queueId}.
+    """
+    return b"D %s\n" % (queueId.encode("ascii"),)
+
+
+def parseSegment(data: bytes) -> tuple[list[SpooledMessage], set[str], bool]:
+    """
+    Parse one segment's bytes.
+
+    @param data: the whole segment.
+    @return: the messages in order, the queue ids marked done, and whether
+        the segment ended with a torn record.
+    """
+    messages: list[SpooledMessage] = []
+    done: set[str] = set()
+    pos = 0
+    end = len(data)
+    while pos < end:
+        nl = data.find(b"\n", pos, pos + 200)
+        if nl < 0:
+            return messages, done, True
+        fields = data[pos:nl].split(b" ")
+        try:
+            if fields[0] == b"D" and len(fields) == 2:
+                done.add(fields[1].decode("ascii"))
+                pos = nl + 1
+                continue
+            if fields[0] != b"M" or len(fields) != 5:
+                return messages, done, True
+            queueId = fields[1].decode("ascii")
+            envLen, bodyLen, crc = int(fields[2]), int(fields[3]), int(fields[4])
+        except (ValueError, UnicodeDecodeError):
+            return messages, done, True
+        start = nl + 1
+        if start + envLen + bodyLen > end:
+            return messages, done, True
+        envelope = data[start : start + envLen]
+        body = data[start + envLen : start + envLen + bodyLen]
+        if zlib.crc32(body, zlib.crc32(envelope)) != crc:
+            return messages, done, True
+        meta = json.loads(envelope)
+        messages.append(
+            SpooledMessage(
+                queueId,
+                Envelope.fromJSON(meta["envelope"]),
+                meta["size"],
+                inline=None if meta["path"] else body,
+                path=meta["path"],
+            )
+        )
+        pos = start + envLen + bodyLen
+    return messages, done, False
+
+
+class Journal:
+    """
+    The append-only, group-committed journal of accepted messages.
+
+    All bookkeeping happens on the reactor thread; the worker thread only
+    writes, syncs and deletes files.
+    """
+
+    _log = Logger()
+
+    def __init__(self, directory: str, runner: Any, clock: Any, segmentBytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+        """
+        @param directory: C{queue/journal/}; created if missing.
+        @param runner: the L{qutemail.blocking.BlockingRunner}.
+        @param clock: an C{IReactorTime}, for the lazy flush of done records.
+        @param segmentBytes: the size past which a new segment is started.
+        """
+        self._directory = directory
+        self._runner = runner
+        self._clock = clock
+        self._segmentBytes = segmentBytes
+        self._segment = 0
+        self._written = 0
+        self._fd: int | None = None
+        self._fdSegment = -1
+        self._pending: list[tuple[bytes, Deferred | None]] = []
+        self._flushing: Deferred | None = None
+        self._lazyFlush = None
+        # segment number -> live (not done) queue ids
+        self._live: dict[int, set[str]] = {}
+        self._segmentOf: dict[str, int] = {}
+        self._live[0] = set()
+        self._spillsToRemove: list[str] = []
+
+    def recover(self) -> list[SpooledMessage]:
+        """
+        Read every segment and return the messages not yet done.  Blocking:
+        call it in a worker thread (or before the reactor runs) and before
+        any L{commit}.
+
+        @return: the undone messages, oldest first.
+        """
+        os.makedirs(self._directory, exist_ok=True)
+        names = sorted(n for n in os.listdir(self._directory) if n.endswith(_SEGMENT_SUFFIX))
+        pending: dict[str, tuple[int, SpooledMessage]] = {}
+        self._live = {}
+        for name in names:
+            number = int(name[: -len(_SEGMENT_SUFFIX)])
+            with open(os.path.join(self._directory, name), "rb") as f:
+                messages, done, torn = parseSegment(f.read())
+            if torn:
+                self._log.warn("journal segment {segment} ends with a torn record (not acknowledged); ignored", segment=name)
+            for message in messages:
+                pending[message.queueId] = (number, message)
+            for queueId in done:
+                pending.pop(queueId, None)
+            self._segment = number + 1
+        for name in names:
+            self._live[int(name[: -len(_SEGMENT_SUFFIX)])] = set()
+        for number, message in pending.values():
+            self._live[number].add(message.queueId)
+            self._segmentOf[message.queueId] = number
+        self._live[self._segment] = set()
+        # Leading segments with nothing live can go now.
+        for number in self._takeDeletable(self._segment):
+            os.unlink(os.path.join(self._directory, _segmentName(number)))
+        return [message for _, message in pending.values()]
+
+    def _takeDeletable(self, current: int) -> list[int]:
+        """
+        Forget and return the leading run of finished segments before
+        C{current}.  Segments go strictly in order, because a segment's
+        C{D} records may mark messages of earlier segments done.
+
+        @param current: the segment being written.
+        @return: the segment numbers whose files may be deleted.
+        """
+        deletable = []
+        for number in sorted(self._live):
+            if number >= current or self._live[number]:
+                break
+            deletable.append(number)
+            del self._live[number]
+        return deletable
+
+    def commit(self, message: SpooledMessage) -> Deferred:
+        """
+        Append a message record and make it durable.
+
+        @param message: the message.
+        @return: a Deferred firing with C{message} once the record is synced;
+            it fails with the C{OSError} when the write or sync failed.
+        """
+        if self._written >= self._segmentBytes:
+            self._rotate()
+        record = encodeMessage(message)
+        self._written += len(record)
+        self._live.setdefault(self._segment, set()).add(message.queueId)
+        self._segmentOf[message.queueId] = self._segment
+        d: Deferred = Deferred()
+        self._pending.append((record, d))
+        self._startFlush()
+        return d.addCallback(lambda _: message)
+
+    def _rotate(self) -> None:
+        """
+        Start a new segment with the next batch.
+        """
+        self._segment += 1
+        self._written = 0
+        self._live[self._segment] = set()
+
+    def markDone(self, queueId: str, spillPath: str | None = None) -> None:
+        """
+        Record that every recipient of a message has been dealt with.  The
+        caller has already made that work durable.
+
+        @param queueId: the message's queue id.
+        @param spillPath: the message's spill file, deleted once the C{D}
+            record is synced.
+        """
+        number = self._segmentOf.pop(queueId, None)
+        if number is None:
+            return
+        record = encodeDone(queueId)
+        self._written += len(record)
+        self._pending.append((record, None))
+        if spillPath is not None:
+            self._spillsToRemove.append(spillPath)
+        live = self._live.get(number)
+        if live is not None:
+            live.discard(queueId)
+        # The D record rides on the next batch; if nothing else comes, write
+        # it within a second so recovery after a quiet crash is short.
+        if self._lazyFlush is None or not self._lazyFlush.active():
+            self._lazyFlush = self._clock.callLater(1.0, self._startFlush)
+
+    def _startFlush(self) -> None:
+        """
+        Write and sync everything pending, unless a batch is already in
+        flight (then its completion starts the next one).
+        """
+        if self._flushing is not None or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        segment = self._segment
+        deletable = self._takeDeletable(segment)
+        spills, self._spillsToRemove = self._spillsToRemove, []
+        self._flushing = self._runner.run(self._writeBatch, segment, [r for r, _ in batch], deletable, spills)
+
+        def finished(result):
+            self._flushing = None
+            if isinstance(result, Failure):
+                self._log.failure("journal write to segment {segment} failed", result, segment=segment)
+                # The segment may now end in a torn record: never append
+                # after it, and forget the messages that were refused.
+                self._rotate()
+                for record, d in batch:
+                    if d is not None:
+                        queueId = record.split(b" ", 2)[1].decode("ascii")
+                        self._live.get(self._segmentOf.pop(queueId, -1), set()).discard(queueId)
+            for _, d in batch:
+                if d is not None:
+                    d.errback(result) if isinstance(result, Failure) else d.callback(None)
+            self._startFlush()
+
+        self._flushing.addBoth(finished)
+
+    def _writeBatch(self, segment: int, records: list[bytes], deletable: list[int], spills: list[str]) -> None:
+        """
+        Append records to the segment and sync it (worker thread).  Switch
+        to a new segment first when asked; then delete finished segments and
+        the spill files of messages whose C{D} record is now durable.
+        """
+        if self._fdSegment != segment:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                os.close(self._fd)
+            path = os.path.join(self._directory, _segmentName(segment))
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._fdSegment = segment
+            syncDirectory(self._directory)
+        writeAll(self._fd, b"".join(records))
+        os.fdatasync(self._fd)
+        paths = [os.path.join(self._directory, _segmentName(n)) for n in deletable] + spills
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> Deferred:
+        """
+        Flush what is pending and close the segment.
+
+        @return: a Deferred that fires when done.
+        """
+        if self._lazyFlush is not None and self._lazyFlush.active():
+            self._lazyFlush.cancel()
+        d = Deferred()
+
+        def closeWhenIdle(_=None):
+            if self._flushing is not None:
+                self._flushing.addBoth(closeWhenIdle)
+                return _
+            if self._pending:
+                self._startFlush()
+                self._flushing.addBoth(closeWhenIdle)
+                return _
+            self._runner.run(self._closeFile).chainDeferred(d)
+            return _
+
+        closeWhenIdle()
+        return d
+
+    def _closeFile(self) -> None:
+        """
+        Close the open segment (worker thread).
+        """
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._fdSegment = -1

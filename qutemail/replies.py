@@ -1,0 +1,175 @@
+# -*- test-case-name: tests.test_replies -*-
+"""
+Every SMTP reply QutEmail sends: code, enhanced status code, text.
+
+No other module writes a reply code number.  Enhanced codes follow RFC 3463
+and the IANA registry of enhanced status codes; we advertise
+ENHANCEDSTATUSCODES (RFC 2034), so every 2xx/4xx/5xx reply but the greeting
+and the EHLO/HELO reply carries one.
+
+Twisted wants a different exception, and a different C{resp} type, for each
+phase: L{ReplyError.forSender} (MAIL), L{ReplyError.forRecipient} (RCPT) and
+L{ReplyError.forData} (message set-up and DATA).  Only this module builds
+them.
+"""
+
+import attrs
+from twisted.mail.smtp import SMTPBadRcpt, SMTPBadSender, SMTPServerError
+
+
+@attrs.frozen
+class Reply:
+    """
+    One SMTP reply.
+
+    @ivar code: the three-digit reply code (RFC 5321 §4.2).
+    @ivar enhanced: the enhanced status code, C{class.subject.detail}.
+    @ivar text: human-readable text, ASCII.
+    """
+
+    code: int
+    enhanced: str
+    text: str
+
+    def __attrs_post_init__(self) -> None:
+        # RFC 2034 §4: the enhanced code's class matches the reply's first digit
+        if self.enhanced and self.enhanced[0] != str(self.code)[0]:
+            raise ValueError(f"{self.enhanced} does not match reply code {self.code}")
+
+    def withText(self, text: str) -> "Reply":
+        """
+        @return: the same code and enhanced code with other text.
+        """
+        return attrs.evolve(self, text=text)
+
+    @property
+    def line(self) -> bytes:
+        """
+        The text after the code: enhanced code then text, as bytes.
+        """
+        return f"{self.enhanced} {self.text}".encode("ascii", "replace")
+
+    @property
+    def isTemporary(self) -> bool:
+        """
+        C{True} for a 4xx reply.
+        """
+        return 400 <= self.code < 500
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+
+# 2xx
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+QUEUED = Reply(250, "2.0.0", "Message accepted")
+RESET = Reply(250, "2.0.0", "Reset state")
+NOOP = Reply(250, "2.0.0", "OK")
+VRFY_CANNOT = Reply(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery")
+BYE = Reply(221, "2.0.0", "Bye")
+GO_AHEAD_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+HELP = Reply(214, "2.0.0", "See RFC 5321")
+
+# 4xx: temporary
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+STORAGE_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
+
+# 5xx: permanent
+SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error, command unrecognized")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
+BAD_ARGUMENTS = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
+BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
+BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
+NEED_HELO = Reply(503, "5.5.1", "Send HELO or EHLO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
+NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before RCPT")
+NEED_RCPT = Reply(503, "5.5.1", "Need RCPT before DATA")
+PARAM_NOT_IMPLEMENTED = Reply(555, "5.5.4", "MAIL FROM/RCPT TO parameter not recognized or not implemented")
+BAD_BODY_PARAM = Reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
+NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# RFC 5321 §4.5.3.1.6: text lines are at most 1000 octets with the CRLF
+BAD_DATA_LINE = Reply(554, "5.6.0", "Message has a line longer than 1000 octets")
+# RFC 5321 §2.3.8: CR and LF only as CRLF; bare ones enable SMTP smuggling
+BARE_LINEFEED = Reply(554, "5.6.0", "Bare CR or LF in message data is not allowed")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command unrecognized")
+SIZE_TOO_BIG_FOR_MAILBOX = Reply(452, "4.2.2", "Mailbox full")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+
+# Enhanced codes for replies Twisted sends itself, chosen by code (RFC 3463).
+DEFAULT_ENHANCED = {
+    2: "2.0.0",
+    4: "4.0.0",
+    5: "5.0.0",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    535: "5.7.8",
+    550: "5.0.0",
+    553: "5.1.3",
+    421: "4.3.0",
+    451: "4.3.0",
+    454: "4.7.0",
+}
+
+
+def enhancedFor(code: int) -> str:
+    """
+    The enhanced code to add to a reply that was sent without one.
+
+    @param code: the reply code.
+    @return: a code from L{DEFAULT_ENHANCED}, falling back to C{X.0.0}.
+    """
+    return DEFAULT_ENHANCED.get(code) or DEFAULT_ENHANCED.get(code // 100, f"{code // 100}.0.0")
+
+
+class ReplyError(Exception):
+    """
+    A failure that carries the SMTP reply the client should get.
+
+    @ivar reply: the L{Reply}.
+    """
+
+    def __init__(self, reply: Reply) -> None:
+        Exception.__init__(self, str(reply))
+        self.reply = reply
+
+    def forSender(self, address) -> SMTPBadSender:
+        """
+        The exception Twisted expects from C{validateFrom}; C{resp} is C{str}.
+
+        @param address: the rejected L{twisted.mail.smtp.Address}.
+        """
+        return SMTPBadSender(address, self.reply.code, self.reply.line.decode("ascii"))
+
+    def forRecipient(self, user) -> SMTPBadRcpt:
+        """
+        The exception Twisted expects from C{validateTo}; C{resp} is C{str}.
+
+        @param user: the rejected L{twisted.mail.smtp.User}.
+        """
+        return SMTPBadRcpt(user, self.reply.code, self.reply.line.decode("ascii"))
+
+    def forData(self) -> SMTPServerError:
+        """
+        The exception Twisted expects during message set-up and DATA;
+        C{resp} is C{bytes}.
+        """
+        return SMTPServerError(self.reply.code, self.reply.line)

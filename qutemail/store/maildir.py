@@ -1,0 +1,304 @@
+# -*- test-case-name: tests.store.test_maildir -*-
+"""
+Local delivery to Maildir++ mailboxes under C{data_dir/mail/<domain>/<localpart>/}.
+
+Each delivery writes C{tmp/<name>}, fsyncs it and renames it into C{new/};
+the C{new/} directory is fsynced before the delivery is reported done.
+Deliveries that arrive together are written by one worker-thread call and
+share the directory syncs (group commit).
+
+File names follow the Maildir spec (C{time.unique.host}) with the Maildir++
+size suffix: C{<secs>.M<usecs>Q<queueId>R<index>.<host>,S=<bytes>}.  The
+name is a function of the queue entry alone, so a delivery repeated after a
+crash finds its own earlier file and does not store the message twice.
+
+Usage is kept in the Maildir++ C{maildirsize} file: a first line with the
+quota (C{<bytes>S}), then one C{<bytes> <count>} line per change, so that
+reading usage never scans the mailbox.
+"""
+
+import os
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from qutemail.durable import syncDirectory, writeAll
+from qutemail.interfaces import Account, IMessageStore
+from qutemail.pipeline.spool import SpooledMessage
+from qutemail.replies import MAILBOX_FULL, ReplyError
+
+_COPY_BYTES = 1024 * 1024
+_SUBDIRS = ("cur", "new", "tmp")
+
+
+def mailboxPath(dataDir: str, address: str) -> str:
+    """
+    The Maildir of an account.
+
+    @param dataDir: the server's C{data_dir}.
+    @param address: a normalised address (validated: no C{/}, no leading dot).
+    @return: C{data_dir/mail/<domain>/<localpart>}.
+    """
+    localpart, _, domain = address.rpartition("@")
+    return os.path.join(dataDir, "mail", domain, localpart)
+
+
+def readUsage(path: str) -> tuple[int, int]:
+    """
+    Read a mailbox's usage from its C{maildirsize} file.  Blocking.
+
+    @param path: the mailbox directory.
+    @return: C{(bytes, messages)}; C{(0, 0)} when there is no such file.
+    """
+    try:
+        with open(os.path.join(path, "maildirsize"), "rb") as f:
+            lines = f.read().split(b"\n")
+    except FileNotFoundError:
+        return 0, 0
+    total = count = 0
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) == 2:
+            try:
+                total += int(fields[0])
+                count += int(fields[1])
+            except ValueError:
+                continue
+    return max(total, 0), max(count, 0)
+
+
+def messageFileName(message: SpooledMessage, index: int, hostname: str, size: int) -> str:
+    """
+    The Maildir file name of one recipient's copy of a message.
+
+    @param message: the spooled message.
+    @param index: the recipient's position in the envelope.
+    @param hostname: this server's host name.
+    @param size: the stored size in bytes.
+    @return: the base name (without any C{:2,} flags).
+    """
+    t = message.envelope.receivedAt
+    secs = int(t)
+    usecs = int((t - secs) * 1_000_000)
+    host = hostname.replace("/", r"\057").replace(":", r"\072")
+    return f"{secs}.M{usecs:06d}Q{message.queueId}R{index}.{host},S={size}"
+
+
+def returnPath(message: SpooledMessage) -> bytes:
+    """
+    The C{Return-Path} header a final delivery adds (RFC 5321 §4.4).
+
+    @param message: the spooled message.
+    @return: the header line, LF-terminated.
+    """
+    return b"Return-Path: <%s>\n" % (message.envelope.sender.encode("utf-8"),)
+
+
+@attrs.frozen
+class _Job:
+    """
+    One recipient's copy, waiting for the next batch.
+    """
+
+    message: SpooledMessage
+    account: Account
+    index: int
+    checkExisting: bool
+    deferred: Deferred
+
+
+@implementer(IMessageStore)
+class MaildirStore:
+    """
+    Maildir++ delivery with quotas and group-committed syncs.
+    """
+
+    _log = Logger()
+
+    def __init__(self, dataDir: str, runner: Any, hostname: str, defaultQuotaBytes: int) -> None:
+        """
+        @param dataDir: the server's C{data_dir}.
+        @param runner: the L{qutemail.blocking.BlockingRunner}.
+        @param hostname: this server's host name, for file names.
+        @param defaultQuotaBytes: the quota of accounts without their own.
+        """
+        self._dataDir = dataDir
+        self._runner = runner
+        self._hostname = hostname
+        self._defaultQuota = defaultQuotaBytes
+        self._pending: list[_Job] = []
+        self._flushing = False
+        self._known: set[str] = set()
+
+    def quotaOf(self, account: Account) -> int:
+        """
+        @return: the account's quota in bytes (0: unlimited).
+        """
+        return self._defaultQuota if account.quotaBytes is None else account.quotaBytes
+
+    def deliver(self, message: SpooledMessage, account: Account, index: int = 0, checkExisting: bool = False) -> Deferred:
+        """
+        Store a message in an account's INBOX.
+
+        @param message: the spooled message.
+        @param account: the recipient.
+        @param index: the recipient's position in the envelope (part of the
+            file name, so each copy has its own).
+        @param checkExisting: look for a copy stored before a crash first.
+        @return: a Deferred firing with the file's base name; it fails with
+            L{ReplyError} (C{MAILBOX_FULL}) when the quota would be exceeded,
+            or with the C{OSError} of a failed write.
+        """
+        d: Deferred = Deferred()
+        self._pending.append(_Job(message, account, index, checkExisting, d))
+        self._flush()
+        return d
+
+    def usage(self, account: Account) -> Deferred:
+        """
+        @return: a Deferred firing with C{(bytes, messages)}.
+        """
+        return self._runner.run(readUsage, mailboxPath(self._dataDir, account.address))
+
+    def isFull(self, account: Account, extraBytes: int = 0) -> Deferred:
+        """
+        Whether a message of C{extraBytes} would exceed the account's quota.
+
+        @return: a Deferred firing with a bool.
+        """
+        quota = self.quotaOf(account)
+        if not quota:
+            from twisted.internet.defer import succeed
+
+            return succeed(False)
+        d = self.usage(account)
+        return d.addCallback(lambda used: used[0] >= quota or used[0] + extraBytes > quota)
+
+    def _flush(self) -> None:
+        """
+        Start a batch unless one is being written.
+        """
+        if self._flushing or not self._pending:
+            return
+        self._flushing = True
+        batch, self._pending = self._pending, []
+        d = self._runner.run(self._writeBatch, batch)
+
+        def finished(results):
+            self._flushing = False
+            for job, result in zip(batch, results):
+                if isinstance(result, BaseException):
+                    job.deferred.errback(result)
+                else:
+                    job.deferred.callback(result)
+            self._flush()
+
+        def failed(failure):
+            self._flushing = False
+            for job in batch:
+                job.deferred.errback(failure)
+            self._flush()
+
+        d.addCallbacks(finished, failed)
+
+    def _writeBatch(self, batch: list[_Job]) -> list:
+        """
+        Write every job of a batch, then sync the directories (worker
+        thread).
+
+        @return: one base name or exception per job.
+        """
+        results: list = []
+        dirty: set[str] = set()
+        for job in batch:
+            try:
+                results.append(self._writeOne(job, dirty))
+            except (OSError, ReplyError) as e:
+                results.append(e)
+        for path in dirty:
+            try:
+                syncDirectory(path)
+            except OSError as e:
+                # The files are written, but their names may not survive
+                # a crash: report the jobs in this directory as failed.
+                for i, job in enumerate(batch):
+                    if path.startswith(mailboxPath(self._dataDir, job.account.address) + os.sep):
+                        results[i] = e
+        return results
+
+    def _ensureMailbox(self, path: str) -> None:
+        """
+        Create a Maildir++ mailbox if missing (worker thread).
+        """
+        if path in self._known:
+            return
+        for sub in _SUBDIRS:
+            os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+        self._known.add(path)
+
+    def _writeOne(self, job: _Job, dirty: set[str]) -> str:
+        """
+        Deliver one copy (worker thread).
+
+        @return: the file's base name.
+        @raise ReplyError: the quota would be exceeded.
+        """
+        message = job.message
+        path = mailboxPath(self._dataDir, job.account.address)
+        self._ensureMailbox(path)
+        header = returnPath(message)
+        size = len(header) + message.size
+        name = messageFileName(message, job.index, self._hostname, size)
+        final = os.path.join(path, "new", name)
+        if job.checkExisting and _alreadyStored(path, name):
+            return name
+        quota = self.quotaOf(job.account)
+        if quota and readUsage(path)[0] + size > quota:
+            raise ReplyError(MAILBOX_FULL)
+        temp = os.path.join(path, "tmp", name)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            writeAll(fd, header)
+            if message.inline is not None:
+                writeAll(fd, message.inline)
+            else:
+                with open(message.path, "rb") as src:
+                    while chunk := src.read(_COPY_BYTES):
+                        writeAll(fd, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, final)
+        dirty.add(os.path.join(path, "new"))
+        self._addUsage(path, size, 1)
+        return name
+
+    def _addUsage(self, path: str, size: int, count: int) -> None:
+        """
+        Append a change to C{maildirsize}, creating it with its quota line.
+        """
+        sizeFile = os.path.join(path, "maildirsize")
+        try:
+            fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if os.fstat(fd).st_size == 0:
+                writeAll(fd, b"%dS\n" % (self._defaultQuota,))
+        try:
+            writeAll(fd, b"%d %d\n" % (size, count))
+        finally:
+            os.close(fd)
+
+
+def _alreadyStored(path: str, name: str) -> bool:
+    """
+    Whether a copy named C{name} is in C{new/} or, with flags, in C{cur/}.
+    """
+    if os.path.exists(os.path.join(path, "new", name)):
+        return True
+    prefix = name + ":"
+    with os.scandir(os.path.join(path, "cur")) as entries:
+        return any(e.name == name or e.name.startswith(prefix) for e in entries)

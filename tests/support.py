@@ -1,0 +1,123 @@
+"""
+Builders shared by the tests: a server stack over memory backends, and the
+helpers that read what landed in a Maildir.
+"""
+
+import os
+
+import attrs
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from qutemail.backends.memory import MemoryUserDirectory
+from qutemail.blocking import InlineRunner
+from qutemail.listener.smtp import SMTPServerFactory
+from qutemail.pipeline.router import QueueIds, Router
+from qutemail.policy.envelope import RecipientPolicy
+from qutemail.queue.deferred import DeferredQueue
+from qutemail.queue.journal import Journal
+from qutemail.queue.scheduler import RetryScheduler
+from qutemail.store.maildir import MaildirStore, mailboxPath
+
+HOSTNAME = "mail.example.test"
+DOMAINS = ("example.test",)
+RETRY = (300.0, 600.0, 1200.0)
+
+
+@attrs.define
+class Stack:
+    """
+    One server's parts, wired as C{service.buildService} wires them.
+    """
+
+    dataDir: str
+    clock: Clock
+    runner: object
+    users: object
+    store: MaildirStore
+    journal: Journal
+    queue: DeferredQueue
+    router: Router
+    scheduler: RetryScheduler
+    factory: SMTPServerFactory
+
+    def mailbox(self, address: str) -> str:
+        """
+        @return: the Maildir path of an account.
+        """
+        return mailboxPath(self.dataDir, address)
+
+    def newFiles(self, address: str) -> list[bytes]:
+        """
+        @return: the contents of every file in the account's C{new/}.
+        """
+        directory = os.path.join(self.mailbox(address), "new")
+        if not os.path.isdir(directory):
+            return []
+        out = []
+        for name in sorted(os.listdir(directory)):
+            with open(os.path.join(directory, name), "rb") as f:
+                out.append(f.read())
+        return out
+
+
+def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageBytes: int = 1024 * 1024,
+               maxRecipients: int = 10, defaultQuotaBytes: int = 10 * 1024 * 1024,
+               idleTimeoutSeconds: float = 300.0, lifetime: float = 5 * 86400.0) -> Stack:
+    """
+    Build a server stack under C{dataDir}.
+
+    @return: the L{Stack}; with the default inline runner and a
+        L{Clock}, everything happens synchronously.
+    """
+    clock = clock or Clock()
+    runner = runner or InlineRunner()
+    if users is None:
+        users = MemoryUserDirectory()
+        for name in ("alice", "bob", "carol"):
+            users.addUser(f"{name}@example.test", b"secret")
+    queueDir = os.path.join(dataDir, "queue")
+    spill = os.path.join(queueDir, "large")
+    os.makedirs(spill, exist_ok=True)
+    store = MaildirStore(dataDir, runner, HOSTNAME, defaultQuotaBytes)
+    journal = Journal(os.path.join(queueDir, "journal"), runner, clock)
+    journal.recover()
+    queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
+    queue.load()
+    queueIds = QueueIds(clock)
+    router = Router(journal=journal, store=store, users=users, queue=queue, clock=clock,
+                    hostname=HOSTNAME, domains=DOMAINS, queueIds=queueIds, retrySchedule=RETRY,
+                    runner=runner)
+    scheduler = RetryScheduler(router, clock, RETRY, lifetime)
+    policy = RecipientPolicy(users, store, DOMAINS, maxMessageBytes)
+    factory = SMTPServerFactory(
+        hostname=HOSTNAME, domains=DOMAINS, policy=policy, journal=journal, router=router,
+        runner=runner, queueIds=queueIds, clock=clock, spoolDirectory=spill,
+        maxMessageBytes=maxMessageBytes, maxRecipients=maxRecipients,
+        idleTimeoutSeconds=idleTimeoutSeconds,
+    )
+    return Stack(dataDir, clock, runner, users, store, journal, queue, router, scheduler, factory)
+
+
+def connect(factory, host: str = "192.0.2.7"):
+    """
+    Connect a session to a L{StringTransport}.
+
+    @return: C{(protocol, transport)}; the greeting is already in the
+        transport.
+    """
+    proto = factory.buildProtocol(IPv4Address("TCP", host, 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000),
+                                hostAddress=IPv4Address("TCP", "127.0.0.1", 25))
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def converse(proto, transport, data: bytes) -> bytes:
+    """
+    Feed bytes to a session and return what it answered.
+    """
+    transport.clear()
+    proto.dataReceived(data)
+    return transport.value()
