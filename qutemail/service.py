@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -124,6 +124,20 @@ class ListenerService(StreamServerEndpointService):
     """
     A listener whose sessions are told when the server stops.
     """
+
+    def whenListening(self) -> Deferred:
+        """
+        @return: a Deferred firing with the listening port (tests and logs
+            use it to learn an ephemeral port number).
+        """
+        d: Deferred = Deferred()
+
+        def listening(port):
+            d.callback(port)
+            return port
+
+        self._waitingForPort.addCallback(listening)
+        return d
 
     def stopService(self):
         """

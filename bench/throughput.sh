@@ -1,0 +1,71 @@
+#!/bin/sh
+# SMTP throughput of QutEmail's MTA listener, measured with the same driver
+# as the reference Postfix (../shared/bench/smtp_throughput.sh, which uses
+# Postfix's smtp-source): N messages over S concurrent sessions, reporting
+# accepted and end-to-end (in the Maildir) messages per second.
+#
+# usage: bench/throughput.sh SESSIONS MESSAGES SIZE
+#        bench/throughput.sh compare     all rows of issue 2 against Postfix
+# environment:
+#   BENCH_DIR   scratch directory (default: ${TMPDIR:-/tmp}/qutemail-bench)
+#   PORT        MTA port for QutEmail (default 2525)
+#   SHARED      the shared/ directory (default: ../shared beside the repo)
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$here/../shared}
+BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/qutemail-bench}
+PORT=${PORT:-2525}
+driver="$SHARED/bench/smtp_throughput.sh"
+
+start_qutemail() {
+    rm -rf "$BENCH_DIR/qutemail"
+    mkdir -p "$BENCH_DIR/qutemail"
+    cfg="$BENCH_DIR/qutemail/qutemail.ini"
+    sed -e "s|^data_dir = .*|data_dir = $BENCH_DIR/qutemail/var|" \
+        -e "s|^mta_port = .*|mta_port = $PORT|" \
+        -e "s|^\(submission_port\|smtps_port\|port\|tls_port\) = .*|\1 = 0|" \
+        "$here/etc/qutemail.ini" > "$cfg"
+    # smtp-source's own sender address must be acceptable; the recipient exists
+    echo benchpass | qutemail --config "$cfg" user add bench@example.test --password-stdin
+    mkdir -p "$BENCH_DIR/qutemail/var/mail/example.test"
+    twistd -n --pidfile= --logfile "$BENCH_DIR/qutemail/twistd.log" qutemail --config "$cfg" &
+    server_pid=$!
+    i=0
+    until python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1).close()" 2>/dev/null; do
+        i=$((i + 1)); [ $i -lt 200 ] || { echo "qutemail did not start" >&2; exit 1; }
+        sleep 0.1
+    done
+}
+
+stop_qutemail() {
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+}
+
+run_qutemail() {  # SESSIONS MESSAGES SIZE
+    start_qutemail
+    trap stop_qutemail EXIT
+    "$driver" 127.0.0.1 "$PORT" example.test "$BENCH_DIR/qutemail/var/mail/example.test" "$1" "$2" "$3"
+    stop_qutemail
+    trap - EXIT
+}
+
+run_postfix() {  # SESSIONS MESSAGES SIZE
+    BENCH_DIR="$BENCH_DIR/postfix" "$SHARED/bench/postfix_setup.sh" start >/dev/null
+    "$driver" 127.0.0.1 25 example.test "$BENCH_DIR/postfix/vmail/example.test" "$1" "$2" "$3"
+}
+
+if [ "${1:-}" = compare ]; then
+    # The rows of issue 2: 10 sessions x 2 KB, 1 session x 2 KB, 10 sessions x 100 KB.
+    for row in "10 2000 2048" "1 1000 2048" "10 500 102400"; do
+        set -- $row
+        printf 'postfix  '; run_postfix "$1" "$2" "$3"
+        sleep 5
+        printf 'qutemail '; run_qutemail "$1" "$2" "$3"
+        sleep 5
+    done
+    "$SHARED/bench/postfix_setup.sh" stop >/dev/null 2>&1 || true
+    exit 0
+fi
+[ $# -eq 3 ] || { sed -n '2,14p' "$0" >&2; exit 2; }
+run_qutemail "$1" "$2" "$3"

@@ -1,0 +1,170 @@
+"""
+Helpers for integration tests: real servers on loopback, driven by real
+clients in threads.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+# Socket timeout for every client (STYLE: 10 s or less).
+CLIENT_TIMEOUT = 10
+
+CONFIG_TEMPLATE = """\
+[server]
+hostname = mail.example.test
+domains = example.test, example.org
+data_dir = {dataDir}
+bind = 127.0.0.1
+
+[smtp]
+mta_port = {mtaPort}
+submission_port = 0
+smtps_port = 0
+max_message_size = {maxMessageSize}
+max_recipients = 100
+
+[imap]
+port = 0
+tls_port = 0
+
+[pop3]
+port = 0
+tls_port = 0
+"""
+
+
+def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str = "25M") -> str:
+    """
+    Write a loopback test configuration.
+
+    @return: C{path}.
+    """
+    with open(path, "w") as f:
+        f.write(CONFIG_TEMPLATE.format(dataDir=dataDir, mtaPort=mtaPort, maxMessageSize=maxMessageSize))
+    return path
+
+
+def freePort() -> int:
+    """
+    @return: a TCP port that was free on 127.0.0.1 a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def runCLI(configPath: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """
+    Run the C{qutemail} admin command in a subprocess (blocking: call it in
+    a thread or during set-up).
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "qutemail.cli", "--config", configPath, *args],
+        input=stdin, capture_output=True, text=True, timeout=60,
+    )
+
+
+def maildirFiles(dataDir: str, address: str) -> list[str]:
+    """
+    @return: the paths of every message in an account's C{new/} and C{cur/}.
+    """
+    local, _, domain = address.partition("@")
+    base = os.path.join(dataDir, "mail", domain, local)
+    out = []
+    for sub in ("new", "cur"):
+        d = os.path.join(base, sub)
+        if os.path.isdir(d):
+            out += [os.path.join(d, n) for n in sorted(os.listdir(d))]
+    return out
+
+
+async def waitFor(predicate, timeout: float = 30.0, interval: float = 0.05):
+    """
+    Poll C{predicate} on the reactor until it returns true.
+
+    @raise AssertionError: it did not within C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await deferLater(reactor, interval, lambda: None)
+
+
+class ServerProcess:
+    """
+    C{twistd -n qutemail} in a subprocess.
+    """
+
+    def __init__(self, configPath: str, logPath: str, port: int) -> None:
+        """
+        @param configPath: the configuration.
+        @param logPath: where twistd logs.
+        @param port: the MTA port it will listen on.
+        """
+        self.configPath = configPath
+        self.logPath = logPath
+        self.port = port
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """
+        Start the server and wait (blocking, up to 30 s) until it accepts
+        connections.
+        """
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "--logfile", self.logPath, "qutemail", "--config", self.configPath],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError("server exited: " + self.process.stderr.read().decode())
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.recv(100)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("server did not start listening")
+
+    def kill(self) -> None:
+        """
+        SIGKILL the server and reap it.
+        """
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        if self.process:
+            self.process.wait(10)
+
+    def stop(self) -> int:
+        """
+        SIGTERM the server and wait for it to exit.
+
+        @return: its exit status.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+    def rssKiB(self, field: str = "VmRSS") -> int:
+        """
+        @return: a memory figure of the server from C{/proc}, in KiB.
+        """
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise AssertionError(f"no {field}")

@@ -1,0 +1,163 @@
+"""
+End-to-end tests of the MTA listener: the whole service tree from
+L{qutemail.service.buildService}, listening on loopback, driven by Python's
+smtplib in a thread.
+"""
+
+import email
+import os
+import smtplib
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from qutemail.backends.userfile import FileUserDirectory
+from qutemail.blocking import InlineRunner
+from qutemail.config import loadConfig
+from qutemail.service import buildService
+from tests.integration.support import CLIENT_TIMEOUT, maildirFiles, waitFor, writeConfig
+
+
+class RunningServerMixin:
+    """
+    Starts the real service tree on an ephemeral loopback port.
+    """
+
+    maxMessageSize = "1M"
+
+    def setUp(self):
+        """
+        Create alice and bob, start the server, and find its port.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        self.dataDir = os.path.join(base, "var")
+        config = loadConfig(writeConfig(os.path.join(base, "qutemail.ini"), self.dataDir,
+                                        maxMessageSize=self.maxMessageSize), environ={})
+        users = FileUserDirectory(os.path.join(self.dataDir, "users"), InlineRunner(), reactor, workFactor=4)
+        os.makedirs(self.dataDir, exist_ok=True)
+        for name in ("alice", "bob"):
+            users.addUser(f"{name}@example.test", b"pw-" + name.encode())
+        self.root = buildService(config, reactor, listen={"mta": "tcp:0:interface=127.0.0.1"})
+        self.root.startService()
+        self.addCleanup(self.root.stopService)
+        d = self.root.listeners["mta"].whenListening()
+
+        def listening(port):
+            self.port = port.getHost().port
+
+        return d.addCallback(listening)
+
+    def smtp(self, f):
+        """
+        Run C{f(client)} with a connected smtplib client in a thread.
+        """
+
+        def run():
+            client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=CLIENT_TIMEOUT)
+            try:
+                return f(client)
+            finally:
+                try:
+                    client.quit()
+                except smtplib.SMTPServerDisconnected:
+                    pass
+
+        return deferToThread(run)
+
+
+class MTATests(RunningServerMixin, TestCase):
+    """
+    Acceptance item 3 of issue 2, over real sockets.
+    """
+
+    async def test_ehloExtensions(self):
+        """
+        EHLO advertises SIZE with the limit, PIPELINING, 8BITMIME and
+        ENHANCEDSTATUSCODES.
+        """
+
+        def ehlo(client):
+            client.ehlo()
+            return client.esmtp_features
+
+        features = await self.smtp(ehlo)
+        self.assertEqual(features["size"], str(1024 * 1024))
+        for name in ("pipelining", "8bitmime", "enhancedstatuscodes"):
+            self.assertIn(name, features)
+        self.assertNotIn("auth", features)
+
+    async def test_recipientVerdicts(self):
+        """
+        An unknown local user gets 550 5.1.1, another domain 554 5.7.1, and
+        a declared SIZE over the limit 552 5.3.4.
+        """
+
+        def session(client):
+            client.ehlo()
+            out = [client.mail("x@remote.test")]
+            out.append(client.rcpt("nobody@example.test"))
+            out.append(client.rcpt("dave@remote.test"))
+            client.rset()
+            out.append(client.mail("x@remote.test", ["SIZE=%d" % (1024 * 1024 + 1)]))
+            return out
+
+        mail, unknown, relay, size = await self.smtp(session)
+        self.assertEqual(mail[0], 250)
+        self.assertEqual(unknown, (550, b"5.1.1 No such user here"))
+        self.assertEqual(relay, (554, b"5.7.1 Relay access denied"))
+        self.assertEqual(size, (552, b"5.3.4 Message size exceeds fixed maximum message size"))
+
+    async def test_garbageThenMail(self):
+        """
+        A garbage command gets 500 and the session goes on to deliver.
+        """
+
+        def session(client):
+            client.ehlo()
+            garbage = client.docmd("FROBNICATE", "now")
+            client.sendmail("x@remote.test", ["alice@example.test"], b"Subject: after garbage\r\n\r\nok\r\n")
+            return garbage
+
+        garbage = await self.smtp(session)
+        self.assertEqual(garbage, (500, b"5.5.2 Command unrecognized"))
+        [path] = await waitFor(lambda: maildirFiles(self.dataDir, "alice@example.test"))
+        with open(path, "rb") as f:
+            self.assertIn(b"Subject: after garbage", f.read())
+
+    async def test_twoLocalRecipients(self):
+        """
+        A message to two local users appears once in each Maildir C{new/},
+        with a Received header naming this server, and the body intact.
+        """
+        body = b"From: x@remote.test\r\nSubject: to both\r\n\r\nfirst line\r\n.leading dot\r\n"
+
+        def session(client):
+            return client.sendmail("x@remote.test", ["alice@example.test", "bob@example.test"], body)
+
+        refused = await self.smtp(session)
+        self.assertEqual(refused, {})
+        for user in ("alice@example.test", "bob@example.test"):
+            [path] = await waitFor(lambda: maildirFiles(self.dataDir, user))
+            self.assertIn(os.sep + "new" + os.sep, path)
+            with open(path, "rb") as f:
+                message = email.message_from_bytes(f.read())
+            self.assertEqual(message["Subject"], "to both")
+            self.assertIn("by mail.example.test (QutEmail) with ESMTP", message["Received"])
+            self.assertEqual(message.get_payload(), "first line\n.leading dot\n")
+
+    async def test_otherConnectionsServedDuringSlowClient(self):
+        """
+        A client that sends half a command and stalls does not hold up
+        another session.
+        """
+        stalled = socket.create_connection(("127.0.0.1", self.port), timeout=CLIENT_TIMEOUT)
+        self.addCleanup(stalled.close)
+        stalled.sendall(b"EHLO half")
+
+        def session(client):
+            return client.sendmail("x@remote.test", ["bob@example.test"], b"Subject: meanwhile\r\n\r\nx\r\n")
+
+        self.assertEqual(await self.smtp(session), {})

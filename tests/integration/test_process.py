@@ -1,0 +1,163 @@
+"""
+Tests of the real C{twistd qutemail} process: crash recovery after
+C{kill -9}, memory use with a 25 MB message, clean stop on SIGTERM.
+"""
+
+import os
+import signal
+import smtplib
+import time
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.integration.support import (
+    CLIENT_TIMEOUT,
+    ServerProcess,
+    freePort,
+    maildirFiles,
+    runCLI,
+    waitFor,
+    writeConfig,
+)
+
+
+class ProcessTestsMixin:
+    """
+    A configuration, a user and a server process per test.
+    """
+
+    def setUp(self):
+        """
+        Write a config on a free port and create alice with the CLI.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        self.base = base
+        self.dataDir = os.path.join(base, "var")
+        self.port = freePort()
+        self.configPath = writeConfig(os.path.join(base, "qutemail.ini"), self.dataDir, mtaPort=self.port)
+        result = runCLI(self.configPath, "user", "add", "alice@example.test", "--password-stdin", stdin="pw\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.server = self.newServer()
+
+    def assertCleanStop(self, status: int) -> None:
+        """
+        The server stopped because of SIGTERM (recent twistd re-raises the
+        signal after a clean shutdown, so the status says "killed by
+        SIGTERM"), logged its shutdown and no error.
+        """
+        self.assertIn(status, (0, -signal.SIGTERM, 128 + signal.SIGTERM))
+        with open(os.path.join(self.base, "twistd.log")) as f:
+            log = f.read()
+        self.assertIn("Server Shut Down.", log)
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("Unhandled", log)
+
+    def newServer(self) -> ServerProcess:
+        """
+        A server process for this test's configuration (not started).
+        """
+        server = ServerProcess(self.configPath, os.path.join(self.base, "twistd.log"), self.port)
+        self.addCleanup(server.kill)
+        return server
+
+
+class CrashRecoveryTests(ProcessTestsMixin, TestCase):
+    """
+    Acceptance item 4 of issue 2.
+    """
+
+    timeout = 120
+
+    async def test_killNineAfterLastReply(self):
+        """
+        Forty messages get 250, the server is killed with SIGKILL right
+        after the last one, and after a restart all forty are in the Maildir
+        and none twice.
+        """
+        await deferToThread(self.server.start)
+
+        def send():
+            client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=CLIENT_TIMEOUT)
+            client.ehlo()
+            for i in range(40):
+                body = b"Subject: crash %d\r\nX-Seq: %d\r\n\r\nbody of message %d\r\n" % (i, i, i)
+                code, _ = client.docmd("MAIL", "FROM:<x@remote.test>")
+                assert code == 250, code
+                assert client.rcpt("alice@example.test")[0] == 250
+                code, reply = client.data(body)
+                assert code == 250, (code, reply)
+            # The instant the last 250 is read: no QUIT, no grace.
+            self.server.kill()
+            client.close()
+
+        await deferToThread(send)
+        restarted = self.newServer()
+        await deferToThread(restarted.start)
+        files = await waitFor(lambda: (lambda f: f if len(f) >= 40 else None)(maildirFiles(self.dataDir, "alice@example.test")))
+        # Give a second chance for any duplicate to show up.
+        await deferToThread(time.sleep, 1.5)
+        files = maildirFiles(self.dataDir, "alice@example.test")
+        seqs = []
+        for path in files:
+            with open(path, "rb") as f:
+                data = f.read()
+            seqs.append(int(data.split(b"X-Seq: ")[1].split(b"\n")[0]))
+        self.assertEqual(sorted(seqs), list(range(40)))
+        self.assertCleanStop(await deferToThread(restarted.stop))
+
+
+class MemoryTests(ProcessTestsMixin, TestCase):
+    """
+    Acceptance item 5 of issue 2.
+    """
+
+    timeout = 180
+
+    async def test_largeMessageFlatMemory(self):
+        """
+        A 25 MB message is accepted and delivered while the server's peak
+        RSS grows by less than 30 MB.
+        """
+        await deferToThread(self.server.start)
+
+        def sendSmall():
+            client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=CLIENT_TIMEOUT)
+            client.sendmail("x@remote.test", ["alice@example.test"], b"Subject: warm-up\r\n\r\nhello\r\n")
+            client.quit()
+
+        # Warm up: imports, thread pool, first delivery.
+        await deferToThread(sendSmall)
+        await waitFor(lambda: len(maildirFiles(self.dataDir, "alice@example.test")) == 1)
+        baseline = self.server.rssKiB("VmRSS")
+        line = b"0123456789" * 7 + b"abcdef\r\n"
+        lines = 25_000_000 // len(line)  # 25 MB; the default limit is 25 MiB
+        body = b"Subject: big\r\n\r\n" + line * lines
+        self.assertGreaterEqual(len(body), 25_000_000 - len(line))
+
+        def sendBig():
+            client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=60)
+            result = client.sendmail("x@remote.test", ["alice@example.test"], body)
+            client.quit()
+            return result
+
+        self.assertEqual(await deferToThread(sendBig), {})
+        await waitFor(lambda: len(maildirFiles(self.dataDir, "alice@example.test")) == 2, timeout=60)
+        peak = self.server.rssKiB("VmHWM")
+        growthMiB = (peak - baseline) / 1024
+        self.assertLess(growthMiB, 30, f"peak RSS grew by {growthMiB:.1f} MiB")
+        stored = [p for p in maildirFiles(self.dataDir, "alice@example.test") if os.path.getsize(p) > 1024 * 1024]
+        self.assertEqual(len(stored), 1)
+        self.assertGreater(os.path.getsize(stored[0]), len(body) - lines)
+
+    async def test_sigtermStopsCleanly(self):
+        """
+        SIGTERM stops the server with exit status 0 and the journal holds
+        nothing unfinished.
+        """
+        await deferToThread(self.server.start)
+        self.assertCleanStop(await deferToThread(self.server.stop))
+        journal = os.path.join(self.dataDir, "queue", "journal")
+        for name in os.listdir(journal):
+            self.assertNotIn(b"M ", open(os.path.join(journal, name), "rb").read()[:2])
