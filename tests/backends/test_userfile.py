@@ -1,0 +1,671 @@
+# -*- test-case-name: tests.backends.test_userfile -*-
+"""
+Tests for L{qutemail.backends.userfile}, over a temporary directory with an
+inline runner and a L{Clock}.
+"""
+
+import json
+import os
+import stat
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from qutemail.address import AddressInvalid
+from qutemail.backends import userfile
+from qutemail.backends.userfile import (
+    DEFAULT_WORK_FACTOR,
+    FileUserDirectory,
+    UserFileError,
+    hashPassword,
+    parsePasswordHash,
+    verifyPassword,
+)
+from qutemail.blocking import InlineRunner
+from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
+
+# Cheap scrypt (N = 16) so that the tests run fast; DefaultParametersTests
+# covers the real cost once.
+CHEAP = 4
+PASSWORD = b"correct horse battery staple"
+
+
+@attrs.define
+class RecordingRunner:
+    """
+    An inline runner that remembers the name of every function it ran.
+
+    @ivar calls: the names, in order.
+    """
+
+    calls: list[str] = attrs.field(factory=list)
+
+    def run(self, f: Callable[..., Any], *args: Any) -> Any:
+        """
+        Record C{f}'s name and run it inline.
+        """
+        self.calls.append(f.__name__)
+        return InlineRunner().run(f, *args)
+
+
+class DirectoryTestsMixin:
+    """
+    A directory over C{users} in a fresh temporary directory.
+    """
+
+    def setUp(self) -> None:
+        """
+        Build the directory, its runner and its clock.
+        """
+        self.dataDir = self.mktemp()
+        os.mkdir(self.dataDir)
+        self.path = os.path.join(self.dataDir, "users")
+        self.runner = RecordingRunner()
+        self.clock = Clock()
+        self.directory = self.makeDirectory()
+
+    def makeDirectory(self, clock: Clock | None = None, workFactor: int = CHEAP) -> FileUserDirectory:
+        """
+        @return: another directory over the same file, as a second process
+            would have.
+        """
+        return FileUserDirectory(self.path, self.runner, clock or self.clock, workFactor=workFactor)
+
+    def add(self, address: str = "bob@example.test", password: bytes = PASSWORD) -> Account:
+        """
+        Add an account, which must succeed.
+        """
+        return self.successResultOf(self.directory.addUser(address, password))
+
+    def fileDocument(self) -> dict:
+        """
+        @return: the parsed user file.
+        """
+        with open(self.path, "rb") as f:
+            return json.loads(f.read())
+
+    def writeFile(self, data: bytes) -> None:
+        """
+        Replace the user file's contents, as a careless editor would.
+        """
+        with open(self.path, "wb") as f:
+            f.write(data)
+
+
+class AccountTests(DirectoryTestsMixin, SynchronousTestCase):
+    """
+    Adding, finding, changing and removing accounts.
+    """
+
+    def test_interface(self) -> None:
+        """
+        L{FileUserDirectory} provides L{IUserDirectory}.
+        """
+        self.assertTrue(verifyObject(IUserDirectory, self.directory))
+
+    def test_clockMustProvideTime(self) -> None:
+        """
+        A clock that does not provide C{IReactorTime} is refused at once.
+        """
+        self.assertRaises(TypeError, FileUserDirectory, self.path, self.runner, object())
+
+    def test_missingFileMeansNoUsers(self) -> None:
+        """
+        Without a user file there are no users, and reading creates none.
+        """
+        self.assertEqual(self.successResultOf(self.directory.listAccounts()), [])
+        self.assertIsNone(self.successResultOf(self.directory.getAccount("bob@example.test")))
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_addUser(self) -> None:
+        """
+        A new account has the default quota and can be looked up.
+        """
+        self.assertEqual(self.add(), Account("bob@example.test", None))
+        self.assertEqual(
+            self.successResultOf(self.directory.getAccount("bob@example.test")),
+            Account("bob@example.test", None),
+        )
+
+    def test_addUserCreatesDataDir(self) -> None:
+        """
+        Adding the first user creates the data directory if it is missing.
+        """
+        self.path = os.path.join(self.mktemp(), "data", "users")
+        self.directory = self.makeDirectory()
+        self.add()
+        self.assertEqual(self.fileDocument()["users"].keys(), {"bob@example.test"})
+
+    def test_addDuplicate(self) -> None:
+        """
+        Adding an existing address fails with L{UserExists} and leaves the
+        first password in place.
+        """
+        self.add()
+        self.failureResultOf(self.directory.addUser("bob@example.test", b"other"), UserExists)
+        self.assertIsNotNone(self.successResultOf(self.directory.checkPassword("bob@example.test", PASSWORD)))
+
+    def test_addUnnormalisedAddress(self) -> None:
+        """
+        Addresses must come normalised; anything else is refused rather than
+        stored under a key no lookup would find.
+        """
+        for address in ["Bob@example.test", "bob@EXAMPLE.test", "bob", "a/b@example.test"]:
+            self.failureResultOf(self.directory.addUser(address, PASSWORD), AddressInvalid)
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_addEmptyPassword(self) -> None:
+        """
+        An empty password is refused.
+        """
+        self.failureResultOf(self.directory.addUser("bob@example.test", b""), ValueError)
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_checkPassword(self) -> None:
+        """
+        The right password gives the account; a wrong one, or one for an
+        unknown user, gives C{None}.
+        """
+        self.add()
+        check = self.directory.checkPassword
+        self.assertEqual(
+            self.successResultOf(check("bob@example.test", PASSWORD)), Account("bob@example.test")
+        )
+        self.assertIsNone(self.successResultOf(check("bob@example.test", PASSWORD + b"!")))
+        self.assertIsNone(self.successResultOf(check("bob@example.test", b"")))
+        self.assertIsNone(self.successResultOf(check("eve@example.test", PASSWORD)))
+
+    def test_hashingThroughRunner(self) -> None:
+        """
+        Hashing, verifying and the dummy work for an unknown user all run
+        through the runner, never on the caller's thread.
+        """
+        self.add()
+        self.assertIn("hashPassword", self.runner.calls)
+        del self.runner.calls[:]
+        self.successResultOf(self.directory.checkPassword("bob@example.test", PASSWORD))
+        self.assertEqual(self.runner.calls, ["verifyPassword"])
+        del self.runner.calls[:]
+        self.successResultOf(self.directory.checkPassword("eve@example.test", PASSWORD))
+        self.assertEqual(self.runner.calls, ["_dummyVerify"])
+
+    def test_fileAccessThroughRunner(self) -> None:
+        """
+        Writing and re-reading the file run through the runner.
+        """
+        self.add()
+        self.assertEqual(self.runner.calls, ["hashPassword", "_modify"])
+        self.clock.advance(1)
+        self.successResultOf(self.directory.listAccounts())
+        self.assertEqual(self.runner.calls[-1], "_refresh")
+
+    def test_setPassword(self) -> None:
+        """
+        After a password change only the new password works.
+        """
+        self.add()
+        self.assertIsNone(self.successResultOf(self.directory.setPassword("bob@example.test", b"new")))
+        self.assertIsNone(self.successResultOf(self.directory.checkPassword("bob@example.test", PASSWORD)))
+        self.assertIsNotNone(self.successResultOf(self.directory.checkPassword("bob@example.test", b"new")))
+
+    def test_setPasswordKeepsQuota(self) -> None:
+        """
+        Changing the password leaves the quota as it was.
+        """
+        self.add()
+        self.successResultOf(self.directory.setQuota("bob@example.test", 1000))
+        self.successResultOf(self.directory.setPassword("bob@example.test", b"new"))
+        self.assertEqual(
+            self.successResultOf(self.directory.getAccount("bob@example.test")),
+            Account("bob@example.test", 1000),
+        )
+
+    def test_setPasswordUnknown(self) -> None:
+        """
+        Changing the password of an unknown user fails with L{NoSuchUser}.
+        """
+        self.failureResultOf(self.directory.setPassword("eve@example.test", b"new"), NoSuchUser)
+
+    def test_removeUser(self) -> None:
+        """
+        A removed account is gone, and its password no longer works.
+        """
+        self.add()
+        self.add("carol@example.test")
+        self.assertIsNone(self.successResultOf(self.directory.removeUser("bob@example.test")))
+        self.assertIsNone(self.successResultOf(self.directory.getAccount("bob@example.test")))
+        self.assertIsNone(self.successResultOf(self.directory.checkPassword("bob@example.test", PASSWORD)))
+        self.assertEqual(self.fileDocument()["users"].keys(), {"carol@example.test"})
+
+    def test_removeUnknown(self) -> None:
+        """
+        Removing an unknown user fails with L{NoSuchUser}.
+        """
+        self.failureResultOf(self.directory.removeUser("eve@example.test"), NoSuchUser)
+
+    def test_setQuota(self) -> None:
+        """
+        A quota can be set, and reset to the default with C{None}.
+        """
+        self.add()
+        self.assertEqual(
+            self.successResultOf(self.directory.setQuota("bob@example.test", 5 * 2**30)),
+            Account("bob@example.test", 5 * 2**30),
+        )
+        self.assertEqual(
+            self.successResultOf(self.directory.getAccount("bob@example.test")).quotaBytes, 5 * 2**30
+        )
+        self.successResultOf(self.directory.setQuota("bob@example.test", None))
+        self.assertIsNone(self.successResultOf(self.directory.getAccount("bob@example.test")).quotaBytes)
+
+    def test_setQuotaUnknown(self) -> None:
+        """
+        Setting the quota of an unknown user fails with L{NoSuchUser}.
+        """
+        self.failureResultOf(self.directory.setQuota("eve@example.test", 10), NoSuchUser)
+
+    def test_setQuotaInvalid(self) -> None:
+        """
+        A quota must be C{None} or a whole number of bytes, not negative.
+        """
+        self.add()
+        for quota in [-1, 1.5, "10M", True]:
+            self.failureResultOf(self.directory.setQuota("bob@example.test", quota), ValueError)
+
+    def test_listAccounts(self) -> None:
+        """
+        The list holds every account with its quota, sorted by address.
+        """
+        self.add("carol@example.test")
+        self.add("bob@example.test")
+        self.add("alice@other.test")
+        self.successResultOf(self.directory.setQuota("carol@example.test", 42))
+        self.assertEqual(
+            self.successResultOf(self.directory.listAccounts()),
+            [
+                Account("alice@other.test"),
+                Account("bob@example.test"),
+                Account("carol@example.test", 42),
+            ],
+        )
+
+
+class FileTests(DirectoryTestsMixin, SynchronousTestCase):
+    """
+    The file on disk: format, permissions, atomic replacement.
+    """
+
+    def test_format(self) -> None:
+        """
+        The file is the documented JSON: a version and a record per address
+        with a parameterised scrypt hash and the quota.
+        """
+        self.add()
+        self.successResultOf(self.directory.setQuota("bob@example.test", 2048))
+        document = self.fileDocument()
+        self.assertEqual(document["version"], 1)
+        record = document["users"]["bob@example.test"]
+        self.assertEqual(record["quota"], 2048)
+        self.assertTrue(record["password"].startswith(f"scrypt${CHEAP}$8$1$"), record["password"])
+
+    def test_passwordNotInClear(self) -> None:
+        """
+        Neither the password nor any encoding of it that is easy to spot
+        appears in the file.
+        """
+        self.add()
+        with open(self.path, "rb") as f:
+            data = f.read()
+        self.assertNotIn(PASSWORD, data)
+        self.assertNotIn(b"correct", data)
+
+    def test_mode(self) -> None:
+        """
+        The user file and its lock file are readable and writable by their
+        owner only, after every rewrite.
+        """
+        self.add()
+        self.add("carol@example.test")
+        for path in [self.path, self.path + ".lock"]:
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
+
+    def test_noTemporaryFilesLeft(self) -> None:
+        """
+        After a write, the directory holds the user file and its lock file
+        only.
+        """
+        self.add()
+        self.successResultOf(self.directory.removeUser("bob@example.test"))
+        self.assertEqual(sorted(os.listdir(self.dataDir)), ["users", "users.lock"])
+
+    def test_replacedNotRewritten(self) -> None:
+        """
+        A change writes a new file and renames it over the old one, so a
+        reader holding the old file still sees it whole.
+        """
+        self.add()
+        with open(self.path, "rb") as old:
+            before = old.read()
+            self.add("carol@example.test")
+            old.seek(0)
+            self.assertEqual(old.read(), before)
+        self.assertIn("carol@example.test", self.fileDocument()["users"])
+
+    def test_failedWriteKeepsFile(self) -> None:
+        """
+        When the new file cannot be written, the old one stays, no
+        temporary file is left, and the error names the file.
+        """
+        self.add()
+        with open(self.path, "rb") as f:
+            before = f.read()
+
+        def failingWriteAll(fd: int, data: bytes) -> None:
+            """
+            Fail as a full disk does.
+            """
+            raise OSError(28, "No space left on device")
+
+        self.patch(userfile, "writeAll", failingWriteAll)
+        failure = self.failureResultOf(self.directory.addUser("carol@example.test", PASSWORD), UserFileError)
+        self.assertIn(self.path, str(failure.value))
+        self.assertIn("No space left on device", str(failure.value))
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(sorted(os.listdir(self.dataDir)), ["users", "users.lock"])
+
+
+class CorruptFileTests(DirectoryTestsMixin, SynchronousTestCase):
+    """
+    A file that is not a valid user file gives one clear error.
+    """
+
+    # name: (contents, a word the message must hold)
+    CORRUPT = {
+        "not JSON": (b'{"version": 1, "users": {', "not JSON"),
+        "not UTF-8": (b"\xff\xfe", "not UTF-8"),
+        "not an object": (b"[]", "top level"),
+        "wrong version": (b'{"version": 2, "users": {}}', "version 2"),
+        "users not an object": (b'{"version": 1, "users": []}', '"users"'),
+        "bad address": (b'{"version": 1, "users": {"bob": {"password": "x", "quota": null}}}', "'bob'"),
+        "unnormalised address": (
+            b'{"version": 1, "users": {"Bob@example.test": {"password": "x", "quota": null}}}',
+            "normal form",
+        ),
+        "bad hash": (
+            b'{"version": 1, "users": {"bob@example.test": {"password": "plain", "quota": null}}}',
+            "password hash",
+        ),
+        "bad quota": (
+            b'{"version": 1, "users": {"bob@example.test": {"password": '
+            b'"scrypt$4$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "quota": -5}}}',
+            "quota -5",
+        ),
+        "entry not an object": (b'{"version": 1, "users": {"bob@example.test": "secret"}}', "not an object"),
+    }
+
+    def test_corrupt(self) -> None:
+        """
+        Every kind of corruption fails reads with L{UserFileError}, whose
+        message is one line naming the file and the fault.
+        """
+        for name, (data, reason) in self.CORRUPT.items():
+            self.writeFile(data)
+            directory = self.makeDirectory()
+            failure = self.failureResultOf(directory.listAccounts(), UserFileError)
+            message = str(failure.value)
+            self.assertTrue(message.startswith(self.path + ": corrupt user file: "), (name, message))
+            self.assertIn(reason, message, name)
+            self.assertNotIn("\n", message, name)
+
+    def test_checkPasswordOnCorruptFile(self) -> None:
+        """
+        Password checks fail with the error too, rather than saying the
+        user does not exist.
+        """
+        self.writeFile(b"garbage")
+        self.failureResultOf(self.directory.checkPassword("bob@example.test", PASSWORD), UserFileError)
+
+    def test_notOverwritten(self) -> None:
+        """
+        A change refuses to replace a corrupt file (whose accounts would be
+        lost).
+        """
+        self.writeFile(b"garbage")
+        self.failureResultOf(self.directory.addUser("bob@example.test", PASSWORD), UserFileError)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"garbage")
+
+    def test_recovers(self) -> None:
+        """
+        Once the file is repaired, the next check reads it again.
+        """
+        self.writeFile(b"garbage")
+        self.failureResultOf(self.directory.listAccounts(), UserFileError)
+        os.unlink(self.path)
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(self.directory.listAccounts()), [])
+
+
+class ReloadTests(DirectoryTestsMixin, SynchronousTestCase):
+    """
+    Changes made by another process (the command-line tool) reach the
+    server within a second of its clock.
+    """
+
+    def setUp(self) -> None:
+        """
+        A second directory over the same file, with its own clock.
+        """
+        super().setUp()
+        self.other = self.makeDirectory(Clock())
+        # The server has read the (missing) file once.
+        self.assertEqual(self.successResultOf(self.directory.listAccounts()), [])
+
+    def test_addSeenAfterASecond(self) -> None:
+        """
+        An account added elsewhere is not seen before the clock has moved
+        a second, and is seen after.
+        """
+        self.successResultOf(self.other.addUser("bob@example.test", PASSWORD))
+        self.assertIsNone(self.successResultOf(self.directory.getAccount("bob@example.test")))
+        self.clock.advance(0.999)
+        self.assertIsNone(self.successResultOf(self.directory.getAccount("bob@example.test")))
+        self.clock.advance(0.001)
+        self.assertEqual(
+            self.successResultOf(self.directory.getAccount("bob@example.test")), Account("bob@example.test")
+        )
+        self.assertIsNotNone(self.successResultOf(self.directory.checkPassword("bob@example.test", PASSWORD)))
+
+    def test_cachedWithinASecond(self) -> None:
+        """
+        Within a second of the last check the file is not even stat()ed.
+        """
+        self.clock.advance(1)
+        self.successResultOf(self.directory.listAccounts())
+        before = self.runner.calls.count("_refresh")
+        for _ in range(10):
+            self.clock.advance(0.05)
+            self.successResultOf(self.directory.listAccounts())
+        self.assertEqual(self.runner.calls.count("_refresh"), before)
+        self.clock.advance(0.5)
+        self.successResultOf(self.directory.listAccounts())
+        self.assertEqual(self.runner.calls.count("_refresh"), before + 1)
+
+    def test_unchangedNotReread(self) -> None:
+        """
+        When the file has not changed, a check costs a stat() and the
+        cached accounts are kept.
+        """
+        self.add()
+        reads = []
+        realReadFile = userfile._readFile
+
+        def countingReadFile(path: str) -> Any:
+            """
+            Count the reads, then read.
+            """
+            reads.append(path)
+            return realReadFile(path)
+
+        self.patch(userfile, "_readFile", countingReadFile)
+        self.clock.advance(5)
+        self.assertEqual(len(self.successResultOf(self.directory.listAccounts())), 1)
+        self.assertEqual(reads, [])
+
+    def test_passwordChangeSeen(self) -> None:
+        """
+        A password changed elsewhere takes effect after a second.
+        """
+        self.add()
+        self.successResultOf(self.other.setPassword("bob@example.test", b"new"))
+        self.assertIsNotNone(self.successResultOf(self.directory.checkPassword("bob@example.test", PASSWORD)))
+        self.clock.advance(1)
+        self.assertIsNone(self.successResultOf(self.directory.checkPassword("bob@example.test", PASSWORD)))
+        self.assertIsNotNone(self.successResultOf(self.directory.checkPassword("bob@example.test", b"new")))
+
+    def test_removeAndQuotaSeen(self) -> None:
+        """
+        Removals and quota changes made elsewhere are seen after a second.
+        """
+        self.add()
+        self.add("carol@example.test")
+        self.successResultOf(self.other.removeUser("bob@example.test"))
+        self.successResultOf(self.other.setQuota("carol@example.test", 99))
+        self.clock.advance(1)
+        self.assertEqual(
+            self.successResultOf(self.directory.listAccounts()), [Account("carol@example.test", 99)]
+        )
+
+    def test_fileDeletedSeen(self) -> None:
+        """
+        When the file disappears, the users go with it.
+        """
+        self.add()
+        os.unlink(self.path)
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(self.directory.listAccounts()), [])
+
+    def test_changesMergeNotClobber(self) -> None:
+        """
+        A change re-reads the file under the lock, so it keeps accounts
+        another process added since this one last looked.
+        """
+        self.successResultOf(self.other.addUser("carol@example.test", PASSWORD))
+        self.add()
+        self.assertEqual(self.fileDocument()["users"].keys(), {"bob@example.test", "carol@example.test"})
+
+    def test_ownChangesSeenAtOnce(self) -> None:
+        """
+        A directory sees its own changes without waiting for the clock.
+        """
+        self.add()
+        self.assertEqual(self.successResultOf(self.directory.listAccounts()), [Account("bob@example.test")])
+
+
+class PasswordHashTests(SynchronousTestCase):
+    """
+    The scrypt hash and its stored form.
+    """
+
+    def test_defaultParameters(self) -> None:
+        """
+        By default hashes use N = 2**14, r = 8, p = 1, a 16-byte salt and a
+        32-byte key, and verify.
+        """
+        self.assertEqual(DEFAULT_WORK_FACTOR, 14)
+        encoded = hashPassword(PASSWORD)
+        self.assertTrue(encoded.startswith("scrypt$14$8$1$"), encoded)
+        workFactor, r, p, salt, key = parsePasswordHash(encoded)
+        self.assertEqual((workFactor, r, p, len(salt), len(key)), (14, 8, 1, 16, 32))
+        self.assertTrue(verifyPassword(encoded, PASSWORD))
+        self.assertFalse(verifyPassword(encoded, PASSWORD[:-1]))
+
+    def test_directoryDefault(self) -> None:
+        """
+        A directory built without a work factor hashes at the default cost.
+        """
+        path = os.path.join(self.mktemp(), "users")
+        directory = FileUserDirectory(path, InlineRunner(), Clock())
+        self.assertEqual(directory.workFactor, DEFAULT_WORK_FACTOR)
+        self.successResultOf(directory.addUser("bob@example.test", PASSWORD))
+        with open(path, "rb") as f:
+            stored = json.loads(f.read())["users"]["bob@example.test"]["password"]
+        self.assertTrue(stored.startswith("scrypt$14$8$1$"), stored)
+
+    def test_saltIsRandom(self) -> None:
+        """
+        The same password hashes differently each time.
+        """
+        self.assertNotEqual(hashPassword(PASSWORD, CHEAP), hashPassword(PASSWORD, CHEAP))
+
+    def test_oldParametersStillVerify(self) -> None:
+        """
+        A hash made at another cost still verifies after the directory's
+        cost changes.
+        """
+        dataDir = self.mktemp()
+        path = os.path.join(dataDir, "users")
+        old = FileUserDirectory(path, InlineRunner(), Clock(), workFactor=5)
+        self.successResultOf(old.addUser("bob@example.test", PASSWORD))
+        new = FileUserDirectory(path, InlineRunner(), Clock(), workFactor=CHEAP)
+        self.assertIsNotNone(self.successResultOf(new.checkPassword("bob@example.test", PASSWORD)))
+
+    def test_parseRejects(self) -> None:
+        """
+        Hashes of another scheme, with missing parts, bad base64 or
+        parameters too costly to honour are refused with L{ValueError}.
+        """
+        good = hashPassword(PASSWORD, CHEAP)
+        parts = good.split("$")
+        bad = [
+            "",
+            "plain",
+            "bcrypt$" + "$".join(parts[1:]),
+            "$".join(parts[:-1]),
+            "$".join(["scrypt", "40"] + parts[2:]),
+            "$".join(["scrypt", "4", "0"] + parts[3:]),
+            "$".join(["scrypt", "4", "8", "x"] + parts[4:]),
+            "$".join(parts[:4] + ["!!!!", parts[5]]),
+            "$".join(parts[:5] + ["AAAA"]),
+        ]
+        for encoded in bad:
+            self.assertRaises(ValueError, parsePasswordHash, encoded)
+        self.assertEqual(parsePasswordHash(good)[:3], (CHEAP, 8, 1))
+
+
+class LoggingTests(DirectoryTestsMixin, SynchronousTestCase):
+    """
+    What the directory logs.
+    """
+
+    def test_changesLoggedWithoutPassword(self) -> None:
+        """
+        Changes are logged with the address as a field, and no event holds
+        the password.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.add()
+        self.successResultOf(self.directory.setPassword("bob@example.test", b"second secret"))
+        self.successResultOf(self.directory.checkPassword("bob@example.test", PASSWORD))
+        self.assertIn("bob@example.test", [event.get("address") for event in events])
+        for event in events:
+            self.assertNotIn("correct horse", repr(event))
+            self.assertNotIn("second secret", repr(event))
+
+    def test_corruptFileLogged(self) -> None:
+        """
+        A corrupt file is logged as an error naming it, once per check.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.writeFile(b"garbage")
+        self.failureResultOf(self.directory.listAccounts(), UserFileError)
+        self.failureResultOf(self.directory.listAccounts(), UserFileError)
+        errors = [event for event in events if event.get("path") == self.path and "reason" in event]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("corrupt user file", errors[0]["reason"])
