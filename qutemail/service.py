@@ -181,7 +181,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     runner.setServiceParent(root)
 
     users = FileUserDirectory(os.path.join(dataDir, "users"), runner, reactor)
-    store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes)
+    store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor)
     journal = Journal(os.path.join(queueDir, "journal"), runner, reactor)
     queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
     queueIds = QueueIds(reactor)

@@ -80,7 +80,7 @@ def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageB
     queueDir = os.path.join(dataDir, "queue")
     spill = os.path.join(queueDir, "large")
     os.makedirs(spill, exist_ok=True)
-    store = MaildirStore(dataDir, runner, HOSTNAME, defaultQuotaBytes)
+    store = MaildirStore(dataDir, runner, HOSTNAME, defaultQuotaBytes, clock)
     journal = Journal(os.path.join(queueDir, "journal"), runner, clock)
     journal.recover()
     queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)

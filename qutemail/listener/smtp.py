@@ -143,11 +143,47 @@ class SMTPServer(ESMTP):
 
     # -- replies ---------------------------------------------------------
 
+    def write(self, data: bytes) -> None:
+        """
+        Send bytes to the client.
+
+        Twisted's TCP transport holds every write until the reactor's next
+        turn: an epoll_ctl to watch for writability, a poll, the send, and
+        another epoll_ctl.  A reply is a few dozen bytes and the socket
+        buffer is nearly always empty, so on a plain TCP connection with
+        nothing already queued the send is tried at once, and only what did
+        not fit goes to the transport.  Under TLS, or with anything queued,
+        everything goes through the transport.  (This reads the transport's
+        buffer attributes, which are Twisted internals: setup.cfg pins the
+        Twisted series; tests over real sockets cover this path.)
+        """
+        transport = self.transport
+        sock = getattr(transport, "socket", None)
+        if (
+            sock is not None
+            and transport.TLS is False
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._tempDataBuffer
+            and len(transport.dataBuffer) == transport.offset
+        ):
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # Let the transport meet the error and close properly.
+                sent = 0
+            data = data[sent:]
+            if not data:
+                return
+        transport.write(data)
+
     def reply(self, reply: Reply) -> None:
         """
         Send one reply with its enhanced status code.
         """
-        self.transport.write(b"%d %s\r\n" % (reply.code, reply.line))
+        self.write(b"%d %s\r\n" % (reply.code, reply.line))
 
     def sendCode(self, code: int, message: bytes = b"") -> None:
         """
@@ -159,9 +195,9 @@ class SMTPServer(ESMTP):
         for i, line in enumerate(lines):
             sep = b" " if i == len(lines) - 1 else b"-"
             if code in (220, 221) or code // 100 not in (2, 4, 5) or line[:1].isdigit():
-                self.transport.write(b"%d%s%s\r\n" % (code, sep, line))
+                self.write(b"%d%s%s\r\n" % (code, sep, line))
             else:
-                self.transport.write(b"%d%s%s %s\r\n" % (code, sep, enhanced, line))
+                self.write(b"%d%s%s %s\r\n" % (code, sep, enhanced, line))
 
     def _error(self, reply: Reply) -> None:
         """
@@ -312,8 +348,8 @@ class SMTPServer(ESMTP):
         for keyword, args in self.extensions().items():
             lines.append(keyword + (b" " + b" ".join(args) if args else b""))
         for line in lines[:-1]:
-            self.transport.write(b"250-" + line + b"\r\n")
-        self.transport.write(b"250 " + lines[-1] + b"\r\n")
+            self.write(b"250-" + line + b"\r\n")
+        self.write(b"250 " + lines[-1] + b"\r\n")
 
     def do_HELO(self, rest: bytes) -> None:
         """
@@ -325,7 +361,7 @@ class SMTPServer(ESMTP):
         self._heloName = rest.strip().decode("ascii", "replace")
         self._esmtp = False
         self._abortTransaction()
-        self.transport.write(b"250 " + self.host + b"\r\n")
+        self.write(b"250 " + self.host + b"\r\n")
 
     def do_NOOP(self, rest: bytes) -> None:
         """
@@ -473,7 +509,7 @@ class SMTPServer(ESMTP):
         self._dataSize = 0
         self._midLine = False
         self._mode = _DATA
-        self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+        self.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
 
     def _receivedHeader(self) -> bytes:
         """
@@ -596,11 +632,6 @@ class SMTPServer(ESMTP):
             self.reply(replyFor(f))
             return
         self._messages += 1
-        self._log.info(
-            "queued {queueId} from=<{sender}> to={recipients} size={size} peer={peer}",
-            queueId=message.queueId, sender=sender, recipients=",".join(recipients),
-            size=message.size, peer=self._peer,
-        )
         self.reply(replies.QUEUED.withText(f"Ok: queued as {message.queueId}"))
         self.factory.router.accept(message)
 

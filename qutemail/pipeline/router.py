@@ -146,10 +146,10 @@ class Router:
             attempts.append((index, address, ensureDeferred(self.attempt(message, address, index, recovering))))
         results = await DeferredList([d for _, _, d in attempts], consumeErrors=True)
         bounced: list[FailedRecipient] = []
+        outcomes: list[str] = [f"{r.address}: {r.lastReply}" for r in queued]
         for (index, address, _), (ok, result) in zip(attempts, results):
             if ok and result is None:
-                self._log.info("delivered {queueId} to {recipient} size={size}",
-                               queueId=message.queueId, recipient=address, size=message.size)
+                outcomes.append(f"{address}: delivered")
                 continue
             reply = result if ok else replyFor(result)
             if not ok:
@@ -159,14 +159,20 @@ class Router:
                 queued.append(RecipientState(address, index, DEFERRED, attempts=1,
                                              nextAttempt=now + retryDelay(self.retrySchedule, 1),
                                              lastReply=str(reply)))
-                self._log.info("deferred {queueId} for {recipient}: {reply}",
-                               queueId=message.queueId, recipient=address, reply=str(reply))
+                outcomes.append(f"{address}: deferred ({reply})")
             else:
                 bounced.append(FailedRecipient(address, reply.enhanced, str(reply)))
+                outcomes.append(f"{address}: bounced ({reply})")
         if queued:
             await self.queue.add(message, queued)
         if bounced:
             await self.bounce(message, bounced)
+        # The one line per message: who sent what to whom, and what became of it.
+        self._log.info(
+            "{queueId} from=<{sender}> size={size} peer={peer} {result}",
+            queueId=message.queueId, sender=envelope.sender, size=message.size,
+            peer=envelope.peer, recipients=list(envelope.recipients), result="; ".join(outcomes),
+        )
         self.journal.markDone(message.queueId, message.path)
 
     async def attempt(self, message: SpooledMessage, address: str, index: int, checkExisting: bool) -> Reply | None:
@@ -194,9 +200,6 @@ class Router:
         @param failed: the recipients it failed for.
         """
         sender = message.envelope.sender
-        for r in failed:
-            self._log.info("bounced {queueId} for {recipient}: {reply}",
-                           queueId=message.queueId, recipient=r.address, reply=r.diagnostic)
         if not sender:
             return
         header = originalHeader(await self._readHead(message))

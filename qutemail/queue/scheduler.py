@@ -145,6 +145,9 @@ class RetryScheduler(Service):
                                queueId=entry.queueId, recipient=r.address, reply=r.lastReply)
                 continue
             r.state = BOUNCED
+            self._log.info("bounced {queueId} for {recipient} after {attempts} attempts: {reply}",
+                           queueId=entry.queueId, recipient=r.address, attempts=r.attempts,
+                           reply=r.lastReply)
             bounced.append(FailedRecipient(r.address, reply.enhanced, str(reply)))
         if bounced:
             await self.router.bounce(message, bounced)

@@ -18,10 +18,11 @@ reading usage never scans the mailbox.
 """
 
 import os
+import threading
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -31,6 +32,13 @@ from qutemail.pipeline.spool import SpooledMessage
 from qutemail.replies import MAILBOX_FULL, ReplyError
 
 _COPY_BYTES = 1024 * 1024
+# How long usage read from maildirsize is trusted before it is read again
+# (other processes, such as an IMAP server on another node, may change it).
+USAGE_CACHE_SECONDS = 60.0
+# Maildir++: a maildirsize file past 5120 bytes is recalculated.
+MAILDIRSIZE_MAX_BYTES = 5120
+# Delivery batches written at once (each in its own worker thread).
+MAX_BATCHES = 4
 _SUBDIRS = ("cur", "new", "tmp")
 
 
@@ -48,16 +56,18 @@ def mailboxPath(dataDir: str, address: str) -> str:
 
 def readUsage(path: str) -> tuple[int, int]:
     """
-    Read a mailbox's usage from its C{maildirsize} file.  Blocking.
+    Read a mailbox's usage from its C{maildirsize} file, or count the
+    mailbox when that file is missing.  Blocking.
 
     @param path: the mailbox directory.
-    @return: C{(bytes, messages)}; C{(0, 0)} when there is no such file.
+    @return: C{(bytes, messages)}; C{(0, 0)} for a mailbox that does not
+        exist yet.
     """
     try:
         with open(os.path.join(path, "maildirsize"), "rb") as f:
             lines = f.read().split(b"\n")
     except FileNotFoundError:
-        return 0, 0
+        return countMailbox(path)
     total = count = 0
     for line in lines[1:]:
         fields = line.split()
@@ -68,6 +78,34 @@ def readUsage(path: str) -> tuple[int, int]:
             except ValueError:
                 continue
     return max(total, 0), max(count, 0)
+
+
+def countMailbox(path: str) -> tuple[int, int]:
+    """
+    Count a mailbox's messages and bytes from its files (the Maildir++
+    C{,S=} size in a name saves a stat).  Blocking.
+
+    @param path: the mailbox directory.
+    @return: C{(bytes, messages)}.
+    """
+    total = count = 0
+    for sub in ("new", "cur"):
+        try:
+            entries = os.scandir(os.path.join(path, sub))
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                _, marker, rest = entry.name.partition(",S=")
+                digits = rest.split(":")[0].split(",")[0]
+                try:
+                    total += int(digits) if marker and digits.isdigit() else entry.stat().st_size
+                except FileNotFoundError:
+                    continue
+                count += 1
+    return total, count
 
 
 def messageFileName(message: SpooledMessage, index: int, hostname: str, size: int) -> str:
@@ -118,19 +156,27 @@ class MaildirStore:
 
     _log = Logger()
 
-    def __init__(self, dataDir: str, runner: Any, hostname: str, defaultQuotaBytes: int) -> None:
+    def __init__(self, dataDir: str, runner: Any, hostname: str, defaultQuotaBytes: int,
+                 clock: Any = None) -> None:
         """
         @param dataDir: the server's C{data_dir}.
         @param runner: the L{qutemail.blocking.BlockingRunner}.
         @param hostname: this server's host name, for file names.
         @param defaultQuotaBytes: the quota of accounts without their own.
+        @param clock: an C{IReactorTime}; with one, usage read from
+            C{maildirsize} is cached for L{USAGE_CACHE_SECONDS} (and kept up
+            to date by our own deliveries), so RCPT needs no disk access.
         """
+        self._clock = clock
+        self._usage: dict[str, tuple[int, int, float]] = {}
         self._dataDir = dataDir
         self._runner = runner
         self._hostname = hostname
         self._defaultQuota = defaultQuotaBytes
         self._pending: list[_Job] = []
-        self._flushing = False
+        self._flushing = 0
+        # One lock per mailbox for maildirsize: batches run in parallel.
+        self._sizeLocks: dict[str, threading.Lock] = {}
         self._known: set[str] = set()
 
     def quotaOf(self, account: Account) -> int:
@@ -161,7 +207,27 @@ class MaildirStore:
         """
         @return: a Deferred firing with C{(bytes, messages)}.
         """
-        return self._runner.run(readUsage, mailboxPath(self._dataDir, account.address))
+        address = account.address
+        if self._clock is not None:
+            cached = self._usage.get(address)
+            now = self._clock.seconds()
+            if cached is not None and now - cached[2] < USAGE_CACHE_SECONDS:
+                return succeed(cached[:2])
+
+        def remember(usage):
+            if self._clock is not None:
+                self._usage[address] = (usage[0], usage[1], self._clock.seconds())
+            return usage
+
+        return self._runner.run(readUsage, mailboxPath(self._dataDir, address)).addCallback(remember)
+
+    def _addCachedUsage(self, address: str, size: int) -> None:
+        """
+        Count one of our own deliveries in the cached usage.
+        """
+        cached = self._usage.get(address)
+        if cached is not None:
+            self._usage[address] = (cached[0] + size, cached[1] + 1, cached[2])
 
     def isFull(self, account: Account, extraBytes: int = 0) -> Deferred:
         """
@@ -171,33 +237,36 @@ class MaildirStore:
         """
         quota = self.quotaOf(account)
         if not quota:
-            from twisted.internet.defer import succeed
-
             return succeed(False)
         d = self.usage(account)
         return d.addCallback(lambda used: used[0] >= quota or used[0] + extraBytes > quota)
 
     def _flush(self) -> None:
         """
-        Start a batch unless one is being written.
+        Start a batch of everything pending, unless L{MAX_BATCHES} are
+        already being written (then the first to finish starts the next).
+        Batches run in parallel because an fsync mostly waits on the disk,
+        which serves several at once.
         """
-        if self._flushing or not self._pending:
+        if self._flushing >= MAX_BATCHES or not self._pending:
             return
-        self._flushing = True
+        self._flushing += 1
         batch, self._pending = self._pending, []
         d = self._runner.run(self._writeBatch, batch)
 
         def finished(results):
-            self._flushing = False
+            self._flushing -= 1
             for job, result in zip(batch, results):
                 if isinstance(result, BaseException):
                     job.deferred.errback(result)
                 else:
-                    job.deferred.callback(result)
+                    name, size = result
+                    self._addCachedUsage(job.account.address, size)
+                    job.deferred.callback(name)
             self._flush()
 
         def failed(failure):
-            self._flushing = False
+            self._flushing -= 1
             for job in batch:
                 job.deferred.errback(failure)
             self._flush()
@@ -243,7 +312,8 @@ class MaildirStore:
         """
         Deliver one copy (worker thread).
 
-        @return: the file's base name.
+        @return: the file's base name and the bytes it added to the
+            mailbox (0 when an earlier copy was found).
         @raise ReplyError: the quota would be exceeded.
         """
         message = job.message
@@ -254,10 +324,12 @@ class MaildirStore:
         name = messageFileName(message, job.index, self._hostname, size)
         final = os.path.join(path, "new", name)
         if job.checkExisting and _alreadyStored(path, name):
-            return name
+            return name, 0
         quota = self.quotaOf(job.account)
-        if quota and readUsage(path)[0] + size > quota:
-            raise ReplyError(MAILBOX_FULL)
+        if quota:
+            with self._sizeLock(path):
+                if readUsage(path)[0] + size > quota:
+                    raise ReplyError(MAILBOX_FULL)
         temp = os.path.join(path, "tmp", name)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -273,24 +345,42 @@ class MaildirStore:
             os.close(fd)
         os.rename(temp, final)
         dirty.add(os.path.join(path, "new"))
-        self._addUsage(path, size, 1)
-        return name
+        with self._sizeLock(path):
+            self._addUsage(path, quota, size, 1)
+        return name, size
 
-    def _addUsage(self, path: str, size: int, count: int) -> None:
+    def _sizeLock(self, path: str) -> threading.Lock:
         """
-        Append a change to C{maildirsize}, creating it with its quota line.
+        The lock that serialises changes to one mailbox's C{maildirsize}
+        (worker threads).
+        """
+        lock = self._sizeLocks.get(path)
+        if lock is None:
+            lock = self._sizeLocks.setdefault(path, threading.Lock())
+        return lock
+
+    def _addUsage(self, path: str, quota: int, size: int, count: int) -> None:
+        """
+        Append a change to C{maildirsize}, creating it with its quota line,
+        and fold it into one line once it grows past L{MAILDIRSIZE_MAX_BYTES}
+        (as Maildir++ readers expect).  The file is derived data, so it is
+        not fsynced: L{readUsage} recounts the mailbox when it is missing.
         """
         sizeFile = os.path.join(path, "maildirsize")
+        fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND)
-        except FileNotFoundError:
-            fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if os.fstat(fd).st_size == 0:
-                writeAll(fd, b"%dS\n" % (self._defaultQuota,))
-        try:
+                writeAll(fd, b"%dS\n" % (quota,))
             writeAll(fd, b"%d %d\n" % (size, count))
+            grown = os.fstat(fd).st_size > MAILDIRSIZE_MAX_BYTES
         finally:
             os.close(fd)
+        if grown:
+            total, messages = readUsage(path)
+            temp = sizeFile + ".tmp"
+            with open(temp, "wb") as f:
+                f.write(b"%dS\n%d %d\n" % (quota, total, messages))
+            os.rename(temp, sizeFile)
 
 
 def _alreadyStored(path: str, name: str) -> bool:

@@ -1,0 +1,468 @@
+"""
+Tests for L{qutemail.store.maildir}: Maildir++ delivery, file names, quota
+and the C{maildirsize} usage file.
+"""
+
+import os
+
+from hypothesis import given, strategies as st
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from qutemail.blocking import InlineRunner
+from qutemail.interfaces import Account, IMessageStore
+from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.replies import ReplyError
+from qutemail.store import maildir
+from qutemail.store.maildir import MaildirStore, mailboxPath, messageFileName, readUsage, returnPath
+
+HOSTNAME = "mail.example.test"
+ALICE = Account("alice@example.test")
+BOB = Account("bob@example.test")
+RECEIVED_AT = 1700000000.25
+
+
+class QueuedRunner:
+    """
+    A runner that queues every call until the test runs it.
+
+    @ivar calls: the queued C{(f, args, kwargs, deferred)} tuples.
+    """
+
+    def __init__(self) -> None:
+        """
+        Nothing queued.
+        """
+        self.calls: list = []
+
+    def run(self, f, *args, **kwargs) -> Deferred:
+        """
+        Queue C{f(*args, **kwargs)}.
+
+        @return: a Deferred fired by L{runNext}.
+        """
+        d: Deferred = Deferred()
+        self.calls.append((f, args, kwargs, d))
+        return d
+
+    def runNext(self) -> None:
+        """
+        Run the oldest queued call and fire its Deferred.
+        """
+        f, args, kwargs, d = self.calls.pop(0)
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+
+def message(queueId: str = "18B2C0FFEE0001", body: bytes = b"Subject: hi\n\nbody\n",
+            sender: str = "sender@remote.test", receivedAt: float = RECEIVED_AT) -> SpooledMessage:
+    """
+    @return: an inline message to alice.
+    """
+    env = Envelope(sender, ("alice@example.test",), "client.test", "192.0.2.7", receivedAt)
+    return SpooledMessage(queueId, env, len(body), inline=body)
+
+
+class MaildirTestsMixin:
+    """
+    A store under a fresh data directory, with the inline runner.
+    """
+
+    defaultQuota = 10 * 1024 * 1024
+
+    def setUp(self):
+        """
+        A fresh store.
+        """
+        self.dataDir = self.mktemp()
+        self.store = MaildirStore(self.dataDir, InlineRunner(), HOSTNAME, self.defaultQuota)
+
+    def folder(self, account: Account, sub: str) -> list[str]:
+        """
+        @return: the sorted names in one of an account's Maildir folders.
+        """
+        path = os.path.join(mailboxPath(self.dataDir, account.address), sub)
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+    def read(self, account: Account, sub: str, name: str) -> bytes:
+        """
+        @return: a stored file's contents.
+        """
+        with open(os.path.join(mailboxPath(self.dataDir, account.address), sub, name), "rb") as f:
+            return f.read()
+
+
+class DeliverTests(MaildirTestsMixin, SynchronousTestCase):
+    """
+    One delivery: one file in C{new/}, with the Return-Path header.
+    """
+
+    def test_interface(self):
+        """
+        L{MaildirStore} provides L{IMessageStore}.
+        """
+        self.assertTrue(verifyObject(IMessageStore, self.store))
+
+    def test_mailboxPath(self):
+        """
+        The Maildir of C{local@domain} is C{data_dir/mail/domain/local}.
+        """
+        self.assertEqual(mailboxPath("/srv", "alice@example.test"), "/srv/mail/example.test/alice")
+
+    def test_deliverOneFile(self):
+        """
+        A delivery creates exactly one file, in C{new/}, holding the
+        Return-Path header then the body, named after the message; C{tmp/}
+        and C{cur/} stay empty.
+        """
+        m = message()
+        name = self.successResultOf(self.store.deliver(m, ALICE))
+        expectedSize = len(b"Return-Path: <sender@remote.test>\n") + len(m.inline)
+        self.assertEqual(name, f"1700000000.M250000Q18B2C0FFEE0001R0.mail.example.test,S={expectedSize}")
+        self.assertEqual(self.folder(ALICE, "new"), [name])
+        self.assertEqual(self.read(ALICE, "new", name), b"Return-Path: <sender@remote.test>\nSubject: hi\n\nbody\n")
+        self.assertEqual(self.folder(ALICE, "tmp"), [])
+        self.assertEqual(self.folder(ALICE, "cur"), [])
+
+    def test_nullSenderReturnPath(self):
+        """
+        A message from the null sender gets C{Return-Path: <>}.
+        """
+        m = message(sender="")
+        self.assertEqual(returnPath(m), b"Return-Path: <>\n")
+        name = self.successResultOf(self.store.deliver(m, ALICE))
+        self.assertEqual(self.read(ALICE, "new", name), b"Return-Path: <>\n" + m.inline)
+
+    def test_eachRecipientOwnCopy(self):
+        """
+        The same message delivered for two recipient indexes gives two
+        files with different names.
+        """
+        m = message()
+        first = self.successResultOf(self.store.deliver(m, ALICE, 0))
+        second = self.successResultOf(self.store.deliver(m, ALICE, 1))
+        self.assertNotEqual(first, second)
+        self.assertEqual(self.folder(ALICE, "new"), sorted([first, second]))
+
+    def test_spilledMessage(self):
+        """
+        A spilled message (a path, no inline body) larger than the copy
+        buffer is copied byte for byte after the Return-Path header.
+        """
+        body = bytes(range(256)) * (10 * 1024 + 3)
+        spill = self.mktemp()
+        with open(spill, "wb") as f:
+            f.write(body)
+        env = Envelope("big@remote.test", ("alice@example.test",), "c", "192.0.2.7", RECEIVED_AT)
+        m = SpooledMessage("BIG1", env, len(body), path=spill)
+        name = self.successResultOf(self.store.deliver(m, ALICE))
+        header = b"Return-Path: <big@remote.test>\n"
+        self.assertEqual(self.read(ALICE, "new", name), header + body)
+        self.assertTrue(name.endswith(f",S={len(header) + len(body)}"))
+        self.assertEqual(readUsage(mailboxPath(self.dataDir, ALICE.address)), (len(header) + len(body), 1))
+
+    def test_missingSpillFails(self):
+        """
+        A spilled message whose file is gone fails the delivery with the
+        C{OSError}, and leaves nothing in C{new/}.
+        """
+        env = Envelope("s@remote.test", ("alice@example.test",), "c", "192.0.2.7", RECEIVED_AT)
+        m = SpooledMessage("GONE1", env, 10, path=os.path.join(self.mktemp(), "missing"))
+        self.failureResultOf(self.store.deliver(m, ALICE), FileNotFoundError)
+        self.assertEqual(self.folder(ALICE, "new"), [])
+
+
+class FileNameTests(SynchronousTestCase):
+    """
+    Maildir file names: valid, unique, and a function of the queue entry.
+    """
+
+    def test_hostnameEscaped(self):
+        """
+        C{/} and C{:} in the host name are written as C{\\057} and C{\\072}.
+        """
+        name = messageFileName(message(), 0, "a/b:c", 10)
+        self.assertEqual(name, "1700000000.M250000Q18B2C0FFEE0001R0.a\\057b\\072c,S=10")
+
+    def test_deterministic(self):
+        """
+        The same message, index and size always give the same name.
+        """
+        self.assertEqual(messageFileName(message(), 3, HOSTNAME, 99), messageFileName(message(), 3, HOSTNAME, 99))
+
+    @given(
+        queueIds=st.lists(st.text("0123456789ABCDEF", min_size=1, max_size=24), min_size=2, max_size=2),
+        indexes=st.lists(st.integers(0, 10_000), min_size=2, max_size=2),
+        times=st.lists(st.floats(0, 2**33, allow_nan=False), min_size=2, max_size=2),
+        hostname=st.text(min_size=1, max_size=20),
+        size=st.integers(0, 2**40),
+    )
+    def test_validAndUnique(self, queueIds, indexes, times, hostname, size):
+        """
+        For any queue ids (hex, as L{qutemail.pipeline.router.QueueIds}
+        makes them), indexes, times and host names, names contain no C{/} or
+        C{:}, and two copies with a different queue id or index have
+        different names.
+        """
+        names = [
+            messageFileName(message(queueId=q, receivedAt=t), i, hostname, size)
+            for q, i, t in zip(queueIds, indexes, times)
+        ]
+        for name in names:
+            self.assertNotIn("/", name)
+            self.assertNotIn(":", name)
+            self.assertFalse(name.startswith("."))
+        if (queueIds[0], indexes[0]) != (queueIds[1], indexes[1]):
+            self.assertNotEqual(names[0], names[1])
+
+
+class ConcurrentDeliveryTests(MaildirTestsMixin, SynchronousTestCase):
+    """
+    Deliveries that arrive while a batch is being written share the next
+    batch.
+    """
+
+    def test_parallelBatches(self):
+        """
+        Up to C{MAX_BATCHES} batches are written at once; deliveries made
+        while that many are in flight wait and share the next batch.
+        """
+        runner = QueuedRunner()
+        store = MaildirStore(self.dataDir, runner, HOSTNAME, self.defaultQuota)
+        first = [store.deliver(message(queueId=f"A{i}"), ALICE, i) for i in range(maildir.MAX_BATCHES)]
+        later = [store.deliver(message(queueId=f"B{i}"), BOB, i) for i in range(3)]
+        self.assertEqual(len(runner.calls), maildir.MAX_BATCHES)
+        runner.runNext()
+        self.successResultOf(first[0])
+        self.assertEqual([job.message.queueId for job in runner.calls[-1][1][0]], ["B0", "B1", "B2"])
+        while runner.calls:
+            runner.runNext()
+        self.assertEqual(len(self.folder(ALICE, "new")), maildir.MAX_BATCHES)
+        self.assertEqual(len(self.folder(BOB, "new")), 3)
+        for d in later:
+            self.successResultOf(d)
+
+    def test_oneBatch(self):
+        """
+        With one batch at a time, five deliveries made while it is in flight
+        are all written by one further batch; none fires before its batch
+        ran, and all land.
+        """
+        self.patch(maildir, "MAX_BATCHES", 1)
+        runner = QueuedRunner()
+        store = MaildirStore(self.dataDir, runner, HOSTNAME, self.defaultQuota)
+        first = store.deliver(message(queueId="A0"), ALICE)
+        later = [store.deliver(message(queueId=f"B{i}"), BOB if i % 2 else ALICE, i) for i in range(5)]
+        self.assertEqual(len(runner.calls), 1)
+        self.assertNoResult(first)
+
+        runner.runNext()
+        firstName = self.successResultOf(first)
+        for d in later:
+            self.assertNoResult(d)
+        [(f, (batch,), kwargs, _)] = runner.calls
+        self.assertEqual([job.message.queueId for job in batch], [f"B{i}" for i in range(5)])
+
+        runner.runNext()
+        names = [self.successResultOf(d) for d in later]
+        self.assertEqual(runner.calls, [])
+        self.assertEqual(self.folder(ALICE, "new"), sorted([firstName] + names[0::2]))
+        self.assertEqual(self.folder(BOB, "new"), sorted(names[1::2]))
+
+    def test_quotaWithinBatch(self):
+        """
+        Copies to one mailbox in the same batch count against the quota one
+        after the other: the one that would exceed it fails, the others land.
+        """
+        self.patch(maildir, "MAX_BATCHES", 1)
+        runner = QueuedRunner()
+        store = MaildirStore(self.dataDir, runner, HOSTNAME, self.defaultQuota)
+        size = len(returnPath(message())) + message().size
+        account = Account("alice@example.test", quotaBytes=2 * size)
+        store.deliver(message(queueId="A0"), account)
+        ds = [store.deliver(message(queueId=f"B{i}"), account) for i in range(2)]
+        runner.runNext()
+        runner.runNext()
+        self.successResultOf(ds[0])
+        self.assertEqual(self.failureResultOf(ds[1], ReplyError).value.reply.enhanced, "4.2.2")
+        self.assertEqual(len(self.folder(ALICE, "new")), 2)
+
+
+class CheckExistingTests(MaildirTestsMixin, SynchronousTestCase):
+    """
+    A delivery repeated after a crash finds its earlier copy.
+    """
+
+    def test_alreadyInNew(self):
+        """
+        With C{checkExisting}, a copy already in C{new/} (the server crashed
+        after storing it) is not stored again, its name is returned, and
+        usage is not counted twice.
+        """
+        m = message()
+        name = self.successResultOf(self.store.deliver(m, ALICE, 2))
+        restarted = MaildirStore(self.dataDir, InlineRunner(), HOSTNAME, self.defaultQuota)
+        self.assertEqual(self.successResultOf(restarted.deliver(m, ALICE, 2, checkExisting=True)), name)
+        self.assertEqual(self.folder(ALICE, "new"), [name])
+        self.assertEqual(readUsage(mailboxPath(self.dataDir, ALICE.address)), (len(returnPath(m)) + m.size, 1))
+
+    def test_alreadyInCur(self):
+        """
+        With C{checkExisting}, a copy the user has since read (moved to
+        C{cur/} with C{:2,S}) is not stored again.
+        """
+        m = message()
+        name = self.successResultOf(self.store.deliver(m, ALICE))
+        mailbox = mailboxPath(self.dataDir, ALICE.address)
+        os.rename(os.path.join(mailbox, "new", name), os.path.join(mailbox, "cur", name + ":2,S"))
+        restarted = MaildirStore(self.dataDir, InlineRunner(), HOSTNAME, self.defaultQuota)
+        self.assertEqual(self.successResultOf(restarted.deliver(m, ALICE, checkExisting=True)), name)
+        self.assertEqual(self.folder(ALICE, "new"), [])
+        self.assertEqual(self.folder(ALICE, "cur"), [name + ":2,S"])
+
+    def test_withoutCheckStoresAgain(self):
+        """
+        Without C{checkExisting}, the same copy is written again even though
+        a read copy is in C{cur/}.
+        """
+        m = message()
+        name = self.successResultOf(self.store.deliver(m, ALICE))
+        mailbox = mailboxPath(self.dataDir, ALICE.address)
+        os.rename(os.path.join(mailbox, "new", name), os.path.join(mailbox, "cur", name + ":2,S"))
+        self.successResultOf(self.store.deliver(m, ALICE))
+        self.assertEqual(self.folder(ALICE, "new"), [name])
+
+    def test_otherCopyNotMistaken(self):
+        """
+        With C{checkExisting}, another recipient index's copy, or a name
+        that only shares a prefix, does not count as already stored.
+        """
+        m = message()
+        other = self.successResultOf(self.store.deliver(m, ALICE, 1))
+        mailbox = mailboxPath(self.dataDir, ALICE.address)
+        name = messageFileName(m, 0, HOSTNAME, len(returnPath(m)) + m.size)
+        with open(os.path.join(mailbox, "cur", name + "0"), "wb"):
+            pass
+        self.assertEqual(self.successResultOf(self.store.deliver(m, ALICE, 0, checkExisting=True)), name)
+        self.assertEqual(self.folder(ALICE, "new"), sorted([other, name]))
+
+
+class QuotaTests(MaildirTestsMixin, SynchronousTestCase):
+    """
+    Quotas, from the account or the configured default.
+    """
+
+    def test_overQuotaRefused(self):
+        """
+        A delivery that would take the mailbox past its quota fails with
+        L{ReplyError} carrying 452 4.2.2, and stores nothing.
+        """
+        m = message(body=b"x" * 200)
+        reason = self.failureResultOf(self.store.deliver(m, Account("alice@example.test", 100)), ReplyError)
+        self.assertEqual((reason.value.reply.code, reason.value.reply.enhanced), (452, "4.2.2"))
+        self.assertEqual(self.folder(ALICE, "new"), [])
+        self.assertEqual(self.folder(ALICE, "tmp"), [])
+        self.assertEqual(readUsage(mailboxPath(self.dataDir, ALICE.address)), (0, 0))
+
+    def test_exactlyAtQuota(self):
+        """
+        A message that brings usage exactly to the quota is stored; the next
+        byte is refused.
+        """
+        m = message()
+        size = len(returnPath(m)) + m.size
+        account = Account("alice@example.test", size)
+        self.successResultOf(self.store.deliver(m, account))
+        tiny = message(queueId="T1", body=b"")
+        self.failureResultOf(self.store.deliver(tiny, account), ReplyError)
+        self.assertEqual(len(self.folder(ALICE, "new")), 1)
+
+    def test_defaultQuota(self):
+        """
+        An account without its own quota gets the store's default.
+        """
+        store = MaildirStore(self.dataDir, InlineRunner(), HOSTNAME, 50)
+        self.assertEqual(store.quotaOf(ALICE), 50)
+        self.assertEqual(store.quotaOf(Account("x@example.test", 7)), 7)
+        self.failureResultOf(store.deliver(message(), ALICE), ReplyError)
+
+    def test_zeroIsUnlimited(self):
+        """
+        A quota of 0 means no limit.
+        """
+        store = MaildirStore(self.dataDir, InlineRunner(), HOSTNAME, 0)
+        self.successResultOf(store.deliver(message(body=b"y" * 5000), ALICE))
+        self.assertFalse(self.successResultOf(store.isFull(ALICE, 10**12)))
+
+    def test_isFull(self):
+        """
+        C{isFull} says whether the mailbox is at its quota or would go past
+        it with C{extraBytes} more.
+        """
+        m = message()
+        size = len(returnPath(m)) + m.size
+        account = Account("alice@example.test", size + 10)
+        self.assertFalse(self.successResultOf(self.store.isFull(account)))
+        self.successResultOf(self.store.deliver(m, account))
+        self.assertFalse(self.successResultOf(self.store.isFull(account, 10)))
+        self.assertTrue(self.successResultOf(self.store.isFull(account, 11)))
+        self.assertTrue(self.successResultOf(self.store.isFull(Account("alice@example.test", size))))
+
+
+class UsageTests(MaildirTestsMixin, SynchronousTestCase):
+    """
+    The C{maildirsize} file and L{readUsage}.
+    """
+
+    def test_sumsDeliveries(self):
+        """
+        After three deliveries C{maildirsize} has the quota line and one
+        line per delivery, and L{readUsage} sums them.
+        """
+        sizes = []
+        for i, body in enumerate([b"a\n", b"bb\n" * 10, b""]):
+            m = message(queueId=f"U{i}", body=body)
+            self.successResultOf(self.store.deliver(m, ALICE))
+            sizes.append(len(returnPath(m)) + m.size)
+        mailbox = mailboxPath(self.dataDir, ALICE.address)
+        with open(os.path.join(mailbox, "maildirsize"), "rb") as f:
+            expected = b"%dS\n" % (self.defaultQuota,) + b"".join(b"%d 1\n" % (s,) for s in sizes)
+            self.assertEqual(f.read(), expected)
+        self.assertEqual(readUsage(mailbox), (sum(sizes), 3))
+        self.assertEqual(self.successResultOf(self.store.usage(ALICE)), (sum(sizes), 3))
+
+    def test_readUsageMissing(self):
+        """
+        A mailbox without C{maildirsize} uses nothing.
+        """
+        self.assertEqual(readUsage(self.mktemp()), (0, 0))
+
+    def test_readUsageLines(self):
+        """
+        L{readUsage} skips the quota line and malformed lines, adds negative
+        (deletion) lines, and never reports less than zero.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        with open(os.path.join(path, "maildirsize"), "wb") as f:
+            f.write(b"1000S\n100 1\n50 1\nbad line here\nx 1\n-100 -1\n\n")
+        self.assertEqual(readUsage(path), (50, 1))
+        with open(os.path.join(path, "maildirsize"), "wb") as f:
+            f.write(b"1000S\n10 1\n-30 -2\n")
+        self.assertEqual(readUsage(path), (0, 0))
+
+    def test_quotaLineIsAccountQuota(self):
+        """
+        The first line of C{maildirsize} (Maildir++ quota definition) is the
+        account's own quota when it has one.
+        """
+        self.successResultOf(self.store.deliver(message(), Account("alice@example.test", 5000)))
+        with open(os.path.join(mailboxPath(self.dataDir, ALICE.address), "maildirsize"), "rb") as f:
+            self.assertEqual(f.read().split(b"\n")[0], b"5000S")
+
