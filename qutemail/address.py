@@ -14,8 +14,8 @@ import attrs
 
 # RFC 5322 atext, less "/" (a path separator in the mailbox layout).
 _ATEXT = r"[A-Za-z0-9!#$%&'*+=?^_`{|}~-]"
-_LOCAL_RE = re.compile(rf"^{_ATEXT}+(\.{_ATEXT}+)*$")
-_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_LOCAL_RE = re.compile(rf"{_ATEXT}+(\.{_ATEXT}+)*")
+_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 # RFC 5321 §4.5.3.1.1 and §4.5.3.1.2
 MAX_LOCALPART_OCTETS = 64
@@ -53,7 +53,7 @@ def isDomainName(name: str) -> bool:
     """
     if not name or len(name) > 253:
         return False
-    return all(_LABEL_RE.match(label) for label in name.split("."))
+    return name.isascii() and all(_LABEL_RE.fullmatch(label) for label in name.split("."))
 
 
 def parseAccountAddress(text: str, domains: tuple[str, ...] | None = None) -> AccountAddress:
@@ -69,12 +69,20 @@ def parseAccountAddress(text: str, domains: tuple[str, ...] | None = None) -> Ac
     if not isinstance(text, str) or text.count("@") != 1:
         raise AddressInvalid(f"{text!r} is not an address of the form local@domain")
     local, _, domain = text.strip().rpartition("@")
-    local = local.lower()
-    domain = domain.lower().rstrip(".")
-    if not local or len(local.encode("utf-8")) > MAX_LOCALPART_OCTETS or not _LOCAL_RE.match(local):
+    domain = domain.rstrip(".")
+    # Validate before lower-casing: str.lower() maps some non-ASCII letters
+    # (the Kelvin sign) to ASCII ones.  Without SMTPUTF8, addresses are ASCII.
+    if (
+        not local
+        or not local.isascii()
+        or len(local) > MAX_LOCALPART_OCTETS
+        or not _LOCAL_RE.fullmatch(local)
+    ):
         raise AddressInvalid(f"{text!r}: invalid local part {local!r}")
+    local = local.lower()
     if not isDomainName(domain):
         raise AddressInvalid(f"{text!r}: invalid domain {domain!r}")
+    domain = domain.lower()
     if domains is not None and domain not in domains:
         raise AddressInvalid(
             f"{text!r}: domain {domain!r} is not a local domain ({', '.join(domains)})"

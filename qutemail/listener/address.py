@@ -16,10 +16,10 @@ _LITERAL = rb"\[[\x21-\x5a\x5e-\x7e]+\]"
 _MAILBOX = rb"(?:%s|%s)@(?:%s|%s)" % (_DOT_STRING, _QUOTED, _DOMAIN, _LITERAL)
 # A source route (obsolete, §4.1.2 A-d-l) is accepted and ignored (§C).
 _ADL = rb"(?:@%s(?:,@%s)*:)?" % (_DOMAIN, _DOMAIN)
-_PATH_RE = re.compile(rb"^<%s(?P<mailbox>%s)>$" % (_ADL, _MAILBOX))
-_BARE_RE = re.compile(rb"^(?P<mailbox>%s)$" % (_MAILBOX,))
-_KEYWORD_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9-]*$")
-_VALUE_RE = re.compile(rb"^[\x21-\x3c\x3e-\x7e]+$")
+_PATH_RE = re.compile(rb"<%s(?P<mailbox>%s)>" % (_ADL, _MAILBOX))
+_BARE_RE = re.compile(rb"(?P<mailbox>%s)" % (_MAILBOX,))
+_KEYWORD_RE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9-]*")
+_VALUE_RE = re.compile(rb"[\x21-\x3c\x3e-\x7e]+")
 
 # RFC 5321 §4.5.3.1.3: 256 octets for a path, brackets included
 MAX_PATH_OCTETS = 256
@@ -65,7 +65,7 @@ def parsePath(path: bytes, allowNull: bool) -> str:
         raise PathError("null path not allowed here")
     if len(path) > MAX_PATH_OCTETS:
         raise PathError("path too long")
-    match = _PATH_RE.match(path) or _BARE_RE.match(path)
+    match = _PATH_RE.fullmatch(path) or _BARE_RE.fullmatch(path)
     if match is None:
         raise PathError("malformed path")
     mailbox = match.group("mailbox").decode("ascii")
@@ -86,7 +86,7 @@ def parseParameters(words: list[bytes]) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     for word in words:
         keyword, eq, value = word.partition(b"=")
-        if not _KEYWORD_RE.match(keyword) or (eq and not _VALUE_RE.match(value)):
+        if not _KEYWORD_RE.fullmatch(keyword) or (eq and not _VALUE_RE.fullmatch(value)):
             raise PathError("malformed parameter")
         key = keyword.decode("ascii").upper()
         if key in params:

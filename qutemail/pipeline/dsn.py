@@ -42,6 +42,8 @@ def originalHeader(body: bytes) -> bytes:
     @return: the header lines without the blank line after them.
     """
     head = body[:MAX_HEADER_BYTES]
+    if head.startswith(b"\n"):
+        return b""
     end = head.find(b"\n\n")
     return head if end < 0 else head[: end + 1]
 

@@ -136,9 +136,11 @@ class SpoolWriter:
         """
         self.size += len(data)
         self._buffer += data
-        if self._tail is None and len(self._buffer) <= self._threshold:
-            return
-        if len(self._buffer) >= _CHUNK_BYTES:
+        if self._tail is None:
+            if len(self._buffer) > self._threshold:
+                # Past the threshold: start the spill file now.
+                self._flushBuffer()
+        elif len(self._buffer) >= _CHUNK_BYTES:
             self._flushBuffer()
 
     def _flushBuffer(self) -> None:
@@ -218,7 +220,13 @@ class SpoolWriter:
             lambda _: SpooledMessage(queueId, envelope, self.size, path=self._spillPath)
         )
         d, self._tail = self._tail, None
-        return d
+
+        def failed(failure):
+            # Nothing will be acknowledged: take the partial file away,
+            # then report the error.
+            return self._runner.run(self._removeSpill).addBoth(lambda _: failure)
+
+        return d.addErrback(failed)
 
     def abort(self) -> Deferred:
         """

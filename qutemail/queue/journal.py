@@ -29,7 +29,7 @@ import os
 import zlib
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -37,13 +37,9 @@ from qutemail.durable import syncDirectory, writeAll
 from qutemail.pipeline.spool import Envelope, SpooledMessage
 
 DEFAULT_SEGMENT_BYTES = 32 * 1024 * 1024
+# Rounds of flushing close() tries before it gives up on pending records.
+CLOSE_ATTEMPTS = 3
 _SEGMENT_SUFFIX = ".log"
-
-
-class JournalCorrupt(Exception):
-    """
-    A record in a sealed segment does not parse or fails its checksum.
-    """
 
 
 def _segmentName(number: int) -> str:
@@ -75,53 +71,82 @@ def encodeDone(queueId: str) -> bytes:
     return b"D %s\n" % (queueId.encode("ascii"),)
 
 
-def parseSegment(data: bytes) -> tuple[list[SpooledMessage], set[str], bool]:
+def _parseRecord(data: bytes, pos: int):
+    """
+    Parse the record at C{pos}.
+
+    @return: C{("M", message, next)}, C{("D", queueId, next)}, or C{None}
+        when no whole, intact record starts there.
+    """
+    nl = data.find(b"\n", pos, pos + 200)
+    if nl < 0:
+        return None
+    fields = data[pos:nl].split(b" ")
+    try:
+        if fields[0] == b"D" and len(fields) == 2:
+            return "D", fields[1].decode("ascii"), nl + 1
+        if fields[0] != b"M" or len(fields) != 5:
+            return None
+        queueId = fields[1].decode("ascii")
+        envLen, bodyLen, crc = int(fields[2]), int(fields[3]), int(fields[4])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    start = nl + 1
+    if envLen < 0 or bodyLen < 0 or start + envLen + bodyLen > len(data):
+        return None
+    envelope = data[start : start + envLen]
+    body = data[start + envLen : start + envLen + bodyLen]
+    if zlib.crc32(body, zlib.crc32(envelope)) != crc:
+        return None
+    meta = json.loads(envelope)
+    message = SpooledMessage(
+        queueId,
+        Envelope.fromJSON(meta["envelope"]),
+        meta["size"],
+        inline=None if meta["path"] else body,
+        path=meta["path"],
+    )
+    return "M", message, start + envLen + bodyLen
+
+
+def parseSegment(data: bytes) -> tuple[list[SpooledMessage], set[str], list[tuple[int, int]]]:
     """
     Parse one segment's bytes.
 
+    A record that does not parse is skipped up to the next intact C{M}
+    record (its checksum makes a false match in damaged bytes all but
+    impossible), so that damage in the middle of a segment costs only the
+    damaged records, not every acknowledged one after them.
+
     @param data: the whole segment.
-    @return: the messages in order, the queue ids marked done, and whether
-        the segment ended with a torn record.
+    @return: the messages in order, the queue ids marked done, and the
+        C{(offset, length)} of every unreadable stretch (at the very end:
+        a torn last record, from a batch that never synced).
     """
     messages: list[SpooledMessage] = []
     done: set[str] = set()
+    damaged: list[tuple[int, int]] = []
     pos = 0
     end = len(data)
     while pos < end:
-        nl = data.find(b"\n", pos, pos + 200)
-        if nl < 0:
-            return messages, done, True
-        fields = data[pos:nl].split(b" ")
-        try:
-            if fields[0] == b"D" and len(fields) == 2:
-                done.add(fields[1].decode("ascii"))
-                pos = nl + 1
-                continue
-            if fields[0] != b"M" or len(fields) != 5:
-                return messages, done, True
-            queueId = fields[1].decode("ascii")
-            envLen, bodyLen, crc = int(fields[2]), int(fields[3]), int(fields[4])
-        except (ValueError, UnicodeDecodeError):
-            return messages, done, True
-        start = nl + 1
-        if start + envLen + bodyLen > end:
-            return messages, done, True
-        envelope = data[start : start + envLen]
-        body = data[start + envLen : start + envLen + bodyLen]
-        if zlib.crc32(body, zlib.crc32(envelope)) != crc:
-            return messages, done, True
-        meta = json.loads(envelope)
-        messages.append(
-            SpooledMessage(
-                queueId,
-                Envelope.fromJSON(meta["envelope"]),
-                meta["size"],
-                inline=None if meta["path"] else body,
-                path=meta["path"],
-            )
-        )
-        pos = start + envLen + bodyLen
-    return messages, done, False
+        parsed = _parseRecord(data, pos)
+        if parsed is None:
+            resume = pos
+            while True:
+                resume = data.find(b"\nM ", resume + 1)
+                if resume < 0:
+                    damaged.append((pos, end - pos))
+                    return messages, done, damaged
+                parsed = _parseRecord(data, resume + 1)
+                if parsed is not None and parsed[0] == "M":
+                    damaged.append((pos, resume + 1 - pos))
+                    break
+        kind, value, pos = parsed
+        if kind == "D":
+            done.add(value)
+        else:
+            messages.append(value)
+    return messages, done, damaged
 
 
 class Journal:
@@ -173,9 +198,21 @@ class Journal:
         for name in names:
             number = int(name[: -len(_SEGMENT_SUFFIX)])
             with open(os.path.join(self._directory, name), "rb") as f:
-                messages, done, torn = parseSegment(f.read())
-            if torn:
-                self._log.warn("journal segment {segment} ends with a torn record (not acknowledged); ignored", segment=name)
+                data = f.read()
+            messages, done, damaged = parseSegment(data)
+            for offset, length in damaged:
+                if offset + length == len(data):
+                    self._log.warn(
+                        "journal segment {segment} ends with {length} bytes of a torn record "
+                        "(a batch that never synced, so never acknowledged); ignored",
+                        segment=name, length=length,
+                    )
+                else:
+                    self._log.error(
+                        "journal segment {segment} is damaged: {length} bytes at offset {offset} "
+                        "skipped; the messages after them are recovered",
+                        segment=name, offset=offset, length=length,
+                    )
             for message in messages:
                 pending[message.queueId] = (number, message)
             for queueId in done:
@@ -258,6 +295,12 @@ class Journal:
             live.discard(queueId)
         # The D record rides on the next batch; if nothing else comes, write
         # it within a second so recovery after a quiet crash is short.
+        self._scheduleLazyFlush()
+
+    def _scheduleLazyFlush(self) -> None:
+        """
+        Make sure a flush happens within a second.
+        """
         if self._lazyFlush is None or not self._lazyFlush.active():
             self._lazyFlush = self._clock.callLater(1.0, self._startFlush)
 
@@ -285,10 +328,21 @@ class Journal:
                     if d is not None:
                         queueId = record.split(b" ", 2)[1].decode("ascii")
                         self._live.get(self._segmentOf.pop(queueId, -1), set()).discard(queueId)
+                # What the batch carried besides: D records go again with
+                # the next batch, and the deletions wait for a later one.
+                self._pending[:0] = [(r, None) for r, d in batch if d is None]
+                self._spillsToRemove[:0] = spills
+                for number in deletable:
+                    self._live.setdefault(number, set())
             for _, d in batch:
                 if d is not None:
                     d.errback(result) if isinstance(result, Failure) else d.callback(None)
-            self._startFlush()
+            if isinstance(result, Failure) and not any(d is not None for _, d in self._pending):
+                # Only the carried-over records are left: try them again
+                # later rather than at once against a failing disk.
+                self._scheduleLazyFlush()
+            else:
+                self._startFlush()
 
         self._flushing.addBoth(finished)
 
@@ -300,8 +354,11 @@ class Journal:
         """
         if self._fdSegment != segment:
             if self._fd is not None:
-                os.fsync(self._fd)
-                os.close(self._fd)
+                fd, self._fd, self._fdSegment = self._fd, None, -1
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             path = os.path.join(self._directory, _segmentName(segment))
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._fdSegment = segment
@@ -323,21 +380,29 @@ class Journal:
         """
         if self._lazyFlush is not None and self._lazyFlush.active():
             self._lazyFlush.cancel()
-        d = Deferred()
+        return ensureDeferred(self._close())
 
-        def closeWhenIdle(_=None):
-            if self._flushing is not None:
-                self._flushing.addBoth(closeWhenIdle)
-                return _
-            if self._pending:
+    async def _close(self) -> None:
+        """
+        Wait for the batch in flight, write what is pending (a few tries if
+        writes fail), then close the segment file.
+        """
+        for _ in range(CLOSE_ATTEMPTS):
+            if self._flushing is None:
                 self._startFlush()
-                self._flushing.addBoth(closeWhenIdle)
-                return _
-            self._runner.run(self._closeFile).chainDeferred(d)
-            return _
+            if self._flushing is None:
+                break
+            idle: Deferred = Deferred()
 
-        closeWhenIdle()
-        return d
+            def fire(result, idle=idle):
+                idle.callback(None)
+                return result
+
+            self._flushing.addBoth(fire)
+            await idle
+        if self._pending:
+            self._log.error("closing the journal with {count} records unwritten", count=len(self._pending))
+        await self._runner.run(self._closeFile)
 
     def _closeFile(self) -> None:
         """

@@ -16,9 +16,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qutemail.pipeline.dsn import FailedRecipient
-from qutemail.queue.deferred import BOUNCED, DEFERRED, DELIVERED, retryDelay
+from qutemail.queue.deferred import BOUNCED, DEFERRED, DELIVERED, RecipientState, retryDelay
 from qutemail.pipeline.router import replyFor
 
 DEFAULT_BATCH = 100
@@ -118,15 +119,13 @@ class RetryScheduler(Service):
         """
         message = entry.message
         expired = now >= message.envelope.receivedAt + self.queueLifetime
-        bounced: list[FailedRecipient] = []
+        bounced: list[tuple[RecipientState, FailedRecipient]] = []
         for r in entry.recipients:
             if r.state != DEFERRED or r.nextAttempt > now:
                 continue
             try:
                 reply = await self.router.attempt(message, r.address, r.index, True)
             except Exception:
-                from twisted.python.failure import Failure
-
                 failure = Failure()
                 self._log.failure("retry of {queueId} to {recipient} failed", failure,
                                   queueId=entry.queueId, recipient=r.address)
@@ -144,11 +143,21 @@ class RetryScheduler(Service):
                 self._log.info("deferred {queueId} for {recipient}: {reply}",
                                queueId=entry.queueId, recipient=r.address, reply=r.lastReply)
                 continue
-            r.state = BOUNCED
-            self._log.info("bounced {queueId} for {recipient} after {attempts} attempts: {reply}",
-                           queueId=entry.queueId, recipient=r.address, attempts=r.attempts,
-                           reply=r.lastReply)
-            bounced.append(FailedRecipient(r.address, reply.enhanced, str(reply)))
+            bounced.append((r, FailedRecipient(r.address, reply.enhanced, str(reply))))
         if bounced:
-            await self.router.bounce(message, bounced)
+            try:
+                await self.router.bounce(message, [failed for _, failed in bounced])
+            except Exception:
+                # The bounce is not safely queued: keep the recipients
+                # deferred so a later tick sends it.
+                self._log.failure("could not queue the bounce for {queueId}; retrying later",
+                                  Failure(), queueId=entry.queueId)
+                for r, _ in bounced:
+                    r.nextAttempt = now + retryDelay(self.retrySchedule, r.attempts)
+            else:
+                for r, failed in bounced:
+                    r.state = BOUNCED
+                    self._log.info("bounced {queueId} for {recipient} after {attempts} attempts: {reply}",
+                                   queueId=entry.queueId, recipient=r.address, attempts=r.attempts,
+                                   reply=failed.diagnostic)
         await self.router.queue.update(entry)

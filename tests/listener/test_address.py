@@ -162,11 +162,6 @@ class ParsePathTests(SynchronousTestCase):
         self.assertRaises(PathError, parsePath, b"<a@b.test>\n", allowNull=False)
         self.assertRaises(PathError, parsePath, b"a@b.test\n", allowNull=False)
 
-    test_trailingNewlineRefused.todo = (
-        "parsePath (listener/address.py) anchors its patterns with '$', which "
-        "also matches before a final newline, so b'<a@b.test>\\n' is accepted "
-        "as 'a@b.test'; use \\Z or re.fullmatch"
-    )
 
     def test_localPartLimit(self):
         """
@@ -272,11 +267,6 @@ class ParseParametersTests(SynchronousTestCase):
         self.assertRaises(PathError, parseParameters, [b"SIZE\n"])
         self.assertRaises(PathError, parseParameters, [b"SIZE=1\n"])
 
-    test_trailingNewlineRefused.todo = (
-        "parseParameters (listener/address.py) uses '$' in _KEYWORD_RE and "
-        "_VALUE_RE, which matches before a final newline: [b'SIZE\\n'] gives "
-        "{'SIZE\\n': None} and [b'SIZE=1\\n'] gives {'SIZE': '1\\n'}"
-    )
 
     @given(st.lists(st.binary(max_size=20), max_size=5))
     def test_onlyPathError(self, words):

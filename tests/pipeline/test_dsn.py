@@ -148,8 +148,3 @@ class OriginalHeaderTests(SynchronousTestCase):
         """
         self.assertEqual(originalHeader(b"\nsecret body\n"), b"")
 
-    test_emptyHeaderSection.todo = (
-        "originalHeader (dsn.py) searches for b'\\n\\n', which a message "
-        "starting with its blank line does not contain: it returns the body "
-        "(up to 64 KiB) as the 'header' and the bounce quotes it"
-    )

@@ -143,12 +143,6 @@ class SpoolWriterTests(SynchronousTestCase):
         message = self.successResultOf(writer.finish("Q1", ENVELOPE))
         self.assertEqual((message.inline, message.path), (None, self.spill))
 
-    test_smallThresholdHonoured.todo = (
-        "SpoolWriter.write (spool.py) only starts spilling once the buffer "
-        "reaches _CHUNK_BYTES (256 KiB); with thresholdBytes below that, a "
-        "body between the threshold and 256 KiB stays in memory and is "
-        "returned inline"
-    )
 
     def test_abortRemovesSpill(self):
         """
@@ -203,12 +197,6 @@ class SpoolWriterTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(self.spill))
         self.assertIsNone(writer._file)
 
-    test_abortAfterFailedFinish.todo = (
-        "SpoolWriter.finish (spool.py) sets self._tail = None before its "
-        "result is known, so abort() after a failed finish returns at once: "
-        "the partial spill file stays on disk and its file object stays open "
-        "(smtp.py calls exactly finish-then-abort on a spool error)"
-    )
 
     def test_pendingBytesAndDrained(self):
         """

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +18,7 @@ from qutemail.blocking import InlineRunner
 from qutemail.durable import writeAll
 from qutemail.pipeline.spool import Envelope, SpooledMessage
 from qutemail.queue import journal as journalModule
-from qutemail.queue.journal import Journal, JournalCorrupt, encodeDone, encodeMessage, parseSegment
+from qutemail.queue.journal import Journal, encodeDone, encodeMessage, parseSegment
 
 
 class QueuedRunner:
@@ -282,12 +282,6 @@ class CommitRecoverTests(JournalTestsMixin, SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.recoverFresh(), [])
 
-    test_closeFlushesDone.todo = (
-        "Journal.close (journal.py:333-334) calls _startFlush, which with a "
-        "synchronous runner (InlineRunner) finishes the batch and resets "
-        "_flushing to None before close does self._flushing.addBoth(...): "
-        "AttributeError instead of a flushed, closed journal"
-    )
 
     def test_closeWaitsForBatches(self):
         """
@@ -386,8 +380,9 @@ class TornRecordTests(JournalTestsMixin, SynchronousTestCase):
         with open(self.segment, "rb") as f:
             whole = f.read()
         for cut in range(self.firstLength, len(whole)):
-            messages, done, torn = parseSegment(whole[:cut])
-            self.assertEqual((messages, done, torn), ([self.first], set(), cut != self.firstLength))
+            messages, done, damaged = parseSegment(whole[:cut])
+            expected = [] if cut == self.firstLength else [(self.firstLength, cut - self.firstLength)]
+            self.assertEqual((messages, done, damaged), ([self.first], set(), expected))
 
     def test_garbageAppended(self):
         """
@@ -446,9 +441,10 @@ class CorruptionTests(JournalTestsMixin, SynchronousTestCase):
 
     def test_corruptRecordBeforeGoodOnes(self):
         """
-        A record that fails its checksum with complete records after it
-        (not a torn tail: those records were acknowledged) makes recovery
-        fail with L{JournalCorrupt} instead of dropping them.
+        A record that fails its checksum with complete records after it (not
+        a torn tail: those records were acknowledged) costs only itself: the
+        records after it are recovered, and the damage is logged as an error
+        naming the offset.
         """
         messages = [inlineMessage(f"Q{i}", b"body %d\n" % (i,)) for i in range(3)]
         for message in messages:
@@ -457,14 +453,11 @@ class CorruptionTests(JournalTestsMixin, SynchronousTestCase):
         with open(segment, "r+b") as f:
             f.seek(len(encodeMessage(messages[0])) - 2)
             f.write(b"X")
-        self.assertRaises(JournalCorrupt, self.recoverFresh)
-
-    test_corruptRecordBeforeGoodOnes.todo = (
-        "Journal.recover (journal.py) treats any bad record as a torn tail: a "
-        "flipped byte in the first record of a segment silently drops it and "
-        "every acknowledged record after it (only a warning is logged); "
-        "JournalCorrupt, documented for this case, is never raised"
-    )
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.assertEqual(self.recoverFresh(), messages[1:])
+        [event] = [e for e in events if "damaged" in e["log_format"]]
+        self.assertEqual((event["offset"], event["length"]), (0, len(encodeMessage(messages[0]))))
+        self.assertEqual(event["log_level"], LogLevel.error)
 
 
 class GroupCommitTests(JournalTestsMixin, SynchronousTestCase):
@@ -711,13 +704,6 @@ class FailedBatchTests(JournalTestsMixin, SynchronousTestCase):
         self.assertEqual([m.queueId for m in self.recoverFresh()], ["D"])
         self.assertEqual(segmentNames(self.directory), ["0000000004.log"])
 
-    test_doneRecordsSurviveFailedBatch.todo = (
-        "Journal._startFlush (journal.py) takes the D records, the deletable "
-        "segments (_takeDeletable) and the spill paths into the batch; when "
-        "the batch fails, finished() only fails the commits and drops the "
-        "rest: segment 0 is never deleted while running, and after a restart "
-        "message A (already done) is recovered and routed again"
-    )
 
     def test_newSegmentOpenFails(self):
         """
@@ -738,11 +724,3 @@ class FailedBatchTests(JournalTestsMixin, SynchronousTestCase):
         self.flushLoggedErrors(OSError)
         self.assertEqual(self.successResultOf(d).queueId, "C")
 
-    test_newSegmentOpenFails.todo = (
-        "Journal._writeBatch (journal.py) closes the old segment's fd and then "
-        "os.open()s the new one; if that open fails, self._fd keeps the closed "
-        "descriptor number and _fdSegment the old segment, so every later batch "
-        "fsyncs/closes the stale fd first: EBADF forever (every commit then "
-        "gets 451), or, if the number was reused by another thread, it fsyncs "
-        "and closes someone else's file"
-    )

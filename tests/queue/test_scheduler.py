@@ -370,13 +370,6 @@ class ExpiryTests(StackTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.stack.newFiles(BOB)), 1)
         self.assertNotIn(message.queueId, self.stack.queue.entries)
 
-    test_bounceRetriedAfterJournalFailure.todo = (
-        "RetryScheduler._retryEntry (scheduler.py) sets r.state = BOUNCED in "
-        "memory before router.bounce(); when the bounce's journal commit "
-        "fails the entry is never saved, stays in queue.entries with no "
-        "deferred recipient, so due() never returns it again and the bounce "
-        "is only sent after a restart reloads the on-disk state"
-    )
 
 
 class FailingTickTests(StackTestsMixin, SynchronousTestCase):
