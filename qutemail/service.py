@@ -32,6 +32,12 @@ from qutemail.queue.scheduler import RetryScheduler
 from qutemail.store.maildir import MaildirStore
 
 
+class NoListeners(Exception):
+    """
+    The configuration and options leave nothing to listen on.
+    """
+
+
 class SequentialMultiService(MultiService):
     """
     A L{MultiService} that stops its children one at a time, in reverse
@@ -215,6 +221,12 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         service.setName(f"listener-{name}")
         service.setServiceParent(root)
         root.listeners[name] = service
+    if not root.listeners:
+        raise NoListeners(
+            "no listener is enabled: "
+            + ("--msa-only, but the submission listeners (587/465) are not built yet"
+               if msaOnly else "every port in [smtp] is 0")
+        )
     root.router = router
     root.scheduler = scheduler
     root.users = users

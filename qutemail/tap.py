@@ -39,13 +39,13 @@ def makeService(options: Options, reactor=None):
     @return: the root service.
     """
     from qutemail.config import ConfigError, loadConfig
-    from qutemail.service import buildService
+    from qutemail.service import NoListeners, buildService
 
     if reactor is None:
         from twisted.internet import reactor
     try:
         config = loadConfig(options["config"])
-    except ConfigError as e:
+        return buildService(config, reactor, mtaOnly=options["mta-only"], msaOnly=options["msa-only"])
+    except (ConfigError, NoListeners) as e:
         sys.stderr.write(f"qutemail: {e}\n")
         raise SystemExit(1)
-    return buildService(config, reactor, mtaOnly=options["mta-only"], msaOnly=options["msa-only"])

@@ -6,6 +6,8 @@ user directory, an inline runner and a L{Clock}.
 import os
 
 from hypothesis import given, strategies as st
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.listener import smtp
@@ -401,3 +403,79 @@ class ChunkingTests(SynchronousTestCase):
         [stored] = stack.newFiles("alice@example.test")
         self.assertIn(b"\n.leading dot\nplain\n", stored)
         self.assertEqual(len(stack.newFiles("bob@example.test")), 1)
+
+
+class ShutdownTests(SessionTestsMixin, SynchronousTestCase):
+    """
+    What open sessions get when the server stops.
+    """
+
+    def test_idleSessionClosed(self):
+        """
+        An idle session gets 421 4.3.2 and is closed.
+        """
+        self.send(b"EHLO client.test\r\n")
+        self.transport.clear()
+        self.stack.factory.shutdown()
+        self.assertEqual(self.transport.value(), b"421 4.3.2 Service shutting down, try again later\r\n")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_unfinishedDataAbandoned(self):
+        """
+        A message whose final dot has not arrived is abandoned (421, nothing
+        stored): it was never acknowledged, so the client sends it again.
+        """
+        self.send(ENVELOPE + b"Subject: half\r\n\r\nsome")
+        self.transport.clear()
+        self.stack.factory.shutdown()
+        self.assertEqual(self.transport.value(), b"421 4.3.2 Service shutting down, try again later\r\n")
+        self.proto.connectionLost(None)
+        self.assertEqual(self.stack.newFiles("alice@example.test"), [])
+        self.assertEqual(os.listdir(os.path.join(self.stack.dataDir, "queue", "large")), [])
+
+    def test_commitInProgressFinishes(self):
+        """
+        A message being committed when the server stops still gets its 250
+        (it is on disk), then the 421.
+        """
+        from tests.queue.test_journal import QueuedRunner
+
+        runner = QueuedRunner()
+        # Only the journal waits for the test; everything else is inline.
+        self.stack.journal._runner = runner
+        self.send(ENVELOPE + b"Subject: s\r\n\r\nbody\r\n.\r\n")
+        self.transport.clear()
+        self.stack.factory.shutdown()
+        self.assertEqual(self.transport.value(), b"")
+        runner.runNext()
+        self.assertEqual(
+            self.transport.value(),
+            self.queuedReply() + b"421 4.3.2 Service shutting down, try again later\r\n",
+        )
+
+
+class LoggingTests(SessionTestsMixin, SynchronousTestCase):
+    """
+    One structured log line per connection and one per message.
+    """
+
+    def test_messageAndConnectionLines(self):
+        """
+        A delivered message logs one event with its queue id, sender,
+        recipients, size and result; closing the session logs one event with
+        the peer and the message count.  No event carries the body.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.send(ENVELOPE + b"Subject: logged\r\n\r\nsecret body\r\n.\r\nQUIT\r\n")
+        self.proto.connectionLost(None)
+        routed = [e for e in events if e.get("queueId") == self.lastQueueId() and "result" in e]
+        self.assertEqual(len(routed), 1)
+        [event] = routed
+        self.assertEqual(event["sender"], "sender@remote.test")
+        self.assertEqual(event["recipients"], ["alice@example.test"])
+        self.assertEqual(event["result"], "alice@example.test: delivered")
+        self.assertGreater(event["size"], 0)
+        [session] = [e for e in events if "messages" in e]
+        self.assertEqual((session["peer"], session["messages"]), ("192.0.2.7", 1))
+        for e in events:
+            self.assertNotIn("secret body", formatEvent(e))

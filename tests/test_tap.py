@@ -1,0 +1,101 @@
+"""
+Tests of the twistd plugin's options and C{makeService}, with a
+L{MemoryReactor}: the service tree and the endpoints it listens on.
+"""
+
+import io
+import os
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import TestCase
+
+from qutemail.tap import Options, makeService
+from tests.integration.support import writeConfig
+
+
+class TapTests(TestCase):
+    """
+    C{twistd qutemail} option parsing and service assembly.
+    """
+
+    def setUp(self):
+        """
+        A loopback configuration on port 2525.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        self.dataDir = os.path.join(base, "var")
+        self.configPath = writeConfig(os.path.join(base, "q.ini"), self.dataDir, mtaPort=2525)
+        self.stderr = io.StringIO()
+        self.patch(sys, "stderr", self.stderr)
+
+    def test_pluginRegistered(self):
+        """
+        Twisted's plugin scan finds the C{qutemail} service maker.
+        """
+        names = [p.tapname for p in getPlugins(IServiceMaker)]
+        self.assertIn("qutemail", names)
+
+    def test_options(self):
+        """
+        C{--config} names the file; C{--mta-only} and C{--msa-only} are
+        flags that exclude each other.
+        """
+        options = Options()
+        options.parseOptions(["--config", self.configPath, "--mta-only"])
+        self.assertEqual((options["config"], options["mta-only"], options["msa-only"]), (self.configPath, 1, 0))
+        self.assertRaises(UsageError, Options().parseOptions, ["--mta-only", "--msa-only"])
+
+    def test_serviceTree(self):
+        """
+        The service tree starts the thread pool, the spool, the scheduler
+        and the MTA listener, in that order, and listens on the configured
+        port and address.
+        """
+        reactor = MemoryReactorClock()
+        options = Options()
+        options.parseOptions(["--config", self.configPath])
+        root = makeService(options, reactor)
+        self.assertEqual(
+            [child.name for child in root],
+            ["blocking", "spool", "retry-scheduler", "listener-mta"],
+        )
+        root.startService()
+        # A memory reactor never delivers thread results, so the whole tree
+        # cannot stop through it: stop the pieces that own real resources.
+        self.addCleanup(root.getServiceNamed("blocking").stopService)
+        self.addCleanup(root.getServiceNamed("retry-scheduler").stopService)
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (2525, "127.0.0.1"))
+        self.assertEqual(type(factory).__name__, "SMTPServerFactory")
+        self.assertTrue(os.path.isdir(os.path.join(self.dataDir, "queue", "journal")))
+
+    def test_badConfigExits(self):
+        """
+        A bad configuration ends the start with one line naming the key and
+        exit status 1.
+        """
+        with open(self.configPath, "a") as f:
+            f.write("\n[bogus]\nkey = 1\n")
+        options = Options()
+        options.parseOptions(["--config", self.configPath])
+        error = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+        self.assertEqual(error.code, 1)
+        [line] = self.stderr.getvalue().splitlines()
+        self.assertTrue(line.startswith("qutemail: "), line)
+        self.assertIn("bogus", line)
+
+    def test_msaOnlyWithoutSubmission(self):
+        """
+        C{--msa-only} with no submission listener to run stops with one
+        clear line rather than a server that listens on nothing.
+        """
+        options = Options()
+        options.parseOptions(["--config", self.configPath, "--msa-only"])
+        error = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+        self.assertEqual(error.code, 1)
+        self.assertIn("no listener is enabled", self.stderr.getvalue())
