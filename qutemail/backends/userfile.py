@@ -46,7 +46,7 @@ from typing import Any, Callable
 import attrs
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -515,6 +515,17 @@ class FileUserDirectory:
         """
         See L{IUserDirectory.getAccount}.
         """
+        snapshot = self._snapshot
+        if (
+            snapshot is not None
+            and snapshot.error is None
+            and not self._lock.locked
+            and self.clock.seconds() - self._checkedAt < RECHECK_SECONDS
+        ):
+            # Every RCPT and every delivery asks: answer from the fresh
+            # snapshot without the lock and coroutine machinery.
+            record = snapshot.users.get(address)
+            return succeed(None if record is None else Account(address, record.quotaBytes))
         return Deferred.fromCoroutine(self._getAccount(address))
 
     async def _getAccount(self, address: str) -> Account | None:

@@ -26,6 +26,7 @@ What this class changes, and why:
 
 import email.utils
 import os
+import re
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -46,6 +47,8 @@ MAX_COMMAND_OCTETS = 512
 MAX_MAIL_OCTETS = 512 + 26 + 16
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
 MAX_TEXT_LINE_OCTETS = 1000
+# A line (after the first of a chunk) longer than the text-line limit.
+_LONG_LINE = re.compile(rb"\n[^\n]{%d}" % (MAX_TEXT_LINE_OCTETS - 1,))
 # Postfix's smtpd_hard_error_limit: a client that keeps erring is dropped.
 MAX_ERRORS = 20
 # Pause reading while more than this much body waits to be written.
@@ -589,19 +592,25 @@ class SMTPServer(ESMTP):
             return
         if self._dataFailure is not None:
             return
-        crlf = chunk.count(b"\r\n")
-        if chunk.count(b"\n") != crlf or chunk.count(b"\r") != crlf:
+        # Stored with LF line ends; every check below runs in C over the
+        # whole chunk rather than line by line in Python.
+        lines = chunk.replace(b"\r\n", b"\n")
+        crlf = len(chunk) - len(lines)
+        if b"\r" in lines or lines.count(b"\n") != crlf:
             return self._failData(replies.BARE_LINEFEED)
-        if len(chunk) > MAX_TEXT_LINE_OCTETS - 2 and max(map(len, chunk.split(b"\r\n"))) > MAX_TEXT_LINE_OCTETS - 2:
+        if len(lines) > MAX_TEXT_LINE_OCTETS - 1 and (
+            lines.find(b"\n") > MAX_TEXT_LINE_OCTETS - 2 or _LONG_LINE.search(lines)
+        ):
             return self._failData(replies.BAD_DATA_LINE)
         # RFC 5321 §4.5.2: remove the first dot of every line starting with one
-        if chunk[:1] == b".":
-            chunk = chunk[1:]
-        chunk = chunk.replace(b"\r\n.", b"\r\n")
-        self._dataSize += len(chunk)
+        if lines[:1] == b".":
+            lines = lines[1:]
+        lines = lines.replace(b"\n.", b"\n")
+        # RFC 1870 counts the message as sent, with CRLF line ends
+        self._dataSize += len(lines) + crlf
         if self._dataSize > self.factory.maxMessageBytes:
             return self._failData(replies.TOO_BIG)
-        self._writer.write(chunk.replace(b"\r\n", b"\n"))
+        self._writer.write(lines)
         if self._writer.pendingBytes > MAX_PENDING_BYTES:
             self.transport.pauseProducing()
             self._writer.drained().addCallback(lambda _: self.transport.resumeProducing())

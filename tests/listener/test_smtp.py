@@ -303,6 +303,20 @@ class DataTests(SessionTestsMixin, SynchronousTestCase):
         self.assertEqual(replies, b"554 5.6.0 Message has a line longer than 1000 octets\r\n250 2.0.0 OK\r\n")
         self.assertEqual(self.stack.newFiles("alice@example.test"), [])
 
+    def test_lineLengthBoundary(self):
+        """
+        A 1000-octet line (998 and CRLF) is accepted, as first line of a
+        chunk or after others; 1001 octets fail the message.
+        """
+        for prefix in (b"", b"Subject: x\r\n\r\n"):
+            self.send(ENVELOPE)
+            self.assertEqual(self.send(prefix + b"a" * 998 + b"\r\n.\r\n"), self.queuedReply())
+            self.send(ENVELOPE)
+            self.assertEqual(
+                self.send(prefix + b"a" * 999 + b"\r\n.\r\n"),
+                b"554 5.6.0 Message has a line longer than 1000 octets\r\n",
+            )
+
     def test_overlongLineEndingInDot(self):
         """
         An over-long line that arrives in pieces, one of which ends in a dot,
