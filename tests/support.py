@@ -7,6 +7,8 @@ import os
 
 import attrs
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -121,3 +123,51 @@ def converse(proto, transport, data: bytes) -> bytes:
     transport.clear()
     proto.dataReceived(data)
     return transport.value()
+
+
+class QueuedRunner:
+    """
+    A runner that queues every call until the test runs it, so the test
+    decides when a "worker thread" finishes.
+
+    @ivar calls: the queued C{(f, args, kwargs, deferred)} tuples.
+    @ivar ran: every callable that was run, in order.
+    """
+
+    def __init__(self) -> None:
+        """
+        Nothing queued, nothing run.
+        """
+        self.calls: list = []
+        self.ran: list = []
+
+    def run(self, f, *args, **kwargs) -> Deferred:
+        """
+        Queue C{f(*args, **kwargs)}.
+
+        @return: a Deferred fired by L{runNext} or L{runAll}.
+        """
+        d: Deferred = Deferred()
+        self.calls.append((f, args, kwargs, d))
+        return d
+
+    def runNext(self) -> None:
+        """
+        Run the oldest queued call and fire its Deferred.
+        """
+        f, args, kwargs, d = self.calls.pop(0)
+        self.ran.append(f)
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+    def runAll(self) -> None:
+        """
+        Run queued calls (and the calls they queue) in order until none is
+        left.
+        """
+        while self.calls:
+            self.runNext()

@@ -12,8 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qutemail.interfaces import Account
 from qutemail.service import SequentialMultiService, SpoolService
 from tests.listener.test_smtp import ENVELOPE
-from tests.queue.test_journal import QueuedRunner
-from tests.support import buildStack, connect, converse
+from tests.support import QueuedRunner, buildStack, connect, converse
 
 
 class RecoveryTests(SynchronousTestCase):

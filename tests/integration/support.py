@@ -11,7 +11,6 @@ import sys
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 # Socket timeout for every client (STYLE: 10 s or less).

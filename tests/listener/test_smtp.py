@@ -10,8 +10,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.listener import smtp
-from tests.support import buildStack, connect, converse
+from tests.support import QueuedRunner, buildStack, connect, converse
 
 EHLO_REPLY = (
     b"250-mail.example.test Hello 192.0.2.7\r\n"
@@ -452,8 +451,7 @@ class ShutdownTests(SessionTestsMixin, SynchronousTestCase):
         A message being committed when the server stops still gets its 250
         (it is on disk), then the 421.
         """
-        from tests.queue.test_journal import QueuedRunner
-
+        
         runner = QueuedRunner()
         # Only the journal waits for the test; everything else is inline.
         self.stack.journal._runner = runner

@@ -7,52 +7,13 @@ import errno
 import os
 
 from hypothesis import example, given, strategies as st
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
 from qutemail.pipeline.spool import DEFAULT_THRESHOLD_BYTES, Envelope, SpooledMessage, SpoolWriter
+from tests.support import QueuedRunner
 
 ENVELOPE = Envelope("sender@remote.test", ("alice@example.test",), "client.test", "192.0.2.7", 1700000000.0)
-
-
-class QueuedRunner:
-    """
-    A runner that queues every call until the test runs it.
-
-    @ivar calls: the queued C{(f, args, kwargs, deferred)} tuples.
-    """
-
-    def __init__(self) -> None:
-        """
-        Nothing queued.
-        """
-        self.calls: list = []
-
-    def run(self, f, *args, **kwargs) -> Deferred:
-        """
-        Queue C{f(*args, **kwargs)}.
-
-        @return: a Deferred fired by L{runAll}.
-        """
-        d: Deferred = Deferred()
-        self.calls.append((f, args, kwargs, d))
-        return d
-
-    def runAll(self) -> None:
-        """
-        Run queued calls (and the calls they queue) in order until none is
-        left.
-        """
-        while self.calls:
-            f, args, kwargs, d = self.calls.pop(0)
-            try:
-                result = f(*args, **kwargs)
-            except BaseException:
-                d.errback(Failure())
-            else:
-                d.callback(result)
 
 
 def pattern(length: int, seed: int = 0) -> bytes:

@@ -7,11 +7,9 @@ import errno
 import os
 
 from hypothesis import given, strategies as st
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
@@ -19,53 +17,7 @@ from qutemail.durable import writeAll
 from qutemail.pipeline.spool import Envelope, SpooledMessage
 from qutemail.queue import journal as journalModule
 from qutemail.queue.journal import Journal, encodeDone, encodeMessage, parseSegment
-
-
-class QueuedRunner:
-    """
-    A runner that queues every call until the test runs it, so the test
-    decides when a "worker thread" finishes.
-
-    @ivar calls: the queued C{(f, args, kwargs, deferred)} tuples.
-    @ivar ran: every callable that was run, in order.
-    """
-
-    def __init__(self) -> None:
-        """
-        Nothing queued, nothing run.
-        """
-        self.calls: list = []
-        self.ran: list = []
-
-    def run(self, f, *args, **kwargs) -> Deferred:
-        """
-        Queue C{f(*args, **kwargs)}.
-
-        @return: a Deferred fired by L{runNext}.
-        """
-        d: Deferred = Deferred()
-        self.calls.append((f, args, kwargs, d))
-        return d
-
-    def runNext(self) -> None:
-        """
-        Run the oldest queued call and fire its Deferred.
-        """
-        f, args, kwargs, d = self.calls.pop(0)
-        self.ran.append(f)
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            d.errback(Failure())
-        else:
-            d.callback(result)
-
-    def runAll(self) -> None:
-        """
-        Run queued calls (and the calls they queue) until none is left.
-        """
-        while self.calls:
-            self.runNext()
+from tests.support import QueuedRunner
 
 
 class FailingOpenOS:

@@ -6,8 +6,6 @@ and the C{maildirsize} usage file.
 import os
 
 from hypothesis import given, strategies as st
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -17,47 +15,12 @@ from qutemail.pipeline.spool import Envelope, SpooledMessage
 from qutemail.replies import ReplyError
 from qutemail.store import maildir
 from qutemail.store.maildir import MaildirStore, mailboxPath, messageFileName, readUsage, returnPath
+from tests.support import QueuedRunner
 
 HOSTNAME = "mail.example.test"
 ALICE = Account("alice@example.test")
 BOB = Account("bob@example.test")
 RECEIVED_AT = 1700000000.25
-
-
-class QueuedRunner:
-    """
-    A runner that queues every call until the test runs it.
-
-    @ivar calls: the queued C{(f, args, kwargs, deferred)} tuples.
-    """
-
-    def __init__(self) -> None:
-        """
-        Nothing queued.
-        """
-        self.calls: list = []
-
-    def run(self, f, *args, **kwargs) -> Deferred:
-        """
-        Queue C{f(*args, **kwargs)}.
-
-        @return: a Deferred fired by L{runNext}.
-        """
-        d: Deferred = Deferred()
-        self.calls.append((f, args, kwargs, d))
-        return d
-
-    def runNext(self) -> None:
-        """
-        Run the oldest queued call and fire its Deferred.
-        """
-        f, args, kwargs, d = self.calls.pop(0)
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            d.errback(Failure())
-        else:
-            d.callback(result)
 
 
 def message(queueId: str = "18B2C0FFEE0001", body: bytes = b"Subject: hi\n\nbody\n",
