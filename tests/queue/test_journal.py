@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
