@@ -9,12 +9,14 @@
 # environment:
 #   BENCH_DIR   scratch directory (default: ${TMPDIR:-/tmp}/qutemail-bench)
 #   PORT        MTA port for QutEmail (default 2525)
+#   WORKERS     [server] workers for QutEmail (default 2: one per core here)
 #   SHARED      the shared/ directory (default: ../shared beside the repo)
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$here/../shared}
 BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/qutemail-bench}
 PORT=${PORT:-2525}
+WORKERS=${WORKERS:-2}
 driver="$SHARED/bench/smtp_throughput.sh"
 
 start_qutemail() {
@@ -23,12 +25,14 @@ start_qutemail() {
     cfg="$BENCH_DIR/qutemail/qutemail.ini"
     sed -e "s|^data_dir = .*|data_dir = $BENCH_DIR/qutemail/var|" \
         -e "s|^mta_port = .*|mta_port = $PORT|" \
+        -e "s|^workers = .*|workers = $WORKERS|" \
         -e "s|^\(submission_port\|smtps_port\|port\|tls_port\) = .*|\1 = 0|" \
         "$here/etc/qutemail.ini" > "$cfg"
     # smtp-source's own sender address must be acceptable; the recipient exists
     echo benchpass | qutemail --config "$cfg" user add bench@example.test --password-stdin
     mkdir -p "$BENCH_DIR/qutemail/var/mail/example.test"
-    twistd -n --pidfile= --logfile "$BENCH_DIR/qutemail/twistd.log" qutemail --config "$cfg" &
+    # Every process (main and workers) logs to the same file.
+    twistd -n --pidfile= qutemail --config "$cfg" > "$BENCH_DIR/qutemail/twistd.log" 2>&1 &
     server_pid=$!
     i=0
     until python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1).close()" 2>/dev/null; do

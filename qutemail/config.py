@@ -114,13 +114,19 @@ def _port(text: str, minimum: int = 0) -> int:
     return int(text)
 
 
-def _atLeast(minimum: int) -> Callable[[str], int]:
-    """Make a parser of whole numbers C{>= minimum}."""
+# More SMTP processes than this only add contention on a mail host.
+MAX_WORKERS = 64
+
+
+def _atLeast(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """Make a parser of whole numbers C{>= minimum} (and C{<= maximum})."""
 
     def parse(text: str) -> int:
-        """Parse a whole number C{>= minimum}."""
+        """Parse a whole number in range."""
         if not _DIGITS.fullmatch(text) or int(text) < minimum:
             raise ValueError(f"{text!r} is not a whole number >= {minimum}")
+        if maximum is not None and int(text) > maximum:
+            raise ValueError(f"{text!r} is more than {maximum}")
         return int(text)
 
     return parse
@@ -348,12 +354,15 @@ class ServerConfig:
     @ivar domains: the local mail domains, lower case (C{domains}).
     @ivar dataDir: the data directory, absolute (C{data_dir}).
     @ivar bind: the address every listener binds to (C{bind}).
+    @ivar workers: SMTP processes sharing the MTA port (C{workers}): the
+        reactor is one thread, so more than one process uses more cores.
     """
 
     hostname: str = attrs.field(validator=_parsed(_dnsName, "a DNS name"))
     domains: tuple[str, ...] = attrs.field(validator=_parsed(_domains, "DNS names"))
     dataDir: str = attrs.field(validator=_path(required=True))
     bind: str = attrs.field(default="0.0.0.0", validator=_parsed(_ipLiteral, "an IP address"))
+    workers: int = attrs.field(default=1, validator=_int(1, MAX_WORKERS))
 
 
 @attrs.frozen
@@ -583,6 +592,7 @@ _SETTINGS = (
     _Setting("server", "domains", "domains", _domains),
     _Setting("server", "data_dir", "dataDir", _nonEmpty, isPath=True),
     _Setting("server", "bind", "bind", _ipLiteral),
+    _Setting("server", "workers", "workers", _atLeast(1, MAX_WORKERS)),
     _Setting("smtp", "mta_port", "mtaPort", _port),
     _Setting("smtp", "submission_port", "submissionPort", _port),
     _Setting("smtp", "smtps_port", "smtpsPort", _port),

@@ -13,6 +13,7 @@ the thread pool goes last.
 """
 
 import os
+import socket
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -72,22 +73,31 @@ async def _maybeAwait(result: Any) -> Any:
 class SpoolService(Service):
     """
     Owns the journal: recovers it at start, drains and closes it at stop.
+    The main process also recovers the journals of workers that no longer
+    exist (a run with fewer workers than the last).
     """
 
     _log = Logger()
     name = "spool"
 
-    def __init__(self, journal: Journal, queue: DeferredQueue, router: Router, spillDirectory: str) -> None:
+    def __init__(self, journal: Journal, queue: DeferredQueue, router: Router, spillDirectory: str,
+                 orphans: list | None = None, loadQueue: bool = True) -> None:
         """
         @param journal: the journal.
         @param queue: the deferred queue.
         @param router: the router, which gets the recovered messages.
         @param spillDirectory: C{queue/large/}.
+        @param orphans: C{(journal, router, spillDirectory)} of journals left
+            by workers that no longer exist.
+        @param loadQueue: read the deferred queue (the main process only:
+            it alone retries).
         """
         self.journal = journal
         self.queue = queue
         self.router = router
         self.spillDirectory = spillDirectory
+        self.orphans = orphans or []
+        self.loadQueue = loadQueue
 
     def startService(self) -> None:
         """
@@ -96,34 +106,83 @@ class SpoolService(Service):
         directly.
         """
         Service.startService(self)
-        os.makedirs(self.spillDirectory, exist_ok=True)
-        entries = self.queue.load()
-        recovered = self.journal.recover()
+        entries = self.queue.load() if self.loadQueue else []
+        recovered = self._recover(self.journal, self.router, self.spillDirectory)
+        for journal, router, spill in self.orphans:
+            recovered += self._recover(journal, router, spill)
+        if recovered or entries:
+            self._log.info("recovered {messages} unfinished messages and {deferred} deferred entries",
+                           messages=recovered, deferred=len(entries))
+
+    def _recover(self, journal: Journal, router: Router, spillDirectory: str) -> int:
+        """
+        Recover one journal and hand its unfinished messages to its router.
+
+        @return: how many there were.
+        """
+        os.makedirs(spillDirectory, exist_ok=True)
+        recovered = journal.recover()
         live = {m.path for m in recovered if m.path}
-        for name in os.listdir(self.spillDirectory):
-            path = os.path.join(self.spillDirectory, name)
+        for name in os.listdir(spillDirectory):
+            path = os.path.join(spillDirectory, name)
             if path not in live:
                 # A body never acknowledged (no journal record): not ours.
                 os.unlink(path)
-        if recovered or entries:
-            self._log.info("recovered {messages} unfinished messages and {deferred} deferred entries",
-                           messages=len(recovered), deferred=len(entries))
         for message in recovered:
-            self.router.accept(message, recovering=True)
+            router.accept(message, recovering=True)
+        return len(recovered)
 
     def stopService(self):
         """
-        Let background routing finish, then flush and close the journal.
+        Let background routing finish, then flush and close the journals.
         """
         Service.stopService(self)
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
         """
-        Wait for routing, then close the journal.
+        Wait for routing, then close the journals.
         """
-        await self.router.stop()
-        await self.journal.close()
+        for journal, router in [(self.journal, self.router)] + [(j, r) for j, r, _ in self.orphans]:
+            await router.stop()
+            await journal.close()
+
+
+class AdoptedListenerService(Service):
+    """
+    A worker's listener on a socket inherited from the main process.
+    """
+
+    def __init__(self, reactor: Any, fd: int, factory: SMTPServerFactory) -> None:
+        """
+        @param reactor: an C{IReactorSocket}.
+        @param fd: the inherited listening socket.
+        @param factory: the session factory.
+        """
+        self.reactor = reactor
+        self.fd = fd
+        self.factory = factory
+        self._port = None
+
+    def startService(self) -> None:
+        """
+        Accept connections on the inherited socket.
+        """
+        Service.startService(self)
+        probe = socket.socket(fileno=os.dup(self.fd))
+        family = probe.family
+        probe.close()
+        self._port = self.reactor.adoptStreamPort(self.fd, family, self.factory)
+        os.close(self.fd)
+
+    def stopService(self):
+        """
+        Stop accepting, then ask open sessions to finish.
+        """
+        Service.stopService(self)
+        port, self._port = self._port, None
+        self.factory.shutdown()
+        return port.stopListening() if port is not None else None
 
 
 class ListenerService(StreamServerEndpointService):
@@ -162,8 +221,40 @@ def endpointFor(bind: str, port: int) -> str:
     return f"tcp:{port}:interface={interface}"
 
 
+def journalPaths(queueDir: str, workerIndex: int) -> tuple[str, str]:
+    """
+    Where one SMTP process keeps its journal and spill files: each process
+    has its own, so that none waits on another's group commit.
+
+    @param queueDir: C{data_dir/queue}.
+    @param workerIndex: 0 for the main process, 1.. for extra workers.
+    @return: the journal directory and the spill directory.
+    """
+    if workerIndex == 0:
+        return os.path.join(queueDir, "journal"), os.path.join(queueDir, "large")
+    return (os.path.join(queueDir, f"journal-{workerIndex}"),
+            os.path.join(queueDir, f"large-{workerIndex}"))
+
+
+def orphanIndexes(queueDir: str, workers: int) -> list[int]:
+    """
+    Worker journals left by a run with more workers than this one: the
+    main process recovers them.
+
+    @return: their worker indexes.
+    """
+    found = []
+    if os.path.isdir(queueDir):
+        for name in os.listdir(queueDir):
+            prefix, _, number = name.partition("-")
+            if prefix == "journal" and number.isdigit() and int(number) >= workers:
+                found.append(int(number))
+    return sorted(found)
+
+
 def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = None,
-                 mtaOnly: bool = False, msaOnly: bool = False) -> MultiService:
+                 mtaOnly: bool = False, msaOnly: bool = False, workerIndex: int = 0,
+                 adoptFd: int | None = None) -> MultiService:
     """
     Build the server.
 
@@ -174,6 +265,11 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         overriding the configured ports (tests listen on port 0).
     @param mtaOnly: run only the MTA (port 25) listener.
     @param msaOnly: run only the submission listeners.
+    @param workerIndex: 0 in the main process; an extra worker (see
+        L{qutemail.workers}) has its own index, journal and spill directory,
+        and no retry scheduler.
+    @param adoptFd: in an extra worker, the MTA listening socket inherited
+        from the main process.
     @return: the root service; its C{listeners} attribute maps listener names
         to their L{ListenerService}.
     """
@@ -181,24 +277,37 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     dataDir = server.dataDir
     queueDir = os.path.join(dataDir, "queue")
     root = SequentialMultiService()
-    root.setName("qutemail")
+    root.setName("qutemail" if workerIndex == 0 else f"qutemail-worker-{workerIndex}")
 
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
 
     users = FileUserDirectory(os.path.join(dataDir, "users"), runner, reactor)
     store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor)
-    journal = Journal(os.path.join(queueDir, "journal"), runner, reactor)
     queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
     queueIds = QueueIds(reactor)
-    router = Router(journal=journal, store=store, users=users, queue=queue, clock=reactor,
-                    hostname=server.hostname, domains=server.domains, queueIds=queueIds,
-                    retrySchedule=config.relay.retrySchedule, runner=runner)
-    spillDir = os.path.join(queueDir, "large")
-    SpoolService(journal, queue, router, spillDir).setServiceParent(root)
-    scheduler = RetryScheduler(router, reactor, config.relay.retrySchedule,
-                               config.relay.queueLifetimeSeconds)
-    scheduler.setServiceParent(root)
+
+    def routerFor(journal: Journal) -> Router:
+        return Router(journal=journal, store=store, users=users, queue=queue, clock=reactor,
+                      hostname=server.hostname, domains=server.domains, queueIds=queueIds,
+                      retrySchedule=config.relay.retrySchedule, runner=runner)
+
+    journalDir, spillDir = journalPaths(queueDir, workerIndex)
+    journal = Journal(journalDir, runner, reactor)
+    router = routerFor(journal)
+    orphans = []
+    if workerIndex == 0:
+        for index in orphanIndexes(queueDir, server.workers):
+            orphanDir, orphanSpill = journalPaths(queueDir, index)
+            orphanJournal = Journal(orphanDir, runner, reactor)
+            orphans.append((orphanJournal, routerFor(orphanJournal), orphanSpill))
+    SpoolService(journal, queue, router, spillDir, orphans,
+                 loadQueue=workerIndex == 0).setServiceParent(root)
+    scheduler = None
+    if workerIndex == 0:
+        scheduler = RetryScheduler(router, reactor, config.relay.retrySchedule,
+                                   config.relay.queueLifetimeSeconds)
+        scheduler.setServiceParent(root)
 
     policy = RecipientPolicy(users, store, server.domains, config.smtp.maxMessageBytes)
     factoryArgs = dict(
@@ -209,8 +318,13 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     )
     listen = listen or {}
     root.listeners = {}
+    if adoptFd is not None:
+        service = AdoptedListenerService(reactor, adoptFd, SMTPServerFactory(**factoryArgs))
+        service.setName("listener-mta")
+        service.setServiceParent(root)
+        root.listeners["mta"] = service
     wanted = []
-    if not msaOnly:
+    if not msaOnly and adoptFd is None:
         wanted.append(("mta", config.smtp.mtaPort))
     for name, port in wanted:
         description = listen.get(name) or (endpointFor(server.bind, port) if port else None)
@@ -227,6 +341,11 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             + ("--msa-only, but the submission listeners (587/465) are not built yet"
                if msaOnly else "every port in [smtp] is 0")
         )
+    if workerIndex == 0 and server.workers > 1 and "mta" in root.listeners:
+        from qutemail.workers import WorkerPool
+
+        WorkerPool(reactor, os.path.abspath(config.path), server.workers - 1,
+                   root.listeners["mta"]).setServiceParent(root)
     root.router = router
     root.scheduler = scheduler
     root.users = users

@@ -40,6 +40,7 @@ data_dir = /srv/qutemail
 # Every key of the user-facing contract, plus the ones the project added.
 ALL_KEYS = [
     ("server", "hostname"), ("server", "domains"), ("server", "data_dir"), ("server", "bind"),
+    ("server", "workers"),
     ("smtp", "mta_port"), ("smtp", "submission_port"), ("smtp", "smtps_port"),
     ("smtp", "max_message_size"), ("smtp", "max_recipients"), ("smtp", "idle_timeout"),
     ("imap", "port"), ("imap", "tls_port"), ("pop3", "port"), ("pop3", "tls_port"),
@@ -62,6 +63,7 @@ hostname = MX1.Example.TEST.
 domains = Example.test, other.test,example.test ; a comment
 data_dir = /var/lib/qutemail
 bind = ::1
+workers = 3
 [smtp]
 mta_port = 2525
 submission_port = 0
@@ -294,6 +296,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 domains=("example.test", "other.test"),
                 dataDir="/var/lib/qutemail",
                 bind="::1",
+                workers=3,
             ),
             smtp=SMTPConfig(
                 mtaPort=2525, submissionPort=0, smtpsPort=2465, maxMessageBytes=10 * 2**20,
@@ -725,14 +728,17 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
     def test_anyValue(self, setting: tuple[str, str], value: str) -> None:
         """
         Whatever a key's value, L{loadConfig} returns a L{Config} or raises a
-        L{ConfigError} whose message is one line naming the variable.
+        L{ConfigError} whose message is one line naming the variable (or,
+        for a rule across keys such as C{cert} without C{key}, the section
+        and the key).
         """
         variable = f"QUTEMAIL_{setting[0].upper()}_{setting[1].upper()}"
         try:
             self.assertIsInstance(self.load(MINIMAL, {variable: value}), Config)
         except ConfigError as e:
             self.assertNotIn("\n", str(e))
-            self.assertIn(f"environment {variable}: ", str(e))
+            if f"environment {variable}: " not in str(e):
+                self.assertIn(f"[{setting[0]}]: {setting[1]} ", str(e))
 
 
 class EnvironmentTests(ConfigFileMixin, SynchronousTestCase):
@@ -901,3 +907,36 @@ class ConfigClassTests(SynchronousTestCase):
         L{Config} refuses a section of the wrong class.
         """
         self.assertRaises(TypeError, Config, path="x.ini", server=MINIMAL_SERVER, smtp=IMAPConfig())
+
+
+class WorkersTests(ConfigFileMixin, SynchronousTestCase):
+    """
+    C{[server] workers}, a key QutEmail adds to the contract.
+    """
+
+    def test_default(self) -> None:
+        """
+        Without the key there is one SMTP process.
+        """
+        self.assertEqual(loadConfig(self.writeConfig(MINIMAL), {}).server.workers, 1)
+
+    def test_value(self) -> None:
+        """
+        A whole number from 1 to 64 is taken, from the file or the
+        environment.
+        """
+        path = self.writeConfig(MINIMAL.replace("[server]\n", "[server]\nworkers = 4\n"))
+        self.assertEqual(loadConfig(path, {}).server.workers, 4)
+        self.assertEqual(loadConfig(path, {"QUTEMAIL_SERVER_WORKERS": "2"}).server.workers, 2)
+
+    def test_badValues(self) -> None:
+        """
+        Zero, more than 64 and non-numbers stop the load with a line naming
+        the key.
+        """
+        for value, reason in [("0", "'0' is not a whole number >= 1"),
+                              ("65", "'65' is more than 64"),
+                              ("two", "'two' is not a whole number >= 1")]:
+            path = self.writeConfig(MINIMAL.replace("[server]\n", f"[server]\nworkers = {value}\n"))
+            error = self.assertRaises(ConfigError, loadConfig, path, {})
+            self.assertEqual(str(error), f"{path}: [server] workers: {reason}")

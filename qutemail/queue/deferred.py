@@ -141,12 +141,7 @@ class DeferredQueue:
             if not os.path.exists(bodyPath):
                 self._log.error("deferred entry {path} has no body; left in place", path=metaPath)
                 continue
-            with open(metaPath, "rb") as f:
-                meta = json.load(f)
-            message = SpooledMessage(
-                meta["queueId"], Envelope.fromJSON(meta["envelope"]), meta["size"], path=bodyPath
-            )
-            entry = QueueEntry(message, [RecipientState(**r) for r in meta["recipients"]])
+            entry = self._readEntry(name[: -len(".json")])
             self.entries[entry.queueId] = entry
         # Bodies whose metadata never got written were never acknowledged
         # as queued: the journal still holds those messages.
@@ -154,6 +149,52 @@ class DeferredQueue:
             if name.endswith(".msg") and name[:-4] not in self.entries:
                 os.unlink(os.path.join(self._directory, name))
         return list(self.entries.values())
+
+    def refresh(self) -> Deferred:
+        """
+        Pick up entries other processes (extra SMTP workers) added since
+        the last look.
+
+        @return: a Deferred firing with the number of new entries.
+        """
+        return self._runner.run(self._readNew, set(self.entries)).addCallback(self._addLoaded)
+
+    def _readNew(self, known: set[str]) -> list[QueueEntry]:
+        """
+        Read the entries not in C{known} (worker thread).  An entry appears
+        only once its metadata is renamed into place, after its body.
+        """
+        found = []
+        try:
+            names = os.listdir(self._directory)
+        except FileNotFoundError:
+            return found
+        for name in names:
+            queueId = name[: -len(".json")]
+            if name.endswith(".json") and queueId not in known:
+                try:
+                    found.append(self._readEntry(queueId))
+                except FileNotFoundError:
+                    continue
+        return found
+
+    def _addLoaded(self, loaded: list[QueueEntry]) -> int:
+        """
+        Index entries read by L{_readNew}.
+        """
+        for entry in loaded:
+            self.entries.setdefault(entry.queueId, entry)
+        return len(loaded)
+
+    def _readEntry(self, queueId: str) -> QueueEntry:
+        """
+        Read one entry's metadata (blocking).
+        """
+        bodyPath, metaPath = self._paths(queueId)
+        with open(metaPath, "rb") as f:
+            meta = json.load(f)
+        message = SpooledMessage(meta["queueId"], Envelope.fromJSON(meta["envelope"]), meta["size"], path=bodyPath)
+        return QueueEntry(message, [RecipientState(**r) for r in meta["recipients"]])
 
     def add(self, message: SpooledMessage, recipients: list[RecipientState]) -> Deferred:
         """

@@ -104,6 +104,8 @@ class RetryScheduler(Service):
         @return: the number of entries looked at.
         """
         now = self.clock.seconds()
+        # Extra SMTP workers add entries to the same directory.
+        await self.router.queue.refresh()
         entries = self.router.queue.due(now, self.batch)
         results = await DeferredList(
             [ensureDeferred(self._retryEntry(entry, now)) for entry in entries], consumeErrors=True

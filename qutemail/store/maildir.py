@@ -17,6 +17,7 @@ quota (C{<bytes>S}), then one C{<bytes> <count>} line per change, so that
 reading usage never scans the mailbox.
 """
 
+import fcntl
 import os
 import threading
 from typing import Any
@@ -363,24 +364,42 @@ class MaildirStore:
         """
         Append a change to C{maildirsize}, creating it with its quota line,
         and fold it into one line once it grows past L{MAILDIRSIZE_MAX_BYTES}
-        (as Maildir++ readers expect).  The file is derived data, so it is
-        not fsynced: L{readUsage} recounts the mailbox when it is missing.
+        (as Maildir++ readers expect).  Several processes (extra SMTP
+        workers) may do this at once, so the file is locked with C{flock},
+        and re-opened if another process replaced it meanwhile.  The file is
+        derived data: it is not fsynced, and when it cannot be updated it is
+        removed so that L{readUsage} recounts the mailbox; the message
+        itself is already stored either way.
         """
         sizeFile = os.path.join(path, "maildirsize")
-        fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size == 0:
-                writeAll(fd, b"%dS\n" % (quota,))
-            writeAll(fd, b"%d %d\n" % (size, count))
-            grown = os.fstat(fd).st_size > MAILDIRSIZE_MAX_BYTES
-        finally:
-            os.close(fd)
-        if grown:
-            total, messages = readUsage(path)
-            temp = sizeFile + ".tmp"
-            with open(temp, "wb") as f:
-                f.write(b"%dS\n%d %d\n" % (quota, total, messages))
-            os.rename(temp, sizeFile)
+            while True:
+                fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    try:
+                        replaced = os.fstat(fd).st_ino != os.stat(sizeFile).st_ino
+                    except FileNotFoundError:
+                        replaced = True
+                    if replaced:
+                        continue  # another process swapped it in: use the new one
+                    if os.fstat(fd).st_size == 0:
+                        writeAll(fd, b"%dS\n" % (quota,))
+                    writeAll(fd, b"%d %d\n" % (size, count))
+                    if os.fstat(fd).st_size > MAILDIRSIZE_MAX_BYTES:
+                        total, messages = readUsage(path)
+                        temp = f"{sizeFile}.{os.getpid()}.{threading.get_ident()}"
+                        with open(temp, "wb") as f:
+                            f.write(b"%dS\n%d %d\n" % (quota, total, messages))
+                        os.rename(temp, sizeFile)
+                    return
+                finally:
+                    os.close(fd)
+        except OSError:
+            try:
+                os.unlink(sizeFile)
+            except OSError:
+                pass
 
 
 def _alreadyStored(path: str, name: str) -> bool:

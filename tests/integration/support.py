@@ -22,6 +22,7 @@ hostname = mail.example.test
 domains = example.test, example.org
 data_dir = {dataDir}
 bind = 127.0.0.1
+workers = {workers}
 
 [smtp]
 mta_port = {mtaPort}
@@ -40,14 +41,16 @@ tls_port = 0
 """
 
 
-def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str = "25M") -> str:
+def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str = "25M",
+                workers: int = 1) -> str:
     """
     Write a loopback test configuration.
 
     @return: C{path}.
     """
     with open(path, "w") as f:
-        f.write(CONFIG_TEMPLATE.format(dataDir=dataDir, mtaPort=mtaPort, maxMessageSize=maxMessageSize))
+        f.write(CONFIG_TEMPLATE.format(dataDir=dataDir, mtaPort=mtaPort, maxMessageSize=maxMessageSize,
+                                       workers=workers))
     return path
 
 
@@ -106,12 +109,16 @@ class ServerProcess:
     C{twistd -n qutemail} in a subprocess.
     """
 
-    def __init__(self, configPath: str, logPath: str, port: int) -> None:
+    def __init__(self, configPath: str, logPath: str, port: int, logToStdout: bool = False) -> None:
         """
         @param configPath: the configuration.
         @param logPath: where twistd logs.
         @param port: the MTA port it will listen on.
+        @param logToStdout: run twistd without C{--logfile} and send its
+            standard output (where extra workers log too) to C{logPath}.
         """
+        self.logToStdout = logToStdout
+        self._stdout = subprocess.DEVNULL
         self.configPath = configPath
         self.logPath = logPath
         self.port = port
@@ -122,10 +129,12 @@ class ServerProcess:
         Start the server and wait (blocking, up to 30 s) until it accepts
         connections.
         """
+        logging = [] if self.logToStdout else ["--logfile", self.logPath]
+        self._stdout = open(self.logPath, "ab") if self.logToStdout else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "--logfile", self.logPath, "qutemail", "--config", self.configPath],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+             "-n", "--pidfile=", *logging, "qutemail", "--config", self.configPath],
+            stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -147,6 +156,9 @@ class ServerProcess:
             self.process.send_signal(signal.SIGKILL)
         if self.process:
             self.process.wait(10)
+        if not isinstance(self._stdout, int):
+            self._stdout.close()
+            self._stdout = subprocess.DEVNULL
 
     def stop(self) -> int:
         """
@@ -157,6 +169,23 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(30)
+
+    def children(self) -> list[int]:
+        """
+        @return: the pids of the server's child processes (its workers).
+        """
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(entry))
+        return pids
 
     def rssKiB(self, field: str = "VmRSS") -> int:
         """

@@ -1,0 +1,51 @@
+"""
+Tests of the deferred queue's view of entries other processes add.
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from qutemail.blocking import InlineRunner
+from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.queue.deferred import DEFERRED, DeferredQueue, RecipientState
+
+ENVELOPE = Envelope("s@remote.test", ("alice@example.test",), "c.test", "192.0.2.1", 1700000000.0)
+
+
+class RefreshTests(SynchronousTestCase):
+    """
+    L{DeferredQueue.refresh} picks up entries written by another process.
+    """
+
+    def test_entryFromAnotherProcess(self):
+        """
+        An entry added through a second queue object on the same directory
+        (an extra SMTP worker) appears in the first after C{refresh}, once,
+        with its recipients' state.
+        """
+        directory = self.mktemp()
+        main = DeferredQueue(directory, InlineRunner())
+        main.load()
+        worker = DeferredQueue(directory, InlineRunner())
+        message = SpooledMessage("Q1", ENVELOPE, 5, inline=b"body\n")
+        self.successResultOf(worker.add(message, [RecipientState("alice@example.test", 0, DEFERRED, 1, 300.0, "452 4.2.2 Mailbox full")]))
+        self.assertEqual(main.entries, {})
+        self.assertEqual(self.successResultOf(main.refresh()), 1)
+        [entry] = main.entries.values()
+        self.assertEqual(entry.recipients[0].lastReply, "452 4.2.2 Mailbox full")
+        self.assertEqual(entry.message.path, os.path.join(directory, "Q1.msg"))
+        self.assertEqual(self.successResultOf(main.refresh()), 0)
+
+    def test_halfWrittenEntryIgnored(self):
+        """
+        A body whose metadata is not yet in place is not an entry yet.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        with open(os.path.join(directory, "Q2.msg"), "wb") as f:
+            f.write(b"body\n")
+        with open(os.path.join(directory, "Q2.json.tmp.123"), "wb") as f:
+            f.write(b"{")
+        main = DeferredQueue(directory, InlineRunner())
+        self.assertEqual(self.successResultOf(main.refresh()), 0)
