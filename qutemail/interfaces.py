@@ -119,12 +119,17 @@ class IMessageStore(Interface):
     Local mailboxes.
     """
 
-    def deliver(message, account: Account):
+    def deliver(message, account: Account, index: int = 0, checkExisting: bool = False):
         """
         Store a spooled message in an account's INBOX.
 
         @param message: a L{qutemail.pipeline.spool.SpooledMessage}.
         @param account: the recipient.
+        @param index: the recipient's position in the envelope, so that each
+            copy of a message has its own stored id.
+        @param checkExisting: first look for a copy stored before a crash
+            (recovery and retries), and return its id instead of storing
+            another.
         @return: a Deferred firing with the stored message's id.
         @raise qutemail.replies.ReplyError: (in the Deferred) carrying
             C{OVER_QUOTA} when the mailbox is full.

@@ -11,6 +11,7 @@ a spilled file) and returns a L{SpooledMessage}, which is what every later
 stage passes around: never the bytes of a large body.
 """
 
+import io
 import os
 from typing import Any
 
@@ -85,8 +86,6 @@ class SpooledMessage:
         @return: a binary file object.
         """
         if self.inline is not None:
-            import io
-
             return io.BytesIO(self.inline)
         return open(self.path, "rb")
 

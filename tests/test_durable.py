@@ -1,0 +1,57 @@
+"""
+Tests of the durable-write primitives.
+"""
+
+import os
+import stat
+
+from hypothesis import given, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from qutemail.durable import replaceFile, syncDirectory, writeAll
+
+
+class DurableTests(SynchronousTestCase):
+    """
+    L{replaceFile}, L{writeAll}, L{syncDirectory}.
+    """
+
+    @given(st.binary(max_size=200_000))
+    def test_replaceFile(self, data):
+        """
+        The file holds exactly the new bytes, with the asked mode, and no
+        temporary file is left beside it.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "f")
+        replaceFile(path, b"old")
+        replaceFile(path, data, mode=0o640)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode) & 0o777, 0o640 & ~_umask())
+        self.assertEqual(os.listdir(directory), ["f"])
+
+    def test_writeAllAndSync(self):
+        """
+        L{writeAll} writes everything; L{syncDirectory} accepts a directory
+        and refuses a missing one.
+        """
+        path = self.mktemp()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            writeAll(fd, b"x" * 1_000_000)
+        finally:
+            os.close(fd)
+        self.assertEqual(os.path.getsize(path), 1_000_000)
+        syncDirectory(os.path.dirname(os.path.abspath(path)))
+        self.assertRaises(FileNotFoundError, syncDirectory, path + ".missing")
+
+
+def _umask() -> int:
+    """
+    @return: the process's umask.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
