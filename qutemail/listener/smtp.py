@@ -350,9 +350,8 @@ class SMTPServer(ESMTP):
         lines = [self.host + b" Hello " + self._peer.encode("ascii")]
         for keyword, args in self.extensions().items():
             lines.append(keyword + (b" " + b" ".join(args) if args else b""))
-        for line in lines[:-1]:
-            self.write(b"250-" + line + b"\r\n")
-        self.write(b"250 " + lines[-1] + b"\r\n")
+        # One write for the whole multi-line reply: one syscall, one segment.
+        self.write(b"".join(b"250-" + line + b"\r\n" for line in lines[:-1]) + b"250 " + lines[-1] + b"\r\n")
 
     def do_HELO(self, rest: bytes) -> None:
         """
