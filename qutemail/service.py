@@ -12,6 +12,7 @@ first), background routing finishes, the journal is flushed and closed, and
 the thread pool goes last.
 """
 
+import datetime
 import os
 import socket
 from typing import Any
@@ -25,6 +26,7 @@ from twisted.logger import Logger
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.listener.smtp import SMTPServerFactory
+from qutemail.listener.tls import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.pipeline.router import QueueIds, Router
 from qutemail.queue.deferred import DeferredQueue
@@ -309,12 +311,16 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                                    config.relay.queueLifetimeSeconds)
         scheduler.setServiceParent(root)
 
+    now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
+    credentials = serverCredentials(config.tls.cert, config.tls.key, server.hostname, dataDir, now)
+    tlsContext = contextFactory(credentials, now)
+
     policy = RecipientPolicy(users, store, server.domains, config.smtp.maxMessageBytes)
     factoryArgs = dict(
         hostname=server.hostname, domains=server.domains, policy=policy, journal=journal,
         router=router, runner=runner, queueIds=queueIds, clock=reactor, spoolDirectory=spillDir,
         maxMessageBytes=config.smtp.maxMessageBytes, maxRecipients=config.smtp.maxRecipients,
-        idleTimeoutSeconds=config.smtp.idleTimeoutSeconds,
+        idleTimeoutSeconds=config.smtp.idleTimeoutSeconds, tlsContext=tlsContext,
     )
     listen = listen or {}
     root.listeners = {}

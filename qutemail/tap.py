@@ -39,6 +39,7 @@ def makeService(options: Options, reactor=None):
     @return: the root service.
     """
     from qutemail.config import ConfigError, loadConfig
+    from qutemail.listener.tls import TLSConfigError
     from qutemail.service import NoListeners, buildService
 
     if reactor is None:
@@ -46,6 +47,6 @@ def makeService(options: Options, reactor=None):
     try:
         config = loadConfig(options["config"])
         return buildService(config, reactor, mtaOnly=options["mta-only"], msaOnly=options["msa-only"])
-    except (ConfigError, NoListeners) as e:
+    except (ConfigError, NoListeners, TLSConfigError) as e:
         sys.stderr.write(f"qutemail: {e}\n")
         raise SystemExit(1)

@@ -100,3 +100,43 @@ class TapTests(TestCase):
         error = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
         self.assertEqual(error.code, 1)
         self.assertIn("no listener is enabled", self.stderr.getvalue())
+
+    def test_expiredCertificateExits(self):
+        """
+        A configured certificate that has expired ends the start with one
+        line naming the file, and exit status 1.
+        """
+        import datetime
+
+        from qutemail.listener.tls import generateSelfSigned
+
+        cert, key = generateSelfSigned("mail.example.test", datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+        base = os.path.dirname(self.configPath)
+        for name, data in (("old-cert.pem", cert), ("old-key.pem", key)):
+            with open(os.path.join(base, name), "wb") as f:
+                f.write(data)
+        with open(self.configPath, "a") as f:
+            f.write("\n[tls]\ncert = old-cert.pem\nkey = old-key.pem\n")
+        options = Options()
+        options.parseOptions(["--config", self.configPath])
+        reactor = MemoryReactorClock()
+        reactor.advance(datetime.datetime(2026, 11, 24, tzinfo=datetime.timezone.utc).timestamp())
+        error = self.assertRaises(SystemExit, makeService, options, reactor)
+        self.assertEqual(error.code, 1)
+        [line] = self.stderr.getvalue().splitlines()
+        self.assertTrue(line.startswith("qutemail: [tls] cert "), line)
+        self.assertIn("old-cert.pem: expired on 2022-", line)
+
+    def test_missingCertificateExits(self):
+        """
+        A configured certificate file that does not exist ends the start
+        with one line.
+        """
+        with open(self.configPath, "a") as f:
+            f.write("\n[tls]\ncert = missing.pem\nkey = missing-key.pem\n")
+        options = Options()
+        options.parseOptions(["--config", self.configPath])
+        error = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+        self.assertEqual(error.code, 1)
+        [line] = self.stderr.getvalue().splitlines()
+        self.assertIn("missing.pem: cannot read it: No such file or directory", line)

@@ -30,6 +30,7 @@ import re
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
@@ -101,7 +102,9 @@ class SMTPServer(ESMTP):
         self._peer = getattr(peer, "host", str(peer))
         self._startedAt = self.factory.clock.seconds()
         self.factory.sessions.add(self)
-        self.canStartTLS = False
+        self.ctx = self.factory.tlsContext
+        self.canStartTLS = self.ctx is not None and ITLSTransport.providedBy(self.transport)
+        self.startedTLS = False
         self.sendLine(b"220 " + self.host + b" ESMTP QutEmail")
         self.setTimeout(self.timeout)
 
@@ -290,7 +293,7 @@ class SMTPServer(ESMTP):
             return None
         if name == "STARTTLS" and not self.canStartTLS:
             return None
-        return getattr(self, "do_" + name, None) or getattr(self, "ext_" + name, None)
+        return getattr(self, "do_" + name, None)
 
     def _wait(self, d: Deferred) -> None:
         """
@@ -335,7 +338,30 @@ class SMTPServer(ESMTP):
             b"8BITMIME": None,
             b"ENHANCEDSTATUSCODES": None,
         }
+        if self.canStartTLS and not self.startedTLS:
+            ext[b"STARTTLS"] = None
         return ext
+
+    def do_STARTTLS(self, rest: bytes) -> None:
+        """
+        STARTTLS (RFC 3207).
+        """
+        if rest.strip():
+            return self._error(replies.BAD_ARGUMENTS.withText("STARTTLS takes no parameters"))
+        if self.startedTLS:
+            return self._error(replies.BAD_SEQUENCE.withText("TLS already active"))
+        if self._heloName is None:
+            return self._error(replies.NEED_HELO)
+        # CVE-2011-0411: whatever the client pipelined after STARTTLS came in
+        # the clear and must never run once the session is protected.
+        self._buffer = b""
+        # RFC 3207 §4.2: the server forgets everything it learnt before TLS.
+        self._heloName = None
+        self._esmtp = False
+        self._abortTransaction()
+        self.reply(replies.GO_AHEAD_TLS)
+        self.transport.startTLS(self.ctx)
+        self.startedTLS = True
 
     def do_EHLO(self, rest: bytes) -> None:
         """
@@ -517,7 +543,10 @@ class SMTPServer(ESMTP):
         """
         The Received header (RFC 5321 §4.4), LF line ends.
         """
+        # RFC 3848 protocol types
         protocol = "ESMTP" if self._esmtp else "SMTP"
+        if self.startedTLS:
+            protocol += "S"
         if self.authenticatedAs:
             protocol += "A"
         forClause = f"\n\tfor <{self._recipients[0]}>" if len(self._recipients) == 1 else ""
@@ -651,7 +680,8 @@ class SMTPServerFactory(ServerFactory):
 
     def __init__(self, *, hostname: str, domains: tuple[str, ...], policy: Any, journal: Any,
                  router: Any, runner: Any, queueIds: Any, clock: Any, spoolDirectory: str,
-                 maxMessageBytes: int, maxRecipients: int, idleTimeoutSeconds: float) -> None:
+                 maxMessageBytes: int, maxRecipients: int, idleTimeoutSeconds: float,
+                 tlsContext: Any = None) -> None:
         """
         @param hostname: this server's name, for the greeting and Received.
         @param domains: the local domains.
@@ -665,7 +695,10 @@ class SMTPServerFactory(ServerFactory):
         @param maxMessageBytes: the SIZE limit.
         @param maxRecipients: recipients per transaction.
         @param idleTimeoutSeconds: idle time before a 421.
+        @param tlsContext: the TLS context factory for STARTTLS, or C{None}
+            to offer no TLS.
         """
+        self.tlsContext = tlsContext
         self.hostname = hostname
         self.domains = domains
         self.policy = policy
