@@ -13,6 +13,8 @@ L{ReplyError.forData} (message set-up and DATA).  Only this module builds
 them.
 """
 
+import base64
+
 import attrs
 from twisted.mail.smtp import SMTPBadRcpt, SMTPBadSender, SMTPServerError
 
@@ -83,6 +85,8 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
 
+AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed authentications, try again later")
+
 # 5xx: permanent
 SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error, command unrecognized")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
@@ -108,7 +112,14 @@ TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command unrecognized")
 SIZE_TOO_BIG_FOR_MAILBOX = Reply(452, "4.2.2", "Mailbox full")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated")
+AUTH_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication mechanism")
+AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
+AUTH_SYNTAX = Reply(501, "5.5.2", "Cannot decode the authentication response")
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address is not owned by the authenticated user")
+FROM_NOT_OWNED = Reply(550, "5.7.1", "From header is not an address of the authenticated user")
 
 # Enhanced codes for replies Twisted sends itself, chosen by code (RFC 3463).
 DEFAULT_ENHANCED = {
@@ -128,6 +139,17 @@ DEFAULT_ENHANCED = {
     451: "4.3.0",
     454: "4.7.0",
 }
+
+
+def authChallenge(challenge: bytes) -> bytes:
+    """
+    An AUTH continuation line (RFC 4954 §4): 334 and the base64 challenge,
+    with no enhanced code.
+
+    @param challenge: the raw challenge.
+    @return: the line, CRLF included.
+    """
+    return b"334 " + base64.b64encode(challenge) + b"\r\n"
 
 
 def enhancedFor(code: int) -> str:

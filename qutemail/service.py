@@ -20,14 +20,18 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.cred.portal import Portal
 from twisted.internet.endpoints import serverFromString
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
+from qutemail.listener.cred import MailRealm, UserDirectoryChecker, submitterFactory
 from qutemail.listener.smtp import SMTPServerFactory
 from qutemail.listener.tls import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
+from qutemail.policy.throttle import AuthThrottle
 from qutemail.pipeline.router import QueueIds, Router
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
@@ -211,7 +215,7 @@ class ListenerService(StreamServerEndpointService):
         Stop listening, then ask open sessions to finish.
         """
         d = StreamServerEndpointService.stopService(self)
-        self.factory.shutdown()
+        getattr(self, "smtpFactory", self.factory).shutdown()
         return d
 
 
@@ -324,28 +328,40 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     )
     listen = listen or {}
     root.listeners = {}
+    portal = Portal(MailRealm(submitterFactory), [UserDirectoryChecker(users)])
+    throttle = AuthThrottle()
+    submissionArgs = dict(factoryArgs, portal=portal, throttle=throttle)
     if adoptFd is not None:
         service = AdoptedListenerService(reactor, adoptFd, SMTPServerFactory(**factoryArgs))
         service.setName("listener-mta")
         service.setServiceParent(root)
         root.listeners["mta"] = service
     wanted = []
-    if not msaOnly and adoptFd is None:
-        wanted.append(("mta", config.smtp.mtaPort))
-    for name, port in wanted:
+    if adoptFd is None:
+        if not msaOnly:
+            wanted.append(("mta", config.smtp.mtaPort, factoryArgs))
+        if not mtaOnly and workerIndex == 0:
+            wanted.append(("submission", config.smtp.submissionPort, submissionArgs))
+            wanted.append(("smtps", config.smtp.smtpsPort, dict(submissionArgs, implicitTLS=True)))
+    for name, port, args in wanted:
         description = listen.get(name) or (endpointFor(server.bind, port) if port else None)
         if description is None:
             continue
-        factory = SMTPServerFactory(**factoryArgs)
-        service = ListenerService(serverFromString(reactor, description), factory)
+        factory = SMTPServerFactory(**args)
+        listening = factory
+        if args.get("implicitTLS"):
+            # RFC 8314: TLS from the first byte on the submissions port.
+            listening = TLSMemoryBIOFactory(tlsContext, False, factory)
+        service = ListenerService(serverFromString(reactor, description), listening)
+        service.smtpFactory = factory
         service.setName(f"listener-{name}")
         service.setServiceParent(root)
         root.listeners[name] = service
     if not root.listeners:
         raise NoListeners(
             "no listener is enabled: "
-            + ("--msa-only, but the submission listeners (587/465) are not built yet"
-               if msaOnly else "every port in [smtp] is 0")
+            + ("--msa-only, but submission_port and smtps_port are 0" if msaOnly
+               else "--mta-only, but mta_port is 0" if mtaOnly else "every port in [smtp] is 0")
         )
     if workerIndex == 0 and server.workers > 1 and "mta" in root.listeners:
         from qutemail.workers import WorkerPool

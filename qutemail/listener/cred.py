@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from qutemail.address import AddressInvalid, parseAccountAddress
-from qutemail.interfaces import IUserDirectory
+from qutemail.interfaces import ISubmitter, IUserDirectory
 
 # One message for every refusal, so a client cannot tell an unknown user
 # from a wrong password.
@@ -126,3 +126,24 @@ class MailRealm:
         raise NotImplementedError(
             f"no avatar for {', '.join(i.__name__ for i in interfaces) or 'no interface'}"
         )
+
+
+@implementer(ISubmitter)
+@attrs.frozen
+class Submitter:
+    """
+    The avatar of a user authenticated for submission.
+
+    @ivar address: the account's normalised address.
+    """
+
+    address: str
+
+
+def submitterFactory(avatarId: str, interface: type[Interface]) -> Any:
+    """
+    The L{MailRealm} avatar factory of the submission listeners.
+
+    @return: a L{Submitter} for L{ISubmitter}, else C{None}.
+    """
+    return Submitter(avatarId) if interface is ISubmitter else None

@@ -24,12 +24,15 @@ What this class changes, and why:
   - 250 after DATA only once the journal has synced the message.
 """
 
+import email.parser
+import email.policy
 import email.utils
 import os
 import re
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet import tcp
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -37,6 +40,7 @@ from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 
 from qutemail import replies
+from qutemail.listener.auth import MECHANISMS, AuthMixin
 from qutemail.listener.address import PathError, parseParameters, parsePath, splitArgument
 from qutemail.pipeline.router import replyFor
 from qutemail.pipeline.spool import Envelope, SpoolWriter
@@ -46,6 +50,8 @@ from qutemail.replies import Reply, ReplyError
 # RFC 1870 §3 adds 26 to MAIL for SIZE, RFC 6152 §3 16 for BODY.
 MAX_COMMAND_OCTETS = 512
 MAX_MAIL_OCTETS = 512 + 26 + 16
+# RFC 4954 §4: AUTH lines (command and responses) may be 12288 octets.
+MAX_AUTH_OCTETS = 12288
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
 MAX_TEXT_LINE_OCTETS = 1000
 # A line (after the first of a chunk) longer than the text-line limit.
@@ -54,11 +60,13 @@ _LONG_LINE = re.compile(rb"\n[^\n]{%d}" % (MAX_TEXT_LINE_OCTETS - 1,))
 MAX_ERRORS = 20
 # Pause reading while more than this much body waits to be written.
 MAX_PENDING_BYTES = 4 * 1024 * 1024
+# The most header kept for the From check of authenticated submissions.
+MAX_HEADER_BYTES = 64 * 1024
 
-_COMMAND, _DATA, _AUTH = "COMMAND", "DATA", "AUTH"
+_COMMAND, _DATA = "COMMAND", "DATA"
 
 
-class SMTPServer(ESMTP):
+class SMTPServer(AuthMixin, ESMTP):
     """
     One SMTP session.
 
@@ -103,8 +111,10 @@ class SMTPServer(ESMTP):
         self._startedAt = self.factory.clock.seconds()
         self.factory.sessions.add(self)
         self.ctx = self.factory.tlsContext
-        self.canStartTLS = self.ctx is not None and ITLSTransport.providedBy(self.transport)
-        self.startedTLS = False
+        # Port 465 (RFC 8314): TLS from the first byte, so no STARTTLS.
+        self.startedTLS = self.factory.implicitTLS
+        self.canStartTLS = (not self.startedTLS and self.ctx is not None
+                            and ITLSTransport.providedBy(self.transport))
         self.sendLine(b"220 " + self.host + b" ESMTP QutEmail")
         self.setTimeout(self.timeout)
 
@@ -164,7 +174,10 @@ class SMTPServer(ESMTP):
         Twisted series; tests over real sockets cover this path.)
         """
         transport = self.transport
-        sock = getattr(transport, "socket", None)
+        # Only a plain TCP connection: a TLS wrapper (port 465) forwards
+        # attribute lookups to the socket beneath it, and a direct send
+        # there would bypass the encryption.
+        sock = transport.socket if isinstance(transport, tcp.Connection) else None
         if (
             sock is not None
             and transport.TLS is False
@@ -239,7 +252,7 @@ class SMTPServer(ESMTP):
                 continue
             newline = self._buffer.find(b"\n")
             if newline < 0:
-                if len(self._buffer) > MAX_MAIL_OCTETS:
+                if len(self._buffer) > MAX_AUTH_OCTETS:
                     # Keep only the tail: the line is refused when it ends.
                     self._discardingLine = True
                     self._buffer = b""
@@ -256,12 +269,14 @@ class SMTPServer(ESMTP):
         """
         Dispatch one command line (terminator included).
         """
-        if self._mode == _AUTH:
-            self.state_AUTH(line.rstrip(b"\r\n"))
+        if self.inAuthExchange():
+            result = self.authLineReceived(line.rstrip(b"\r\n"))
+            if isinstance(result, Deferred):
+                self._wait(result)
             return
         self._commands += 1
         verb = line[:4].upper()
-        limit = MAX_MAIL_OCTETS if verb == b"MAIL" else MAX_COMMAND_OCTETS
+        limit = {b"MAIL": MAX_MAIL_OCTETS, b"AUTH": MAX_AUTH_OCTETS}.get(verb, MAX_COMMAND_OCTETS)
         if len(line) > limit:
             self._error(replies.LINE_TOO_LONG)
             return
@@ -340,6 +355,8 @@ class SMTPServer(ESMTP):
         }
         if self.canStartTLS and not self.startedTLS:
             ext[b"STARTTLS"] = None
+        if self.authOffered():
+            ext[b"AUTH"] = list(MECHANISMS)
         return ext
 
     def do_STARTTLS(self, rest: bytes) -> None:
@@ -439,6 +456,9 @@ class SMTPServer(ESMTP):
             return self._error(replies.NEED_HELO)
         if self._sender is not None:
             return self._error(replies.NESTED_MAIL)
+        if self.factory.portal is not None and self.authenticatedAs is None:
+            # RFC 6409 §4.3: submission needs authentication
+            return self._error(replies.AUTH_REQUIRED)
         try:
             path, words = splitArgument(rest, b"FROM:")
             sender = parsePath(path, allowNull=True)
@@ -456,6 +476,8 @@ class SMTPServer(ESMTP):
             elif key == "BODY":
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
                     return self._error(replies.BAD_BODY_PARAM)
+            elif key == "AUTH":
+                pass  # RFC 4954 §5: accepted; we trust only our own AUTH
             else:
                 return self._error(replies.PARAM_NOT_IMPLEMENTED)
         return ensureDeferred(self._mail(sender, declared))
@@ -536,6 +558,8 @@ class SMTPServer(ESMTP):
         self._dataFailure: Reply | None = None
         self._dataSize = 0
         self._midLine = False
+        # The header section, kept for the From check of authenticated mail.
+        self._header: bytearray | None = bytearray() if self.authenticatedAs else None
         self._mode = _DATA
         self.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
 
@@ -634,6 +658,8 @@ class SMTPServer(ESMTP):
         if lines[:1] == b".":
             lines = lines[1:]
         lines = lines.replace(b"\n.", b"\n")
+        if self._header is not None:
+            self._keepHeader(lines)
         # RFC 1870 counts the message as sent, with CRLF line ends
         self._dataSize += len(lines) + crlf
         if self._dataSize > self.factory.maxMessageBytes:
@@ -643,6 +669,29 @@ class SMTPServer(ESMTP):
             self.transport.pauseProducing()
             self._writer.drained().addCallback(lambda _: self.transport.resumeProducing())
 
+    def _keepHeader(self, lines: bytes) -> None:
+        """
+        Keep the header section (up to its blank line, at most 64 KiB) of
+        an authenticated submission.
+        """
+        header = self._header
+        if header.endswith(b"\n\n") or header == b"\n" or len(header) >= MAX_HEADER_BYTES:
+            return
+        header += lines[: MAX_HEADER_BYTES - len(header)]
+        end = header.find(b"\n\n")
+        if header.startswith(b"\n"):
+            del header[1:]
+        elif end >= 0:
+            del header[end + 2 :]
+
+    def _fromIsOwned(self) -> bool:
+        """
+        Whether every C{From:} address is the authenticated user's.
+        """
+        message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(bytes(self._header))
+        addresses = [a for _, a in email.utils.getaddresses(message.get_all("From", []))]
+        return all(a.lower() == self.authenticatedAs for a in addresses)
+
     async def _endOfData(self) -> None:
         """
         The final dot: make the message durable, then answer.
@@ -651,6 +700,9 @@ class SMTPServer(ESMTP):
         failure = self._dataFailure
         sender, recipients = self._sender, tuple(self._recipients)
         self._resetTransaction()
+        if failure is None and self._header is not None and not self._fromIsOwned():
+            failure = replies.FROM_NOT_OWNED
+            writer.abort()
         if failure is not None:
             self._log.info("rejected message {queueId} from {peer}: {reply}",
                            queueId=self._queueId, peer=self._peer, reply=str(failure))
@@ -681,7 +733,8 @@ class SMTPServerFactory(ServerFactory):
     def __init__(self, *, hostname: str, domains: tuple[str, ...], policy: Any, journal: Any,
                  router: Any, runner: Any, queueIds: Any, clock: Any, spoolDirectory: str,
                  maxMessageBytes: int, maxRecipients: int, idleTimeoutSeconds: float,
-                 tlsContext: Any = None) -> None:
+                 tlsContext: Any = None, portal: Any = None, throttle: Any = None,
+                 implicitTLS: bool = False) -> None:
         """
         @param hostname: this server's name, for the greeting and Received.
         @param domains: the local domains.
@@ -697,8 +750,16 @@ class SMTPServerFactory(ServerFactory):
         @param idleTimeoutSeconds: idle time before a 421.
         @param tlsContext: the TLS context factory for STARTTLS, or C{None}
             to offer no TLS.
+        @param portal: for a submission listener, the cred portal AUTH logs
+            in through (MAIL then needs AUTH); C{None} on the MTA port.
+        @param throttle: the L{qutemail.policy.throttle.AuthThrottle}.
+        @param implicitTLS: the listener wraps every connection in TLS
+            (port 465).
         """
         self.tlsContext = tlsContext
+        self.portal = portal
+        self.throttle = throttle
+        self.implicitTLS = implicitTLS
         self.hostname = hostname
         self.domains = domains
         self.policy = policy

@@ -10,7 +10,7 @@ from typing import Any
 
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.interfaces import Account
-from qutemail.replies import MAILBOX_FULL, NO_SUCH_USER, RELAY_DENIED, TOO_BIG, ReplyError
+from qutemail.replies import MAILBOX_FULL, NO_SUCH_USER, RELAY_DENIED, SENDER_NOT_OWNED, TOO_BIG, ReplyError
 
 
 class RecipientPolicy:
@@ -43,10 +43,15 @@ class RecipientPolicy:
         @param sender: the reverse path, C{""} for the null sender.
         @param declaredSize: the C{SIZE=} parameter, if any (RFC 1870).
         @param authenticated: the authenticated account, if any.
-        @raise ReplyError: C{TOO_BIG} when the declared size is over the limit.
+        @raise ReplyError: C{TOO_BIG} when the declared size is over the
+            limit; C{SENDER_NOT_OWNED} when an authenticated user uses an
+            address not their own (the null sender is allowed, for the
+            notifications mail clients send).
         """
         if declaredSize is not None and declaredSize > self.maxMessageBytes:
             raise ReplyError(TOO_BIG)
+        if authenticated is not None and sender and sender.lower() != authenticated:
+            raise ReplyError(SENDER_NOT_OWNED)
 
     async def checkRecipient(self, recipient: str, declaredSize: int | None, authenticated: str | None) -> Account | None:
         """

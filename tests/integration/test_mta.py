@@ -10,6 +10,7 @@ import smtplib
 import socket
 
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -40,15 +41,19 @@ class RunningServerMixin:
         os.makedirs(self.dataDir, exist_ok=True)
         for name in ("alice", "bob"):
             users.addUser(f"{name}@example.test", b"pw-" + name.encode())
-        self.root = buildService(config, reactor, listen={"mta": "tcp:0:interface=127.0.0.1"})
+        loopback = "tcp:0:interface=127.0.0.1"
+        self.root = buildService(config, reactor, listen={"mta": loopback, "submission": loopback,
+                                                         "smtps": loopback})
         self.root.startService()
         self.addCleanup(self.root.stopService)
-        d = self.root.listeners["mta"].whenListening()
+        self.ports = {}
 
-        def listening(port):
-            self.port = port.getHost().port
+        def listening(port, name):
+            self.ports[name] = port.getHost().port
 
-        return d.addCallback(listening)
+        d = gatherResults([self.root.listeners[name].whenListening().addCallback(listening, name)
+                           for name in ("mta", "submission", "smtps")])
+        return d.addCallback(lambda _: setattr(self, "port", self.ports["mta"]))
 
     def smtp(self, f):
         """

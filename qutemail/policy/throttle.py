@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.policy.test_throttle -*-
+"""
+Throttling of failed authentications, per client IP.
+
+Each failure is answered only after a short delay (the listener's job),
+which slows guessing; a client IP with C{maxFailures} failures in the
+window is locked out for C{lockoutSeconds}: it gets no further tries at
+all.  Other IPs are not affected, so a burst of guesses against an account
+from one place does not lock its owner out of their mail.
+"""
+
+import attrs
+
+
+@attrs.define
+class _Record:
+    """
+    Failures of one client IP.
+    """
+
+    failures: list[float] = attrs.field(factory=list)
+    lockedUntil: float = 0.0
+
+
+@attrs.define
+class AuthThrottle:
+    """
+    Failure counters for AUTH (in-process).
+
+    @ivar maxFailures: failures in the window that trigger a lockout.
+    @ivar windowSeconds: how far back failures count.
+    @ivar lockoutSeconds: how long a lockout lasts.
+    @ivar failureDelaySeconds: how long the listener waits before it
+        answers a failed attempt.
+    """
+
+    maxFailures: int = 10
+    windowSeconds: float = 600.0
+    lockoutSeconds: float = 900.0
+    failureDelaySeconds: float = 1.0
+    _records: dict[str, _Record] = attrs.field(factory=dict)
+
+    def _record(self, ip: str, now: float) -> _Record:
+        """
+        The record of C{ip}, with old failures forgotten.
+        """
+        record = self._records.setdefault(ip, _Record())
+        record.failures = [t for t in record.failures if now - t < self.windowSeconds]
+        return record
+
+    def allowed(self, ip: str, now: float) -> bool:
+        """
+        Whether C{ip} may try to authenticate now.
+
+        @param ip: the client's address.
+        @param now: the current time.
+        """
+        record = self._records.get(ip)
+        return record is None or record.lockedUntil <= now
+
+    def failed(self, ip: str, now: float) -> None:
+        """
+        Count a failed attempt from C{ip}.
+
+        @param ip: the client's address.
+        @param now: the current time.
+        """
+        record = self._record(ip, now)
+        record.failures.append(now)
+        if len(record.failures) >= self.maxFailures:
+            record.lockedUntil = now + self.lockoutSeconds
+            record.failures = []
+        if len(self._records) > 100_000:
+            # Bound memory under a spray of addresses: drop idle records.
+            self._records = {k: r for k, r in self._records.items() if r.failures or r.lockedUntil > now}
+
+    def succeeded(self, ip: str) -> None:
+        """
+        A correct password clears the IP's failures.
+        """
+        self._records.pop(ip, None)
