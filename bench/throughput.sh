@@ -26,6 +26,7 @@ start_qutemail() {
     sed -e "s|^data_dir = .*|data_dir = $BENCH_DIR/qutemail/var|" \
         -e "s|^mta_port = .*|mta_port = $PORT|" \
         -e "s|^workers = .*|workers = $WORKERS|" \
+        -e "s|^messages_per_ip_hour = .*|messages_per_ip_hour = 0|" \
         -e "s|^\(submission_port\|smtps_port\|port\|tls_port\) = .*|\1 = 0|" \
         "$here/etc/qutemail.ini" > "$cfg"
     # smtp-source's own sender address must be acceptable; the recipient exists

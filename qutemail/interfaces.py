@@ -151,12 +151,21 @@ class IMessageStore(Interface):
 
 class IRateLimiter(Interface):
     """
-    Counters over a sliding window (issue 3).
+    Counters over a sliding window, for rate limits.
     """
 
     name = Attribute("a short name for logs")
 
     def consume(key: str, units: int, limit: int, windowSeconds: float, now: float):
         """
-        @return: a Deferred firing with C{True} when allowed.
+        Count C{units} for C{key} if that keeps it within C{limit} over the
+        last C{windowSeconds}.
+
+        @param key: what is counted, e.g. C{ip:192.0.2.1}.
+        @param units: how much to add.
+        @param limit: the most allowed in the window.
+        @param windowSeconds: the window's length.
+        @param now: the current time.
+        @return: a Deferred firing with C{True} when counted (allowed), or
+            C{False} when it would exceed the limit (nothing counted).
         """

@@ -85,6 +85,8 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
 
+RATE_LIMITED = Reply(451, "4.7.0", "Rate limit exceeded, try again later")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed authentications, try again later")
 
 # 5xx: permanent

@@ -31,6 +31,7 @@ from qutemail.listener.cred import MailRealm, UserDirectoryChecker, submitterFac
 from qutemail.listener.smtp import SMTPServerFactory
 from qutemail.listener.tls import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
+from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.throttle import AuthThrottle
 from qutemail.pipeline.router import QueueIds, Router
 from qutemail.queue.deferred import DeferredQueue
@@ -330,7 +331,12 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     root.listeners = {}
     portal = Portal(MailRealm(submitterFactory), [UserDirectoryChecker(users)])
     throttle = AuthThrottle()
-    submissionArgs = dict(factoryArgs, portal=portal, throttle=throttle)
+    limiter = MemoryRateLimiter()
+    limits = config.limits
+    factoryArgs.update(limiter=limiter, connectionsPerIp=limits.connectionsPerIp)
+    submissionArgs = dict(factoryArgs, portal=portal, throttle=throttle,
+                          messagesPerHour=limits.messagesPerUserHour)
+    factoryArgs["messagesPerHour"] = limits.messagesPerIpHour
     if adoptFd is not None:
         service = AdoptedListenerService(reactor, adoptFd, SMTPServerFactory(**factoryArgs))
         service.setName("listener-mta")

@@ -17,6 +17,7 @@ from qutemail.blocking import InlineRunner
 from qutemail.listener.smtp import SMTPServerFactory
 from qutemail.pipeline.router import QueueIds, Router
 from qutemail.policy.envelope import RecipientPolicy
+from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
@@ -66,7 +67,8 @@ class Stack:
 
 def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageBytes: int = 1024 * 1024,
                maxRecipients: int = 10, defaultQuotaBytes: int = 10 * 1024 * 1024,
-               idleTimeoutSeconds: float = 300.0, lifetime: float = 5 * 86400.0) -> Stack:
+               idleTimeoutSeconds: float = 300.0, lifetime: float = 5 * 86400.0,
+               messagesPerHour: int = 0, connectionsPerIp: int = 0) -> Stack:
     """
     Build a server stack under C{dataDir}.
 
@@ -97,7 +99,8 @@ def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageB
         hostname=HOSTNAME, domains=DOMAINS, policy=policy, journal=journal, router=router,
         runner=runner, queueIds=queueIds, clock=clock, spoolDirectory=spill,
         maxMessageBytes=maxMessageBytes, maxRecipients=maxRecipients,
-        idleTimeoutSeconds=idleTimeoutSeconds,
+        idleTimeoutSeconds=idleTimeoutSeconds, limiter=MemoryRateLimiter(),
+        messagesPerHour=messagesPerHour, connectionsPerIp=connectionsPerIp,
     )
     return Stack(dataDir, clock, runner, users, store, journal, queue, router, scheduler, factory)
 

@@ -60,6 +60,8 @@ _LONG_LINE = re.compile(rb"\n[^\n]{%d}" % (MAX_TEXT_LINE_OCTETS - 1,))
 MAX_ERRORS = 20
 # Pause reading while more than this much body waits to be written.
 MAX_PENDING_BYTES = 4 * 1024 * 1024
+# The window of the message rate limits.
+HOUR_SECONDS = 3600.0
 # The most header kept for the From check of authenticated submissions.
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -98,6 +100,7 @@ class SMTPServer(AuthMixin, ESMTP):
         self._closing = False
         self._peer = ""
         self._startedAt = 0.0
+        self._admitted = False
         self.authenticatedAs: str | None = None
 
     # -- connection ------------------------------------------------------
@@ -109,13 +112,19 @@ class SMTPServer(AuthMixin, ESMTP):
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
         self._startedAt = self.factory.clock.seconds()
+        if not self.factory.admit(self._peer):
+            self._log.info("refused {peer}: too many connections", peer=self._peer)
+            self.reply(replies.TOO_MANY_CONNECTIONS)
+            self.transport.loseConnection()
+            return
+        self._admitted = True
         self.factory.sessions.add(self)
         self.ctx = self.factory.tlsContext
         # Port 465 (RFC 8314): TLS from the first byte, so no STARTTLS.
         self.startedTLS = self.factory.implicitTLS
         self.canStartTLS = (not self.startedTLS and self.ctx is not None
                             and ITLSTransport.providedBy(self.transport))
-        self.sendLine(b"220 " + self.host + b" ESMTP QutEmail")
+        self.write(b"220 " + self.host + b" ESMTP QutEmail\r\n")
         self.setTimeout(self.timeout)
 
     def connectionLost(self, reason) -> None:
@@ -123,7 +132,10 @@ class SMTPServer(AuthMixin, ESMTP):
         Abandon an unfinished message and log the session.
         """
         self.setTimeout(None)
+        if not self._admitted:
+            return
         self.factory.sessions.discard(self)
+        self.factory.release(self._peer)
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
@@ -484,8 +496,19 @@ class SMTPServer(AuthMixin, ESMTP):
 
     async def _mail(self, sender: str, declared: int | None) -> None:
         """
-        Ask the policy about the sender.
+        Check the rate limit, then ask the policy about the sender.
         """
+        factory = self.factory
+        if factory.messagesPerHour:
+            key = f"user:{self.authenticatedAs}" if self.authenticatedAs else f"ip:{self._peer}"
+            allowed = await factory.limiter.consume(key, 1, factory.messagesPerHour, HOUR_SECONDS,
+                                                   factory.clock.seconds())
+            if not allowed:
+                self._log.info("rate limit for {key}: {limit} messages per hour", key=key,
+                               limit=factory.messagesPerHour)
+                self.reply(replies.RATE_LIMITED.withText(
+                    f"Rate limit of {factory.messagesPerHour} messages per hour exceeded, try again later"))
+                return
         try:
             await self.factory.policy.checkSender(sender, declared, self.authenticatedAs)
         except ReplyError as e:
@@ -734,7 +757,8 @@ class SMTPServerFactory(ServerFactory):
                  router: Any, runner: Any, queueIds: Any, clock: Any, spoolDirectory: str,
                  maxMessageBytes: int, maxRecipients: int, idleTimeoutSeconds: float,
                  tlsContext: Any = None, portal: Any = None, throttle: Any = None,
-                 implicitTLS: bool = False) -> None:
+                 implicitTLS: bool = False, limiter: Any = None, messagesPerHour: int = 0,
+                 connectionsPerIp: int = 0) -> None:
         """
         @param hostname: this server's name, for the greeting and Received.
         @param domains: the local domains.
@@ -755,7 +779,16 @@ class SMTPServerFactory(ServerFactory):
         @param throttle: the L{qutemail.policy.throttle.AuthThrottle}.
         @param implicitTLS: the listener wraps every connection in TLS
             (port 465).
+        @param limiter: the L{qutemail.interfaces.IRateLimiter}.
+        @param messagesPerHour: messages per client IP (MTA) or per
+            authenticated user (submission) per hour; 0 for no limit.
+        @param connectionsPerIp: concurrent sessions per client IP; 0 for
+            no limit.
         """
+        self.limiter = limiter
+        self.messagesPerHour = messagesPerHour
+        self.connectionsPerIp = connectionsPerIp
+        self._connections: dict[str, int] = {}
         self.tlsContext = tlsContext
         self.portal = portal
         self.throttle = throttle
@@ -779,6 +812,28 @@ class SMTPServerFactory(ServerFactory):
         @return: the spill file of a message.
         """
         return os.path.join(self.spoolDirectory, queueId)
+
+    def admit(self, ip: str) -> bool:
+        """
+        Count a new session from C{ip}, unless it has too many already.
+
+        @return: whether it is admitted.
+        """
+        count = self._connections.get(ip, 0)
+        if self.connectionsPerIp and count >= self.connectionsPerIp:
+            return False
+        self._connections[ip] = count + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        """
+        A session from C{ip} ended.
+        """
+        count = self._connections.get(ip, 0) - 1
+        if count > 0:
+            self._connections[ip] = count
+        else:
+            self._connections.pop(ip, None)
 
     def buildProtocol(self, addr) -> SMTPServer:
         """

@@ -491,3 +491,46 @@ class LoggingTests(SessionTestsMixin, SynchronousTestCase):
         self.assertEqual((session["peer"], session["messages"]), ("192.0.2.7", 1))
         for e in events:
             self.assertNotIn("secret body", formatEvent(e))
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    Message rate and connection limits from C{[limits]}.
+    """
+
+    def test_messagesPerHour(self):
+        """
+        The 101st MAIL in an hour from one IP gets 451 4.7.0 naming the
+        limit; another IP is not affected; an hour later it is allowed.
+        """
+        stack = buildStack(self.mktemp(), messagesPerHour=100)
+        proto, transport = connect(stack.factory)
+        converse(proto, transport, b"EHLO c.test\r\n")
+        for i in range(100):
+            self.assertEqual(converse(proto, transport, b"MAIL FROM:<a@remote.test>\r\nRSET\r\n"),
+                             b"250 2.1.0 Sender OK\r\n250 2.0.0 Reset state\r\n")
+        self.assertEqual(converse(proto, transport, b"MAIL FROM:<a@remote.test>\r\n"),
+                         b"451 4.7.0 Rate limit of 100 messages per hour exceeded, try again later\r\n")
+        other, otherTransport = connect(stack.factory, host="198.51.100.9")
+        self.assertEqual(converse(other, otherTransport, b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\n")[-21:],
+                         b"250 2.1.0 Sender OK\r\n")
+        stack.clock.advance(3600)
+        proto, transport = connect(stack.factory)
+        self.assertEqual(converse(proto, transport, b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\n")[-21:],
+                         b"250 2.1.0 Sender OK\r\n")
+
+    def test_connectionsPerIp(self):
+        """
+        Past C{connections_per_ip} concurrent sessions, a new one from that
+        IP gets 421 4.7.0 and is closed; when one ends, another is admitted.
+        """
+        stack = buildStack(self.mktemp(), connectionsPerIp=2)
+        first = connect(stack.factory)
+        connect(stack.factory)
+        proto, transport = connect(stack.factory)
+        self.assertEqual(transport.value(), b"421 4.7.0 Too many connections from your address\r\n")
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        first[0].connectionLost(None)
+        proto, transport = connect(stack.factory)
+        self.assertEqual(transport.value(), b"220 mail.example.test ESMTP QutEmail\r\n")
