@@ -25,6 +25,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
+from qutemail.backends.redislimiter import RedisRateLimiter
+from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.listener.cred import MailRealm, UserDirectoryChecker, submitterFactory
@@ -192,6 +194,27 @@ class AdoptedListenerService(Service):
         return port.stopListening() if port is not None else None
 
 
+class RedisService(Service):
+    """
+    Owns the Redis connection: closes it at stop.
+    """
+
+    name = "redis"
+
+    def __init__(self, limiter: RedisRateLimiter) -> None:
+        """
+        @param limiter: the limiter whose connection this closes.
+        """
+        self.limiter = limiter
+
+    def stopService(self):
+        """
+        Close the connection.
+        """
+        Service.stopService(self)
+        return self.limiter.disconnect()
+
+
 class ListenerService(StreamServerEndpointService):
     """
     A listener whose sessions are told when the server stops.
@@ -332,6 +355,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     portal = Portal(MailRealm(submitterFactory), [UserDirectoryChecker(users)])
     throttle = AuthThrottle()
     limiter = MemoryRateLimiter()
+    if config.redis.url:
+        limiter = RedisRateLimiter(connectRedis(config.redis.url), reactor)
+        RedisService(limiter).setServiceParent(root)
     limits = config.limits
     factoryArgs.update(limiter=limiter, connectionsPerIp=limits.connectionsPerIp)
     submissionArgs = dict(factoryArgs, portal=portal, throttle=throttle,

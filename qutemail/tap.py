@@ -39,6 +39,7 @@ def makeService(options: Options, reactor=None):
     @return: the root service.
     """
     from qutemail.config import ConfigError, loadConfig
+    from qutemail.backends.redislimiter import RedisURLError
     from qutemail.listener.tls import TLSConfigError
     from qutemail.service import NoListeners, buildService
 
@@ -47,6 +48,6 @@ def makeService(options: Options, reactor=None):
     try:
         config = loadConfig(options["config"])
         return buildService(config, reactor, mtaOnly=options["mta-only"], msaOnly=options["msa-only"])
-    except (ConfigError, NoListeners, TLSConfigError) as e:
+    except (ConfigError, NoListeners, TLSConfigError, RedisURLError) as e:
         sys.stderr.write(f"qutemail: {e}\n")
         raise SystemExit(1)
