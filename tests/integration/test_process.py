@@ -6,6 +6,8 @@ C{kill -9}, memory use with a 25 MB message, clean stop on SIGTERM.
 import os
 import signal
 import smtplib
+import subprocess
+import sys
 import time
 
 from twisted.internet.threads import deferToThread
@@ -161,3 +163,51 @@ class MemoryTests(ProcessTestsMixin, TestCase):
         journal = os.path.join(self.dataDir, "queue", "journal")
         for name in os.listdir(journal):
             self.assertNotIn(b"M ", open(os.path.join(journal, name), "rb").read()[:2])
+
+
+class StartFailureTests(TestCase):
+    """
+    A real C{twistd qutemail} start that cannot succeed stops with one line.
+    """
+
+    timeout = 60
+
+    def twistd(self, configPath: str) -> subprocess.CompletedProcess:
+        """
+        Run twistd on a configuration (blocking).
+        """
+        return subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "qutemail", "--config", configPath],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+
+    async def test_missingCertificate(self):
+        """
+        A configured certificate that does not exist: exit status 1 and one
+        line naming the file.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        path = writeConfig(os.path.join(base, "q.ini"), os.path.join(base, "var"), mtaPort=freePort())
+        with open(path, "a") as f:
+            f.write("\n[tls]\ncert = /nonexistent/cert.pem\nkey = /nonexistent/key.pem\n")
+        result = await deferToThread(self.twistd, path)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.strip().splitlines(),
+                         ["qutemail: [tls] cert /nonexistent/cert.pem: cannot read it: No such file or directory"])
+
+    async def test_badConfigValue(self):
+        """
+        A bad configuration value: exit status 1 and one line naming the
+        file, section and key.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        path = writeConfig(os.path.join(base, "q.ini"), os.path.join(base, "var"), mtaPort=freePort())
+        with open(path, "a") as f:
+            f.write("\n[limits]\nconnections_per_ip = many\n")
+        result = await deferToThread(self.twistd, path)
+        self.assertEqual(result.returncode, 1)
+        [line] = result.stderr.strip().splitlines()
+        self.assertIn("[limits] connections_per_ip", line)
