@@ -162,13 +162,13 @@ class AuthMixin:
         try:
             _, avatar, _ = await self.factory.portal.login(UsernamePassword(user, password), None, ISubmitter)
         except UnauthorizedLogin:
-            self.factory.throttle.failed(self._peer, clock.seconds())
+            delay = self.factory.throttle.failed(self._peer, clock.seconds(), user.lower())
             self._log.info("AUTH failed from {peer} for {user}", peer=self._peer, user=user)
             # Slow guessing down; the session holds its input meanwhile.
-            await deferLater(clock, self.factory.throttle.failureDelaySeconds, lambda: None)
+            await deferLater(clock, delay, lambda: None)
             self.reply(replies.AUTH_FAILED)
             return
-        self.factory.throttle.succeeded(self._peer)
+        self.factory.throttle.succeeded(self._peer, avatar.address)
         self.authenticatedAs = avatar.address
         self._log.info("AUTH as {user} from {peer}", user=avatar.address, peer=self._peer)
         self.reply(replies.AUTH_OK)

@@ -1,13 +1,18 @@
 # -*- test-case-name: tests.policy.test_throttle -*-
 """
-Throttling of failed authentications, per client IP.
+Throttling of failed authentications, per client IP and per account.
 
-Each failure is answered only after a short delay (the listener's job),
-which slows guessing; a client IP with C{maxFailures} failures in the
+Each failure is answered only after a delay (the listener's job), which
+slows guessing: one second, growing with the account's recent failures
+from anywhere (so guesses spread over many IPs slow down too), up to
+L{MAX_DELAY_SECONDS}.  A client IP with C{maxFailures} failures in the
 window is locked out for C{lockoutSeconds}: it gets no further tries at
-all.  Other IPs are not affected, so a burst of guesses against an account
-from one place does not lock its owner out of their mail.
+all.  Accounts are never locked, and other IPs are not affected, so a
+burst of guesses from one place does not lock the owner out of their mail.
 """
+
+# The longest a failed AUTH waits before its answer.
+MAX_DELAY_SECONDS = 30.0
 
 import attrs
 
@@ -58,13 +63,20 @@ class AuthThrottle:
         record = self._records.get(ip)
         return record is None or record.lockedUntil <= now
 
-    def failed(self, ip: str, now: float) -> None:
+    def failed(self, ip: str, now: float, account: str | None = None) -> float:
         """
-        Count a failed attempt from C{ip}.
+        Count a failed attempt from C{ip}, against C{account}.
 
         @param ip: the client's address.
         @param now: the current time.
+        @param account: the user name tried, if any.
+        @return: how long to wait before answering.
         """
+        delay = self.failureDelaySeconds
+        if account:
+            accountRecord = self._record("account:" + account, now)
+            accountRecord.failures.append(now)
+            delay = min(MAX_DELAY_SECONDS, delay * (1 + len(accountRecord.failures) // self.maxFailures))
         record = self._record(ip, now)
         record.failures.append(now)
         if len(record.failures) >= self.maxFailures:
@@ -73,9 +85,12 @@ class AuthThrottle:
         if len(self._records) > 100_000:
             # Bound memory under a spray of addresses: drop idle records.
             self._records = {k: r for k, r in self._records.items() if r.failures or r.lockedUntil > now}
+        return delay
 
-    def succeeded(self, ip: str) -> None:
+    def succeeded(self, ip: str, account: str | None = None) -> None:
         """
-        A correct password clears the IP's failures.
+        A correct password clears the IP's and the account's failures.
         """
         self._records.pop(ip, None)
+        if account:
+            self._records.pop("account:" + account, None)

@@ -225,6 +225,26 @@ class ThrottleTests(SynchronousTestCase):
         self.assertTrue(throttle.allowed("192.0.2.1", clock.seconds()))
 
 
+    def test_accountDelayGrows(self):
+        """
+        Failures against one account from many IPs lengthen the delay
+        before each answer (capped), without locking any of those IPs; a
+        success resets it.
+        """
+        throttle = AuthThrottle()
+        delays = [throttle.failed(f"192.0.2.{i}", 0.0, "bob@example.test") for i in range(45)]
+        self.assertEqual(delays[:9], [1.0] * 9)
+        self.assertEqual(delays[9:11], [2.0, 2.0])
+        self.assertEqual(delays[-1], 5.0)
+        self.assertTrue(all(throttle.allowed(f"192.0.2.{i}", 0.0) for i in range(45)))
+        self.assertEqual(throttle.failed("192.0.2.99", 0.0, "carol@example.test"), 1.0)
+        throttle.succeeded("192.0.2.1", "bob@example.test")
+        self.assertEqual(throttle.failed("192.0.2.1", 0.0, "bob@example.test"), 1.0)
+        for _ in range(400):
+            delay = throttle.failed("198.51.100.1", 1.0, "dave@example.test")
+        self.assertEqual(delay, 30.0)
+
+
 class PlainTests(SynchronousTestCase):
     """
     Parsing of AUTH PLAIN responses (RFC 4616).
