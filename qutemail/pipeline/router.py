@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.pipeline.test_router -*-
+# -*- test-case-name: tests.queue.test_scheduler,tests.test_service -*-
 """
 The router: what happens to a message once the journal holds it.
 

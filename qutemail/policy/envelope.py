@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.policy.test_envelope -*-
+# -*- test-case-name: tests.listener.test_smtp,tests.listener.test_submission -*-
 """
 Envelope verdicts: may this sender send, may this recipient receive?
 

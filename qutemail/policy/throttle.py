@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.policy.test_throttle -*-
+# -*- test-case-name: tests.listener.test_submission -*-
 """
 Throttling of failed authentications, per client IP and per account.
 
