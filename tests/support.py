@@ -4,11 +4,13 @@ helpers that read what landed in a Maildir.
 """
 
 import os
+import shutil
 
 import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -174,3 +176,19 @@ class QueuedRunner:
         """
         while self.calls:
             self.runNext()
+
+
+def requireCommand(testCase, name: str) -> str:
+    """
+    The path of a program a test needs (a Debian package C{.ci/run}
+    installs): a failure under CI (C{CI=true}), a skip with a reason
+    elsewhere.
+
+    @return: its path.
+    """
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            testCase.fail(f"{name} is not installed (.ci/run installs it)")
+        raise SkipTest(f"{name} is not installed")
+    return path

@@ -4,7 +4,6 @@ and of two server instances sharing one count through it.
 """
 
 import os
-import shutil
 import smtplib
 import socket
 import subprocess
@@ -15,12 +14,13 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from qutemail.backends.redislimiter import RedisRateLimiter, connect
 from qutemail.config import loadConfig
 from qutemail.service import buildService
 from tests.integration.support import CLIENT_TIMEOUT, freePort, writeConfig
+from tests.support import requireCommand
 
 
 def startRedis(testCase) -> int:
@@ -32,11 +32,7 @@ def startRedis(testCase) -> int:
 
     @return: its port.
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            testCase.fail("redis-server is not installed (.ci/run installs it)")
-        raise SkipTest("redis-server is not installed")
+    binary = requireCommand(testCase, "redis-server")
     port = freePort()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

@@ -3,28 +3,14 @@ Real mail clients against the submission listeners: swaks and msmtp
 (Debian packages, installed by C{.ci/run}), as issue 3 asks.
 """
 
-import os
-import shutil
 import subprocess
 
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from tests.integration.support import maildirFiles, waitFor
+from tests.support import requireCommand
 from tests.integration.test_mta import RunningServerMixin
-
-
-def requireTool(testCase, name: str) -> str:
-    """
-    The path of a client program; a failure under CI (which installs it),
-    a skip elsewhere.
-    """
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            testCase.fail(f"{name} is not installed (.ci/run installs it)")
-        raise SkipTest(f"{name} is not installed")
-    return path
 
 
 class ClientTests(RunningServerMixin, TestCase):
@@ -60,7 +46,7 @@ class ClientTests(RunningServerMixin, TestCase):
         swaks: STARTTLS + AUTH PLAIN on 587, then implicit TLS + AUTH LOGIN
         on 465.
         """
-        swaks = requireTool(self, "swaks")
+        swaks = requireCommand(self, "swaks")
         common = [swaks, "--server", "127.0.0.1", "--from", "bob@example.test", "--to", "alice@example.test",
                   "--auth-user", "bob@example.test", "--auth-password", "pw-bob",
                   "--header-From", "bob@example.test"]
@@ -77,7 +63,7 @@ class ClientTests(RunningServerMixin, TestCase):
         msmtp: STARTTLS + AUTH PLAIN on 587, then implicit TLS + AUTH LOGIN
         on 465.
         """
-        msmtp = requireTool(self, "msmtp")
+        msmtp = requireCommand(self, "msmtp")
         message = b"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: msmtp %s\r\n\r\nhello\r\n"
         # (listener, STARTTLS or TLS from the first byte, mechanism, label)
         runs = [("submission", "on", "plain", b"587"), ("smtps", "off", "login", b"465")]
