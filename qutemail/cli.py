@@ -29,6 +29,7 @@ import argparse
 import getpass
 import os
 import sys
+import time
 from typing import Any, Callable, Sequence, TextIO
 
 import attrs
@@ -41,6 +42,8 @@ from qutemail.backends.userfile import FileUserDirectory, UserFileError
 from qutemail.blocking import InlineRunner
 from qutemail.config import Config, ConfigError, formatSize, loadConfig, parseSize
 from qutemail.interfaces import NoSuchUser, UserExists
+from qutemail.queue.deferred import DeferredQueue
+from qutemail.queue.journal import unfinished
 from qutemail.store.maildir import mailboxPath, readUsage
 
 PROG = "qutemail"
@@ -266,8 +269,68 @@ def addUserCommands(commands: Any) -> None:
     quota.set_defaults(run=_userQuota)
 
 
+def _age(seconds: float) -> str:
+    """
+    @return: a short human duration, e.g. C{3m}, C{2h5m}, C{1d4h}.
+    """
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+
+
+def _queueList(context: Context, arguments: argparse.Namespace) -> int:
+    """
+    C{queue list}: like C{mailq}, one block per message: id, age, size,
+    sender, then each recipient with its state and last reply.
+    """
+    now = time.time()
+    queueDir = os.path.join(context.config.server.dataDir, "queue")
+    entries = DeferredQueue(os.path.join(queueDir, "deferred"), InlineRunner()).snapshot()
+    inFlight = []
+    if os.path.isdir(queueDir):
+        for name in sorted(os.listdir(queueDir)):
+            if name == "journal" or name.startswith("journal-"):
+                inFlight += unfinished(os.path.join(queueDir, name))
+    if not entries and not inFlight:
+        print("queue is empty", file=context.stdout)
+        return 0
+    out = context.stdout
+    for message in inFlight:
+        envelope = message.envelope
+        print(f"{message.queueId}  {_age(now - envelope.receivedAt)}  {message.size}  <{envelope.sender}>", file=out)
+        for recipient in envelope.recipients:
+            print(f"    {recipient}  active", file=out)
+    for entry in entries:
+        envelope = entry.message.envelope
+        print(f"{entry.queueId}  {_age(now - envelope.receivedAt)}  {entry.message.size}  <{envelope.sender}>",
+              file=out)
+        for r in entry.recipients:
+            when = f"  next in {_age(r.nextAttempt - now)}" if r.state == "deferred" else ""
+            print(f"    {r.address}  {r.state}  attempts={r.attempts}{when}  {r.lastReply}", file=out)
+    total = len(entries) + len(inFlight)
+    print(f"-- {total} message{'s' if total != 1 else ''} in the queue", file=out)
+    return 0
+
+
+def addQueueCommands(commands: Any) -> None:
+    """
+    Add the C{queue} command group (the rest of it comes with issue 5).
+
+    @param commands: the top-level subparsers.
+    """
+    queue = commands.add_parser("queue", help="inspect the mail queue")
+    actions = queue.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="list queued messages, like mailq")
+    listing.set_defaults(run=_queueList)
+
+
 # Each adds one command group to the top-level subparsers.
-COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (addUserCommands,)
+COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (addUserCommands, addQueueCommands)
 
 
 def buildParser() -> argparse.ArgumentParser:

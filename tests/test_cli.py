@@ -489,3 +489,65 @@ class ConsoleScriptTests(SynchronousTestCase):
         A usage error exits with status 2.
         """
         self.assertEqual(self.qutemail("user").returncode, 2)
+
+
+class QueueListTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    C{qutemail queue list}.
+    """
+
+    def test_empty(self) -> None:
+        """
+        An empty queue says so and exits 0.
+        """
+        self.assertEqual(self.runOk("queue", "list"), "queue is empty\n")
+
+    def test_deferredEntry(self) -> None:
+        """
+        A deferred message is listed with its id, sender and each
+        recipient's state, attempts and last reply; listing changes
+        nothing on disk.
+        """
+        from qutemail.blocking import InlineRunner
+        from qutemail.pipeline.spool import Envelope, SpooledMessage
+        from qutemail.queue.deferred import DeferredQueue, RecipientState
+
+        directory = os.path.join(self.dataDir, "queue", "deferred")
+        queue = DeferredQueue(directory, InlineRunner())
+        envelope = Envelope("x@remote.test", ("alice@example.test", "dave@remote.test"), "c", "192.0.2.1", 1.0)
+        queue.add(SpooledMessage("Q1", envelope, 42, inline=b"x" * 42), [
+            RecipientState("alice@example.test", 0, "deferred", 2, 4e9, "452 4.2.2 Mailbox full"),
+            RecipientState("dave@remote.test", 1, "relay", 0, 0.0, "waiting for relay"),
+        ])
+        before = sorted(os.listdir(directory))
+        out = self.runOk("queue", "list")
+        lines = out.splitlines()
+        self.assertTrue(lines[0].startswith("Q1  "), out)
+        self.assertTrue(lines[0].endswith("  42  <x@remote.test>"), out)
+        self.assertRegex(lines[1], r"^    alice@example\.test  deferred  attempts=2  next in \S+  452 4\.2\.2 Mailbox full$")
+        self.assertEqual(lines[2], "    dave@remote.test  relay  attempts=0  waiting for relay")
+        self.assertEqual(lines[3], "-- 1 message in the queue")
+        self.assertEqual(sorted(os.listdir(directory)), before)
+
+    def test_inFlightMessage(self) -> None:
+        """
+        A message in a journal but not yet delivered (the server is working
+        on it, or it crashed) is listed as active, from any worker's
+        journal, and the journal is left as it was.
+        """
+        from twisted.internet.task import Clock
+
+        from qutemail.blocking import InlineRunner
+        from qutemail.pipeline.spool import Envelope, SpooledMessage
+        from qutemail.queue.journal import Journal
+
+        directory = os.path.join(self.dataDir, "queue", "journal-1")
+        journal = Journal(directory, InlineRunner(), Clock())
+        journal.recover()
+        envelope = Envelope("x@remote.test", ("alice@example.test",), "c", "192.0.2.1", 1.0)
+        journal.commit(SpooledMessage("Q2", envelope, 5, inline=b"body\n"))
+        before = {n: os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory)}
+        lines = self.runOk("queue", "list").splitlines()
+        self.assertTrue(lines[0].startswith("Q2  "))
+        self.assertEqual(lines[1:], ["    alice@example.test  active", "-- 1 message in the queue"])
+        self.assertEqual({n: os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory)}, before)

@@ -196,6 +196,15 @@ class DeferredQueue:
         message = SpooledMessage(meta["queueId"], Envelope.fromJSON(meta["envelope"]), meta["size"], path=bodyPath)
         return QueueEntry(message, [RecipientState(**r) for r in meta["recipients"]])
 
+    def snapshot(self) -> list[QueueEntry]:
+        """
+        Read every entry without changing anything on disk, for the
+        command line (a running server may be writing).  Blocking.
+
+        @return: the entries, by queue id.
+        """
+        return sorted(self._readNew(set()), key=lambda e: e.queueId)
+
     def add(self, message: SpooledMessage, recipients: list[RecipientState]) -> Deferred:
         """
         Queue a message for some of its recipients, durably.

@@ -149,6 +149,33 @@ def parseSegment(data: bytes) -> tuple[list[SpooledMessage], set[str], list[tupl
     return messages, done, damaged
 
 
+def unfinished(directory: str) -> list[SpooledMessage]:
+    """
+    The messages of a journal directory not yet marked done, read without
+    changing anything (for the command line, while a server may be
+    writing).  Blocking.
+
+    @param directory: a journal directory.
+    @return: the messages, oldest first.
+    """
+    pending: dict[str, SpooledMessage] = {}
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(_SEGMENT_SUFFIX))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        try:
+            with open(os.path.join(directory, name), "rb") as f:
+                messages, done, _ = parseSegment(f.read())
+        except FileNotFoundError:
+            continue
+        for message in messages:
+            pending[message.queueId] = message
+        for queueId in done:
+            pending.pop(queueId, None)
+    return list(pending.values())
+
+
 class Journal:
     """
     The append-only, group-committed journal of accepted messages.
