@@ -55,14 +55,20 @@ class RunningServerMixin:
                            for name in ("mta", "submission", "smtps")])
         return d.addCallback(lambda _: setattr(self, "port", self.ports["mta"]))
 
-    def smtp(self, f):
+    def smtp(self, f, port: int | None = None, prepare=None):
         """
         Run C{f(client)} with a connected smtplib client in a thread.
+
+        @param port: the port (the MTA port by default).
+        @param prepare: called with the client first (EHLO, STARTTLS, AUTH).
         """
 
         def run():
-            client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=CLIENT_TIMEOUT)
+            client = smtplib.SMTP("127.0.0.1", port or self.port, local_hostname="client.test",
+                                  timeout=CLIENT_TIMEOUT)
             try:
+                if prepare is not None:
+                    prepare(client)
                 return f(client)
             finally:
                 try:

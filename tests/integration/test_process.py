@@ -182,17 +182,25 @@ class StartFailureTests(TestCase):
             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
         )
 
-    async def test_missingCertificate(self):
+    def startWith(self, extra: str):
         """
-        A configured certificate that does not exist: exit status 1 and one
-        line naming the file.
+        Run twistd (in a thread) on a loopback configuration plus C{extra}.
+
+        @return: a Deferred firing with the completed process.
         """
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
         path = writeConfig(os.path.join(base, "q.ini"), os.path.join(base, "var"), mtaPort=freePort())
         with open(path, "a") as f:
-            f.write("\n[tls]\ncert = /nonexistent/cert.pem\nkey = /nonexistent/key.pem\n")
-        result = await deferToThread(self.twistd, path)
+            f.write(extra)
+        return deferToThread(self.twistd, path)
+
+    async def test_missingCertificate(self):
+        """
+        A configured certificate that does not exist: exit status 1 and one
+        line naming the file.
+        """
+        result = await self.startWith("\n[tls]\ncert = /nonexistent/cert.pem\nkey = /nonexistent/key.pem\n")
         self.assertEqual(result.returncode, 1)
         self.assertEqual(result.stderr.strip().splitlines(),
                          ["qutemail: [tls] cert /nonexistent/cert.pem: cannot read it: No such file or directory"])
@@ -202,12 +210,7 @@ class StartFailureTests(TestCase):
         A bad configuration value: exit status 1 and one line naming the
         file, section and key.
         """
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        path = writeConfig(os.path.join(base, "q.ini"), os.path.join(base, "var"), mtaPort=freePort())
-        with open(path, "a") as f:
-            f.write("\n[limits]\nconnections_per_ip = many\n")
-        result = await deferToThread(self.twistd, path)
+        result = await self.startWith("\n[limits]\nconnections_per_ip = many\n")
         self.assertEqual(result.returncode, 1)
         [line] = result.stderr.strip().splitlines()
         self.assertIn("[limits] connections_per_ip", line)

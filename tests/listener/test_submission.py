@@ -39,24 +39,15 @@ class SubmissionTests(RunningServerMixin, TestCase):
         after STARTTLS and AUTH unless told otherwise.
         """
 
-        def run():
-            client = smtplib.SMTP("127.0.0.1", self.ports["submission"], local_hostname="c.test",
-                                  timeout=CLIENT_TIMEOUT)
-            try:
+        def prepare(client):
+            client.ehlo()
+            if starttls:
+                client.starttls(context=insecureContext())
                 client.ehlo()
-                if starttls:
-                    client.starttls(context=insecureContext())
-                    client.ehlo()
-                if login:
-                    client.login(*login)
-                return f(client)
-            finally:
-                try:
-                    client.quit()
-                except smtplib.SMTPServerDisconnected:
-                    pass
+            if login:
+                client.login(*login)
 
-        return deferToThread(run)
+        return self.smtp(f, self.ports["submission"], prepare)
 
     async def test_beforeTLS(self):
         """
