@@ -169,3 +169,120 @@ class IRateLimiter(Interface):
         @return: a Deferred firing with C{True} when counted (allowed), or
             C{False} when it would exceed the limit (nothing counted).
         """
+
+
+@attrs.frozen
+class KMEStatus:
+    """
+    What a KME says about one QKD link (ETSI GS QKD 014 §5.1 "Status").
+
+    Sizes are in bits, as in the standard.
+    """
+
+    sourceKMEId: str
+    targetKMEId: str
+    masterSAEId: str
+    slaveSAEId: str
+    keySize: int
+    storedKeyCount: int
+    maxKeyCount: int
+    maxKeyPerRequest: int
+    maxKeySize: int
+    minKeySize: int
+    maxSAEIdCount: int
+
+
+class KeySourceError(Exception):
+    """
+    The key source could not give a key: unreachable, refused, out of keys
+    or answering nonsense.  The message is one line, fit for a log and for
+    a queue entry's last reply; it never holds key material.
+
+    @ivar temporary: whether trying again later may succeed (timeouts,
+        connection failures, HTTP 503, garbled answers).
+    """
+
+    def __init__(self, message: str, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+class IQKDKeySource(Interface):
+    """
+    Keys delivered by a QKD Key Management Entity.
+    """
+
+    def status(peerSAE: str):
+        """
+        @param peerSAE: the SAE at the other end of the link (the slave).
+        @return: a Deferred firing with a L{KMEStatus}.
+        @raise KeySourceError: (in the Deferred) when the KME cannot answer.
+        """
+
+    def encKey(peerSAE: str, sizeBits: int = 256):
+        """
+        Take a fresh key from the pool, for encrypting (ETSI 014 enc_keys).
+
+        @param peerSAE: the slave SAE that may later ask for the same key.
+        @param sizeBits: the key length in bits, a multiple of 8.
+        @return: a Deferred firing with C{(keyId, key)}: the key id as a
+            C{str} (a UUID), the key as C{bytes} of C{sizeBits // 8}.
+        @raise KeySourceError: (in the Deferred) when no key can be had.
+        """
+
+    def decKey(peerSAE: str, keyId: str):
+        """
+        Fetch the key a master SAE took with L{encKey} (ETSI 014 dec_keys).
+
+        @param peerSAE: the master SAE that took the key.
+        @param keyId: its id.
+        @return: a Deferred firing with the key as C{bytes}.
+        @raise KeySourceError: (in the Deferred) when it cannot be had (a
+            key already fetched or unknown is not temporary).
+        """
+
+
+class KeyGone(Exception):
+    """
+    The key vault holds no key with this id (never stored, or erased).
+    """
+
+
+class IKeyVault(Interface):
+    """
+    Message keys kept for reading mail later, wrapped under a local master
+    key.  Erasing a key makes its message unreadable (crypto-erase).
+    """
+
+    def store(keyId: str, key: bytes):
+        """
+        Keep a key, durably, before the message it encrypts is stored.
+
+        @return: a Deferred firing with C{None} once the key is safe.
+        """
+
+    def fetch(keyId: str):
+        """
+        @return: a Deferred firing with the key as C{bytes}.
+        @raise KeyGone: (in the Deferred) when there is no such key.
+        """
+
+    def erase(keyId: str):
+        """
+        Forget a key for good; erasing a missing key is not an error.
+
+        @return: a Deferred firing with C{None}.
+        """
+
+
+class IDKIMKeys(Interface):
+    """
+    DKIM signing keys by domain.
+    """
+
+    def keyFor(domain: str):
+        """
+        @param domain: the signing domain (the C{d=} tag), lower case.
+        @return: a Deferred firing with a L{qutemail.pipeline.dkim.SigningKey},
+            or C{None} when the domain has no key (mail goes unsigned).
+        """

@@ -1,0 +1,3 @@
+"""
+Outbound delivery: MX resolution and the ESMTP relay client.
+"""
