@@ -89,6 +89,16 @@ RATE_LIMITED = Reply(451, "4.7.0", "Rate limit exceeded, try again later")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed authentications, try again later")
 
+# Outbound delivery and the QKD layer: what a queue entry records when a
+# delivery attempt fails for now (RFC 3463 §3.5 network and routing status).
+DNS_TEMPFAIL = Reply(451, "4.4.3", "Temporary DNS failure, will retry")
+NO_ANSWER = Reply(451, "4.4.1", "No answer from any mail exchanger, will retry")
+CONNECTION_LOST = Reply(451, "4.4.2", "Connection to the remote server lost, will retry")
+# RFC 3463 §3.8 X.7.4 and X.7.5; Postfix uses the same codes.
+TLS_NOT_OFFERED = Reply(451, "4.7.4", "Verified TLS required but the remote server does not offer STARTTLS")
+TLS_NOT_VERIFIED = Reply(451, "4.7.5", "Verified TLS required but the remote certificate did not verify")
+KEY_SOURCE_UNAVAILABLE = Reply(451, "4.3.0", "QKD key source unavailable, will retry")
+
 # 5xx: permanent
 SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error, command unrecognized")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
@@ -122,6 +132,11 @@ AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
 AUTH_SYNTAX = Reply(501, "5.5.2", "Cannot decode the authentication response")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address is not owned by the authenticated user")
 FROM_NOT_OWNED = Reply(550, "5.7.1", "From header is not an address of the authenticated user")
+NO_SUCH_DOMAIN = Reply(550, "5.1.2", "Recipient domain does not exist")
+# RFC 7505 §4.3: a domain publishing a null MX accepts no mail
+NULL_MX = Reply(556, "5.1.10", "Recipient domain does not accept mail (null MX)")
+QUEUE_EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
+DELETED_BY_ADMIN = Reply(554, "5.3.0", "Message returned by the administrator")
 
 # Enhanced codes for replies Twisted sends itself, chosen by code (RFC 3463).
 DEFAULT_ENHANCED = {
