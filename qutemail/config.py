@@ -508,6 +508,12 @@ class RelayConfig:
     @ivar queueLifetimeSeconds: how long mail may stay queued (C{queue_lifetime}).
     @ivar requireVerifiedTls: domains, or C{"*"} for all, that need verified
         TLS (C{require_verified_tls}).
+    @ivar mxPort: the port mail exchangers are reached on (C{mx_port}); 25
+        except for tests and unusual networks.
+    @ivar smarthostUsername: the AUTH user name at the smarthost, or empty
+        for none (C{smarthost_username}).
+    @ivar smarthostPasswordFile: a file holding the smarthost password,
+        absolute, or empty (C{smarthost_password_file}).
     """
 
     smarthost: str = attrs.field(default="", validator=_parsed(_smarthost, "host:port"))
@@ -520,6 +526,15 @@ class RelayConfig:
     )
     queueLifetimeSeconds: float = attrs.field(default=5 * 86400.0, validator=_DURATION_FIELD)
     requireVerifiedTls: tuple[str, ...] = attrs.field(default=(), validator=_parsed(_tlsDomains, "DNS names or *"))
+    mxPort: int = attrs.field(default=25, validator=_int(1, 65535))
+    smarthostUsername: str = attrs.field(default="", validator=_parsed(_text, "one line of text"))
+    smarthostPasswordFile: str = attrs.field(default="", validator=_path())
+
+    def __attrs_post_init__(self) -> None:
+        if bool(self.smarthostUsername) != bool(self.smarthostPasswordFile):
+            raise ValueError("smarthost_username and smarthost_password_file go together")
+        if self.smarthostUsername and not self.smarthost:
+            raise ValueError("smarthost_username needs a smarthost")
 
 
 @attrs.frozen
@@ -622,6 +637,9 @@ _SETTINGS = (
     _Setting("relay", "retry_schedule", "retrySchedule", _durations),
     _Setting("relay", "queue_lifetime", "queueLifetimeSeconds", parseDuration),
     _Setting("relay", "require_verified_tls", "requireVerifiedTls", _tlsDomains),
+    _Setting("relay", "mx_port", "mxPort", lambda t: _port(t, 1)),
+    _Setting("relay", "smarthost_username", "smarthostUsername", _text),
+    _Setting("relay", "smarthost_password_file", "smarthostPasswordFile", _text, isPath=True),
     _Setting("redis", "url", "url", _url("redis://", "rediss://", "unix://")),
 )
 

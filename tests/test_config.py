@@ -53,6 +53,7 @@ ALL_KEYS = [
     ("qkd", "ca_cert"),
     ("relay", "smarthost"), ("relay", "nameservers"), ("relay", "retry_schedule"),
     ("relay", "queue_lifetime"), ("relay", "require_verified_tls"),
+    ("relay", "mx_port"), ("relay", "smarthost_username"), ("relay", "smarthost_password_file"),
     ("redis", "url"),
 ]
 
@@ -102,6 +103,9 @@ nameservers = 192.0.2.53, 192.0.2.54:5353, [2001:db8::53]:53, 2001:0db8::1
 retry_schedule = 1m, 1h
 queue_lifetime = 2d
 require_verified_tls = Bank.test, *
+mx_port = 2526
+smarthost_username = relay-user
+smarthost_password_file = /etc/qutemail/relay-password
 [redis]
 url = rediss://redis.example.test:6380/0
 """
@@ -318,6 +322,8 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 retrySchedule=(60.0, 3600.0),
                 queueLifetimeSeconds=172800.0,
                 requireVerifiedTls=("bank.test", "*"),
+                mxPort=2526, smarthostUsername="relay-user",
+                smarthostPasswordFile="/etc/qutemail/relay-password",
             ),
             redis=RedisConfig(url="rediss://redis.example.test:6380/0"),
         )
@@ -330,6 +336,17 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
         parser = configparser.ConfigParser(inline_comment_prefixes=(";",))
         parser.read_string(FULL)
         self.assertEqual(sorted((s, k) for s in parser.sections() for k in parser[s]), sorted(ALL_KEYS))
+
+    def test_smarthostAuthNeedsBoth(self) -> None:
+        """
+        A smarthost user name without a password file, or either without a
+        smarthost, stops the start with one line naming C{[relay]}.
+        """
+        for text in ("smarthost = relay.test\nsmarthost_username = u\n",
+                     "smarthost_username = u\nsmarthost_password_file = /p\n"):
+            path = self.writeConfig(MINIMAL + "[relay]\n" + text)
+            error = self.assertRaises(ConfigError, loadConfig, path, {})
+            self.assertIn("[relay]:", str(error))
 
     def test_defaults(self) -> None:
         """
