@@ -39,6 +39,8 @@ from qutemail.pipeline.router import QueueIds, Router
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
+from qutemail.relay.mx import MXResolver
+from qutemail.relay.sender import Relay
 from qutemail.store.maildir import MaildirStore
 
 
@@ -282,6 +284,51 @@ def orphanIndexes(queueDir: str, workers: int) -> list[int]:
     return sorted(found)
 
 
+class RelayConfigError(Exception):
+    """
+    The relay cannot be set up (an unreadable smarthost password file).
+    """
+
+
+def smarthostAddress(text: str) -> tuple[str, int] | None:
+    """
+    @param text: C{[relay] smarthost}: C{host}, C{host:port} or
+        C{[ipv6]:port}, or empty.
+    @return: C{(host, port)}, or C{None} for MX delivery.
+    """
+    if not text:
+        return None
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        return host, int(port.lstrip(":") or 25)
+    host, _, port = text.partition(":")
+    return host, int(port or 25)
+
+
+def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
+    """
+    The outbound relay: MX lookups through the configured nameservers, or
+    everything through the smarthost.
+
+    @raise RelayConfigError: when the smarthost password file cannot be read.
+    """
+    relay = config.relay
+    password = None
+    if relay.smarthostPasswordFile:
+        try:
+            with open(relay.smarthostPasswordFile, encoding="utf-8") as f:
+                password = f.read().strip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise RelayConfigError(
+                f"[relay] smarthost_password_file: cannot read {relay.smarthostPasswordFile}: {e}") from None
+    return Relay(
+        reactor=reactor, resolver=MXResolver(runner, relay.nameservers), hostname=config.server.hostname,
+        mxPort=relay.mxPort, smarthost=smarthostAddress(relay.smarthost),
+        username=relay.smarthostUsername or None, password=password,
+        requireVerifiedTls=relay.requireVerifiedTls,
+    )
+
+
 def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = None,
                  mtaOnly: bool = False, msaOnly: bool = False, workerIndex: int = 0,
                  adoptFd: int | None = None) -> MultiService:
@@ -336,8 +383,10 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     scheduler = None
     if workerIndex == 0:
         scheduler = RetryScheduler(router, reactor, config.relay.retrySchedule,
-                                   config.relay.queueLifetimeSeconds)
+                                   config.relay.queueLifetimeSeconds, relay=buildRelay(config, reactor, runner))
         scheduler.setServiceParent(root)
+        for r in [router] + [orphanRouter for _, orphanRouter, _ in orphans]:
+            r.onQueued = lambda entry: scheduler.kick()
 
     now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
     credentials = serverCredentials(config.tls.cert, config.tls.key, server.hostname, dataDir, now)

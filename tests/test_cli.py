@@ -517,7 +517,7 @@ class QueueListTests(CommandTestsMixin, SynchronousTestCase):
         envelope = Envelope("x@remote.test", ("alice@example.test", "dave@remote.test"), "c", "192.0.2.1", 1.0)
         queue.add(SpooledMessage("Q1", envelope, 42, inline=b"x" * 42), [
             RecipientState("alice@example.test", 0, "deferred", 2, 4e9, "452 4.2.2 Mailbox full"),
-            RecipientState("dave@remote.test", 1, "relay", 0, 0.0, "waiting for relay"),
+            RecipientState("dave@remote.test", 1, "pending", 0, 0.0, "waiting for the first relay attempt"),
         ])
         before = sorted(os.listdir(directory))
         out = self.runOk("queue", "list")
@@ -525,7 +525,7 @@ class QueueListTests(CommandTestsMixin, SynchronousTestCase):
         self.assertTrue(lines[0].startswith("Q1  "), out)
         self.assertTrue(lines[0].endswith("  42  <x@remote.test>"), out)
         self.assertRegex(lines[1], r"^    alice@example\.test  deferred  attempts=2  next in \S+  452 4\.2\.2 Mailbox full$")
-        self.assertEqual(lines[2], "    dave@remote.test  relay  attempts=0  waiting for relay")
+        self.assertEqual(lines[2], "    dave@remote.test  pending  attempts=0  waiting for the first relay attempt")
         self.assertEqual(lines[3], "-- 1 message in the queue")
         self.assertEqual(sorted(os.listdir(directory)), before)
 

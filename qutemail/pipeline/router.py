@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from qutemail.pipeline.dsn import FailedRecipient, buildReport, originalHeader
 from qutemail.pipeline.spool import Envelope, SpooledMessage
-from qutemail.queue.deferred import DEFERRED, RELAY, DeferredQueue, RecipientState, retryDelay
+from qutemail.queue.deferred import DEFERRED, PENDING, DeferredQueue, RecipientState, retryDelay
 from qutemail.replies import LOCAL_ERROR, NO_SUCH_USER, STORAGE_FULL, Reply, ReplyError
 
 # How long to wait before retrying a message whose routing itself failed
@@ -81,6 +81,7 @@ class Router:
         queueIds: QueueIds,
         retrySchedule: tuple[float, ...],
         runner: Any,
+        signer: Any = None,
     ) -> None:
         """
         @param journal: the L{qutemail.queue.journal.Journal}.
@@ -93,8 +94,13 @@ class Router:
         @param queueIds: the queue id source (for bounces).
         @param retrySchedule: the retry intervals, seconds.
         @param runner: the L{qutemail.blocking.BlockingRunner}.
+        @param signer: makes the DKIM-Signature of mail leaving for other
+            domains (L{qutemail.pipeline.signing.OutboundSigner}), or C{None}.
         """
         self.runner = runner
+        self.signer = signer
+        # Called with each entry queued, so the scheduler can start at once.
+        self.onQueued = None
         self.journal = journal
         self.store = store
         self.users = users
@@ -141,7 +147,8 @@ class Router:
         now = self.clock.seconds()
         for index, address in enumerate(envelope.recipients):
             if not self.isLocal(address):
-                queued.append(RecipientState(address, index, RELAY, lastReply="waiting for relay"))
+                queued.append(RecipientState(address, index, PENDING, nextAttempt=now,
+                                             lastReply="waiting for the first relay attempt"))
                 continue
             attempts.append((index, address, ensureDeferred(self.attempt(message, address, index, recovering))))
         results = await DeferredList([d for _, _, d in attempts], consumeErrors=True)
@@ -164,7 +171,12 @@ class Router:
                 bounced.append(FailedRecipient(address, reply.enhanced, str(reply)))
                 outcomes.append(f"{address}: bounced ({reply})")
         if queued:
-            await self.queue.add(message, queued)
+            dkimHeader = ""
+            if self.signer is not None and any(r.state == PENDING for r in queued):
+                dkimHeader = await self.signer.headerFor(message)
+            entry = await self.queue.add(message, queued, dkimHeader)
+            if self.onQueued is not None:
+                self.onQueued(entry)
         if bounced:
             await self.bounce(message, bounced)
         # The one line per message: who sent what to whom, and what became of it.

@@ -9,8 +9,11 @@ Each entry is two files under C{queue/deferred/}: C{<queueId>.msg} (the body,
 written once) and C{<queueId>.json} (the envelope and the state of every
 recipient), both replaced atomically and durably.
 
-Recipient states: C{deferred} (retry at C{nextAttempt}), C{relay} (waiting
-for outbound delivery), C{delivered}, C{bounced}.
+Recipient states: C{pending} (never tried: a remote recipient waiting for
+its first relay attempt), C{deferred} (retry at C{nextAttempt}), C{sent}
+(delivered, locally or to the remote server) and C{bounced}.  Entries
+written by earlier versions (C{relay}, C{delivered}) are read as C{pending}
+and C{sent}.
 """
 
 import json
@@ -19,16 +22,18 @@ import shutil
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from qutemail.durable import replaceFile, syncDirectory
 from qutemail.pipeline.spool import Envelope, SpooledMessage
 
+PENDING = "pending"
 DEFERRED = "deferred"
-RELAY = "relay"
-DELIVERED = "delivered"
+SENT = "sent"
 BOUNCED = "bounced"
+_WAITING = (PENDING, DEFERRED)
+_OLD_STATES = {"relay": PENDING, "delivered": SENT}
 
 
 @attrs.define
@@ -38,7 +43,7 @@ class RecipientState:
 
     @ivar address: the recipient.
     @ivar index: its position in the original envelope.
-    @ivar state: one of C{deferred}, C{relay}, C{delivered}, C{bounced}.
+    @ivar state: one of C{pending}, C{deferred}, C{sent}, C{bounced}.
     @ivar attempts: delivery attempts so far.
     @ivar nextAttempt: POSIX time of the next attempt.
     @ivar lastReply: the last reply or reason, one line.
@@ -59,10 +64,13 @@ class QueueEntry:
 
     @ivar message: the message, its body in C{<queueId>.msg}.
     @ivar recipients: the recipients still of interest.
+    @ivar dkimHeader: the DKIM-Signature field made once for the message,
+        sent before its body to every remote recipient (empty: unsigned).
     """
 
     message: SpooledMessage
     recipients: list[RecipientState]
+    dkimHeader: str = ""
 
     @property
     def queueId(self) -> str:
@@ -75,7 +83,13 @@ class QueueEntry:
         """
         @return: recipients neither delivered nor bounced.
         """
-        return [r for r in self.recipients if r.state in (DEFERRED, RELAY)]
+        return [r for r in self.recipients if r.state in _WAITING]
+
+    def due(self, now: float) -> list[RecipientState]:
+        """
+        @return: the recipients to try at C{now}.
+        """
+        return [r for r in self.recipients if r.state in _WAITING and r.nextAttempt <= now]
 
     def toJSON(self) -> bytes:
         """
@@ -87,6 +101,7 @@ class QueueEntry:
                 "size": self.message.size,
                 "envelope": self.message.envelope.toJSON(),
                 "recipients": [attrs.asdict(r) for r in self.recipients],
+                "dkimHeader": self.dkimHeader,
             },
             indent=1,
         ).encode("utf-8")
@@ -194,7 +209,9 @@ class DeferredQueue:
         with open(metaPath, "rb") as f:
             meta = json.load(f)
         message = SpooledMessage(meta["queueId"], Envelope.fromJSON(meta["envelope"]), meta["size"], path=bodyPath)
-        return QueueEntry(message, [RecipientState(**r) for r in meta["recipients"]])
+        recipients = [RecipientState(**(r | {"state": _OLD_STATES.get(r["state"], r["state"])}))
+                      for r in meta["recipients"]]
+        return QueueEntry(message, recipients, meta.get("dkimHeader", ""))
 
     def snapshot(self) -> list[QueueEntry]:
         """
@@ -205,17 +222,18 @@ class DeferredQueue:
         """
         return sorted(self._readNew(set()), key=lambda e: e.queueId)
 
-    def add(self, message: SpooledMessage, recipients: list[RecipientState]) -> Deferred:
+    def add(self, message: SpooledMessage, recipients: list[RecipientState], dkimHeader: str = "") -> Deferred:
         """
         Queue a message for some of its recipients, durably.
 
         @param message: the message (inline or spilled).
         @param recipients: their initial states.
+        @param dkimHeader: the message's DKIM-Signature field, if signed.
         @return: a Deferred firing with the L{QueueEntry} once both files
             are on disk.
         """
         bodyPath, _ = self._paths(message.queueId)
-        entry = QueueEntry(attrs.evolve(message, inline=None, path=bodyPath), recipients)
+        entry = QueueEntry(attrs.evolve(message, inline=None, path=bodyPath), recipients, dkimHeader)
         d = self._runner.run(self._writeNew, message, entry)
 
         def added(_):
@@ -245,8 +263,11 @@ class DeferredQueue:
         Write an entry's new state; remove it when nothing is pending.
 
         @param entry: the entry, changed in place by the caller.
-        @return: a Deferred firing when the change is durable.
+        @return: a Deferred firing when the change is durable.  An entry
+            removed meanwhile (C{queue delete}) is left removed.
         """
+        if self.entries.get(entry.queueId) is not entry:
+            return succeed(None)
         if entry.pending():
             return self._runner.run(replaceFile, self._paths(entry.queueId)[1], entry.toJSON())
         self.entries.pop(entry.queueId, None)
@@ -272,17 +293,15 @@ class DeferredQueue:
             except FileNotFoundError:
                 pass
 
-    def due(self, now: float, limit: int) -> list[QueueEntry]:
+    def due(self, now: float, limit: int, busy: Any = ()) -> list[QueueEntry]:
         """
         @param now: the current time.
         @param limit: the most entries to return.
-        @return: entries with a deferred recipient due by C{now}, oldest
-            attempt first.
+        @param busy: queue ids to leave out (attempts in progress).
+        @return: entries with a recipient due by C{now}: never-tried ones
+            first, so fresh mail does not wait behind a backlog, then the
+            longest waiting.
         """
-        due = [
-            e
-            for e in self.entries.values()
-            if any(r.state == DEFERRED and r.nextAttempt <= now for r in e.recipients)
-        ]
-        due.sort(key=lambda e: min(r.nextAttempt for r in e.recipients if r.state == DEFERRED))
+        due = [e for e in self.entries.values() if e.queueId not in busy and e.due(now)]
+        due.sort(key=lambda e: (min(r.attempts for r in e.due(now)) > 0, min(r.nextAttempt for r in e.due(now))))
         return due[:limit]

@@ -1,57 +1,72 @@
 # -*- test-case-name: tests.queue.test_scheduler -*-
 """
 The retry scheduler: one C{LoopingCall} on the injected clock over the
-deferred queue.
+deferred queue, for deferred local deliveries and for relay alike.
 
-Each tick takes a bounded batch of due entries and retries their deferred
-recipients.  A recipient that fails again waits for the next interval of the
-retry schedule (the last interval repeats); one still failing when the queue
-lifetime has passed is bounced.  A tick never lets an exception escape, since
-a C{LoopingCall} stops for good at its first unhandled error.
+Each tick takes a bounded batch of due entries, never-tried ones first, and
+starts an attempt for each that is not already in progress; a slow remote
+holds up only its own entry.  Local recipients are tried one by one; remote
+ones are grouped by domain, one relay session per domain.  Every outcome is
+written to the entry before anything else happens, so a crash never sends
+twice to a recipient already done.  A recipient that fails for now waits for
+the next interval of the retry schedule (the last interval repeats); a
+permanent failure, or a temporary one once the queue lifetime has passed,
+is bounced.  A tick never lets an exception escape, since a C{LoopingCall}
+stops for good at its first unhandled error.
 """
 
+from collections import defaultdict
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qutemail.pipeline.dsn import FailedRecipient
-from qutemail.queue.deferred import BOUNCED, DEFERRED, DELIVERED, RecipientState, retryDelay
 from qutemail.pipeline.router import replyFor
+from qutemail.queue.deferred import BOUNCED, DEFERRED, SENT, QueueEntry, RecipientState, retryDelay
+from qutemail.replies import LOCAL_ERROR, QUEUE_EXPIRED, Reply
 
 DEFAULT_BATCH = 100
+# The longest wait between ticks: how late a fresh entry written by an
+# extra SMTP worker (which has no scheduler) may be picked up.
+MAX_TICK_SECONDS = 5.0
 
 
 class RetryScheduler(Service):
     """
-    Retries deferred local deliveries on the configured schedule.
+    Delivers what waits in the deferred queue, on the configured schedule.
     """
 
     _log = Logger()
     name = "retry-scheduler"
 
     def __init__(self, router: Any, clock: Any, retrySchedule: tuple[float, ...],
-                 queueLifetimeSeconds: float, batch: int = DEFAULT_BATCH) -> None:
+                 queueLifetimeSeconds: float, batch: int = DEFAULT_BATCH, relay: Any = None) -> None:
         """
         @param router: the L{qutemail.pipeline.router.Router}.
         @param clock: an C{IReactorTime}.
         @param retrySchedule: the intervals between attempts, seconds.
         @param queueLifetimeSeconds: how long a message may stay queued.
-        @param batch: the most entries retried in one tick.
+        @param batch: the most entries in progress at once.
+        @param relay: the L{qutemail.relay.sender.Relay}, or C{None} to
+            leave remote recipients waiting.
         """
         self.router = router
         self.clock = clock
         self.retrySchedule = retrySchedule
         self.queueLifetime = queueLifetimeSeconds
         self.batch = batch
-        # Tick often enough to honour the shortest interval closely.
-        self.intervalSeconds = max(1.0, min(30.0, min(retrySchedule) / 10))
+        self.relay = relay
+        self.intervalSeconds = max(1.0, min(MAX_TICK_SECONDS, min(retrySchedule) / 10))
         self._loop = LoopingCall(self._safeTick)
         self._loop.clock = clock
-        self._current = None
+        self._ticks: set[Deferred] = set()
+        self._inflight: dict[str, Deferred] = {}
+        self._locks: dict[str, DeferredLock] = {}
+        self._kick = None
 
     def startService(self) -> None:
         """
@@ -60,71 +75,116 @@ class RetryScheduler(Service):
         Service.startService(self)
         self._loop.start(self.intervalSeconds, now=True)
 
-    def stopService(self):
+    def stopService(self) -> Deferred:
         """
-        Stop ticking and wait for a tick in progress.
+        Stop ticking, drop relay sessions in progress (their recipients stay
+        queued as they were) and wait for attempts to settle.
         """
         Service.stopService(self)
         if self._loop.running:
             self._loop.stop()
-        current, self._current = self._current, None
-        return current
+        if self._kick is not None and self._kick.active():
+            self._kick.cancel()
+        if self.relay is not None:
+            self.relay.stop()
+        return DeferredList(list(self._ticks) + list(self._inflight.values()), consumeErrors=True)
 
-    def _safeTick(self):
+    def _safeTick(self) -> None:
         """
         Run one tick, logging any failure instead of stopping the loop.
         """
-        if self._current is not None:
-            return None
+        self._kick = None
         d = ensureDeferred(self.tick())
-        self._current = d
-
-        def done(result):
-            self._current = None
-            return None
-
+        self._ticks.add(d)
         d.addErrback(lambda f: self._log.failure("retry tick failed", f))
-        d.addBoth(done)
-        return None
+        d.addBoth(lambda _: self._ticks.discard(d))
 
-    def flush(self) -> None:
+    def kick(self) -> None:
         """
-        Make every deferred recipient due now (C{queue flush}).
+        Tick soon (fresh mail was queued), without waiting for the loop.
         """
+        if self.running and self._kick is None:
+            self._kick = self.clock.callLater(0, self._safeTick)
+
+    def flush(self) -> int:
+        """
+        Make every waiting recipient due now (C{queue flush}).
+
+        @return: the number of entries made due.
+        """
+        count = 0
         for entry in self.router.queue.entries.values():
-            for r in entry.recipients:
-                if r.state == DEFERRED:
-                    r.nextAttempt = 0.0
+            waiting = entry.pending()
+            for r in waiting:
+                r.nextAttempt = 0.0
+            count += bool(waiting)
         self._safeTick()
+        return count
+
+    def busy(self, queueId: str) -> bool:
+        """
+        @return: whether an attempt for this entry is in progress.
+        """
+        return queueId in self._inflight
 
     async def tick(self) -> int:
         """
-        Retry one batch of due entries.
+        Start attempts for one batch of due entries and wait for them.
 
-        @return: the number of entries looked at.
+        @return: the number of entries started.
         """
         now = self.clock.seconds()
         # Extra SMTP workers add entries to the same directory.
         await self.router.queue.refresh()
-        entries = self.router.queue.due(now, self.batch)
-        results = await DeferredList(
-            [ensureDeferred(self._retryEntry(entry, now)) for entry in entries], consumeErrors=True
-        )
-        for ok, result in results:
-            if not ok:
-                self._log.failure("retrying a queue entry failed", result)
+        room = self.batch - len(self._inflight)
+        entries = self.router.queue.due(now, room, self._inflight) if room > 0 else []
+        started = []
+        for entry in entries:
+            d = ensureDeferred(self._retryEntry(entry, now))
+            self._inflight[entry.queueId] = d
+            d.addErrback(lambda f, queueId=entry.queueId: self._log.failure(
+                "retrying {queueId} failed", f, queueId=queueId))
+            d.addBoth(self._finished, entry.queueId)
+            started.append(d)
+        await DeferredList(started, consumeErrors=True)
         return len(entries)
 
-    async def _retryEntry(self, entry, now: float) -> None:
+    def _finished(self, result: Any, queueId: str) -> None:
         """
-        Retry the due recipients of one entry, then save its state.
+        Forget an attempt that is over.  (Returning the popped Deferred
+        from its own callback would chain it to itself and hang it.)
+        """
+        self._inflight.pop(queueId, None)
+
+    async def _save(self, entry: QueueEntry) -> None:
+        """
+        Write an entry's state; one write at a time per entry.
+        """
+        lock = self._locks.setdefault(entry.queueId, DeferredLock())
+        await lock.acquire()
+        try:
+            await self.router.queue.update(entry)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(entry.queueId, None)
+
+    async def _retryEntry(self, entry: QueueEntry, now: float) -> None:
+        """
+        Try the due recipients of one entry, saving each outcome, then
+        bounce what failed for good.
         """
         message = entry.message
         expired = now >= message.envelope.receivedAt + self.queueLifetime
+        due = entry.due(now)
         bounced: list[tuple[RecipientState, FailedRecipient]] = []
-        for r in entry.recipients:
-            if r.state != DEFERRED or r.nextAttempt > now:
-                continue
+        local = [r for r in due if self.router.isLocal(r.address)]
+        remote: dict[str, list[RecipientState]] = defaultdict(list)
+        if self.relay is not None:
+            for r in due:
+                if r not in local:
+                    remote[r.address.rpartition("@")[2].lower()].append(r)
+        for r in local:
             try:
                 reply = await self.router.attempt(message, r.address, r.index, True)
             except Exception:
@@ -132,34 +192,78 @@ class RetryScheduler(Service):
                 self._log.failure("retry of {queueId} to {recipient} failed", failure,
                                   queueId=entry.queueId, recipient=r.address)
                 reply = replyFor(failure)
-            r.attempts += 1
-            if reply is None:
-                r.state = DELIVERED
-                r.lastReply = "delivered"
-                self._log.info("delivered {queueId} to {recipient} after {attempts} attempts",
-                               queueId=entry.queueId, recipient=r.address, attempts=r.attempts)
-                continue
-            r.lastReply = str(reply)
-            if reply.isTemporary and not expired:
-                r.nextAttempt = now + retryDelay(self.retrySchedule, r.attempts)
-                self._log.info("deferred {queueId} for {recipient}: {reply}",
-                               queueId=entry.queueId, recipient=r.address, reply=r.lastReply)
-                continue
-            bounced.append((r, FailedRecipient(r.address, reply.enhanced, str(reply))))
+            self._record(entry, r, reply, now, expired, bounced)
+        if local:
+            await self._save(entry)
+        await DeferredList([ensureDeferred(self._relayDomain(entry, domain, rs, now, expired, bounced))
+                            for domain, rs in remote.items()], consumeErrors=True)
         if bounced:
-            try:
-                await self.router.bounce(message, [failed for _, failed in bounced])
-            except Exception:
-                # The bounce is not safely queued: keep the recipients
-                # deferred so a later tick sends it.
-                self._log.failure("could not queue the bounce for {queueId}; retrying later",
-                                  Failure(), queueId=entry.queueId)
-                for r, _ in bounced:
-                    r.nextAttempt = now + retryDelay(self.retrySchedule, r.attempts)
-            else:
-                for r, failed in bounced:
-                    r.state = BOUNCED
-                    self._log.info("bounced {queueId} for {recipient} after {attempts} attempts: {reply}",
-                                   queueId=entry.queueId, recipient=r.address, attempts=r.attempts,
-                                   reply=failed.diagnostic)
-        await self.router.queue.update(entry)
+            await self._bounce(entry, bounced, now)
+
+    async def _relayDomain(self, entry: QueueEntry, domain: str, recipients: list[RecipientState],
+                           now: float, expired: bool, bounced: list) -> None:
+        """
+        One relay session for one domain's recipients; save the outcome.
+        """
+        message = entry.message
+        try:
+            replies = await self.relay.deliver(
+                domain=domain, sender=message.envelope.sender, recipients=[r.address for r in recipients],
+                body=lambda: open(message.path, "rb"), sizeBytes=message.size,
+                prefix=entry.dkimHeader.encode("ascii", "replace"))
+        except Exception:
+            self._log.failure("relay of {queueId} to {domain} failed", Failure(),
+                              queueId=entry.queueId, domain=domain)
+            replies = {}
+        for r in recipients:
+            self._record(entry, r, replies.get(r.address, LOCAL_ERROR), now, expired, bounced)
+        await self._save(entry)
+
+    def _record(self, entry: QueueEntry, r: RecipientState, reply: Reply | None, now: float,
+                expired: bool, bounced: list) -> None:
+        """
+        Note one recipient's outcome: sent, deferred, or to be bounced.
+        """
+        r.attempts += 1
+        if reply is None or 200 <= reply.code < 300:
+            r.state = SENT
+            r.lastReply = "delivered" if reply is None else str(reply)
+            self._log.info("{queueId} to=<{recipient}> sent after {attempts} attempts: {reply}",
+                           queueId=entry.queueId, recipient=r.address, attempts=r.attempts, reply=r.lastReply)
+            return
+        r.lastReply = str(reply)
+        if reply.isTemporary and not expired:
+            r.state = DEFERRED
+            r.nextAttempt = now + retryDelay(self.retrySchedule, r.attempts)
+            self._log.info("{queueId} to=<{recipient}> deferred: {reply}",
+                           queueId=entry.queueId, recipient=r.address, reply=r.lastReply)
+            return
+        if reply.isTemporary:
+            # RFC 3464 §2.3.4: a failed action carries a 5.x.x status.
+            failed = FailedRecipient(r.address, QUEUE_EXPIRED.enhanced,
+                                     f"{reply} (gave up after {r.attempts} attempts: {QUEUE_EXPIRED.text})")
+        else:
+            failed = FailedRecipient(r.address, reply.enhanced, str(reply))
+        bounced.append((r, failed))
+
+    async def _bounce(self, entry: QueueEntry, bounced: list, now: float) -> None:
+        """
+        Send the sender one report for the recipients that failed for good.
+        """
+        try:
+            await self.router.bounce(entry.message, [failed for _, failed in bounced])
+        except Exception:
+            # The bounce is not safely queued: keep the recipients waiting
+            # so a later tick sends it.
+            self._log.failure("could not queue the bounce for {queueId}; retrying later",
+                              Failure(), queueId=entry.queueId)
+            for r, _ in bounced:
+                r.state = DEFERRED
+                r.nextAttempt = now + retryDelay(self.retrySchedule, r.attempts)
+        else:
+            for r, failed in bounced:
+                r.state = BOUNCED
+                self._log.info("{queueId} to=<{recipient}> bounced after {attempts} attempts: {reply}",
+                               queueId=entry.queueId, recipient=r.address, attempts=r.attempts,
+                               reply=failed.diagnostic)
+        await self._save(entry)

@@ -42,16 +42,36 @@ tls_port = 0
 
 
 def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str = "25M",
-                workers: int = 1) -> str:
+                workers: int = 1, extra: str = "") -> str:
     """
     Write a loopback test configuration.
 
+    @param extra: more sections, e.g. C{[relay]} pointing at a loopback DNS
+        server and remote exchanger.
     @return: C{path}.
     """
     with open(path, "w") as f:
         f.write(CONFIG_TEMPLATE.format(dataDir=dataDir, mtaPort=mtaPort, maxMessageSize=maxMessageSize,
-                                       workers=workers))
+                                       workers=workers) + extra)
     return path
+
+
+def relaySection(dns, remote, extra: str = "") -> str:
+    """
+    @param dns: the loopback L{tests.dnsserver.DNSServer}.
+    @param remote: the loopback L{tests.relay.remote.RemoteMX}.
+    @return: a C{[relay]} section sending outbound mail through them.
+    """
+    servers = ", ".join(f"{ip}:{port}" for ip, port in dns.nameservers)
+    return f"\n[relay]\nnameservers = {servers}\nmx_port = {remote.port}\n{extra}"
+
+
+# The outside world of the end-to-end tests: remote.test's exchanger is on
+# loopback; nowhere.test does not exist.
+REMOTE_ZONE = [
+    ("remote.test", "MX", (10, "mx.remote.test")),
+    ("mx.remote.test", "A", "127.0.0.1"),
+]
 
 
 def freePort() -> int:

@@ -18,7 +18,9 @@ from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import InlineRunner
 from qutemail.config import loadConfig
 from qutemail.service import buildService
-from tests.integration.support import CLIENT_TIMEOUT, maildirFiles, waitFor, writeConfig
+from tests.dnsserver import startDNSServer
+from tests.integration.support import REMOTE_ZONE, CLIENT_TIMEOUT, maildirFiles, relaySection, waitFor, writeConfig
+from tests.relay.remote import selfSignedContext, startRemote
 
 
 class RunningServerMixin:
@@ -27,16 +29,22 @@ class RunningServerMixin:
     """
 
     maxMessageSize = "1M"
+    relayExtra = ""
+    configExtra = ""
 
-    def setUp(self):
+    async def setUp(self):
         """
-        Create alice and bob, start the server, and find its port.
+        Start a loopback DNS server and remote exchanger for remote.test,
+        create alice and bob, start the server, and find its ports.
         """
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
         self.dataDir = os.path.join(base, "var")
+        self.dns = await startDNSServer(self, REMOTE_ZONE)
+        self.remote = await startRemote(self, tlsContext=selfSignedContext())
+        extra = relaySection(self.dns, self.remote, self.relayExtra) + self.configExtra
         config = loadConfig(writeConfig(os.path.join(base, "qutemail.ini"), self.dataDir,
-                                        maxMessageSize=self.maxMessageSize), environ={})
+                                        maxMessageSize=self.maxMessageSize, extra=extra), environ={})
         users = FileUserDirectory(os.path.join(self.dataDir, "users"), InlineRunner(), reactor, workFactor=4)
         os.makedirs(self.dataDir, exist_ok=True)
         for name in ("alice", "bob"):
@@ -51,9 +59,9 @@ class RunningServerMixin:
         def listening(port, name):
             self.ports[name] = port.getHost().port
 
-        d = gatherResults([self.root.listeners[name].whenListening().addCallback(listening, name)
-                           for name in ("mta", "submission", "smtps")])
-        return d.addCallback(lambda _: setattr(self, "port", self.ports["mta"]))
+        await gatherResults([self.root.listeners[name].whenListening().addCallback(listening, name)
+                             for name in ("mta", "submission", "smtps")])
+        self.port = self.ports["mta"]
 
     def smtp(self, f, port: int | None = None, prepare=None):
         """

@@ -91,7 +91,8 @@ class SubmissionTests(RunningServerMixin, TestCase):
     async def test_submitLocalAndRemote(self):
         """
         Authenticated bob's message to alice is delivered; his message to an
-        outside address is accepted and queued for the relay.
+        outside address is relayed to its exchanger (found through DNS) over
+        STARTTLS, and leaves the queue.
         """
 
         def session(client):
@@ -105,9 +106,12 @@ class SubmissionTests(RunningServerMixin, TestCase):
         [path] = await waitFor(lambda: maildirFiles(self.dataDir, "alice@example.test"))
         with open(path, "rb") as f:
             self.assertIn(b"with ESMTPSA id", f.read())
-        queue = self.root.router.queue
-        [entry] = await waitFor(lambda: list(queue.entries.values()))
-        self.assertEqual([(r.address, r.state) for r in entry.recipients], [("dave@remote.test", "relay")])
+        [received] = await waitFor(lambda: self.remote.received)
+        self.assertEqual((received.sender, received.recipients, received.tls),
+                         ("bob@example.test", ["dave@remote.test"], True))
+        self.assertIn(b"Subject: out\r\n", received.data)
+        self.assertTrue(received.data.endswith(b"\r\n\r\nhello\r\n"))
+        await waitFor(lambda: not self.root.router.queue.entries)
 
     async def test_foreignSender(self):
         """

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
 from qutemail.pipeline.spool import Envelope, SpooledMessage
-from qutemail.queue.deferred import BOUNCED, DEFERRED, RELAY, DeferredQueue, RecipientState, retryDelay
+from qutemail.queue.deferred import BOUNCED, DEFERRED, PENDING, DeferredQueue, RecipientState, retryDelay
 from qutemail.queue.journal import Journal, parseSegment
 from qutemail.replies import LOCAL_ERROR, MAILBOX_FULL
 from tests.support import RETRY, buildStack
@@ -159,7 +159,7 @@ class DeferralTests(StackTestsMixin, SynchronousTestCase):
         """
         message = self.submit(recipients=("x@remote.test",))
         [r] = self.stack.queue.entries[message.queueId].recipients
-        self.assertEqual((r.address, r.state, r.attempts), ("x@remote.test", RELAY, 0))
+        self.assertEqual((r.address, r.state, r.attempts), ("x@remote.test", PENDING, 0))
 
     def test_unknownUserBouncedAtOnce(self):
         """
@@ -284,8 +284,8 @@ class ExpiryTests(StackTestsMixin, SynchronousTestCase):
         self.assertEqual(dict(perRecipient.items()), {
             "Final-Recipient": "rfc822; alice@example.test",
             "Action": "failed",
-            "Status": "4.2.2",
-            "Diagnostic-Code": "smtp; 452 4.2.2 Mailbox full",
+            "Status": "5.4.7",
+            "Diagnostic-Code": "smtp; 452 4.2.2 Mailbox full (gave up after 4 attempts: Delivery time expired)",
         })
         self.assertEqual(parts[2].get_payload(), "Subject: over quota\nFrom: <bob@example.test>\n")
 
@@ -341,7 +341,7 @@ class ExpiryTests(StackTestsMixin, SynchronousTestCase):
         message = self.submit(recipients=(ALICE, "x@remote.test"))
         self.expire(message)
         states = [(r.address, r.state) for r in self.stack.queue.entries[message.queueId].recipients]
-        self.assertEqual(states, [("x@remote.test", RELAY), (ALICE, BOUNCED)])
+        self.assertEqual(states, [("x@remote.test", PENDING), (ALICE, BOUNCED)])
         self.assertEqual(len(self.stack.newFiles(BOB)), 1)
 
 
@@ -412,7 +412,7 @@ class FailingTickTests(StackTestsMixin, SynchronousTestCase):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.startScheduler()
 
-        def broken(now, limit):
+        def broken(now, limit, busy=()):
             """
             Fail the whole tick.
             """
