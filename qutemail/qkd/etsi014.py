@@ -1,0 +1,412 @@
+# -*- test-case-name: tests.qkd.test_etsi014 -*-
+"""
+L{ETSI014KeySource}: an L{IQKDKeySource} that asks a KME for keys through
+the ETSI GS QKD 014 REST API (HTTPS with mutual TLS, JSON).
+
+Our SAE is named by our client certificate, never in the request (§4.2).
+Every request has a deadline; answers are size-capped and parsed strictly,
+and every key is checked (base64, length, id, count) before it is used.
+Whatever goes wrong becomes one L{KeySourceError} line, temporary unless
+the KME definitely refuses a C{dec_keys}.  Connections are kept alive and
+reused (one TLS handshake for many keys); L{ETSI014KeySource.close} closes
+them.  Key material is never logged.
+"""
+
+import json
+import uuid
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import attrs
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet import error, ssl
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
+from zope.interface import implementer
+
+from qutemail.interfaces import IQKDKeySource, KeySourceError, KMEStatus
+from qutemail.qkd.etsiparse import keyContainer, oneLine, parseJSON, statusObject
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+# 128 keys of 8192 bits fit in about 190 kB.
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024
+# Below the embedded KME's 60 s idle timeout, so we rarely reuse a
+# connection the server is closing.
+IDLE_CONNECTION_SECONDS = 30
+
+_log = Logger()
+
+
+@implementer(IPolicyForHTTPS)
+@attrs.frozen
+class MutualTLSPolicy:
+    """
+    TLS for L{Agent}: the KME's certificate checked against our CA and its
+    host name (always), our client certificate shown, TLS 1.2 or later.
+
+    @ivar trustRoot: the CA that signs the KME's certificate.
+    @ivar clientCertificate: ours, or C{None} to show none.
+    """
+
+    trustRoot: ssl.Certificate
+    clientCertificate: ssl.PrivateCertificate | None = None
+
+    def creatorForNetloc(self, hostname: bytes, port: int):
+        """
+        @return: the client TLS options for one host.
+        """
+        return ssl.optionsForClientTLS(
+            hostname.decode("ascii"), trustRoot=self.trustRoot, clientCertificate=self.clientCertificate,
+            extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+
+
+@implementer(IBodyProducer)
+@attrs.define
+class _BytesProducer:
+    """
+    A request body already in memory (it is small).
+
+    @ivar body: the bytes.
+    """
+
+    body: bytes
+
+    @property
+    def length(self) -> int:
+        """
+        The body's length, for Content-Length.
+        """
+        return len(self.body)
+
+    def startProducing(self, consumer) -> Deferred:
+        """
+        Write it all at once.
+        """
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """
+        Nothing to pause.
+        """
+
+    def resumeProducing(self) -> None:
+        """
+        Nothing to resume.
+        """
+
+    def stopProducing(self) -> None:
+        """
+        Nothing to stop.
+        """
+
+
+class _DeadlinePassed(Exception):
+    """
+    The request did not finish in time.
+    """
+
+
+def _deadlinePassed(result: Any, timeoutSeconds: float) -> None:
+    """
+    Whatever cancelling the late request led to (a L{CancelledError}, or a
+    connection aborted under the agent), the cause is the deadline.
+
+    @raise _DeadlinePassed: always.
+    """
+    raise _DeadlinePassed()
+
+
+class _BodyTooLarge(Exception):
+    """
+    The answer was longer than allowed.
+    """
+
+
+class _CappedBody(Protocol):
+    """
+    Collect a response body up to a limit; past it, drop the connection.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """
+        @param limit: the most bytes accepted.
+        """
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.finished: Deferred | None = Deferred(self._cancel)
+
+    def _cancel(self, d: Deferred) -> None:
+        """
+        Give up (the deadline passed): drop the connection.
+        """
+        self.finished = None
+        self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Keep C{data}, or give up if the body is now too long.
+        """
+        if self.finished is None:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            d, self.finished = self.finished, None
+            self.transport.stopProducing()
+            d.errback(_BodyTooLarge())
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason) -> None:
+        """
+        The body is complete (or broken).
+        """
+        if self.finished is None:
+            return
+        d, self.finished = self.finished, None
+        if reason.check(ResponseDone, PotentialDataLoss):
+            d.callback(b"".join(self._chunks))
+        else:
+            d.errback(reason)
+
+
+def _transportProblem(e: BaseException, timeoutSeconds: float) -> str | None:
+    """
+    @return: a one-line description of a network or TLS failure, or
+        C{None} when C{e} is not one.
+    """
+    if isinstance(e, _DeadlinePassed):
+        return f"no answer within {timeoutSeconds:g} s"
+    if isinstance(e, error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, (error.ConnectError, error.ConnectionLost, error.ConnectionDone)):
+        return f"cannot connect: {oneLine(str(e))}"
+    if isinstance(e, SSL.Error):
+        return f"TLS failure: {_sslReason(e)}"
+    if isinstance(e, _BodyTooLarge):
+        return "the answer is too large"
+    if isinstance(e, (ResponseFailed, RequestTransmissionFailed)):
+        for reason in getattr(e, "reasons", []):
+            if reason.check(SSL.Error):
+                return f"TLS failure: {_sslReason(reason.value)}"
+            if reason.check(VerificationError):
+                return "TLS failure: the KME's certificate does not name its host"
+        return "the connection broke before a complete answer"
+    return None
+
+
+def _sslReason(e: SSL.Error) -> str:
+    """
+    @return: OpenSSL's own words for the last error, on one line.
+    """
+    entries = e.args[0] if e.args and isinstance(e.args[0], list) else []
+    if entries and isinstance(entries[-1], tuple) and entries[-1]:
+        return oneLine(str(entries[-1][-1]))
+    return oneLine(str(e)) or "handshake failed"
+
+
+@implementer(IQKDKeySource)
+@attrs.define(eq=False)
+class ETSI014KeySource:
+    """
+    A key source backed by a KME's ETSI GS QKD 014 API.
+
+    @ivar reactor: for connections, deadlines and the connection pool.
+    @ivar baseURL: the KME's root, C{https://host:port}; requests go to
+        C{<baseURL>/api/v1/keys/...}.
+    @ivar clientCertificate: our SAE's certificate and key.
+    @ivar trustRoot: the CA that signs the KME's certificate.
+    @ivar timeoutSeconds: the deadline of each request, connecting
+        included.
+    @ivar maxResponseBytes: the longest answer read.
+    @ivar useGET: use the GET forms of C{enc_keys} and C{dec_keys} rather
+        than POST.
+    """
+
+    reactor: Any
+    baseURL: str = attrs.field()
+    clientCertificate: ssl.PrivateCertificate
+    trustRoot: ssl.Certificate
+    timeoutSeconds: float = DEFAULT_TIMEOUT_SECONDS
+    maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    useGET: bool = False
+    _pool: HTTPConnectionPool = attrs.field(init=False)
+    _agent: Agent = attrs.field(init=False)
+
+    @baseURL.validator
+    def _checkURL(self, attribute, value: str) -> None:
+        """
+        Only HTTPS: the standard asks for TLS.
+        """
+        if not isinstance(value, str) or not value.startswith("https://") or len(value) <= len("https://"):
+            raise ValueError(f"KME URL {value!r}: it must start with https://")
+
+    def __attrs_post_init__(self) -> None:
+        """
+        Build the persistent connection pool and the agent.
+        """
+        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self._pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
+        self._agent = Agent(self.reactor, contextFactory=MutualTLSPolicy(self.trustRoot, self.clientCertificate),
+                            connectTimeout=self.timeoutSeconds, pool=self._pool)
+
+    @classmethod
+    def fromFiles(cls, reactor: Any, baseURL: str, certPath: str, keyPath: str, caPath: str,
+                  **kwargs: Any) -> "ETSI014KeySource":
+        """
+        Build a key source from PEM files.  Blocking (it reads them): call
+        it at start-up.
+
+        @param certPath: our SAE's client certificate.
+        @param keyPath: its private key.
+        @param caPath: the CA that signs the KME's certificate.
+        @param kwargs: the other attributes.
+        @raise OSError: a file cannot be read.
+        @raise OpenSSL.SSL.Error: they are not PEM, or do not match.
+        """
+        with open(certPath, "rb") as f:
+            certificatePEM = f.read()
+        with open(keyPath, "rb") as f:
+            keyPEM = f.read()
+        with open(caPath, "rb") as f:
+            caPEM = f.read()
+        return cls(reactor, baseURL, ssl.PrivateCertificate.loadPEM(certificatePEM + b"\n" + keyPEM),
+                   ssl.Certificate.loadPEM(caPEM), **kwargs)
+
+    def close(self) -> Deferred:
+        """
+        Close the kept-alive connections.
+
+        @return: a Deferred firing once they are closed.
+        """
+        return self._pool.closeCachedConnections()
+
+    def status(self, peerSAE: str) -> Deferred:
+        """
+        See L{IQKDKeySource.status}.
+        """
+        return Deferred.fromCoroutine(self._status(peerSAE))
+
+    def encKey(self, peerSAE: str, sizeBits: int = 256) -> Deferred:
+        """
+        See L{IQKDKeySource.encKey}.
+        """
+        return Deferred.fromCoroutine(self._encKey(peerSAE, sizeBits))
+
+    def decKey(self, peerSAE: str, keyId: str, sizeBits: int | None = None) -> Deferred:
+        """
+        See L{IQKDKeySource.decKey}.
+
+        @param sizeBits: the key's size when known; the answer must match
+            it.  Without it any whole number of bytes from 1 is accepted.
+        """
+        return Deferred.fromCoroutine(self._decKey(peerSAE, keyId, sizeBits))
+
+    async def _status(self, peerSAE: str) -> KMEStatus:
+        """
+        Ask for the link's status.
+        """
+        what = f"KME status for SAE {peerSAE}"
+        return statusObject(await self._call(what, b"GET", peerSAE, "status"), what)
+
+    async def _encKey(self, peerSAE: str, sizeBits: int) -> tuple[str, bytes]:
+        """
+        Take one key for C{peerSAE}.
+        """
+        what = f"KME enc_keys for SAE {peerSAE}"
+        if isinstance(sizeBits, bool) or not isinstance(sizeBits, int) or sizeBits < 8 or sizeBits % 8:
+            raise KeySourceError(f"{what}: key size {sizeBits!r} is not a positive multiple of 8", temporary=False)
+        if self.useGET:
+            answer = await self._call(what, b"GET", peerSAE, "enc_keys", query={"number": 1, "size": sizeBits})
+        else:
+            answer = await self._call(what, b"POST", peerSAE, "enc_keys", body={"number": 1, "size": sizeBits})
+        [(keyId, key)] = keyContainer(answer, what, 1, sizeBits)
+        return keyId, key
+
+    async def _decKey(self, peerSAE: str, keyId: str, sizeBits: int | None) -> bytes:
+        """
+        Fetch the key C{peerSAE} took as C{keyId}.
+        """
+        what = f"KME dec_keys for SAE {peerSAE}"
+        try:
+            canonical = str(uuid.UUID(keyId))
+        except (TypeError, ValueError, AttributeError):
+            raise KeySourceError(f"{what}: key id {oneLine(repr(keyId))} is not a UUID", temporary=False)
+        if self.useGET:
+            answer = await self._call(what, b"GET", peerSAE, "dec_keys", query={"key_ID": keyId}, final=True)
+        else:
+            answer = await self._call(what, b"POST", peerSAE, "dec_keys", body={"key_IDs": [{"key_ID": keyId}]},
+                                      final=True)
+        [(gotId, key)] = keyContainer(answer, what, 1, sizeBits)
+        if str(uuid.UUID(gotId)) != canonical:
+            raise KeySourceError(f"{what}: asked for key {keyId}, got {gotId}")
+        return key
+
+    async def _call(self, what: str, method: bytes, sae: str, operation: str, query: dict | None = None,
+                    body: dict | None = None, final: bool = False) -> Any:
+        """
+        Make one request, within the deadline, and parse the JSON answer.
+
+        @param what: names the request in errors.
+        @param final: a 400 or 401 answer is a definite no (not temporary).
+        @return: the parsed JSON of a 200 answer.
+        @raise KeySourceError: anything else.
+        """
+        url = f"{self.baseURL.rstrip('/')}/api/v1/keys/{quote(sae, safe='')}/{operation}"
+        if query:
+            url += "?" + urlencode(query)
+        d = Deferred.fromCoroutine(self._exchange(method, url.encode("ascii"), body))
+        d.addTimeout(self.timeoutSeconds, self.reactor, onTimeoutCancel=_deadlinePassed)
+        try:
+            code, raw = await d
+        except Exception as e:
+            problem = _transportProblem(e, self.timeoutSeconds)
+            if problem is None:
+                # Not a failure we know: keep the traceback for whoever
+                # debugs it, and still give the caller a KeySourceError.
+                _log.failure("unexpected failure of {what}", what=what)
+                problem = f"unexpected {type(e).__name__}"
+            raise KeySourceError(f"{what}: {problem}")
+        if code == 200:
+            return parseJSON(raw, what)
+        message = ""
+        if code != 401:
+            try:
+                answer = parseJSON(raw, what)
+            except KeySourceError:
+                answer = None
+            if isinstance(answer, dict) and isinstance(answer.get("message"), str):
+                message = f" ({oneLine(answer['message'])})"
+        raise KeySourceError(f"{what}: HTTP {code}{message}", temporary=not (final and code in (400, 401)))
+
+    async def _exchange(self, method: bytes, url: bytes, body: dict | None) -> tuple[int, bytes]:
+        """
+        Send a request and read the whole (capped) answer.
+
+        @return: the status code and body.
+        """
+        headers = Headers({b"accept": [b"application/json"]})
+        producer = None
+        if body is not None:
+            headers.addRawHeader(b"content-type", b"application/json")
+            producer = _BytesProducer(json.dumps(body).encode("utf-8"))
+        response = await self._agent.request(method, url, headers, producer)
+        reader = _CappedBody(self.maxResponseBytes)
+        # The body may be complete before deliverBody returns.
+        finished = reader.finished
+        response.deliverBody(reader)
+        return response.code, await finished
+

@@ -1,0 +1,442 @@
+"""
+Tests of L{ETSI014KeySource} over real loopback mutual-TLS sockets: against
+the embedded KME, and against small fake KMEs that answer wrongly, slowly
+or not at all.
+"""
+
+import base64
+import datetime
+import json
+import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor, ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface.verify import verifyObject
+
+from qutemail.interfaces import IQKDKeySource, KeySourceError, KMEStatus
+from qutemail.qkd.certs import makeLeaf
+from qutemail.qkd.etsi014 import ETSI014KeySource
+from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService, listenTLS, serverTLSOptions
+from qutemail.qkd.kmecore import KEYS_NOT_FOUND, KME, PoolSettings, QKDLink
+from qutemail.qkd.kmeweb import KMESite
+from tests.qkd.test_kmeservice import SAES, clientCertificate, makePKI, startKME, trustRoot
+
+KEY_ID = "5b3f2a6e-1c4d-4e8f-9a0b-7c6d5e4f3a2b"
+KEY = bytes(range(32))
+
+
+def keySource(testCase, pki, url: str, saeId: str, **kwargs) -> ETSI014KeySource:
+    """
+    @return: a key source for C{saeId}, its connections closed after the
+        test.
+    """
+    paths = pki.client(saeId)
+    source = ETSI014KeySource.fromFiles(reactor, url, paths.certPath, paths.keyPath, pki.ca.certPath, **kwargs)
+    testCase.addCleanup(source.close)
+    return source
+
+
+def keysAnswer(keys, name: str = "keys") -> tuple[int, bytes]:
+    """
+    @param keys: C{(keyId, material)} pairs; material as bytes or as the
+        text to send.
+    @return: a 200 answer holding a key container.
+    """
+    entries = [{"key_ID": i, "key": base64.b64encode(k).decode() if isinstance(k, bytes) else k} for i, k in keys]
+    return 200, json.dumps({name: entries}).encode()
+
+
+class CannedKME(Resource):
+    """
+    A fake KME: every request gets the same answer.
+
+    @ivar answer: C{(code, body)}, or C{None} never to answer.
+    @ivar requests: C{(method, uri, body)} of each request.
+    """
+
+    isLeaf = True
+
+    def __init__(self, answer: tuple[int, bytes] | None) -> None:
+        """
+        @param answer: C{(code, body)}, or C{None} never to answer.
+        """
+        super().__init__()
+        self.answer = answer
+        self.requests: list[tuple[bytes, bytes, bytes]] = []
+
+    def render(self, request):
+        """
+        Record the request; answer as told.
+        """
+        request.content.seek(0)
+        self.requests.append((request.method, request.uri, request.content.read()))
+        if self.answer is None:
+            return NOT_DONE_YET
+        request.setResponseCode(self.answer[0])
+        request.setHeader(b"content-type", b"application/json")
+        return self.answer[1]
+
+
+class EmbeddedKMETests(TestCase):
+    """
+    The key source against the embedded KME serving SAEs A, B and C.
+    """
+
+    timeout = 10
+
+    def setUp(self):
+        """
+        Start the KME (three keys, one more per second of its clock).
+        """
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self):
+        """
+        Start the KME and make a key source for each SAE.
+        """
+        self.pki = makePKI(self)
+        self.clock = Clock()
+        link = QKDLink(PoolSettings(maxKeyCount=3, refillKeysPerSecond=1.0))
+        self.service = await startKME(self, self.pki, KME("kme-1", SAES, link), self.clock)
+        self.url = self.service.baseURL
+        self.sources = {s: keySource(self, self.pki, self.url, s) for s in SAES + ("sae-d",)}
+
+    async def test_status(self):
+        """
+        C{status} gives the link's status as a L{KMEStatus}.
+        """
+        source = self.sources["sae-a"]
+        self.assertTrue(verifyObject(IQKDKeySource, source))
+        self.assertEqual(await source.status("sae-b"), KMEStatus(
+            sourceKMEId="kme-1", targetKMEId="kme-1", masterSAEId="sae-a", slaveSAEId="sae-b", keySize=256,
+            storedKeyCount=3, maxKeyCount=3, maxKeyPerRequest=128, maxKeySize=1024, minKeySize=64,
+            maxSAEIdCount=0))
+
+    async def test_bothForms(self):
+        """
+        Whether C{enc_keys} and C{dec_keys} go as POST or GET, the slave
+        gets the very key the master took, of the asked size.
+        """
+        for encGET, decGET, size in [(False, False, 256), (True, True, 128), (False, True, 512), (True, False, 64)]:
+            master = keySource(self, self.pki, self.url, "sae-a", useGET=encGET)
+            slave = keySource(self, self.pki, self.url, "sae-b", useGET=decGET)
+            keyId, key = await master.encKey("sae-b", size)
+            self.assertEqual(len(key), size // 8)
+            self.assertEqual(await slave.decKey("sae-a", keyId, sizeBits=size), key)
+            self.clock.advance(10)
+
+    async def test_secondDecFails(self):
+        """
+        A key is delivered once: asking again is a permanent error quoting
+        the KME.
+        """
+        keyId, key = await self.sources["sae-a"].encKey("sae-b")
+        self.assertEqual(await self.sources["sae-b"].decKey("sae-a", keyId), key)
+        e = await self.assertFailure(self.sources["sae-b"].decKey("sae-a", keyId), KeySourceError)
+        self.assertFalse(e.temporary)
+        self.assertIn("HTTP 400", str(e))
+        self.assertIn(KEYS_NOT_FOUND, str(e))
+
+    async def test_notTheSlave(self):
+        """
+        C{dec_keys} by an SAE the key was not taken for is a permanent 401;
+        C{enc_keys} by an SAE the KME does not serve is a temporary one (an
+        administrator may fix it while mail waits).
+        """
+        keyId, _ = await self.sources["sae-a"].encKey("sae-b")
+        e = await self.assertFailure(self.sources["sae-c"].decKey("sae-a", keyId), KeySourceError)
+        self.assertEqual((str(e), e.temporary), ("KME dec_keys for SAE sae-a: HTTP 401", False))
+        e = await self.assertFailure(self.sources["sae-d"].encKey("sae-b"), KeySourceError)
+        self.assertEqual((str(e), e.temporary), ("KME enc_keys for SAE sae-b: HTTP 401", True))
+
+    async def test_emptyPool(self):
+        """
+        An empty pool is a temporary error; once the KME's clock moves on,
+        keys come again.
+        """
+        for _ in range(3):
+            await self.sources["sae-a"].encKey("sae-b")
+        e = await self.assertFailure(self.sources["sae-a"].encKey("sae-b"), KeySourceError)
+        self.assertTrue(e.temporary)
+        self.assertIn("HTTP 503", str(e))
+        self.clock.advance(1)
+        self.assertEqual(len((await self.sources["sae-a"].encKey("sae-b"))[1]), 32)
+
+    async def test_checkedLocally(self):
+        """
+        A size that is not a positive multiple of 8, or a key id that is not
+        a UUID, is a permanent error and sends nothing.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        for size in (100, 0, -8, True):
+            e = await self.assertFailure(self.sources["sae-a"].encKey("sae-b", size), KeySourceError)
+            self.assertFalse(e.temporary)
+        e = await self.assertFailure(self.sources["sae-b"].decKey("sae-a", "../status"), KeySourceError)
+        self.assertFalse(e.temporary)
+        self.assertEqual([e for e in events if e.get("operation")], [])
+
+    async def test_connectionsReused(self):
+        """
+        Many requests share one kept-alive TLS connection.
+        """
+        site = self.service._listener.factory.wrappedFactory
+        built = []
+        self.patch(site, "buildProtocol", lambda addr: built.append(addr) or KMESite.buildProtocol(site, addr))
+        for _ in range(6):
+            await self.sources["sae-a"].status("sae-b")
+        self.assertEqual(len(built), 1)
+
+    async def test_noKeyMaterialLogged(self):
+        """
+        Neither side logs key material.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        keyId, key = await self.sources["sae-a"].encKey("sae-b")
+        await self.sources["sae-b"].decKey("sae-a", keyId)
+        text = "\n".join(formatEvent(e) + repr(e) for e in events)
+        self.assertIn("dec_keys", text)
+        self.assertNotIn(base64.b64encode(key).decode(), text)
+        self.assertNotIn(repr(key), text)
+
+    def test_httpsOnly(self):
+        """
+        A KME URL that is not HTTPS is refused.
+        """
+        paths = self.pki.client("sae-a")
+        for url in ("http://localhost:1", "https://", "localhost"):
+            self.assertRaises(ValueError, ETSI014KeySource.fromFiles, reactor, url, paths.certPath, paths.keyPath,
+                              self.pki.ca.certPath)
+
+
+class PairModeTests(TestCase):
+    """
+    Two embedded KMEs on one link.
+    """
+
+    timeout = 10
+
+    async def test_keyCrossesTheLink(self):
+        """
+        SAE A gets a key from KME 1; SAE B gets the same key from KME 2.
+        """
+        pki = makePKI(self)
+        link = QKDLink()
+        one = await startKME(self, pki, KME("kme-1", ["sae-a"], link))
+        two = await startKME(self, pki, KME("kme-2", ["sae-b"], link))
+        a, b = keySource(self, pki, one.baseURL, "sae-a"), keySource(self, pki, two.baseURL, "sae-b")
+        self.assertEqual((await a.status("sae-b")).targetKMEId, "kme-2")
+        keyId, key = await a.encKey("sae-b")
+        self.assertEqual(await b.decKey("sae-a", keyId), key)
+
+
+class EmbeddedKeySourceTests(TestCase):
+    """
+    L{EmbeddedKeySource}: the key source of an SAE of an embedded KME.
+    """
+
+    timeout = 10
+
+    async def test_waitsForTheKME(self):
+        """
+        Calls made before the KME listens wait for it, then go over the
+        real client.
+        """
+        pki = makePKI(self)
+        service = EmbeddedKMEService(reactor, KME("kme-1", SAES, QKDLink()), pki)
+        self.addCleanup(service.stopService)
+        a = EmbeddedKeySource.forSAE(service, "sae-a", timeoutSeconds=5)
+        b = EmbeddedKeySource.forSAE(service, "sae-b")
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.assertTrue(verifyObject(IQKDKeySource, a))
+        d = a.encKey("sae-b")
+        self.assertNoResult(d)
+        service.startService()
+        keyId, key = await d
+        self.assertEqual(await b.decKey("sae-a", keyId), key)
+        self.assertEqual((await a.status("sae-b")).storedKeyCount, 999)
+        self.assertEqual(a._source.timeoutSeconds, 5)
+
+    async def test_notListening(self):
+        """
+        A KME that cannot listen gives a temporary error.
+        """
+        pki = makePKI(self)
+        taken = await startKME(self, pki)
+        service = EmbeddedKMEService(reactor, KME("kme-2", SAES, QKDLink()), pki,
+                                     endpoint=f"tcp:{taken.portNumber}:interface=127.0.0.1")
+        source = EmbeddedKeySource.forSAE(service, "sae-a")
+        service.startService()
+        self.addCleanup(service.stopService)
+        e = await self.assertFailure(source.encKey("sae-b"), KeySourceError)
+        self.assertTrue(e.temporary)
+        self.assertIn("not listening", str(e))
+        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+
+
+class FakeKMETests(TestCase):
+    """
+    The key source against KMEs that misbehave.
+    """
+
+    timeout = 10
+
+    def setUp(self):
+        """
+        One PKI for all the fake KMEs.
+        """
+        self.pki = makePKI(self)
+
+    async def serve(self, answer, options=None) -> CannedKME:
+        """
+        Serve a L{CannedKME} over mutual TLS; C{self.url} is its URL.
+
+        @param options: the server's TLS options (default: the PKI's KME
+            certificate, client certificates required).
+        """
+        resource = CannedKME(answer)
+        listener = await listenTLS(reactor, "tcp:0:interface=127.0.0.1", options or serverTLSOptions(self.pki),
+                                   KMESite(resource, reactor))
+        self.addCleanup(listener.stop)
+        self.url = f"https://localhost:{listener.portNumber}"
+        return resource
+
+    async def failure(self, d: Deferred, temporary: bool = True) -> str:
+        """
+        Assert that C{d} fails with a one-line L{KeySourceError}.
+
+        @return: its message.
+        """
+        e = await self.assertFailure(d, KeySourceError)
+        self.assertEqual(e.temporary, temporary, str(e))
+        self.assertNotIn("\n", str(e))
+        return str(e)
+
+    async def test_wireForms(self):
+        """
+        POST sends the standard's JSON bodies, GET its query parameters; a
+        key container spelled C{Keys} is accepted.
+        """
+        canned = await self.serve(keysAnswer([(KEY_ID, KEY)], name="Keys"))
+        for useGET in (False, True):
+            source = keySource(self, self.pki, self.url, "sae-a", useGET=useGET)
+            self.assertEqual(await source.encKey("sae b"), (KEY_ID, KEY))
+            self.assertEqual(await source.decKey("sae-b", KEY_ID), KEY)
+        self.assertEqual([(m, u, json.loads(b) if b else b) for m, u, b in canned.requests], [
+            (b"POST", b"/api/v1/keys/sae%20b/enc_keys", {"number": 1, "size": 256}),
+            (b"POST", b"/api/v1/keys/sae-b/dec_keys", {"key_IDs": [{"key_ID": KEY_ID}]}),
+            (b"GET", b"/api/v1/keys/sae%20b/enc_keys?number=1&size=256", b""),
+            (b"GET", b"/api/v1/keys/sae-b/dec_keys?key_ID=" + KEY_ID.encode(), b""),
+        ])
+
+    async def test_wrongAnswers(self):
+        """
+        Garbage, a wrong count, size, encoding or id, and a malformed status
+        are temporary errors that name the problem and hold no key
+        material.
+        """
+        other = "0f0e0d0c-0b0a-4908-8706-050403020100"
+        cases = [
+            ((200, b"<html>oops</html>"), "not valid JSON"),
+            ((200, b'{"keys": [], "keys": []}'), "not valid JSON"),
+            ((200, b"[]"), "not a JSON object"),
+            ((200, b'{"key": []}'), "no key list"),
+            (keysAnswer([(KEY_ID, KEY), (other, KEY)]), "asked for 1 keys, got 2"),
+            (keysAnswer([(KEY_ID, KEY[:31])]), "248 bits, expected 256"),
+            (keysAnswer([(KEY_ID, "not base64!")]), "not valid base64"),
+            (keysAnswer([("key-1", KEY)]), "not a UUID"),
+            (keysAnswer([(other, KEY)]), f"asked for key {KEY_ID}, got {other}"),
+            ((500, b"<html>\nInternal\n</html>"), "HTTP 500"),
+            ((503, b'{"message": "busy\\nreally"}'), "HTTP 503 (busy really)"),
+            ((400, b'{"message": "no"}'), "HTTP 400 (no)"),
+        ]
+        for answer, expected in cases:
+            await self.serve(answer)
+            source = keySource(self, self.pki, self.url, "sae-a")
+            d = source.encKey("sae-b") if "asked for key" not in expected else source.decKey("sae-b", KEY_ID, 256)
+            message = await self.failure(d)
+            self.assertIn(expected, message)
+            self.assertNotIn(base64.b64encode(KEY[:31]).decode(), message)
+        await self.serve((200, json.dumps({"source_KME_ID": "k", "key_size": "256"}).encode()))
+        self.assertIn("is missing", await self.failure(keySource(self, self.pki, self.url, "sae-a").status("sae-b")))
+
+    async def test_decRefusedIsPermanent(self):
+        """
+        A 400 or 401 to C{dec_keys} is permanent; a 503 is not.
+        """
+        for code, temporary in ((400, False), (401, False), (503, True)):
+            await self.serve((code, b'{"message": "one or more keys specified are not found on KME"}'))
+            source = keySource(self, self.pki, self.url, "sae-b")
+            await self.failure(source.decKey("sae-a", KEY_ID), temporary)
+
+    async def test_tooLarge(self):
+        """
+        An answer past the size cap is a temporary error.
+        """
+        await self.serve((200, b'{"keys": [' + b" " * 300_000 + b"]}"))
+        source = keySource(self, self.pki, self.url, "sae-a", maxResponseBytes=100_000)
+        self.assertIn("too large", await self.failure(source.encKey("sae-b")))
+
+    async def test_neverAnswers(self):
+        """
+        A KME that accepts the request and never answers gives a temporary
+        error once the deadline passes.
+        """
+        canned = await self.serve(None)
+        source = keySource(self, self.pki, self.url, "sae-a", timeoutSeconds=0.3)
+        started = time.monotonic()
+        self.assertIn("no answer within 0.3 s", await self.failure(source.encKey("sae-b")))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(len(canned.requests), 1)
+
+    async def test_unreachable(self):
+        """
+        A port nobody listens on is a temporary connection error.
+        """
+        port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        url = f"https://localhost:{port.getHost().port}"
+        await port.stopListening()
+        message = await self.failure(keySource(self, self.pki, url, "sae-a").status("sae-b"))
+        self.assertIn("conn", message)
+
+    async def test_serverNotTrusted(self):
+        """
+        A KME whose certificate is not from our CA, or not for the host we
+        asked for, fails the TLS handshake: a temporary error.
+        """
+        stranger = makePKI(self, ["sae-a"])
+        await self.serve(keysAnswer([(KEY_ID, KEY)]), serverTLSOptions(stranger))
+        self.assertIn("TLS failure", await self.failure(keySource(self, self.pki, self.url, "sae-a").encKey("x")))
+        with open(self.pki.ca.keyPath, "rb") as f:
+            caKey = serialization.load_pem_private_key(f.read(), None)
+        with open(self.pki.ca.certPath, "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        leaf, key = makeLeaf(ca, caKey, "kme", datetime.datetime.now(datetime.timezone.utc), server=True,
+                             dnsNames=["kme.example.test"], ipAddresses=["127.0.0.1"])
+        options = ssl.PrivateCertificate.loadPEM(
+            leaf.public_bytes(serialization.Encoding.PEM)
+            + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())).options()
+        await self.serve(keysAnswer([(KEY_ID, KEY)]), options)
+        self.assertIn("TLS failure", await self.failure(keySource(self, self.pki, self.url, "sae-a").encKey("x")))
+
+    def test_clientCertificateLoaded(self):
+        """
+        L{ETSI014KeySource.fromFiles} shows the SAE's own certificate.
+        """
+        paths = self.pki.client("sae-b")
+        source = ETSI014KeySource.fromFiles(reactor, "https://localhost:1", paths.certPath, paths.keyPath,
+                                            self.pki.ca.certPath)
+        self.assertEqual(source.clientCertificate.getSubject().commonName, b"sae-b")
+        self.assertEqual(source.clientCertificate.dump(1), clientCertificate(self.pki, "sae-b").dump(1))
+        self.assertEqual(source.trustRoot, trustRoot(self.pki))
