@@ -3,16 +3,24 @@ Conformance tests: every backend of an interface passes the same contract.
 """
 
 import os
+import uuid
 
+from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from qutemail.backends.memory import MemoryUserDirectory
+from qutemail.backends.memory import MemoryKeyVault, MemoryUserDirectory
+from qutemail.backends.redislimiter import connect
+from qutemail.backends.redisvault import RedisKeyVault
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import InlineRunner
-from qutemail.interfaces import Account, IMessageStore, IUserDirectory, NoSuchUser, UserExists
+from qutemail.interfaces import (
+    Account, IKeyVault, IMessageStore, IUserDirectory, KeyGone, NoSuchUser, UserExists,
+)
+from qutemail.qkd.vault import FileKeyVault, InvalidKeyId
 from qutemail.store.maildir import MaildirStore
+from tests.backends.test_redislimiter import startRedis
 
 
 class UserDirectoryContractMixin:
@@ -119,3 +127,120 @@ class MessageStoreTests(SynchronousTestCase):
         L{MaildirStore} provides the interface.
         """
         self.assertTrue(verifyObject(IMessageStore, MaildirStore(self.mktemp(), InlineRunner(), "h.test", 1)))
+
+
+class KeyVaultContractMixin:
+    """
+    The behaviour every L{IKeyVault} has.  Subclasses provide
+    C{makeVault()}.
+    """
+
+    def setUp(self):
+        """
+        A fresh, empty vault.
+        """
+        self.vault = self.makeVault()
+
+    def test_provides(self):
+        """
+        The backend provides the interface.
+        """
+        self.assertTrue(verifyObject(IKeyVault, self.vault))
+
+    async def test_storeFetch(self):
+        """
+        A stored key is fetched back, byte for byte, and each id keeps its
+        own key.
+        """
+        keys = {str(uuid.uuid4()): os.urandom(32) for _ in range(3)}
+        for keyId, key in keys.items():
+            self.assertIsNone(await self.vault.store(keyId, key))
+        for keyId, key in keys.items():
+            self.assertEqual(await self.vault.fetch(keyId), key)
+
+    async def test_neverStored(self):
+        """
+        Fetching an id that was never stored fails with L{KeyGone}.
+        """
+        with self.assertRaises(KeyGone):
+            await self.vault.fetch(str(uuid.uuid4()))
+
+    async def test_erase(self):
+        """
+        After C{erase} the key is gone; other keys stay.
+        """
+        gone, kept = str(uuid.uuid4()), str(uuid.uuid4())
+        await self.vault.store(gone, b"g" * 32)
+        await self.vault.store(kept, b"k" * 32)
+        self.assertIsNone(await self.vault.erase(gone))
+        with self.assertRaises(KeyGone):
+            await self.vault.fetch(gone)
+        self.assertEqual(await self.vault.fetch(kept), b"k" * 32)
+
+    async def test_eraseMissing(self):
+        """
+        Erasing a key that is not there (never stored, or already erased)
+        is not an error.
+        """
+        keyId = str(uuid.uuid4())
+        self.assertIsNone(await self.vault.erase(keyId))
+        await self.vault.store(keyId, b"x" * 32)
+        await self.vault.erase(keyId)
+        self.assertIsNone(await self.vault.erase(keyId))
+
+    async def test_craftedId(self):
+        """
+        An id that could escape a directory or namespace is refused by
+        every method with L{InvalidKeyId}.
+        """
+        for keyId in ("../x", "a/b", "", ".", "x\n", "*"):
+            with self.assertRaises(InvalidKeyId):
+                await self.vault.store(keyId, b"x" * 32)
+            with self.assertRaises(InvalidKeyId):
+                await self.vault.fetch(keyId)
+            with self.assertRaises(InvalidKeyId):
+                await self.vault.erase(keyId)
+
+
+class MemoryKeyVaultTests(KeyVaultContractMixin, TestCase):
+    """
+    The contract for the memory backend.
+    """
+
+    def makeVault(self):
+        """
+        @return: an empty L{MemoryKeyVault}.
+        """
+        return MemoryKeyVault()
+
+
+class FileKeyVaultTests(KeyVaultContractMixin, TestCase):
+    """
+    The contract for the file backend.
+    """
+
+    def makeVault(self):
+        """
+        @return: a L{FileKeyVault} in a new directory, running inline.
+        """
+        base = os.path.abspath(self.mktemp())
+        return FileKeyVault(os.path.join(base, "keys", "vault"), os.path.join(base, "keys", "master.key"),
+                            InlineRunner())
+
+
+class RedisKeyVaultTests(KeyVaultContractMixin, TestCase):
+    """
+    The contract for the Redis backend, against a real redis-server on a
+    free loopback port.
+    """
+
+    def makeVault(self):
+        """
+        @return: a L{RedisKeyVault} on a fresh redis-server, disconnected
+            after the test.
+        """
+        port = startRedis(self)
+        vault = RedisKeyVault(connect(f"redis://127.0.0.1:{port}/0"), reactor,
+                              os.path.join(os.path.abspath(self.mktemp()), "master.key"), InlineRunner())
+        self.addCleanup(vault.disconnect)
+        return vault

@@ -12,7 +12,8 @@ import attrs
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
-from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
+from qutemail.interfaces import Account, IKeyVault, IUserDirectory, KeyGone, NoSuchUser, UserExists
+from qutemail.qkd.vault import checkKey, checkKeyId
 
 
 @implementer(IUserDirectory)
@@ -82,3 +83,50 @@ class MemoryUserDirectory:
         See L{IUserDirectory.listAccounts}.
         """
         return succeed(sorted(self._accounts.values(), key=lambda a: a.address))
+
+
+@implementer(IKeyVault)
+@attrs.define
+class MemoryKeyVault:
+    """
+    Message keys in a dict, unwrapped: test use only.  Key ids and keys are
+    checked as the real vaults check them.
+    """
+
+    _keys: dict[str, bytes] = attrs.field(factory=dict)
+
+    def store(self, keyId: str, key: bytes):
+        """
+        See L{IKeyVault.store}.
+
+        @raise qutemail.qkd.vault.InvalidKeyId: (in the Deferred) see
+            L{qutemail.qkd.vault.checkKeyId}.
+        """
+        try:
+            self._keys[checkKeyId(keyId)] = checkKey(key)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+        return succeed(None)
+
+    def fetch(self, keyId: str):
+        """
+        See L{IKeyVault.fetch}.
+        """
+        try:
+            checkKeyId(keyId)
+        except ValueError as e:
+            return fail(e)
+        if keyId not in self._keys:
+            return fail(KeyGone(keyId))
+        return succeed(self._keys[keyId])
+
+    def erase(self, keyId: str):
+        """
+        See L{IKeyVault.erase}.
+        """
+        try:
+            checkKeyId(keyId)
+        except ValueError as e:
+            return fail(e)
+        self._keys.pop(keyId, None)
+        return succeed(None)

@@ -1,0 +1,308 @@
+# -*- test-case-name: tests.qkd.test_vault -*-
+"""
+Tests for L{qutemail.qkd.vault} and L{qutemail.backends.redisvault}: the
+master key file, the key files, id checks, and nodes sharing Redis.  The
+interface contract is in L{tests.test_interfaces}.
+"""
+
+import base64
+import os
+import stat
+import uuid
+
+from twisted.internet import reactor
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from qutemail.backends.redislimiter import connect
+from qutemail.backends.redisvault import KEY_PREFIX, RedisKeyVault
+from qutemail.blocking import InlineRunner
+from qutemail.interfaces import KeyGone
+from qutemail.qkd.vault import (
+    MASTER_KEY_BYTES, FileKeyVault, InvalidKeyId, KeyVaultError, MasterKeyError, checkKeyId, loadMasterKey,
+)
+from tests.backends.test_redislimiter import startRedis
+from tests.integration.support import freePort
+
+
+class _CountingRunner(InlineRunner):
+    """
+    An inline runner that records which functions it ran.
+    """
+
+    def __init__(self) -> None:
+        """
+        Start with no calls.
+        """
+        self.calls: list[str] = []
+
+    def run(self, f, *args, **kwargs):
+        """
+        Record C{f}'s name, then run it inline.
+        """
+        self.calls.append(f.__name__)
+        return InlineRunner.run(self, f, *args, **kwargs)
+
+
+class FileKeyVaultTests(TestCase):
+    """
+    L{FileKeyVault} on a temporary directory, running inline.
+    """
+
+    def setUp(self):
+        """
+        Paths as the server lays them out: C{keys/vault/} and
+        C{keys/master.key}, neither existing yet.
+        """
+        base = os.path.abspath(self.mktemp())
+        self.directory = os.path.join(base, "keys", "vault")
+        self.masterPath = os.path.join(base, "keys", "master.key")
+
+    def vault(self, runner=None) -> FileKeyVault:
+        """
+        @return: a vault on this test's paths.
+        """
+        return FileKeyVault(self.directory, self.masterPath, runner or InlineRunner())
+
+    async def test_masterKeyCreated(self):
+        """
+        The first store creates the master key: 32 bytes, mode 0600, logged
+        once.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        await self.vault().store(str(uuid.uuid4()), os.urandom(32))
+        st = os.stat(self.masterPath)
+        self.assertEqual(st.st_size, MASTER_KEY_BYTES)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        self.assertEqual([e["path"] for e in events if "created the master key" in e["log_format"]],
+                         [self.masterPath])
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.masterPath))), ["master.key", "vault"])
+        for directory in (self.directory, os.path.dirname(self.directory)):
+            self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
+
+    async def test_reusedAcrossInstances(self):
+        """
+        A key stored by one vault is fetched by a new one on the same
+        paths (as after a restart); the master key is not replaced.
+        """
+        keyId, key = str(uuid.uuid4()), os.urandom(32)
+        await self.vault().store(keyId, key)
+        with open(self.masterPath, "rb") as f:
+            master = f.read()
+        self.assertEqual(await self.vault().fetch(keyId), key)
+        with open(self.masterPath, "rb") as f:
+            self.assertEqual(f.read(), master)
+
+    def test_existingNeverOverwritten(self):
+        """
+        L{loadMasterKey} returns an existing master key as it is.
+        """
+        os.makedirs(os.path.dirname(self.masterPath))
+        with open(self.masterPath, "wb") as f:
+            f.write(b"m" * 32)
+        os.chmod(self.masterPath, 0o600)
+        self.assertEqual(loadMasterKey(self.masterPath), (b"m" * 32, 0o600, False))
+        self.assertEqual(loadMasterKey(self.masterPath), (b"m" * 32, 0o600, False))
+
+    async def test_masterKeyReadOnce(self):
+        """
+        Many stores read the master key once: each later store is one file
+        write through the runner.
+        """
+        runner = _CountingRunner()
+        vault = self.vault(runner)
+        for _ in range(5):
+            await vault.store(str(uuid.uuid4()), os.urandom(32))
+        self.assertEqual(runner.calls, ["loadMasterKey"] + ["_writeKeyFile"] * 5)
+
+    async def test_wrongLength(self):
+        """
+        A master key file of the wrong length stops the vault with a clear
+        L{MasterKeyError} naming the file, and is left alone.
+        """
+        os.makedirs(os.path.dirname(self.masterPath))
+        for content, said in ((b"short", "it holds 5"), (b"x" * 33, "it holds more")):
+            with open(self.masterPath, "wb") as f:
+                f.write(content)
+            with self.assertRaises(MasterKeyError) as caught:
+                await self.vault().store(str(uuid.uuid4()), os.urandom(32))
+            self.assertIn(self.masterPath, str(caught.exception))
+            self.assertIn("exactly 32 bytes", str(caught.exception))
+            self.assertIn(said, str(caught.exception))
+            with open(self.masterPath, "rb") as f:
+                self.assertEqual(f.read(), content)
+
+    async def test_unreadable(self):
+        """
+        A master key path that cannot be read (here a directory) gives a
+        L{MasterKeyError} naming it.
+        """
+        os.makedirs(self.masterPath)
+        with self.assertRaises(MasterKeyError) as caught:
+            await self.vault().store(str(uuid.uuid4()), os.urandom(32))
+        self.assertIn(f"cannot read the master key {self.masterPath}", str(caught.exception))
+
+    async def test_craftedIdRefused(self):
+        """
+        An id like C{../x} is refused before any file is touched.
+        """
+        runner = _CountingRunner()
+        for keyId in ("../x", "../../etc/passwd", "/abs", "a/../b", ".hidden", "x" * 129, "é"):
+            with self.assertRaises(InvalidKeyId):
+                await self.vault(runner).store(keyId, b"k" * 32)
+            with self.assertRaises(InvalidKeyId):
+                await self.vault(runner).fetch(keyId)
+            with self.assertRaises(InvalidKeyId):
+                await self.vault(runner).erase(keyId)
+        self.assertEqual(runner.calls, [])
+        self.assertFalse(os.path.exists(os.path.dirname(self.masterPath)))
+
+    def test_checkKeyId(self):
+        """
+        UUIDs and simple tokens pass L{checkKeyId} unchanged; anything else
+        raises L{InvalidKeyId}, a L{ValueError}.
+        """
+        for keyId in (str(uuid.uuid4()), str(uuid.uuid4()).upper(), "a", "key_1-2", "x" * 128):
+            self.assertEqual(checkKeyId(keyId), keyId)
+        for keyId in ("", "-a", "_a", "a.b", "a b", "a\n", 1, None, b"abc"):
+            self.assertRaises(ValueError, checkKeyId, keyId)
+
+    async def test_wrappedOnDisk(self):
+        """
+        The key file is mode 0600, named after the id, and does not hold
+        the raw key.
+        """
+        keyId, key = str(uuid.uuid4()), os.urandom(32)
+        await self.vault().store(keyId, key)
+        path = os.path.join(self.directory, keyId + ".key")
+        with open(path, "rb") as f:
+            data = f.read()
+        self.assertNotIn(key, data)
+        self.assertNotIn(key[:8], data)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(os.listdir(self.directory), [keyId + ".key"])
+
+    async def test_boundToId(self):
+        """
+        A key file copied to another id does not unwrap there.
+        """
+        a, b = str(uuid.uuid4()), str(uuid.uuid4())
+        await self.vault().store(a, os.urandom(32))
+        os.link(os.path.join(self.directory, a + ".key"), os.path.join(self.directory, b + ".key"))
+        with self.assertRaises(KeyVaultError) as caught:
+            await self.vault().fetch(b)
+        self.assertIn("does not unwrap", str(caught.exception))
+
+    async def test_lostMasterKey(self):
+        """
+        A master key that is gone while the vault holds keys is not
+        replaced: fetching and storing fail with L{MasterKeyError}.
+        """
+        keyId = str(uuid.uuid4())
+        await self.vault().store(keyId, os.urandom(32))
+        os.unlink(self.masterPath)
+        for attempt in (lambda v: v.fetch(keyId), lambda v: v.store(str(uuid.uuid4()), os.urandom(32))):
+            with self.assertRaises(MasterKeyError) as caught:
+                await attempt(self.vault())
+            self.assertEqual(str(caught.exception), f"the master key {self.masterPath} is missing but "
+                                                    f"{self.directory} holds keys wrapped under it; restore it")
+        self.assertFalse(os.path.exists(self.masterPath))
+
+    async def test_otherMasterKey(self):
+        """
+        Keys stored under one master key do not unwrap under another, and
+        a damaged key file is reported, not returned.
+        """
+        keyId = str(uuid.uuid4())
+        await self.vault().store(keyId, os.urandom(32))
+        with open(self.masterPath, "wb") as f:
+            f.write(os.urandom(32))
+        with self.assertRaises(KeyVaultError) as caught:
+            await self.vault().fetch(keyId)
+        self.assertIn("does not unwrap", str(caught.exception))
+        with open(os.path.join(self.directory, keyId + ".key"), "wb") as f:
+            f.write(b"garbage")
+        with self.assertRaises(KeyVaultError) as caught:
+            await self.vault().fetch(keyId)
+        self.assertIn("damaged", str(caught.exception))
+
+    async def test_eraseRemovesFile(self):
+        """
+        C{erase} removes the key file; a later fetch fails with
+        L{KeyGone}.
+        """
+        keyId = str(uuid.uuid4())
+        vault = self.vault()
+        await vault.store(keyId, os.urandom(32))
+        await vault.erase(keyId)
+        self.assertEqual(os.listdir(self.directory), [])
+        with self.assertRaises(KeyGone):
+            await vault.fetch(keyId)
+
+    async def test_badKey(self):
+        """
+        A key that is not bytes, or is empty, is refused.
+        """
+        with self.assertRaises(TypeError):
+            await self.vault().store(str(uuid.uuid4()), "text")
+        with self.assertRaises(ValueError):
+            await self.vault().store(str(uuid.uuid4()), b"")
+
+
+class RedisKeyVaultTests(TestCase):
+    """
+    L{RedisKeyVault} against a real redis-server on a free loopback port:
+    nodes share keys through it when they share the master key file.
+    """
+
+    def vault(self, port: int, masterPath: str, timeoutSeconds: float = 2.0) -> RedisKeyVault:
+        """
+        @return: a vault (one node) on C{port}, disconnected after the test.
+        """
+        vault = RedisKeyVault(connect(f"redis://127.0.0.1:{port}/0"), reactor, masterPath, InlineRunner(),
+                              timeoutSeconds)
+        self.addCleanup(vault.disconnect)
+        return vault
+
+    async def test_sharedBetweenNodes(self):
+        """
+        A key stored by one node is fetched by another with a copy of the
+        same master key; Redis holds it wrapped, never in the clear.
+        """
+        port = startRedis(self)
+        base = os.path.abspath(self.mktemp())
+        one, two = os.path.join(base, "one", "master.key"), os.path.join(base, "two", "master.key")
+        keyId, key = str(uuid.uuid4()), os.urandom(32)
+        await self.vault(port, one).store(keyId, key)
+        os.makedirs(os.path.dirname(two))
+        with open(one, "rb") as source, open(two, "wb") as copy:
+            copy.write(source.read())
+        node = self.vault(port, two)
+        self.assertEqual(await node.fetch(keyId), key)
+        stored = await node.connection.get(KEY_PREFIX + keyId)
+        self.assertNotIn(key, base64.b64decode(stored))
+
+    async def test_otherMasterKey(self):
+        """
+        A node with another master key cannot unwrap the shared keys.
+        """
+        port = startRedis(self)
+        base = os.path.abspath(self.mktemp())
+        keyId = str(uuid.uuid4())
+        await self.vault(port, os.path.join(base, "one.key")).store(keyId, os.urandom(32))
+        with open(os.path.join(base, "two.key"), "wb") as f:
+            f.write(os.urandom(32))
+        with self.assertRaises(KeyVaultError) as caught:
+            await self.vault(port, os.path.join(base, "two.key")).fetch(keyId)
+        self.assertIn("does not unwrap", str(caught.exception))
+
+    async def test_redisDown(self):
+        """
+        With Redis unreachable, calls fail with L{KeyVaultError} after the
+        timeout instead of hanging.
+        """
+        vault = self.vault(freePort(), os.path.join(os.path.abspath(self.mktemp()), "master.key"), 0.3)
+        with self.assertRaises(KeyVaultError) as caught:
+            await vault.store(str(uuid.uuid4()), os.urandom(32))
+        self.assertIn("the Redis key vault failed (set)", str(caught.exception))
