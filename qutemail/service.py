@@ -35,13 +35,18 @@ from qutemail.listener.tls import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.throttle import AuthThrottle
+from qutemail.pipeline.dkim import FileDKIMKeys
 from qutemail.pipeline.router import QueueIds, Router
+from qutemail.pipeline.signing import OutboundSigner, ensureKey
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
 from qutemail.relay.mx import MXResolver
 from qutemail.relay.sender import Relay
 from qutemail.store.maildir import MaildirStore
+
+
+_log = Logger()
 
 
 class NoListeners(Exception):
@@ -364,10 +369,16 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
     queueIds = QueueIds(reactor)
 
+    created = ensureKey(dataDir, config.dkim.privateKey, config.dkim.selector, server.domains)
+    if created is not None and workerIndex == 0:
+        _log.info("created a DKIM key; publish these records:\n{records}", records=created)
+    signer = OutboundSigner(FileDKIMKeys.fromConfig(config.dkim, dataDir, server.domains, runner), runner,
+                            server.domains, config.smtp.maxMessageBytes)
+
     def routerFor(journal: Journal) -> Router:
         return Router(journal=journal, store=store, users=users, queue=queue, clock=reactor,
                       hostname=server.hostname, domains=server.domains, queueIds=queueIds,
-                      retrySchedule=config.relay.retrySchedule, runner=runner)
+                      retrySchedule=config.relay.retrySchedule, runner=runner, signer=signer)
 
     journalDir, spillDir = journalPaths(queueDir, workerIndex)
     journal = Journal(journalDir, runner, reactor)

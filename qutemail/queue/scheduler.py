@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from qutemail.pipeline.dsn import FailedRecipient
 from qutemail.pipeline.router import replyFor
 from qutemail.queue.deferred import BOUNCED, DEFERRED, SENT, QueueEntry, RecipientState, retryDelay
-from qutemail.replies import LOCAL_ERROR, QUEUE_EXPIRED, Reply
+from qutemail.replies import DELETED_BY_ADMIN, LOCAL_ERROR, QUEUE_EXPIRED, Reply
 
 DEFAULT_BATCH = 100
 # The longest wait between ticks: how late a fresh entry written by an
@@ -120,6 +120,39 @@ class RetryScheduler(Service):
             count += bool(waiting)
         self._safeTick()
         return count
+
+    async def delete(self, queueId: str) -> bool:
+        """
+        Remove an entry whatever its state (C{queue delete}).  A relay
+        session already in progress for it may still complete.
+
+        @return: whether there was such an entry.
+        """
+        await self.router.queue.refresh()
+        if queueId not in self.router.queue.entries:
+            return False
+        await self.router.queue.remove(queueId)
+        self._log.info("{queueId} deleted from the queue by the administrator", queueId=queueId)
+        return True
+
+    async def bounceNow(self, queueId: str) -> bool:
+        """
+        Give up on every waiting recipient of an entry and send the sender
+        one bounce (C{queue bounce}).
+
+        @return: whether there was such an entry.
+        """
+        await self.router.queue.refresh()
+        entry = self.router.queue.entries.get(queueId)
+        if entry is None:
+            return False
+        waiting = entry.pending()
+        bounced = [(r, FailedRecipient(r.address, DELETED_BY_ADMIN.enhanced,
+                                       f"{DELETED_BY_ADMIN} (last reply: {r.lastReply or 'none'})"))
+                   for r in waiting]
+        if bounced:
+            await self._bounce(entry, bounced, self.clock.seconds())
+        return True
 
     def busy(self, queueId: str) -> bool:
         """
