@@ -236,18 +236,27 @@ class DeferredQueue:
         entry = QueueEntry(attrs.evolve(message, inline=None, path=bodyPath), recipients, dkimHeader)
         d = self._runner.run(self._writeNew, message, entry)
 
-        def added(_):
+        def added(written: bool) -> QueueEntry:
+            if not written:
+                # Queued before a crash, and routed again from the journal
+                # on recovery: the entry on disk (maybe half relayed) wins.
+                return self.entries.setdefault(entry.queueId, self._readEntry(entry.queueId))
             self.entries[entry.queueId] = entry
             return entry
 
         return d.addCallback(added)
 
-    def _writeNew(self, message: SpooledMessage, entry: QueueEntry) -> None:
+    def _writeNew(self, message: SpooledMessage, entry: QueueEntry) -> bool:
         """
-        Write the body, then the metadata (worker thread).
+        Write the body, then the metadata (worker thread), unless the entry
+        is already there.
+
+        @return: whether it was written.
         """
         os.makedirs(self._directory, exist_ok=True)
         bodyPath, metaPath = self._paths(entry.queueId)
+        if os.path.exists(metaPath):
+            return False
         if message.inline is not None:
             replaceFile(bodyPath, message.inline)
         else:
@@ -257,6 +266,7 @@ class DeferredQueue:
             os.rename(bodyPath + ".tmp", bodyPath)
             syncDirectory(self._directory)
         replaceFile(metaPath, entry.toJSON())
+        return True
 
     def update(self, entry: QueueEntry) -> Deferred:
         """

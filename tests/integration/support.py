@@ -26,7 +26,7 @@ workers = {workers}
 
 [smtp]
 mta_port = {mtaPort}
-submission_port = 0
+submission_port = {submissionPort}
 smtps_port = 0
 max_message_size = {maxMessageSize}
 max_recipients = 100
@@ -42,7 +42,7 @@ tls_port = 0
 
 
 def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str = "25M",
-                workers: int = 1, extra: str = "") -> str:
+                workers: int = 1, extra: str = "", submissionPort: int = 0) -> str:
     """
     Write a loopback test configuration.
 
@@ -52,7 +52,7 @@ def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str =
     """
     with open(path, "w") as f:
         f.write(CONFIG_TEMPLATE.format(dataDir=dataDir, mtaPort=mtaPort, maxMessageSize=maxMessageSize,
-                                       workers=workers) + extra)
+                                       workers=workers, submissionPort=submissionPort) + extra)
     return path
 
 

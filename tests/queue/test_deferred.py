@@ -49,3 +49,29 @@ class RefreshTests(SynchronousTestCase):
             f.write(b"{")
         main = DeferredQueue(directory, InlineRunner())
         self.assertEqual(self.successResultOf(main.refresh()), 0)
+
+
+class RecoveryAddTests(SynchronousTestCase):
+    """
+    A message routed again from the journal after a crash does not replace
+    the entry it already has.
+    """
+
+    def test_existingEntryWins(self):
+        """
+        Adding an entry whose files exist (in this process or another)
+        returns the entry on disk, half-done state included, and rewrites
+        nothing.
+        """
+        directory = self.mktemp()
+        first = DeferredQueue(directory, InlineRunner())
+        message = SpooledMessage("Q3", ENVELOPE, 5, inline=b"body\n")
+        entry = self.successResultOf(first.add(message, [RecipientState("alice@example.test", 0, DEFERRED)]))
+        entry.recipients[0].attempts = 3
+        self.successResultOf(first.update(entry))
+        again = self.successResultOf(first.add(message, [RecipientState("alice@example.test", 0, DEFERRED)]))
+        self.assertIs(again, entry)
+        restarted = DeferredQueue(directory, InlineRunner())
+        recovered = self.successResultOf(restarted.add(message, [RecipientState("alice@example.test", 0, DEFERRED)]))
+        self.assertEqual(recovered.recipients[0].attempts, 3)
+        self.assertIs(restarted.entries["Q3"], recovered)
