@@ -132,6 +132,15 @@ def _atLeast(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def _boolean(text: str) -> bool:
+    """Parse yes/no, true/false, on/off, 1/0."""
+    value = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}.get(text.lower())
+    if value is None:
+        raise ValueError(f"{text!r} is not yes or no")
+    return value
+
+
 def _positiveSize(text: str, bareUnit: str = "") -> int:
     """Parse a size (see L{parseSize}) C{> 0}; a bare number is in C{bareUnit}."""
     size = parseSize(text + bareUnit if text.isascii() and text.isdigit() else text)
@@ -485,6 +494,11 @@ class QKDConfig:
     @ivar clientCert: the client certificate path, absolute, or empty (C{client_cert}).
     @ivar clientKey: the client key path, absolute, or empty (C{client_key}).
     @ivar caCert: the KME's CA certificate path, absolute, or empty (C{ca_cert}).
+    @ivar poolKeys: the embedded KME's pool size in keys (C{pool_keys}).
+    @ivar refillKeysPerSecond: how fast the embedded KME's pool refills, 0
+        for never (C{refill_per_second}).
+    @ivar keepSubject: show the original Subject outside the encryption
+        instead of a placeholder (C{keep_subject}).
     """
 
     kmeUrl: str = attrs.field(default="", validator=_parsed(_url("https://"), "an https:// URL"))
@@ -492,6 +506,9 @@ class QKDConfig:
     clientCert: str = attrs.field(default="", validator=_path())
     clientKey: str = attrs.field(default="", validator=_path())
     caCert: str = attrs.field(default="", validator=_path())
+    poolKeys: int = attrs.field(default=10000, validator=_int(1))
+    refillKeysPerSecond: int = attrs.field(default=1000, validator=_int(0))
+    keepSubject: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen
@@ -632,6 +649,9 @@ _SETTINGS = (
     _Setting("qkd", "client_cert", "clientCert", _text, isPath=True),
     _Setting("qkd", "client_key", "clientKey", _text, isPath=True),
     _Setting("qkd", "ca_cert", "caCert", _text, isPath=True),
+    _Setting("qkd", "pool_keys", "poolKeys", _atLeast(1)),
+    _Setting("qkd", "refill_per_second", "refillKeysPerSecond", _atLeast(0)),
+    _Setting("qkd", "keep_subject", "keepSubject", _boolean),
     _Setting("relay", "smarthost", "smarthost", _smarthost),
     _Setting("relay", "nameservers", "nameservers", _nameservers),
     _Setting("relay", "retry_schedule", "retrySchedule", _durations),

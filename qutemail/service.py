@@ -36,6 +36,13 @@ from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.throttle import AuthThrottle
 from qutemail.pipeline.dkim import FileDKIMKeys
+from qutemail.qkd.certs import ensurePKI
+from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT
+from qutemail.qkd.etsi014 import ETSI014KeySource
+from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService
+from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
+from qutemail.qkd.vault import FileKeyVault
+from qutemail.store.encrypted import MessageEncryptor
 from qutemail.pipeline.router import QueueIds, Router
 from qutemail.pipeline.signing import OutboundSigner, ensureKey
 from qutemail.queue.deferred import DeferredQueue
@@ -289,9 +296,10 @@ def orphanIndexes(queueDir: str, workers: int) -> list[int]:
     return sorted(found)
 
 
-class RelayConfigError(Exception):
+class ServiceConfigError(Exception):
     """
-    The relay cannot be set up (an unreadable smarthost password file).
+    A part cannot be set up from its configuration (an unreadable smarthost
+    password file, KME client credentials missing or unreadable).
     """
 
 
@@ -315,7 +323,7 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
     The outbound relay: MX lookups through the configured nameservers, or
     everything through the smarthost.
 
-    @raise RelayConfigError: when the smarthost password file cannot be read.
+    @raise ServiceConfigError: when the smarthost password file cannot be read.
     """
     relay = config.relay
     password = None
@@ -324,7 +332,7 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
             with open(relay.smarthostPasswordFile, encoding="utf-8") as f:
                 password = f.read().strip("\r\n")
         except (OSError, UnicodeDecodeError) as e:
-            raise RelayConfigError(
+            raise ServiceConfigError(
                 f"[relay] smarthost_password_file: cannot read {relay.smarthostPasswordFile}: {e}") from None
     return Relay(
         reactor=reactor, resolver=MXResolver(runner, relay.nameservers), hostname=config.server.hostname,
@@ -332,6 +340,61 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
         username=relay.smarthostUsername or None, password=password,
         requireVerifiedTls=relay.requireVerifiedTls,
     )
+
+
+class KeySourceService(Service):
+    """
+    Closes the key source's kept-alive KME connections at stop.
+    """
+
+    name = "qkd-client"
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def stopService(self):
+        """
+        Close the connections.
+        """
+        Service.stopService(self)
+        return self.source.close()
+
+
+def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService) -> MessageEncryptor:
+    """
+    The QKD layer: the key source (the embedded KME on loopback when
+    C{[qkd] kme_url} is empty, else the configured KME), the key vault and
+    the encryptor that seals internal mail.  Blocking (certificates and
+    files): call before the reactor runs.
+
+    @param parent: gets the embedded KME and the client's service.
+    """
+    dataDir = config.server.dataDir
+    qkd = config.qkd
+    saeId = qkd.saeId or config.server.hostname
+    now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
+    if qkd.kmeUrl:
+        if not (qkd.clientCert and qkd.clientKey and qkd.caCert):
+            raise ServiceConfigError("[qkd] kme_url needs client_cert, client_key and ca_cert")
+        try:
+            source = ETSI014KeySource.fromFiles(reactor, qkd.kmeUrl, qkd.clientCert, qkd.clientKey, qkd.caCert)
+        except (OSError, ValueError) as e:
+            raise ServiceConfigError(f"[qkd] cannot load the KME client credentials: {e}") from None
+    else:
+        pki = ensurePKI(os.path.join(dataDir, "keys", "qkd"), [saeId], now)
+        settings = PoolSettings(maxKeyCount=qkd.poolKeys, refillKeysPerSecond=float(qkd.refillKeysPerSecond))
+        kme = EmbeddedKMEService(reactor, KME(f"qutemail-kme-{saeId}", [saeId], QKDLink(settings)), pki)
+        kme.setServiceParent(parent)
+        source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10)
+    KeySourceService(source).setServiceParent(parent)
+    keys = os.path.join(dataDir, "keys")
+    vault = FileKeyVault(os.path.join(keys, "vault"), os.path.join(keys, "master.key"), runner)
+    sealed = os.path.join(dataDir, "queue", "sealed")
+    encryptor = MessageEncryptor(source, vault, runner, saeId, sealed,
+                                 subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT)
+    os.makedirs(sealed, mode=0o700, exist_ok=True)
+    encryptor.cleanup(reactor.seconds())
+    return encryptor
 
 
 def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = None,
@@ -369,6 +432,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
     queueIds = QueueIds(reactor)
 
+    encryptor = buildEncryptor(config, reactor, runner, root) if workerIndex == 0 else None
     created = ensureKey(dataDir, config.dkim.privateKey, config.dkim.selector, server.domains)
     if created is not None and workerIndex == 0:
         _log.info("created a DKIM key; publish these records:\n{records}", records=created)
@@ -378,7 +442,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     def routerFor(journal: Journal) -> Router:
         return Router(journal=journal, store=store, users=users, queue=queue, clock=reactor,
                       hostname=server.hostname, domains=server.domains, queueIds=queueIds,
-                      retrySchedule=config.relay.retrySchedule, runner=runner, signer=signer)
+                      retrySchedule=config.relay.retrySchedule, runner=runner, signer=signer,
+                      encryptor=encryptor)
 
     journalDir, spillDir = journalPaths(queueDir, workerIndex)
     journal = Journal(journalDir, runner, reactor)

@@ -41,13 +41,13 @@ def makeService(options: Options, reactor=None):
     from qutemail.config import ConfigError, loadConfig
     from qutemail.backends.redislimiter import RedisURLError
     from qutemail.listener.tls import TLSConfigError
-    from qutemail.service import NoListeners, RelayConfigError, buildService
+    from qutemail.service import NoListeners, ServiceConfigError, buildService
 
     if reactor is None:
         from twisted.internet import reactor
     try:
         config = loadConfig(options["config"])
         return buildService(config, reactor, mtaOnly=options["mta-only"], msaOnly=options["msa-only"])
-    except (ConfigError, NoListeners, TLSConfigError, RedisURLError, RelayConfigError) as e:
+    except (ConfigError, NoListeners, TLSConfigError, RedisURLError, ServiceConfigError) as e:
         sys.stderr.write(f"qutemail: {e}\n")
         raise SystemExit(1)

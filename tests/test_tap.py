@@ -52,9 +52,10 @@ class TapTests(TestCase):
 
     def test_serviceTree(self):
         """
-        The service tree starts the thread pool, the spool, the scheduler
-        and the MTA listener, in that order, and listens on the configured
-        port and address.
+        The service tree starts the thread pool, the embedded KME (on
+        loopback, any port) and its client, the spool, the scheduler and the
+        MTA listener, in that order, and listens on the configured port and
+        address.
         """
         reactor = MemoryReactorClock()
         # Results from the thread pool are dropped: this reactor never runs.
@@ -64,13 +65,14 @@ class TapTests(TestCase):
         root = makeService(options, reactor)
         self.assertEqual(
             [child.name for child in root],
-            ["blocking", "spool", "retry-scheduler", "listener-mta"],
+            ["blocking", "kme", "qkd-client", "spool", "retry-scheduler", "listener-mta"],
         )
         root.startService()
         # A memory reactor never delivers thread results, so the whole tree
         # cannot stop through it: stop the pieces that own real resources.
         self.addCleanup(root.getServiceNamed("blocking").stopService)
-        [(port, factory, backlog, interface)] = reactor.tcpServers
+        [kme, (port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((kme[0], kme[3]), (0, "127.0.0.1"))
         self.assertEqual((port, interface), (2525, "127.0.0.1"))
         self.assertEqual(type(factory).__name__, "SMTPServerFactory")
         self.assertTrue(os.path.isdir(os.path.join(self.dataDir, "queue", "journal")))

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from qutemail.pipeline.dsn import FailedRecipient, buildReport, originalHeader
 from qutemail.pipeline.spool import Envelope, SpooledMessage
 from qutemail.queue.deferred import DEFERRED, PENDING, DeferredQueue, RecipientState, retryDelay
+from qutemail.store.encrypted import isInternal
 from qutemail.replies import LOCAL_ERROR, NO_SUCH_USER, STORAGE_FULL, Reply, ReplyError
 
 # How long to wait before retrying a message whose routing itself failed
@@ -82,6 +83,7 @@ class Router:
         retrySchedule: tuple[float, ...],
         runner: Any,
         signer: Any = None,
+        encryptor: Any = None,
     ) -> None:
         """
         @param journal: the L{qutemail.queue.journal.Journal}.
@@ -96,7 +98,11 @@ class Router:
         @param runner: the L{qutemail.blocking.BlockingRunner}.
         @param signer: makes the DKIM-Signature of mail leaving for other
             domains (L{qutemail.pipeline.signing.OutboundSigner}), or C{None}.
+        @param encryptor: seals internal mail before it reaches a mailbox
+            (L{qutemail.store.encrypted.MessageEncryptor}), or C{None} to
+            store everything as it came.
         """
+        self.encryptor = encryptor
         self.runner = runner
         self.signer = signer
         # Called with each entry queued, so the scheduler can start at once.
@@ -142,7 +148,7 @@ class Router:
         Deliver or queue every recipient, then mark the message done.
         """
         envelope = message.envelope
-        attempts: list[tuple[int, str, Deferred]] = []
+        attempts: list[tuple[int, str]] = []
         queued: list[RecipientState] = []
         now = self.clock.seconds()
         for index, address in enumerate(envelope.recipients):
@@ -150,11 +156,11 @@ class Router:
                 queued.append(RecipientState(address, index, PENDING, nextAttempt=now,
                                              lastReply="waiting for the first relay attempt"))
                 continue
-            attempts.append((index, address, ensureDeferred(self.attempt(message, address, index, recovering))))
-        results = await DeferredList([d for _, _, d in attempts], consumeErrors=True)
+            attempts.append((index, address))
+        results = await self.deliverLocal(message, attempts, recovering)
         bounced: list[FailedRecipient] = []
         outcomes: list[str] = [f"{r.address}: {r.lastReply}" for r in queued]
-        for (index, address, _), (ok, result) in zip(attempts, results):
+        for (index, address), (ok, result) in zip(attempts, results):
             if ok and result is None:
                 outcomes.append(f"{address}: delivered")
                 continue
@@ -186,6 +192,36 @@ class Router:
             peer=envelope.peer, recipients=list(envelope.recipients), result="; ".join(outcomes),
         )
         self.journal.markDone(message.queueId, message.path)
+
+    async def deliverLocal(self, message: SpooledMessage, targets: list[tuple[int, str]],
+                           checkExisting: bool) -> list[tuple[bool, Any]]:
+        """
+        Deliver to local recipients: internal mail sealed once for all of
+        them (one key per message), anything else as it came.
+
+        @param targets: C{(index, address)} of each recipient.
+        @return: per target, as C{DeferredList} gives it: C{(True, None)}
+            stored, C{(True, reply)} not stored and why, C{(False,
+            failure)} an unexpected error.
+        """
+        if not targets:
+            return []
+        delivered = message
+        sealed = None
+        if self.encryptor is not None and isInternal(message.envelope, self.domains):
+            try:
+                sealed = await self.encryptor.seal(message)
+            except ReplyError as e:
+                self._log.info("{queueId} not sealed: {reply}", queueId=message.queueId, reply=str(e.reply))
+                return [(True, e.reply)] * len(targets)
+            delivered = sealed.message
+        try:
+            return await DeferredList(
+                [ensureDeferred(self.attempt(delivered, address, index, checkExisting)) for index, address in targets],
+                consumeErrors=True)
+        finally:
+            if sealed is not None:
+                await self.encryptor.discard(sealed)
 
     async def attempt(self, message: SpooledMessage, address: str, index: int, checkExisting: bool) -> Reply | None:
         """

@@ -217,15 +217,13 @@ class RetryScheduler(Service):
             for r in due:
                 if r not in local:
                     remote[r.address.rpartition("@")[2].lower()].append(r)
-        for r in local:
-            try:
-                reply = await self.router.attempt(message, r.address, r.index, True)
-            except Exception:
-                failure = Failure()
-                self._log.failure("retry of {queueId} to {recipient} failed", failure,
+        results = await self.router.deliverLocal(message, [(r.index, r.address) for r in local], True)
+        for r, (ok, result) in zip(local, results):
+            if not ok:
+                self._log.failure("retry of {queueId} to {recipient} failed", result,
                                   queueId=entry.queueId, recipient=r.address)
-                reply = replyFor(failure)
-            self._record(entry, r, reply, now, expired, bounced)
+                result = replyFor(result)
+            self._record(entry, r, result, now, expired, bounced)
         if local:
             await self._save(entry)
         await DeferredList([ensureDeferred(self._relayDomain(entry, domain, rs, now, expired, bounced))

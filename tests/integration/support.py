@@ -216,3 +216,19 @@ class ServerProcess:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
         raise AssertionError(f"no {field}")
+
+
+async def readAsOwner(dataDir: str, path: str) -> bytes:
+    """
+    Read a stored message as its owner sees it: decrypted with the key
+    from the server's vault when it is internal mail, as stored otherwise.
+    """
+    from qutemail.blocking import InlineRunner
+    from qutemail.qkd.vault import FileKeyVault
+    from qutemail.store.reader import readMessage
+
+    keys = os.path.join(dataDir, "keys")
+    vault = FileKeyVault(os.path.join(keys, "vault"), os.path.join(keys, "master.key"), InlineRunner())
+    body, _ = await readMessage(path, vault, InlineRunner())
+    with body:
+        return body.read()

@@ -8,7 +8,7 @@ import subprocess
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.integration.support import maildirFiles, waitFor
+from tests.integration.support import maildirFiles, readAsOwner, waitFor
 from tests.support import requireCommand
 from tests.integration.test_mta import RunningServerMixin
 
@@ -23,16 +23,19 @@ class ClientTests(RunningServerMixin, TestCase):
 
     async def deliveredSubjects(self, count: int) -> list[bytes]:
         """
-        Wait for C{count} messages in alice's mailbox.
+        Wait for C{count} messages in alice's mailbox, stored encrypted
+        (internal mail).
 
-        @return: their Subject lines.
+        @return: their Subject lines, as alice reads them.
         """
         paths = await waitFor(lambda: (lambda p: p if len(p) >= count else None)(
             maildirFiles(self.dataDir, "alice@example.test")))
         subjects = []
         for path in paths:
             with open(path, "rb") as f:
-                subjects += [line for line in f.read().split(b"\n") if line.startswith(b"Subject:")]
+                self.assertIn(b"\nSubject: [encrypted message]\n", f.read())
+            plain = await readAsOwner(self.dataDir, path)
+            subjects += [line for line in plain.split(b"\n") if line.startswith(b"Subject:")]
         return subjects
 
     def runClient(self, args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess:
