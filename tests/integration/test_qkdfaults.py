@@ -1,0 +1,196 @@
+"""
+Issue 4, acceptance item 4: internal mail while the KME is stopped, out of
+keys or answering garbage is deferred (visible in C{queue list} with the
+reason), nothing lands in clear in the Maildir, and once the KME is back
+and the clock advances the mail is delivered encrypted.
+
+The stack runs on a L{Clock} with an inline runner; the KMEs are real,
+serving ETSI GS QKD 014 over loopback mutual TLS.
+"""
+
+import email
+import os
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from qutemail.backends.memory import MemoryKeyVault
+from qutemail.blocking import BlockingRunner
+from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.qkd.cipher import readEnvelope
+from qutemail.qkd.kme import EmbeddedKeySource, listenTLS, serverTLSOptions
+from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
+from qutemail.qkd.kmeweb import KMESite
+from qutemail.queue.deferred import DEFERRED
+from qutemail.store.encrypted import MessageEncryptor
+from qutemail.store.reader import readMessage
+from tests.integration.support import runCLI, waitFor, writeConfig
+from tests.qkd.test_etsi014 import CannedKME, keySource
+from tests.qkd.test_kmeservice import makePKI, startKME
+from tests.support import buildStack
+
+SAE = "sae-a"
+BOB = "bob@example.test"
+ALICE = "alice@example.test"
+BODY = b"From: bob@example.test\nTo: alice@example.test\nSubject: quarterly numbers\n\nThe numbers are secret.\n"
+
+
+class KeySourceFaultTests(TestCase):
+    """
+    Internal mail waits in the queue, never in clear, while no key can be had.
+    """
+
+    async def setUp(self) -> None:
+        """
+        A stack with an encryptor whose key source each test chooses.
+        """
+        self.pki = makePKI(self)
+        self.stack = buildStack(self.mktemp())
+        self.addCleanup(self.stack.journal._closeFile)
+        self.runner = BlockingRunner(reactor)
+        self.runner.startService()
+        self.addCleanup(self.runner.stopService)
+        self.vault = MemoryKeyVault()
+        self.stack.scheduler.startService()
+        self.addCleanup(self.stack.scheduler.stopService)
+
+    def useKeySource(self, source) -> None:
+        """
+        Seal internal mail with keys from C{source}.
+        """
+        self.stack.router.encryptor = MessageEncryptor(
+            source, self.vault, self.runner, SAE, os.path.join(self.stack.dataDir, "queue", "sealed"))
+
+    async def embedded(self, settings: PoolSettings, clock=None):
+        """
+        A real KME and its key source for L{SAE}.
+        """
+        service = await startKME(self, self.pki, KME("kme-1", (SAE,), QKDLink(settings)), clock)
+        source = EmbeddedKeySource.forSAE(service, SAE, timeoutSeconds=5)
+        self.addCleanup(source.close)
+        return service, source
+
+    def submit(self) -> str:
+        """
+        Bob (authenticated) sends alice a message; route it.
+
+        @return: its queue id.
+        """
+        envelope = Envelope(BOB, (ALICE,), "client.test", "127.0.0.1", self.stack.clock.seconds(),
+                            authenticated=BOB)
+        message = SpooledMessage(self.stack.router.queueIds.next(), envelope, len(BODY), inline=BODY)
+        self.successResultOf(self.stack.journal.commit(message))
+        self.stack.router.accept(message)
+        return message.queueId
+
+    async def assertDeferredInClearNowhere(self, queueId: str, reason: str, stored: int = 0) -> None:
+        """
+        The message waits in the queue with C{reason}, C{queue list} says
+        so, and alice's mailbox holds only the C{stored} earlier messages,
+        none in clear.
+        """
+        entries = self.stack.queue.entries
+        await waitFor(lambda: queueId in entries and entries[queueId].recipients[0].attempts >= 1
+                      and not self.stack.scheduler.busy(queueId) and not self.stack.router._inflight)
+        [r] = entries[queueId].recipients
+        self.assertEqual(r.state, DEFERRED)
+        self.assertIn(reason, r.lastReply)
+        files = self.stack.newFiles(ALICE)
+        self.assertEqual(len(files), stored)
+        self.assertFalse([f for f in files if b"secret" in f or b"quarterly" in f])
+        sealed = os.path.join(self.stack.dataDir, "queue", "sealed")
+        self.assertEqual(os.listdir(sealed) if os.path.isdir(sealed) else [], [])
+        config = writeConfig(os.path.abspath(self.mktemp() + ".ini"), os.path.abspath(self.stack.dataDir))
+        listing = await _inThread(runCLI, config, "queue", "list")
+        self.assertIn(f"{ALICE}  deferred  attempts=1", listing.stdout)
+        self.assertIn("451 4.3.0 QKD key source unavailable", listing.stdout)
+
+    async def assertDeliveredEncrypted(self, queueId: str) -> str:
+        """
+        After the clock passes the first retry, alice has the message,
+        stored encrypted and readable as it was sent.
+
+        @return: its key id.
+        """
+        self.stack.clock.advance(300)
+        [stored] = await waitFor(lambda: self.stack.newFiles(ALICE))
+        await waitFor(lambda: queueId not in self.stack.queue.entries)
+        self.assertEqual(email.message_from_bytes(stored).get_content_type(), "multipart/encrypted")
+        self.assertNotIn(b"secret", stored)
+        self.assertNotIn(b"quarterly", stored)
+        path = os.path.join(self.stack.mailbox(ALICE), "new", os.listdir(os.path.join(self.stack.mailbox(ALICE),
+                                                                                       "new"))[0])
+        body, info = await readMessage(path, self.vault, self.runner)
+        with body:
+            self.assertTrue(body.read().endswith(BODY))
+        return info.keyId
+
+    async def test_kmeStopped(self) -> None:
+        """
+        Nothing listening where the KME should be: deferred; with the KME
+        back, delivered encrypted at the next retry.
+        """
+        service, _ = await self.embedded(PoolSettings())
+        url = service.baseURL
+        await service.stopService()
+        self.useKeySource(keySource(self, self.pki, url, SAE, timeoutSeconds=2))
+        queueId = self.submit()
+        await self.assertDeferredInClearNowhere(queueId, "QKD key source unavailable")
+        _, source = await self.embedded(PoolSettings())
+        self.useKeySource(source)
+        await self.assertDeliveredEncrypted(queueId)
+
+    async def test_outOfKeys(self) -> None:
+        """
+        An empty pool (503): deferred; once the pool refills on the KME's
+        clock, delivered encrypted, with a new key.
+        """
+        kmeClock = Clock()
+        _, source = await self.embedded(PoolSettings(maxKeyCount=1, refillKeysPerSecond=1 / 600), kmeClock)
+        self.useKeySource(source)
+        first = self.submit()
+        [stored] = await waitFor(lambda: self.stack.newFiles(ALICE))
+        firstKey = readEnvelope(_io(stored)).keyId
+        self.assertNotIn(first, self.stack.queue.entries)
+        second = self.submit()
+        await self.assertDeferredInClearNowhere(second, "QKD key source unavailable", stored=1)
+        kmeClock.advance(600)
+        self.stack.clock.advance(300)
+        files = await waitFor(lambda: (lambda f: f if len(f) == 2 else None)(self.stack.newFiles(ALICE)))
+        keys = {readEnvelope(_io(data)).keyId for data in files}
+        self.assertEqual(len(keys), 2)
+        self.assertIn(firstKey, keys)
+
+    async def test_garbage(self) -> None:
+        """
+        A KME answering garbage: deferred, then delivered once a real KME
+        answers.
+        """
+        listener = await listenTLS(reactor, "tcp:0:interface=127.0.0.1", serverTLSOptions(self.pki),
+                                   KMESite(CannedKME((200, b"{this is not json")), reactor))
+        self.addCleanup(listener.stop)
+        self.useKeySource(keySource(self, self.pki, f"https://localhost:{listener.portNumber}", SAE))
+        queueId = self.submit()
+        await self.assertDeferredInClearNowhere(queueId, "QKD key source unavailable")
+        _, source = await self.embedded(PoolSettings())
+        self.useKeySource(source)
+        await self.assertDeliveredEncrypted(queueId)
+
+
+def _io(data: bytes):
+    """
+    @return: a binary file holding C{data}.
+    """
+    import io
+
+    return io.BytesIO(data)
+
+
+def _inThread(f, *args):
+    """
+    Run a blocking call in a thread.
+    """
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(f, *args)
