@@ -7,13 +7,22 @@ The C{qutemail} administration command::
     qutemail --config PATH user del ADDRESS
     qutemail --config PATH user list
     qutemail --config PATH user quota ADDRESS SIZE|default
+    qutemail --config PATH queue list
+    qutemail --config PATH queue show ID
+    qutemail --config PATH queue flush
+    qutemail --config PATH queue delete ID
+    qutemail --config PATH queue bounce ID
+    qutemail --config PATH dkim keygen [--domain D] [--algorithm rsa|ed25519] [--bits N] [--force]
+    qutemail --config PATH dns-records [--domain D]
 
 Without C{--config}, the file named by the environment variable
 C{QUTEMAIL_CONFIG} is used.
 
 The tool works on the files under C{data_dir} directly, while the server may
-be running: the server notices changes to the user file by itself.  No
-reactor runs here: the backends get an inline runner and a clock that never
+be running: the server notices changes to the user file by itself.  The
+queue commands that need the server (C{flush}, C{bounce}, and C{delete}
+while it runs) ask it over its control socket; they and the DKIM and DNS
+commands live in L{qutemail.cliqueue}.  No reactor runs here: the backends get an inline runner and a clock that never
 moves, so every Deferred they return has already fired.
 
 Expected failures (a bad address, an unknown user, a bad configuration)
@@ -29,7 +38,6 @@ import argparse
 import getpass
 import os
 import sys
-import time
 from typing import Any, Callable, Sequence, TextIO
 
 import attrs
@@ -40,10 +48,10 @@ from twisted.python.failure import Failure
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.backends.userfile import FileUserDirectory, UserFileError
 from qutemail.blocking import InlineRunner
+from qutemail.cliqueue import CommandError, addDKIMCommands, addDNSCommands, addQueueCommands
 from qutemail.config import Config, ConfigError, formatSize, loadConfig, parseSize
 from qutemail.interfaces import NoSuchUser, UserExists
-from qutemail.queue.deferred import DeferredQueue
-from qutemail.queue.journal import unfinished
+from qutemail.queue.control import ControlError
 from qutemail.store.maildir import mailboxPath, readUsage
 
 PROG = "qutemail"
@@ -51,12 +59,6 @@ CONFIG_ENVIRONMENT = "QUTEMAIL_CONFIG"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
-
-
-class CommandError(Exception):
-    """
-    A command cannot be carried out; C{str()} is the one-line reason.
-    """
 
 
 @attrs.define
@@ -269,68 +271,10 @@ def addUserCommands(commands: Any) -> None:
     quota.set_defaults(run=_userQuota)
 
 
-def _age(seconds: float) -> str:
-    """
-    @return: a short human duration, e.g. C{3m}, C{2h5m}, C{1d4h}.
-    """
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
-
-
-def _queueList(context: Context, arguments: argparse.Namespace) -> int:
-    """
-    C{queue list}: like C{mailq}, one block per message: id, age, size,
-    sender, then each recipient with its state and last reply.
-    """
-    now = time.time()
-    queueDir = os.path.join(context.config.server.dataDir, "queue")
-    entries = DeferredQueue(os.path.join(queueDir, "deferred"), InlineRunner()).snapshot()
-    inFlight = []
-    if os.path.isdir(queueDir):
-        for name in sorted(os.listdir(queueDir)):
-            if name == "journal" or name.startswith("journal-"):
-                inFlight += unfinished(os.path.join(queueDir, name))
-    if not entries and not inFlight:
-        print("queue is empty", file=context.stdout)
-        return 0
-    out = context.stdout
-    for message in inFlight:
-        envelope = message.envelope
-        print(f"{message.queueId}  {_age(now - envelope.receivedAt)}  {message.size}  <{envelope.sender}>", file=out)
-        for recipient in envelope.recipients:
-            print(f"    {recipient}  active", file=out)
-    for entry in entries:
-        envelope = entry.message.envelope
-        print(f"{entry.queueId}  {_age(now - envelope.receivedAt)}  {entry.message.size}  <{envelope.sender}>",
-              file=out)
-        for r in entry.recipients:
-            when = f"  next in {_age(r.nextAttempt - now)}" if r.state == "deferred" else ""
-            print(f"    {r.address}  {r.state}  attempts={r.attempts}{when}  {r.lastReply}", file=out)
-    total = len(entries) + len(inFlight)
-    print(f"-- {total} message{'s' if total != 1 else ''} in the queue", file=out)
-    return 0
-
-
-def addQueueCommands(commands: Any) -> None:
-    """
-    Add the C{queue} command group (the rest of it comes with issue 5).
-
-    @param commands: the top-level subparsers.
-    """
-    queue = commands.add_parser("queue", help="inspect the mail queue")
-    actions = queue.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="list queued messages, like mailq")
-    listing.set_defaults(run=_queueList)
-
-
 # Each adds one command group to the top-level subparsers.
-COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (addUserCommands, addQueueCommands)
+COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
+    addUserCommands, addQueueCommands, addDKIMCommands, addDNSCommands,
+)
 
 
 def buildParser() -> argparse.ArgumentParser:
@@ -394,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         context = Context(_loadConfig(path), sys.stdin, sys.stdout, sys.stderr)
         return arguments.run(context, arguments)
-    except (CommandError, ConfigError, AddressInvalid, UserExists, NoSuchUser, UserFileError) as e:
+    except (CommandError, ControlError, ConfigError, AddressInvalid, UserExists, NoSuchUser, UserFileError) as e:
         message = " ".join(_describe(e).splitlines())
         print(f"{PROG}: {message}", file=sys.stderr)
         return EXIT_FAILURE

@@ -45,6 +45,7 @@ from qutemail.qkd.vault import FileKeyVault
 from qutemail.store.encrypted import MessageEncryptor
 from qutemail.pipeline.router import QueueIds, Router
 from qutemail.pipeline.signing import OutboundSigner, ensureKey
+from qutemail.queue.control import ControlService, controlPath
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
@@ -463,6 +464,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         scheduler.setServiceParent(root)
         for r in [router] + [orphanRouter for _, orphanRouter, _ in orphans]:
             r.onQueued = lambda entry: scheduler.kick()
+        ControlService(reactor, controlPath(dataDir), scheduler).setServiceParent(root)
 
     now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
     credentials = serverCredentials(config.tls.cert, config.tls.key, server.hostname, dataDir, now)

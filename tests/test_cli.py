@@ -7,16 +7,29 @@ streams replaced, and the real console entry point run as a subprocess.
 import getpass
 import io
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+import time
 
+import dkim
+import dns.zone
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import qutemail
 from qutemail import cli
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import InlineRunner
+from qutemail.pipeline.dkim import SigningKey, loadPrivateKey, signHeader
+from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.queue.control import ControlService, controlPath
+from qutemail.queue.deferred import DeferredQueue, RecipientState
+from qutemail.queue.journal import Journal
+from tests.queue.test_control import FakeScheduler
 
 CONFIG = """\
 [server]
@@ -490,6 +503,22 @@ class ConsoleScriptTests(SynchronousTestCase):
         """
         self.assertEqual(self.qutemail("user").returncode, 2)
 
+    def test_queueAndDKIM(self) -> None:
+        """
+        The queue, DKIM and DNS commands, which live in
+        L{qutemail.cliqueue}, fail with one line and succeed through the
+        real entry point too.
+        """
+        self.assertFailed(self.qutemail("queue", "flush"), "the server is not running")
+        self.assertFailed(self.qutemail("queue", "show", "ABC"), "no message ABC in the queue")
+        keygen = self.qutemail("dkim", "keygen", "--bits", "1024", "--domain", "example.test")
+        self.assertEqual(keygen.returncode, 0, keygen.stderr)
+        self.assertTrue(keygen.stdout.startswith("mail._domainkey.example.test. 3600 IN TXT "), keygen.stdout)
+        self.assertFailed(self.qutemail("dkim", "keygen"), "already exists")
+        records = self.qutemail("dns-records", "--domain", "example.test")
+        self.assertEqual((records.returncode, records.stderr), (0, ""))
+        self.assertIn(keygen.stdout, records.stdout)
+
 
 class QueueListTests(CommandTestsMixin, SynchronousTestCase):
     """
@@ -551,3 +580,430 @@ class QueueListTests(CommandTestsMixin, SynchronousTestCase):
         self.assertTrue(lines[0].startswith("Q2  "))
         self.assertEqual(lines[1:], ["    alice@example.test  active", "-- 1 message in the queue"])
         self.assertEqual({n: os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory)}, before)
+
+
+QUEUED_ID = "18F2A3B4C5D6E7ABCD0001"
+OTHER_ID = "18F2A3B4C5D6E7ABCD0002"
+# A stored message, LF line ends, with a byte that is not UTF-8.
+STORED = (b"From: Alice <alice@example.test>\nTo: dave@remote.test\nSubject: hi\n\n"
+          b"caf\xe9\n.dot line\nno final newline")
+SIGNED_MESSAGE = b"From: Alice <alice@example.test>\nTo: dave@remote.test\nSubject: signed\n\nHello\n"
+
+
+def queueMessage(dataDir: str, queueId: str = QUEUED_ID, dkimHeader: str = "") -> None:
+    """
+    Put a message with a deferred and a pending recipient in the deferred
+    queue of C{dataDir}, queued five minutes ago.
+    """
+    directory = os.path.join(dataDir, "queue", "deferred")
+    envelope = Envelope("x@remote.test", ("alice@example.test", "dave@remote.test"), "c", "192.0.2.1",
+                        time.time() - 300)
+    DeferredQueue(directory, InlineRunner()).add(SpooledMessage(queueId, envelope, len(STORED), inline=STORED), [
+        RecipientState("alice@example.test", 0, "deferred", 2, time.time() + 600, "452 4.2.2 Mailbox full"),
+        RecipientState("dave@remote.test", 1, "pending", 0, 0.0, ""),
+    ], dkimHeader)
+
+
+class QueueShowTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    C{queue show ID}: read-only, whether or not the server runs.
+    """
+
+    def runBinary(self, *args: str) -> tuple[int, bytes, str]:
+        """
+        Run a command whose standard output is bytes.
+
+        @return: the exit status, standard output and standard error.
+        """
+        raw, stderr = io.BytesIO(), io.StringIO()
+        stdout = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+        self.patch(sys, "stdout", stdout)
+        self.patch(sys, "stderr", stderr)
+        status = cli.main(["--config", self.configPath, *args])
+        stdout.flush()
+        return status, raw.getvalue(), stderr.getvalue()
+
+    def test_show(self) -> None:
+        """
+        The envelope, each recipient's state, attempts, next attempt and
+        last reply, then a blank line and the stored message byte for
+        byte; the queue is left as it was.
+        """
+        queueMessage(self.dataDir, dkimHeader="DKIM-Signature: v=1; a=rsa-sha256\n")
+        directory = os.path.join(self.dataDir, "queue", "deferred")
+        before = {name: os.path.getmtime(os.path.join(directory, name)) for name in os.listdir(directory)}
+        status, out, err = self.runBinary("queue", "show", QUEUED_ID)
+        self.assertEqual((status, err), (0, ""))
+        header, _, body = out.partition(b"\n\n")
+        self.assertEqual(body, STORED)
+        lines = header.decode().splitlines()
+        self.assertEqual(lines[0], f"queue id:     {QUEUED_ID}")
+        self.assertEqual(lines[1], "sender:       <x@remote.test>")
+        self.assertRegex(lines[2], r"^queued:       \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \([45]m ago\)$")
+        self.assertEqual(lines[3], f"size:         {len(STORED)} bytes")
+        self.assertEqual(lines[4], "DKIM-signed:  yes")
+        self.assertRegex(lines[5], r"^recipient:    <alice@example\.test>  deferred  attempts=2  "
+                                   r"next attempt in (9|10)m  last reply: 452 4\.2\.2 Mailbox full$")
+        self.assertEqual(lines[6], "recipient:    <dave@remote.test>  pending  attempts=0  next attempt now")
+        self.assertEqual(len(lines), 7)
+        self.assertEqual({name: os.path.getmtime(os.path.join(directory, name)) for name in os.listdir(directory)},
+                         before)
+
+    def test_unsigned(self) -> None:
+        """
+        A message without a DKIM signature says so; the id may be given in
+        lower case.
+        """
+        queueMessage(self.dataDir)
+        status, out, err = self.runBinary("queue", "show", QUEUED_ID.lower())
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(b"\nDKIM-signed:  no\n", out)
+        self.assertTrue(out.endswith(b"\n\n" + STORED))
+
+    def test_inFlight(self) -> None:
+        """
+        A message still in a journal is shown with its recipients active.
+        """
+        journal = Journal(os.path.join(self.dataDir, "queue", "journal"), InlineRunner(), Clock())
+        journal.recover()
+        envelope = Envelope("x@remote.test", ("alice@example.test",), "c", "192.0.2.1", time.time())
+        journal.commit(SpooledMessage(QUEUED_ID, envelope, len(STORED), inline=STORED))
+        status, out, err = self.runBinary("queue", "show", QUEUED_ID)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(b"\nrecipient:    <alice@example.test>  active\n\n", out)
+        self.assertIn(b"\nDKIM-signed:  not yet\n", out)
+        self.assertTrue(out.endswith(b"\n\n" + STORED))
+
+    def test_unknown(self) -> None:
+        """
+        An id not in the queue is one line of error.
+        """
+        queueMessage(self.dataDir)
+        self.assertEqual(self.runFailing("queue", "show", OTHER_ID), f"no message {OTHER_ID} in the queue")
+
+    def test_badId(self) -> None:
+        """
+        Something that is not a queue id is refused before any file is
+        looked at.
+        """
+        for text in ["../deferred/x", "G00D", "A" * 41, ""]:
+            self.assertTrue(self.runFailing("queue", "show", text).startswith(f"bad queue id {text!r}"))
+
+
+class QueueOfflineTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    C{queue flush}, C{queue delete} and C{queue bounce} with no server
+    running.
+    """
+
+    def test_flush(self) -> None:
+        """
+        C{queue flush} needs the server.
+        """
+        self.assertEqual(self.runFailing("queue", "flush"),
+                         "the server is not running; queued mail is retried when it starts")
+
+    def test_bounce(self) -> None:
+        """
+        C{queue bounce} needs the server, which sends the bounce.
+        """
+        queueMessage(self.dataDir)
+        message = self.runFailing("queue", "bounce", QUEUED_ID)
+        self.assertIn("the server is not running", message)
+        self.assertIn("bounce", message)
+        self.assertTrue(os.path.exists(os.path.join(self.dataDir, "queue", "deferred", QUEUED_ID + ".json")))
+
+    def test_delete(self) -> None:
+        """
+        C{queue delete} removes the entry's files itself; other entries
+        stay.
+        """
+        queueMessage(self.dataDir)
+        queueMessage(self.dataDir, OTHER_ID)
+        self.assertEqual(self.runOk("queue", "delete", QUEUED_ID), f"deleted {QUEUED_ID}\n")
+        directory = os.path.join(self.dataDir, "queue", "deferred")
+        self.assertEqual(sorted(os.listdir(directory)), [OTHER_ID + ".json", OTHER_ID + ".msg"])
+        self.assertNotIn(QUEUED_ID, self.runOk("queue", "list"))
+
+    def test_deleteUnknown(self) -> None:
+        """
+        Deleting an id not in the queue fails with one line.
+        """
+        self.assertEqual(self.runFailing("queue", "delete", QUEUED_ID), f"no message {QUEUED_ID} in the queue")
+        self.assertTrue(self.runFailing("queue", "delete", "../users").startswith("bad queue id '../users'"))
+
+    def test_deleteInFlight(self) -> None:
+        """
+        A message still in the journal cannot be deleted offline; the error
+        says what to do.
+        """
+        journal = Journal(os.path.join(self.dataDir, "queue", "journal"), InlineRunner(), Clock())
+        journal.recover()
+        envelope = Envelope("x@remote.test", ("alice@example.test",), "c", "192.0.2.1", time.time())
+        journal.commit(SpooledMessage(QUEUED_ID, envelope, 5, inline=b"body\n"))
+        self.assertIn("start the server", self.runFailing("queue", "delete", QUEUED_ID))
+
+
+class QueueControlTests(CommandTestsMixin, TestCase):
+    """
+    C{queue flush}, C{queue delete} and C{queue bounce} with a server
+    listening on the control socket (a L{ControlService} over a fake
+    scheduler); the command runs in a thread, as it blocks.
+    """
+
+    def setUp(self) -> None:
+        """
+        A data directory with a short path (UNIX socket paths are short),
+        and the control service listening in it.
+        """
+        from twisted.internet import reactor
+
+        super().setUp()
+        self.dataDir = tempfile.mkdtemp(prefix="qm-")
+        self.addCleanup(shutil.rmtree, self.dataDir, True)
+        with open(self.configPath, "w") as f:
+            f.write(CONFIG.replace("data_dir = data", f"data_dir = {self.dataDir}"))
+        self.scheduler = FakeScheduler()
+        service = ControlService(reactor, controlPath(self.dataDir), self.scheduler)
+        service.startService()
+        self.addCleanup(service.stopService)
+
+    async def test_flush(self) -> None:
+        """
+        C{queue flush} asks the server and prints its answer.
+        """
+        self.assertEqual(await deferToThread(self.runOk, "queue", "flush"), "flushed 2 messages\n")
+        self.assertEqual(self.scheduler.calls, [("flush", None)])
+
+    async def test_delete(self) -> None:
+        """
+        C{queue delete} goes through the server, which removes the entry:
+        the command leaves the files alone.
+        """
+        queueMessage(self.dataDir)
+        self.assertEqual(await deferToThread(self.runOk, "queue", "delete", QUEUED_ID.lower()),
+                         f"deleted {QUEUED_ID}\n")
+        self.assertEqual(self.scheduler.calls, [("delete", QUEUED_ID)])
+        self.assertTrue(os.path.exists(os.path.join(self.dataDir, "queue", "deferred", QUEUED_ID + ".json")))
+
+    async def test_bounce(self) -> None:
+        """
+        C{queue bounce} asks the server, which sends the bounce.
+        """
+        self.assertEqual(await deferToThread(self.runOk, "queue", "bounce", QUEUED_ID), f"bounced {QUEUED_ID}\n")
+        self.assertEqual(self.scheduler.calls, [("bounceNow", QUEUED_ID)])
+
+    async def test_unknown(self) -> None:
+        """
+        The server's refusal of an unknown id is one line of error.
+        """
+        for action in ["delete", "bounce"]:
+            message = await deferToThread(self.runFailing, "queue", action, OTHER_ID)
+            self.assertEqual(message, f"no message {OTHER_ID} in the queue")
+
+    async def test_internalError(self) -> None:
+        """
+        A failure inside the server is reported as one line pointing to
+        the server's log.
+        """
+        self.scheduler.error = RuntimeError("boom")
+        message = await deferToThread(self.runFailing, "queue", "flush")
+        self.assertEqual(message, "internal error, see the server log")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+def loadZone(text: str, domain: str) -> dns.zone.Zone:
+    """
+    Load zone-file text as a DNS server would; records of other domains are
+    ignored.
+    """
+    return dns.zone.from_text(text, origin=domain, relativize=False, check_origin=False)
+
+
+def signatureVerifies(zone: dns.zone.Zone, domain: str, keyPath: str) -> bool:
+    """
+    Sign a message for C{domain} with the key file, as the server does, and
+    verify it with dkimpy, resolving the key record from C{zone}.
+    """
+    with open(keyPath, "rb") as f:
+        pem, algorithm = loadPrivateKey(f.read())
+    signature = signHeader(io.BytesIO(SIGNED_MESSAGE), SigningKey("mail", domain, pem, algorithm), 10000)
+    wire = (signature + SIGNED_MESSAGE).replace(b"\n", b"\r\n")
+
+    def lookupTXT(name: bytes, timeout: float = 5) -> bytes | None:
+        """
+        @return: the TXT record of C{name} in the zone.
+        """
+        rdataset = zone.get_rdataset(name.decode("ascii"), "TXT")
+        return None if rdataset is None else b"".join(rdataset[0].strings)
+
+    return dkim.verify(wire, dnsfunc=lookupTXT)
+
+
+class DKIMKeygenTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    C{dkim keygen}.
+    """
+
+    def setUp(self) -> None:
+        """
+        Where the key goes by default.
+        """
+        super().setUp()
+        self.keyPath = os.path.join(self.dataDir, "keys", "dkim-mail.key")
+
+    def keygen(self, *args: str) -> str:
+        """
+        Run C{dkim keygen} with a small RSA key (fast), which must succeed
+        with a note on standard error.
+
+        @return: standard output.
+        """
+        status, out, err = self.runCommand("dkim", "keygen", *(args or ("--bits", "1024")))
+        self.assertEqual(status, 0, err)
+        self.assertIn("restart the server", err)
+        return out
+
+    def test_keygen(self) -> None:
+        """
+        The key is written under C{data_dir/keys}, mode 0600, and the
+        printed records, one per local domain, load as zone files and
+        verify a signature made with the key.
+        """
+        status, out, err = self.runCommand("dkim", "keygen", "--bits", "1024")
+        self.assertEqual(status, 0, err)
+        self.assertIn(self.keyPath, err)
+        self.assertEqual(stat.S_IMODE(os.stat(self.keyPath).st_mode), 0o600)
+        self.assertEqual(len(out.splitlines()), 2)
+        for domain in ["example.test", "other.test"]:
+            zone = loadZone(out, domain)
+            [rdata] = zone.find_rdataset(f"mail._domainkey.{domain}.", "TXT")
+            self.assertTrue(b"".join(rdata.strings).startswith(b"v=DKIM1; k=rsa; p="))
+            self.assertTrue(signatureVerifies(zone, domain, self.keyPath))
+
+    def test_refusesOverwrite(self) -> None:
+        """
+        An existing key is kept unless C{--force} is given.
+        """
+        self.keygen()
+        with open(self.keyPath, "rb") as f:
+            before = f.read()
+        message = self.runFailing("dkim", "keygen", "--bits", "1024")
+        self.assertIn(f"a DKIM key already exists at {self.keyPath}", message)
+        self.assertIn("--force", message)
+        with open(self.keyPath, "rb") as f:
+            self.assertEqual(f.read(), before)
+
+    def test_force(self) -> None:
+        """
+        C{--force} replaces the key: the new record verifies the new key's
+        signatures, the old record no longer does.
+        """
+        old = loadZone(self.keygen(), "example.test")
+        new = loadZone(self.keygen("--bits", "1024", "--force"), "example.test")
+        self.assertEqual(stat.S_IMODE(os.stat(self.keyPath).st_mode), 0o600)
+        self.assertTrue(signatureVerifies(new, "example.test", self.keyPath))
+        self.assertFalse(signatureVerifies(old, "example.test", self.keyPath))
+
+    def test_domain(self) -> None:
+        """
+        C{--domain} prints only that domain's record; a domain that is not
+        local is refused before any key is made.
+        """
+        out = self.keygen("--domain", "Other.Test", "--bits", "1024")
+        self.assertEqual(len(out.splitlines()), 1)
+        self.assertTrue(out.startswith("mail._domainkey.other.test. "), out)
+        os.unlink(self.keyPath)
+        message = self.runFailing("dkim", "keygen", "--domain", "elsewhere.test")
+        self.assertEqual(message, "'elsewhere.test' is not a local domain (example.test, other.test)")
+        self.assertFalse(os.path.exists(self.keyPath))
+
+    def test_configuredPath(self) -> None:
+        """
+        The key goes to C{[dkim] private_key} when it is set, with the
+        configured selector; its directory is made if missing.
+        """
+        keyPath = os.path.join(self.base, "dkim", "signing.pem")
+        with open(self.configPath, "a") as f:
+            f.write(f"\n[dkim]\nselector = s2024\nprivate_key = {keyPath}\n")
+        out = self.keygen()
+        self.assertTrue(os.path.exists(keyPath))
+        self.assertFalse(os.path.exists(self.keyPath))
+        self.assertTrue(out.startswith("s2024._domainkey.example.test. "), out)
+
+    def test_badBits(self) -> None:
+        """
+        RSA keys have 1024 to 4096 bits; C{--bits} does not apply to
+        Ed25519.
+        """
+        for bits in ["512", "8192"]:
+            self.assertIn("1024 to 4096 bits", self.runFailing("dkim", "keygen", "--bits", bits))
+        self.assertEqual(self.runFailing("dkim", "keygen", "--algorithm", "ed25519", "--bits", "256"),
+                         "--bits is for RSA keys only")
+        self.assertFalse(os.path.exists(self.keyPath))
+
+    def test_ed25519(self) -> None:
+        """
+        An Ed25519 key gets a C{k=ed25519} record that loads as a zone.
+        """
+        out = self.keygen("--algorithm", "ed25519")
+        [rdata] = loadZone(out, "example.test").find_rdataset("mail._domainkey.example.test.", "TXT")
+        self.assertTrue(b"".join(rdata.strings).startswith(b"v=DKIM1; k=ed25519; p="))
+        self.assertEqual(stat.S_IMODE(os.stat(self.keyPath).st_mode), 0o600)
+
+
+class DNSRecordsTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    C{dns-records}.
+    """
+
+    def test_withKey(self) -> None:
+        """
+        Each local domain gets a comment header, then MX, SPF, DKIM and
+        DMARC records that load as a zone; the DKIM record verifies a
+        signature made with the key.
+        """
+        self.runCommand("dkim", "keygen", "--bits", "1024")
+        out = self.runOk("dns-records")
+        self.assertTrue(out.startswith("; example.test\n"), out)
+        self.assertIn("\n\n; other.test\n", out)
+        for domain in ["example.test", "other.test"]:
+            zone = loadZone(out, domain)
+            [mx] = zone.find_rdataset(f"{domain}.", "MX")
+            self.assertEqual((mx.preference, mx.exchange.to_text()), (10, "mail.example.test."))
+            [spf] = zone.find_rdataset(f"{domain}.", "TXT")
+            self.assertEqual(spf.strings, (b"v=spf1 mx -all",))
+            [dmarc] = zone.find_rdataset(f"_dmarc.{domain}.", "TXT")
+            self.assertTrue(b"".join(dmarc.strings).startswith(b"v=DMARC1; "))
+            zone.find_rdataset(f"mail._domainkey.{domain}.", "TXT")
+            self.assertTrue(signatureVerifies(zone, domain, os.path.join(self.dataDir, "keys", "dkim-mail.key")))
+
+    def test_noKey(self) -> None:
+        """
+        Without a key, a comment says how to make one in place of the DKIM
+        record; the rest still loads.
+        """
+        out = self.runOk("dns-records", "--domain", "example.test")
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "; example.test")
+        self.assertIn("; no DKIM key: run qutemail dkim keygen", lines)
+        self.assertNotIn("other.test", out)
+        zone = loadZone(out, "example.test")
+        self.assertEqual(len(zone.find_rdataset("example.test.", "MX")), 1)
+        self.assertIsNone(zone.get_rdataset("mail._domainkey.example.test.", "TXT"))
+
+    def test_unknownDomain(self) -> None:
+        """
+        C{--domain} must be a local domain.
+        """
+        self.assertIn("is not a local domain", self.runFailing("dns-records", "--domain", "elsewhere.test"))
+
+    def test_badKey(self) -> None:
+        """
+        A key file that holds no key is one line of error naming it.
+        """
+        keyPath = os.path.join(self.dataDir, "keys", "dkim-mail.key")
+        os.makedirs(os.path.dirname(keyPath))
+        with open(keyPath, "w") as f:
+            f.write("not a key")
+        self.assertTrue(self.runFailing("dns-records").startswith(f"cannot use the DKIM key {keyPath}: "))

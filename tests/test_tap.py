@@ -65,7 +65,7 @@ class TapTests(TestCase):
         root = makeService(options, reactor)
         self.assertEqual(
             [child.name for child in root],
-            ["blocking", "kme", "qkd-client", "spool", "retry-scheduler", "listener-mta"],
+            ["blocking", "kme", "qkd-client", "spool", "retry-scheduler", "queue-control", "listener-mta"],
         )
         root.startService()
         # A memory reactor never delivers thread results, so the whole tree
