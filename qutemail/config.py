@@ -499,6 +499,8 @@ class QKDConfig:
         for never (C{refill_per_second}).
     @ivar keepSubject: show the original Subject outside the encryption
         instead of a placeholder (C{keep_subject}).
+    @ivar encrypt: store internal mail encrypted (C{encrypt}); off only to
+        measure or troubleshoot.
     """
 
     kmeUrl: str = attrs.field(default="", validator=_parsed(_url("https://"), "an https:// URL"))
@@ -509,6 +511,7 @@ class QKDConfig:
     poolKeys: int = attrs.field(default=10000, validator=_int(1))
     refillKeysPerSecond: int = attrs.field(default=1000, validator=_int(0))
     keepSubject: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    encrypt: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen
@@ -652,6 +655,7 @@ _SETTINGS = (
     _Setting("qkd", "pool_keys", "poolKeys", _atLeast(1)),
     _Setting("qkd", "refill_per_second", "refillKeysPerSecond", _atLeast(0)),
     _Setting("qkd", "keep_subject", "keepSubject", _boolean),
+    _Setting("qkd", "encrypt", "encrypt", _boolean),
     _Setting("relay", "smarthost", "smarthost", _smarthost),
     _Setting("relay", "nameservers", "nameservers", _nameservers),
     _Setting("relay", "retry_schedule", "retrySchedule", _durations),

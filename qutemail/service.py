@@ -433,7 +433,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
     queueIds = QueueIds(reactor)
 
-    encryptor = buildEncryptor(config, reactor, runner, root) if workerIndex == 0 else None
+    encryptor = None
+    if workerIndex == 0 and config.qkd.encrypt:
+        encryptor = buildEncryptor(config, reactor, runner, root)
     created = ensureKey(dataDir, config.dkim.privateKey, config.dkim.selector, server.domains)
     if created is not None and workerIndex == 0:
         _log.info("created a DKIM key; publish these records:\n{records}", records=created)

@@ -50,7 +50,7 @@ ALL_KEYS = [
     ("mailbox", "default_quota_mb"), ("mailbox", "retention_days"),
     ("dkim", "selector"), ("dkim", "private_key"),
     ("qkd", "kme_url"), ("qkd", "sae_id"), ("qkd", "client_cert"), ("qkd", "client_key"),
-    ("qkd", "ca_cert"), ("qkd", "pool_keys"), ("qkd", "refill_per_second"), ("qkd", "keep_subject"),
+    ("qkd", "ca_cert"), ("qkd", "pool_keys"), ("qkd", "refill_per_second"), ("qkd", "keep_subject"), ("qkd", "encrypt"),
     ("relay", "smarthost"), ("relay", "nameservers"), ("relay", "retry_schedule"),
     ("relay", "queue_lifetime"), ("relay", "require_verified_tls"),
     ("relay", "mx_port"), ("relay", "smarthost_username"), ("relay", "smarthost_password_file"),
@@ -100,6 +100,7 @@ ca_cert = /etc/qkd/ca.pem
 pool_keys = 500
 refill_per_second = 0
 keep_subject = Yes
+encrypt = off
 [relay]
 smarthost = smtp.example.net:587
 nameservers = 192.0.2.53, 192.0.2.54:5353, [2001:db8::53]:53, 2001:0db8::1
@@ -318,7 +319,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
             qkd=QKDConfig(
                 kmeUrl="https://kme.example.test:8443/api/v1", saeId="SAE-1",
                 clientCert="/etc/qkd/sae.pem", clientKey="/etc/qkd/sae.key", caCert="/etc/qkd/ca.pem",
-                poolKeys=500, refillKeysPerSecond=0, keepSubject=True,
+                poolKeys=500, refillKeysPerSecond=0, keepSubject=True, encrypt=False,
             ),
             relay=RelayConfig(
                 smarthost="smtp.example.net:587",
