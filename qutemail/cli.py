@@ -14,6 +14,10 @@ The C{qutemail} administration command::
     qutemail --config PATH queue bounce ID
     qutemail --config PATH dkim keygen [--domain D] [--algorithm rsa|ed25519] [--bits N] [--force]
     qutemail --config PATH dns-records [--domain D]
+    qutemail --config PATH mail list ADDRESS
+    qutemail --config PATH mail show ADDRESS ID
+    qutemail --config PATH dkim keygen [--domain D] [--algorithm rsa|ed25519] [--bits N] [--force]
+    qutemail --config PATH dns-records [--domain D]
 
 Without C{--config}, the file named by the environment variable
 C{QUTEMAIL_CONFIG} is used.
@@ -48,6 +52,7 @@ from twisted.python.failure import Failure
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.backends.userfile import FileUserDirectory, UserFileError
 from qutemail.blocking import InlineRunner
+from qutemail.climail import addMailCommands
 from qutemail.cliqueue import CommandError, addDKIMCommands, addDNSCommands, addQueueCommands
 from qutemail.config import Config, ConfigError, formatSize, loadConfig, parseSize
 from qutemail.interfaces import NoSuchUser, UserExists
@@ -273,7 +278,7 @@ def addUserCommands(commands: Any) -> None:
 
 # Each adds one command group to the top-level subparsers.
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
-    addUserCommands, addQueueCommands, addDKIMCommands, addDNSCommands,
+    addUserCommands, addQueueCommands, addDKIMCommands, addDNSCommands, addMailCommands,
 )
 
 

@@ -83,14 +83,18 @@ def freePort() -> int:
         return s.getsockname()[1]
 
 
-def runCLI(configPath: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def runCLI(configPath: str, *args: str, stdin: str = "", env: dict | None = None,
+           binary: bool = False) -> subprocess.CompletedProcess:
     """
     Run the C{qutemail} admin command in a subprocess (blocking: call it in
     a thread or during set-up).
+
+    @param env: the environment (C{None}: this process's).
+    @param binary: keep standard output as bytes.
     """
     return subprocess.run(
         [sys.executable, "-m", "qutemail.cli", "--config", configPath, *args],
-        input=stdin, capture_output=True, text=True, timeout=60,
+        input=stdin.encode() if binary else stdin, capture_output=True, text=not binary, timeout=60, env=env,
     )
 
 
@@ -129,7 +133,8 @@ class ServerProcess:
     C{twistd -n qutemail} in a subprocess.
     """
 
-    def __init__(self, configPath: str, logPath: str, port: int, logToStdout: bool = False) -> None:
+    def __init__(self, configPath: str, logPath: str, port: int, logToStdout: bool = False,
+                 env: dict | None = None) -> None:
         """
         @param configPath: the configuration.
         @param logPath: where twistd logs.
@@ -138,6 +143,7 @@ class ServerProcess:
             standard output (where extra workers log too) to C{logPath}.
         """
         self.logToStdout = logToStdout
+        self.env = env
         self._stdout = subprocess.DEVNULL
         self.configPath = configPath
         self.logPath = logPath
@@ -154,7 +160,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", *logging, "qutemail", "--config", self.configPath],
-            stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=subprocess.PIPE, env=self.env,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

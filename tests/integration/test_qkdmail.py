@@ -5,15 +5,27 @@ owner; mail from outside stays as it came.
 """
 
 import email
+import os
+import smtplib
 
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from qutemail.qkd.cipher import readEnvelope
-from tests.integration.support import maildirFiles, readAsOwner, waitFor
+from tests.integration.support import (
+    CLIENT_TIMEOUT,
+    ServerProcess,
+    freePort,
+    maildirFiles,
+    readAsOwner,
+    runCLI,
+    waitFor,
+)
 from tests.integration.test_mta import RunningServerMixin
 from tests.listener.test_submission import insecureContext
 
 COUNT = 200
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class InternalMailTests(RunningServerMixin, TestCase):
@@ -84,3 +96,77 @@ class InternalMailTests(RunningServerMixin, TestCase):
             stored = f.read()
         self.assertTrue(stored.endswith(body.replace(b"\r\n", b"\n")))
         self.assertTrue(stored.startswith(b"Return-Path: <x@remote.test>\nReceived: "))
+
+
+class DevelopmentConfigTests(TestCase):
+    """
+    Issue 4, acceptance item 1, with C{etc/qutemail.ini} itself (embedded
+    KME), its data directory and ports moved by environment overrides.
+    """
+
+    timeout = 120
+
+    async def test_storedEncryptedShownExactly(self) -> None:
+        """
+        Bob submits to alice over 587: her Maildir file holds no line of the
+        body or the subject, names a key id, parses as a multipart/encrypted
+        RFC 5322 message; C{mail show} prints the message as delivered
+        (our Received field, then exactly what bob sent, LF line ends).
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        dataDir = os.path.join(base, "var")
+        port, submission = freePort(), freePort()
+        env = dict(os.environ, QUTEMAIL_SERVER_DATA_DIR=dataDir, QUTEMAIL_SMTP_MTA_PORT=str(port),
+                   QUTEMAIL_SMTP_SUBMISSION_PORT=str(submission), QUTEMAIL_SMTP_SMTPS_PORT="0",
+                   QUTEMAIL_RELAY_NAMESERVERS="127.0.0.1:9")
+        config = os.path.join(ROOT, "etc", "qutemail.ini")
+        for user in ("alice", "bob"):
+            added = await deferToThread(runCLI, config, "user", "add", f"{user}@example.test", "--password-stdin",
+                                        stdin=f"pw-{user}\n", env=env)
+            self.assertEqual(added.returncode, 0, added.stderr)
+        server = ServerProcess(config, os.path.join(base, "twistd.log"), port, env=env)
+        self.addCleanup(server.kill)
+        await deferToThread(server.start)
+        sent = (b"From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nSubject: Board minutes, draft 3\r\n"
+                b"Message-ID: <minutes-3@example.test>\r\nMIME-Version: 1.0\r\n"
+                b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+                b"Item 1: the merger is approved.\r\n.Item 2 starts with a dot.\r\n\xc3\xa9t\xc3\xa9\r\n")
+
+        def submit():
+            client = smtplib.SMTP("127.0.0.1", submission, local_hostname="client.test", timeout=CLIENT_TIMEOUT)
+            client.starttls(context=insecureContext())
+            client.login("bob@example.test", "pw-bob")
+            client.sendmail("bob@example.test", ["alice@example.test"], sent)
+            client.quit()
+
+        await deferToThread(submit)
+        [path] = await waitFor(lambda: maildirFiles(dataDir, "alice@example.test"))
+        with open(path, "rb") as f:
+            stored = f.read()
+        for line in sent.split(b"\r\n")[7:] + [b"Subject: Board minutes, draft 3"]:
+            if line:
+                self.assertNotIn(line, stored)
+        parsed = email.message_from_bytes(stored)
+        self.assertEqual(parsed.get_content_type(), "multipart/encrypted")
+        with open(path, "rb") as f:
+            keyId = readEnvelope(f).keyId
+        self.assertIn(f"Key-Id: {keyId}".encode(), stored)
+
+        listing = await deferToThread(runCLI, config, "mail", "list", "alice@example.test", env=env)
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        [line] = listing.stdout.splitlines()
+        messageId = line.split()[0]
+        self.assertTrue(line.endswith("  encrypted"), line)
+        shown = await deferToThread(runCLI, config, "mail", "show", "alice@example.test", messageId, env=env,
+                                    binary=True)
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        original = sent.replace(b"\r\n", b"\n")
+        self.assertTrue(shown.stdout.endswith(original), shown.stdout[:300])
+        trace = shown.stdout[:-len(original)].split(b"\n")[:-1]
+        self.assertTrue(trace[0].startswith(b"Received: from client.test"), trace)
+        self.assertTrue(all(t[:1] in (b" ", b"\t") for t in trace[1:]), trace)
+
+        missing = await deferToThread(runCLI, config, "mail", "show", "alice@example.test", "nope", env=env)
+        self.assertEqual((missing.returncode, missing.stderr), (1, "qutemail: no message nope for alice@example.test\n"))
+        self.assertEqual(await deferToThread(server.stop) in (0, -15, 143), True)
