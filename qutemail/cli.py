@@ -16,6 +16,8 @@ The C{qutemail} administration command::
     qutemail --config PATH dns-records [--domain D]
     qutemail --config PATH mail list ADDRESS
     qutemail --config PATH mail show ADDRESS ID
+    qutemail --config PATH qkd status [--peer SAE]
+    qutemail --config PATH kme [--port N] [--sae ID ...] [--kme-id ID] [--directory D]
     qutemail --config PATH dkim keygen [--domain D] [--algorithm rsa|ed25519] [--bits N] [--force]
     qutemail --config PATH dns-records [--domain D]
 
@@ -52,7 +54,7 @@ from twisted.python.failure import Failure
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.backends.userfile import FileUserDirectory, UserFileError
 from qutemail.blocking import InlineRunner
-from qutemail.climail import addMailCommands
+from qutemail.climail import addMailCommands, addQKDCommands
 from qutemail.cliqueue import CommandError, addDKIMCommands, addDNSCommands, addQueueCommands
 from qutemail.config import Config, ConfigError, formatSize, loadConfig, parseSize
 from qutemail.interfaces import NoSuchUser, UserExists
@@ -278,7 +280,7 @@ def addUserCommands(commands: Any) -> None:
 
 # Each adds one command group to the top-level subparsers.
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
-    addUserCommands, addQueueCommands, addDKIMCommands, addDNSCommands, addMailCommands,
+    addUserCommands, addQueueCommands, addDKIMCommands, addDNSCommands, addMailCommands, addQKDCommands,
 )
 
 

@@ -5,6 +5,8 @@ L{qutemail.cli} for the command line as a whole)::
 
     qutemail --config PATH mail list ADDRESS
     qutemail --config PATH mail show ADDRESS ID
+    qutemail --config PATH qkd status [--peer SAE]
+    qutemail --config PATH kme [--port N] [--sae ID ...] [--kme-id ID] [--directory D]
 
 C{mail list} prints one message a line, its ID first.  C{mail show} prints
 the message exactly as it was delivered (internal mail decrypted with its
@@ -15,7 +17,12 @@ whether or not the server runs.
 
 import argparse
 import datetime
+import json
 import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
@@ -23,6 +30,7 @@ from twisted.internet.defer import ensureDeferred
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.blocking import InlineRunner
 from qutemail.cliqueue import CommandError, _copyBody
+from qutemail.qkd.certs import pkiPaths
 from qutemail.qkd.cipher import DecryptionError, readEnvelope
 from qutemail.qkd.vault import FileKeyVault
 from qutemail.store.reader import MessageUnreadable, listMessages, readMessage
@@ -109,3 +117,114 @@ def addMailCommands(commands: Any) -> None:
     show.add_argument("address", metavar="ADDRESS")
     show.add_argument("message_id", metavar="ID")
     show.set_defaults(run=_mailShow)
+
+
+def _kmeEndpoint(context: Any) -> tuple[str, str, str, str, str]:
+    """
+    Where the KME is and how to reach it: the configured one, or the
+    embedded one of the running server.
+
+    @return: base URL, our SAE id, client certificate, client key, CA.
+    """
+    config = context.config
+    qkd = config.qkd
+    saeId = qkd.saeId or config.server.hostname
+    if qkd.kmeUrl:
+        return qkd.kmeUrl.rstrip("/"), saeId, qkd.clientCert, qkd.clientKey, qkd.caCert
+    directory = os.path.join(config.server.dataDir, "keys", "qkd")
+    try:
+        with open(os.path.join(directory, "kme-url"), encoding="ascii") as f:
+            url = f.read().strip()
+    except OSError:
+        raise CommandError("the embedded KME's address is unknown: is the server running?") from None
+    paths = pkiPaths(directory, [saeId])
+    client = paths.client(saeId)
+    return url, saeId, client.certPath, client.keyPath, paths.ca.certPath
+
+
+def _qkdStatus(context: Any, arguments: argparse.Namespace) -> int:
+    """
+    C{qkd status}: ask the KME (ETSI GS QKD 014 "Get status") about the
+    link to our own SAE, and print what it says.
+    """
+    url, saeId, cert, key, ca = _kmeEndpoint(context)
+    peer = arguments.peer or saeId
+    tls = ssl.create_default_context(cafile=ca)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        tls.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise CommandError(f"cannot load the client certificate {cert}: {e}") from None
+    request = urllib.request.Request(f"{url}/api/v1/keys/{urllib.parse.quote(peer, safe='')}/status")
+    try:
+        with urllib.request.urlopen(request, context=tls, timeout=10) as response:
+            status = json.loads(response.read(65536))
+    except urllib.error.HTTPError as e:
+        raise CommandError(f"the KME at {url} answered {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise CommandError(f"the KME at {url} is unreachable: {reason}") from None
+    print(f"KME {url}: reachable", file=context.stdout)
+    for field in ("source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size",
+                  "stored_key_count", "max_key_count", "max_key_per_request", "min_key_size", "max_key_size"):
+        print(f"{field}: {status.get(field, '?')}", file=context.stdout)
+    return 0
+
+
+def _kme(context: Any, arguments: argparse.Namespace) -> int:
+    """
+    C{kme}: run an ETSI GS QKD 014 KME on its own (for sites and tests)
+    until interrupted.
+    """
+    from twisted.internet import reactor
+
+    from qutemail.qkd.kme import buildStandaloneKME
+    from qutemail.qkd.kmecore import PoolSettings
+
+    directory = arguments.directory or os.path.join(context.config.server.dataDir, "keys", "kme")
+    saeIds = arguments.sae or [context.config.qkd.saeId or context.config.server.hostname]
+    settings = PoolSettings(maxKeyCount=arguments.pool_keys, refillKeysPerSecond=float(arguments.refill))
+    try:
+        service = buildStandaloneKME(reactor, directory, arguments.kme_id, saeIds, port=arguments.port,
+                                     settings=settings)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+
+    def listening(url: str) -> None:
+        print(f"KME {arguments.kme_id} listening at {url}", file=context.stdout)
+        print(f"CA certificate: {service.pki.ca.certPath}", file=context.stdout)
+        for saeId in saeIds:
+            client = service.pki.client(saeId)
+            print(f"SAE {saeId}: {client.certPath} {client.keyPath}", file=context.stdout)
+        context.stdout.flush()
+
+    def failed(failure: Any) -> None:
+        print(f"qutemail: the KME cannot listen: {failure.getErrorMessage()}", file=context.stderr)
+        reactor.stop()
+
+    reactor.callWhenRunning(service.startService)
+    reactor.callWhenRunning(lambda: service.whenListening().addCallbacks(listening, failed))
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0
+
+
+def addQKDCommands(commands: Any) -> None:
+    """
+    Add the C{qkd} and C{kme} commands.
+
+    @param commands: the top-level subparsers.
+    """
+    qkd = commands.add_parser("qkd", help="the QKD link")
+    actions = qkd.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", help="ask the KME for the link's status")
+    status.add_argument("--peer", metavar="SAE", help="the slave SAE (default: our own)")
+    status.set_defaults(run=_qkdStatus)
+    kme = commands.add_parser("kme", help="run a KME (ETSI GS QKD 014) on its own")
+    kme.add_argument("--port", type=int, default=8443, help="TCP port on 127.0.0.1 (default 8443)")
+    kme.add_argument("--sae", action="append", metavar="ID", help="an SAE it serves (repeatable)")
+    kme.add_argument("--kme-id", default="qutemail-kme", help="its KME id")
+    kme.add_argument("--directory", help="its certificates (default data_dir/keys/kme)")
+    kme.add_argument("--pool-keys", type=int, default=10000, help="pool size in keys")
+    kme.add_argument("--refill", type=int, default=1000, help="keys gained per second")
+    kme.set_defaults(run=_kme)

@@ -35,6 +35,7 @@ from qutemail.listener.tls import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.throttle import AuthThrottle
+from qutemail.durable import replaceFile
 from qutemail.pipeline.dkim import FileDKIMKeys
 from qutemail.qkd.certs import ensurePKI
 from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT
@@ -386,6 +387,11 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService)
         settings = PoolSettings(maxKeyCount=qkd.poolKeys, refillKeysPerSecond=float(qkd.refillKeysPerSecond))
         kme = EmbeddedKMEService(reactor, KME(f"qutemail-kme-{saeId}", [saeId], QKDLink(settings)), pki)
         kme.setServiceParent(parent)
+        urlFile = os.path.join(dataDir, "keys", "qkd", "kme-url")
+        # For 'qutemail qkd status': where the embedded KME listens this time.
+        kme.whenListening().addCallbacks(
+            lambda url: runner.run(replaceFile, urlFile, url.encode("ascii")),
+            lambda failure: _log.debug("no KME URL to record: the KME did not listen"))
         source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10)
     KeySourceService(source).setServiceParent(parent)
     keys = os.path.join(dataDir, "keys")

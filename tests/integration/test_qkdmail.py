@@ -7,6 +7,8 @@ owner; mail from outside stays as it came.
 import email
 import os
 import smtplib
+import subprocess
+import sys
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -167,6 +169,55 @@ class DevelopmentConfigTests(TestCase):
         self.assertTrue(trace[0].startswith(b"Received: from client.test"), trace)
         self.assertTrue(all(t[:1] in (b" ", b"\t") for t in trace[1:]), trace)
 
+        status = await deferToThread(runCLI, config, "qkd", "status", env=env)
+        self.assertEqual(status.returncode, 0, status.stderr)
+        self.assertIn(": reachable\n", status.stdout)
+        self.assertIn("slave_SAE_ID: mail.example.test\n", status.stdout)
+        self.assertIn("max_key_count: 10000\n", status.stdout)
+
         missing = await deferToThread(runCLI, config, "mail", "show", "alice@example.test", "nope", env=env)
         self.assertEqual((missing.returncode, missing.stderr), (1, "qutemail: no message nope for alice@example.test\n"))
-        self.assertEqual(await deferToThread(server.stop) in (0, -15, 143), True)
+        self.assertIn(await deferToThread(server.stop), (0, -15, 143))
+        down = await deferToThread(runCLI, config, "qkd", "status", env=env)
+        self.assertEqual(down.returncode, 1)
+        self.assertIn("is unreachable", down.stderr)
+
+
+class StandaloneKMETests(TestCase):
+    """
+    C{qutemail kme} serves ETSI GS QKD 014 on its own.
+    """
+
+    timeout = 60
+
+    async def test_serves(self) -> None:
+        """
+        The command prints where it listens and the SAE's credentials; an
+        ETSI 014 client with them gets the link's status and a key.
+        """
+        from twisted.internet import reactor
+
+        from qutemail.qkd.etsi014 import ETSI014KeySource
+
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        config = os.path.join(ROOT, "etc", "qutemail.ini")
+        env = dict(os.environ, QUTEMAIL_SERVER_DATA_DIR=os.path.join(base, "var"))
+        port = freePort()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "qutemail.cli", "--config", config, "kme", "--port", str(port),
+             "--sae", "sae-1", "--pool-keys", "5", "--refill", "0", "--directory", os.path.join(base, "kme")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self.addCleanup(lambda: (process.poll() is None and process.kill(), process.wait(10)))
+        lines = [(await deferToThread(process.stdout.readline)).decode() for _ in range(3)]
+        self.assertEqual(lines[0], f"KME qutemail-kme listening at https://localhost:{port}\n")
+        ca = lines[1].split(": ", 1)[1].strip()
+        cert, key = lines[2].split(": ", 1)[1].split()
+        source = ETSI014KeySource.fromFiles(reactor, f"https://localhost:{port}", cert, key, ca)
+        self.addCleanup(source.close)
+        self.assertEqual((await source.status("sae-1")).storedKeyCount, 5)
+        keyId, material = await source.encKey("sae-1", 256)
+        self.assertEqual(len(material), 32)
+        self.assertEqual((await source.status("sae-1")).storedKeyCount, 4)
+        process.terminate()
+        self.assertEqual(await deferToThread(process.wait, 10), 0)
