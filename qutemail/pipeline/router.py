@@ -157,12 +157,12 @@ class Router:
                                              lastReply="waiting for the first relay attempt"))
                 continue
             attempts.append((index, address))
-        results = await self.deliverLocal(message, attempts, recovering)
+        results, keyId = await self.deliverLocal(message, attempts, recovering)
         bounced: list[FailedRecipient] = []
         outcomes: list[str] = [f"{r.address}: {r.lastReply}" for r in queued]
         for (index, address), (ok, result) in zip(attempts, results):
             if ok and result is None:
-                outcomes.append(f"{address}: delivered")
+                outcomes.append(f"{address}: delivered" + (f" encrypted (key {keyId})" if keyId else ""))
                 continue
             reply = result if ok else replyFor(result)
             if not ok:
@@ -194,7 +194,7 @@ class Router:
         self.journal.markDone(message.queueId, message.path)
 
     async def deliverLocal(self, message: SpooledMessage, targets: list[tuple[int, str]],
-                           checkExisting: bool) -> list[tuple[bool, Any]]:
+                           checkExisting: bool) -> tuple[list[tuple[bool, Any]], str | None]:
         """
         Deliver to local recipients: internal mail sealed once for all of
         them (one key per message), anything else as it came.
@@ -202,10 +202,11 @@ class Router:
         @param targets: C{(index, address)} of each recipient.
         @return: per target, as C{DeferredList} gives it: C{(True, None)}
             stored, C{(True, reply)} not stored and why, C{(False,
-            failure)} an unexpected error.
+            failure)} an unexpected error; and the id of the key the copies
+            were sealed with, if they were.
         """
         if not targets:
-            return []
+            return [], None
         delivered = message
         sealed = None
         if self.encryptor is not None and isInternal(message.envelope, self.domains):
@@ -213,12 +214,13 @@ class Router:
                 sealed = await self.encryptor.seal(message)
             except ReplyError as e:
                 self._log.info("{queueId} not sealed: {reply}", queueId=message.queueId, reply=str(e.reply))
-                return [(True, e.reply)] * len(targets)
+                return [(True, e.reply)] * len(targets), None
             delivered = sealed.message
         try:
-            return await DeferredList(
+            results = await DeferredList(
                 [ensureDeferred(self.attempt(delivered, address, index, checkExisting)) for index, address in targets],
                 consumeErrors=True)
+            return results, sealed.keyId if sealed is not None else None
         finally:
             if sealed is not None:
                 await self.encryptor.discard(sealed)

@@ -45,6 +45,8 @@ DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024
 # Below the embedded KME's 60 s idle timeout, so we rarely reuse a
 # connection the server is closing.
 IDLE_CONNECTION_SECONDS = 30
+# Kept-alive connections to the KME (mutual-TLS handshakes are dear).
+MAX_PERSISTENT_CONNECTIONS = 8
 
 _log = Logger()
 
@@ -260,6 +262,9 @@ class ETSI014KeySource:
         """
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
         self._pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
+        # Twisted keeps 2 by default; concurrent deliveries would otherwise
+        # pay a mutual-TLS handshake for most requests.
+        self._pool.maxPersistentPerHost = MAX_PERSISTENT_CONNECTIONS
         self._agent = Agent(self.reactor, contextFactory=MutualTLSPolicy(self.trustRoot, self.clientCertificate),
                             connectTimeout=self.timeoutSeconds, pool=self._pool)
 
@@ -306,6 +311,17 @@ class ETSI014KeySource:
         """
         return Deferred.fromCoroutine(self._encKey(peerSAE, sizeBits))
 
+    def encKeys(self, peerSAE: str, sizeBits: int = 256, number: int = 1) -> Deferred:
+        """
+        Take several keys in one C{enc_keys} request.
+
+        @param number: how many, at least 1 (the KME's C{max_key_per_request}
+            bounds it).
+        @return: a Deferred firing with a list of C{(keyId, key)}.
+        @raise KeySourceError: (in the Deferred) as for L{encKey}.
+        """
+        return Deferred.fromCoroutine(self._encKeys(peerSAE, sizeBits, number))
+
     def decKey(self, peerSAE: str, keyId: str, sizeBits: int | None = None) -> Deferred:
         """
         See L{IQKDKeySource.decKey}.
@@ -326,15 +342,26 @@ class ETSI014KeySource:
         """
         Take one key for C{peerSAE}.
         """
+        [(keyId, key)] = await self._encKeys(peerSAE, sizeBits, 1)
+        return keyId, key
+
+    async def _encKeys(self, peerSAE: str, sizeBits: int, number: int) -> list[tuple[str, bytes]]:
+        """
+        Take C{number} keys for C{peerSAE}.
+        """
         what = f"KME enc_keys for SAE {peerSAE}"
         if isinstance(sizeBits, bool) or not isinstance(sizeBits, int) or sizeBits < 8 or sizeBits % 8:
             raise KeySourceError(f"{what}: key size {sizeBits!r} is not a positive multiple of 8", temporary=False)
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise KeySourceError(f"{what}: key count {number!r} is not a positive whole number", temporary=False)
         if self.useGET:
-            answer = await self._call(what, b"GET", peerSAE, "enc_keys", query={"number": 1, "size": sizeBits})
+            answer = await self._call(what, b"GET", peerSAE, "enc_keys", query={"number": number, "size": sizeBits})
         else:
-            answer = await self._call(what, b"POST", peerSAE, "enc_keys", body={"number": 1, "size": sizeBits})
-        [(keyId, key)] = keyContainer(answer, what, 1, sizeBits)
-        return keyId, key
+            answer = await self._call(what, b"POST", peerSAE, "enc_keys", body={"number": number, "size": sizeBits})
+        keys = keyContainer(answer, what, number, sizeBits)
+        if len({keyId for keyId, _ in keys}) != len(keys):
+            raise KeySourceError(f"{what}: the KME gave the same key id twice")
+        return keys
 
     async def _decKey(self, peerSAE: str, keyId: str, sizeBits: int | None) -> bytes:
         """

@@ -334,6 +334,12 @@ class EmbeddedKeySource:
         """
         return await (await self._ready()).encKey(peerSAE, sizeBits)
 
+    async def _encKeys(self, peerSAE: str, sizeBits: int, number: int):
+        """
+        Delegate L{encKeys}.
+        """
+        return await (await self._ready()).encKeys(peerSAE, sizeBits, number)
+
     async def _decKey(self, peerSAE: str, keyId: str, sizeBits: int | None):
         """
         Delegate L{decKey}.
@@ -351,6 +357,12 @@ class EmbeddedKeySource:
         See L{IQKDKeySource.encKey}.
         """
         return Deferred.fromCoroutine(self._encKey(peerSAE, sizeBits))
+
+    def encKeys(self, peerSAE: str, sizeBits: int = 256, number: int = 1) -> Deferred:
+        """
+        See L{ETSI014KeySource.encKeys}.
+        """
+        return Deferred.fromCoroutine(self._encKeys(peerSAE, sizeBits, number))
 
     def decKey(self, peerSAE: str, keyId: str, sizeBits: int | None = None) -> Deferred:
         """

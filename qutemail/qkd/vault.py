@@ -356,7 +356,6 @@ class FileKeyVault:
         checkKey(key)
         wrapped = await self._wrapper.wrap(keyId, key)
         await self.runner.run(_writeKeyFile, self.directory, keyId, wrapped)
-        self._log.debug("stored key {keyId}", keyId=keyId)
 
     async def _fetch(self, keyId: str) -> bytes:
         """

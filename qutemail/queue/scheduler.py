@@ -217,7 +217,7 @@ class RetryScheduler(Service):
             for r in due:
                 if r not in local:
                     remote[r.address.rpartition("@")[2].lower()].append(r)
-        results = await self.router.deliverLocal(message, [(r.index, r.address) for r in local], True)
+        results, _ = await self.router.deliverLocal(message, [(r.index, r.address) for r in local], True)
         for r, (ok, result) in zip(local, results):
             if not ok:
                 self._log.failure("retry of {queueId} to {recipient} failed", result,

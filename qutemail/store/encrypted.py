@@ -57,6 +57,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceError
@@ -120,23 +122,94 @@ class SealResult:
     plaintextBytes: int
 
 
+class KeyRequests:
+    """
+    Takes keys for concurrent seals with as few C{enc_keys} requests as
+    possible: while one request is out, the seals that ask wait together
+    and the next request takes exactly as many keys as they need.  No key
+    is taken ahead of a message, so none is left over, and each still
+    encrypts one message only.
+    """
+
+    def __init__(self, source: Any, peerSAE: str, sizeBits: int, maxPerRequest: int = 64) -> None:
+        """
+        @param source: the L{IQKDKeySource}; its C{encKeys(peer, size,
+            number)}, when it has one, takes several keys at once.
+        @param maxPerRequest: the most keys asked for in one request.
+        """
+        self._source = source
+        self._peer = peerSAE
+        self._sizeBits = sizeBits
+        self._batches = hasattr(source, "encKeys")
+        self._max = maxPerRequest
+        self._waiting: list[Deferred] = []
+        self._busy = False
+
+    def take(self) -> Deferred:
+        """
+        @return: a Deferred firing with one C{(keyId, key)}, or failing
+            with the key source's L{KeySourceError}.
+        """
+        if not self._batches:
+            return self._source.encKey(self._peer, self._sizeBits)
+        d = Deferred()
+        self._waiting.append(d)
+        if not self._busy:
+            self._next()
+        return d
+
+    def _next(self) -> None:
+        """
+        Send one request for the seals waiting now.
+        """
+        batch, self._waiting = self._waiting[:self._max], self._waiting[self._max:]
+        if not batch:
+            return
+        self._busy = True
+        if len(batch) == 1:
+            request = self._source.encKey(self._peer, self._sizeBits).addCallback(lambda key: [key])
+        else:
+            request = self._source.encKeys(self._peer, self._sizeBits, len(batch))
+
+        def answered(keys: list) -> None:
+            if len(keys) != len(batch):
+                failed(Failure(KeySourceError(f"asked the KME for {len(batch)} keys, got {len(keys)}")))
+                return
+            for waiter, key in zip(batch, keys):
+                waiter.callback(key)
+
+        def failed(failure: Any) -> None:
+            for waiter in batch:
+                waiter.errback(failure)
+
+        def done(_: Any) -> None:
+            self._busy = False
+            self._next()
+
+        request.addCallbacks(answered, failed).addBoth(done)
+
+
 def _writeSealed(message: SpooledMessage, path: str, keyId: str, key: bytes,
                  subject: str | None) -> SealedMessage:
     """
-    Encrypt a message into a new file, fsynced; on any failure the file is
-    removed.  Blocking.
+    Encrypt a message into a new file; on any failure the file is removed.
+    Blocking.  Not fsynced: the file is transient, every Maildir copy made
+    from it is fsynced by the store, and after a crash the delivery is
+    sealed again from the spool.
 
     @return: what the cipher says about it.
     @raise OSError: the file cannot be created or written, or the body
         cannot be read.
     """
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with open(fd, "wb", closefd=False) as out, message.openBody() as source:
             sealed = encryptStream(source, out, keyId, key, subject)
             out.flush()
-            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(path)
@@ -183,6 +256,7 @@ class MessageEncryptor:
     workDirectory: str
     subject: str | None = attrs.field(default=PLACEHOLDER_SUBJECT)
     keySizeBits: int = KEY_SIZE_BITS
+    _requests: Any = attrs.field(default=None, init=False)
 
     @subject.validator
     def _checkSubject(self, attribute: Any, value: str | None) -> None:
@@ -209,8 +283,10 @@ class MessageEncryptor:
             fails or gives an unusable key; C{LOCAL_ERROR} when the vault
             cannot say whether the key id is new.
         """
+        if self._requests is None:
+            self._requests = KeyRequests(self.keySource, self.peerSAE, self.keySizeBits)
         try:
-            keyId, key = await self.keySource.encKey(self.peerSAE, self.keySizeBits)
+            keyId, key = await self._requests.take()
         except KeySourceError as e:
             raise self._keySourceFailed(message, str(e)) from None
         try:
@@ -283,9 +359,6 @@ class MessageEncryptor:
         except BaseException:
             await self.runner.run(_removeFile, path)
             raise
-        self._log.info("sealed {queueId} with key {keyId}: {plaintextBytes} bytes, {storedBytes} stored",
-                       queueId=message.queueId, keyId=keyId, plaintextBytes=sealed.plaintextBytes,
-                       storedBytes=sealed.storedBytes)
         result = attrs.evolve(message, size=sealed.storedBytes, inline=None, path=path)
         return SealResult(result, keyId, sealed.messageId, sealed.plaintextBytes)
 

@@ -135,6 +135,21 @@ class EmbeddedKMETests(TestCase):
             self.assertEqual(await slave.decKey("sae-a", keyId, sizeBits=size), key)
             self.clock.advance(10)
 
+    async def test_severalKeysAtOnce(self):
+        """
+        C{encKeys} takes several distinct keys in one request (POST and
+        GET), each fetchable by the slave, and the pool shrinks by as many.
+        """
+        for useGET in (False, True):
+            master = keySource(self, self.pki, self.url, "sae-a", useGET=useGET)
+            before = (await master.status("sae-b")).storedKeyCount
+            keys = await master.encKeys("sae-b", 256, 3)
+            self.assertEqual(len({keyId for keyId, _ in keys}), 3)
+            self.assertEqual((await master.status("sae-b")).storedKeyCount, before - 3)
+            for keyId, key in keys:
+                self.assertEqual(await self.sources["sae-b"].decKey("sae-a", keyId), key)
+            self.clock.advance(10)
+
     async def test_secondDecFails(self):
         """
         A key is delivered once: asking again is a permanent error quoting

@@ -446,11 +446,10 @@ class SealTests(EncryptorTestsMixin, SynchronousTestCase):
 
     def test_logged(self):
         """
-        A seal is logged with the queue id and key id, never the key.
+        A seal logs nothing of the key (the router's line per message names
+        the key id).
         """
         result = self.seal(inlineMessage(messageBytes()))
-        [event] = [e for e in self.events if e["log_format"].startswith("sealed")]
-        self.assertEqual((event["queueId"], event["keyId"]), ("18B2C0FFEE0001", result.keyId))
         key = self.source.keys[result.keyId]
         self.assertNotIn(key, [v for e in self.events for v in e.values() if isinstance(v, bytes)])
 
@@ -774,3 +773,70 @@ class RealKMESealTests(TestCase):
                 plain = await self.runner.run(body.read)
             self.assertTrue(info.encrypted)
             self.assertEqual(plain, byMessageId.pop(info.messageId))
+
+
+class KeyRequestsTests(SynchronousTestCase):
+    """
+    L{KeyRequests} takes keys for concurrent seals in as few requests as
+    it can, and never more keys than seals.
+    """
+
+    def test_coalesced(self):
+        """
+        Seals asking while a request is out wait for the next one, which
+        takes exactly their number of keys; each gets its own key.
+        """
+        from twisted.internet.defer import Deferred
+
+        from qutemail.store.encrypted import KeyRequests
+
+        asked = []
+
+        class Source:
+            def encKey(self, peer, size):
+                d = Deferred()
+                asked.append((1, d))
+                return d
+
+            def encKeys(self, peer, size, number):
+                d = Deferred()
+                asked.append((number, d))
+                return d
+
+        requests = KeyRequests(Source(), "sae", 256)
+        taken = [requests.take() for _ in range(5)]
+        self.assertEqual([n for n, _ in asked], [1])
+        asked[0][1].callback(("id-0", b"k" * 32))
+        self.assertEqual([n for n, _ in asked], [1, 4])
+        asked[1][1].callback([(f"id-{i}", b"k" * 32) for i in range(1, 5)])
+        self.assertEqual([self.successResultOf(d)[0] for d in taken], [f"id-{i}" for i in range(5)])
+
+    def test_failureAndShortAnswer(self):
+        """
+        A failed request fails every seal it was for; an answer with fewer
+        keys than asked fails them all too, and the next request goes out.
+        """
+        from twisted.internet.defer import Deferred, fail, succeed
+
+        from qutemail.interfaces import KeySourceError
+        from qutemail.store.encrypted import KeyRequests
+
+        answers = [fail(KeySourceError("503 out of keys")), succeed([("a", b"k" * 32)]),
+                   succeed([("b", b"k" * 32)])]
+
+        class Source:
+            def encKey(self, peer, size):
+                return answers.pop(0).addCallback(lambda keys: keys[0])
+
+            def encKeys(self, peer, size, number):
+                return answers.pop(0)
+
+        requests = KeyRequests(Source(), "sae", 256)
+        self.failureResultOf(requests.take(), KeySourceError)
+        held = Deferred()
+        answers.insert(0, held)
+        first, second, third = requests.take(), requests.take(), requests.take()
+        held.callback([("x", b"k" * 32)])
+        self.assertEqual(self.successResultOf(first)[0], "x")
+        self.failureResultOf(second, KeySourceError)
+        self.failureResultOf(third, KeySourceError)
