@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""
+Internal-mail delivery throughput with QKD encryption at rest, against the
+same run without it (issue 4, acceptance item 7).
+
+For each round, and within it for each mode ([qkd] encrypt = no, then yes),
+the script:
+
+  - makes a fresh data directory under the scratch directory (never one
+    reused after deleting thousands of files: on these disks creating files
+    right after that is slow for minutes, see bench/throughput.sh);
+  - writes a configuration from etc/qutemail.ini: loopback, the MTA and
+    submission listeners on free ports (the others off), one process, no
+    message or connection limits in the way, the embedded KME with a pool
+    large enough for the whole run and a fast refill, and [qkd] encrypt;
+  - creates bob@example.test and alice@example.test with the admin command;
+  - starts `twistd -n qutemail` (log in the run directory, no pid file) and
+    waits until the submission port answers;
+  - opens SESSIONS submission sessions (threads), each with STARTTLS (the
+    server's certificate is self-signed and not verified) and AUTH PLAIN as
+    bob; then, all at once, each sends MESSAGES messages of SIZE bytes
+    from bob to alice;
+  - times from the first MAIL until all SESSIONS x MESSAGES messages are
+    in alice's Maildir (files in new/ and cur/), so the figure covers
+    delivery (and sealing), not only acceptance;
+  - stops the server with SIGTERM (SIGKILL if it does not stop), then checks
+    the count and a few stored files: multipart/encrypted without the
+    plaintext when encrypting, the plaintext as sent otherwise.
+
+It prints one line per run (mode, round, messages, seconds, messages per
+second; then when the last message was accepted, the CPU time the server
+and this client used over the measured interval, what a stored message is)
+and a summary: the median messages per second of each mode, the ratio
+encrypted/plain and the cost of encryption (1 - ratio).
+QUTEMAIL_* environment variables are not passed to the server (they would
+override the benchmark's configuration).  The scratch directory is deleted
+at the end unless --keep is given or it was given with --dir.
+
+    python bench/qkd_throughput.py [--sessions 4] [--messages 250]
+        [--size 2048 | --size 100K] [--rounds 3] [--dir DIR] [--keep]
+        [--before-run COMMAND]
+
+--before-run runs COMMAND PID MODE ROUND once each server listens, before
+the sessions connect; for example a script that starts
+`py-spy record --pid PID ...` in the background (it stops when the server
+does).
+
+Exit status 0 when every run delivered every message and passed its checks,
+1 otherwise.
+"""
+
+import argparse
+import configparser
+import email.parser
+import email.utils
+import os
+import random
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BASE_CONFIG = os.path.join(REPO, "etc", "qutemail.ini")
+
+DOMAIN = "example.test"
+SENDER = f"bob@{DOMAIN}"
+RECIPIENT = f"alice@{DOMAIN}"
+PASSWORD = "bench-password"
+MODES = (("plain", "no"), ("encrypted", "yes"))
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+# Give up waiting for the Maildir when its count has not moved for this long.
+STALL_TIMEOUT = 60.0
+CLIENT_TIMEOUT = 120.0
+
+
+class BenchError(Exception):
+    """
+    A run failed: the server did not start, a session failed, a message is
+    missing, or a stored file is not what the mode should store.
+    """
+
+
+def parseSize(text: str) -> int:
+    """
+    @return: a size in bytes from C{2048}, C{2K}, C{100K} or C{1M} (binary).
+    """
+    text = text.strip().upper().removesuffix("B")
+    factor = 1
+    if text and text[-1] in "KM":
+        factor = 1024 if text[-1] == "K" else 1024 * 1024
+        text = text[:-1]
+    try:
+        value = int(text) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 512:
+        raise argparse.ArgumentTypeError("the size must be at least 512 bytes")
+    return value
+
+
+def positive(text: str) -> int:
+    """
+    @return: a positive integer.
+    """
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def freePort() -> int:
+    """
+    @return: a TCP port that was free on 127.0.0.1 a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serverEnvironment() -> dict[str, str]:
+    """
+    @return: this environment without QUTEMAIL_* variables.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("QUTEMAIL_")}
+
+
+def writeConfig(path: str, dataDir: str, mtaPort: int, submissionPort: int, encrypt: bool,
+                poolKeys: int) -> None:
+    """
+    Write a run's configuration: etc/qutemail.ini with the benchmark's
+    values (every other key as there).
+    """
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    with open(BASE_CONFIG, encoding="utf-8") as f:
+        parser.read_file(f)
+    overrides = {
+        "server": {"data_dir": dataDir, "bind": "127.0.0.1", "workers": "1"},
+        "smtp": {"mta_port": str(mtaPort), "submission_port": str(submissionPort), "smtps_port": "0"},
+        "imap": {"port": "0", "tls_port": "0"},
+        "pop3": {"port": "0", "tls_port": "0"},
+        "tls": {"cert": "", "key": ""},
+        "limits": {"messages_per_ip_hour": "0", "messages_per_user_hour": "0", "connections_per_ip": "1000"},
+        "qkd": {"kme_url": "", "pool_keys": str(poolKeys), "refill_per_second": "100000",
+                "encrypt": "yes" if encrypt else "no"},
+        "redis": {"url": ""},
+    }
+    for section, values in overrides.items():
+        for key, value in values.items():
+            if not parser.has_option(section, key):
+                raise BenchError(f"{BASE_CONFIG} has no [{section}] {key}")
+            parser.set(section, key, value)
+    with open(path, "w", encoding="utf-8") as f:
+        parser.write(f)
+
+
+def addUser(configPath: str, address: str) -> None:
+    """
+    Create an account with the admin command.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "qutemail.cli", "--config", configPath, "user", "add", address,
+         "--password-stdin"],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=120, env=serverEnvironment(),
+    )
+    if result.returncode != 0:
+        raise BenchError(f"user add {address} failed: {result.stderr.strip()}")
+
+
+def makeBody(size: int) -> bytes:
+    """
+    @return: C{size} bytes of printable ASCII lines ending in CRLF.
+    """
+    line = (b"The quick brown fox jumps over the lazy dog, QKD bench filler 0123456789"[:70] + b"\r\n")
+    lines = []
+    total = 0
+    while total + len(line) <= size:
+        lines.append(line)
+        total += len(line)
+    if size - total >= 2:
+        lines.append(b"x" * (size - total - 2) + b"\r\n")
+    return b"".join(lines)
+
+
+class Message:
+    """
+    The messages of one run: the same body under a header with a unique
+    Message-ID, SIZE bytes in all (give or take a byte).
+    """
+
+    def __init__(self, size: int, tag: str) -> None:
+        self.tag = tag
+        headerSize = len(self.header(0, 0))
+        self.body = makeBody(max(size - headerSize, 2))
+
+    def header(self, session: int, index: int) -> bytes:
+        """
+        @return: the header of one message, ending with its blank line.
+        """
+        return (
+            f"From: Bob <{SENDER}>\r\n"
+            f"To: Alice <{RECIPIENT}>\r\n"
+            f"Subject: qkd bench {self.tag} {session}-{index:06d}\r\n"
+            f"Date: {email.utils.formatdate(localtime=False)}\r\n"
+            f"Message-ID: <{self.tag}.{session}.{index:06d}@{DOMAIN}>\r\n"
+            f"MIME-Version: 1.0\r\n"
+            f"Content-Type: text/plain; charset=us-ascii\r\n"
+            f"\r\n"
+        ).encode("ascii")
+
+    def build(self, session: int, index: int) -> bytes:
+        """
+        @return: one whole message.
+        """
+        return self.header(session, index) + self.body
+
+
+def clientContext() -> ssl.SSLContext:
+    """
+    @return: a TLS context that accepts the server's self-signed certificate.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Session(threading.Thread):
+    """
+    One submission session: connect, STARTTLS, AUTH PLAIN, wait for the
+    start, then send its messages one after the other.
+    """
+
+    def __init__(self, number: int, port: int, count: int, message: Message, barrier: threading.Barrier) -> None:
+        super().__init__(name=f"session-{number}", daemon=True)
+        self.number = number
+        self.port = port
+        self.count = count
+        self.message = message
+        self.barrier = barrier
+        self.error: BaseException | None = None
+        self.finished: float | None = None
+
+    def run(self) -> None:
+        client = None
+        try:
+            try:
+                client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="bench.example.test",
+                                      timeout=CLIENT_TIMEOUT)
+                client.ehlo()
+                client.starttls(context=clientContext())
+                client.ehlo()
+                client.user, client.password = SENDER, PASSWORD
+                client.auth("PLAIN", client.auth_plain)
+            finally:
+                # Ready or broken, never leave the others waiting.
+                self.barrier.wait(CLIENT_TIMEOUT)
+            for index in range(self.count):
+                refused = client.sendmail(SENDER, [RECIPIENT], self.message.build(self.number, index))
+                if refused:
+                    raise BenchError(f"recipient refused: {refused}")
+            self.finished = time.monotonic()
+            client.quit()
+            client = None
+        except BaseException as e:  # reported by the main thread
+            self.error = e
+            try:
+                self.barrier.abort()
+            except Exception:
+                pass
+        finally:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:
+                    pass
+
+
+def maildirCount(mailbox: str) -> int:
+    """
+    @return: how many messages are in a Maildir's new/ and cur/.
+    """
+    count = 0
+    for sub in ("new", "cur"):
+        try:
+            with os.scandir(os.path.join(mailbox, sub)) as entries:
+                count += sum(1 for _ in entries)
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def maildirFiles(mailbox: str) -> list[str]:
+    """
+    @return: the paths of every message in a Maildir's new/ and cur/.
+    """
+    paths = []
+    for sub in ("new", "cur"):
+        directory = os.path.join(mailbox, sub)
+        if os.path.isdir(directory):
+            paths += [os.path.join(directory, name) for name in os.listdir(directory)]
+    return paths
+
+
+class Server:
+    """
+    C{twistd -n qutemail} for one run.
+    """
+
+    def __init__(self, configPath: str, runDir: str, port: int) -> None:
+        self.configPath = configPath
+        self.logPath = os.path.join(runDir, "twistd.log")
+        self.errPath = os.path.join(runDir, "twistd.stderr")
+        self.port = port
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """
+        Start it and wait until the submission port greets.
+        """
+        with open(self.errPath, "wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                 "-n", "--pidfile=", "--logfile", self.logPath, "qutemail", "--config", self.configPath],
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=serverEnvironment(),
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"twistd exited with status {self.process.returncode}: {self.tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(100).startswith(b"220"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise BenchError(f"twistd did not listen on port {self.port} within {START_TIMEOUT:.0f} s")
+
+    def tail(self) -> str:
+        """
+        @return: the end of its stderr and log, for an error message.
+        """
+        text = ""
+        for path in (self.errPath, self.logPath):
+            try:
+                with open(path, errors="replace") as f:
+                    text += f.read()[-1500:]
+            except OSError:
+                pass
+        return text.strip() or "(no output)"
+
+    def cpuSeconds(self) -> float | None:
+        """
+        @return: the CPU time (user and system, all threads) it has used so
+            far, or C{None} where /proc cannot say.
+        """
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+
+    def stop(self) -> None:
+        """
+        SIGTERM it and wait; SIGKILL it if it does not stop in time.  Safe to
+        call more than once, and when it never started.
+        """
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+            raise BenchError(f"twistd (pid {process.pid}) ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killed")
+
+
+def waitForMaildir(mailbox: str, expected: int, started: float) -> tuple[float, int]:
+    """
+    Poll the Maildir until it holds C{expected} messages.
+
+    @return: the monotonic time the count was reached, and the count.
+    @raise BenchError: it stopped growing for L{STALL_TIMEOUT} seconds.
+    """
+    count = maildirCount(mailbox)
+    lastChange = time.monotonic()
+    while count < expected:
+        time.sleep(0.005)
+        now = time.monotonic()
+        current = maildirCount(mailbox)
+        if current != count:
+            count, lastChange = current, now
+        elif now - lastChange > STALL_TIMEOUT:
+            raise BenchError(f"only {count} of {expected} messages delivered after {now - started:.1f} s")
+    return time.monotonic(), count
+
+
+def checkStored(mailbox: str, encrypted: bool, body: bytes, samples: int = 3) -> str:
+    """
+    Check a few stored messages: sealed (multipart/encrypted, no plaintext)
+    or plain (the body as sent), as the mode says.
+
+    @return: the Content-Type seen, for the report.
+    """
+    paths = maildirFiles(mailbox)
+    marker = body[:70]
+    seen = ""
+    for path in random.sample(paths, min(samples, len(paths))):
+        with open(path, "rb") as f:
+            data = f.read()
+        header = email.parser.BytesHeaderParser().parsebytes(data)
+        contentType = header.get_content_type()
+        seen = contentType
+        if encrypted and (contentType != "multipart/encrypted" or marker in data):
+            raise BenchError(f"{path} is not sealed: Content-Type {contentType}")
+        if not encrypted and (contentType == "multipart/encrypted" or marker not in data):
+            raise BenchError(f"{path} is not the plain message: Content-Type {contentType}")
+    return seen
+
+
+def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encrypt: bool) -> dict:
+    """
+    One run of one mode on a fresh data directory.
+
+    @return: the run's figures.
+    """
+    runDir = os.path.join(scratch, f"run-{number:02d}-{mode}")
+    os.makedirs(runDir)
+    dataDir = os.path.join(runDir, "var")
+    configPath = os.path.join(runDir, "qutemail.ini")
+    submissionPort = freePort()
+    mtaPort = freePort()
+    while mtaPort == submissionPort:
+        mtaPort = freePort()
+    expected = args.sessions * args.messages
+    writeConfig(configPath, dataDir, mtaPort, submissionPort, encrypt,
+                poolKeys=max(100000, 2 * expected))
+    addUser(configPath, SENDER)
+    addUser(configPath, RECIPIENT)
+    mailbox = os.path.join(dataDir, "mail", DOMAIN, RECIPIENT.partition("@")[0])
+    message = Message(args.size, f"r{number}{mode[0]}")
+    server = Server(configPath, runDir, submissionPort)
+    try:
+        server.start()
+        if args.before_run:
+            subprocess.run([args.before_run, str(server.process.pid), mode, str(number)], check=False)
+        times: dict[str, float] = {}
+
+        def go() -> None:
+            times["start"] = time.monotonic()
+            times["serverCPU"] = server.cpuSeconds()
+            times["clientCPU"] = time.process_time()
+
+        barrier = threading.Barrier(args.sessions, action=go)
+        sessions = [Session(i, submissionPort, args.messages, message, barrier) for i in range(args.sessions)]
+        for session in sessions:
+            session.start()
+        for session in sessions:
+            session.join()
+        # The session that broke the barrier says why; the others only that it broke.
+        errors = sorted((s.error for s in sessions if s.error is not None),
+                        key=lambda e: isinstance(e, threading.BrokenBarrierError))
+        if errors:
+            raise BenchError(f"a session failed: {type(errors[0]).__name__}: {errors[0]}")
+        started = times["start"]
+        accepted = max(s.finished for s in sessions)
+        done, count = waitForMaildir(mailbox, expected, started)
+        serverCPU = server.cpuSeconds()
+        if serverCPU is not None and times["serverCPU"] is not None:
+            serverCPU -= times["serverCPU"]
+        else:
+            serverCPU = None
+        clientCPU = time.process_time() - times["clientCPU"]
+    finally:
+        server.stop()
+    # Stopped: nothing is being written now.
+    count = maildirCount(mailbox)
+    if count != expected:
+        raise BenchError(f"{count} messages in {mailbox}, expected {expected}")
+    contentType = checkStored(mailbox, encrypt, message.body)
+    keys = None
+    if encrypt:
+        vault = os.path.join(dataDir, "keys", "vault")
+        keys = len(os.listdir(vault)) if os.path.isdir(vault) else 0
+        if keys < expected:
+            raise BenchError(f"{keys} keys in {vault} for {expected} sealed messages")
+    seconds = done - started
+    return {"mode": mode, "round": number, "messages": count, "seconds": seconds,
+            "rate": count / seconds, "accepted": accepted - started, "contentType": contentType,
+            "keys": keys, "serverCPU": serverCPU, "clientCPU": clientCPU}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Internal-mail delivery throughput with [qkd] encrypt = yes against encrypt = no.")
+    parser.add_argument("--sessions", type=positive, default=4, help="concurrent submission sessions (4)")
+    parser.add_argument("--messages", type=positive, default=250, help="messages per session (250)")
+    parser.add_argument("--size", type=parseSize, default=2048,
+                        help="message size in bytes, or with K/M: 2K (default), 100K")
+    parser.add_argument("--rounds", type=positive, default=3, help="runs of each mode, alternating (3)")
+    parser.add_argument("--dir", help="scratch directory (default: a new one under $TMPDIR, deleted at the end)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--before-run", metavar="COMMAND",
+                        help="run COMMAND PID MODE ROUND once each server listens (e.g. to attach a profiler)")
+    args = parser.parse_args(argv)
+
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix="qkd-bench-", dir=args.dir)
+    else:
+        scratch = tempfile.mkdtemp(prefix="qutemail-qkd-bench-")
+    keep = args.keep or bool(args.dir)
+    print(f"# {args.sessions} sessions x {args.messages} messages of {args.size} bytes, bob -> alice over "
+          f"submission (STARTTLS, AUTH PLAIN), {args.rounds} rounds; scratch {scratch}", flush=True)
+    results = []
+    status = 0
+    try:
+        for number in range(1, args.rounds + 1):
+            for mode, value in MODES:
+                result = oneRun(args, scratch, number, mode, value == "yes")
+                results.append(result)
+                cpu = "" if result["serverCPU"] is None else f"server CPU {result['serverCPU']:.2f} s, "
+                extra = f", {result['keys']} vault keys" if result["keys"] is not None else ""
+                print(f"{mode:<9}  round {number}  {result['messages']} messages  {result['seconds']:7.2f} s  "
+                      f"{result['rate']:7.1f} msg/s  (all accepted at {result['accepted']:.2f} s; {cpu}"
+                      f"client CPU {result['clientCPU']:.2f} s; stored {result['contentType']}{extra})", flush=True)
+    except BenchError as e:
+        print(f"qkd_throughput: {e}", file=sys.stderr)
+        status = 1
+    except KeyboardInterrupt:
+        print("qkd_throughput: interrupted", file=sys.stderr)
+        status = 130
+    finally:
+        if keep or status:
+            print(f"# scratch directory kept: {scratch}", file=sys.stderr if status else sys.stdout)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if status:
+        return status
+    medians = {mode: statistics.median(r["rate"] for r in results if r["mode"] == mode) for mode, _ in MODES}
+    ratio = medians["encrypted"] / medians["plain"]
+    print(f"median plain     {medians['plain']:8.1f} msg/s")
+    print(f"median encrypted {medians['encrypted']:8.1f} msg/s")
+    print(f"ratio encrypted/plain {ratio:.3f}; cost of encryption {100 * (1 - ratio):.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
