@@ -20,6 +20,7 @@ reading usage never scans the mailbox.
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -81,6 +82,25 @@ def readUsage(path: str) -> tuple[int, int]:
     return max(total, 0), max(count, 0)
 
 
+def messageEntries(path: str) -> Iterator[os.DirEntry]:
+    """
+    The message files of a mailbox's INBOX: C{new/} first (so a message
+    moving to C{cur/} during the scan is seen at least once), then C{cur/};
+    dot files are skipped and a missing folder is empty.  Blocking.
+
+    @param path: the mailbox directory.
+    """
+    for sub in ("new", "cur"):
+        try:
+            entries = os.scandir(os.path.join(path, sub))
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                if not entry.name.startswith("."):
+                    yield entry
+
+
 def countMailbox(path: str) -> tuple[int, int]:
     """
     Count a mailbox's messages and bytes from its files (the Maildir++
@@ -90,22 +110,14 @@ def countMailbox(path: str) -> tuple[int, int]:
     @return: C{(bytes, messages)}.
     """
     total = count = 0
-    for sub in ("new", "cur"):
+    for entry in messageEntries(path):
+        _, marker, rest = entry.name.partition(",S=")
+        digits = rest.split(":")[0].split(",")[0]
         try:
-            entries = os.scandir(os.path.join(path, sub))
+            total += int(digits) if marker and digits.isdigit() else entry.stat().st_size
         except FileNotFoundError:
             continue
-        with entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                _, marker, rest = entry.name.partition(",S=")
-                digits = rest.split(":")[0].split(",")[0]
-                try:
-                    total += int(digits) if marker and digits.isdigit() else entry.stat().st_size
-                except FileNotFoundError:
-                    continue
-                count += 1
+        count += 1
     return total, count
 
 

@@ -34,7 +34,7 @@ import attrs
 from qutemail.interfaces import KeyGone
 from qutemail.qkd.cipher import HEADER_CAP_BYTES, PROTOCOL, DecryptionError, Envelope, decryptStream, readEnvelope
 from qutemail.qkd.vault import KeyVaultError
-from qutemail.store.maildir import mailboxPath
+from qutemail.store.maildir import mailboxPath, messageEntries
 
 _MAX_RETURN_PATH_BYTES = 1000
 
@@ -115,27 +115,17 @@ def listMessages(dataDir: str, address: str) -> list[StoredMessage]:
         moved from C{new/} to C{cur/} during the scan is listed once.
     @raise OSError: a folder exists but cannot be read.
     """
-    root = mailboxPath(dataDir, address)
     found: dict[str, StoredMessage] = {}
-    # new/ first: a message moving to cur/ meanwhile is then seen at least
-    # once, and the cur/ entry wins.
-    for sub in ("new", "cur"):
+    # A message moving from new/ to cur/ meanwhile: the cur/ entry wins.
+    for entry in messageEntries(mailboxPath(dataDir, address)):
         try:
-            entries = os.scandir(os.path.join(root, sub))
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        with entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                key = storedId(entry.name)
-                found[key] = StoredMessage(key, entry.path, info.st_size, info.st_mtime)
+        key = storedId(entry.name)
+        found[key] = StoredMessage(key, entry.path, info.st_size, info.st_mtime)
     return sorted(found.values(), key=lambda m: (m.mtime, m.id))
 
 
