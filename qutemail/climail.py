@@ -28,11 +28,12 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 
 from qutemail.address import AddressInvalid, parseAccountAddress
+from qutemail.backends.redisvault import BlockingRedisKeys
 from qutemail.blocking import InlineRunner
 from qutemail.cliqueue import CommandError, _copyBody
 from qutemail.qkd.certs import pkiPaths
 from qutemail.qkd.cipher import DecryptionError, readEnvelope
-from qutemail.qkd.vault import FileKeyVault
+from qutemail.qkd.vault import FileKeyVault, KeyVaultError
 from qutemail.store.reader import MessageUnreadable, listMessages, readMessage
 
 
@@ -46,11 +47,14 @@ def _account(context: Any, text: str) -> str:
         raise CommandError(str(e)) from None
 
 
-def _vault(context: Any) -> FileKeyVault:
+def _vault(context: Any) -> Any:
     """
-    @return: the server's key vault, read with an inline runner.
+    @return: the server's key vault (in Redis when C{[redis] url} is set),
+        read without a reactor.
     """
     keys = os.path.join(context.config.server.dataDir, "keys")
+    if context.config.redis.url:
+        return BlockingRedisKeys(context.config.redis.url, os.path.join(keys, "master.key"))
     return FileKeyVault(os.path.join(keys, "vault"), os.path.join(keys, "master.key"), InlineRunner())
 
 
@@ -95,7 +99,7 @@ def _mailShow(context: Any, arguments: argparse.Namespace) -> int:
         raise CommandError(f"no message {arguments.message_id} for {address}")
     try:
         body, _ = wait(ensureDeferred(readMessage(found[0].path, _vault(context), InlineRunner())))
-    except MessageUnreadable as e:
+    except (MessageUnreadable, KeyVaultError) as e:
         raise CommandError(str(e)) from None
     with body:
         _copyBody(body, context.stdout)

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redislimiter import connect as connectRedis
+from qutemail.backends.redisvault import RedisKeyVault
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.listener.cred import MailRealm, UserDirectoryChecker, submitterFactory
@@ -362,6 +363,24 @@ class KeySourceService(Service):
         return self.source.close()
 
 
+class VaultConnectionService(Service):
+    """
+    Closes the Redis key vault's connection at stop.
+    """
+
+    name = "key-vault"
+
+    def __init__(self, vault: Any) -> None:
+        self.vault = vault
+
+    def stopService(self):
+        """
+        Close the connection.
+        """
+        Service.stopService(self)
+        return self.vault.disconnect()
+
+
 def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService) -> MessageEncryptor:
     """
     The QKD layer: the key source (the embedded KME on loopback when
@@ -395,7 +414,13 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService)
         source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10)
     KeySourceService(source).setServiceParent(parent)
     keys = os.path.join(dataDir, "keys")
-    vault = FileKeyVault(os.path.join(keys, "vault"), os.path.join(keys, "master.key"), runner)
+    masterKey = os.path.join(keys, "master.key")
+    if config.redis.url:
+        # Shared by every node; each needs the same master key file.
+        vault = RedisKeyVault(connectRedis(config.redis.url), reactor, masterKey, runner)
+        VaultConnectionService(vault).setServiceParent(parent)
+    else:
+        vault = FileKeyVault(os.path.join(keys, "vault"), masterKey, runner)
     sealed = os.path.join(dataDir, "queue", "sealed")
     encryptor = MessageEncryptor(source, vault, runner, saeId, sealed,
                                  subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT)

@@ -25,11 +25,13 @@ backend is tested against a real redis-server only.
 
 import base64
 import binascii
+import socket
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import attrs
 import txredisapi
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
 from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -93,7 +95,6 @@ class RedisKeyVault:
         checkKey(key)
         wrapped = await self._wrapper.wrap(keyId, key)
         await self._call("set", KEY_PREFIX + keyId, base64.b64encode(wrapped).decode("ascii"))
-        self._log.debug("stored key {keyId} in Redis", keyId=keyId)
 
     async def _fetch(self, keyId: str) -> bytes:
         """
@@ -152,3 +153,121 @@ class RedisKeyVault:
         @return: a Deferred that fires when it is closed.
         """
         return self.connection.disconnect()
+
+
+class RedisReadError(KeyVaultError):
+    """
+    The command line could not read a key from Redis.
+    """
+
+
+def _command(*parts: bytes) -> bytes:
+    """
+    @return: one RESP request.
+    """
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+class _Replies:
+    """
+    Reads RESP replies from a blocking socket.
+    """
+
+    def __init__(self, connection: socket.socket) -> None:
+        self._file = connection.makefile("rb")
+
+    def read(self) -> bytes | None:
+        """
+        @return: a simple or bulk string reply (C{None} for a null bulk).
+        @raise RedisReadError: an error reply, or one we do not expect.
+        """
+        line = self._file.readline(65536)
+        if not line.endswith(b"\r\n"):
+            raise RedisReadError("Redis closed the connection")
+        kind, value = line[:1], line[1:-2]
+        if kind == b"+":
+            return value
+        if kind == b"-":
+            raise RedisReadError(f"Redis answered: {value.decode('utf-8', 'replace')}")
+        if kind == b"$":
+            length = int(value)
+            if length < 0:
+                return None
+            data = self._file.read(length + 2)
+            return data[:-2]
+        raise RedisReadError(f"unexpected Redis reply {line[:40]!r}")
+
+
+@implementer(IKeyVault)
+class BlockingRedisKeys:
+    """
+    Read-only access to the Redis key vault for the command line, which
+    runs no reactor: one blocking connection a fetch (RESP over TCP or a
+    UNIX socket), keys unwrapped with the local master key.
+    """
+
+    def __init__(self, url: str, masterKeyPath: str, timeoutSeconds: float = REDIS_TIMEOUT_SECONDS) -> None:
+        """
+        @param url: C{[redis] url} (C{redis://} or C{unix://}).
+        @param masterKeyPath: the master key file, the same on every node.
+        """
+        from qutemail.blocking import InlineRunner
+
+        self._url = urlsplit(url)
+        self._timeout = timeoutSeconds
+        self._wrapper = KeyWrapper(masterKeyPath, InlineRunner())
+
+    def _get(self, key: str) -> bytes | None:
+        """
+        C{GET key}, after C{AUTH} and C{SELECT} as the URL says.
+        """
+        url = self._url
+        if url.scheme == "unix":
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: Any = url.path
+        else:
+            connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = (url.hostname or "localhost", url.port or 6379)
+        with connection:
+            connection.settimeout(self._timeout)
+            try:
+                connection.connect(address)
+                replies = _Replies(connection)
+                if url.password:
+                    connection.sendall(_command(b"AUTH", unquote(url.password).encode()))
+                    replies.read()
+                db = (url.path.strip("/") or "0") if url.scheme == "redis" else "0"
+                connection.sendall(_command(b"SELECT", db.encode()) + _command(b"GET", key.encode()))
+                replies.read()
+                return replies.read()
+            except OSError as e:
+                raise RedisReadError(f"cannot read the key vault in Redis: {e.strerror or e}") from None
+
+    def store(self, keyId: str, key: bytes) -> Deferred:
+        """
+        Not for the command line.
+        """
+        raise NotImplementedError("the command line only reads the vault")
+
+    def erase(self, keyId: str) -> Deferred:
+        """
+        Not for the command line.
+        """
+        raise NotImplementedError("the command line only reads the vault")
+
+    def fetch(self, keyId: str) -> Deferred:
+        """
+        See L{IKeyVault.fetch}; blocking, the result already there.
+        """
+        try:
+            checkKeyId(keyId)
+            value = self._get(KEY_PREFIX + keyId)
+            if value is None:
+                raise KeyGone(keyId)
+            try:
+                wrapped = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise KeyVaultError(f"the wrapped key {keyId} in Redis is damaged (not base64)") from None
+        except Exception:
+            return fail()
+        return Deferred.fromCoroutine(self._wrapper.unwrap(keyId, wrapped))

@@ -43,8 +43,9 @@ class RunningServerMixin:
         self.dns = await startDNSServer(self, REMOTE_ZONE)
         self.remote = await startRemote(self, tlsContext=selfSignedContext())
         extra = relaySection(self.dns, self.remote, self.relayExtra) + self.configExtra
-        config = loadConfig(writeConfig(os.path.join(base, "qutemail.ini"), self.dataDir,
-                                        maxMessageSize=self.maxMessageSize, extra=extra), environ={})
+        self.configPath = writeConfig(os.path.join(base, "qutemail.ini"), self.dataDir,
+                                      maxMessageSize=self.maxMessageSize, extra=extra)
+        config = loadConfig(self.configPath, environ={})
         users = FileUserDirectory(os.path.join(self.dataDir, "users"), InlineRunner(), reactor, workFactor=4)
         os.makedirs(self.dataDir, exist_ok=True)
         for name in ("alice", "bob"):

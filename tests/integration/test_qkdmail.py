@@ -221,3 +221,73 @@ class StandaloneKMETests(TestCase):
         self.assertEqual((await source.status("sae-1")).storedKeyCount, 4)
         process.terminate()
         self.assertEqual(await deferToThread(process.wait, 10), 0)
+
+
+class RedisVaultTests(RunningServerMixin, TestCase):
+    """
+    With C{[redis] url} set, message keys live in Redis (shared by nodes),
+    wrapped, and C{mail show} reads them from there.
+    """
+
+    timeout = 60
+
+    async def setUp(self) -> None:
+        """
+        Start a real redis-server on a free loopback port, then the server
+        configured to use it.
+        """
+        from tests.backends.test_redislimiter import startRedis
+
+        self.redisPort = startRedis(self)
+        self.configExtra = f"\n[redis]\nurl = redis://127.0.0.1:{self.redisPort}/3\n"
+        await super().setUp()
+
+    async def test_keysInRedis(self) -> None:
+        """
+        Bob's message to alice is sealed with a key kept in Redis database
+        3, never in the file vault and never in the clear; the command line
+        decrypts it through Redis; once the key is deleted from Redis it
+        refuses in one line.
+        """
+        body = b"From: bob@example.test\r\nSubject: redis\r\n\r\nkept elsewhere\r\n"
+
+        def prepare(client):
+            client.ehlo()
+            client.starttls(context=insecureContext())
+            client.ehlo()
+            client.login("bob@example.test", "pw-bob")
+
+        await self.smtp(lambda c: c.sendmail("bob@example.test", ["alice@example.test"], body),
+                        self.ports["submission"], prepare)
+        [path] = await waitFor(lambda: maildirFiles(self.dataDir, "alice@example.test"))
+        with open(path, "rb") as f:
+            keyId = readEnvelope(f).keyId
+        self.assertFalse(os.path.exists(os.path.join(self.dataDir, "keys", "vault", keyId + ".key")))
+        stored = await deferToThread(_redis, self.redisPort, b"SELECT", b"3", b"GET", b"qutemail:vault:" + keyId.encode())
+        self.assertTrue(stored.startswith(b"+OK\r\n$"), stored)
+        messageId = os.path.basename(path).split(":")[0]
+        shown = await deferToThread(runCLI, self.configPath, "mail", "show", "alice@example.test", messageId,
+                                    binary=True)
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        self.assertTrue(shown.stdout.endswith(body.replace(b"\r\n", b"\n")))
+        await deferToThread(_redis, self.redisPort, b"SELECT", b"3", b"DEL", b"qutemail:vault:" + keyId.encode())
+        gone = await deferToThread(runCLI, self.configPath, "mail", "show", "alice@example.test", messageId)
+        self.assertEqual(gone.returncode, 1)
+        self.assertIn("is no longer in the vault", gone.stderr)
+
+
+def _redis(port: int, *words: bytes) -> bytes:
+    """
+    Send Redis commands (pairs: a command and its argument) and return the
+    raw replies.
+    """
+    import socket
+    import time
+
+    request = b""
+    for command, argument in zip(words[::2], words[1::2]):
+        request += b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(command), command, len(argument), argument)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        time.sleep(0.2)
+        return s.recv(65536)
