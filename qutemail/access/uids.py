@@ -1,0 +1,300 @@
+# -*- test-case-name: tests.access.test_uids -*-
+"""
+Persistent IMAP UIDs (RFC 3501 §2.3.1.1) for the messages of one Maildir++
+folder, and the Maildir flags in file names.
+
+Each folder directory holds a C{uidlist} file: a first line
+C{<UIDVALIDITY> <UIDNEXT>}, then one C{<uid> <base name>} line per message,
+UIDs ascending.  A message is known by its base name, the part of its file
+name before C{:}, which stays the same while it moves from C{new/} to
+C{cur/} and its flags change, so it keeps its UID.
+
+L{sync} brings the file up to date with the folder: messages delivered
+since (while nobody was logged in, too) get the next UIDs in delivery order
+(modification time, then name), vanished ones are dropped.  It holds an
+exclusive C{flock} on the folder directory while it reads and rewrites the
+file (atomically, with L{qutemail.durable.replaceFile}), so two sessions or
+processes never hand out one UID twice.
+
+UIDVALIDITY is chosen when the file is created: the current time in
+seconds.  It changes only when the file is lost or corrupt; the file is
+then rebuilt (and the rebuild logged), with a UIDVALIDITY greater than the
+corrupt file's when that one can still be read.  A lost file gets the
+current time, which is greater as long as the clock has moved on since the
+file was created.
+
+Every function here blocks: callers run them through
+L{qutemail.blocking.BlockingRunner.run}.
+"""
+
+import os
+from collections.abc import Iterable
+
+import attrs
+from twisted.logger import Logger
+
+from qutemail.access.folders import DirectoryLock
+from qutemail.durable import replaceFile
+from qutemail.store.reader import storedId
+
+_log = Logger()
+
+UIDLIST_FILE = "uidlist"
+# UIDs and UIDVALIDITY are non-zero 32-bit numbers (RFC 3501 §9, nz-number).
+MAX_UID = 2**32 - 1
+# Maildir flag letters (https://cr.yp.to/proto/maildir.html) and the IMAP
+# flags they stand for; Passed has no system flag, so the common
+# C{$Forwarded} keyword is used.
+LETTER_TO_FLAG = {
+    "D": "\\Draft",
+    "F": "\\Flagged",
+    "P": "$Forwarded",
+    "R": "\\Answered",
+    "S": "\\Seen",
+    "T": "\\Deleted",
+}
+FLAG_TO_LETTER = {flag.lower(): letter for letter, flag in LETTER_TO_FLAG.items()}
+INFO_PREFIX = ":2,"
+
+
+class CorruptUidList(Exception):
+    """
+    A C{uidlist} file cannot be read as one.
+
+    @ivar uidValidity: its UIDVALIDITY when its first line could be read,
+        else C{None}.
+    """
+
+    def __init__(self, reason: str, uidValidity: int | None = None) -> None:
+        super().__init__(reason)
+        self.uidValidity = uidValidity
+
+
+@attrs.frozen
+class FolderMessage:
+    """
+    One message of a folder, with its UID.
+
+    @ivar uid: its UID.
+    @ivar baseName: its file name up to the info (C{:2,} and flags).
+    @ivar path: its file.
+    @ivar flags: its IMAP flags (see L{LETTER_TO_FLAG}).
+    """
+
+    uid: int
+    baseName: str
+    path: str
+    flags: frozenset[str]
+
+
+@attrs.frozen
+class FolderState:
+    """
+    A folder's messages and UIDs, as L{sync} left them.
+
+    @ivar uidValidity: the folder's UIDVALIDITY.
+    @ivar uidNext: the UID the next new message will get.
+    @ivar messages: the messages, by ascending UID.
+    """
+
+    uidValidity: int
+    uidNext: int
+    messages: tuple[FolderMessage, ...]
+
+
+def infoLetters(fileName: str) -> str:
+    """
+    @param fileName: a Maildir file's base name.
+    @return: the flag letters of its C{:2,} info (C{""}: none).
+    """
+    _, marker, letters = fileName.partition(INFO_PREFIX)
+    return letters if marker else ""
+
+
+def flagsOfLetters(letters: str) -> frozenset[str]:
+    """
+    @param letters: Maildir flag letters.
+    @return: the IMAP flags they stand for; unknown letters are left out.
+    """
+    return frozenset(LETTER_TO_FLAG[c] for c in letters if c in LETTER_TO_FLAG)
+
+
+def lettersOfFlags(flags: Iterable[str], keep: str = "") -> str:
+    """
+    The Maildir flag letters of IMAP flags, in ASCII order as the Maildir
+    spec asks.  Flags without a letter (C{\\Recent}, other keywords) are
+    not stored: TODO issue 6, keywords.
+
+    @param flags: IMAP flags (case-insensitive).
+    @param keep: letters to keep whatever C{flags} say (those of other
+        tools, such as Dovecot's lower-case keyword letters).
+    @return: the letters.
+    """
+    letters = {FLAG_TO_LETTER[f.lower()] for f in flags if f.lower() in FLAG_TO_LETTER}
+    letters.update(c for c in keep if c not in LETTER_TO_FLAG)
+    return "".join(sorted(letters))
+
+
+def setFlags(path: str, flags: Iterable[str]) -> str:
+    """
+    Set a message's flags by renaming its file (atomically) into the
+    folder's C{cur/} with the matching C{:2,} info.  Letters other tools
+    set and we do not know are kept.
+
+    @param path: the message file, in C{new/} or C{cur/}.
+    @param flags: its IMAP flags from now on.
+    @return: its new path (C{path} when nothing changed).
+    @raise FileNotFoundError: the file is gone (expunged, or renamed by
+        another session meanwhile; L{sync} finds it again).
+    """
+    directory, fileName = os.path.split(path)
+    folder = os.path.dirname(directory)
+    letters = lettersOfFlags(flags, keep=infoLetters(fileName))
+    newPath = os.path.join(folder, "cur", storedId(fileName) + INFO_PREFIX + letters)
+    if newPath != path:
+        os.rename(path, newPath)
+    return newPath
+
+
+def parseUidList(data: bytes) -> tuple[int, int, list[tuple[int, str]]]:
+    """
+    Read a C{uidlist} file's contents.
+
+    @param data: the contents.
+    @return: C{(uidValidity, uidNext, [(uid, baseName), ...])}.
+    @raise CorruptUidList: it is not a valid C{uidlist}.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptUidList("not UTF-8") from None
+    if not text.endswith("\n"):
+        raise CorruptUidList("truncated")
+    lines = text[:-1].split("\n")
+    header = lines[0].split(" ")
+    if len(header) != 2 or not all(f.isdigit() and f.isascii() for f in header):
+        raise CorruptUidList("bad first line")
+    uidValidity, uidNext = int(header[0]), int(header[1])
+    if not 0 < uidValidity <= MAX_UID or not 0 < uidNext <= MAX_UID + 1:
+        raise CorruptUidList("UIDVALIDITY or UIDNEXT out of range", uidValidity if 0 < uidValidity <= MAX_UID else None)
+    entries: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    last = 0
+    for line in lines[1:]:
+        uidText, space, name = line.partition(" ")
+        if not (space and uidText.isdigit() and uidText.isascii() and name) or name in seen:
+            raise CorruptUidList("bad message line", uidValidity)
+        uid = int(uidText)
+        if not last < uid < uidNext:
+            raise CorruptUidList("UIDs out of order or past UIDNEXT", uidValidity)
+        last = uid
+        seen.add(name)
+        entries.append((uid, name))
+    return uidValidity, uidNext, entries
+
+
+def formatUidList(uidValidity: int, uidNext: int, entries: Iterable[tuple[int, str]]) -> bytes:
+    """
+    @return: the contents of a C{uidlist} file (see L{parseUidList}).
+    """
+    lines = [f"{uidValidity} {uidNext}\n"] + [f"{uid} {name}\n" for uid, name in entries]
+    return "".join(lines).encode("utf-8")
+
+
+def _scan(folderPath: str) -> dict[str, tuple[str, float]]:
+    """
+    The message files of a folder by base name: C{new/} then C{cur/} (a
+    message moving meanwhile is seen at least once; the C{cur/} entry
+    wins).  Dot files, non-files and names that cannot be listed in a
+    C{uidlist} (holding a newline or not UTF-8) are skipped.
+
+    @return: C{{baseName: (path, mtime)}}.
+    """
+    found: dict[str, tuple[str, float]] = {}
+    for sub in ("new", "cur"):
+        try:
+            entries = os.scandir(os.path.join(folderPath, sub))
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or "\n" in name or not name.isprintable():
+                    continue
+                try:
+                    name.encode("utf-8")
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                except (UnicodeEncodeError, FileNotFoundError):
+                    continue
+                found[storedId(name)] = (entry.path, mtime)
+    return found
+
+
+def _readUidList(listPath: str, now: float) -> tuple[int, int, list[tuple[int, str]], bool]:
+    """
+    Read a folder's C{uidlist}, or start a new one when it is missing or
+    corrupt (logged).
+
+    @return: C{(uidValidity, uidNext, entries, fresh)}.
+    """
+    try:
+        with open(listPath, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return _newValidity(now, None), 1, [], True
+    try:
+        uidValidity, uidNext, entries = parseUidList(data)
+    except CorruptUidList as e:
+        uidValidity = _newValidity(now, e.uidValidity)
+        _log.warn("rebuilding the corrupt {path} ({reason}) with UIDVALIDITY {uidValidity}",
+                  path=listPath, reason=str(e), uidValidity=uidValidity)
+        return uidValidity, 1, [], True
+    return uidValidity, uidNext, entries, False
+
+
+def _newValidity(now: float, previous: int | None) -> int:
+    """
+    @return: a UIDVALIDITY for a new C{uidlist}: C{now} in seconds, and
+        greater than C{previous} when that is known.
+    """
+    uidValidity = max(int(now), 1)
+    if previous is not None:
+        uidValidity = max(uidValidity, previous + 1)
+    return min(uidValidity, MAX_UID)
+
+
+def sync(folderPath: str, now: float) -> FolderState:
+    """
+    Bring a folder's C{uidlist} up to date and return its messages with
+    their UIDs.  Blocking.
+
+    @param folderPath: the folder's directory (with C{cur/ new/ tmp/}).
+    @param now: the current time in seconds (C{clock.seconds()}), used for
+        a new UIDVALIDITY.
+    @return: the folder's state.
+    @raise FileNotFoundError: the folder does not exist.
+    @raise OverflowError: the folder ran out of UIDs (more than 2**32 - 1
+        deliveries under one UIDVALIDITY).
+    """
+    listPath = os.path.join(folderPath, UIDLIST_FILE)
+    with DirectoryLock(folderPath):
+        uidValidity, uidNext, entries, changed = _readUidList(listPath, now)
+        files = _scan(folderPath)
+        kept = [(uid, name) for uid, name in entries if name in files]
+        changed = changed or len(kept) != len(entries)
+        known = {name for _, name in kept}
+        arrived = sorted((n for n in files if n not in known), key=lambda n: (files[n][1], n))
+        if uidNext + len(arrived) > MAX_UID + 1:
+            raise OverflowError(f"{folderPath} has run out of UIDs")
+        for name in arrived:
+            kept.append((uidNext, name))
+            uidNext += 1
+        if changed or arrived:
+            replaceFile(listPath, formatUidList(uidValidity, uidNext, kept))
+    messages = tuple(
+        FolderMessage(uid, name, files[name][0], flagsOfLetters(infoLetters(os.path.basename(files[name][0]))))
+        for uid, name in kept
+    )
+    return FolderState(uidValidity, uidNext, messages)

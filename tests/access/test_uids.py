@@ -1,0 +1,317 @@
+# -*- test-case-name: tests.access.test_uids -*-
+"""
+Tests for L{qutemail.access.uids}: persistent UIDs and Maildir flags.
+"""
+
+import multiprocessing
+import os
+import threading
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from qutemail.access.folders import MaildirFolders
+from qutemail.access.uids import (
+    UIDLIST_FILE,
+    CorruptUidList,
+    flagsOfLetters,
+    formatUidList,
+    lettersOfFlags,
+    parseUidList,
+    setFlags,
+    sync,
+)
+from qutemail.blocking import InlineRunner
+
+NOW = 1_700_000_000.5
+
+
+def _deliver(folder: str, baseName: str, mtime: float | None = None) -> str:
+    """
+    Deliver a message into a folder's C{new/} as the Maildir store does.
+
+    @return: its path.
+    """
+    temp = os.path.join(folder, "tmp", baseName)
+    with open(temp, "w") as f:
+        f.write("Subject: test\n\nbody\n")
+    path = os.path.join(folder, "new", baseName)
+    os.rename(temp, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def _uids(state) -> dict[str, int]:
+    """
+    @return: C{{baseName: uid}} of a folder state.
+    """
+    return {m.baseName: m.uid for m in state.messages}
+
+
+def _deliverAndSync(folder: str, tag: str, count: int, queue) -> None:
+    """
+    Deliver C{count} messages, syncing after each, and report every
+    C{(uidValidity, uid, baseName)} seen (run in a thread or a process).
+    """
+    seen = []
+    for i in range(count):
+        _deliver(folder, f"{i}.M0Q{tag}R0.host,S=20")
+        state = sync(folder, NOW)
+        seen.extend((state.uidValidity, m.uid, m.baseName) for m in state.messages)
+    queue.put(seen)
+
+
+def _checkUnique(case: SynchronousTestCase, seen) -> None:
+    """
+    No UID was given to two messages, nor two UIDs to one message.
+    """
+    byUid: dict[tuple[int, int], str] = {}
+    byName: dict[tuple[int, str], int] = {}
+    for validity, uid, name in seen:
+        case.assertEqual(byUid.setdefault((validity, uid), name), name)
+        case.assertEqual(byName.setdefault((validity, name), uid), uid)
+
+
+class SyncTests(SynchronousTestCase):
+    """
+    L{sync} gives messages UIDs that persist.
+    """
+
+    def setUp(self) -> None:
+        """
+        A mailbox with a C{Sent} folder.
+        """
+        self.folders = MaildirFolders(os.path.join(self.mktemp(), "alice"))
+        self.folders.ensureSpecialFolders()
+        self.inbox = self.folders.pathOf("INBOX")
+
+    def test_empty(self) -> None:
+        """
+        An empty folder gets UIDVALIDITY from the clock and UIDNEXT 1, kept
+        in its C{uidlist}.
+        """
+        state = self.successResultOf(InlineRunner().run(sync, self.inbox, NOW))
+        self.assertEqual((state.uidValidity, state.uidNext, state.messages), (int(NOW), 1, ()))
+        with open(os.path.join(self.inbox, UIDLIST_FILE), "rb") as f:
+            self.assertEqual(f.read(), b"1700000000 1\n")
+
+    def test_deliveryOrder(self) -> None:
+        """
+        New messages get UIDs in delivery order (modification time, then
+        name), from C{new/} and C{cur/}; dot files are skipped.
+        """
+        _deliver(self.inbox, "b", NOW - 10)
+        _deliver(self.inbox, "a", NOW - 5)
+        _deliver(self.inbox, "c", NOW - 5)
+        _deliver(self.inbox, ".hidden", NOW - 20)
+        os.rename(os.path.join(self.inbox, "new", "c"), os.path.join(self.inbox, "cur", "c:2,S"))
+        state = sync(self.inbox, NOW)
+        self.assertEqual(_uids(state), {"b": 1, "a": 2, "c": 3})
+        self.assertEqual(state.uidNext, 4)
+        self.assertEqual([m.uid for m in state.messages], [1, 2, 3])
+        self.assertEqual(state.messages[2].flags, frozenset({"\\Seen"}))
+        self.assertEqual(state.messages[2].path, os.path.join(self.inbox, "cur", "c:2,S"))
+
+    def test_stableAcrossRestart(self) -> None:
+        """
+        A later sync (a restarted server: nothing but the files is shared)
+        gives the same UIDs and UIDVALIDITY, whatever the time; deliveries
+        meanwhile get greater UIDs.
+        """
+        for i in range(3):
+            _deliver(self.inbox, f"m{i}", NOW + i)
+        first = sync(self.inbox, NOW)
+        _deliver(self.inbox, "later", NOW + 100)
+        second = sync(self.inbox, NOW + 1000)
+        self.assertEqual(second.uidValidity, first.uidValidity)
+        self.assertEqual(_uids(second), dict(_uids(first), later=4))
+        self.assertEqual(second.uidNext, 5)
+
+    def test_flagChangesKeepUid(self) -> None:
+        """
+        Moving a message from C{new/} to C{cur/} and changing its flags
+        keeps its UID.
+        """
+        path = _deliver(self.inbox, "m1", NOW)
+        _deliver(self.inbox, "m2", NOW + 1)
+        before = sync(self.inbox, NOW)
+        path = setFlags(path, ["\\Seen"])
+        middle = sync(self.inbox, NOW)
+        path = setFlags(path, ["\\Seen", "\\Flagged", "\\Answered"])
+        after = sync(self.inbox, NOW)
+        self.assertEqual(_uids(before), _uids(middle))
+        self.assertEqual(_uids(before), _uids(after))
+        self.assertEqual(after.messages[0].flags, frozenset({"\\Seen", "\\Flagged", "\\Answered"}))
+        self.assertEqual(after.messages[0].path, path)
+
+    def test_vanishedDropped(self) -> None:
+        """
+        A vanished message is dropped and its UID is never used again.
+        """
+        gone = _deliver(self.inbox, "m1", NOW)
+        _deliver(self.inbox, "m2", NOW + 1)
+        sync(self.inbox, NOW)
+        os.unlink(gone)
+        _deliver(self.inbox, "m3", NOW + 2)
+        state = sync(self.inbox, NOW)
+        self.assertEqual(_uids(state), {"m2": 2, "m3": 3})
+        with open(os.path.join(self.inbox, UIDLIST_FILE), "rb") as f:
+            self.assertEqual(f.read(), b"1700000000 4\n2 m2\n3 m3\n")
+
+    def test_foldersIndependent(self) -> None:
+        """
+        Each folder has its own C{uidlist}.
+        """
+        sent = self.folders.pathOf("Sent")
+        _deliver(sent, "s1", NOW)
+        _deliver(self.inbox, "i1", NOW)
+        _deliver(self.inbox, "i2", NOW)
+        self.assertEqual(_uids(sync(sent, NOW)), {"s1": 1})
+        self.assertEqual(_uids(sync(self.inbox, NOW)), {"i1": 1, "i2": 2})
+
+    def test_lostUidList(self) -> None:
+        """
+        When the C{uidlist} is lost, UIDVALIDITY changes (greater: the clock
+        has moved on) and UIDs start again.
+        """
+        _deliver(self.inbox, "m1", NOW)
+        first = sync(self.inbox, NOW)
+        os.unlink(os.path.join(self.inbox, UIDLIST_FILE))
+        _deliver(self.inbox, "m0", NOW - 1)
+        second = sync(self.inbox, NOW + 60)
+        self.assertGreater(second.uidValidity, first.uidValidity)
+        self.assertEqual(_uids(second), {"m0": 1, "m1": 2})
+
+    def test_corruptUidList(self) -> None:
+        """
+        A corrupt C{uidlist} is rebuilt (and logged) with a greater
+        UIDVALIDITY, even at the same time, when its first line can be read.
+        """
+        _deliver(self.inbox, "m1", NOW)
+        first = sync(self.inbox, NOW)
+        listPath = os.path.join(self.inbox, UIDLIST_FILE)
+        with open(listPath, "ab") as f:
+            f.write(b"garbage line without a uid\n")
+        second = sync(self.inbox, NOW)
+        self.assertGreater(second.uidValidity, first.uidValidity)
+        self.assertEqual(_uids(second), {"m1": 1})
+        self.assertEqual(sync(self.inbox, NOW), second)
+        with open(listPath, "wb") as f:
+            f.write(b"\x00\xff")
+        third = sync(self.inbox, NOW + 5)
+        self.assertEqual(third.uidValidity, int(NOW) + 5)
+        self.assertEqual(_uids(third), {"m1": 1})
+
+    def test_missingFolder(self) -> None:
+        """
+        Syncing a folder that does not exist fails with
+        C{FileNotFoundError}, creating nothing.
+        """
+        missing = self.folders.pathOf("Nothing")
+        self.assertRaises(FileNotFoundError, sync, missing, NOW)
+        self.assertFalse(os.path.exists(missing))
+
+    def test_concurrentThreads(self) -> None:
+        """
+        Several threads delivering and syncing one folder at once never give
+        one UID to two messages.
+        """
+        import queue
+        results: queue.Queue = queue.Queue()
+        threads = [threading.Thread(target=_deliverAndSync, args=(self.inbox, f"t{n}", 15, results))
+                   for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seen = []
+        while not results.empty():
+            seen.extend(results.get())
+        _checkUnique(self, seen)
+        final = sync(self.inbox, NOW)
+        self.assertEqual(len(final.messages), 60)
+        self.assertEqual(sorted(m.uid for m in final.messages), list(range(1, 61)))
+
+    def test_concurrentProcesses(self) -> None:
+        """
+        Two processes delivering and syncing one folder at once never give
+        one UID to two messages.
+        """
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        processes = [context.Process(target=_deliverAndSync, args=(self.inbox, f"p{n}", 20, results))
+                     for n in range(2)]
+        for p in processes:
+            p.start()
+        seen = results.get(timeout=60) + results.get(timeout=60)
+        for p in processes:
+            p.join(timeout=60)
+            self.assertEqual(p.exitcode, 0)
+        _checkUnique(self, seen)
+        self.assertEqual(sorted(m.uid for m in sync(self.inbox, NOW).messages), list(range(1, 41)))
+
+
+class UidListFormatTests(SynchronousTestCase):
+    """
+    Reading and writing the C{uidlist} file.
+    """
+
+    def test_roundTrip(self) -> None:
+        """
+        What L{formatUidList} writes, L{parseUidList} reads back.
+        """
+        entries = [(1, "a"), (5, "b c"), (7, "1.M1Q2R0.host,S=9")]
+        self.assertEqual(parseUidList(formatUidList(42, 8, entries)), (42, 8, entries))
+
+    def test_corrupt(self) -> None:
+        """
+        Malformed files raise L{CorruptUidList}, carrying UIDVALIDITY when
+        the first line is readable.
+        """
+        cases = {b"": None, b"1 2": None, b"x 2\n": None, b"0 2\n": None, b"1\n": None,
+                 b"5 3\n1 a\n1 b\n": 5, b"5 3\n3 a\n": 5, b"5 3\n1 a\n2 a\n": 5, b"5 3\nx a\n": 5,
+                 b"5 3\n1\n": 5, b"5 3\n\n": 5, b"5 3\n2 a\n1 b\n": 5}
+        for data, validity in cases.items():
+            e = self.assertRaises(CorruptUidList, parseUidList, data)
+            self.assertEqual(e.uidValidity, validity, data)
+
+
+class FlagTests(SynchronousTestCase):
+    """
+    Maildir flag letters and L{setFlags}.
+    """
+
+    def test_letters(self) -> None:
+        """
+        The Maildir letters map to IMAP flags and back, in ASCII order;
+        unknown flags and letters are left out.
+        """
+        self.assertEqual(flagsOfLetters("DFPRSTa"), frozenset(
+            {"\\Draft", "\\Flagged", "$Forwarded", "\\Answered", "\\Seen", "\\Deleted"}))
+        self.assertEqual(lettersOfFlags(["\\seen", "\\Deleted", "\\Draft", "\\Recent", "$Junk"]), "DST")
+        self.assertEqual(lettersOfFlags(["\\Seen"], keep="aSb"), "Sab")
+
+    def test_setFlags(self) -> None:
+        """
+        L{setFlags} moves a message from C{new/} to C{cur/} with the C{:2,}
+        info, keeps unknown letters, and can clear every flag.
+        """
+        folder = os.path.join(self.mktemp(), "box")
+        MaildirFolders(folder).ensureSpecialFolders()
+        path = _deliver(folder, "1.M2Q3R0.host,S=20")
+        path = setFlags(path, ["\\Seen", "\\Flagged"])
+        self.assertEqual(path, os.path.join(folder, "cur", "1.M2Q3R0.host,S=20:2,FS"))
+        os.rename(path, path + "a")
+        path = setFlags(path + "a", [])
+        self.assertEqual(path, os.path.join(folder, "cur", "1.M2Q3R0.host,S=20:2,a"))
+        self.assertEqual(setFlags(path, []), path)
+        self.assertEqual(os.listdir(os.path.join(folder, "cur")), ["1.M2Q3R0.host,S=20:2,a"])
+        self.assertEqual(os.listdir(os.path.join(folder, "new")), [])
+
+    def test_setFlagsGone(self) -> None:
+        """
+        Setting the flags of a file that is gone raises C{FileNotFoundError}.
+        """
+        folder = os.path.join(self.mktemp(), "box")
+        MaildirFolders(folder).ensureSpecialFolders()
+        self.assertRaises(FileNotFoundError, setFlags, os.path.join(folder, "new", "nothing"), ["\\Seen"])
