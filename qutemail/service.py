@@ -25,6 +25,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
+from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.backends.redisvault import RedisKeyVault
@@ -256,7 +257,9 @@ class ListenerService(StreamServerEndpointService):
         Stop listening, then ask open sessions to finish.
         """
         d = StreamServerEndpointService.stopService(self)
-        getattr(self, "smtpFactory", self.factory).shutdown()
+        shutdown = getattr(getattr(self, "smtpFactory", self.factory), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
         return d
 
 
@@ -381,7 +384,22 @@ class VaultConnectionService(Service):
         return self.vault.disconnect()
 
 
-def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService) -> MessageEncryptor:
+def buildVault(config: Any, reactor: Any, runner: Any, parent: MultiService) -> Any:
+    """
+    The key vault: in Redis when C{[redis] url} is set (shared by every
+    node; each needs the same master key file), else under
+    C{data_dir/keys/vault/}.
+    """
+    keys = os.path.join(config.server.dataDir, "keys")
+    masterKey = os.path.join(keys, "master.key")
+    if config.redis.url:
+        vault = RedisKeyVault(connectRedis(config.redis.url), reactor, masterKey, runner)
+        VaultConnectionService(vault).setServiceParent(parent)
+        return vault
+    return FileKeyVault(os.path.join(keys, "vault"), masterKey, runner)
+
+
+def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService, vault: Any) -> MessageEncryptor:
     """
     The QKD layer: the key source (the embedded KME on loopback when
     C{[qkd] kme_url} is empty, else the configured KME), the key vault and
@@ -413,14 +431,6 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService)
             lambda failure: _log.debug("no KME URL to record: the KME did not listen"))
         source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10)
     KeySourceService(source).setServiceParent(parent)
-    keys = os.path.join(dataDir, "keys")
-    masterKey = os.path.join(keys, "master.key")
-    if config.redis.url:
-        # Shared by every node; each needs the same master key file.
-        vault = RedisKeyVault(connectRedis(config.redis.url), reactor, masterKey, runner)
-        VaultConnectionService(vault).setServiceParent(parent)
-    else:
-        vault = FileKeyVault(os.path.join(keys, "vault"), masterKey, runner)
     sealed = os.path.join(dataDir, "queue", "sealed")
     encryptor = MessageEncryptor(source, vault, runner, saeId, sealed,
                                  subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT)
@@ -464,9 +474,11 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
     queueIds = QueueIds(reactor)
 
-    encryptor = None
-    if workerIndex == 0 and config.qkd.encrypt:
-        encryptor = buildEncryptor(config, reactor, runner, root)
+    encryptor = vault = None
+    if workerIndex == 0:
+        vault = buildVault(config, reactor, runner, root)
+        if config.qkd.encrypt:
+            encryptor = buildEncryptor(config, reactor, runner, root, vault)
     created = ensureKey(dataDir, config.dkim.privateKey, config.dkim.selector, server.domains)
     if created is not None and workerIndex == 0:
         _log.info("created a DKIM key; publish these records:\n{records}", records=created)
@@ -535,11 +547,19 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         if not mtaOnly and workerIndex == 0:
             wanted.append(("submission", config.smtp.submissionPort, submissionArgs))
             wanted.append(("smtps", config.smtp.smtpsPort, dict(submissionArgs, implicitTLS=True)))
+        if not mtaOnly and not msaOnly and workerIndex == 0:
+            popPortal = pop3Portal(users, dataDir, vault, runner)
+            for name, port, implicit in (("pop3", config.pop3.port, False), ("pop3s", config.pop3.tlsPort, True)):
+                wanted.append((name, port, dict(pop3=True, implicitTLS=implicit, portal=popPortal)))
     for name, port, args in wanted:
         description = listen.get(name) or (endpointFor(server.bind, port) if port else None)
         if description is None:
             continue
-        factory = SMTPServerFactory(**args)
+        if args.get("pop3"):
+            factory = POP3Factory(args["portal"], runner, reactor, throttle, tlsContext,
+                                  implicitTLS=args["implicitTLS"])
+        else:
+            factory = SMTPServerFactory(**args)
         listening = factory
         if args.get("implicitTLS"):
             # RFC 8314: TLS from the first byte on the submissions port.

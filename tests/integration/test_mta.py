@@ -52,7 +52,8 @@ class RunningServerMixin:
             users.addUser(f"{name}@example.test", b"pw-" + name.encode())
         loopback = "tcp:0:interface=127.0.0.1"
         self.root = buildService(config, reactor, listen={"mta": loopback, "submission": loopback,
-                                                         "smtps": loopback})
+                                                         "smtps": loopback, "pop3": loopback,
+                                                         "pop3s": loopback})
         self.root.startService()
         self.addCleanup(self.root.stopService)
         self.ports = {}
@@ -61,7 +62,7 @@ class RunningServerMixin:
             self.ports[name] = port.getHost().port
 
         await gatherResults([self.root.listeners[name].whenListening().addCallback(listening, name)
-                             for name in ("mta", "submission", "smtps")])
+                             for name in ("mta", "submission", "smtps", "pop3", "pop3s")])
         self.port = self.ports["mta"]
 
     def smtp(self, f, port: int | None = None, prepare=None):
