@@ -212,27 +212,6 @@ class AdoptedListenerService(Service):
         return port.stopListening() if port is not None else None
 
 
-class RedisService(Service):
-    """
-    Owns the Redis connection: closes it at stop.
-    """
-
-    name = "redis"
-
-    def __init__(self, limiter: RedisRateLimiter) -> None:
-        """
-        @param limiter: the limiter whose connection this closes.
-        """
-        self.limiter = limiter
-
-    def stopService(self):
-        """
-        Close the connection.
-        """
-        Service.stopService(self)
-        return self.limiter.disconnect()
-
-
 class ListenerService(StreamServerEndpointService):
     """
     A listener whose sessions are told when the server stops.
@@ -348,40 +327,25 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
     )
 
 
-class KeySourceService(Service):
+class ClosingService(Service):
     """
-    Closes the key source's kept-alive KME connections at stop.
+    Owns a connection (Redis, the KME client's pool): closes it at stop.
     """
 
-    name = "qkd-client"
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-
-    def stopService(self):
+    def __init__(self, name: str, close: Any) -> None:
         """
-        Close the connections.
+        @param name: the service's name.
+        @param close: closes the connection; may return a Deferred.
         """
-        Service.stopService(self)
-        return self.source.close()
-
-
-class VaultConnectionService(Service):
-    """
-    Closes the Redis key vault's connection at stop.
-    """
-
-    name = "key-vault"
-
-    def __init__(self, vault: Any) -> None:
-        self.vault = vault
+        self.setName(name)
+        self._close = close
 
     def stopService(self):
         """
         Close the connection.
         """
         Service.stopService(self)
-        return self.vault.disconnect()
+        return self._close()
 
 
 def buildVault(config: Any, reactor: Any, runner: Any, parent: MultiService) -> Any:
@@ -394,7 +358,7 @@ def buildVault(config: Any, reactor: Any, runner: Any, parent: MultiService) -> 
     masterKey = os.path.join(keys, "master.key")
     if config.redis.url:
         vault = RedisKeyVault(connectRedis(config.redis.url), reactor, masterKey, runner)
-        VaultConnectionService(vault).setServiceParent(parent)
+        ClosingService("key-vault", vault.disconnect).setServiceParent(parent)
         return vault
     return FileKeyVault(os.path.join(keys, "vault"), masterKey, runner)
 
@@ -430,7 +394,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
             lambda url: runner.run(replaceFile, urlFile, url.encode("ascii")),
             lambda failure: _log.debug("no KME URL to record: the KME did not listen"))
         source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10)
-    KeySourceService(source).setServiceParent(parent)
+    ClosingService("qkd-client", source.close).setServiceParent(parent)
     sealed = os.path.join(dataDir, "queue", "sealed")
     encryptor = MessageEncryptor(source, vault, runner, saeId, sealed,
                                  subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT)
@@ -529,7 +493,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     limiter = MemoryRateLimiter()
     if config.redis.url:
         limiter = RedisRateLimiter(connectRedis(config.redis.url), reactor)
-        RedisService(limiter).setServiceParent(root)
+        ClosingService("redis", limiter.disconnect).setServiceParent(root)
     limits = config.limits
     factoryArgs.update(limiter=limiter, connectionsPerIp=limits.connectionsPerIp)
     submissionArgs = dict(factoryArgs, portal=portal, throttle=throttle,

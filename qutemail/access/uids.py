@@ -35,6 +35,7 @@ from twisted.logger import Logger
 
 from qutemail.access.folders import DirectoryLock
 from qutemail.durable import replaceFile
+from qutemail.store.maildir import messageEntries
 from qutemail.store.reader import storedId
 
 _log = Logger()
@@ -211,24 +212,18 @@ def _scan(folderPath: str) -> dict[str, tuple[str, float]]:
     @return: C{{baseName: (path, mtime)}}.
     """
     found: dict[str, tuple[str, float]] = {}
-    for sub in ("new", "cur"):
-        try:
-            entries = os.scandir(os.path.join(folderPath, sub))
-        except FileNotFoundError:
+    for entry in messageEntries(folderPath):
+        name = entry.name
+        if "\n" in name or not name.isprintable():
             continue
-        with entries:
-            for entry in entries:
-                name = entry.name
-                if name.startswith(".") or "\n" in name or not name.isprintable():
-                    continue
-                try:
-                    name.encode("utf-8")
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
-                except (UnicodeEncodeError, FileNotFoundError):
-                    continue
-                found[storedId(name)] = (entry.path, mtime)
+        try:
+            name.encode("utf-8")
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+        except (UnicodeEncodeError, FileNotFoundError):
+            continue
+        found[storedId(name)] = (entry.path, mtime)
     return found
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import attrs
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
@@ -26,6 +27,7 @@ from twisted.mail import smtp
 from twisted.mail._cred import CramMD5ClientAuthenticator, LOGINAuthenticator
 from twisted.python.failure import Failure
 
+from qutemail.relay.mx import DNSLookupError
 from qutemail.replies import (
     CONNECTION_LOST,
     NO_ANSWER,
@@ -290,7 +292,7 @@ class RelayClient(smtp.ESMTPClient):
             self._bodyFile = None
         if self._result is None:
             return
-        if self._tlsMode and reason.check(SSL.Error, _verificationError()):
+        if self._tlsMode and reason.check(SSL.Error, VerificationError):
             reply = TLS_NOT_VERIFIED if self.requireTransportSecurity else CONNECTION_LOST.withText(
                 "TLS handshake failed")
             self._finish(SessionFailed(reply.withText(f"{reply.text}: {_text(reason.value)}"),
@@ -298,15 +300,6 @@ class RelayClient(smtp.ESMTPClient):
             return
         self._finish(SessionFailed(
             CONNECTION_LOST.withText(f"Connection lost: {_text(reason.value)}"), tryNext=not self._mailSent))
-
-
-def _verificationError() -> type:
-    """
-    service_identity's hostname mismatch error.
-    """
-    from service_identity import VerificationError
-
-    return VerificationError
 
 
 def _text(exc: BaseException) -> str:
@@ -421,8 +414,6 @@ class Relay:
             DKIM-Signature).
         @return: a reply per recipient.
         """
-        from qutemail.relay.mx import DNSLookupError
-
         try:
             destinations = await self.destinations(domain)
         except DNSLookupError as e:

@@ -10,9 +10,8 @@ import poplib
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.integration.support import CLIENT_TIMEOUT, maildirFiles, waitFor
+from tests.integration.support import CLIENT_TIMEOUT, insecureContext, maildirFiles, waitFor
 from tests.integration.test_mta import RunningServerMixin
-from tests.listener.test_submission import insecureContext
 
 SENT = (b"From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nSubject: over POP3\r\n"
         b"Message-ID: <pop-1@example.test>\r\n\r\nfirst line\r\n.a dotted line\r\n\r\nlast line\r\n")
@@ -30,14 +29,7 @@ class POP3ServiceTests(RunningServerMixin, TestCase):
         port serves the same; the stored file is ciphertext.
         """
 
-        def prepare(client):
-            client.ehlo()
-            client.starttls(context=insecureContext())
-            client.ehlo()
-            client.login("bob@example.test", "pw-bob")
-
-        await self.smtp(lambda c: c.sendmail("bob@example.test", ["alice@example.test"], SENT),
-                        self.ports["submission"], prepare)
+        await self.submit(lambda c: c.sendmail("bob@example.test", ["alice@example.test"], SENT))
         [path] = await waitFor(lambda: maildirFiles(self.dataDir, "alice@example.test"))
         with open(path, "rb") as f:
             self.assertNotIn(b"a dotted line", f.read())

@@ -5,6 +5,7 @@ clients in threads.
 
 import os
 import signal
+import ssl as stdssl
 import socket
 import subprocess
 import sys
@@ -15,6 +16,16 @@ from twisted.internet.task import deferLater
 
 # Socket timeout for every client (STYLE: 10 s or less).
 CLIENT_TIMEOUT = 10
+
+
+def insecureContext() -> stdssl.SSLContext:
+    """
+    A client context that accepts the test server's self-signed certificate.
+    """
+    context = stdssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = stdssl.CERT_NONE
+    return context
 
 CONFIG_TEMPLATE = """\
 [server]

@@ -19,7 +19,15 @@ from qutemail.blocking import InlineRunner
 from qutemail.config import loadConfig
 from qutemail.service import buildService
 from tests.dnsserver import startDNSServer
-from tests.integration.support import REMOTE_ZONE, CLIENT_TIMEOUT, maildirFiles, relaySection, waitFor, writeConfig
+from tests.integration.support import (
+    CLIENT_TIMEOUT,
+    REMOTE_ZONE,
+    insecureContext,
+    maildirFiles,
+    relaySection,
+    waitFor,
+    writeConfig,
+)
 from tests.relay.remote import selfSignedContext, startRemote
 
 
@@ -87,6 +95,20 @@ class RunningServerMixin:
                     pass
 
         return deferToThread(run)
+
+    def submit(self, f, user: str = "bob"):
+        """
+        Run C{f(client)} on the submission port after STARTTLS and AUTH as
+        C{user@example.test} (password C{pw-<user>}).
+        """
+
+        def prepare(client):
+            client.ehlo()
+            client.starttls(context=insecureContext())
+            client.ehlo()
+            client.login(f"{user}@example.test", f"pw-{user}")
+
+        return self.smtp(f, self.ports["submission"], prepare)
 
 
 class MTATests(RunningServerMixin, TestCase):

@@ -18,13 +18,13 @@ from tests.integration.support import (
     CLIENT_TIMEOUT,
     ServerProcess,
     freePort,
+    insecureContext,
     maildirFiles,
     readAsOwner,
     runCLI,
     waitFor,
 )
 from tests.integration.test_mta import RunningServerMixin
-from tests.listener.test_submission import insecureContext
 
 COUNT = 200
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,7 +42,7 @@ class InternalMailTests(RunningServerMixin, TestCase):
         """
         @return: the embedded KME's stored key count, asked over ETSI 014.
         """
-        source = self.root.getServiceNamed("qkd-client").source
+        source = self.root.router.encryptor.keySource
         return (await source.status("mail.example.test")).storedKeyCount
 
     async def test_twoHundredDistinctKeys(self) -> None:
@@ -59,13 +59,7 @@ class InternalMailTests(RunningServerMixin, TestCase):
                                 b"From: bob@example.test\r\nSubject: secret %d\r\n\r\nconfidential body %d\r\n"
                                 % (i, i))
 
-        def prepare(client):
-            client.ehlo()
-            client.starttls(context=insecureContext())
-            client.ehlo()
-            client.login("bob@example.test", "pw-bob")
-
-        await self.smtp(send, self.ports["submission"], prepare)
+        await self.submit(send)
         paths = await waitFor(lambda: (lambda p: p if len(p) >= COUNT else None)(
             maildirFiles(self.dataDir, "alice@example.test")))
         self.assertEqual(len(paths), COUNT)
@@ -251,14 +245,7 @@ class RedisVaultTests(RunningServerMixin, TestCase):
         """
         body = b"From: bob@example.test\r\nSubject: redis\r\n\r\nkept elsewhere\r\n"
 
-        def prepare(client):
-            client.ehlo()
-            client.starttls(context=insecureContext())
-            client.ehlo()
-            client.login("bob@example.test", "pw-bob")
-
-        await self.smtp(lambda c: c.sendmail("bob@example.test", ["alice@example.test"], body),
-                        self.ports["submission"], prepare)
+        await self.submit(lambda c: c.sendmail("bob@example.test", ["alice@example.test"], body))
         [path] = await waitFor(lambda: maildirFiles(self.dataDir, "alice@example.test"))
         with open(path, "rb") as f:
             keyId = readEnvelope(f).keyId

@@ -15,7 +15,6 @@ from twisted.trial.unittest import TestCase
 from qutemail.pipeline.dkim import defaultKeyPath, dnsFunction, publicTXTValue
 from tests.integration.support import waitFor
 from tests.integration.test_mta import RunningServerMixin
-from tests.listener.test_submission import insecureContext
 
 MESSAGE = (b"From: Bob <bob@example.test>\r\nTo: dave@remote.test\r\nSubject: signed and sent\r\n"
            b"Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <out-1@example.test>\r\n\r\n"
@@ -31,15 +30,7 @@ class OutboundTests(RunningServerMixin, TestCase):
         """
         Send a message as authenticated bob over 587 with STARTTLS.
         """
-
-        def prepare(client):
-            client.ehlo()
-            client.starttls(context=insecureContext())
-            client.ehlo()
-            client.login("bob@example.test", "pw-bob")
-
-        return self.smtp(lambda client: client.sendmail("bob@example.test", recipients, message),
-                         self.ports["submission"], prepare)
+        return self.submit(lambda client: client.sendmail("bob@example.test", recipients, message))
 
     async def test_relayedWithValidSignature(self) -> None:
         """

@@ -18,12 +18,12 @@ from tests.integration.support import (
     REMOTE_ZONE,
     ServerProcess,
     freePort,
+    insecureContext,
     relaySection,
     runCLI,
     waitFor,
     writeConfig,
 )
-from tests.listener.test_submission import insecureContext
 from tests.relay.remote import Script, startRemote
 
 

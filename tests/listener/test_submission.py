@@ -6,7 +6,6 @@ throttle with a clock.
 
 import base64
 import smtplib
-import ssl as stdssl
 
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
@@ -14,18 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from qutemail.listener.auth import SASLError, parsePlain
 from qutemail.policy.throttle import AuthThrottle
-from tests.integration.support import CLIENT_TIMEOUT, maildirFiles, waitFor
+from tests.integration.support import CLIENT_TIMEOUT, insecureContext, maildirFiles, waitFor
 from tests.integration.test_mta import RunningServerMixin
-
-
-def insecureContext() -> stdssl.SSLContext:
-    """
-    A client context that accepts the test server's self-signed certificate.
-    """
-    context = stdssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = stdssl.CERT_NONE
-    return context
 
 
 class SubmissionTests(RunningServerMixin, TestCase):
