@@ -13,6 +13,7 @@ Records are tuples C{(name, type, value)}::
     ("mx.remote.test", "A", "127.0.0.1")
     ("mx.remote.test", "AAAA", "::1")
     ("sel._domainkey.example.test", "TXT", "v=DKIM1; k=rsa; p=...")
+    ("old.example.test", "SPF", "v=spf1 -all")         # type 99 (RFC 4408)
     ("alias.test", "CNAME", "remote.test")
 
 A C{str} TXT value is one logical string, split into 255-byte
@@ -25,7 +26,7 @@ that exists without the asked type gets NOERROR with no answer, both with
 the zone's SOA in the authority section (RFC 2308).  Names outside the
 origin are refused.  A whole server, or single names, can instead be
 I{silent} (queries are read and never answered: timeouts) or answer
-I{SERVFAIL}.
+I{SERVFAIL}; so can single types of a name.
 """
 
 from typing import Any, Iterable
@@ -50,6 +51,9 @@ _TYPES = {
     "CNAME": dns.CNAME,
     "PTR": dns.PTR,
     "NS": dns.NS,
+    # RFC 4408's SPF type, which RFC 7208 §3.1 retired: served so that tests
+    # can show it is ignored
+    "SPF": dns.SPF,
 }
 _TYPE_NAMES = {number: name for name, number in _TYPES.items()}
 # RFC 1034 §3.6.2: a resolver follows CNAMEs, but not forever
@@ -100,6 +104,8 @@ def _payload(rtype: str, value: Any, ttl: int):
         return dns.Record_MX(int(preference), normaliseName(exchange).encode("ascii"), ttl=ttl)
     if rtype == "TXT":
         return dns.Record_TXT(*characterStrings(value), ttl=ttl)
+    if rtype == "SPF":
+        return dns.Record_SPF(*characterStrings(value), ttl=ttl)
     if rtype in ("CNAME", "PTR", "NS"):
         recordClass = {"CNAME": dns.Record_CNAME, "PTR": dns.Record_PTR, "NS": dns.Record_NS}[rtype]
         return recordClass(normaliseName(value).encode("ascii"), ttl=ttl)
@@ -125,7 +131,7 @@ def zoneRecords(text: str, origin: str) -> list[tuple[str, str, Any]]:
             owner = name.to_text()
             if rtype == "MX":
                 records.append((owner, rtype, (rdata.preference, rdata.exchange.to_text())))
-            elif rtype == "TXT":
+            elif rtype in ("TXT", "SPF"):
                 records.append((owner, rtype, tuple(rdata.strings)))
             elif rtype in ("CNAME", "PTR", "NS"):
                 records.append((owner, rtype, rdata.target.to_text()))
@@ -211,7 +217,7 @@ class DNSServer:
 
         @param name: the owner name.
         @param rtype: C{"A"}, C{"AAAA"}, C{"MX"}, C{"TXT"}, C{"CNAME"},
-            C{"PTR"} or C{"NS"}.
+            C{"PTR"}, C{"NS"} or C{"SPF"} (type 99, given like TXT).
         @param value: see the module docstring.
         @raise ValueError: for an unknown type or a bad value.
         """
@@ -251,7 +257,7 @@ class DNSServer:
         for name, rtype, value in records:
             self.add(name, rtype, value)
 
-    def setMode(self, mode: str, name: str | None = None) -> None:
+    def setMode(self, mode: str, name: str | None = None, rtype: str | None = None) -> None:
         """
         Choose how queries are treated.
 
@@ -259,14 +265,21 @@ class DNSServer:
             L{SERVFAIL}.
         @param name: only queries for this name; C{None} for the whole
             server (names given their own mode keep it).
-        @raise ValueError: for an unknown mode.
+        @param rtype: with C{name}, only queries for this type of it (e.g.
+            C{"TXT"}); such a mode wins over the name's own.
+        @raise ValueError: for an unknown mode, or C{rtype} without
+            C{name}.
         """
         if mode not in _MODES:
             raise ValueError(f"unknown mode {mode!r}")
         if name is None:
+            if rtype is not None:
+                raise ValueError("a mode for a type needs a name")
             self.mode = mode
-        else:
+        elif rtype is None:
             self._nameModes[normaliseName(name)] = mode
+        else:
+            self._nameModes[normaliseName(name), rtype.upper()] = mode
 
     def answer(self, name: str, qtype: int) -> tuple[int, list, list]:
         """
@@ -342,8 +355,9 @@ class DNSServer:
         else:
             query = message.queries[0]
             name = normaliseName(query.name.name.decode("ascii", "replace"))
-            self.queries.append((name, _TYPE_NAMES.get(query.type, dns.QUERY_TYPES.get(query.type, str(query.type)))))
-            mode = self._nameModes.get(name, self.mode)
+            typeName = _TYPE_NAMES.get(query.type, dns.QUERY_TYPES.get(query.type, str(query.type)))
+            self.queries.append((name, typeName))
+            mode = self._nameModes.get((name, typeName), self._nameModes.get(name, self.mode))
             if mode == SILENT:
                 return
             if mode == SERVFAIL:

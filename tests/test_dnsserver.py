@@ -204,6 +204,27 @@ class DNSServerTests(TestCase):
         self.assertEqual((await query(server, "ok.test", "A")).rcode(), dns.rcode.SERVFAIL)
         self.assertRaises(ValueError, server.setMode, "sulk")
 
+    async def test_modeOfOneType(self):
+        """
+        One type of a name can be silent while its other types answer; a
+        mode for a type needs a name.
+        """
+        server = await startDNSServer(self, [("slow.test", "TXT", "v=spf1 -all"), ("slow.test", "A", "192.0.2.3")])
+        server.setMode(SILENT, "slow.test", "a")
+        self.assertEqual(rdatas(await query(server, "slow.test", "TXT"), "TXT")[0].strings, (b"v=spf1 -all",))
+        with self.assertRaises(dns.exception.Timeout):
+            await query(server, "slow.test", "A", timeout=0.3)
+        self.assertRaises(ValueError, server.setMode, SILENT, None, "A")
+
+    async def test_spfType(self):
+        """
+        The retired SPF type (99) is served apart from TXT, and read from
+        zone text.
+        """
+        server = await startDNSServer(self, zoneRecords("old.test. 300 IN SPF \"v=spf1 -all\"\n", "test."))
+        self.assertEqual(rdatas(await query(server, "old.test", "SPF"), "SPF")[0].strings, (b"v=spf1 -all",))
+        self.assertEqual(rdatas(await query(server, "old.test", "TXT"), "TXT"), [])
+
     async def test_cname(self):
         """
         A CNAME is followed inside the zone, the answer holding the alias
