@@ -141,6 +141,18 @@ def _boolean(text: str) -> bool:
     return value
 
 
+def _oneOf(*choices: str) -> Callable[[str], str]:
+    """A parser of one of C{choices}, in any case."""
+
+    def parse(text: str) -> str:
+        """Parse one of the choices."""
+        if text.lower() not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text.lower()
+
+    return parse
+
+
 def _positiveSize(text: str, bareUnit: str = "") -> int:
     """Parse a size (see L{parseSize}) C{> 0}; a bare number is in C{bareUnit}."""
     size = parseSize(text + bareUnit if text.isascii() and text.isdigit() else text)
@@ -472,6 +484,27 @@ class MailboxConfig:
 
 
 @attrs.frozen
+class InboundConfig:
+    """
+    C{[inbound]}: the checks of mail from other servers (SPF, DKIM, DMARC).
+
+    @ivar checks: check mail that arrives unauthenticated (C{checks}).
+    @ivar spfFail: what an SPF C{fail} gets: C{"reject"} (550 5.7.23) or
+        C{"tag"} (accepted, with the verdict in its headers) (C{spf_fail}).
+    @ivar dmarcReject: what a DMARC failure under C{p=reject} gets:
+        C{"reject"} (550 5.7.1) or C{"quarantine"} (delivered to Junk)
+        (C{dmarc_reject}).
+    @ivar dnsTimeoutSeconds: how long one check may wait for DNS before it
+        is a temporary error (C{dns_timeout}).
+    """
+
+    checks: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    spfFail: str = attrs.field(default="reject", validator=attrs.validators.in_(("reject", "tag")))
+    dmarcReject: str = attrs.field(default="reject", validator=attrs.validators.in_(("reject", "quarantine")))
+    dnsTimeoutSeconds: float = attrs.field(default=10.0, validator=_DURATION_FIELD)
+
+
+@attrs.frozen
 class DKIMConfig:
     """
     C{[dkim]}.
@@ -585,6 +618,7 @@ class Config:
     tls: TLSConfig = _section(TLSConfig)
     limits: LimitsConfig = _section(LimitsConfig)
     mailbox: MailboxConfig = _section(MailboxConfig)
+    inbound: InboundConfig = _section(InboundConfig)
     dkim: DKIMConfig = _section(DKIMConfig)
     qkd: QKDConfig = _section(QKDConfig)
     relay: RelayConfig = _section(RelayConfig)
@@ -645,6 +679,10 @@ _SETTINGS = (
     _Setting("limits", "connections_per_ip", "connectionsPerIp", _atLeast(0)),
     _Setting("mailbox", "default_quota_mb", "defaultQuotaBytes", lambda t: _positiveSize(t, "M")),
     _Setting("mailbox", "retention_days", "retentionDays", _atLeast(0)),
+    _Setting("inbound", "checks", "checks", _boolean),
+    _Setting("inbound", "spf_fail", "spfFail", _oneOf("reject", "tag")),
+    _Setting("inbound", "dmarc_reject", "dmarcReject", _oneOf("reject", "quarantine")),
+    _Setting("inbound", "dns_timeout", "dnsTimeoutSeconds", parseDuration),
     _Setting("dkim", "selector", "selector", _dnsLabel),
     _Setting("dkim", "private_key", "privateKey", _text, isPath=True),
     _Setting("qkd", "kme_url", "kmeUrl", _url("https://")),

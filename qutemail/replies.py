@@ -137,6 +137,11 @@ NO_SUCH_DOMAIN = Reply(550, "5.1.2", "Recipient domain does not exist")
 NULL_MX = Reply(556, "5.1.10", "Recipient domain does not accept mail (null MX)")
 QUEUE_EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
 DELETED_BY_ADMIN = Reply(554, "5.3.0", "Message returned by the administrator")
+# RFC 7372 §3.2: the sender's SPF policy says this host may not send for it
+SPF_FAILED = Reply(550, "5.7.23", "SPF validation failed")
+# RFC 7489 §10.3 leaves the reply open; 5.7.1 (delivery not authorized) is
+# what receivers use for a DMARC p=reject failure
+DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected by the From domain's DMARC policy")
 
 # Enhanced codes for replies Twisted sends itself, chosen by code (RFC 3463).
 DEFAULT_ENHANCED = {

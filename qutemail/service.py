@@ -33,6 +33,10 @@ from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.listener.cred import MailRealm, UserDirectoryChecker, submitterFactory
 from qutemail.listener.smtp import SMTPServerFactory
+from qutemail.pipeline.dkimverify import DKIMVerifier
+from qutemail.policy.dmarc import DMARCEvaluator
+from qutemail.policy.inbound import InboundChecks
+from qutemail.policy.spf import SPFChecker
 from qutemail.listener.tls import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
@@ -403,6 +407,28 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
     return encryptor
 
 
+def buildInbound(config: Any, reactor: Any, parent: MultiService) -> InboundChecks | None:
+    """
+    The SPF, DKIM and DMARC checks of mail from other servers, or C{None}
+    when C{[inbound] checks} is off.  Their DNS lookups get a thread pool of
+    their own, so that a silent DNS server cannot hold up the spool's disk
+    work.
+    """
+    inbound = config.inbound
+    if not inbound.checks:
+        return None
+    runner = BlockingRunner(reactor, minThreads=0, maxThreads=16, name="inbound-checks")
+    runner.setServiceParent(parent)
+    nameservers, timeout = config.relay.nameservers, inbound.dnsTimeoutSeconds
+    return InboundChecks(
+        hostname=config.server.hostname,
+        spf=SPFChecker(nameservers, timeout, runner),
+        dkim=DKIMVerifier(nameservers, timeout, config.smtp.maxMessageBytes, runner),
+        dmarc=DMARCEvaluator(nameservers, timeout, runner),
+        spfFail=inbound.spfFail, dmarcReject=inbound.dmarcReject,
+    )
+
+
 def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = None,
                  mtaOnly: bool = False, msaOnly: bool = False, workerIndex: int = 0,
                  adoptFd: int | None = None) -> MultiService:
@@ -499,6 +525,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     submissionArgs = dict(factoryArgs, portal=portal, throttle=throttle,
                           messagesPerHour=limits.messagesPerUserHour)
     factoryArgs["messagesPerHour"] = limits.messagesPerIpHour
+    factoryArgs["inbound"] = buildInbound(config, reactor, root)
     if adoptFd is not None:
         service = AdoptedListenerService(reactor, adoptFd, SMTPServerFactory(**factoryArgs))
         service.setName("listener-mta")

@@ -16,6 +16,7 @@ from qutemail.config import (
     DKIMConfig,
     IMAPConfig,
     LimitsConfig,
+    InboundConfig,
     MailboxConfig,
     POP3Config,
     QKDConfig,
@@ -48,6 +49,7 @@ ALL_KEYS = [
     ("limits", "messages_per_ip_hour"), ("limits", "messages_per_user_hour"),
     ("limits", "connections_per_ip"),
     ("mailbox", "default_quota_mb"), ("mailbox", "retention_days"),
+    ("inbound", "checks"), ("inbound", "spf_fail"), ("inbound", "dmarc_reject"), ("inbound", "dns_timeout"),
     ("dkim", "selector"), ("dkim", "private_key"),
     ("qkd", "kme_url"), ("qkd", "sae_id"), ("qkd", "client_cert"), ("qkd", "client_key"),
     ("qkd", "ca_cert"), ("qkd", "pool_keys"), ("qkd", "refill_per_second"), ("qkd", "keep_subject"), ("qkd", "encrypt"),
@@ -88,6 +90,11 @@ connections_per_ip = 3
 [mailbox]
 default_quota_mb = 100
 retention_days = 0
+[inbound]
+checks = no
+spf_fail = Tag
+dmarc_reject = quarantine
+dns_timeout = 3s
 [dkim]
 selector = Sel2024
 private_key = /etc/dkim.pem
@@ -315,6 +322,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
             tls=TLSConfig(cert="/etc/ssl/mail.pem", key="/etc/ssl/mail.key"),
             limits=LimitsConfig(messagesPerIpHour=0, messagesPerUserHour=50, connectionsPerIp=3),
             mailbox=MailboxConfig(defaultQuotaBytes=100 * 2**20, retentionDays=0),
+            inbound=InboundConfig(checks=False, spfFail="tag", dmarcReject="quarantine", dnsTimeoutSeconds=3.0),
             dkim=DKIMConfig(selector="sel2024", privateKey="/etc/dkim.pem"),
             qkd=QKDConfig(
                 kmeUrl="https://kme.example.test:8443/api/v1", saeId="SAE-1",
@@ -371,6 +379,8 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 MailboxConfig(defaultQuotaBytes=5120 * 1024 * 1024, retentionDays=365),
             ),
         )
+        self.assertEqual(config.inbound, InboundConfig(checks=True, spfFail="reject", dmarcReject="reject",
+                                                       dnsTimeoutSeconds=10.0))
         self.assertEqual(
             (config.tls, config.dkim, config.qkd, config.relay, config.redis),
             (
@@ -501,6 +511,9 @@ class BadValueTests(ConfigFileMixin, SynchronousTestCase):
         self.assertBad("limits", "connections_per_ip", "-1", "'-1' is not a whole number >= 0")
         self.assertBad("limits", "messages_per_ip_hour", "1e3", "'1e3' is not a whole number >= 0")
         self.assertBad("mailbox", "retention_days", "forever", "'forever' is not a whole number >= 0")
+        self.assertBad("inbound", "spf_fail", "drop", "'drop' is not one of reject, tag")
+        self.assertBad("inbound", "dmarc_reject", "junk", "'junk' is not one of reject, quarantine")
+        self.assertBad("inbound", "checks", "maybe", "'maybe' is not yes or no")
 
     def test_duration(self) -> None:
         """
@@ -591,7 +604,7 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
         known ones.
         """
         path, problems = self.problems(MINIMAL + "[smpt]\nmta_port = 25\n[DEFAULT]\nx = 1\n")
-        known = "server, smtp, imap, pop3, tls, limits, mailbox, dkim, qkd, relay, redis"
+        known = "server, smtp, imap, pop3, tls, limits, mailbox, inbound, dkim, qkd, relay, redis"
         self.assertEqual(problems, [f"{path}: [smpt]: unknown section (known: {known})",
                                     f"{path}: [DEFAULT]: unknown section (known: {known})"])
 
@@ -706,7 +719,7 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
         )
         error = self.assertRaises(ConfigError, loadConfig, path, {"QUTEMAIL_NOPE": "1"})
         expected = [
-            f"{path}: [bogus]: unknown section (known: server, smtp, imap, pop3, tls, limits, mailbox, dkim, "
+            f"{path}: [bogus]: unknown section (known: server, smtp, imap, pop3, tls, limits, mailbox, inbound, dkim, "
             "qkd, relay, redis)",
             f"{path}: [server] hostname: '-x' is not a valid DNS name",
             f"{path}: [server] data_dir: required but missing (set it in the file or as QUTEMAIL_SERVER_DATA_DIR)",

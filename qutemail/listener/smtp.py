@@ -31,6 +31,7 @@ import os
 import re
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet import tcp
 from twisted.internet.interfaces import ITLSTransport
@@ -41,6 +42,7 @@ from twisted.python.failure import Failure
 
 from qutemail import replies
 from qutemail.listener.auth import MECHANISMS, AuthMixin
+from qutemail.listener.headerfilter import SpoofedResultsFilter
 from qutemail.listener.address import PathError, parseParameters, parsePath, splitArgument
 from qutemail.pipeline.router import replyFor
 from qutemail.pipeline.spool import Envelope, SpoolWriter
@@ -354,6 +356,9 @@ class SMTPServer(AuthMixin, ESMTP):
         self._recipients: list[str] = []
         self._declaredSize: int | None = None
         self._writer: SpoolWriter | None = None
+        # the SPF result of a checked transaction (see policy.inbound)
+        self._spf: Any = None
+        self._filter: SpoofedResultsFilter | None = None
 
     def extensions(self) -> dict:
         """
@@ -509,11 +514,21 @@ class SMTPServer(AuthMixin, ESMTP):
                 self.reply(replies.RATE_LIMITED.withText(
                     f"Rate limit of {factory.messagesPerHour} messages per hour exceeded, try again later"))
                 return
+        spf = None
         try:
             await self.factory.policy.checkSender(sender, declared, self.authenticatedAs)
+            if factory.inbound is not None and self.authenticatedAs is None:
+                spf = await factory.inbound.checkSender(self._peer, sender, self._heloName or "")
         except ReplyError as e:
-            self._error(e.reply)
+            if e.reply.isTemporary:
+                self.reply(e.reply)
+            else:
+                self._error(e.reply)
             return
+        if self._sender is not None or self._heloName is None:
+            # RSET, EHLO or a nested MAIL came while we checked: not ours
+            return
+        self._spf = spf
         self._sender = sender
         self._declaredSize = declared
         self._recipients = []
@@ -577,12 +592,19 @@ class SMTPServer(AuthMixin, ESMTP):
         self._queueId = factory.queueIds.next()
         self._receivedAt = factory.clock.seconds()
         self._writer = SpoolWriter(factory.runner, factory.spillPath(self._queueId))
+        if self._spf is not None:
+            # RFC 7208 §9.1: above the Received field of this hop
+            self._writer.write(factory.inbound.traceHeader(
+                self._spf, self._peer, self._sender, self._heloName or ""))
+            self._filter = SpoofedResultsFilter(factory.inbound.isForged)
         self._writer.write(self._receivedHeader())
         self._dataFailure: Reply | None = None
         self._dataSize = 0
         self._midLine = False
-        # The header section, kept for the From check of authenticated mail.
-        self._header: bytearray | None = bytearray() if self.authenticatedAs else None
+        # The header section, kept for the From check of authenticated mail
+        # and for DMARC.
+        checked = self.authenticatedAs or self._spf is not None
+        self._header: bytearray | None = bytearray() if checked else None
         self._mode = _DATA
         self.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
 
@@ -687,6 +709,8 @@ class SMTPServer(AuthMixin, ESMTP):
         self._dataSize += len(lines) + crlf
         if self._dataSize > self.factory.maxMessageBytes:
             return self._failData(replies.TOO_BIG)
+        if self._filter is not None:
+            lines = self._filter.feed(lines)
         self._writer.write(lines)
         if self._writer.pendingBytes > MAX_PENDING_BYTES:
             self.transport.pauseProducing()
@@ -722,8 +746,11 @@ class SMTPServer(AuthMixin, ESMTP):
         writer, self._writer = self._writer, None
         failure = self._dataFailure
         sender, recipients = self._sender, tuple(self._recipients)
+        spf, headerFilter = self._spf, self._filter
         self._resetTransaction()
-        if failure is None and self._header is not None and not self._fromIsOwned():
+        if failure is None and headerFilter is not None:
+            writer.write(headerFilter.finish())
+        if failure is None and self.authenticatedAs and not self._fromIsOwned():
             failure = replies.FROM_NOT_OWNED
             writer.abort()
         if failure is not None:
@@ -735,6 +762,16 @@ class SMTPServer(AuthMixin, ESMTP):
                             self._receivedAt, self.authenticatedAs)
         try:
             message = await writer.finish(self._queueId, envelope)
+            if spf is not None:
+                verdict = await self.factory.inbound.checkMessage(spf, message, bytes(self._header))
+                if verdict.reject is not None:
+                    await writer.discard()
+                    self._log.info("rejected message {queueId} from {peer}: {reply}",
+                                   queueId=self._queueId, peer=self._peer, reply=str(verdict.reject))
+                    self.reply(verdict.reject)
+                    return
+                message = attrs.evolve(message, envelope=attrs.evolve(
+                    envelope, addedHeaders=verdict.addedHeaders, folder=verdict.folder))
             await self.factory.journal.commit(message)
         except Exception:
             # Our fault (disk full, I/O error): the client must try again.
@@ -758,7 +795,7 @@ class SMTPServerFactory(ServerFactory):
                  maxMessageBytes: int, maxRecipients: int, idleTimeoutSeconds: float,
                  tlsContext: Any = None, portal: Any = None, throttle: Any = None,
                  implicitTLS: bool = False, limiter: Any = None, messagesPerHour: int = 0,
-                 connectionsPerIp: int = 0) -> None:
+                 connectionsPerIp: int = 0, inbound: Any = None) -> None:
         """
         @param hostname: this server's name, for the greeting and Received.
         @param domains: the local domains.
@@ -784,7 +821,10 @@ class SMTPServerFactory(ServerFactory):
             authenticated user (submission) per hour; 0 for no limit.
         @param connectionsPerIp: concurrent sessions per client IP; 0 for
             no limit.
+        @param inbound: the L{qutemail.policy.inbound.InboundChecks} that
+            unauthenticated mail goes through, or C{None} for none.
         """
+        self.inbound = inbound
         self.limiter = limiter
         self.messagesPerHour = messagesPerHour
         self.connectionsPerIp = connectionsPerIp

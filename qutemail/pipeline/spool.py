@@ -34,6 +34,12 @@ class Envelope:
     @ivar peer: the client's IP address.
     @ivar receivedAt: POSIX time at which DATA began.
     @ivar authenticated: the authenticated account, or C{None}.
+    @ivar addedHeaders: header fields, LF line ends, that final delivery
+        puts at the top of the message with the C{Return-Path}: what the
+        inbound checks concluded (C{Authentication-Results}), known only
+        once the whole body was read.
+    @ivar folder: the Maildir++ folder final delivery puts the message in
+        (C{"Junk"} for quarantined mail), C{""} for the INBOX.
     """
 
     sender: str
@@ -42,6 +48,8 @@ class Envelope:
     peer: str = ""
     receivedAt: float = 0.0
     authenticated: str | None = None
+    addedHeaders: str = ""
+    folder: str = ""
 
     def toJSON(self) -> dict:
         """
@@ -244,6 +252,15 @@ class SpoolWriter:
         d.addBoth(remove)
         d.addErrback(lambda f: self._log.failure("removing spill file {path}", f, path=self._spillPath))
         return d
+
+    def discard(self) -> Deferred:
+        """
+        Throw away a body already made durable by L{finish} (a message
+        refused after the checks of its content).
+
+        @return: a Deferred that fires when any spill file is gone.
+        """
+        return self._runner.run(self._removeSpill)
 
     def _removeSpill(self) -> None:
         """

@@ -42,6 +42,7 @@ MAILDIRSIZE_MAX_BYTES = 5120
 # Delivery batches written at once (each in its own worker thread).
 MAX_BATCHES = 4
 _SUBDIRS = ("cur", "new", "tmp")
+FOLDER_MARKER = "maildirfolder"
 
 
 def mailboxPath(dataDir: str, address: str) -> str:
@@ -101,16 +102,31 @@ def messageEntries(path: str) -> Iterator[os.DirEntry]:
                     yield entry
 
 
+def _allMessageEntries(path: str) -> Iterator[os.DirEntry]:
+    """
+    The message files of a mailbox and of its Maildir++ folders (the
+    C{.Name} directories beside C{cur/}).  Blocking.
+    """
+    yield from messageEntries(path)
+    try:
+        folders = [e.path for e in os.scandir(path)
+                   if e.name.startswith(".") and e.name not in (".", "..") and e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return
+    for folder in sorted(folders):
+        yield from messageEntries(folder)
+
+
 def countMailbox(path: str) -> tuple[int, int]:
     """
-    Count a mailbox's messages and bytes from its files (the Maildir++
-    C{,S=} size in a name saves a stat).  Blocking.
+    Count a mailbox's messages and bytes from its files, its Maildir++
+    folders included (the C{,S=} size in a name saves a stat).  Blocking.
 
     @param path: the mailbox directory.
     @return: C{(bytes, messages)}.
     """
     total = count = 0
-    for entry in messageEntries(path):
+    for entry in _allMessageEntries(path):
         _, marker, rest = entry.name.partition(",S=")
         digits = rest.split(":")[0].split(",")[0]
         try:
@@ -140,12 +156,14 @@ def messageFileName(message: SpooledMessage, index: int, hostname: str, size: in
 
 def returnPath(message: SpooledMessage) -> bytes:
     """
-    The C{Return-Path} header a final delivery adds (RFC 5321 §4.4).
+    The C{Return-Path} header a final delivery adds (RFC 5321 §4.4),
+    followed by the envelope's L{Envelope.addedHeaders}.
 
     @param message: the spooled message.
-    @return: the header line, LF-terminated.
+    @return: the header lines, LF-terminated.
     """
-    return b"Return-Path: <%s>\n" % (message.envelope.sender.encode("utf-8"),)
+    return b"Return-Path: <%s>\n" % (message.envelope.sender.encode("utf-8"),) + \
+        message.envelope.addedHeaders.encode("utf-8")
 
 
 @attrs.frozen
@@ -311,14 +329,19 @@ class MaildirStore:
                         results[i] = e
         return results
 
-    def _ensureMailbox(self, path: str) -> None:
+    def _ensureMailbox(self, path: str, folder: bool = False) -> None:
         """
-        Create a Maildir++ mailbox if missing (worker thread).
+        Create a Maildir++ mailbox, or a folder of one, if missing (worker
+        thread).
         """
         if path in self._known:
             return
         for sub in _SUBDIRS:
             os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+        if folder:
+            # Maildir++: a folder directory holds a "maildirfolder" file
+            with open(os.path.join(path, FOLDER_MARKER), "ab"):
+                pass
         self._known.add(path)
 
     def _writeOne(self, job: _Job, dirty: set[str]) -> str:
@@ -332,18 +355,23 @@ class MaildirStore:
         message = job.message
         path = mailboxPath(self._dataDir, job.account.address)
         self._ensureMailbox(path)
+        box = path
+        if message.envelope.folder:
+            # A Maildir++ folder: its usage counts in the mailbox's quota.
+            box = os.path.join(path, "." + message.envelope.folder)
+            self._ensureMailbox(box, folder=True)
         header = returnPath(message)
         size = len(header) + message.size
         name = messageFileName(message, job.index, self._hostname, size)
-        final = os.path.join(path, "new", name)
-        if job.checkExisting and _alreadyStored(path, name):
+        final = os.path.join(box, "new", name)
+        if job.checkExisting and _alreadyStored(box, name):
             return name, 0
         quota = self.quotaOf(job.account)
         if quota:
             with self._sizeLock(path):
                 if readUsage(path)[0] + size > quota:
                     raise ReplyError(MAILBOX_FULL)
-        temp = os.path.join(path, "tmp", name)
+        temp = os.path.join(box, "tmp", name)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             writeAll(fd, header)
@@ -357,7 +385,7 @@ class MaildirStore:
         finally:
             os.close(fd)
         os.rename(temp, final)
-        dirty.add(os.path.join(path, "new"))
+        dirty.add(os.path.join(box, "new"))
         with self._sizeLock(path):
             self._addUsage(path, quota, size, 1)
         return name, size

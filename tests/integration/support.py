@@ -58,12 +58,18 @@ def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str =
     Write a loopback test configuration.
 
     @param extra: more sections, e.g. C{[relay]} pointing at a loopback DNS
-        server and remote exchanger.
+        server and remote exchanger.  Without a C{[relay]} section there is
+        no test DNS server, so the inbound checks (which would ask the
+        machine's resolvers) are turned off unless C{extra} has its own
+        C{[inbound]} section.
     @return: C{path}.
     """
+    text = CONFIG_TEMPLATE.format(dataDir=dataDir, mtaPort=mtaPort, maxMessageSize=maxMessageSize,
+                                  workers=workers, submissionPort=submissionPort)
+    if "[relay]" not in extra and "[inbound]" not in extra:
+        text += "\n[inbound]\nchecks = no\n"
     with open(path, "w") as f:
-        f.write(CONFIG_TEMPLATE.format(dataDir=dataDir, mtaPort=mtaPort, maxMessageSize=maxMessageSize,
-                                       workers=workers, submissionPort=submissionPort) + extra)
+        f.write(text + extra)
     return path
 
 

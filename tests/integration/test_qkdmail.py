@@ -91,7 +91,9 @@ class InternalMailTests(RunningServerMixin, TestCase):
         with open(path, "rb") as f:
             stored = f.read()
         self.assertTrue(stored.endswith(body.replace(b"\r\n", b"\n")))
-        self.assertTrue(stored.startswith(b"Return-Path: <x@remote.test>\nReceived: "))
+        self.assertTrue(stored.startswith(b"Return-Path: <x@remote.test>\nAuthentication-Results: "))
+        self.assertIn(b"\nReceived-SPF: none ", stored)
+        self.assertIn(b"\nReceived: from client.test", stored)
 
 
 class DevelopmentConfigTests(TestCase):
