@@ -54,7 +54,7 @@ from twisted.python.failure import Failure
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.backends.userfile import FileUserDirectory, UserFileError
 from qutemail.blocking import InlineRunner
-from qutemail.climail import addMailCommands, addQKDCommands
+from qutemail.climail import addMailCommands, addQKDCommands, addRetentionCommands
 from qutemail.cliqueue import CommandError, addDKIMCommands, addDNSCommands, addQueueCommands
 from qutemail.config import Config, ConfigError, formatSize, loadConfig, parseSize
 from qutemail.interfaces import NoSuchUser, UserExists
@@ -281,6 +281,7 @@ def addUserCommands(commands: Any) -> None:
 # Each adds one command group to the top-level subparsers.
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
     addUserCommands, addQueueCommands, addDKIMCommands, addDNSCommands, addMailCommands, addQKDCommands,
+    addRetentionCommands,
 )
 
 

@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,6 +35,7 @@ from qutemail.cliqueue import CommandError, _copyBody
 from qutemail.qkd.certs import pkiPaths
 from qutemail.qkd.cipher import DecryptionError, readEnvelope
 from qutemail.qkd.vault import FileKeyVault, KeyVaultError
+from qutemail.store.retention import RetentionSweep
 from qutemail.store.reader import MessageUnreadable, listMessages, readMessage
 
 
@@ -104,6 +106,55 @@ def _mailShow(context: Any, arguments: argparse.Namespace) -> int:
     with body:
         _copyBody(body, context.stdout)
     return 0
+
+
+class _WallClock:
+    """
+    The time for a sweep run from the command line.
+    """
+
+    def seconds(self) -> float:
+        """
+        @return: the current POSIX time.
+        """
+        return time.time()
+
+
+def _retentionRun(context: Any, arguments: argparse.Namespace) -> int:
+    """
+    C{retention run [--dry-run]}: one retention sweep now, as the server
+    runs every hour; each message removed (or, with C{--dry-run}, that
+    would be) on a line, then a summary.
+    """
+    from qutemail.cli import wait
+
+    days = context.config.mailbox.retentionDays
+    if not days:
+        print("retention_days is 0: mail is kept for ever, nothing to do", file=context.stdout)
+        return 0
+    sweep = RetentionSweep(context.config.server.dataDir, days, _vault(context), InlineRunner(), _WallClock())
+    expired = wait(sweep.run(dryRun=arguments.dry_run))
+    for item in expired:
+        when = datetime.datetime.fromtimestamp(item.deliveredAt, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        name = os.path.basename(item.path).partition(":")[0]
+        print(f"{item.address}  {item.folder}  {name}  {when}  {item.sizeBytes}", file=context.stdout)
+    verb = "would remove" if arguments.dry_run else "removed"
+    total = sum(item.sizeBytes for item in expired)
+    print(f"{verb} {len(expired)} messages, {total} bytes, older than {days} days", file=context.stdout)
+    return 0
+
+
+def addRetentionCommands(commands: Any) -> None:
+    """
+    Add the C{retention} command group.
+
+    @param commands: the top-level subparsers.
+    """
+    retention = commands.add_parser("retention", help="remove mail older than [mailbox] retention_days")
+    actions = retention.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="sweep every mailbox once now")
+    run.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    run.set_defaults(run=_retentionRun)
 
 
 def addMailCommands(commands: Any) -> None:

@@ -37,6 +37,7 @@ from qutemail.pipeline.dkimverify import DKIMVerifier
 from qutemail.policy.dmarc import DMARCEvaluator
 from qutemail.policy.inbound import InboundChecks
 from qutemail.policy.spf import SPFChecker
+from qutemail.store.retention import RetentionService, RetentionSweep
 from qutemail.listener.tls import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
@@ -492,6 +493,11 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             orphans.append((orphanJournal, routerFor(orphanJournal), orphanSpill))
     SpoolService(journal, queue, router, spillDir, orphans,
                  loadQueue=workerIndex == 0).setServiceParent(root)
+    if workerIndex == 0 and config.mailbox.retentionDays:
+        retention = RetentionService(
+            RetentionSweep(dataDir, config.mailbox.retentionDays, vault, runner, reactor), reactor)
+        retention.setName("retention")
+        retention.setServiceParent(root)
     scheduler = None
     if workerIndex == 0:
         scheduler = RetryScheduler(router, reactor, config.relay.retrySchedule,

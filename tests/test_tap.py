@@ -53,9 +53,9 @@ class TapTests(TestCase):
     def test_serviceTree(self):
         """
         The service tree starts the thread pool, the embedded KME (on
-        loopback, any port) and its client, the spool, the scheduler and the
-        MTA listener, in that order, and listens on the configured port and
-        address.
+        loopback, any port) and its client, the spool, the retention sweep,
+        the scheduler and the MTA listener, in that order, and listens on
+        the configured port and address.
         """
         reactor = MemoryReactorClock()
         # Results from the thread pool are dropped: this reactor never runs.
@@ -65,7 +65,8 @@ class TapTests(TestCase):
         root = makeService(options, reactor)
         self.assertEqual(
             [child.name for child in root],
-            ["blocking", "kme", "qkd-client", "spool", "retry-scheduler", "queue-control", "listener-mta"],
+            ["blocking", "kme", "qkd-client", "spool", "retention", "retry-scheduler", "queue-control",
+             "listener-mta"],
         )
         root.startService()
         # A memory reactor never delivers thread results, so the whole tree
@@ -76,6 +77,20 @@ class TapTests(TestCase):
         self.assertEqual((port, interface), (2525, "127.0.0.1"))
         self.assertEqual(type(factory).__name__, "SMTPServerFactory")
         self.assertTrue(os.path.isdir(os.path.join(self.dataDir, "queue", "journal")))
+
+    def test_inboundChecksAndRetention(self):
+        """
+        With C{[inbound] checks} on, the checks' own thread pool comes
+        before the listeners; with C{retention_days = 0} there is no
+        retention sweep.
+        """
+        writeConfig(self.configPath, self.dataDir, mtaPort=2525,
+                    extra="[inbound]\nchecks = yes\n[mailbox]\nretention_days = 0\n")
+        options = Options()
+        options.parseOptions(["--config", self.configPath])
+        names = [child.name for child in makeService(options, MemoryReactorClock())]
+        self.assertNotIn("retention", names)
+        self.assertLess(names.index("inbound-checks"), names.index("listener-mta"))
 
     def test_badConfigExits(self):
         """
