@@ -480,7 +480,7 @@ class RetentionServiceTests(RetentionTestsMixin, SynchronousTestCase):
     def test_ticks(self):
         """
         Old mail goes at start; mail that ages past the retention goes at
-        the next tick, with its key.
+        the next tick, with its key, and the usage drops by its size.
         """
         old = self.deliver(ALICE, OLD)
         later = self.deliver(ALICE, NOW - RETENTION_DAYS * DAY + 1800, keyId="later")
@@ -491,9 +491,14 @@ class RetentionServiceTests(RetentionTestsMixin, SynchronousTestCase):
         self.assertTrue(os.path.exists(later))
         self.clock.advance(3599)
         self.assertTrue(os.path.exists(later))
+        self.assertTrue(self.hasKey("later"))
+        mailbox = mailboxPath(self.dataDir, ALICE.address)
+        before = readUsage(mailbox)
+        size = os.path.getsize(later)
         self.clock.advance(1)
         self.assertFalse(os.path.exists(later))
         self.assertFalse(self.hasKey("later"))
+        self.assertEqual(readUsage(mailbox), (before[0] - size, before[1] - 1))
 
     def test_noOverlap(self):
         """
