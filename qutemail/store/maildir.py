@@ -424,8 +424,12 @@ class MaildirStore:
                     if replaced:
                         continue  # another process swapped it in: use the new one
                     if os.fstat(fd).st_size == 0:
-                        writeAll(fd, b"%dS\n" % (quota,))
-                    writeAll(fd, b"%d %d\n" % (size, count))
+                        # a new file starts from a full count (which holds
+                        # this change already), not from this change alone
+                        total, messages = countMailbox(path)
+                        writeAll(fd, b"%dS\n%d %d\n" % (quota, total, messages))
+                    else:
+                        writeAll(fd, b"%d %d\n" % (size, count))
                     if os.fstat(fd).st_size > MAILDIRSIZE_MAX_BYTES:
                         total, messages = readUsage(path)
                         temp = f"{sizeFile}.{os.getpid()}.{threading.get_ident()}"

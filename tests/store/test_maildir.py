@@ -400,6 +400,23 @@ class UsageTests(MaildirTestsMixin, SynchronousTestCase):
         self.assertEqual(readUsage(mailbox), (sum(sizes), 3))
         self.assertEqual(self.successResultOf(self.store.usage(ALICE)), (sum(sizes), 3))
 
+    def test_recreatedFromCount(self):
+        """
+        When C{maildirsize} is missing (removed, or never written by another
+        Maildir tool), the next delivery writes it from a full count of the
+        mailbox, folders included, not from its own size alone.
+        """
+        first = message(queueId="R0", body=b"x\n" * 50)
+        self.successResultOf(self.store.deliver(first, ALICE))
+        mailbox = mailboxPath(self.dataDir, ALICE.address)
+        os.unlink(os.path.join(mailbox, "maildirsize"))
+        second = message(queueId="R1", body=b"y\n")
+        self.successResultOf(self.store.deliver(second, ALICE))
+        sizes = [len(returnPath(m)) + m.size for m in (first, second)]
+        self.assertEqual(readUsage(mailbox), (sum(sizes), 2))
+        with open(os.path.join(mailbox, "maildirsize"), "rb") as f:
+            self.assertEqual(f.read(), b"%dS\n%d 2\n" % (self.defaultQuota, sum(sizes)))
+
     def test_readUsageMissing(self):
         """
         A mailbox without C{maildirsize} uses nothing.
