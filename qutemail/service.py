@@ -25,6 +25,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
+from qutemail.access.imapaccount import imapPortal
+from qutemail.access.imapserver import IMAPFactory
 from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redislimiter import connect as connectRedis
@@ -548,6 +550,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             popPortal = pop3Portal(users, dataDir, vault, runner)
             for name, port, implicit in (("pop3", config.pop3.port, False), ("pop3s", config.pop3.tlsPort, True)):
                 wanted.append((name, port, dict(pop3=True, implicitTLS=implicit, portal=popPortal)))
+            mailPortal = imapPortal(users, dataDir, vault, runner)
+            for name, port, implicit in (("imap", config.imap.port, False), ("imaps", config.imap.tlsPort, True)):
+                wanted.append((name, port, dict(imap=True, implicitTLS=implicit, portal=mailPortal)))
     for name, port, args in wanted:
         description = listen.get(name) or (endpointFor(server.bind, port) if port else None)
         if description is None:
@@ -555,6 +560,11 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         if args.get("pop3"):
             factory = POP3Factory(args["portal"], runner, reactor, throttle, tlsContext,
                                   implicitTLS=args["implicitTLS"])
+        elif args.get("imap"):
+            factory = IMAPFactory(args["portal"], runner, reactor, throttle, tlsContext,
+                                  implicitTLS=args["implicitTLS"], hostname=server.hostname,
+                                  defaultQuotaBytes=config.mailbox.defaultQuotaBytes,
+                                  maxAppendBytes=config.smtp.maxMessageBytes)
         else:
             factory = SMTPServerFactory(**args)
         listening = factory

@@ -80,12 +80,15 @@ class FolderMessage:
     @ivar baseName: its file name up to the info (C{:2,} and flags).
     @ivar path: its file.
     @ivar flags: its IMAP flags (see L{LETTER_TO_FLAG}).
+    @ivar mtime: its file's modification time (its IMAP INTERNALDATE), as
+        L{sync} saw it.
     """
 
     uid: int
     baseName: str
     path: str
     flags: frozenset[str]
+    mtime: float = 0.0
 
 
 @attrs.frozen
@@ -289,7 +292,8 @@ def sync(folderPath: str, now: float) -> FolderState:
         if changed or arrived:
             replaceFile(listPath, formatUidList(uidValidity, uidNext, kept))
     messages = tuple(
-        FolderMessage(uid, name, files[name][0], flagsOfLetters(infoLetters(os.path.basename(files[name][0]))))
+        FolderMessage(uid, name, files[name][0], flagsOfLetters(infoLetters(os.path.basename(files[name][0]))),
+                      files[name][1])
         for uid, name in kept
     )
     return FolderState(uidValidity, uidNext, messages)

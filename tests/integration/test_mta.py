@@ -53,25 +53,37 @@ class RunningServerMixin:
         extra = relaySection(self.dns, self.remote, self.relayExtra) + self.configExtra
         self.configPath = writeConfig(os.path.join(base, "qutemail.ini"), self.dataDir,
                                       maxMessageSize=self.maxMessageSize, extra=extra)
-        config = loadConfig(self.configPath, environ={})
         users = FileUserDirectory(os.path.join(self.dataDir, "users"), InlineRunner(), reactor, workFactor=4)
         os.makedirs(self.dataDir, exist_ok=True)
         for name in ("alice", "bob"):
             users.addUser(f"{name}@example.test", b"pw-" + name.encode())
-        loopback = "tcp:0:interface=127.0.0.1"
-        self.root = buildService(config, reactor, listen={"mta": loopback, "submission": loopback,
-                                                         "smtps": loopback, "pop3": loopback,
-                                                         "pop3s": loopback})
-        self.root.startService()
-        self.addCleanup(self.root.stopService)
+        await self.startServer()
+
+    async def startServer(self) -> None:
+        """
+        Build and start the service tree from C{self.configPath}, every
+        listener on a free loopback port, and find the ports.
+        """
+        config = loadConfig(self.configPath, environ={})
+        names = ("mta", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+        root = buildService(config, reactor, listen={name: "tcp:0:interface=127.0.0.1" for name in names})
+        self.root = root
+        root.startService()
+        self.addCleanup(lambda: root.stopService() if root.running else None)
         self.ports = {}
 
         def listening(port, name):
             self.ports[name] = port.getHost().port
 
-        await gatherResults([self.root.listeners[name].whenListening().addCallback(listening, name)
-                             for name in ("mta", "submission", "smtps", "pop3", "pop3s")])
+        await gatherResults([root.listeners[name].whenListening().addCallback(listening, name) for name in names])
         self.port = self.ports["mta"]
+
+    async def restartServer(self) -> None:
+        """
+        Stop the service tree and start a new one on the same data.
+        """
+        await self.root.stopService()
+        await self.startServer()
 
     def smtp(self, f, port: int | None = None, prepare=None):
         """

@@ -1,0 +1,195 @@
+# -*- test-case-name: tests.access.test_imapserver -*-
+"""
+A session's view of its selected folder (RFC 3501 §2.3.1): the messages
+with their sequence numbers, UIDs and flags as the client was last told.
+
+The view changes only when the session itself changes the folder or
+L{FolderView.update} applies a fresh L{qutemail.access.uids.sync}; that
+returns the untagged responses (EXPUNGE, FETCH FLAGS, EXISTS, RECENT)
+that tell the client, so its sequence numbers never go out of step.
+C{\\Recent} is kept for the session only: a message is recent for the
+session that first sees it in C{new/} (see
+L{qutemail.access.imapstore.syncFolder}).
+
+Pure bookkeeping: nothing here touches the disk.
+"""
+
+from collections.abc import Iterable
+
+import attrs
+
+from qutemail.access.imapwire import ParseError, inSequenceSet
+from qutemail.access.uids import FolderMessage, FolderState
+
+RECENT = "\\Recent"
+# The flags stored in Maildir file names (see L{qutemail.access.uids}).
+PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "$Forwarded")
+
+
+class UIDValidityChanged(Exception):
+    """
+    The folder's UIDVALIDITY changed under the session (its C{uidlist}
+    was lost and rebuilt): the session cannot go on with this folder.
+    """
+
+
+class FolderGone(Exception):
+    """
+    The selected folder was deleted or renamed by another session.
+    """
+
+
+@attrs.define(eq=False)
+class Slot:
+    """
+    One message of the view.
+
+    @ivar uid: its UID.
+    @ivar baseName: its base name.
+    @ivar path: its file, as last seen.
+    @ivar flags: its stored flags.
+    @ivar mtime: its INTERNALDATE.
+    @ivar recent: whether it is C{\\Recent} in this session.
+    """
+
+    uid: int
+    baseName: str
+    path: str
+    flags: frozenset[str]
+    mtime: float
+    recent: bool = False
+
+    def allFlags(self) -> list[str]:
+        """
+        @return: its flags as FETCH FLAGS shows them, C{\\Recent} included.
+        """
+        return sorted(self.flags) + ([RECENT] if self.recent else [])
+
+    def asFolderMessage(self) -> FolderMessage:
+        """
+        @return: it, as L{qutemail.access.imapstore} takes messages.
+        """
+        return FolderMessage(self.uid, self.baseName, self.path, self.flags, self.mtime)
+
+
+def flagList(flags: Iterable[str]) -> bytes:
+    """
+    @return: a parenthesised flag list.
+    """
+    return b"(" + b" ".join(f.encode("ascii", "replace") for f in flags) + b")"
+
+
+def _slot(message: FolderMessage, recent: frozenset[str]) -> Slot:
+    """
+    @return: a slot for a message just found.
+    """
+    return Slot(message.uid, message.baseName, message.path, message.flags, message.mtime,
+                message.baseName in recent)
+
+
+@attrs.define(eq=False)
+class FolderView:
+    """
+    The selected folder of a session.
+
+    @ivar name: its IMAP name (text, C{INBOX} canonical).
+    @ivar path: its directory.
+    @ivar writable: SELECT (true) or EXAMINE.
+    @ivar uidValidity: its UIDVALIDITY.
+    @ivar uidNext: its UIDNEXT as last seen.
+    @ivar slots: its messages, by sequence number.
+    """
+
+    name: str
+    path: str
+    writable: bool
+    uidValidity: int
+    uidNext: int
+    slots: list[Slot]
+
+    @classmethod
+    def fromState(cls, name: str, path: str, writable: bool, state: FolderState,
+                  recent: frozenset[str]) -> "FolderView":
+        """
+        @return: a view of a folder just synced.
+        """
+        return cls(name, path, writable, state.uidValidity, state.uidNext,
+                   [_slot(m, recent) for m in state.messages])
+
+    def recentCount(self) -> int:
+        """
+        @return: how many messages are C{\\Recent}.
+        """
+        return sum(1 for s in self.slots if s.recent)
+
+    def firstUnseen(self) -> int | None:
+        """
+        @return: the sequence number of the first message not C{\\Seen}.
+        """
+        for seq, slot in enumerate(self.slots, 1):
+            if "\\Seen" not in slot.flags:
+                return seq
+        return None
+
+    def select(self, ranges: list[tuple[int | None, int | None]], uid: bool) -> list[tuple[int, Slot]]:
+        """
+        The messages of a sequence set.
+
+        @param uid: the set holds UIDs (UIDs not in use are left out);
+            else sequence numbers.
+        @return: C{(sequence number, slot)} in ascending order.
+        @raise ParseError: a sequence number is out of range (RFC 3501
+            §6.4.8 allows only UIDs not to exist).
+        """
+        if uid:
+            largest = self.slots[-1].uid if self.slots else 0
+            return [(seq, s) for seq, s in enumerate(self.slots, 1) if inSequenceSet(ranges, s.uid, largest)]
+        count = len(self.slots)
+        for low, high in ranges:
+            for n in (low, high):
+                if (n is not None and n > count) or (n is None and count == 0):
+                    raise ParseError("message sequence number out of range")
+        return [(seq, s) for seq, s in enumerate(self.slots, 1) if inSequenceSet(ranges, seq, count)]
+
+    def remove(self, baseNames: Iterable[str]) -> list[bytes]:
+        """
+        Drop messages the session expunged.
+
+        @return: the untagged EXPUNGE responses, in order.
+        """
+        gone = set(baseNames)
+        lines = []
+        kept = []
+        for slot in self.slots:
+            if slot.baseName in gone:
+                lines.append(b"%d EXPUNGE" % (len(kept) + 1,))
+            else:
+                kept.append(slot)
+        self.slots = kept
+        return lines
+
+    def update(self, state: FolderState, recent: frozenset[str]) -> list[bytes]:
+        """
+        Apply a fresh sync.
+
+        @return: the untagged responses telling the client.
+        @raise UIDValidityChanged: UIDVALIDITY changed.
+        """
+        if state.uidValidity != self.uidValidity:
+            raise UIDValidityChanged(self.name)
+        current = {m.uid: m for m in state.messages}
+        lines = self.remove(s.baseName for s in self.slots if s.uid not in current)
+        for seq, slot in enumerate(self.slots, 1):
+            message = current[slot.uid]
+            slot.path = message.path
+            if message.flags != slot.flags:
+                slot.flags = message.flags
+                lines.append(b"%d FETCH (FLAGS %b)" % (seq, flagList(slot.allFlags())))
+        largest = self.slots[-1].uid if self.slots else 0
+        arrived = [_slot(m, recent) for m in state.messages if m.uid > largest]
+        self.slots += arrived
+        if arrived:
+            lines.append(b"%d EXISTS" % (len(self.slots),))
+            lines.append(b"%d RECENT" % (self.recentCount(),))
+        self.uidNext = max(self.uidNext, state.uidNext)
+        return lines

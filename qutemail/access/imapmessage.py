@@ -1,0 +1,246 @@
+# -*- test-case-name: tests.access.test_imapserver -*-
+"""
+Messages as one IMAP session reads them: opened (decrypted when they were
+stored encrypted, see L{qutemail.store.reader.readMessage}), scanned for
+their MIME structure (L{qutemail.access.imapmime}), and read in chunks
+with CRLF line ends.
+
+A L{MessageCache} per session keeps what that costs: the structures (only
+header blocks are kept, at most C{maxHeaderBytes} of them) and the last
+C{maxOpenFiles} open files, a decrypted message being an anonymous
+temporary file on disk, never in memory.  A message is decrypted once
+while it stays in the cache; one read again later (after many others) is
+decrypted again.
+
+A message whose key is gone or that fails authentication is shown as the
+short plain-text notice POP3 serves (L{qutemail.access.pop3.notice}), and
+logged; one that cannot be read for now (the vault failed) is
+L{MessageUnavailable}; one expunged by another session is L{MessageGone}.
+"""
+
+import io
+from collections import OrderedDict
+from typing import Any, BinaryIO
+
+import attrs
+from twisted.logger import Logger
+
+from qutemail.access.imapmime import Entity, scanMessage
+from qutemail.access.imapstore import locate
+from qutemail.access.imapwire import CRLFConverter
+from qutemail.access.pop3 import notice
+from qutemail.store.reader import MessageUnreadable, readMessage
+
+# Bytes read from a message file per worker-thread call.
+CHUNK_BYTES = 128 * 1024
+
+
+class MessageGone(Exception):
+    """
+    The message was expunged (by another session).
+    """
+
+
+class MessageUnavailable(Exception):
+    """
+    The message cannot be read now (its key could not be had from the
+    vault); trying again later may work.
+    """
+
+
+def readConverted(f: BinaryIO, raw: int, rawEnd: int, maxRaw: int) -> tuple[bytes, int]:
+    """
+    Read a piece of a message with CRLF line ends.  Blocking.
+
+    @param raw: where to start.
+    @param rawEnd: where the region read ends.
+    @param maxRaw: at most how many bytes of the file to read.
+    @return: the converted bytes, and where the next piece starts.
+    """
+    take = min(maxRaw, rawEnd - raw)
+    if take <= 0:
+        return b"", raw
+    if raw > 0:
+        f.seek(raw - 1)
+        data = f.read(take + 1)
+        lastCR, data = data[:1] == b"\r", data[1:]
+    else:
+        f.seek(0)
+        data = f.read(take)
+        lastCR = False
+    return CRLFConverter(lastCR).feed(data), raw + len(data)
+
+
+def fileContains(f: BinaryIO, raw: int, rawEnd: int, needle: bytes) -> bool:
+    """
+    Whether a region of a message holds C{needle}, ignoring ASCII case.
+    Blocking; reads in chunks.
+
+    @param needle: lower case.
+    """
+    if not needle:
+        return True
+    overlap = len(needle) - 1
+    carry = b""
+    while raw < rawEnd:
+        f.seek(raw)
+        chunk = f.read(min(CHUNK_BYTES, rawEnd - raw))
+        if not chunk:
+            break
+        raw += len(chunk)
+        haystack = carry + chunk.lower()
+        if needle in haystack:
+            return True
+        carry = haystack[-overlap:] if overlap else b""
+    return False
+
+
+def _close(f: BinaryIO) -> None:
+    """
+    Close a file.  Blocking.
+    """
+    f.close()
+
+
+def _closeAll(files: list[BinaryIO]) -> None:
+    """
+    Close files.  Blocking.
+    """
+    for f in files:
+        f.close()
+
+
+@attrs.define(eq=False)
+class MessageCache:
+    """
+    The opened and scanned messages of one session.
+
+    @ivar address: the owner (for the log).
+    @ivar runner: runs file, crypto and parsing work.
+    @ivar vault: the key vault.
+    @ivar tempDirectory: where decrypted copies live.
+    @ivar maxOpenFiles: how many message files stay open.
+    @ivar maxHeaderBytes: how many header bytes of scanned messages stay.
+    """
+
+    _log = Logger()
+
+    address: str
+    runner: Any
+    vault: Any
+    tempDirectory: str | None = None
+    maxOpenFiles: int = 8
+    maxHeaderBytes: int = 8 * 1024 * 1024
+    _scans: OrderedDict = attrs.field(factory=OrderedDict)
+    _files: OrderedDict = attrs.field(factory=OrderedDict)
+    _headerBytes: int = 0
+
+    async def open(self, folderPath: str, baseName: str, path: str, needFile: bool = True
+                   ) -> tuple[Entity, BinaryIO | None]:
+        """
+        A message's structure, and its file if asked for.
+
+        @param folderPath: its folder.
+        @param baseName: its base name (which identifies it).
+        @param path: where the session last saw it.
+        @return: C{(structure, file)}; the file (C{None} unless
+            C{needFile}) stays open until the cache drops it: use it before
+            the next call.
+        @raise MessageGone: it was expunged.
+        @raise MessageUnavailable: it cannot be read now.
+        """
+        key = (folderPath, baseName)
+        root = self._scans.get(key)
+        f = self._files.get(key)
+        if root is not None and (f is not None or not needFile):
+            self._scans.move_to_end(key)
+            if f is not None:
+                self._files.move_to_end(key)
+            return root, f
+        if f is None:
+            f = await self._read(folderPath, baseName, path)
+            await self._keepFile(key, f)
+        else:
+            self._files.move_to_end(key)
+        if root is None:
+            root = await self.runner.run(scanMessage, f)
+            self._keepScan(key, root)
+        return root, f if needFile else None
+
+    async def _read(self, folderPath: str, baseName: str, path: str) -> BinaryIO:
+        """
+        Open a message as its owner sees it.
+        """
+        for attempt in (0, 1):
+            try:
+                f, _ = await readMessage(path, self.vault, self.runner, self.tempDirectory)
+                return f
+            except MessageUnreadable as e:
+                if e.temporary:
+                    self._log.warn("IMAP: message {messageId} of {address} not readable now: {reason}",
+                                   messageId=baseName, address=self.address, reason=str(e))
+                    raise MessageUnavailable(str(e)) from None
+                self._log.warn("IMAP: message {messageId} of {address} unreadable, shown as a notice: {reason}",
+                               messageId=baseName, address=self.address, reason=str(e))
+                return io.BytesIO(notice(baseName, str(e)))
+            except FileNotFoundError:
+                moved = await self.runner.run(locate, folderPath, baseName)
+                if moved is None:
+                    break
+                path = moved
+        raise MessageGone(baseName)
+
+    async def _keepFile(self, key: tuple, f: BinaryIO) -> None:
+        """
+        Keep a file open, closing the least recently used past the limit.
+        """
+        self._files[key] = f
+        while len(self._files) > max(self.maxOpenFiles, 1):
+            _, old = self._files.popitem(last=False)
+            await self.runner.run(_close, old)
+
+    def _keepScan(self, key: tuple, root: Entity) -> None:
+        """
+        Keep a structure, dropping the least recently used past the limit.
+        """
+        self._scans[key] = root
+        self._headerBytes += _headerBytes(root)
+        while self._headerBytes > self.maxHeaderBytes and len(self._scans) > 1:
+            _, old = self._scans.popitem(last=False)
+            self._headerBytes -= _headerBytes(old)
+
+    def forget(self, folderPath: str, baseName: str) -> None:
+        """
+        Drop a message's structure (its file is closed when it falls out).
+        """
+        root = self._scans.pop((folderPath, baseName), None)
+        if root is not None:
+            self._headerBytes -= _headerBytes(root)
+
+    async def close(self) -> None:
+        """
+        Close every open file (in one worker-thread call).
+        """
+        files = list(self._files.values())
+        self._files.clear()
+        self._scans.clear()
+        self._headerBytes = 0
+        if files:
+            try:
+                await self.runner.run(_closeAll, files)
+            except RuntimeError:
+                # The runner has stopped: the server is shutting down and
+                # its sessions end after it.  Closing files needs no wait.
+                _closeAll(files)
+
+
+def _headerBytes(entity: Entity) -> int:
+    """
+    @return: the header bytes an entity and those inside it keep.
+    """
+    total = len(entity.header)
+    for part in entity.parts or ():
+        total += _headerBytes(part)
+    if entity.message is not None:
+        total += _headerBytes(entity.message)
+    return total

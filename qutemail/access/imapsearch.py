@@ -1,0 +1,258 @@
+# -*- test-case-name: tests.access.test_imapserver -*-
+"""
+SEARCH criteria (RFC 3501 §6.4.4): parsed from the command's tokens into
+a tree, then matched against each message.
+
+Flags, sequence numbers, UIDs and INTERNALDATE need nothing but the
+session's view; sizes, header fields and the sent date need the message's
+scanned structure; BODY and TEXT read the message (decrypted) in chunks.
+Header fields match their raw form or their RFC 2047 decoded form; BODY
+and TEXT match the message's bytes as stored (a base64 or
+quoted-printable part is not decoded); matching ignores case (Unicode
+case folding for header fields, ASCII case for bodies).
+"""
+
+import datetime
+import email.errors
+import email.header
+import email.utils
+from typing import Any, Awaitable, Callable
+
+import attrs
+
+from qutemail.access.imapmailbox import Slot
+from qutemail.access.imapmime import Entity
+from qutemail.access.imapstructure import unfold
+from qutemail.access.imapwire import Atom, ParseError, inSequenceSet, parseDate, parseSequenceSet
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False),
+}
+_HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+CHARSETS = ("US-ASCII", "UTF-8")
+
+
+@attrs.frozen
+class Key:
+    """
+    One node of a parsed search.
+
+    @ivar op: what it tests (C{"and"}, C{"or"}, C{"not"}, C{"flag"} ...).
+    @ivar args: its arguments.
+    """
+
+    op: str
+    args: tuple
+
+
+@attrs.define
+class Candidate:
+    """
+    A message being matched.
+
+    @ivar seq: its sequence number.
+    @ivar slot: its slot in the view.
+    @ivar lastSeq: the largest sequence number (C{*}).
+    @ivar lastUid: the largest UID (C{*} in a UID set).
+    @ivar structure: gives its scanned structure (a coroutine function).
+    @ivar contains: tells whether a region (C{"body"} or C{"all"}) holds
+        some lower-case bytes (a coroutine function).
+    """
+
+    seq: int
+    slot: Slot
+    lastSeq: int
+    lastUid: int
+    structure: Callable[[], Awaitable[Entity]]
+    contains: Callable[[str, bytes], Awaitable[bool]]
+
+
+def _text(token: Any, charset: str) -> str:
+    """
+    @return: a string argument as text.
+    @raise ParseError: it is not a string.
+    """
+    if not isinstance(token, bytes):
+        raise ParseError("SEARCH expected a string")
+    return token.decode("utf-8" if charset == "UTF-8" else "ascii", "replace")
+
+
+def _take(tokens: list, what: str) -> Any:
+    """
+    @return: the next token.
+    @raise ParseError: there is none.
+    """
+    if not tokens:
+        raise ParseError(f"SEARCH {what} needs an argument")
+    return tokens.pop(0)
+
+
+def _parseOne(tokens: list, charset: str) -> Key:
+    """
+    Parse one search key from the front of C{tokens}.
+    """
+    token = tokens.pop(0)
+    if isinstance(token, list):
+        return Key("and", tuple(parseKeys(list(token), charset)))
+    if not isinstance(token, Atom):
+        raise ParseError("SEARCH expected a search key")
+    word = token.upper().decode("ascii", "replace")
+    if word[:1].isdigit() or word[:1] == "*":
+        return Key("seq", (parseSequenceSet(bytes(token)),))
+    if word == "ALL":
+        return Key("all", ())
+    if word in _FLAG_KEYS:
+        return Key("flag", _FLAG_KEYS[word])
+    if word in ("NEW", "OLD", "RECENT"):
+        return Key(word.lower(), ())
+    if word in ("KEYWORD", "UNKEYWORD"):
+        return Key("flag", (_text(_take(tokens, word), "US-ASCII"), word == "KEYWORD"))
+    if word in _HEADER_KEYS:
+        return Key("header", (_HEADER_KEYS[word], _text(_take(tokens, word), charset)))
+    if word == "HEADER":
+        name = _text(_take(tokens, word), "US-ASCII").lower()
+        return Key("header", (name, _text(_take(tokens, word), charset)))
+    if word in ("BODY", "TEXT"):
+        needle = _text(_take(tokens, word), charset).encode("utf-8").lower()
+        return Key("contains", ("body" if word == "BODY" else "all", needle))
+    if word in ("LARGER", "SMALLER"):
+        value = _take(tokens, word)
+        if not isinstance(value, Atom) or not value.isdigit():
+            raise ParseError(f"SEARCH {word} needs a number")
+        return Key(word.lower(), (int(value),))
+    if word in _DATE_KEYS:
+        value = _take(tokens, word)
+        if not isinstance(value, bytes):
+            raise ParseError(f"SEARCH {word} needs a date")
+        return Key("date", (word, parseDate(bytes(value))))
+    if word == "UID":
+        value = _take(tokens, word)
+        if not isinstance(value, Atom):
+            raise ParseError("SEARCH UID needs a sequence set")
+        return Key("uid", (parseSequenceSet(bytes(value)),))
+    if word == "NOT":
+        if not tokens:
+            raise ParseError("SEARCH NOT needs a key")
+        return Key("not", (_parseOne(tokens, charset),))
+    if word == "OR":
+        if not tokens:
+            raise ParseError("SEARCH OR needs two keys")
+        first = _parseOne(tokens, charset)
+        if not tokens:
+            raise ParseError("SEARCH OR needs two keys")
+        return Key("or", (first, _parseOne(tokens, charset)))
+    raise ParseError(f"unknown SEARCH key {word[:40]}")
+
+
+def parseKeys(tokens: list, charset: str = "US-ASCII") -> list[Key]:
+    """
+    Parse search keys.
+
+    @param tokens: the command's tokens after any CHARSET.
+    @param charset: C{US-ASCII} or C{UTF-8}.
+    @return: the keys, all of which must match.
+    @raise ParseError: bad syntax.
+    """
+    keys = []
+    while tokens:
+        keys.append(_parseOne(tokens, charset))
+    if not keys:
+        raise ParseError("SEARCH needs a search key")
+    return keys
+
+
+def _headerValues(structure: Entity, name: str) -> list[str]:
+    """
+    @return: a field's values, each raw, read as UTF-8, and RFC 2047
+        decoded.
+    """
+    values = []
+    for value in structure.rawFields(name):
+        raw = unfold(str(value))
+        values.append(raw)
+        # Raw 8-bit bytes (surrogate escapes) read as UTF-8.
+        values.append(raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        try:
+            values.append(str(email.header.make_header(email.header.decode_header(raw))))
+        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+            pass
+    return values
+
+
+def _sentDate(structure: Entity, slot: Slot) -> datetime.date:
+    """
+    @return: the date of the Date field in its own zone, else the
+        INTERNALDATE's.
+    """
+    value = structure.rawField("date")
+    parsed = email.utils.parsedate_tz(unfold(str(value))) if value is not None else None
+    if parsed is not None:
+        try:
+            return datetime.date(*parsed[:3])
+        except ValueError:
+            pass
+    return datetime.datetime.fromtimestamp(slot.mtime, datetime.timezone.utc).date()
+
+
+def _compare(word: str, date: datetime.date, wanted: datetime.date) -> bool:
+    """
+    @return: whether C{date} is BEFORE, ON or SINCE C{wanted}.
+    """
+    if word.endswith("BEFORE"):
+        return date < wanted
+    if word.endswith("ON"):
+        return date == wanted
+    return date >= wanted
+
+
+async def matches(key: Key, c: Candidate) -> bool:
+    """
+    @return: whether a message matches a key.
+    """
+    op, args = key.op, key.args
+    if op == "and":
+        for sub in args:
+            if not await matches(sub, c):
+                return False
+        return True
+    if op == "or":
+        return await matches(args[0], c) or await matches(args[1], c)
+    if op == "not":
+        return not await matches(args[0], c)
+    if op == "all":
+        return True
+    if op == "flag":
+        flag, present = args
+        return (flag.lower() in {f.lower() for f in c.slot.flags}) == present
+    if op == "recent":
+        return c.slot.recent
+    if op == "new":
+        return c.slot.recent and "\\Seen" not in c.slot.flags
+    if op == "old":
+        return not c.slot.recent
+    if op == "seq":
+        return inSequenceSet(args[0], c.seq, c.lastSeq)
+    if op == "uid":
+        return inSequenceSet(args[0], c.slot.uid, c.lastUid)
+    if op == "date" and not args[0].startswith("SENT"):
+        internal = datetime.datetime.fromtimestamp(c.slot.mtime, datetime.timezone.utc).date()
+        return _compare(args[0], internal, args[1])
+    structure = await c.structure()
+    if op == "date":
+        return _compare(args[0], _sentDate(structure, c.slot), args[1])
+    if op == "larger":
+        return structure.size > args[0]
+    if op == "smaller":
+        return structure.size < args[0]
+    if op == "header":
+        name, needle = args
+        values = _headerValues(structure, name)
+        folded = needle.casefold()
+        return any(folded in v.casefold() for v in values) if needle else bool(values)
+    if op == "contains":
+        return await c.contains(args[0], args[1])
+    raise AssertionError(f"unknown search key {op}")

@@ -1,0 +1,339 @@
+# -*- test-case-name: tests.access.test_imapserver -*-
+"""
+The IMAP commands of the selected state (RFC 3501 §6.4, RFC 4315 UID
+EXPUNGE, RFC 6851 MOVE, RFC 3691 UNSELECT), as a mixin of
+L{qutemail.access.imapserver.IMAPServer}.
+
+FETCH items are parsed by Twisted's C{_FetchParser} (a private part of
+C{twisted.mail.imap4}; setup.cfg pins the Twisted series) and answered by
+L{qutemail.access.imapfetch}, one message at a time: a message is opened
+only when an item needs its content, and bodies are streamed.  BODY[...]
+without .PEEK, RFC822 and RFC822.TEXT set C{\\Seen} in a read-write
+session.  No EXPUNGE response is sent during FETCH, STORE or SEARCH
+(RFC 3501 §7.4.1): the view changes only on the commands that announce
+it.
+"""
+
+from twisted.mail.imap4 import _FetchParser
+
+from qutemail.access.folders import NoSuchFolder
+from qutemail.access.imapaccount import IMAPAccount
+from qutemail.access.imapfetch import (
+    ResumePoints, WriteFlow, needsFile, needsStructure, render, sendPieces, setsSeen,
+)
+from qutemail.access.imapmailbox import flagList
+from qutemail.access.imapmessage import MessageGone, MessageUnavailable, fileContains
+from qutemail.access.imapsearch import CHARSETS, Candidate, Key, matches, parseKeys
+from qutemail.access.imapstore import expunge, storeFlags, transfer
+from qutemail.access.imapstructure import region
+from qutemail.access.imapwire import Atom, ParseError, astring, bad, no, parseSequenceSet
+from qutemail.access.imapcommands import parseFlags
+
+
+def uidSet(uids: list[int]) -> bytes:
+    """
+    @return: UIDs as a sequence set in the given order (runs of
+        consecutive UIDs as ranges), for COPYUID.
+    """
+    out: list[bytes] = []
+    start = prev = None
+    for uid in uids + [None]:
+        if prev is not None and uid == prev + 1:
+            prev = uid
+            continue
+        if start is not None:
+            out.append(b"%d" % (start,) if start == prev else b"%d:%d" % (start, prev))
+        start = prev = uid
+    return b",".join(out)
+
+
+class SelectedCommands:
+    """
+    The selected-state commands (a mixin of the server).
+    """
+
+    _resume: ResumePoints | None = None
+
+    def _sequenceSet(self, token: object) -> list:
+        """
+        @return: a sequence-set argument's ranges.
+        @raise ParseError: it is not one.
+        """
+        if not isinstance(token, Atom):
+            raise ParseError("expected a sequence set")
+        return parseSequenceSet(bytes(token))
+
+    async def imap_CHECK(self, tag: bytes, rest: bytes, uid: bool) -> None:
+        """
+        CHECK: every change is on disk already; report changes.
+        """
+        await self._refresh()
+        self._tagged(tag, b"OK", b"CHECK completed")
+
+    async def imap_UNSELECT(self, tag: bytes, rest: bytes, uid: bool) -> None:
+        """
+        UNSELECT (RFC 3691): leave the folder without expunging.
+        """
+        self._deselect()
+        self._tagged(tag, b"OK", b"UNSELECT completed")
+
+    async def imap_CLOSE(self, tag: bytes, rest: bytes, uid: bool) -> None:
+        """
+        CLOSE: expunge silently (read-write only), then leave the folder.
+        """
+        if self.view.writable:
+            await self._expunge(None)
+        self._deselect()
+        self._tagged(tag, b"OK", b"CLOSE completed")
+
+    async def imap_EXPUNGE(self, tag: bytes, rest: bytes, uid: bool) -> None:
+        """
+        EXPUNGE, or UID EXPUNGE set (RFC 4315 §2.1).
+        """
+        ranges = None
+        if uid:
+            tokens, _ = await self._arguments(rest)
+            if len(tokens) != 1:
+                raise bad(b"UID EXPUNGE needs a UID set")
+            ranges = self._sequenceSet(tokens[0])
+        if not self.view.writable:
+            raise no(b"[READ-ONLY] Mailbox is read-only")
+        for line in await self._expunge(ranges):
+            self._untagged(line)
+        self._tagged(tag, b"OK", b"EXPUNGE completed")
+
+    async def _expunge(self, ranges: list | None) -> list[bytes]:
+        """
+        Remove the messages marked C{\\Deleted} (those in a UID set only).
+
+        @return: the untagged EXPUNGE responses.
+        """
+        view, account = self.view, self.account
+        doomed = [s for _, s in (view.select(ranges, True) if ranges is not None else enumerate(view.slots))
+                  if "\\Deleted" in s.flags]
+        if not doomed:
+            return []
+        removed = await account.runner.run(expunge, view.path, [s.asFolderMessage() for s in doomed],
+                                           account.root, account.quotaBytes)
+        for baseName in removed:
+            account.cache.forget(view.path, baseName)
+        return view.remove(removed)
+
+    async def imap_SEARCH(self, tag: bytes, rest: bytes, uid: bool) -> None:
+        """
+        SEARCH [CHARSET c] criteria, or UID SEARCH.
+        """
+        tokens, _ = await self._arguments(rest)
+        charset = "US-ASCII"
+        if tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == b"CHARSET":
+            if len(tokens) < 2:
+                raise bad(b"CHARSET needs a name")
+            charset = astring(tokens[1], "charset").decode("ascii", "replace").upper()
+            tokens = tokens[2:]
+            if charset not in CHARSETS:
+                raise no(b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
+        query = Key("and", tuple(parseKeys(tokens, charset)))
+        view, account = self.view, self.account
+        slots = list(view.slots)
+        lastUid = slots[-1].uid if slots else 0
+        found = []
+        for seq, slot in enumerate(slots, 1):
+            candidate = Candidate(seq, slot, len(slots), lastUid, _structureOf(account, view.path, slot),
+                                  _containsIn(account, view.path, slot))
+            try:
+                if await matches(query, candidate):
+                    found.append(slot.uid if uid else seq)
+            except (MessageGone, MessageUnavailable):
+                continue
+        self._untagged(b"SEARCH" + b"".join(b" %d" % (n,) for n in found))
+        self._tagged(tag, b"OK", b"SEARCH completed")
+
+    async def imap_FETCH(self, tag: bytes, rest: bytes, uid: bool) -> None:
+        """
+        FETCH set items, or UID FETCH.
+        """
+        sequence, _, rest = rest.partition(b" ")
+        ranges = parseSequenceSet(sequence)
+        parser = _FetchParser()
+        try:
+            parser.parseString(rest)
+        except Exception:
+            raise bad(b"Bad FETCH items") from None
+        items = parser.result
+        if not items or parser.state:
+            raise bad(b"Bad FETCH items")
+        view, account = self.view, self.account
+        selected = view.select(ranges, uid)
+        seen = setsSeen(items) and view.writable
+        wantStructure, wantFile = needsStructure(items), needsFile(items)
+        if self._resume is None:
+            self._resume = ResumePoints()
+        flow = WriteFlow()
+        gone = unavailable = 0
+        self.transport.registerProducer(flow, True)
+        try:
+            for seq, slot in selected:
+                these = items
+                root = f = None
+                if wantStructure:
+                    try:
+                        root, f = await account.cache.open(view.path, slot.baseName, slot.path, wantFile)
+                    except MessageGone:
+                        gone += 1
+                        continue
+                    except MessageUnavailable:
+                        unavailable += 1
+                        continue
+                if seen and "\\Seen" not in slot.flags:
+                    try:
+                        await self._setFlags(slot, slot.flags | {"\\Seen"})
+                    except FileNotFoundError:
+                        gone += 1
+                        continue
+                    if not any(i.type == "flags" for i in items):
+                        these = items + [_FetchParser.Flags()]
+                pieces = render(these, seq, slot, root, f, uid)
+                await sendPieces(pieces, self.transport, flow, account.runner, self._resume, self.resetTimeout)
+                # Long listings wait for the client too.
+                await flow.whenWritable()
+                if flow.stopped:
+                    return
+        finally:
+            self.transport.unregisterProducer()
+        if unavailable:
+            raise no(b"[UNAVAILABLE] Some messages cannot be read now; try again later")
+        if gone:
+            raise no(b"Some messages were expunged by another session")
+        self._tagged(tag, b"OK", b"FETCH completed")
+
+    async def _setFlags(self, slot: object, flags: frozenset[str]) -> None:
+        """
+        Store a message's flags in its file name.
+
+        @raise FileNotFoundError: it is gone.
+        """
+        account = self.account
+        slot.path = await account.runner.run(storeFlags, self.view.path, slot.baseName, slot.path,
+                                             frozenset(flags))
+        slot.flags = frozenset(flags)
+
+    async def imap_STORE(self, tag: bytes, rest: bytes, uid: bool) -> None:
+        """
+        STORE set [+-]FLAGS[.SILENT] flags, or UID STORE.
+        """
+        tokens, _ = await self._arguments(rest)
+        if len(tokens) < 3 or not isinstance(tokens[1], Atom):
+            raise bad(b"STORE needs a set, an action and flags")
+        ranges = self._sequenceSet(tokens[0])
+        action = tokens[1].upper()
+        silent = action.endswith(b".SILENT")
+        action = action[:-len(b".SILENT")] if silent else action
+        if action not in (b"FLAGS", b"+FLAGS", b"-FLAGS"):
+            raise bad(b"Unknown STORE action")
+        flags = parseFlags(tokens[2] if len(tokens) == 3 and isinstance(tokens[2], list) else tokens[2:])
+        if not self.view.writable:
+            raise no(b"[READ-ONLY] Mailbox is read-only")
+        gone = 0
+        for seq, slot in self.view.select(ranges, uid):
+            if action == b"+FLAGS":
+                wanted = slot.flags | flags
+            elif action == b"-FLAGS":
+                wanted = slot.flags - flags
+            else:
+                wanted = flags
+            if wanted != slot.flags:
+                try:
+                    await self._setFlags(slot, wanted)
+                except FileNotFoundError:
+                    gone += 1
+                    continue
+            if not silent:
+                uidPart = b" UID %d" % (slot.uid,) if uid else b""
+                self._untagged(b"%d FETCH (FLAGS %b%b)" % (seq, flagList(slot.allFlags()), uidPart))
+        if gone:
+            raise no(b"Some messages were expunged by another session")
+        self._tagged(tag, b"OK", b"STORE completed")
+
+    async def imap_COPY(self, tag: bytes, rest: bytes, uid: bool) -> None:
+        """
+        COPY set mailbox, or UID COPY; answered with COPYUID (RFC 4315).
+        """
+        await self._transfer(tag, rest, uid, False)
+
+    async def imap_MOVE(self, tag: bytes, rest: bytes, uid: bool) -> None:
+        """
+        MOVE set mailbox, or UID MOVE (RFC 6851).
+        """
+        await self._transfer(tag, rest, uid, True)
+
+    async def _transfer(self, tag: bytes, rest: bytes, uid: bool, move: bool) -> None:
+        """
+        See L{imap_COPY} and L{imap_MOVE}.
+        """
+        tokens, _ = await self._arguments(rest)
+        if len(tokens) != 2:
+            raise bad(b"Expected a sequence set and a mailbox name")
+        ranges = self._sequenceSet(tokens[0])
+        account, view = self.account, self.view
+        target = account.folderName(astring(tokens[1], "mailbox name"))
+        try:
+            targetPath = await account.folderPath(target)
+        except NoSuchFolder:
+            raise no(b"[TRYCREATE] No such mailbox") from None
+        if move and not view.writable:
+            raise no(b"[READ-ONLY] Mailbox is read-only")
+        selected = [slot for _, slot in view.select(ranges, uid)]
+        command = b"MOVE" if move else b"COPY"
+        if not selected:
+            self._tagged(tag, b"OK", command + b" completed (no messages)")
+            return
+        uidValidity, uids, moved = await account.runner.run(
+            transfer, [s.asFolderMessage() for s in selected], view.path, targetPath, move, account.root,
+            account.quotaBytes, account.now(), account.hostname)
+        pairs = [(s.uid, n) for s, n in zip(selected, uids) if n]
+        code = b""
+        if pairs:
+            code = b"[COPYUID %d %b %b] " % (uidValidity, uidSet([p[0] for p in pairs]), uidSet([p[1] for p in pairs]))
+        if move:
+            if code:
+                self._untagged(b"OK " + code + b"Moved")
+            for baseName in moved:
+                account.cache.forget(view.path, baseName)
+            for line in view.remove(moved):
+                self._untagged(line)
+            code = b""
+        if target == view.name:
+            await self._refresh()
+        self._tagged(tag, b"OK", code + command + b" completed")
+
+
+def _structureOf(account: IMAPAccount, folderPath: str, slot: object):
+    """
+    @return: a coroutine function giving a message's structure.
+    """
+
+    async def structure():
+        """
+        @return: the message's structure.
+        """
+        root, _ = await account.cache.open(folderPath, slot.baseName, slot.path, False)
+        return root
+
+    return structure
+
+
+def _containsIn(account: IMAPAccount, folderPath: str, slot: object):
+    """
+    @return: a coroutine function telling whether a region of a message
+        (C{"body"} or C{"all"}) holds some lower-case bytes.
+    """
+
+    async def contains(what: str, needle: bytes) -> bool:
+        """
+        @return: whether the region holds C{needle}.
+        """
+        root, f = await account.cache.open(folderPath, slot.baseName, slot.path, True)
+        start, end = region(root, what)
+        return await account.runner.run(fileContains, f, start.raw, end.raw, needle)
+
+    return contains

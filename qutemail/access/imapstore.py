@@ -1,0 +1,370 @@
+# -*- test-case-name: tests.access.test_imapstore -*-
+"""
+The Maildir++ file work of IMAP sessions: taking new mail into C{cur/},
+APPEND, COPY, MOVE, EXPUNGE, folder deletion, and keeping the account's
+C{maildirsize} up to date as L{qutemail.store.maildir} does (one
+C{<bytes> <count>} line per change, negative for removals, under
+C{flock}).
+
+Each message a session writes is named as Maildir++ asks,
+C{<secs>.M<usecs>P<pid>R<random>.<host>,S=<bytes>}, written in the
+folder's C{tmp/}, fsynced, and renamed into C{cur/} with its flags; the
+directory is fsynced before the command is answered.  A copy is a hard
+link when the file system allows (messages never change), so it costs no
+space on disk but counts in the quota, as Maildir++ counts names.
+
+Every function here blocks: callers run them through the runner.
+"""
+
+import fcntl
+import os
+import shutil
+import threading
+
+import attrs
+
+from qutemail.access.folders import MaildirFolders
+from qutemail.access.uids import INFO_PREFIX, FolderMessage, FolderState, infoLetters, lettersOfFlags, setFlags, sync
+from qutemail.durable import syncDirectory, writeAll
+from qutemail.store.maildir import MAILDIRSIZE_MAX_BYTES, countMailbox, messageEntries, readUsage
+from qutemail.store.reader import storedId
+
+
+class OverQuota(Exception):
+    """
+    The change would take the account past its quota.
+    """
+
+
+def locate(folderPath: str, baseName: str) -> str | None:
+    """
+    Find a message by base name in C{new/} or C{cur/} (after another
+    session renamed it).
+
+    @return: its path, or C{None} when it is gone.
+    """
+    found = None
+    for entry in messageEntries(folderPath):
+        if storedId(entry.name) == baseName:
+            found = entry.path
+    return found
+
+
+def storedSize(path: str) -> int:
+    """
+    @return: a message's size as the quota counts it: its Maildir++
+        C{,S=} size, else its file's size.
+    @raise FileNotFoundError: no C{,S=} and the file is gone.
+    """
+    _, marker, rest = os.path.basename(path).partition(",S=")
+    digits = rest.split(":")[0].split(",")[0]
+    if marker and digits.isdigit():
+        return int(digits)
+    return os.stat(path).st_size
+
+
+def uniqueName(now: float, hostname: str, size: int) -> str:
+    """
+    @return: a new message base name (see the module docstring).
+    """
+    secs = int(now)
+    host = hostname.replace("/", r"\057").replace(":", r"\072")
+    return f"{secs}.M{int((now - secs) * 1_000_000):06d}P{os.getpid()}R{os.urandom(8).hex()}.{host},S={size}"
+
+
+def usage(root: str) -> tuple[int, int]:
+    """
+    @return: the account's C{(bytes, messages)}, every folder included:
+        from C{maildirsize}, or counted when that file is missing.
+    """
+    return readUsage(root)
+
+
+def addUsage(root: str, quotaBytes: int, size: int, count: int) -> None:
+    """
+    Record a change (done already) in C{maildirsize}, under C{flock} as
+    L{qutemail.store.maildir.MaildirStore} and the retention sweep do.  A
+    missing file is created, for an addition, from a count of the whole
+    account (which holds the change), and left missing for a removal
+    (L{readUsage} counts the account then); one past
+    L{MAILDIRSIZE_MAX_BYTES} is folded into one line.  The file is derived
+    data: when it cannot be written it is removed, to be counted again.
+    """
+    sizeFile = os.path.join(root, "maildirsize")
+    create = os.O_CREAT if size > 0 or count > 0 else 0
+    try:
+        while True:
+            try:
+                fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | create, 0o600)
+            except FileNotFoundError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    replaced = os.fstat(fd).st_ino != os.stat(sizeFile).st_ino
+                except FileNotFoundError:
+                    replaced = True
+                if replaced:
+                    continue
+                if os.fstat(fd).st_size == 0:
+                    total, messages = countMailbox(root)
+                    writeAll(fd, b"%dS\n%d %d\n" % (quotaBytes, total, messages))
+                else:
+                    writeAll(fd, b"%d %d\n" % (size, count))
+                if os.fstat(fd).st_size > MAILDIRSIZE_MAX_BYTES:
+                    with open(sizeFile, "rb") as f:
+                        quotaLine = f.readline().rstrip(b"\n")
+                    total, messages = readUsage(root)
+                    temp = f"{sizeFile}.{os.getpid()}.{threading.get_ident()}"
+                    with open(temp, "wb") as f:
+                        f.write(b"%s\n%d %d\n" % (quotaLine, total, messages))
+                    os.rename(temp, sizeFile)
+                return
+            finally:
+                os.close(fd)
+    except OSError:
+        try:
+            os.unlink(sizeFile)
+        except OSError:
+            pass
+
+
+def checkQuota(root: str, quotaBytes: int, extraBytes: int) -> None:
+    """
+    @raise OverQuota: C{extraBytes} more would exceed the quota (0:
+        unlimited).
+    """
+    if quotaBytes and usage(root)[0] + extraBytes > quotaBytes:
+        raise OverQuota(f"{extraBytes} more bytes would exceed the quota of {quotaBytes}")
+
+
+def syncFolder(folderPath: str, now: float, claim: bool) -> tuple[FolderState, frozenset[str]]:
+    """
+    L{sync} a folder and find the messages still in C{new/}: they are
+    C{\\Recent} for the session that sees them first, which (when
+    C{claim}) moves them into C{cur/}.
+
+    @return: the state (with the new paths) and the recent base names.
+    @raise FileNotFoundError: the folder is gone.
+    """
+    state = sync(folderPath, now)
+    recent = set()
+    messages = []
+    for message in state.messages:
+        if os.path.basename(os.path.dirname(message.path)) == "new":
+            recent.add(message.baseName)
+            if claim:
+                try:
+                    message = attrs.evolve(message, path=setFlags(message.path, message.flags))
+                except FileNotFoundError:
+                    message = attrs.evolve(message, path=locate(folderPath, message.baseName) or message.path)
+        messages.append(message)
+    return FolderState(state.uidValidity, state.uidNext, tuple(messages)), frozenset(recent)
+
+
+def storeFlags(folderPath: str, baseName: str, path: str, flags: frozenset[str]) -> str:
+    """
+    L{setFlags}, following the file if another session renamed it.
+
+    @return: its new path.
+    @raise FileNotFoundError: it is gone.
+    """
+    try:
+        return setFlags(path, flags)
+    except FileNotFoundError:
+        moved = locate(folderPath, baseName)
+        if moved is None:
+            raise
+        return setFlags(moved, flags)
+
+
+@attrs.define
+class AppendFile:
+    """
+    A message being appended: open in its folder's C{tmp/}.
+
+    @ivar fd: the open file.
+    @ivar tempPath: its path.
+    @ivar baseName: its base name.
+    @ivar size: its announced size.
+    """
+
+    fd: int
+    tempPath: str
+    baseName: str
+    size: int
+
+
+def beginAppend(folderPath: str, now: float, hostname: str, size: int) -> AppendFile:
+    """
+    Open a new file for an APPEND.
+
+    @raise FileNotFoundError: the folder is gone.
+    """
+    baseName = uniqueName(now, hostname, size)
+    tempPath = os.path.join(folderPath, "tmp", baseName)
+    fd = os.open(tempPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return AppendFile(fd, tempPath, baseName, size)
+
+
+def writeAppend(append: AppendFile, data: bytes) -> None:
+    """
+    Write a piece of the message.
+    """
+    writeAll(append.fd, data)
+
+
+def abortAppend(append: AppendFile) -> None:
+    """
+    Give up an APPEND: close and remove the file.
+    """
+    try:
+        os.close(append.fd)
+    except OSError:
+        pass
+    try:
+        os.unlink(append.tempPath)
+    except FileNotFoundError:
+        pass
+
+
+def finishAppend(append: AppendFile, folderPath: str, flags: frozenset[str], mtime: float, root: str,
+                 quotaBytes: int, now: float) -> tuple[int, int]:
+    """
+    Make an appended message part of its folder: fsync, check the quota
+    again, rename into C{cur/} with its flags and INTERNALDATE, sync the
+    directory, count it in C{maildirsize} and give it a UID.
+
+    @return: C{(uidValidity, uid)}.
+    @raise OverQuota: the quota is exceeded (the file is removed).
+    """
+    try:
+        os.fsync(append.fd)
+        checkQuota(root, quotaBytes, append.size)
+    except BaseException:
+        abortAppend(append)
+        raise
+    os.close(append.fd)
+    final = os.path.join(folderPath, "cur", append.baseName + INFO_PREFIX + lettersOfFlags(flags))
+    os.utime(append.tempPath, (mtime, mtime))
+    os.rename(append.tempPath, final)
+    syncDirectory(os.path.dirname(final))
+    addUsage(root, quotaBytes, append.size, 1)
+    state = sync(folderPath, now)
+    return state.uidValidity, _uidsOf(state, [append.baseName])[0]
+
+
+def _uidsOf(state: FolderState, baseNames: list[str]) -> list[int]:
+    """
+    @return: the UIDs of messages by base name (0 for one not found).
+    """
+    uids = {m.baseName: m.uid for m in state.messages}
+    return [uids.get(name, 0) for name in baseNames]
+
+
+def transfer(sources: list[FolderMessage], sourceFolder: str, targetFolder: str, move: bool, root: str,
+             quotaBytes: int, now: float, hostname: str) -> tuple[int, list[int], list[str]]:
+    """
+    COPY or MOVE messages (RFC 3501 §6.4.7, RFC 6851) into a folder of
+    the same account, keeping their flags and INTERNALDATE; each gets a
+    new base name and the next UID of the target.
+
+    @param sources: the messages, as the session knows them.
+    @return: C{(uidValidity, uids, movedBaseNames)}: the target's
+        UIDVALIDITY, the new UIDs (0 where a message had vanished), and
+        the base names that were moved away.
+    @raise OverQuota: COPY would exceed the quota (nothing is copied).
+    """
+    paths = []
+    total = 0
+    for message in sources:
+        path = message.path if os.path.exists(message.path) else locate(sourceFolder, message.baseName)
+        paths.append(path)
+        if path is not None and not move:
+            total += storedSize(path)
+    if not move:
+        checkQuota(root, quotaBytes, total)
+    names, moved, copied = [], [], 0
+    for message, path in zip(sources, paths):
+        if path is None:
+            names.append(None)
+            continue
+        size = storedSize(path)
+        baseName = uniqueName(now, hostname, size)
+        # The flags as the file has them now, unknown letters included.
+        target = os.path.join(targetFolder, "cur", baseName + INFO_PREFIX + infoLetters(os.path.basename(path)))
+        if move:
+            os.rename(path, target)
+            moved.append(message.baseName)
+        else:
+            _copyFile(path, target)
+            copied += size
+        names.append(baseName)
+    syncDirectory(os.path.join(targetFolder, "cur"))
+    if move:
+        for sub in ("new", "cur"):
+            syncDirectory(os.path.join(sourceFolder, sub))
+    elif copied:
+        addUsage(root, quotaBytes, copied, sum(1 for n in names if n))
+    state = sync(targetFolder, now)
+    uids = {m.baseName: m.uid for m in state.messages}
+    return state.uidValidity, [uids.get(n, 0) if n else 0 for n in names], moved
+
+
+def _copyFile(source: str, target: str) -> None:
+    """
+    Copy a message file: a hard link if possible, else a durable copy
+    with the same modification time.
+    """
+    try:
+        os.link(source, target)
+        return
+    except OSError:
+        pass
+    temp = os.path.join(os.path.dirname(os.path.dirname(target)), "tmp", os.path.basename(target).partition(":")[0])
+    with open(source, "rb") as src, open(temp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+        dst.flush()
+        os.fsync(dst.fileno())
+    shutil.copystat(source, temp)
+    os.rename(temp, target)
+
+
+def expunge(folderPath: str, messages: list[FolderMessage], root: str, quotaBytes: int) -> list[str]:
+    """
+    Remove messages (EXPUNGE), following any another session renamed.
+
+    @return: the base names removed (one already gone counts as removed).
+    """
+    removed, total, count = [], 0, 0
+    for message in messages:
+        path = message.path
+        for attempt in (0, 1):
+            try:
+                size = storedSize(path)
+                os.unlink(path)
+                total, count = total + size, count + 1
+                break
+            except FileNotFoundError:
+                path = locate(folderPath, message.baseName) if attempt == 0 else None
+                if path is None:
+                    break
+        removed.append(message.baseName)
+    for sub in ("new", "cur"):
+        syncDirectory(os.path.join(folderPath, sub))
+    if count:
+        addUsage(root, quotaBytes, -total, -count)
+    return removed
+
+
+def deleteFolder(root: str, name: str, quotaBytes: int) -> None:
+    """
+    Delete a folder (see L{MaildirFolders.delete}) and take its messages
+    off the quota.
+    """
+    folders = MaildirFolders(root)
+    path = folders.pathOf(name)
+    total, count = countMailbox(path) if folders.exists(name) else (0, 0)
+    folders.delete(name)
+    if count:
+        addUsage(root, quotaBytes, -total, -count)

@@ -1,0 +1,216 @@
+# -*- test-case-name: tests.access.test_imapmime -*-
+"""
+What FETCH says about a message's structure (RFC 3501 §7.4.2): ENVELOPE,
+BODY and BODYSTRUCTURE, header field selection, and which bytes a body
+section (C{BODY[1.2.TEXT]} ...) stands for, all from a scanned
+L{qutemail.access.imapmime.Entity}.  Pure computation on kept headers.
+"""
+
+import email.utils
+import re
+from typing import Any
+
+from qutemail.access.imapmime import Entity, Mark
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+class NoSuchSection(Exception):
+    """
+    A body section names a part the message does not have.
+    """
+
+
+def unfold(value: str) -> str:
+    """
+    @return: a header value with its folding line ends removed.
+    """
+    return _FOLD.sub("", value).strip("\r\n")
+
+
+def _raw(value: str | None) -> bytes | None:
+    """
+    @return: a header value as the bytes it was (8-bit kept), or C{None}.
+    """
+    if value is None:
+        return None
+    return unfold(str(value)).encode("utf-8", "surrogateescape")
+
+
+def _addresses(value: str | None) -> list | None:
+    """
+    @return: an ENVELOPE address list (RFC 3501 §9, C{env-from} ...), or
+        C{None} when the field is missing or holds no address.
+    """
+    if value is None:
+        return None
+    result = []
+    for name, address in email.utils.getaddresses([unfold(str(value))]):
+        if not address and not name:
+            continue
+        mailbox, at, host = address.rpartition("@")
+        if not at:
+            mailbox, host = address, None
+        result.append([name or None, None, mailbox or None, host or None])
+    return result or None
+
+
+def envelope(entity: Entity) -> list:
+    """
+    @return: a message's ENVELOPE fields, for L{formatList}.
+    """
+    field = entity.rawField
+    sender = field("sender") or field("from")
+    replyTo = field("reply-to") or field("from")
+    return [
+        _raw(field("date")), _raw(field("subject")),
+        _addresses(field("from")), _addresses(sender), _addresses(replyTo),
+        _addresses(field("to")), _addresses(field("cc")), _addresses(field("bcc")),
+        _raw(field("in-reply-to")), _raw(field("message-id")),
+    ]
+
+
+def _parameters(entity: Entity, header: str) -> list | None:
+    """
+    @return: a field's parameters as a flat C{[name, value, ...]} list
+        (RFC 2231 values decoded), or C{None}.
+    """
+    params = entity.headers().get_params(header=header)
+    if not params:
+        return None
+    flat: list[str] = []
+    for name, value in params[1:]:
+        if isinstance(value, tuple):
+            value = email.utils.collapse_rfc2231_value(value)
+        flat += [name, str(value)]
+    return flat or None
+
+
+def _disposition(entity: Entity) -> list | None:
+    """
+    @return: the body disposition (C{("attachment" (params))}), or C{None}.
+    """
+    if entity.rawField("content-disposition") is None:
+        return None
+    params = entity.headers().get_params(header="content-disposition")
+    if not params:
+        return None
+    return [params[0][0].lower(), _parameters(entity, "content-disposition")]
+
+
+def _language(entity: Entity) -> Any:
+    """
+    @return: the body language: one string, a list, or C{None}.
+    """
+    value = entity.rawField("content-language")
+    if value is None:
+        return None
+    tags = [t.strip() for t in unfold(str(value)).split(",") if t.strip()]
+    return tags[0] if len(tags) == 1 else (tags or None)
+
+
+def _field(entity: Entity, name: str) -> bytes | None:
+    """
+    @return: one field's raw value, or C{None}.
+    """
+    return _raw(entity.rawField(name))
+
+
+def bodyStructure(entity: Entity, extended: bool) -> list:
+    """
+    @param extended: BODYSTRUCTURE (with extension data) rather than BODY.
+    @return: the entity's body structure, for L{formatList}.
+    """
+    if entity.mainType == "multipart" and entity.parts:
+        result: list = [bodyStructure(part, extended) for part in entity.parts]
+        result.append(entity.subType)
+        if extended:
+            result += [_parameters(entity, "content-type"), _disposition(entity), _language(entity),
+                       _field(entity, "content-location")]
+        return result
+    mainType, subType = entity.mainType, entity.subType
+    params = _parameters(entity, "content-type")
+    if mainType == "multipart":
+        # A multipart without any part found is shown as the text it is.
+        mainType, subType, params = "text", "plain", ["charset", "us-ascii"]
+    elif params is None and (mainType, subType) == ("text", "plain"):
+        params = ["charset", "us-ascii"]
+    encoding = _field(entity, "content-transfer-encoding") or b"7bit"
+    result = [mainType, subType, params, _field(entity, "content-id"), _field(entity, "content-description"),
+              encoding, entity.bodySize]
+    if entity.message is not None:
+        result += [envelope(entity.message), bodyStructure(entity.message, extended), entity.bodyLines]
+    elif mainType == "text":
+        result.append(entity.bodyLines)
+    if extended:
+        result += [_field(entity, "content-md5"), _disposition(entity), _language(entity),
+                   _field(entity, "content-location")]
+    return result
+
+
+def headerFields(entity: Entity, names: list[bytes], negate: bool) -> bytes:
+    """
+    The header fields a C{HEADER.FIELDS} (or C{.NOT}) section asks for,
+    as they are (folding kept), CRLF line ends, with the blank line.
+
+    @param names: field names, any case.
+    @param negate: give the fields not named instead.
+    """
+    wanted = {n.lower().strip() for n in names}
+    out = bytearray()
+    keep = False
+    for line in entity.header.split(b"\n"):
+        if not line:
+            continue
+        if line[:1] not in (b" ", b"\t"):
+            name = line.partition(b":")[0].strip().lower()
+            keep = (name in wanted) != negate
+        if keep:
+            out += line.rstrip(b"\r") + b"\r\n"
+    return bytes(out) + b"\r\n"
+
+
+def resolvePart(root: Entity, path: tuple[int, ...]) -> Entity:
+    """
+    Find the entity a section's part number names (RFC 3501 §6.4.5).
+
+    @param path: 0-based part numbers (C{1.2} is C{(0, 1)}).
+    @raise NoSuchSection: there is no such part.
+    """
+    node = root
+    for index in path:
+        container = node.message if node.message is not None else node
+        if container.parts:
+            if not 0 <= index < len(container.parts):
+                raise NoSuchSection(index)
+            node = container.parts[index]
+        elif index == 0:
+            node = container
+        else:
+            raise NoSuchSection(index)
+    return node
+
+
+def messageOf(root: Entity, node: Entity, path: tuple[int, ...]) -> Entity:
+    """
+    The message whose HEADER or TEXT a section names.
+
+    @raise NoSuchSection: the part is not a message.
+    """
+    if not path:
+        return root
+    if node.message is not None:
+        return node.message
+    raise NoSuchSection(path)
+
+
+def region(entity: Entity, what: str) -> tuple[Mark, Mark]:
+    """
+    @param what: C{"all"}, C{"header"} (with its blank line) or C{"body"}.
+    @return: where that part of the entity starts and ends in the file.
+    """
+    if what == "header":
+        return entity.start, entity.bodyStart
+    if what == "body":
+        return entity.bodyStart, entity.end
+    return entity.start, entity.end

@@ -1,0 +1,285 @@
+# -*- test-case-name: tests.access.test_imaploopback -*-
+"""
+End to end tests of L{qutemail.access.imapserver}: real listeners on
+loopback with real TLS (STARTTLS and implicit), the thread-pool runner,
+and Python's imaplib in a thread.
+"""
+
+import datetime
+import imaplib
+import os
+import ssl
+import time
+
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import TestCase
+
+from qutemail.access.imapaccount import imapPortal
+from qutemail.access.imapserver import IMAPFactory
+from qutemail.backends.memory import MemoryUserDirectory
+from qutemail.blocking import BlockingRunner
+from qutemail.listener.tls import ServerCredentials, contextFactory, generateSelfSigned
+from qutemail.policy.throttle import AuthThrottle
+from tests.access.test_imapserver import ENCRYPTED_NAME, ORIGINAL, deliver, makeMailbox
+from tests.integration.support import CLIENT_TIMEOUT, waitFor
+
+
+def insecureContext() -> ssl.SSLContext:
+    """
+    A client context that accepts the test's self-signed certificate.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def writeCredentials(directory: str) -> ServerCredentials:
+    """
+    A self-signed certificate and key in C{directory}.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate, key = generateSelfSigned("mail.example.test", now)
+    paths = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    for path, data in zip(paths, (certificate, key)):
+        with open(path, "wb") as f:
+            f.write(data)
+    return ServerCredentials(*paths)
+
+
+def fetchedBody(client: imaplib.IMAP4, spec: bytes) -> bytes:
+    """
+    @return: the literal of a one-message FETCH.
+    """
+    status, data = client.fetch(spec.split(b" ", 1)[0].decode(), spec.split(b" ", 1)[1].decode())
+    assert status == "OK", (status, data)
+    return data[0][1]
+
+
+class LoopbackTests(TestCase):
+    """
+    A plain listener (STARTTLS) and an implicit-TLS one, over Alice's
+    mailbox.
+    """
+
+    def setUp(self) -> None:
+        """
+        The mailbox, the runner, and two listeners.
+        """
+        self.dataDir = os.path.abspath(self.mktemp())
+        self.vault, self.keyId, self.encrypted, self.inbox = makeMailbox(self, self.dataDir)
+        self.tls = contextFactory(writeCredentials(self.dataDir), datetime.datetime.now(datetime.timezone.utc))
+        self.runner = BlockingRunner(reactor)
+        self.runner.startService()
+        self.addCleanup(self.runner.stopService)
+        self.users = MemoryUserDirectory()
+        self.users.addUser("alice@example.test", b"pw-alice")
+        self.sessions = []
+        self.port = self.listen(False)
+        self.tlsPort = self.listen(True)
+
+    def listen(self, implicitTLS: bool, portal=None) -> int:
+        """
+        Start a listener with its own factory (and portal, unless given).
+
+        @return: its port.
+        """
+        portal = portal or imapPortal(self.users, self.dataDir, self.vault, self.runner)
+        factory = IMAPFactory(portal, self.runner, reactor, AuthThrottle(failureDelaySeconds=0.01), self.tls,
+                              implicitTLS, pollSeconds=0.05, hostname="mail.example.test")
+        build = factory.buildProtocol
+
+        def recording(addr):
+            """
+            Build a session and remember it.
+            """
+            proto = build(addr)
+            self.sessions.append(proto)
+            return proto
+
+        factory.buildProtocol = recording
+        listening = TLSMemoryBIOFactory(self.tls, False, factory) if implicitTLS else factory
+        port = reactor.listenTCP(0, listening, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    async def imap(self, session, implicitTLS: bool = True, port: int | None = None):
+        """
+        Run C{session(client)} with a logged-in imaplib client in a thread,
+        log out, and wait for the server side to close.
+        """
+
+        def run():
+            """
+            The client's side, in a thread.
+            """
+            if implicitTLS:
+                client = imaplib.IMAP4_SSL("127.0.0.1", port or self.tlsPort, ssl_context=insecureContext(),
+                                           timeout=CLIENT_TIMEOUT)
+            else:
+                client = imaplib.IMAP4("127.0.0.1", port or self.port, timeout=CLIENT_TIMEOUT)
+                client.starttls(insecureContext())
+            try:
+                client.login("alice@example.test", "pw-alice")
+                return session(client)
+            finally:
+                try:
+                    client.logout()
+                except (imaplib.IMAP4.error, OSError):
+                    client.shutdown()
+
+        try:
+            return await deferToThread(run)
+        finally:
+            await waitFor(lambda: all(p._lost for p in self.sessions), timeout=10)
+
+    async def test_loginDisabledBeforeSTARTTLS(self) -> None:
+        """
+        On the plain port LOGINDISABLED is offered and LOGIN refused; after
+        STARTTLS login works, mail can be read, and a 2 MB message goes
+        both ways.
+        """
+
+        def run():
+            """
+            The client's side, in a thread.
+            """
+            client = imaplib.IMAP4("127.0.0.1", self.port, timeout=CLIENT_TIMEOUT)
+            try:
+                capabilities = client.capabilities
+                with self.assertRaises(imaplib.IMAP4.error) as caught:
+                    client.login("alice@example.test", "pw-alice")
+                return capabilities, str(caught.exception)
+            finally:
+                client.logout()
+
+        capabilities, refusal = await deferToThread(run)
+        await waitFor(lambda: all(p._lost for p in self.sessions), timeout=10)
+        self.assertIn("LOGINDISABLED", capabilities)
+        self.assertIn("STARTTLS", capabilities)
+        self.assertIn("PRIVACYREQUIRED", refusal)
+
+        big = b"Subject: big\r\n\r\n" + b"0123456789abcdef" * 131072
+
+        def session(client):
+            """
+            What the client does once logged in.
+            """
+            client.append("Drafts", None, None, big)
+            client.select("INBOX")
+            first = fetchedBody(client, b"1 (BODY.PEEK[])")
+            client.select("Drafts")
+            return first, fetchedBody(client, b"1 (BODY.PEEK[])")
+
+        self.assertEqual(await self.imap(session, implicitTLS=False), (ORIGINAL, big))
+
+    async def test_implicitTLSDecrypts(self) -> None:
+        """
+        Over implicit TLS, the special folders exist after the first login,
+        and the encrypted message is fetched as its original while the
+        file holds ciphertext.
+        """
+
+        def session(client):
+            """
+            What the client does once logged in.
+            """
+            listing = client.list()[1]
+            client.select("INBOX")
+            size = client.fetch("1", "(RFC822.SIZE)")[1][0]
+            return listing, size, fetchedBody(client, b"1 (RFC822)")
+
+        listing, size, body = await self.imap(session)
+        self.assertIn(b'(\\HasNoChildren \\Sent) "/" "Sent"', listing)
+        self.assertIn(b'(\\HasNoChildren \\Trash) "/" "Trash"', listing)
+        self.assertIn(b"RFC822.SIZE %d" % (len(ORIGINAL),), size)
+        self.assertEqual(body, ORIGINAL)
+        with open(os.path.join(self.inbox, "cur", ENCRYPTED_NAME + ":2,S"), "rb") as f:
+            stored = f.read()
+        self.assertNotIn(b"the plan", stored)
+        self.assertIn(b"multipart/encrypted", stored)
+
+    async def test_keyGoneNotice(self) -> None:
+        """
+        A message whose key is gone is fetched as the notice.
+        """
+        await self.vault.erase(self.keyId)
+
+        def session(client):
+            """
+            What the client does once logged in.
+            """
+            client.select("INBOX")
+            return fetchedBody(client, b"1 (BODY.PEEK[])")
+
+        body = await self.imap(session)
+        self.assertIn(b"Subject: [QutEmail] unreadable message", body)
+        self.assertNotIn(b"the plan", body)
+
+    async def test_idleSeesDelivery(self) -> None:
+        """
+        A message delivered into C{new/} while the client idles is
+        announced with EXISTS.
+        """
+
+        def session(client):
+            """
+            What the client does once logged in.
+            """
+            client.select("INBOX")
+            tag = client._new_tag()
+            client.send(tag + b" IDLE\r\n")
+            self.assertTrue(client.readline().startswith(b"+ "))
+            reactor.callFromThread(deliver, self.inbox, "1700000300.M3Q3R0.host,S=9", b"Subject: late\n\nhi\n",
+                                   1700000300)
+            lines = [client.readline()]
+            while b"EXISTS" not in lines[-1]:
+                lines.append(client.readline())
+            client.send(b"DONE\r\n")
+            while not lines[-1].startswith(tag):
+                lines.append(client.readline())
+            return lines
+
+        lines = await self.imap(session)
+        self.assertIn(b"* 3 EXISTS\r\n", lines)
+        self.assertTrue(lines[-1].endswith(b"OK IDLE terminated\r\n"))
+
+    async def test_appendThenFetch(self) -> None:
+        """
+        A message appended to Sent (sent in several reads, written through
+        the thread pool) comes back identical, with its flags.
+        """
+        message = b"From: alice@example.test\r\nSubject: sent\r\n\r\n" + b"line of text\r\n" * 50000
+
+        def session(client):
+            """
+            What the client does once logged in.
+            """
+            status, data = client.append("Sent", "(\\Seen)", imaplib.Time2Internaldate(time.time()), message)
+            client.select("Sent")
+            return data, client.fetch("1", "(FLAGS)")[1][0], fetchedBody(client, b"1 (BODY[])")
+
+        appended, flags, body = await self.imap(session)
+        self.assertIn(b"[APPENDUID ", appended[0])
+        self.assertIn(b"\\Seen", flags)
+        self.assertEqual(body, message)
+
+    async def test_uidsStableAcrossFactories(self) -> None:
+        """
+        Another listener with its own factory and portal (a restart) gives
+        the same UIDs and UIDVALIDITY.
+        """
+
+        def session(client):
+            """
+            What the client does once logged in.
+            """
+            client.select("INBOX")
+            return client.response("UIDVALIDITY"), client.uid("FETCH", "1:*", "(UID)")[1]
+
+        first = await self.imap(session)
+        other = self.listen(True, imapPortal(self.users, self.dataDir, self.vault, self.runner))
+        self.assertEqual(await self.imap(session, port=other), first)
+        self.assertEqual(first[1], [b"1 (UID 1)", b"2 (UID 2)"])

@@ -1,0 +1,131 @@
+# -*- test-case-name: tests.access.test_imapwire -*-
+"""
+Tests for L{qutemail.access.imapwire}.
+"""
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from qutemail.access.imapwire import (
+    Atom, CRLFConverter, ParseError, TokenReader, convertedSize, formatInternalDate, formatList, inSequenceSet,
+    parseDate, parseDateTime, parseSequenceSet, string,
+)
+
+
+class TokenReaderTests(SynchronousTestCase):
+    """
+    L{TokenReader} reads command arguments.
+    """
+
+    def read(self, *lines: bytes, literals: tuple = ()) -> list:
+        """
+        @return: the tokens of C{lines}, feeding C{literals} in between.
+        """
+        reader = TokenReader()
+        literals = list(literals)
+        for line in lines:
+            size = reader.feed(line)
+            if size is not None:
+                data = literals.pop(0)
+                self.assertEqual(size, len(data))
+                reader.literal(data)
+        return reader.finish()
+
+    def test_atomsStringsLists(self) -> None:
+        """
+        Atoms, quoted strings (with escapes) and nested lists are read;
+        atoms are L{Atom}s, strings plain bytes.
+        """
+        tokens = self.read(b'INBOX "a \\"b\\" \\\\c" (\\Seen (x)) 1:*')
+        self.assertEqual(tokens, [b"INBOX", b'a "b" \\c', [b"\\Seen", [b"x"]], b"1:*"])
+        self.assertIsInstance(tokens[0], Atom)
+        self.assertNotIsInstance(tokens[1], Atom)
+
+    def test_literal(self) -> None:
+        """
+        A literal at the end of a line is read by the caller; the line
+        after it goes on, inside an open list too.
+        """
+        tokens = self.read(b"OR (SUBJECT {3}", b" FROM x) ALL", literals=(b"a\x00b",))
+        self.assertEqual(tokens, [b"OR", [b"SUBJECT", b"a\x00b", b"FROM", b"x"], b"ALL"])
+
+    def test_errors(self) -> None:
+        """
+        Bad syntax is L{ParseError}.
+        """
+        for line in (b'"open', b'"bad \\x"', b"a)", b"{3+}", b"{3} x", b"a\x01b"):
+            self.assertRaises(ParseError, TokenReader().feed, line)
+        reader = TokenReader()
+        reader.feed(b"(a")
+        self.assertRaises(ParseError, reader.finish)
+
+
+class FormatTests(SynchronousTestCase):
+    """
+    Output syntax.
+    """
+
+    def test_formatList(self) -> None:
+        """
+        NIL, numbers, atoms, strings (quoted or literal) and lists.
+        """
+        self.assertEqual(formatList([None, 3, Atom(b"\\Seen"), b'a"b', "caf\xe9", [b"x\r\ny"]]),
+                         b'(NIL 3 \\Seen "a\\"b" {5}\r\ncaf\xc3\xa9 ({4}\r\nx\r\ny))')
+
+    def test_string(self) -> None:
+        """
+        Strings with CR, LF, NUL or 8-bit bytes, or long ones, are literals.
+        """
+        self.assertEqual(string(b"abc"), b'"abc"')
+        self.assertEqual(string(b"\x80"), b"{1}\r\n\x80")
+        self.assertTrue(string(b"x" * 2000).startswith(b"{2000}\r\n"))
+
+    def test_dates(self) -> None:
+        """
+        INTERNALDATE is UTC; APPEND date-times and SEARCH dates parse.
+        """
+        self.assertEqual(formatInternalDate(0), b'"01-Jan-1970 00:00:00 +0000"')
+        self.assertEqual(parseDateTime(b" 2-Jan-1970 01:00:00 +0100"), 86400.0)
+        self.assertEqual(parseDateTime(b"01-Jan-1970 00:00:00 -0001"), 60.0)
+        self.assertEqual(parseDate(b"1-Feb-1994").isoformat(), "1994-02-01")
+        for bad in (b"32-Jan-1970 00:00:00 +0000", b"1-Foo-1970 00:00:00 +0000", b"yesterday"):
+            self.assertRaises(ParseError, parseDateTime, bad)
+        self.assertRaises(ParseError, parseDate, b"1-Feb")
+
+
+class SequenceSetTests(SynchronousTestCase):
+    """
+    Sequence sets.
+    """
+
+    def test_parseAndMatch(self) -> None:
+        """
+        Numbers, ranges either way round and C{*} (the largest).
+        """
+        ranges = parseSequenceSet(b"2,4:3,7:*")
+        self.assertEqual([n for n in range(1, 11) if inSequenceSet(ranges, n, 9)], [2, 3, 4, 7, 8, 9])
+        self.assertTrue(inSequenceSet(parseSequenceSet(b"100:*"), 5, 5))
+        for bad in (b"", b"0", b"1:", b"a", b"1,,2", b"99999999999"):
+            self.assertRaises(ParseError, parseSequenceSet, bad)
+
+
+class CRLFConverterTests(SynchronousTestCase):
+    """
+    L{CRLFConverter} turns bare LFs into CRLF, however the input is split.
+    """
+
+    @given(st.lists(st.sampled_from([b"\n", b"\r", b"\r\n", b"a", b"\n\n", b"\r\r"]), max_size=30),
+           st.integers(min_value=1, max_value=7))
+    def test_anyChunking(self, pieces: list, size: int) -> None:
+        """
+        The output is the same whatever the chunk size, has no bare LF,
+        and is as long as L{convertedSize} says.
+        """
+        data = b"".join(pieces)
+        converter = CRLFConverter()
+        out = b"".join(converter.feed(data[i:i + size]) for i in range(0, len(data), size))
+        self.assertEqual(out, CRLFConverter().feed(data))
+        self.assertEqual(len(out), convertedSize(data))
+        self.assertEqual(out.replace(b"\r\n", b"").count(b"\n"), 0)
+        self.assertEqual(out.replace(b"\r\n", b"\n"), data.replace(b"\r\n", b"\n"))
