@@ -22,11 +22,9 @@ repeated fields kept); strings are 8-bit clean.
 from typing import Any, BinaryIO
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from zope.interface import implementer
 
+from qutemail.access.flow import WriteFlow
 from qutemail.access.imapmailbox import Slot, flagList
 from qutemail.access.imapmessage import CHUNK_BYTES, readConverted
 from qutemail.access.imapmime import Entity, Mark, convertedSpan
@@ -204,58 +202,6 @@ def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO |
         out.append(b" UID %d" % (slot.uid,))
     out.append(b")")
     return out
-
-
-@implementer(IPushProducer)
-class WriteFlow:
-    """
-    Tells a sender when the transport wants no more for now.
-    """
-
-    def __init__(self) -> None:
-        """
-        Not paused.
-        """
-        self.paused = False
-        self.stopped = False
-        self._waiting: Deferred | None = None
-
-    def pauseProducing(self) -> None:
-        """
-        The transport's buffer is full.
-        """
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        """
-        The transport can take more.
-        """
-        self.paused = False
-        self._wake()
-
-    def stopProducing(self) -> None:
-        """
-        The connection is gone.
-        """
-        self.stopped = True
-        self._wake()
-
-    def _wake(self) -> None:
-        """
-        Let a waiting sender go on.
-        """
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
-
-    def whenWritable(self) -> Deferred:
-        """
-        @return: a Deferred firing once not paused (or stopped).
-        """
-        if not self.paused or self.stopped:
-            return succeed(None)
-        self._waiting = Deferred()
-        return self._waiting
 
 
 @attrs.define

@@ -16,17 +16,15 @@ space on disk but counts in the quota, as Maildir++ counts names.
 Every function here blocks: callers run them through the runner.
 """
 
-import fcntl
 import os
 import shutil
-import threading
 
 import attrs
 
 from qutemail.access.folders import MaildirFolders
 from qutemail.access.uids import INFO_PREFIX, FolderMessage, FolderState, infoLetters, lettersOfFlags, setFlags, sync
 from qutemail.durable import syncDirectory, writeAll
-from qutemail.store.maildir import MAILDIRSIZE_MAX_BYTES, countMailbox, messageEntries, readUsage
+from qutemail.store.maildir import countMailbox, messageEntries, readUsage, recordUsage
 from qutemail.store.reader import storedId
 
 
@@ -78,55 +76,6 @@ def usage(root: str) -> tuple[int, int]:
         from C{maildirsize}, or counted when that file is missing.
     """
     return readUsage(root)
-
-
-def addUsage(root: str, quotaBytes: int, size: int, count: int) -> None:
-    """
-    Record a change (done already) in C{maildirsize}, under C{flock} as
-    L{qutemail.store.maildir.MaildirStore} and the retention sweep do.  A
-    missing file is created, for an addition, from a count of the whole
-    account (which holds the change), and left missing for a removal
-    (L{readUsage} counts the account then); one past
-    L{MAILDIRSIZE_MAX_BYTES} is folded into one line.  The file is derived
-    data: when it cannot be written it is removed, to be counted again.
-    """
-    sizeFile = os.path.join(root, "maildirsize")
-    create = os.O_CREAT if size > 0 or count > 0 else 0
-    try:
-        while True:
-            try:
-                fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | create, 0o600)
-            except FileNotFoundError:
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    replaced = os.fstat(fd).st_ino != os.stat(sizeFile).st_ino
-                except FileNotFoundError:
-                    replaced = True
-                if replaced:
-                    continue
-                if os.fstat(fd).st_size == 0:
-                    total, messages = countMailbox(root)
-                    writeAll(fd, b"%dS\n%d %d\n" % (quotaBytes, total, messages))
-                else:
-                    writeAll(fd, b"%d %d\n" % (size, count))
-                if os.fstat(fd).st_size > MAILDIRSIZE_MAX_BYTES:
-                    with open(sizeFile, "rb") as f:
-                        quotaLine = f.readline().rstrip(b"\n")
-                    total, messages = readUsage(root)
-                    temp = f"{sizeFile}.{os.getpid()}.{threading.get_ident()}"
-                    with open(temp, "wb") as f:
-                        f.write(b"%s\n%d %d\n" % (quotaLine, total, messages))
-                    os.rename(temp, sizeFile)
-                return
-            finally:
-                os.close(fd)
-    except OSError:
-        try:
-            os.unlink(sizeFile)
-        except OSError:
-            pass
 
 
 def checkQuota(root: str, quotaBytes: int, extraBytes: int) -> None:
@@ -249,7 +198,7 @@ def finishAppend(append: AppendFile, folderPath: str, flags: frozenset[str], mti
     os.utime(append.tempPath, (mtime, mtime))
     os.rename(append.tempPath, final)
     syncDirectory(os.path.dirname(final))
-    addUsage(root, quotaBytes, append.size, 1)
+    recordUsage(root, quotaBytes, append.size, 1)
     state = sync(folderPath, now)
     return state.uidValidity, _uidsOf(state, [append.baseName])[0]
 
@@ -305,7 +254,7 @@ def transfer(sources: list[FolderMessage], sourceFolder: str, targetFolder: str,
         for sub in ("new", "cur"):
             syncDirectory(os.path.join(sourceFolder, sub))
     elif copied:
-        addUsage(root, quotaBytes, copied, sum(1 for n in names if n))
+        recordUsage(root, quotaBytes, copied, sum(1 for n in names if n))
     state = sync(targetFolder, now)
     uids = {m.baseName: m.uid for m in state.messages}
     return state.uidValidity, [uids.get(n, 0) if n else 0 for n in names], moved
@@ -353,7 +302,7 @@ def expunge(folderPath: str, messages: list[FolderMessage], root: str, quotaByte
     for sub in ("new", "cur"):
         syncDirectory(os.path.join(folderPath, sub))
     if count:
-        addUsage(root, quotaBytes, -total, -count)
+        recordUsage(root, quotaBytes, -total, -count)
     return removed
 
 
@@ -367,4 +316,4 @@ def deleteFolder(root: str, name: str, quotaBytes: int) -> None:
     total, count = countMailbox(path) if folders.exists(name) else (0, 0)
     folders.delete(name)
     if count:
-        addUsage(root, quotaBytes, -total, -count)
+        recordUsage(root, quotaBytes, -total, -count)

@@ -34,15 +34,16 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.mail.pop3 import POP3, IMailbox, POP3Error
 from zope.interface import implementer
 
+from qutemail.access.flow import WriteFlow
 from qutemail.listener.cred import UserDirectoryChecker
-from qutemail.store.maildir import mailboxPath, messageEntries
+from qutemail.store.maildir import mailboxPath, messageEntries, recordUsage
 from qutemail.store.reader import MessageUnreadable, StoredMessage, listMessages, readMessage, storedId
 
 # RFC 1939 §3: the autologout timer must be at least 10 minutes.
@@ -99,7 +100,8 @@ def _locate(directory: str, messageId: str) -> str | None:
 
 def _remove(directory: str, message: StoredMessage) -> None:
     """
-    Remove a message file, following it if it moved.  Blocking.
+    Remove a message file, following it if it moved, and lower the
+    mailbox's usage by its size.  Blocking.
 
     @raise OSError: it exists but cannot be removed.
     """
@@ -107,8 +109,10 @@ def _remove(directory: str, message: StoredMessage) -> None:
         os.unlink(message.path)
     except FileNotFoundError:
         moved = _locate(directory, message.id)
-        if moved is not None:
-            os.unlink(moved)
+        if moved is None:
+            return
+        os.unlink(moved)
+    recordUsage(directory, 0, -message.size, -1)
 
 
 def _close(f: BinaryIO) -> None:
@@ -434,58 +438,6 @@ class DotStuffer:
         return out + b".\r\n"
 
 
-@implementer(IPushProducer)
-class _FlowControl:
-    """
-    Tells a sender when the transport wants no more for now.
-    """
-
-    def __init__(self) -> None:
-        """
-        Not paused.
-        """
-        self.paused = False
-        self.stopped = False
-        self._waiting: Deferred | None = None
-
-    def pauseProducing(self) -> None:
-        """
-        The transport's buffer is full.
-        """
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        """
-        The transport can take more.
-        """
-        self.paused = False
-        self._wake()
-
-    def stopProducing(self) -> None:
-        """
-        The connection is gone.
-        """
-        self.stopped = True
-        self._wake()
-
-    def _wake(self) -> None:
-        """
-        Let a waiting sender go on.
-        """
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
-
-    def whenWritable(self) -> Deferred:
-        """
-        @return: a Deferred firing once not paused (or stopped).
-        """
-        if not self.paused or self.stopped:
-            return succeed(None)
-        self._waiting = Deferred()
-        return self._waiting
-
-
 class POP3Server(POP3):
     """
     One POP3 session.  Set by the factory: C{factory}, C{portal},
@@ -766,7 +718,7 @@ class POP3Server(POP3):
         try:
             self.successResponse(b"%d octets" % (size,) if bodyLines is None else b"top of message follows")
             stuffer = DotStuffer(bodyLines)
-            flow = _FlowControl()
+            flow = WriteFlow()
             self.transport.registerProducer(flow, True)
             try:
                 while not stuffer.done and not flow.stopped:

@@ -402,48 +402,61 @@ class MaildirStore:
 
     def _addUsage(self, path: str, quota: int, size: int, count: int) -> None:
         """
-        Append a change to C{maildirsize}, creating it with its quota line,
-        and fold it into one line once it grows past L{MAILDIRSIZE_MAX_BYTES}
-        (as Maildir++ readers expect).  Several processes (extra SMTP
-        workers) may do this at once, so the file is locked with C{flock},
-        and re-opened if another process replaced it meanwhile.  The file is
-        derived data: it is not fsynced, and when it cannot be updated it is
-        removed so that L{readUsage} recounts the mailbox; the message
-        itself is already stored either way.
+        Record a delivery in C{maildirsize} (see L{recordUsage}).
         """
-        sizeFile = os.path.join(path, "maildirsize")
-        try:
-            while True:
-                fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    try:
-                        replaced = os.fstat(fd).st_ino != os.stat(sizeFile).st_ino
-                    except FileNotFoundError:
-                        replaced = True
-                    if replaced:
-                        continue  # another process swapped it in: use the new one
-                    if os.fstat(fd).st_size == 0:
-                        # a new file starts from a full count (which holds
-                        # this change already), not from this change alone
-                        total, messages = countMailbox(path)
-                        writeAll(fd, b"%dS\n%d %d\n" % (quota, total, messages))
-                    else:
-                        writeAll(fd, b"%d %d\n" % (size, count))
-                    if os.fstat(fd).st_size > MAILDIRSIZE_MAX_BYTES:
-                        total, messages = readUsage(path)
-                        temp = f"{sizeFile}.{os.getpid()}.{threading.get_ident()}"
-                        with open(temp, "wb") as f:
-                            f.write(b"%dS\n%d %d\n" % (quota, total, messages))
-                        os.rename(temp, sizeFile)
-                    return
-                finally:
-                    os.close(fd)
-        except OSError:
+        recordUsage(path, quota, size, count)
+
+
+def recordUsage(root: str, quotaBytes: int, size: int, count: int) -> None:
+    """
+    Record a change of a mailbox's usage (done already) in its Maildir++
+    C{maildirsize}: a line C{<bytes> <messages>}, negative for a removal,
+    appended under C{flock} (several processes write it: SMTP workers,
+    IMAP, POP3, retention), the file re-opened when another process
+    replaced it meanwhile.  A
+    missing file is created, for an addition, from a count of the whole
+    account (which holds the change), and left missing for a removal
+    (L{readUsage} counts the account then); one past
+    L{MAILDIRSIZE_MAX_BYTES} is folded into one line.  The file is derived
+    data: when it cannot be written it is removed, to be counted again.
+    """
+    sizeFile = os.path.join(root, "maildirsize")
+    create = os.O_CREAT if size > 0 or count > 0 else 0
+    try:
+        while True:
             try:
-                os.unlink(sizeFile)
-            except OSError:
-                pass
+                fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | create, 0o600)
+            except FileNotFoundError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    replaced = os.fstat(fd).st_ino != os.stat(sizeFile).st_ino
+                except FileNotFoundError:
+                    replaced = True
+                if replaced:
+                    continue
+                if os.fstat(fd).st_size == 0:
+                    total, messages = countMailbox(root)
+                    writeAll(fd, b"%dS\n%d %d\n" % (quotaBytes, total, messages))
+                else:
+                    writeAll(fd, b"%d %d\n" % (size, count))
+                if os.fstat(fd).st_size > MAILDIRSIZE_MAX_BYTES:
+                    with open(sizeFile, "rb") as f:
+                        quotaLine = f.readline().rstrip(b"\n")
+                    total, messages = readUsage(root)
+                    temp = f"{sizeFile}.{os.getpid()}.{threading.get_ident()}"
+                    with open(temp, "wb") as f:
+                        f.write(b"%s\n%d %d\n" % (quotaLine, total, messages))
+                    os.rename(temp, sizeFile)
+                return
+            finally:
+                os.close(fd)
+    except OSError:
+        try:
+            os.unlink(sizeFile)
+        except OSError:
+            pass
 
 
 def _alreadyStored(path: str, name: str) -> bool:

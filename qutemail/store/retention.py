@@ -35,11 +35,8 @@ failing sweep is logged and the next runs as planned; sweeps never
 overlap.
 """
 
-import errno
-import fcntl
 import os
 import re
-import threading
 from typing import Any
 
 import attrs
@@ -49,9 +46,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from qutemail.access.folders import MaildirFolders
-from qutemail.durable import syncDirectory, writeAll
+from qutemail.durable import syncDirectory
 from qutemail.qkd.cipher import DecryptionError, readEnvelope
-from qutemail.store.maildir import MAILDIRSIZE_MAX_BYTES, messageEntries, readUsage
+from qutemail.store.maildir import messageEntries, recordUsage
 from qutemail.store.reader import storedId
 
 DAY_SECONDS = 86400.0
@@ -228,52 +225,6 @@ def _removeOne(path: str) -> str:
     return GONE
 
 
-def _subtractUsage(root: str, sizeBytes: int, count: int) -> None:
-    """
-    Lower a mailbox's Maildir++ usage by a negative C{maildirsize} line,
-    as L{qutemail.store.maildir.MaildirStore} appends its positive ones:
-    under C{flock}, re-opened when another process replaced the file, and
-    folded into one line once it grows past L{MAILDIRSIZE_MAX_BYTES}.  A
-    missing file is left missing (L{readUsage} counts the mailbox, which
-    no longer holds the messages); a file that cannot be updated is
-    removed, so that it is recounted.
-    """
-    sizeFile = os.path.join(root, "maildirsize")
-    try:
-        while True:
-            try:
-                fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND)
-            except FileNotFoundError:
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    replaced = os.fstat(fd).st_ino != os.stat(sizeFile).st_ino
-                except FileNotFoundError:
-                    return  # removed meanwhile: it will be recounted
-                if replaced:
-                    continue
-                if os.fstat(fd).st_size == 0:
-                    raise OSError(errno.EINVAL, "maildirsize has no quota line")
-                writeAll(fd, b"%d %d\n" % (-sizeBytes, -count))
-                if os.fstat(fd).st_size > MAILDIRSIZE_MAX_BYTES:
-                    with open(sizeFile, "rb") as f:
-                        quotaLine = f.readline().rstrip(b"\n")
-                    total, messages = readUsage(root)
-                    temp = f"{sizeFile}.{os.getpid()}.{threading.get_ident()}"
-                    with open(temp, "wb") as f:
-                        f.write(b"%s\n%d %d\n" % (quotaLine, total, messages))
-                    os.rename(temp, sizeFile)
-                return
-            finally:
-                os.close(fd)
-    except OSError:
-        try:
-            os.unlink(sizeFile)
-        except OSError:
-            pass
-
-
 def _removeEach(dataDir: str, expired: list[Expired], unlink: Any = None) -> list[Any]:
     """
     Remove expired messages, then sync their directories and lower their
@@ -309,7 +260,7 @@ def _removeEach(dataDir: str, expired: list[Expired], unlink: Any = None) -> lis
         except FileNotFoundError:
             continue
     for root, (sizeBytes, count) in sorted(usage.items()):
-        _subtractUsage(root, sizeBytes, count)
+        recordUsage(root, 0, -sizeBytes, -count)
     return outcomes
 
 

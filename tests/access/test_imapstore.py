@@ -10,11 +10,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access.folders import MaildirFolders
 from qutemail.access.imapstore import (
-    OverQuota, abortAppend, addUsage, beginAppend, deleteFolder, expunge, finishAppend, storeFlags, syncFolder,
+    OverQuota, abortAppend, beginAppend, deleteFolder, expunge, finishAppend, storeFlags, syncFolder,
     transfer, usage, writeAppend,
 )
 from qutemail.access.uids import sync
-from qutemail.store.maildir import readUsage
+from qutemail.store.maildir import readUsage, recordUsage
 
 
 def deliver(folder: str, name: str, data: bytes, mtime: float = 1700000000.0, sub: str = "new") -> str:
@@ -150,21 +150,21 @@ class StoreTests(SynchronousTestCase):
         """
         deliver(self.folders.pathOf("Junk"), "1.M1Q2R0.h,S=30", b"x" * 30)
         self.assertEqual(usage(self.root), (42, 2))
-        addUsage(self.root, 1000, -5, -1)
+        recordUsage(self.root, 1000, -5, -1)
         self.assertFalse(os.path.exists(os.path.join(self.root, "maildirsize")))
-        addUsage(self.root, 1000, 5, 1)
+        recordUsage(self.root, 1000, 5, 1)
         with open(os.path.join(self.root, "maildirsize"), "rb") as f:
             self.assertEqual(f.read(), b"1000S\n42 2\n")
-        addUsage(self.root, 1000, -30, -1)
+        recordUsage(self.root, 1000, -30, -1)
         self.assertEqual(usage(self.root), (12, 1))
 
     def test_usageFolded(self) -> None:
         """
         A long C{maildirsize} is folded into one line, its quota line kept.
         """
-        addUsage(self.root, 1000, 1, 1)
+        recordUsage(self.root, 1000, 1, 1)
         for _ in range(600):
-            addUsage(self.root, 5, 1, 1)
+            recordUsage(self.root, 5, 1, 1)
         with open(os.path.join(self.root, "maildirsize"), "rb") as f:
             lines = f.read().split(b"\n")
         self.assertEqual(lines[0], b"1000S")

@@ -28,6 +28,7 @@ from qutemail.listener.tls import ServerCredentials, contextFactory, generateSel
 from qutemail.policy.throttle import AuthThrottle
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.vault import FileKeyVault
+from qutemail.store.maildir import mailboxPath, readUsage
 from tests.integration.support import CLIENT_TIMEOUT, waitFor
 
 ORIGINAL = b"Received: from c.test\nFrom: bob@example.test\nSubject: private\n\nthe plan\n.dotted line\nend\n"
@@ -243,7 +244,8 @@ class SessionTests(SynchronousTestCase):
 
     def test_deleteAtQuit(self) -> None:
         """
-        DELE hides a message; RSET restores it; the file goes at QUIT only.
+        DELE hides a message; RSET restores it; the file goes at QUIT only,
+        and the mailbox's usage drops by its size.
         """
         proto, transport = self.login()
         self.assertEqual(self.send(proto, transport, b"DELE 1"), b"+OK message 1 deleted\r\n")
@@ -253,9 +255,14 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.send(proto, transport, b"STAT")[:6], b"+OK 2 ")
         self.send(proto, transport, b"DELE 1")
         self.assertTrue(os.path.exists(self.encrypted))
+        mailbox = mailboxPath(self.dataDir, "alice@example.test")
+        with open(os.path.join(mailbox, "maildirsize"), "wb") as f:
+            f.write(b"0S\n5000 2\n")
+        size = os.path.getsize(self.encrypted)
         self.assertEqual(self.send(proto, transport, b"QUIT"), b"+OK bye\r\n")
         self.assertFalse(os.path.exists(self.encrypted))
         self.assertTrue(transport.disconnecting)
+        self.assertEqual(readUsage(mailbox), (5000 - size, 1))
 
     def test_disconnectKeepsMessages(self) -> None:
         """
