@@ -36,12 +36,13 @@ from typing import Any
 import attrs
 import dns.exception
 import dns.name
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import spf
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+
+from qutemail.relay.mx import makeResolver
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
@@ -50,10 +51,6 @@ HELO = "helo"
 
 # pyspf's names from before RFC 7208 (its C{spf.check} still uses them).
 _OLD_NAMES = {"unknown": "permerror", "error": "temperror"}
-
-# dnspython's per-try timeout: a lost UDP packet is sent again within the
-# check's time instead of using all of it.
-_TRY_SECONDS = 2.0
 
 # Attacker-controlled text in a header is cut to this many characters, so
 # the field stays well under RFC 5322's 998-character line limit.
@@ -203,26 +200,6 @@ def _nameText(name: dns.name.Name) -> str:
     for the root).
     """
     return name.to_text().rstrip(".")
-
-
-def _makeResolver(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float) -> dns.resolver.Resolver:
-    """
-    A dnspython resolver for one check, without a cache.
-
-    @param nameservers: C{(ip, port)} pairs; none for the system's
-        resolvers (from C{/etc/resolv.conf}).
-    @param timeoutSeconds: the whole check's time.
-    @raise dns.resolver.NoResolverConfiguration: when the system has none.
-    """
-    if nameservers:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
-    else:
-        resolver = dns.resolver.Resolver()
-    resolver.cache = None
-    resolver.lifetime = timeoutSeconds
-    resolver.timeout = min(_TRY_SECONDS, timeoutSeconds)
-    return resolver
 
 
 class _Query(spf.query):
@@ -382,7 +359,7 @@ def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     # themselves: no reactor clock is involved
     deadline = time.monotonic() + timeoutSeconds
     try:
-        resolver = _makeResolver(nameservers, timeoutSeconds)
+        resolver = makeResolver(nameservers, timeoutSeconds)
         query = _Query(resolver, deadline, i=clientIp, s=identity, h=helo, strict=True)
         # pyspf splits at the first "@"; see above
         query.l, query.o, query.d = localPart or "postmaster", domain, domain

@@ -77,7 +77,7 @@ class DNSAnswer:
     detail: str = ""
 
 
-def _makeResolver(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float) -> dns.resolver.Resolver:
+def makeResolver(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float) -> dns.resolver.Resolver:
     """
     A dnspython resolver for one query, without a cache.
 
@@ -130,7 +130,7 @@ def queryBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     except (dns.exception.DNSException, UnicodeError):
         return DNSAnswer(NXDOMAIN, detail="not a valid domain name")
     try:
-        resolver = _makeResolver(nameservers, timeoutSeconds)
+        resolver = makeResolver(nameservers, timeoutSeconds)
         answer = resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
     except dns.resolver.NXDOMAIN:
         return DNSAnswer(NXDOMAIN)
