@@ -29,8 +29,10 @@ the script:
 
 It prints one line per run (mode, round, messages, seconds, messages per
 second; then when the last message was accepted, the CPU time the server
-and this client used over the measured interval, what a stored message is)
-and a summary: the median messages per second of each mode, the ratio
+and this client used over the measured interval, what a stored message is,
+and when encrypting the vault's key count and how many enc_keys requests
+took those keys, from the KME's log: the batching that keeps encryption
+cheap under load) and a summary: the median messages per second of each mode, the ratio
 encrypted/plain and the cost of encryption (1 - ratio).
 QUTEMAIL_* environment variables are not passed to the server (they would
 override the benchmark's configuration).  The scratch directory is deleted
@@ -432,6 +434,18 @@ def checkStored(mailbox: str, encrypted: bool, body: bytes, samples: int = 3) ->
     return seen
 
 
+def encKeysRequests(logPath: str) -> int | None:
+    """
+    @return: how many C{enc_keys} requests the embedded KME answered with
+        keys, from its one log line per request, or C{None} without a log.
+    """
+    try:
+        with open(logPath, encoding="utf-8", errors="replace") as f:
+            return sum(1 for line in f if ": enc_keys from SAE " in line and ": 200, " in line)
+    except OSError:
+        return None
+
+
 def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encrypt: bool) -> dict:
     """
     One run of one mode on a fresh data directory.
@@ -492,8 +506,9 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
     if count != expected:
         raise BenchError(f"{count} messages in {mailbox}, expected {expected}")
     contentType = checkStored(mailbox, encrypt, message.body)
-    keys = None
+    keys = requests = None
     if encrypt:
+        requests = encKeysRequests(server.logPath)
         vault = os.path.join(dataDir, "keys", "vault")
         keys = len(os.listdir(vault)) if os.path.isdir(vault) else 0
         if keys < expected:
@@ -501,7 +516,7 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
     seconds = done - started
     return {"mode": mode, "round": number, "messages": count, "seconds": seconds,
             "rate": count / seconds, "accepted": accepted - started, "contentType": contentType,
-            "keys": keys, "serverCPU": serverCPU, "clientCPU": clientCPU}
+            "keys": keys, "requests": requests, "serverCPU": serverCPU, "clientCPU": clientCPU}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -535,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
                 cpu = "" if result["serverCPU"] is None else f"server CPU {result['serverCPU']:.2f} s, "
                 extra = f", {result['keys']} vault keys" if result["keys"] is not None else ""
+                if result["requests"]:
+                    extra += (f" from {result['requests']} enc_keys requests "
+                              f"({result['keys'] / result['requests']:.1f} keys each)")
                 print(f"{mode:<9}  round {number}  {result['messages']} messages  {result['seconds']:7.2f} s  "
                       f"{result['rate']:7.1f} msg/s  (all accepted at {result['accepted']:.2f} s; {cpu}"
                       f"client CPU {result['clientCPU']:.2f} s; stored {result['contentType']}{extra})", flush=True)

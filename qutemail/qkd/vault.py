@@ -30,13 +30,25 @@ with its KME key, so the key is kept until the message is deleted:
       C{store} fires.  C{erase} unlinks it and fsyncs the directory.  Note
       that unlinking does not scrub the disk: a wrapped key recovered from
       the raw device still unwraps while the master key exists.
+    - L{FileKeyVault.addKeys} is how fresh message keys arrive: several
+      keys in one worker-thread job (up to L{KEYS_PER_JOB}; more go to
+      several jobs at once, whose fsyncs overlap), each file created under
+      its final name with C{O_EXCL} (so an id the vault already holds is
+      refused, never replaced, even by another process sharing the
+      directory) and fsynced, then one directory fsync for the job's keys
+      (group commit), before the Deferred fires.  A crash before that leaves at most a short file for
+      an id no message uses: a message is sealed with a key only once its
+      file is durable, and a delivery retried after a crash takes a new
+      key.
 
 Key ids are checked (L{checkKeyId}) before they are used in a file name or
 a Redis key: one to 128 of C{A-Z a-z 0-9 _ -}, starting with a letter or a
 digit.  UUIDs, which ETSI GS QKD 014 uses, fit; C{../x} does not.
 
 All file work goes through the injected runner; the master key is read once
-per vault and kept, so C{store} costs one small file write and two fsyncs.
+per vault and kept, so C{store} costs one small file write and two fsyncs,
+and C{addKeys} one small file write and fsync per key plus one directory
+fsync.
 """
 
 import errno
@@ -48,7 +60,8 @@ from typing import Any
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -61,6 +74,8 @@ WRAP_NONCE_BYTES = 12
 # Keys longer than this are not message keys.
 MAX_KEY_BYTES = 1024
 KEY_FILE_SUFFIX = ".key"
+# The most keys addKeys writes in one worker job (their fsyncs are serial).
+KEYS_PER_JOB = 16
 
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _WRAP_AAD_PREFIX = b"qutemail-vault/1 key-id="
@@ -76,6 +91,13 @@ class KeyVaultError(Exception):
     """
     The vault cannot do its work: a damaged wrapped key, or a backend that
     failed.  C{str()} is one line and never holds key material.
+    """
+
+
+class KeyExists(KeyVaultError):
+    """
+    L{FileKeyVault.addKeys} was given a key id the vault already holds; the
+    key it holds is kept.
     """
 
 
@@ -293,6 +315,69 @@ def _writeKeyFile(directory: str, keyId: str, wrapped: bytes) -> None:
     replaceFile(os.path.join(directory, keyId + KEY_FILE_SUFFIX), wrapped, 0o600)
 
 
+def _firstError(failure: Failure) -> Failure:
+    """
+    @return: the failure inside a L{FirstError} of C{gatherResults}.
+    """
+    return failure.value.subFailure if failure.check(FirstError) else failure
+
+
+def _unlinkQuietly(path: str) -> None:
+    """
+    Remove a file, if it is there and can be removed.  Blocking.
+    """
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _addKeyFiles(directory: str, keys: list[tuple[str, bytes]]) -> list[BaseException | None]:
+    """
+    Write new wrapped keys, each under its final name, created with
+    C{O_EXCL} and fsynced, then fsync the directory once.  Blocking.
+
+    @param keys: C{(keyId, wrapped)} pairs.
+    @return: per key, in order: C{None} when it is durable, L{KeyExists}
+        when the directory already holds its id, or the C{OSError} that
+        kept it out (its file is removed then).
+    """
+    _makeDirectory(directory)
+    results: list[BaseException | None] = []
+    written: list[tuple[int, str]] = []
+    for keyId, wrapped in keys:
+        path = os.path.join(directory, keyId + KEY_FILE_SUFFIX)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            results.append(KeyExists(f"the key vault already holds key {keyId}"))
+            continue
+        except OSError as e:
+            results.append(e)
+            continue
+        try:
+            writeAll(fd, wrapped)
+            os.fsync(fd)
+        except OSError as e:
+            results.append(e)
+            _unlinkQuietly(path)
+            continue
+        finally:
+            os.close(fd)
+        written.append((len(results), path))
+        results.append(None)
+    if written:
+        try:
+            syncDirectory(directory)
+        except OSError as e:
+            # The files are complete, but their names may not survive a
+            # crash: none of these keys may be used.
+            for index, path in written:
+                _unlinkQuietly(path)
+                results[index] = e
+    return results
+
+
 def _readKeyFile(directory: str, keyId: str) -> bytes | None:
     """
     Read one wrapped key.  Blocking.
@@ -384,6 +469,45 @@ class FileKeyVault:
         @raise OSError: (in the Deferred) the key file cannot be written.
         """
         return Deferred.fromCoroutine(self._store(keyId, key))
+
+    async def _addKeys(self, keys: list[tuple[str, bytes]]) -> list[BaseException | None]:
+        """
+        See L{addKeys}.
+        """
+        for keyId, key in keys:
+            checkKeyId(keyId)
+            checkKey(key)
+        wrapped = [(keyId, await self._wrapper.wrap(keyId, key)) for keyId, key in keys]
+        # fsyncs in several threads overlap on the disk: a large batch is
+        # written by several jobs at once.
+        jobs = [self.runner.run(_addKeyFiles, self.directory, wrapped[i:i + KEYS_PER_JOB])
+                for i in range(0, len(wrapped), KEYS_PER_JOB)]
+        results = await gatherResults(jobs, consumeErrors=True).addErrback(_firstError)
+        return [outcome for chunk in results for outcome in chunk]
+
+    def addKeys(self, keys: list[tuple[str, bytes]]) -> Deferred:
+        """
+        Store fresh keys, never replacing one: one worker-thread job and one
+        directory fsync for up to L{KEYS_PER_JOB} of them, several such
+        jobs at once for more (see the module docstring).
+
+        @param keys: C{(keyId, key)} pairs, each id new.
+        @return: a Deferred firing, once every key that could be stored is
+            durable, with one entry per key, in order: C{None} for a key
+            stored, L{KeyExists} for an id the vault already holds (whose
+            key is kept), or the C{OSError} its file failed with.
+        @raise InvalidKeyId: (in the Deferred) a key id is not of the safe
+            form; nothing is stored.
+        @raise TypeError: (in the Deferred) a key is not C{bytes}; nothing
+            is stored.
+        @raise ValueError: (in the Deferred) a key is empty or longer than
+            L{MAX_KEY_BYTES}; nothing is stored.
+        @raise MasterKeyError: (in the Deferred) see L{loadMasterKey};
+            nothing is stored.
+        @raise OSError: (in the Deferred) the vault directory cannot be
+            created.
+        """
+        return Deferred.fromCoroutine(self._addKeys(list(keys)))
 
     def fetch(self, keyId: str) -> Deferred:
         """

@@ -5,36 +5,56 @@ key before it reaches any mailbox.
 
 L{MessageEncryptor.seal} takes one message (a L{SpooledMessage}) and:
 
-    1. takes ONE fresh key from the key source (C{encKey(peerSAE, 256)})
-       and checks it (a safe key id, the asked length, an id the vault does
-       not hold yet: a key id is used for one message only, and storing a
-       reused id would replace the key of an older message);
-    2. streams the body (inline bytes or the spilled file) through
-       L{qutemail.qkd.cipher.encryptStream} into a new file of the work
-       directory (C{data_dir/queue/sealed/}), mode 0600, fsynced;
-    3. stores the key in the vault, so it is durable before anything is
-       written to a mailbox;
+    1. takes ONE fresh key from the key source (C{encKey(peerSAE, 256)},
+       or its share of one C{encKeys} request, see below) and checks it (a
+       safe key id, the asked length);
+    2. encrypts the body through L{qutemail.qkd.cipher.encryptStream}: a
+       message held inline (small, see L{qutemail.pipeline.spool}) into
+       memory, a spilled one streamed from its file into a new file of the
+       work directory (C{data_dir/queue/sealed/}), mode 0600;
+    3. stores the key in the vault as a new id (C{addKeys} where the vault
+       has it, L{qutemail.qkd.vault.FileKeyVault}: created with C{O_EXCL},
+       so an id the vault already holds is refused atomically; otherwise
+       C{fetch}, which must find nothing, then C{store}): a key id is used
+       for one message only, and storing a reused id would replace the key
+       of an older message.  The key is durable before C{seal} returns, so
+       before anything is written to a mailbox;
     4. returns a L{SealResult}: the sealed L{SpooledMessage} (same queue id
-       and envelope, C{path} the sealed file, C{size} its size), ready for
-       L{qutemail.store.maildir.MaildirStore.deliver} to every local
-       recipient (one key and one encryption for all of them), and the key
-       id.
+       and envelope; inline, or C{path} the sealed file; C{size} its size),
+       ready for L{qutemail.store.maildir.MaildirStore.deliver} to every
+       local recipient (one key and one encryption for all of them), and
+       the key id.
 
 Once every recipient has its copy, L{MessageEncryptor.discard} removes the
-sealed file.
+sealed file (nothing to do for one sealed in memory).
+
+Batches.  Seals share the work of their neighbours without waiting for
+anything but work already under way (no timer, and no key taken ahead of a
+message, so the KME's pool shrinks by exactly one key per message sealed):
+one batch is under way at a time, from its C{enc_keys} request until its
+keys are durable in the vault, and the seals that ask meanwhile wait
+together; the next request takes exactly as many keys as they need (at
+most C{maxKeysPerRequest}), like Nagle's algorithm waiting for an
+acknowledgement.  The busier the server, the bigger the batches, which is
+what makes encryption cheap under load: one HTTPS exchange, one
+worker-thread job encrypting all the batch's inline messages, and one vault
+call (one directory fsync for the file vault) for many messages.  A spilled
+message is sealed and its key stored on its own (its own worker job), so
+that a large message does not hold up the next batch.  Every message still
+has its own key.
 
 Failures are always temporary replies, so the router defers the delivery
 and retries (never stores plaintext, never drops):
 
-    - the key source fails (KME down, HTTP 503, out of keys, garbage):
-      L{ReplyError} with C{KEY_SOURCE_UNAVAILABLE} (451 4.3.0), its text
-      naming the reason;
+    - the key source fails (KME down, HTTP 503, out of keys, garbage, an
+      id the vault already holds): L{ReplyError} with
+      C{KEY_SOURCE_UNAVAILABLE} (451 4.3.0), its text naming the reason;
     - the vault fails: L{ReplyError} with C{LOCAL_ERROR} (451 4.3.0);
     - the sealed file cannot be written: C{STORAGE_FULL} (452 4.3.1) when the
       disk or quota is full, else C{LOCAL_ERROR}.
 
 Nothing is left behind by a failed seal: no file in the work directory, and
-the key reaches the vault only once the sealed file is complete.
+the key reaches the vault only once the sealed message is complete.
 
 Recovery.  A delivery retried after a crash seals the message again, with a
 second key; the first key stays in the vault, unused (harmless, a few dozen
@@ -51,24 +71,27 @@ message is internal mail (an authenticated sender of one of our domains).
 """
 
 import errno
+import io
 import os
 import re
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceError
 from qutemail.pipeline.spool import Envelope, SpooledMessage
 from qutemail.qkd.cipher import MIN_KEY_BYTES, PLACEHOLDER_SUBJECT, SealedMessage, encryptStream
-from qutemail.qkd.vault import InvalidKeyId, KeyVaultError, checkKeyId
+from qutemail.qkd.vault import InvalidKeyId, KeyExists, KeyVaultError, checkKeyId
 from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, STORAGE_FULL, Reply, ReplyError
 
 SEALED_SUFFIX = ".sealed"
 KEY_SIZE_BITS = 256
+# The most keys one enc_keys request asks for (the embedded KME allows 128).
+MAX_KEYS_PER_REQUEST = 64
 # Sealed files older than this at start-up are leftovers of a crash (a
 # delivery in progress, even of 25 MB to many mailboxes, takes far less).
 CLEANUP_AGE_SECONDS = 3600.0
@@ -108,8 +131,9 @@ class SealResult:
     What L{MessageEncryptor.seal} made.
 
     @ivar message: the sealed message: the original's queue id and envelope,
-        C{path} the sealed file in the work directory, C{size} its size.
-        Deliver it, unchanged, to every local recipient.
+        the ciphertext inline (when the original was) or C{path} the sealed
+        file in the work directory, C{size} its size.  Deliver it,
+        unchanged, to every local recipient.
     @ivar keyId: the key it is encrypted with, now in the vault.
     @ivar messageId: the original's Message-ID bound to the ciphertext, or
         C{""}.
@@ -122,71 +146,50 @@ class SealResult:
     plaintextBytes: int
 
 
-class KeyRequests:
+@attrs.frozen(eq=False)
+class _Waiting:
     """
-    Takes keys for concurrent seals with as few C{enc_keys} requests as
-    possible: while one request is out, the seals that ask wait together
-    and the next request takes exactly as many keys as they need.  No key
-    is taken ahead of a message, so none is left over, and each still
-    encrypts one message only.
+    A seal waiting for its key (equal only to itself).
+
+    @ivar message: the message to seal.
+    @ivar done: fires with its L{SealResult}, or fails.
     """
 
-    def __init__(self, source: Any, peerSAE: str, sizeBits: int, maxPerRequest: int = 64) -> None:
-        """
-        @param source: the L{IQKDKeySource}; its C{encKeys(peer, size,
-            number)}, when it has one, takes several keys at once.
-        @param maxPerRequest: the most keys asked for in one request.
-        """
-        self._source = source
-        self._peer = peerSAE
-        self._sizeBits = sizeBits
-        self._batches = hasattr(source, "encKeys")
-        self._max = maxPerRequest
-        self._waiting: list[Deferred] = []
-        self._busy = False
+    message: SpooledMessage
+    done: Deferred
 
-    def take(self) -> Deferred:
-        """
-        @return: a Deferred firing with one C{(keyId, key)}, or failing
-            with the key source's L{KeySourceError}.
-        """
-        if not self._batches:
-            return self._source.encKey(self._peer, self._sizeBits)
-        d = Deferred()
-        self._waiting.append(d)
-        if not self._busy:
-            self._next()
-        return d
 
-    def _next(self) -> None:
-        """
-        Send one request for the seals waiting now.
-        """
-        batch, self._waiting = self._waiting[:self._max], self._waiting[self._max:]
-        if not batch:
-            return
-        self._busy = True
-        if len(batch) == 1:
-            request = self._source.encKey(self._peer, self._sizeBits).addCallback(lambda key: [key])
-        else:
-            request = self._source.encKeys(self._peer, self._sizeBits, len(batch))
+@attrs.frozen(eq=False)
+class _Keyed:
+    """
+    A seal with its key, checked (equal only to itself).
 
-        def answered(keys: list) -> None:
-            if len(keys) != len(batch):
-                failed(Failure(KeySourceError(f"asked the KME for {len(batch)} keys, got {len(keys)}")))
-                return
-            for waiter, key in zip(batch, keys):
-                waiter.callback(key)
+    @ivar waiting: the seal.
+    @ivar keyId: the key's id.
+    @ivar key: the key.
+    """
 
-        def failed(failure: Any) -> None:
-            for waiter in batch:
-                waiter.errback(failure)
+    waiting: _Waiting
+    keyId: str
+    key: bytes
 
-        def done(_: Any) -> None:
-            self._busy = False
-            self._next()
 
-        request.addCallbacks(answered, failed).addBoth(done)
+def _sealInMemory(items: list[tuple[SpooledMessage, str, bytes]],
+                  subject: str | None) -> list[tuple[bytes, SealedMessage]]:
+    """
+    Encrypt inline messages into memory.  Blocking (CPU).
+
+    @param items: C{(message, keyId, key)} of each.
+    @return: per message, in order, its stored form and what the cipher
+        says about it.
+    """
+    sealed = []
+    for message, keyId, key in items:
+        out = io.BytesIO()
+        with message.openBody() as source:
+            info = encryptStream(source, out, keyId, key, subject)
+        sealed.append((out.getvalue(), info))
+    return sealed
 
 
 def _writeSealed(message: SpooledMessage, path: str, keyId: str, key: bytes,
@@ -234,17 +237,21 @@ class MessageEncryptor:
     Seals internal mail with QKD keys; see the module docstring.
 
     @ivar keySource: where keys come from (the embedded KME or an ETSI GS
-        QKD 014 client).
-    @ivar vault: where the keys are kept for reading the mail later.
+        QKD 014 client); its C{encKeys(peer, size, number)}, when it has
+        one, takes the keys of a batch in one request.
+    @ivar vault: where the keys are kept for reading the mail later; its
+        C{addKeys(pairs)}, when it has one, stores the keys of a batch at
+        once (see L{qutemail.qkd.vault.FileKeyVault.addKeys}).
     @ivar runner: runs the file and CPU work (a
         L{qutemail.blocking.BlockingRunner}; an
         L{qutemail.blocking.InlineRunner} in tests).
     @ivar peerSAE: the SAE id keys are asked for (the slave SAE).
-    @ivar workDirectory: where sealed files are written
+    @ivar workDirectory: where sealed files of spilled messages are written
         (C{data_dir/queue/sealed/}); created, mode 0700, when missing.
     @ivar subject: the outer Subject of sealed messages, or C{None} to show
         the original's (when it is sane; see L{qutemail.qkd.cipher}).
     @ivar keySizeBits: the key size asked for.
+    @ivar maxKeysPerRequest: the most keys one C{enc_keys} request takes.
     """
 
     _log = Logger()
@@ -256,7 +263,9 @@ class MessageEncryptor:
     workDirectory: str
     subject: str | None = attrs.field(default=PLACEHOLDER_SUBJECT)
     keySizeBits: int = KEY_SIZE_BITS
-    _requests: Any = attrs.field(default=None, init=False)
+    maxKeysPerRequest: int = MAX_KEYS_PER_REQUEST
+    _waiting: list[_Waiting] = attrs.field(factory=list, init=False)
+    _asking: bool = attrs.field(default=False, init=False)
 
     @subject.validator
     def _checkSubject(self, attribute: Any, value: str | None) -> None:
@@ -274,34 +283,239 @@ class MessageEncryptor:
         stem = _UNSAFE.sub("_", message.queueId)[:64]
         return os.path.join(self.workDirectory, f"{stem}.{os.urandom(8).hex()}{SEALED_SUFFIX}")
 
-    async def _takeKey(self, message: SpooledMessage) -> tuple[str, bytes]:
+    async def seal(self, message: SpooledMessage) -> SealResult:
         """
-        Take one fresh key and check it.
+        Encrypt a message with one fresh QKD key, keeping the key in the
+        vault.
 
-        @return: C{(keyId, key)}.
-        @raise ReplyError: C{KEY_SOURCE_UNAVAILABLE} when the key source
-            fails or gives an unusable key; C{LOCAL_ERROR} when the vault
-            cannot say whether the key id is new.
+        @param message: the spooled message (inline or spilled; it is only
+            read).
+        @return: a L{SealResult}; deliver C{result.message} to every local
+            recipient, then L{discard} it.
+        @raise ReplyError: always temporary: C{KEY_SOURCE_UNAVAILABLE} when
+            no usable key can be had, C{LOCAL_ERROR} when the vault fails or
+            the sealed file cannot be written, C{STORAGE_FULL} when the disk
+            is full.  Nothing is left in the work directory then, and the
+            key is stored only if the seal succeeds.
         """
-        if self._requests is None:
-            self._requests = KeyRequests(self.keySource, self.peerSAE, self.keySizeBits)
+        done: Deferred = Deferred()
+        self._waiting.append(_Waiting(message, done))
+        self._askForKeys()
+        return await done
+
+    def _askForKeys(self) -> None:
+        """
+        Start the next batch, for the seals waiting now (at most
+        C{maxKeysPerRequest}), unless one is still under way: then they
+        wait for it (see L{_sealBatch}).
+        """
+        if self._asking or not self._waiting:
+            return
+        batch = self._waiting[:self.maxKeysPerRequest]
+        del self._waiting[:self.maxKeysPerRequest]
+        self._asking = True
+        Deferred.fromCoroutine(self._sealBatch(batch)).addErrback(self._batchFailed, batch)
+
+    def _batchFailed(self, failure: Failure, batch: list[_Waiting]) -> None:
+        """
+        Something unexpected broke a batch (a bug, not a failure of the key
+        source, the vault or the disk): every seal of it still waiting fails
+        with it, so that its delivery is retried (and its caller logs it).
+        With none left waiting, it is logged here.
+
+        @param batch: the seals the failed work was responsible for.
+        """
+        waiting = [w for w in batch if not w.done.called]
+        for w in waiting:
+            w.done.errback(failure)
+        if not waiting:
+            self._log.failure("sealing a batch of {count} messages failed", failure, count=len(batch))
+
+    async def _sealBatch(self, batch: list[_Waiting]) -> None:
+        """
+        Seal a batch: take its keys in one request, then seal its inline
+        messages and store their keys together.  Only then may the next
+        batch start, so the seals that arrive meanwhile (while a request,
+        a worker job or a vault write is under way) gather into it: the
+        busier the server, the bigger the batches, and no timer ever delays
+        a seal.  Each spilled message goes on on its own, so that a large
+        one does not hold up the others.
+
+        @param batch: the seals; one handed off on its own is removed from
+            it (L{_batchFailed} is for the rest).
+        """
         try:
-            keyId, key = await self._requests.take()
-        except KeySourceError as e:
-            raise self._keySourceFailed(message, str(e)) from None
+            answers = await self._takeKeys(len(batch))
+            keyed: list[_Keyed] = []
+            seen: set[str] = set()
+            for waiting, answer in zip(batch, answers):
+                problem = str(answer) if isinstance(answer, KeySourceError) else self._keyProblem(answer, seen)
+                if problem is not None:
+                    waiting.done.errback(self._keySourceFailed(waiting.message, problem))
+                    continue
+                keyId, key = answer
+                seen.add(keyId)
+                keyed.append(_Keyed(waiting, keyId, key))
+            for item in keyed:
+                if item.waiting.message.inline is None:
+                    batch.remove(item.waiting)
+                    Deferred.fromCoroutine(self._finish([item])).addErrback(self._batchFailed, [item.waiting])
+            inline = [item for item in keyed if item.waiting.message.inline is not None]
+            if inline:
+                await self._finish(inline)
+        finally:
+            self._asking = False
+            self._askForKeys()
+
+    async def _finish(self, keyed: list[_Keyed]) -> None:
+        """
+        Encrypt messages whose keys are in hand (inline ones, or one
+        spilled one), store their keys, and fire each seal's Deferred.
+        Anything unexpected is raised (see L{_batchFailed}).
+        """
+        sealed = await self._encrypt(keyed)
+        ready = [(item, result) for item, result in zip(keyed, sealed) if isinstance(result, SealResult)]
+        kept = await self._keepKeys([(item.keyId, item.key) for item, _ in ready])
+        failed: list[tuple[_Keyed, ReplyError]] = [
+            (item, result) for item, result in zip(keyed, sealed) if not isinstance(result, SealResult)]
+        for (item, result), problem in zip(ready, kept):
+            if problem is None:
+                item.waiting.done.callback(result)
+                continue
+            failed.append((item, self._keepFailed(item, problem)))
+            if result.message.path is not None:
+                try:
+                    await self.runner.run(_removeFile, result.message.path)
+                except OSError:
+                    # Harmless ciphertext; cleanup() removes it at start-up.
+                    self._log.failure("cannot remove {path}", path=result.message.path)
+        for item, error in failed:
+            item.waiting.done.errback(error)
+
+    async def _takeKeys(self, number: int) -> list:
+        """
+        Take C{number} keys: one C{enc_keys} request when the key source
+        can take several at once, else one C{encKey} each.
+
+        @return: per seal, C{(keyId, key)} or the L{KeySourceError} it
+            failed with.
+        """
+        encKeys = getattr(self.keySource, "encKeys", None)
+        if number > 1 and encKeys is not None:
+            try:
+                keys = await encKeys(self.peerSAE, self.keySizeBits, number)
+            except KeySourceError as e:
+                return [e] * number
+            if len(keys) != number:
+                return [KeySourceError(f"asked the KME for {number} keys, got {len(keys)}")] * number
+            return list(keys)
+        answers: list = []
+        for _ in range(number):
+            try:
+                answers.append(await self.keySource.encKey(self.peerSAE, self.keySizeBits))
+            except KeySourceError as e:
+                answers.append(e)
+        return answers
+
+    def _keyProblem(self, answer: Any, seen: set[str]) -> str | None:
+        """
+        @param answer: what the key source gave for one seal.
+        @param seen: the key ids already given in the same batch.
+        @return: why the key cannot be used, or C{None}.
+        """
+        keyId, key = answer
         try:
             checkKeyId(keyId)
         except InvalidKeyId:
-            raise self._keySourceFailed(message, "it gave an invalid key id") from None
+            return "it gave an invalid key id"
         if not isinstance(key, bytes) or len(key) != self.keySizeBits // 8 or len(key) < MIN_KEY_BYTES:
-            raise self._keySourceFailed(message, f"it gave a key of the wrong size for {keyId}")
+            return f"it gave a key of the wrong size for {keyId}"
+        if keyId in seen:
+            return f"it gave key id {keyId} twice"
+        return None
+
+    async def _encrypt(self, keyed: list[_Keyed]) -> list[SealResult | ReplyError]:
+        """
+        Encrypt inline messages together, in memory, by one worker job; or
+        one spilled message into its own sealed file.
+
+        @return: per item, its L{SealResult}, or the L{ReplyError} its
+            seal fails with (its sealed file could not be written).
+        """
+        first = keyed[0].waiting.message
+        if first.inline is not None:
+            sealed = await self.runner.run(_sealInMemory, [(i.waiting.message, i.keyId, i.key) for i in keyed],
+                                           self.subject)
+            return [SealResult(attrs.evolve(item.waiting.message, size=len(data), inline=data, path=None),
+                               item.keyId, info.messageId, info.plaintextBytes)
+                    for item, (data, info) in zip(keyed, sealed)]
+        [item] = keyed
+        path = self.sealedPath(first)
+        try:
+            info = await self.runner.run(_writeSealed, first, path, item.keyId, item.key, self.subject)
+        except OSError as e:
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            reply: Reply = STORAGE_FULL if full else LOCAL_ERROR
+            self._log.warn("cannot seal {queueId}: writing {path} failed: {reason}",
+                           queueId=first.queueId, path=path, reason=_oneLine(str(e)))
+            return [ReplyError(reply)]
+        message = attrs.evolve(first, size=info.storedBytes, inline=None, path=path)
+        return [SealResult(message, item.keyId, info.messageId, info.plaintextBytes)]
+
+    async def _keepKeys(self, keys: list[tuple[str, bytes]]) -> list[BaseException | None]:
+        """
+        Store the keys of a batch in the vault, each as a new id.
+
+        @return: per key, C{None} once it is durable, else the exception
+            that kept it out: L{KeyExists} for an id the vault already
+            holds, a L{KeyVaultError} or C{OSError} when the vault fails.
+        """
+        if not keys:
+            return []
+        addKeys = getattr(self.vault, "addKeys", None)
+        if addKeys is not None:
+            try:
+                return list(await addKeys(keys))
+            except (KeyVaultError, OSError) as e:
+                return [e] * len(keys)
+        results = await DeferredList([Deferred.fromCoroutine(self._keepKey(keyId, key)) for keyId, key in keys],
+                                     consumeErrors=True)
+        for ok, value in results:
+            if not ok:
+                value.raiseException()
+        return [value for _, value in results]
+
+    async def _keepKey(self, keyId: str, key: bytes) -> BaseException | None:
+        """
+        Store one key in a vault without C{addKeys}: C{fetch} must find
+        nothing, then C{store}.
+
+        @return: C{None} once stored, else the exception that kept it out.
+        """
         try:
             await self.vault.fetch(keyId)
         except KeyGone:
-            return keyId, key
+            pass
         except (KeyVaultError, OSError) as e:
-            raise self._vaultFailed(message, keyId, e) from None
-        raise self._keySourceFailed(message, f"it gave key id {keyId} again (already in the vault)")
+            return e
+        else:
+            return KeyExists(f"the key vault already holds key {keyId}")
+        try:
+            await self.vault.store(keyId, key)
+        except (KeyVaultError, OSError) as e:
+            return e
+        return None
+
+    def _keepFailed(self, item: _Keyed, problem: BaseException) -> ReplyError:
+        """
+        Log a key the vault did not take.
+
+        @return: what its seal fails with.
+        """
+        message = item.waiting.message
+        if isinstance(problem, KeyExists):
+            return self._keySourceFailed(message, f"it gave key id {item.keyId} again (already in the vault)")
+        return self._vaultFailed(message, item.keyId, problem)
 
     def _keySourceFailed(self, message: SpooledMessage, reason: str) -> ReplyError:
         """
@@ -326,47 +540,12 @@ class MessageEncryptor:
                        queueId=message.queueId, keyId=keyId, reason=reason)
         return ReplyError(LOCAL_ERROR.withText(f"Key vault unavailable, will retry: {reason}"))
 
-    async def seal(self, message: SpooledMessage) -> SealResult:
-        """
-        Encrypt a message with one fresh QKD key, keeping the key in the
-        vault.
-
-        @param message: the spooled message (inline or spilled; it is only
-            read).
-        @return: a L{SealResult}; deliver C{result.message} to every local
-            recipient, then L{discard} it.
-        @raise ReplyError: always temporary: C{KEY_SOURCE_UNAVAILABLE} when
-            no usable key can be had, C{LOCAL_ERROR} when the vault fails or
-            the sealed file cannot be written, C{STORAGE_FULL} when the disk
-            is full.  Nothing is left in the work directory then, and the
-            key is stored only if the seal succeeds.
-        """
-        keyId, key = await self._takeKey(message)
-        path = self.sealedPath(message)
-        try:
-            sealed = await self.runner.run(_writeSealed, message, path, keyId, key, self.subject)
-        except OSError as e:
-            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-            reply: Reply = STORAGE_FULL if full else LOCAL_ERROR
-            self._log.warn("cannot seal {queueId}: writing {path} failed: {reason}",
-                           queueId=message.queueId, path=path, reason=_oneLine(str(e)))
-            raise ReplyError(reply) from None
-        try:
-            await self.vault.store(keyId, key)
-        except (KeyVaultError, OSError) as e:
-            await self.runner.run(_removeFile, path)
-            raise self._vaultFailed(message, keyId, e) from None
-        except BaseException:
-            await self.runner.run(_removeFile, path)
-            raise
-        result = attrs.evolve(message, size=sealed.storedBytes, inline=None, path=path)
-        return SealResult(result, keyId, sealed.messageId, sealed.plaintextBytes)
-
     async def discard(self, sealed: SealResult | SpooledMessage) -> None:
         """
         Remove a sealed file once every recipient has its copy (or the
-        delivery is given up); removing it twice is fine.  The key stays in
-        the vault: the copies need it.
+        delivery is given up); removing it twice is fine, and a message
+        sealed in memory has nothing to remove.  The key stays in the
+        vault: the copies need it.
 
         @param sealed: what L{seal} returned, or its C{message}.
         @raise ValueError: the message's file is not a sealed file of the
@@ -374,6 +553,8 @@ class MessageEncryptor:
         """
         message = sealed.message if isinstance(sealed, SealResult) else sealed
         path = message.path
+        if path is None and message.inline is not None:
+            return
         if path is None or not path.endswith(SEALED_SUFFIX) or \
                 os.path.dirname(os.path.abspath(path)) != os.path.abspath(self.workDirectory):
             raise ValueError(f"{path!r} is not a sealed file of {self.workDirectory}")

@@ -17,8 +17,8 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.qkd.cipher import (
-    HEADER_CAP_BYTES, PLACEHOLDER_SUBJECT, PROTOCOL, DecryptionError, Envelope, SealedMessage, decryptBytes,
-    decryptFile, decryptStream, encryptBytes, encryptStream, readEnvelope,
+    HEADER_CAP_BYTES, PLACEHOLDER_SUBJECT, PROTOCOL, DecryptionError, Envelope, SealedMessage, base64Lines,
+    decryptBytes, decryptFile, decryptStream, encryptBytes, encryptStream, readEnvelope,
 )
 from qutemail.qkd.vault import InvalidKeyId
 
@@ -195,6 +195,16 @@ class RoundTripTests(SynchronousTestCase):
         lines = stored[stored.index(b"base64\n\n") + 8:stored.rindex(b"\n--")].split(b"\n")
         self.assertEqual({len(line) for line in lines[:-1]}, {76})
         self.assertLessEqual(len(lines[-1]), 76)
+
+    @given(st.binary(max_size=3000))
+    def test_base64LinesAsEncodebytes(self, data):
+        """
+        L{base64Lines} gives exactly what C{base64.encodebytes} gives, for
+        any length (including an exact number of lines, and none).
+        """
+        self.assertEqual(base64Lines(data), base64.encodebytes(data))
+        whole = data[:len(data) // 57 * 57]
+        self.assertEqual(base64Lines(whole), base64.encodebytes(whole))
 
     def test_streaming(self):
         """

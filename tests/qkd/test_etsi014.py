@@ -19,13 +19,15 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
+from twisted.web.client import URI
+from twisted.web.error import SchemeNotSupported
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
 from qutemail.interfaces import IQKDKeySource, KeySourceError, KMEStatus
 from qutemail.qkd.certs import makeLeaf
-from qutemail.qkd.etsi014 import ETSI014KeySource
+from qutemail.qkd.etsi014 import ETSI014KeySource, KMEEndpoints, MutualTLSPolicy
 from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService, listenTLS, serverTLSOptions
 from qutemail.qkd.kmecore import KEYS_NOT_FOUND, KME, PoolSettings, QKDLink
 from qutemail.qkd.kmeweb import KMESite
@@ -210,6 +212,30 @@ class EmbeddedKMETests(TestCase):
         for _ in range(6):
             await self.sources["sae-a"].status("sae-b")
         self.assertEqual(len(built), 1)
+
+    async def test_policyAskedOnce(self):
+        """
+        The TLS policy builds the connection creator once per KME, not once
+        per request: requests on a kept-alive connection, and a new
+        connection after the old ones are closed, reuse it.
+        """
+        asked = []
+        policy = MutualTLSPolicy.creatorForNetloc
+        self.patch(MutualTLSPolicy, "creatorForNetloc",
+                   lambda self, host, port: asked.append((host, port)) or policy(self, host, port))
+        source = keySource(self, self.pki, self.url, "sae-a")
+        for _ in range(3):
+            await source.status("sae-b")
+        await source.close()
+        await source.status("sae-b")
+        self.assertEqual(asked, [(b"localhost", self.service.portNumber)])
+
+    def test_httpsOnlyEndpoints(self):
+        """
+        L{KMEEndpoints} makes no endpoint for a URL that is not HTTPS.
+        """
+        endpoints = KMEEndpoints(reactor, MutualTLSPolicy(trustRoot(self.pki)), 1.0)
+        self.assertRaises(SchemeNotSupported, endpoints.endpointForURI, URI.fromBytes(b"http://localhost:1/"))
 
     async def test_noKeyMaterialLogged(self):
         """

@@ -6,6 +6,7 @@ interface contract is in L{tests.test_interfaces}.
 """
 
 import base64
+import errno
 import os
 import stat
 import uuid
@@ -19,8 +20,10 @@ from qutemail.backends.redislimiter import connect
 from qutemail.backends.redisvault import KEY_PREFIX, RedisKeyVault
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import KeyGone
+from qutemail.qkd import vault as vaultModule
 from qutemail.qkd.vault import (
-    MASTER_KEY_BYTES, FileKeyVault, InvalidKeyId, KeyVaultError, MasterKeyError, checkKeyId, loadMasterKey,
+    KEYS_PER_JOB, MASTER_KEY_BYTES, FileKeyVault, InvalidKeyId, KeyExists, KeyVaultError, MasterKeyError, checkKeyId,
+    loadMasterKey,
 )
 from tests.backends.test_redislimiter import startRedis
 from tests.integration.support import freePort
@@ -248,6 +251,115 @@ class FileKeyVaultTests(TestCase):
             await self.vault().store(str(uuid.uuid4()), "text")
         with self.assertRaises(ValueError):
             await self.vault().store(str(uuid.uuid4()), b"")
+
+    async def test_addKeys(self):
+        """
+        C{addKeys} stores fresh keys with one worker-thread job and one
+        directory fsync for all of them; each is wrapped on disk, mode
+        0600, and fetched back as stored.
+        """
+        runner = _CountingRunner()
+        synced = []
+        self.patch(vaultModule, "syncDirectory", lambda path: synced.append(path))
+        vault = self.vault(runner)
+        keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(4)]
+        self.assertEqual(await vault.addKeys(keys), [None] * 4)
+        self.assertEqual(runner.calls, ["loadMasterKey", "_addKeyFiles"])
+        self.assertEqual(synced.count(self.directory), 1)
+        self.assertEqual(sorted(os.listdir(self.directory)), sorted(k + ".key" for k, _ in keys))
+        for keyId, key in keys:
+            path = os.path.join(self.directory, keyId + ".key")
+            with open(path, "rb") as f:
+                self.assertNotIn(key, f.read())
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+            self.assertEqual(await vault.fetch(keyId), key)
+
+    async def test_addKeysSeveralJobs(self):
+        """
+        More than L{KEYS_PER_JOB} keys are written by several jobs, each
+        syncing the directory; the results keep the keys' order.
+        """
+        runner = _CountingRunner()
+        synced = []
+        self.patch(vaultModule, "syncDirectory", lambda path: synced.append(path))
+        vault = self.vault(runner)
+        held = str(uuid.uuid4())
+        await vault.store(held, os.urandom(32))
+        del runner.calls[:]
+        keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2 * KEYS_PER_JOB + 1)]
+        keys[KEYS_PER_JOB + 3] = (held, os.urandom(32))
+        results = await vault.addKeys(keys)
+        self.assertEqual(runner.calls, ["_addKeyFiles"] * 3)
+        self.assertEqual(synced.count(self.directory), 3)
+        self.assertEqual([i for i, r in enumerate(results) if r is not None], [KEYS_PER_JOB + 3])
+        self.assertIsInstance(results[KEYS_PER_JOB + 3], KeyExists)
+        for keyId, key in keys[:KEYS_PER_JOB + 3] + keys[KEYS_PER_JOB + 4:]:
+            self.assertEqual(await vault.fetch(keyId), key)
+
+    async def test_addKeysNeverReplaces(self):
+        """
+        An id the vault already holds is refused with L{KeyExists} and its
+        key is kept; the other keys of the call are stored.
+        """
+        vault = self.vault()
+        held, old = str(uuid.uuid4()), os.urandom(32)
+        await vault.store(held, old)
+        fresh, key = str(uuid.uuid4()), os.urandom(32)
+        [first, second] = await vault.addKeys([(held, os.urandom(32)), (fresh, key)])
+        self.assertIsInstance(first, KeyExists)
+        self.assertIsInstance(first, KeyVaultError)
+        self.assertIn(held, str(first))
+        self.assertIsNone(second)
+        self.assertEqual(await vault.fetch(held), old)
+        self.assertEqual(await vault.fetch(fresh), key)
+
+    async def test_addKeysWriteFails(self):
+        """
+        A key whose file cannot be written gets its C{OSError} and leaves
+        no file; the others are stored.  A failed directory fsync fails
+        every key of the call and removes their files.
+        """
+        vault = self.vault()
+        await vault.store(str(uuid.uuid4()), os.urandom(32))
+        bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+        realWriteAll = vaultModule.writeAll
+        calls = []
+
+        def writeAll(fd, data):
+            calls.append(fd)
+            if len(calls) == 1:
+                raise OSError(errno.EIO, "I/O error")
+            realWriteAll(fd, data)
+
+        self.patch(vaultModule, "writeAll", writeAll)
+        [first, second] = await vault.addKeys([(bad, os.urandom(32)), (good, os.urandom(32))])
+        self.assertEqual(first.errno, errno.EIO)
+        self.assertIsNone(second)
+        self.assertFalse(os.path.exists(os.path.join(self.directory, bad + ".key")))
+        self.assertTrue(os.path.exists(os.path.join(self.directory, good + ".key")))
+
+        def syncDirectory(path):
+            raise OSError(errno.EIO, "I/O error")
+
+        self.patch(vaultModule, "syncDirectory", syncDirectory)
+        more = [str(uuid.uuid4()), str(uuid.uuid4())]
+        results = await vault.addKeys([(keyId, os.urandom(32)) for keyId in more])
+        self.assertEqual([r.errno for r in results], [errno.EIO, errno.EIO])
+        for keyId in more:
+            self.assertFalse(os.path.exists(os.path.join(self.directory, keyId + ".key")))
+
+    async def test_addKeysChecked(self):
+        """
+        A crafted id or a key that is not one fails the whole call before
+        any file is touched.
+        """
+        runner = _CountingRunner()
+        with self.assertRaises(InvalidKeyId):
+            await self.vault(runner).addKeys([(str(uuid.uuid4()), os.urandom(32)), ("../x", os.urandom(32))])
+        with self.assertRaises(ValueError):
+            await self.vault(runner).addKeys([(str(uuid.uuid4()), b"")])
+        self.assertEqual(runner.calls, [])
+        self.assertFalse(os.path.exists(os.path.dirname(self.masterPath)))
 
 
 class RedisKeyVaultTests(TestCase):

@@ -12,6 +12,7 @@ import datetime
 import email
 import errno
 import hashlib
+import io
 import os
 import uuid
 
@@ -173,6 +174,24 @@ class FailingVault:
 
 
 @attrs.define
+class CountingRunner:
+    """
+    An inline runner that records the name of each function it runs.
+
+    @ivar jobs: the names, in order.
+    """
+
+    jobs: list = attrs.field(factory=list)
+
+    def run(self, f, *args, **kwargs):
+        """
+        Like L{InlineRunner.run}, noting C{f}'s name.
+        """
+        self.jobs.append(f.__name__)
+        return InlineRunner().run(f, *args, **kwargs)
+
+
+@attrs.define
 class FullDiskRunner:
     """
     An inline runner on a full disk: writing a sealed file fails with
@@ -209,6 +228,13 @@ def readFile(path: str) -> bytes:
     """
     with open(path, "rb") as f:
         return f.read()
+
+
+def sealedBytes(result: SealResult) -> bytes:
+    """
+    @return: the stored form of a sealed message, in memory or in its file.
+    """
+    return result.message.inline if result.message.path is None else readFile(result.message.path)
 
 
 class FakeKeySourceTests(SynchronousTestCase):
@@ -264,6 +290,16 @@ class EncryptorTestsMixin:
                          workDirectory=self.workDirectory)
         return MessageEncryptor(**(arguments | kwargs))
 
+    def spilledMessage(self, body: bytes, queueId: str = "18B2C0FFEE0002") -> SpooledMessage:
+        """
+        @return: a spooled message whose body is in a spill file.
+        """
+        os.makedirs(self.dataDir, exist_ok=True)
+        path = os.path.join(self.dataDir, f"spill-{queueId}")
+        with open(path, "wb") as f:
+            f.write(body)
+        return SpooledMessage(queueId, envelope(), len(body), path=path)
+
     def workFiles(self) -> list[str]:
         """
         @return: the names in the work directory.
@@ -309,8 +345,8 @@ class SealTests(EncryptorTestsMixin, SynchronousTestCase):
         """
         A small inline message is encrypted with one fresh 256-bit key asked
         for the peer SAE; the key is in the vault; the result keeps the
-        queue id and envelope and points at the sealed file, whose size it
-        gives.
+        queue id and envelope and holds the ciphertext inline, whose size
+        it gives; no file is written.
         """
         original = messageBytes()
         message = inlineMessage(original)
@@ -320,13 +356,29 @@ class SealTests(EncryptorTestsMixin, SynchronousTestCase):
         self.assertEqual(result.keyId, keyId)
         self.assertEqual(self.successResultOf(self.vault.fetch(keyId)), key)
         sealed = result.message
+        self.assertEqual((sealed.queueId, sealed.envelope, sealed.path), (message.queueId, message.envelope, None))
+        self.assertEqual(sealed.size, len(sealed.inline))
+        self.assertEqual(result.plaintextBytes, len(original))
+        self.assertEqual(result.messageId, "<0.internal@example.test>")
+        self.assertEqual(decryptBytes(sealed.inline, key), original)
+        self.assertEqual(self.workFiles(), [])
+
+    def test_sealSpilled(self):
+        """
+        A spilled message is encrypted into a sealed file of the work
+        directory, mode 0600, which the result points at and whose size it
+        gives.
+        """
+        original = messageBytes(3)
+        message = self.spilledMessage(original)
+        result = self.seal(message)
+        sealed = result.message
         self.assertEqual((sealed.queueId, sealed.envelope, sealed.inline), (message.queueId, message.envelope, None))
         self.assertEqual(os.path.dirname(sealed.path), self.workDirectory)
         self.assertTrue(sealed.path.endswith(SEALED_SUFFIX))
         self.assertEqual(sealed.size, os.path.getsize(sealed.path))
         self.assertEqual(result.plaintextBytes, len(original))
-        self.assertEqual(result.messageId, "<0.internal@example.test>")
-        self.assertEqual(decryptBytes(readFile(sealed.path), key), original)
+        self.assertEqual(decryptBytes(readFile(sealed.path), self.source.keys[result.keyId]), original)
         self.assertEqual(os.stat(sealed.path).st_mode & 0o777, 0o600)
 
     def test_noPlaintext(self):
@@ -335,7 +387,7 @@ class SealTests(EncryptorTestsMixin, SynchronousTestCase):
         body line nor the subject; the outer Subject is the placeholder.
         """
         original = messageBytes(extraLines=20)
-        stored = readFile(self.seal(inlineMessage(original)).message.path)
+        stored = sealedBytes(self.seal(inlineMessage(original)))
         parsed = email.message_from_bytes(stored)
         self.assertEqual(parsed.get_content_type(), "multipart/encrypted")
         self.assertEqual(parsed["Subject"], PLACEHOLDER_SUBJECT)
@@ -350,10 +402,10 @@ class SealTests(EncryptorTestsMixin, SynchronousTestCase):
         construction.
         """
         other = self.makeEncryptor(subject="[sealed]")
-        stored = readFile(run(self, other.seal(inlineMessage(messageBytes()))).message.path)
+        stored = sealedBytes(run(self, other.seal(inlineMessage(messageBytes()))))
         self.assertEqual(email.message_from_bytes(stored)["Subject"], "[sealed]")
         shown = self.makeEncryptor(subject=None)
-        stored = readFile(run(self, shown.seal(inlineMessage(messageBytes()))).message.path)
+        stored = sealedBytes(run(self, shown.seal(inlineMessage(messageBytes()))))
         self.assertIn(SUBJECT, stored)
         self.assertRaises(ValueError, self.makeEncryptor, subject="two\nlines")
 
@@ -374,11 +426,11 @@ class SealTests(EncryptorTestsMixin, SynchronousTestCase):
         original = messageBytes()
         result = self.seal(inlineMessage(original))
         names = self.deliverAll(result)
-        sealedBytes = readFile(result.message.path)
+        stored = sealedBytes(result)
         self.assertEqual(len(self.source.keys), 1)
         for account, name in zip(ACCOUNTS, names):
             path = os.path.join(mailboxPath(self.dataDir, account.address), "new", name)
-            self.assertEqual(readFile(path), returnPath(result.message) + sealedBytes)
+            self.assertEqual(readFile(path), returnPath(result.message) + stored)
             self.assertEqual(self.readBack(path), original)
 
     def test_spilledStreamed(self):
@@ -426,7 +478,7 @@ class SealTests(EncryptorTestsMixin, SynchronousTestCase):
         """
         ids = {self.seal(inlineMessage(messageBytes(n), f"Q{n}")).keyId for n in range(5)}
         self.assertEqual(len(ids), 5)
-        self.assertEqual(len(self.workFiles()), 5)
+        self.assertEqual(len(self.source.keys), 5)
 
     def test_resealFindsEarlierCopy(self):
         """
@@ -550,7 +602,7 @@ class SealFailureTests(EncryptorTestsMixin, SynchronousTestCase):
         self.assertEqual(reply.code, KEY_SOURCE_UNAVAILABLE.code)
         self.assertIn("again", reply.text)
         self.assertEqual(self.successResultOf(self.vault.fetch(first.keyId)), old)
-        self.assertEqual(self.workFiles(), [os.path.basename(first.message.path)])
+        self.assertEqual(self.workFiles(), [])
 
     def test_vaultFails(self):
         """
@@ -567,7 +619,7 @@ class SealFailureTests(EncryptorTestsMixin, SynchronousTestCase):
     def test_vaultFetchFails(self):
         """
         A vault that cannot say whether a key id is new gives a 4xx
-        C{LOCAL_ERROR} before anything is written.
+        C{LOCAL_ERROR}, and nothing is left behind.
         """
         self.encryptor = self.makeEncryptor(vault=FailingVault(failFetch=True, error=OSError(errno.EIO, "I/O error")))
         reply = self.sealFails(inlineMessage(messageBytes())).reply
@@ -583,7 +635,7 @@ class SealFailureTests(EncryptorTestsMixin, SynchronousTestCase):
         os.makedirs(os.path.dirname(self.workDirectory))
         with open(self.workDirectory, "wb"):
             pass
-        reply = self.sealFails(inlineMessage(messageBytes())).reply
+        reply = self.sealFails(self.spilledMessage(messageBytes())).reply
         self.assertEqual(reply, LOCAL_ERROR)
         self.assertNothingLeft()
 
@@ -592,7 +644,7 @@ class SealFailureTests(EncryptorTestsMixin, SynchronousTestCase):
         A full disk gives C{STORAGE_FULL}, and the key is not stored.
         """
         self.encryptor = self.makeEncryptor(runner=FullDiskRunner())
-        reply = self.sealFails(inlineMessage(messageBytes())).reply
+        reply = self.sealFails(self.spilledMessage(messageBytes())).reply
         self.assertEqual(reply, STORAGE_FULL)
         self.assertNothingLeft()
 
@@ -616,7 +668,8 @@ class DiscardTests(EncryptorTestsMixin, SynchronousTestCase):
         Discarding removes the sealed file, keeps the key, and may be done
         twice; the sealed message itself may be passed.
         """
-        result = self.seal(inlineMessage(messageBytes()))
+        result = self.seal(self.spilledMessage(messageBytes()))
+        self.assertEqual(len(self.workFiles()), 1)
         run(self, self.encryptor.discard(result))
         self.assertEqual(self.workFiles(), [])
         run(self, self.encryptor.discard(result.message))
@@ -632,18 +685,29 @@ class DiscardTests(EncryptorTestsMixin, SynchronousTestCase):
         with open(spill, "wb") as f:
             f.write(b"x")
         runFailure(self, self.encryptor.discard(SpooledMessage("Q", envelope(), 1, path=spill)), ValueError)
-        runFailure(self, self.encryptor.discard(inlineMessage(b"x")), ValueError)
         outside = os.path.join(self.dataDir, "x" + SEALED_SUFFIX)
         runFailure(self, self.encryptor.discard(SpooledMessage("Q", envelope(), 1, path=outside)), ValueError)
         self.assertTrue(os.path.exists(spill))
+
+    def test_discardInMemory(self):
+        """
+        A message sealed in memory has no file: discarding it does nothing,
+        and needs no worker thread.
+        """
+        result = self.seal(inlineMessage(messageBytes()))
+        jobs = []
+        self.encryptor.runner = attrs.evolve(CountingRunner(), jobs=jobs)
+        run(self, self.encryptor.discard(result))
+        run(self, self.encryptor.discard(result.message))
+        self.assertEqual(jobs, [])
 
     def test_cleanup(self):
         """
         C{cleanup} removes sealed files older than the limit and keeps
         younger ones and anything else.
         """
-        old = self.seal(inlineMessage(messageBytes(), "QOLD")).message.path
-        young = self.seal(inlineMessage(messageBytes(), "QYOUNG")).message.path
+        old = self.seal(self.spilledMessage(messageBytes(), "QOLD")).message.path
+        young = self.seal(self.spilledMessage(messageBytes(), "QYOUNG")).message.path
         other = os.path.join(self.workDirectory, "notes.txt")
         with open(other, "wb"):
             pass
@@ -737,34 +801,38 @@ class RealKMESealTests(TestCase):
 
     async def test_twentyMessages(self):
         """
-        Twenty messages take twenty distinct keys from the KME's pool; each
-        sealed file is C{multipart/encrypted} with none of the body or
-        subject in it; delivered and read back through the file vault, each
-        is byte-identical to its original.
+        Twenty messages sealed at once take twenty distinct keys from the
+        KME's pool in two requests; each sealed message is
+        C{multipart/encrypted} with none of the body or subject in it;
+        delivered and read back through the file vault, each is
+        byte-identical to its original.
         """
         before = (await self.source.status(PEER)).storedKeyCount
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         originals = [messageBytes(n, extraLines=50 + n) for n in range(20)]
         results = await gatherResults(
             [Deferred.fromCoroutine(self.encryptor.seal(inlineMessage(body, f"QREAL{n:02d}")))
              for n, body in enumerate(originals)], consumeErrors=True)
         after = (await self.source.status(PEER)).storedKeyCount
         self.assertEqual(before - after, 20)
+        # The first seal's request goes out alone; the other 19 wait for it
+        # and share the next one.
+        self.assertEqual([e["keyCount"] for e in events if e.get("operation") == "enc_keys"], [1, 19])
         self.assertEqual(len({r.keyId for r in results}), 20)
         byMessageId = {}
         for n, (body, result) in enumerate(zip(originals, results)):
-            stored = readFile(result.message.path)
+            stored = sealedBytes(result)
             parsed = email.message_from_bytes(stored)
             self.assertEqual(parsed.get_content_type(), "multipart/encrypted")
             self.assertTrue(parsed.is_multipart())
             self.assertNotIn(SUBJECT[len("Subject: "):], stored)
             for line in body.split(b"\n\n", 1)[1].splitlines():
                 self.assertNotIn(line, stored)
-            with open(result.message.path, "rb") as f:
-                self.assertEqual(readEnvelope(f).keyId, result.keyId)
+            self.assertEqual(readEnvelope(io.BytesIO(stored)).keyId, result.keyId)
             await self.store.deliver(result.message, ACCOUNTS[0], 0)
             await self.encryptor.discard(result)
             byMessageId[result.messageId] = body
-        self.assertEqual(os.listdir(self.encryptor.workDirectory), [])
+        self.assertFalse(os.path.exists(self.encryptor.workDirectory))
         entries = await self.runner.run(listMessages, self.dataDir, ACCOUNTS[0].address)
         self.assertEqual(len(entries), 20)
         for entry in entries:
@@ -775,68 +843,303 @@ class RealKMESealTests(TestCase):
             self.assertEqual(plain, byMessageId.pop(info.messageId))
 
 
-class KeyRequestsTests(SynchronousTestCase):
+@implementer(IQKDKeySource)
+class HeldKeySource:
     """
-    L{KeyRequests} takes keys for concurrent seals in as few requests as
-    it can, and never more keys than seals.
+    A key source whose requests wait until the test answers them.
+
+    @ivar asked: C{(number, Deferred)} of each request, in order.
     """
+
+    def __init__(self) -> None:
+        """
+        No request yet.
+        """
+        self.asked: list[tuple[int, Deferred]] = []
+
+    def status(self, peerSAE: str):
+        """
+        See L{IQKDKeySource.status}.
+        """
+        return succeed(KMEStatus("kme-1", "kme-1", "sae-a", peerSAE, 256, 1000, 1000, 128, 1024, 64, 0))
+
+    def encKey(self, peerSAE: str, sizeBits: int = 256):
+        """
+        See L{IQKDKeySource.encKey}: held.
+        """
+        d = Deferred()
+        self.asked.append((1, d))
+        return d
+
+    def encKeys(self, peerSAE: str, sizeBits: int = 256, number: int = 1):
+        """
+        Several keys at once: held.
+        """
+        d = Deferred()
+        self.asked.append((number, d))
+        return d
+
+    def decKey(self, peerSAE: str, keyId: str):
+        """
+        See L{IQKDKeySource.decKey}: never used here.
+        """
+        return fail(KeySourceError("not here", temporary=False))
+
+    def answer(self, n: int, count: int | None = None) -> list[tuple[str, bytes]]:
+        """
+        Answer request C{n} with fresh keys (as many as it asked, or
+        C{count}).
+
+        @return: the keys given.
+        """
+        number, d = self.asked[n]
+        keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(number if count is None else count)]
+        d.callback(keys[0] if number == 1 and count is None else keys)
+        return keys
+
+    @property
+    def numbers(self) -> list[int]:
+        """
+        How many keys each request asked for.
+        """
+        return [n for n, _ in self.asked]
+
+
+class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
+    """
+    Seals share requests, worker jobs and vault writes with the seals that
+    wait beside them, and still each get their own key.
+    """
+
+    def setUp(self):
+        """
+        A held key source and a counting runner.
+        """
+        super().setUp()
+        self.source = HeldKeySource()
+        self.runner = CountingRunner()
+        self.encryptor = self.makeEncryptor()
+
+    def startSeals(self, count: int, spilled: int = 0) -> list[Deferred]:
+        """
+        @return: the Deferreds of C{count} seals of inline messages, then
+            C{spilled} of spilled ones, all started now.
+        """
+        messages = [inlineMessage(messageBytes(n), f"QB{n}") for n in range(count)]
+        messages += [self.spilledMessage(messageBytes(n), f"QS{n}") for n in range(spilled)]
+        return [Deferred.fromCoroutine(self.encryptor.seal(m)) for m in messages]
 
     def test_coalesced(self):
         """
         Seals asking while a request is out wait for the next one, which
-        takes exactly their number of keys; each gets its own key.
+        takes exactly their number of keys; each gets its own key, and the
+        inline messages of one batch are encrypted by one worker job.
         """
-        from twisted.internet.defer import Deferred
+        sealing = self.startSeals(5)
+        self.assertEqual(self.source.numbers, [1])
+        [first] = self.source.answer(0)
+        self.assertEqual(self.source.numbers, [1, 4])
+        results = [self.successResultOf(sealing[0])]
+        self.assertEqual(results[0].keyId, first[0])
+        for d in sealing[1:]:
+            self.assertNoResult(d)
+        rest = self.source.answer(1)
+        results += [self.successResultOf(d) for d in sealing[1:]]
+        self.assertEqual([r.keyId for r in results[1:]], [k for k, _ in rest])
+        self.assertEqual(self.runner.jobs.count("_sealInMemory"), 2)
+        for n, ((keyId, key), result) in enumerate(zip([first] + rest, results)):
+            self.assertEqual(self.successResultOf(self.vault.fetch(keyId)), key)
+            self.assertEqual(decryptBytes(result.message.inline, key), messageBytes(n))
 
-        from qutemail.store.encrypted import KeyRequests
+    def test_requestCapped(self):
+        """
+        One request takes at most C{maxKeysPerRequest} keys; the seals past
+        it wait for the next request.
+        """
+        self.encryptor = self.makeEncryptor(maxKeysPerRequest=3)
+        sealing = self.startSeals(8)
+        self.source.answer(0)
+        self.source.answer(1)
+        self.source.answer(2)
+        self.assertEqual(self.source.numbers, [1, 3, 3, 1])
+        self.source.answer(3)
+        self.assertEqual(len({self.successResultOf(d).keyId for d in sealing}), 8)
 
-        asked = []
+    def test_nextBatchWaits(self):
+        """
+        The next request goes out only once the previous batch's keys are
+        stored: the seals that arrive meanwhile wait, and then share one
+        request.
+        """
+        held = Deferred()
 
-        class Source:
-            def encKey(self, peer, size):
-                d = Deferred()
-                asked.append((1, d))
-                return d
+        @implementer(IKeyVault)
+        class SlowVault(MemoryKeyVault):
+            """
+            A memory vault whose C{store} waits for C{held}.
+            """
 
-            def encKeys(self, peer, size, number):
-                d = Deferred()
-                asked.append((number, d))
-                return d
+            def store(self, keyId, key):
+                """
+                Store once C{held} fires.
+                """
+                return held.addCallback(lambda _: MemoryKeyVault.store(self, keyId, key))
 
-        requests = KeyRequests(Source(), "sae", 256)
-        taken = [requests.take() for _ in range(5)]
-        self.assertEqual([n for n, _ in asked], [1])
-        asked[0][1].callback(("id-0", b"k" * 32))
-        self.assertEqual([n for n, _ in asked], [1, 4])
-        asked[1][1].callback([(f"id-{i}", b"k" * 32) for i in range(1, 5)])
-        self.assertEqual([self.successResultOf(d)[0] for d in taken], [f"id-{i}" for i in range(5)])
+        self.vault = SlowVault()
+        self.encryptor = self.makeEncryptor()
+        sealing = self.startSeals(1)
+        self.source.answer(0)
+        later = self.startSeals(3)
+        self.assertEqual(self.source.numbers, [1])
+        self.assertNoResult(sealing[0])
+        held.callback(None)
+        self.successResultOf(sealing[0])
+        self.assertEqual(self.source.numbers, [1, 3])
+        self.source.answer(1)
+        self.assertEqual(len({self.successResultOf(d).keyId for d in later}), 3)
+
+    def test_spilledDoesNotHold(self):
+        """
+        A spilled message is sealed on its own: while its file is being
+        written, the next batch goes on.
+        """
+        written = Deferred()
+
+        @attrs.define
+        class SlowFileRunner(CountingRunner):
+            """
+            An inline runner that writes sealed files once C{written} fires.
+            """
+
+            def run(self, f, *args, **kwargs):
+                """
+                Run C{f} now, or a sealed file's write once C{written} fires.
+                """
+                if f.__name__ == "_writeSealed":
+                    return written.addCallback(lambda _: CountingRunner.run(self, f, *args, **kwargs))
+                return CountingRunner.run(self, f, *args, **kwargs)
+
+        self.encryptor = self.makeEncryptor(runner=SlowFileRunner())
+        large = self.startSeals(0, spilled=1)
+        self.source.answer(0)
+        small = self.startSeals(1)
+        self.assertEqual(self.source.numbers, [1, 1])
+        self.source.answer(1)
+        self.successResultOf(small[0])
+        self.assertNoResult(large[0])
+        written.callback(None)
+        result = self.successResultOf(large[0])
+        self.assertEqual(os.listdir(self.workDirectory), [os.path.basename(result.message.path)])
 
     def test_failureAndShortAnswer(self):
         """
         A failed request fails every seal it was for; an answer with fewer
-        keys than asked fails them all too, and the next request goes out.
+        keys than asked fails them all too; the next request goes out.
         """
-        from twisted.internet.defer import Deferred, fail, succeed
+        sealing = self.startSeals(3)
+        self.source.asked[0][1].errback(KeySourceError("the KME answered 503: out of keys"))
+        reply = self.failureResultOf(sealing[0], ReplyError).value.reply
+        self.assertEqual(reply.code, KEY_SOURCE_UNAVAILABLE.code)
+        self.assertIn("503", reply.text)
+        self.assertEqual(self.source.numbers, [1, 2])
+        self.source.answer(1, count=1)
+        for d in sealing[1:]:
+            self.assertIn("asked the KME for 2 keys, got 1",
+                          self.failureResultOf(d, ReplyError).value.reply.text)
+        again = self.startSeals(1)
+        self.source.answer(2)
+        self.successResultOf(again[0])
+        self.assertEqual(self.workFiles(), [])
 
-        from qutemail.interfaces import KeySourceError
-        from qutemail.store.encrypted import KeyRequests
+    def test_sameIdTwice(self):
+        """
+        A key id given twice in one answer is used for the first seal only.
+        """
+        sealing = self.startSeals(3)
+        self.source.answer(0)
+        keyId, key = str(uuid.uuid4()), os.urandom(32)
+        self.source.asked[1][1].callback([(keyId, key), (keyId, os.urandom(32))])
+        self.assertEqual(self.successResultOf(sealing[1]).keyId, keyId)
+        self.assertIn("twice", self.failureResultOf(sealing[2], ReplyError).value.reply.text)
+        self.assertEqual(self.successResultOf(self.vault.fetch(keyId)), key)
 
-        answers = [fail(KeySourceError("503 out of keys")), succeed([("a", b"k" * 32)]),
-                   succeed([("b", b"k" * 32)])]
+    def test_fileVaultOneWrite(self):
+        """
+        With the file vault, the keys of a batch are stored by one worker
+        job (and no C{fetch}); an id the vault already holds fails its seal
+        only, and its older key is kept.
+        """
+        self.vault = FileKeyVault(os.path.join(self.dataDir, "vault"), os.path.join(self.dataDir, "master.key"),
+                                  self.runner)
+        self.encryptor = self.makeEncryptor()
+        held, old = str(uuid.uuid4()), os.urandom(32)
+        self.successResultOf(self.vault.store(held, old))
+        del self.runner.jobs[:]
+        sealing = self.startSeals(4)
+        self.source.answer(0)
+        self.source.asked[1][1].callback([(held, os.urandom(32))] + [(str(uuid.uuid4()), os.urandom(32))
+                                                                     for _ in range(2)])
+        self.assertEqual(self.runner.jobs, ["_sealInMemory", "_addKeyFiles", "_sealInMemory", "_addKeyFiles"])
+        self.assertIn(f"key id {held} again", self.failureResultOf(sealing[1], ReplyError).value.reply.text)
+        self.assertEqual(self.successResultOf(self.vault.fetch(held)), old)
+        for d in (sealing[0],) + tuple(sealing[2:]):
+            result = self.successResultOf(d)
+            self.assertIsNotNone(self.successResultOf(self.vault.fetch(result.keyId)))
 
-        class Source:
-            def encKey(self, peer, size):
-                return answers.pop(0).addCallback(lambda keys: keys[0])
+    def test_vaultBatchFails(self):
+        """
+        A vault that fails a batch fails all its seals with C{LOCAL_ERROR},
+        and their sealed files are removed.
+        """
 
-            def encKeys(self, peer, size, number):
-                return answers.pop(0)
+        @implementer(IKeyVault)
+        class BrokenBatchVault(MemoryKeyVault):
+            """
+            A memory vault whose batch store always fails.
+            """
 
-        requests = KeyRequests(Source(), "sae", 256)
-        self.failureResultOf(requests.take(), KeySourceError)
-        held = Deferred()
-        answers.insert(0, held)
-        first, second, third = requests.take(), requests.take(), requests.take()
-        held.callback([("x", b"k" * 32)])
-        self.assertEqual(self.successResultOf(first)[0], "x")
-        self.failureResultOf(second, KeySourceError)
-        self.failureResultOf(third, KeySourceError)
+            def addKeys(self, keys):
+                """
+                Fail, as with an unreadable master key.
+                """
+                return fail(KeyVaultError("the master key is unreadable"))
+
+        self.vault = BrokenBatchVault()
+        self.encryptor = self.makeEncryptor()
+        sealing = self.startSeals(1, spilled=2)
+        self.source.answer(0)
+        self.source.answer(1)
+        for d in sealing:
+            reply = self.failureResultOf(d, ReplyError).value.reply
+            self.assertEqual(reply.code, LOCAL_ERROR.code)
+            self.assertIn("master key is unreadable", reply.text)
+        self.assertEqual(self.workFiles(), [])
+
+    def test_unexpectedFailure(self):
+        """
+        Something unexpected in a batch (a bug) fails its seals with that
+        error, not a reply, so the router logs it and retries; the next
+        batch still goes out.
+        """
+
+        @attrs.define
+        class BrokenRunner(CountingRunner):
+            """
+            An inline runner whose in-memory seals hit a bug.
+            """
+
+            def run(self, f, *args, **kwargs):
+                """
+                Run C{f}, except an in-memory seal, which raises.
+                """
+                if f.__name__ == "_sealInMemory":
+                    return fail(RuntimeError("bug"))
+                return CountingRunner.run(self, f, *args, **kwargs)
+
+        self.encryptor = self.makeEncryptor(runner=BrokenRunner())
+        sealing = self.startSeals(1)
+        self.source.answer(0)
+        self.failureResultOf(sealing[0], RuntimeError)
+        again = self.startSeals(1)
+        self.assertEqual(self.source.numbers, [1, 1])
+        self.assertNoResult(again[0])
