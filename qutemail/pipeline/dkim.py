@@ -367,7 +367,8 @@ class KeyLookupError(Exception):
     """
 
 
-def dnsFunction(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float = 10.0) -> Callable[..., bytes | None]:
+def dnsFunction(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float = 10.0,
+                cache: Any = None) -> Callable[..., bytes | None]:
     """
     A C{dnsfunc} for C{dkim.verify} that asks our nameservers.  The
     function blocks: call C{dkim.verify} in a worker thread.
@@ -386,7 +387,7 @@ def dnsFunction(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float 
         @raise KeyLookupError: when DNS does not answer.
         """
         text = name if isinstance(name, str) else name.decode("ascii", "replace")
-        answer = queryBlocking(nameservers, timeoutSeconds, text, "TXT")
+        answer = queryBlocking(nameservers, timeoutSeconds, text, "TXT", cache)
         if answer.status == FAILED:
             raise KeyLookupError(f"DNS lookup of {text} failed: {answer.detail}")
         return answer.records[0] if answer.status == FOUND else None

@@ -264,7 +264,7 @@ def _verifyOne(verifier: dkim.DKIM, index: int, tags: dict[bytes, bytes], lookup
 
 
 def verifyMessageBlocking(message: bytes, nameservers: tuple[tuple[str, int], ...],
-                          timeoutSeconds: float) -> tuple[DKIMResult, ...]:
+                          timeoutSeconds: float, cache: Any = None) -> tuple[DKIMResult, ...]:
     """
     Verify every DKIM signature of a message in memory.  Blocking: call it
     in a worker thread.
@@ -273,6 +273,7 @@ def verifyMessageBlocking(message: bytes, nameservers: tuple[tuple[str, int], ..
     @param nameservers: C{(ip, port)} pairs for the key lookups; none for
         the system's resolvers.
     @param timeoutSeconds: each key lookup's lifetime.
+    @param cache: a shared DNS cache (L{qutemail.relay.mx.makeResolver}).
     @return: one L{DKIMResult} per signature, top first (at most
         L{MAX_SIGNATURES}); C{(DKIMResult("none", "", "", ""),)} when there
         is none.  Never raises.
@@ -293,7 +294,7 @@ def verifyMessageBlocking(message: bytes, nameservers: tuple[tuple[str, int], ..
     signatures = [_tagsOf(value) for value in values[:MAX_SIGNATURES]]
     if not signatures:
         return (DKIMResult(NONE, "", "", ""),)
-    fetch = dnsFunction(nameservers, timeoutSeconds)
+    fetch = dnsFunction(nameservers, timeoutSeconds, cache)
     cache: dict[bytes, bytes | None | KeyLookupError] = {}
 
     def lookup(name: bytes) -> bytes | None:
@@ -334,7 +335,7 @@ def _headerOnly(prefix: bytes) -> bytes:
 
 
 def verifyBlocking(path: str, nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float,
-                   maxBytes: int) -> tuple[DKIMResult, ...]:
+                   maxBytes: int, cache: Any = None) -> tuple[DKIMResult, ...]:
     """
     Verify every DKIM signature of a message file.  Blocking: call it in a
     worker thread.
@@ -355,7 +356,7 @@ def verifyBlocking(path: str, nameservers: tuple[tuple[str, int], ...], timeoutS
     except OSError as e:
         return (DKIMResult(TEMPERROR, "", "", f"cannot read the message: {e.strerror or e}"),)
     if len(message) <= maxBytes:
-        return verifyMessageBlocking(message, nameservers, timeoutSeconds)
+        return verifyMessageBlocking(message, nameservers, timeoutSeconds, cache)
     return _unverified(_headerOnly(message), TOO_LARGE)
 
 
@@ -370,12 +371,15 @@ class DKIMVerifier:
     @ivar maxBytes: the largest message verified (C{[smtp]
         max_message_size}); see L{verifyBlocking}.
     @ivar runner: the L{qutemail.blocking.BlockingRunner}.
+    @ivar cache: a DNS cache shared by the verifications, or C{None} (see
+        L{qutemail.relay.mx.makeResolver}).
     """
 
     nameservers: tuple[tuple[str, int], ...]
     timeoutSeconds: float
     maxBytes: int
     runner: Any
+    cache: Any = None
 
     def verify(self, path: str) -> Deferred:
         """
@@ -387,7 +391,7 @@ class DKIMVerifier:
             running).
         """
         return self.runner.run(verifyBlocking, path, tuple(self.nameservers), self.timeoutSeconds,
-                               self.maxBytes)
+                               self.maxBytes, self.cache)
 
     def verifyBytes(self, message: bytes) -> Deferred:
         """
@@ -399,5 +403,6 @@ class DKIMVerifier:
         """
         if len(message) > self.maxBytes:
             return succeed(_unverified(_headerOnly(message[:self.maxBytes + 1]), TOO_LARGE))
-        return self.runner.run(verifyMessageBlocking, message, tuple(self.nameservers), self.timeoutSeconds)
+        return self.runner.run(verifyMessageBlocking, message, tuple(self.nameservers), self.timeoutSeconds,
+                               self.cache)
 

@@ -339,14 +339,14 @@ def _aligned(identifier: str, fromDomain: str, mode: str) -> bool:
 
 
 def _discover(name: str, nameservers: tuple[tuple[str, int], ...],
-              timeoutSeconds: float) -> tuple[str, list[str]]:
+              timeoutSeconds: float, cache: Any = None) -> tuple[str, list[str]]:
     """
     Fetch the DMARC records published at one name.
 
     @return: C{(status, records)}: C{"found"} with the records starting
         with C{v=DMARC1} (possibly none), or C{"failed"} with C{[detail]}.
     """
-    answer = queryBlocking(nameservers, timeoutSeconds, f"_dmarc.{name}", "TXT")
+    answer = queryBlocking(nameservers, timeoutSeconds, f"_dmarc.{name}", "TXT", cache)
     if answer.status == FAILED:
         return FAILED, [answer.detail or "DNS failure"]
     if answer.status != FOUND:
@@ -357,7 +357,7 @@ def _discover(name: str, nameservers: tuple[tuple[str, int], ...],
 
 def evaluateBlocking(fromDomain: str, spf: tuple[str, str], dkim: tuple[tuple[str, str], ...],
                      nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float,
-                     sample: float | None = None) -> DMARCResult:
+                     sample: float | None = None, cache: Any = None) -> DMARCResult:
     """
     Evaluate DMARC for one message (see the module docstring).  Blocking:
     call it in a worker thread.
@@ -371,17 +371,18 @@ def evaluateBlocking(fromDomain: str, spf: tuple[str, str], dkim: tuple[tuple[st
     @param nameservers: C{(ip, port)} pairs; none for the system's
         resolvers.
     @param timeoutSeconds: each DNS query's lifetime.
+    @param cache: a shared DNS cache (L{qutemail.relay.mx.makeResolver}).
     @param sample: a number in [0, 100) drawn for this message: a failing
         message with C{sample >= pct} gets the next weaker policy (RFC 7489
         §6.6.4); C{None} applies the policy in full.
     @return: the L{DMARCResult}.  Never raises for DNS or record trouble.
     """
     fromDomain = _normalise(fromDomain)
-    status, records = _discover(fromDomain, nameservers, timeoutSeconds)
+    status, records = _discover(fromDomain, nameservers, timeoutSeconds, cache)
     foundAt = fromDomain
     orgDomain = organisationalDomain(fromDomain)
     if status == FOUND and not records and orgDomain != fromDomain:
-        status, records = _discover(orgDomain, nameservers, timeoutSeconds)
+        status, records = _discover(orgDomain, nameservers, timeoutSeconds, cache)
         foundAt = orgDomain
     if status == FAILED:
         return DMARCResult(TEMPERROR, "none", fromDomain, f"DNS lookup of _dmarc.{foundAt} failed: {records[0]}")
@@ -425,12 +426,15 @@ class DMARCEvaluator:
     @ivar runner: the L{qutemail.blocking.BlockingRunner}.
     @ivar random: returns a number in [0, 1) for the C{pct=} sample;
         tests pass their own.
+    @ivar cache: a DNS cache shared by the evaluations, or C{None} (see
+        L{qutemail.relay.mx.makeResolver}).
     """
 
     nameservers: tuple[tuple[str, int], ...]
     timeoutSeconds: float
     runner: Any
     random: Callable[[], float] = attrs.field(factory=_randomFactory)
+    cache: Any = None
 
     def evaluate(self, fromDomain: str, spf: tuple[str, str], dkim: tuple[tuple[str, str], ...]) -> Deferred:
         """
@@ -440,4 +444,4 @@ class DMARCEvaluator:
         """
         sample = self.random() * 100.0
         return self.runner.run(evaluateBlocking, fromDomain, tuple(spf), tuple(tuple(d) for d in dkim),
-                               tuple(self.nameservers), self.timeoutSeconds, sample)
+                               tuple(self.nameservers), self.timeoutSeconds, sample, self.cache)

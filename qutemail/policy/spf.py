@@ -312,7 +312,7 @@ class _Query(spf.query):
 
 
 def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float, clientIp: str, sender: str,
-                  helo: str) -> SPFResult:
+                  helo: str, cache: Any = None) -> SPFResult:
     """
     Check SPF for one transaction.  Blocking: call it only in a worker
     thread.  It never raises.
@@ -328,6 +328,7 @@ def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     @param clientIp: the client's IPv4 or IPv6 address.
     @param sender: the MAIL FROM address, C{""} for a null sender.
     @param helo: the HELO/EHLO name.
+    @param cache: a shared DNS cache (L{qutemail.relay.mx.makeResolver}).
     @return: the L{SPFResult}.
     """
     if sender:
@@ -359,7 +360,7 @@ def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     # themselves: no reactor clock is involved
     deadline = time.monotonic() + timeoutSeconds
     try:
-        resolver = makeResolver(nameservers, timeoutSeconds)
+        resolver = makeResolver(nameservers, timeoutSeconds, cache)
         query = _Query(resolver, deadline, i=clientIp, s=identity, h=helo, strict=True)
         # pyspf splits at the first "@"; see above
         query.l, query.o, query.d = localPart or "postmaster", domain, domain
@@ -391,12 +392,15 @@ class SPFChecker:
         resolvers.
     @ivar timeoutSeconds: how long one check may spend on DNS.
     @ivar runner: the L{qutemail.blocking.BlockingRunner}.
+    @ivar cache: a DNS cache shared by the checks, or C{None} (see
+        L{qutemail.relay.mx.makeResolver}).
     """
 
     nameservers: tuple[tuple[str, int], ...] = attrs.field(
         converter=lambda pairs: tuple((str(ip), int(port)) for ip, port in pairs))
     timeoutSeconds: float
     runner: Any
+    cache: Any = None
 
     def check(self, clientIp: str, sender: str, helo: str) -> Deferred:
         """
@@ -407,4 +411,5 @@ class SPFChecker:
         @param helo: the HELO/EHLO name.
         @return: a L{Deferred} firing with the L{SPFResult}.
         """
-        return self.runner.run(checkBlocking, self.nameservers, self.timeoutSeconds, clientIp, sender, helo)
+        return self.runner.run(checkBlocking, self.nameservers, self.timeoutSeconds, clientIp, sender, helo,
+                               self.cache)

@@ -77,13 +77,17 @@ class DNSAnswer:
     detail: str = ""
 
 
-def makeResolver(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float) -> dns.resolver.Resolver:
+def makeResolver(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float,
+                 cache: Any = None) -> dns.resolver.Resolver:
     """
     A dnspython resolver for one query, without a cache.
 
     @param nameservers: C{(ip, port)} pairs; none for the system's
         resolvers (read from C{/etc/resolv.conf}).
     @param timeoutSeconds: the query's lifetime.
+    @param cache: a C{dns.resolver.LRUCache} shared by the lookups of one
+        kind (it keeps answers, NXDOMAIN included, for their TTL; it is
+        thread-safe), or C{None} for none.
     @raise dns.resolver.NoResolverConfiguration: when the system has none.
     """
     if nameservers:
@@ -91,7 +95,7 @@ def makeResolver(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float
         resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
     else:
         resolver = dns.resolver.Resolver()
-    resolver.cache = None
+    resolver.cache = cache
     resolver.lifetime = timeoutSeconds
     resolver.timeout = min(_TRY_SECONDS, timeoutSeconds)
     return resolver
@@ -111,7 +115,7 @@ def _recordValue(rdata: Any) -> Any:
 
 
 def queryBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float, name: str,
-                  rdtype: str) -> DNSAnswer:
+                  rdtype: str, cache: Any = None) -> DNSAnswer:
     """
     Ask DNS one question, following CNAMEs.  Blocking: call it only in a
     worker thread.
@@ -122,6 +126,7 @@ def queryBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
         included.
     @param name: the domain name, absolute whether or not it ends in a dot.
     @param rdtype: the type, e.g. C{"MX"}.
+    @param cache: see L{makeResolver}.
     @return: the L{DNSAnswer}; a name that is not a valid domain name
         gives L{NXDOMAIN}.
     """
@@ -130,7 +135,7 @@ def queryBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     except (dns.exception.DNSException, UnicodeError):
         return DNSAnswer(NXDOMAIN, detail="not a valid domain name")
     try:
-        resolver = makeResolver(nameservers, timeoutSeconds)
+        resolver = makeResolver(nameservers, timeoutSeconds, cache)
         answer = resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
     except dns.resolver.NXDOMAIN:
         return DNSAnswer(NXDOMAIN)

@@ -210,6 +210,17 @@ class InboundChecksTests(RunningServerMixin, TestCase):
         self.assertNotIn(b"Authentication-Results:", stored)
         self.assertNotIn(b"Received-SPF:", stored)
 
+    async def test_dnsAnswersCached(self):
+        """
+        A second message from the same domain is checked from cached DNS
+        answers: the SPF and DMARC records are asked for once each.
+        """
+        for n in range(2):
+            code, _ = await self.send("news@good.test", message("news@good.test", f"cached {n}"))
+            self.assertEqual(code, 250)
+        self.assertEqual(self.dns.queries.count(("good.test", "TXT")), 1, self.dns.queries)
+        self.assertEqual(self.dns.queries.count(("_dmarc.good.test", "TXT")), 1, self.dns.queries)
+
     async def test_silentDNS(self):
         """
         When the sender domain's DNS does not answer, MAIL gets 451 4.4.3
