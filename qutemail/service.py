@@ -27,6 +27,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
 from qutemail.access.imapaccount import imapPortal
+from qutemail.access.imapseal import AppendSealer
 from qutemail.access.imapserver import IMAPFactory
 from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.redislimiter import RedisRateLimiter
@@ -558,7 +559,10 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             popPortal = pop3Portal(users, dataDir, vault, runner)
             for name, port, implicit in (("pop3", config.pop3.port, False), ("pop3s", config.pop3.tlsPort, True)):
                 wanted.append((name, port, dict(pop3=True, implicitTLS=implicit, portal=popPortal)))
-            mailPortal = imapPortal(users, dataDir, vault, runner)
+            sealer = None
+            if encryptor is not None:
+                sealer = AppendSealer(encryptor, runner, os.path.join(dataDir, "queue", "append"))
+            mailPortal = imapPortal(users, dataDir, vault, runner, sealer=sealer)
             for name, port, implicit in (("imap", config.imap.port, False), ("imaps", config.imap.tlsPort, True)):
                 wanted.append((name, port, dict(imap=True, implicitTLS=implicit, portal=mailPortal)))
     for name, port, args in wanted:

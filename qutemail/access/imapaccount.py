@@ -90,6 +90,8 @@ class IMAPAccount:
     @ivar quotaBytes: the account's quota (0: unlimited).
     @ivar hostname: for the names of messages stored here.
     @ivar tempDirectory: where decrypted copies live.
+    @ivar sealer: an L{qutemail.access.imapseal.AppendSealer} that APPEND
+        stores messages encrypted with, or C{None} to store them as sent.
     """
 
     _log = Logger()
@@ -102,6 +104,7 @@ class IMAPAccount:
     quotaBytes: int
     hostname: str = "localhost"
     tempDirectory: str | None = None
+    sealer: Any = None
     folders: MaildirFolders = attrs.field(init=False)
     cache: MessageCache = attrs.field(init=False)
 
@@ -348,6 +351,7 @@ class IMAPRealm:
     @ivar tempDirectory: where decrypted copies live.
     @ivar clock: the clock for folder state; C{None}: the session's (from
         the L{LoginContext}).
+    @ivar sealer: see L{IMAPAccount.sealer}.
     """
 
     _log = Logger()
@@ -358,6 +362,7 @@ class IMAPRealm:
     runner: Any
     tempDirectory: str | None = None
     clock: Any = None
+    sealer: Any = None
 
     def requestAvatar(self, avatarId: str, mind: Any, *interfaces: Any) -> Deferred:
         """
@@ -386,12 +391,12 @@ class IMAPRealm:
             self._log.info("created folders {folders} for {address}", folders=", ".join(created),
                            address=account.address)
         avatar = IMAPAccount(account.address, root, self.runner, self.vault, clock, quota or 0,
-                             mind.hostname if mind else "localhost", self.tempDirectory)
+                             mind.hostname if mind else "localhost", self.tempDirectory, self.sealer)
         return IAccount, avatar, avatar.logout
 
 
 def imapPortal(directory: Any, dataDir: str, vault: Any, runner: Any, tempDirectory: str | None = None, *,
-               clock: Any = None) -> Portal:
+               clock: Any = None, sealer: Any = None) -> Portal:
     """
     The portal of the IMAP listeners.
 
@@ -403,6 +408,7 @@ def imapPortal(directory: Any, dataDir: str, vault: Any, runner: Any, tempDirect
         system's temporary directory).
     @param clock: the clock for folder state (default: each session's,
         the factory's reactor).
+    @param sealer: see L{IMAPAccount.sealer}.
     """
-    return Portal(IMAPRealm(directory, dataDir, vault, runner, tempDirectory, clock),
+    return Portal(IMAPRealm(directory, dataDir, vault, runner, tempDirectory, clock, sealer),
                   [UserDirectoryChecker(directory)])

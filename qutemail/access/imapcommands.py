@@ -19,7 +19,10 @@ from twisted.internet.defer import Deferred, succeed
 
 from qutemail.access.folders import NoSuchFolder, encodeMailboxName, isInbox
 from qutemail.access.imapmailbox import PERMANENT_FLAGS, flagList
-from qutemail.access.imapstore import abortAppend, beginAppend, checkQuota, deleteFolder, finishAppend, writeAppend
+from qutemail.access.imapseal import SealUnavailable
+from qutemail.access.imapstore import (
+    abortAppend, adoptAppend, beginAppend, checkQuota, closeAppend, deleteFolder, finishAppend, writeAppend,
+)
 from qutemail.access.imapwire import (
     Atom, ParseError, astring, bad, formatValue, no, parseDateTime,
 )
@@ -385,6 +388,26 @@ class FolderCommands:
         """
         raise no(b"[NOPERM] Quotas cannot be changed over IMAP")
 
+    async def _sealAppend(self, append: Any, path: str) -> Any:
+        """
+        Seal an appended message (see L{qutemail.access.imapseal}) and move
+        the ciphertext into the folder.
+
+        @return: the folder's L{qutemail.access.imapstore.AppendFile}.
+        """
+        account = self.account
+        await account.runner.run(closeAppend, append)
+        try:
+            sealed = await account.sealer.seal(append.tempPath, append.size, account.address)
+        except SealUnavailable as e:
+            self._log.warn("APPEND for {account} refused: cannot encrypt it now: {reason}",
+                           account=account.address, reason=str(e))
+            raise no(b"[UNAVAILABLE] The message cannot be stored encrypted now, try again later") from None
+        try:
+            return await account.runner.run(adoptAppend, path, account.now(), account.hostname, sealed)
+        except FileNotFoundError:
+            raise no(b"[TRYCREATE] No such mailbox") from None
+
     async def imap_APPEND(self, tag: bytes, rest: bytes, uid: bool) -> None:
         """
         APPEND mailbox [(flags)] [date-time] literal (RFC 3501 §6.3.11),
@@ -411,7 +434,10 @@ class FolderCommands:
         except NoSuchFolder:
             raise no(b"[TRYCREATE] No such mailbox") from None
         await account.runner.run(checkQuota, account.root, account.quotaBytes, size)
-        append = await account.runner.run(beginAppend, path, account.now(), account.hostname, size)
+        sealer = account.sealer
+        # with a sealer the literal waits in the spool area, never in the folder
+        target = sealer.directory if sealer is not None else path
+        append = await account.runner.run(beginAppend, target, account.now(), account.hostname, size)
         literal = _MessageLiteral(size, append, account.runner, self.transport)
         try:
             self._pendingLiteral = literal
@@ -425,6 +451,8 @@ class FolderCommands:
         if after.strip():
             await account.runner.run(abortAppend, append)
             raise bad(b"Only one message per APPEND")
+        if sealer is not None:
+            append = await self._sealAppend(append, path)
         uidValidity, newUid = await account.runner.run(finishAppend, append, path, flags, mtime, account.root,
                                                        account.quotaBytes, account.now())
         if self.view is not None and self.view.name == name:

@@ -156,6 +156,36 @@ def beginAppend(folderPath: str, now: float, hostname: str, size: int) -> Append
     return AppendFile(fd, tempPath, baseName, size)
 
 
+def adoptAppend(folderPath: str, now: float, hostname: str, sourcePath: str) -> AppendFile:
+    """
+    Make a finished file (a sealed APPEND, on the same file system) the
+    file of an APPEND into a folder: renamed into its C{tmp/} under a new
+    unique name and opened, for L{finishAppend}.
+
+    @raise FileNotFoundError: the folder is gone (the source is removed).
+    """
+    size = os.path.getsize(sourcePath)
+    baseName = uniqueName(now, hostname, size)
+    tempPath = os.path.join(folderPath, "tmp", baseName)
+    try:
+        os.rename(sourcePath, tempPath)
+    except FileNotFoundError:
+        try:
+            os.unlink(sourcePath)
+        except FileNotFoundError:
+            pass
+        raise
+    return AppendFile(os.open(tempPath, os.O_RDONLY), tempPath, baseName, size)
+
+
+def closeAppend(append: AppendFile) -> None:
+    """
+    Close an APPEND's file without making it part of a folder (its name
+    stays, for whoever takes it next).
+    """
+    os.close(append.fd)
+
+
 def writeAppend(append: AppendFile, data: bytes) -> None:
     """
     Write a piece of the message.

@@ -139,7 +139,7 @@ class IMAPServiceTests(RunningServerMixin, TestCase):
     async def test_appendToSent(self):
         """
         APPEND to Sent, then SELECT Sent and FETCH, gives back the appended
-        message with its flag.
+        message with its flag; the file in the folder is ciphertext.
         """
         message = note("my own copy")
 
@@ -153,8 +153,13 @@ class IMAPServiceTests(RunningServerMixin, TestCase):
         self.assertEqual(status, "OK")
         self.assertIn(rb"\Seen", head)
         self.assertEqual(fetched, message)
-        sentNew = os.path.join(self.dataDir, "mail", "example.test", "alice", ".Sent", "cur")
-        self.assertEqual(len(os.listdir(sentNew)), 1)
+        sentCur = os.path.join(self.dataDir, "mail", "example.test", "alice", ".Sent", "cur")
+        [name] = os.listdir(sentCur)
+        with open(os.path.join(sentCur, name), "rb") as f:
+            stored = f.read()
+        # stored encrypted at rest, as internal mail is
+        self.assertIn(b"multipart/encrypted", stored)
+        self.assertNotIn(b"my own copy\r\n", stored.replace(b"\n", b"\r\n"))
 
     async def test_flagsSharedAndStored(self):
         """
