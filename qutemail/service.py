@@ -63,7 +63,7 @@ from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
 from qutemail.relay.mx import MXResolver
 from qutemail.relay.sender import Relay
-from qutemail.store.maildir import MaildirStore
+from qutemail.store.maildir import BATCH_DELAY_SECONDS, MaildirStore
 
 
 _log = Logger()
@@ -472,7 +472,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     runner.setServiceParent(root)
 
     users = FileUserDirectory(os.path.join(dataDir, "users"), runner, reactor)
-    store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor)
+    store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor,
+                         batchDelaySeconds=BATCH_DELAY_SECONDS)
     queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
     queueIds = QueueIds(reactor)
 

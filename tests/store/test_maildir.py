@@ -6,6 +6,7 @@ and the C{maildirsize} usage file.
 import os
 
 from hypothesis import given, strategies as st
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -257,6 +258,88 @@ class ConcurrentDeliveryTests(MaildirTestsMixin, SynchronousTestCase):
         self.successResultOf(ds[0])
         self.assertEqual(self.failureResultOf(ds[1], ReplyError).value.reply.enhanced, "4.2.2")
         self.assertEqual(len(self.folder(ALICE, "new")), 2)
+
+
+class BatchWindowTests(MaildirTestsMixin, SynchronousTestCase):
+    """
+    With a batch delay, deliveries wait up to that long for others to share
+    their batch (one worker call, one directory sync, one C{maildirsize}
+    line per mailbox for all of them).
+    """
+
+    def windowed(self, clock, runner, delay=0.05):
+        return MaildirStore(self.dataDir, runner, HOSTNAME, self.defaultQuota, clock, batchDelaySeconds=delay)
+
+    def test_waitsForTheWindow(self):
+        """
+        Nothing is written before the delay has passed; then one batch
+        writes every delivery made meanwhile, and each Deferred fires with
+        its file's name.
+        """
+        clock, runner = Clock(), QueuedRunner()
+        store = self.windowed(clock, runner)
+        ds = [store.deliver(message(queueId=f"W{i}"), BOB if i % 2 else ALICE, i) for i in range(5)]
+        clock.advance(0.049)
+        self.assertEqual(runner.calls, [])
+        clock.advance(0.001)
+        [(f, (batch,), kwargs, _)] = runner.calls
+        self.assertEqual([job.message.queueId for job in batch], [f"W{i}" for i in range(5)])
+        for d in ds:
+            self.assertNoResult(d)
+        runner.runNext()
+        names = [self.successResultOf(d) for d in ds]
+        self.assertEqual(self.folder(ALICE, "new"), sorted(names[0::2]))
+        self.assertEqual(self.folder(BOB, "new"), sorted(names[1::2]))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_fullBatchAtOnce(self):
+        """
+        A batch that is full does not wait: it starts at once and cancels
+        the timer, and what comes after starts a new window.
+        """
+        clock, runner = Clock(), QueuedRunner()
+        store = self.windowed(clock, runner)
+        for i in range(maildir.MAX_BATCH_JOBS):
+            store.deliver(message(queueId=f"F{i}"), ALICE, i)
+        self.assertEqual(len(runner.calls), 1)
+        self.assertEqual(len(runner.calls[0][1][0]), maildir.MAX_BATCH_JOBS)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        late = store.deliver(message(queueId="G0"), BOB)
+        self.assertEqual(len(runner.calls), 1)
+        clock.advance(0.05)
+        self.assertEqual(len(runner.calls), 2)
+        runner.runAll()
+        self.successResultOf(late)
+        self.assertEqual(len(self.folder(ALICE, "new")), maildir.MAX_BATCH_JOBS)
+
+    def test_oneUsageLinePerMailbox(self):
+        """
+        A batch of three copies to alice appends one C{maildirsize} line
+        for all three, and the usage read back is their sum.
+        """
+        clock, runner = Clock(), QueuedRunner()
+        store = self.windowed(clock, runner)
+        msgs = [message(queueId=f"U{i}", body=b"x" * (10 * i) + b"\n") for i in range(3)]
+        ds = [store.deliver(m, ALICE) for m in msgs]
+        clock.advance(0.05)
+        runner.runAll()
+        for d in ds:
+            self.successResultOf(d)
+        sizes = [len(returnPath(m)) + m.size for m in msgs]
+        mailbox = mailboxPath(self.dataDir, ALICE.address)
+        with open(os.path.join(mailbox, "maildirsize"), "rb") as f:
+            self.assertEqual(f.read(), b"%dS\n%d 3\n" % (self.defaultQuota, sum(sizes)))
+        self.assertEqual(readUsage(mailbox), (sum(sizes), 3))
+
+    def test_noClockNoWindow(self):
+        """
+        Without a clock the delay is ignored: each delivery starts a batch
+        at once, as the command-line tools need.
+        """
+        runner = QueuedRunner()
+        store = MaildirStore(self.dataDir, runner, HOSTNAME, self.defaultQuota, batchDelaySeconds=0.05)
+        store.deliver(message(), ALICE)
+        self.assertEqual(len(runner.calls), 1)
 
 
 class CheckExistingTests(MaildirTestsMixin, SynchronousTestCase):
