@@ -52,3 +52,13 @@ def replaceFile(path: str, data: bytes, mode: int = 0o600) -> None:
         os.close(fd)
     os.rename(temp, path)
     syncDirectory(directory)
+
+
+def removeFile(path: str) -> None:
+    """
+    Unlink a file; a missing one is fine.  Blocking.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

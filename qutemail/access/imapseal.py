@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from qutemail.durable import writeAll
+from qutemail.durable import removeFile, writeAll
 from qutemail.pipeline.spool import Envelope, SpooledMessage
 from qutemail.replies import ReplyError
 
@@ -37,16 +37,6 @@ class SealUnavailable(Exception):
     The message could not be sealed now (no key, the vault or the disk
     failed); the text says why, in one line.
     """
-
-
-def _remove(path: str) -> None:
-    """
-    Unlink a file; a missing one is fine.  Blocking.
-    """
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 @attrs.define(eq=False)
@@ -74,7 +64,7 @@ class AppendSealer:
         waiting = os.path.join(self.directory, "tmp")
         os.makedirs(waiting, mode=0o700, exist_ok=True)
         for name in os.listdir(waiting):
-            _remove(os.path.join(waiting, name))
+            removeFile(os.path.join(waiting, name))
             _log.info("removed the plaintext of an interrupted APPEND: {name}", name=name)
 
     async def seal(self, plainPath: str, size: int, address: str) -> str:
@@ -97,7 +87,7 @@ class AppendSealer:
         except ReplyError as e:
             raise SealUnavailable(e.reply.text) from None
         finally:
-            await self.runner.run(_remove, plainPath)
+            await self.runner.run(removeFile, plainPath)
         _log.info("sealed an appended message of {address} with key {keyId}", address=address,
                   keyId=result.keyId)
         if result.message.path is not None:

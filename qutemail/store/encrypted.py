@@ -82,6 +82,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
+from qutemail.durable import removeFile
 from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceError
 from qutemail.pipeline.spool import Envelope, SpooledMessage
 from qutemail.qkd.cipher import MIN_KEY_BYTES, PLACEHOLDER_SUBJECT, SealedMessage, encryptStream
@@ -219,16 +220,6 @@ def _writeSealed(message: SpooledMessage, path: str, keyId: str, key: bytes,
         raise
     os.close(fd)
     return sealed
-
-
-def _removeFile(path: str) -> None:
-    """
-    Unlink a file; a missing one is fine.  Blocking.
-    """
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 @attrs.define(eq=False)
@@ -385,7 +376,7 @@ class MessageEncryptor:
             failed.append((item, self._keepFailed(item, problem)))
             if result.message.path is not None:
                 try:
-                    await self.runner.run(_removeFile, result.message.path)
+                    await self.runner.run(removeFile, result.message.path)
                 except OSError:
                     # Harmless ciphertext; cleanup() removes it at start-up.
                     self._log.failure("cannot remove {path}", path=result.message.path)
@@ -558,7 +549,7 @@ class MessageEncryptor:
         if path is None or not path.endswith(SEALED_SUFFIX) or \
                 os.path.dirname(os.path.abspath(path)) != os.path.abspath(self.workDirectory):
             raise ValueError(f"{path!r} is not a sealed file of {self.workDirectory}")
-        await self.runner.run(_removeFile, path)
+        await self.runner.run(removeFile, path)
 
     def cleanup(self, now: float, maxAgeSeconds: float = CLEANUP_AGE_SECONDS) -> int:
         """
