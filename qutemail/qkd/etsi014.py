@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from qutemail.interfaces import IQKDKeySource, KeySourceError, KMEStatus
 from qutemail.qkd.etsiparse import keyContainer, oneLine, parseJSON, statusObject
+from qutemail.tlsclient import VerifyingClientTLS
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 # 128 keys of 8192 bits fit in about 190 kB.
@@ -72,9 +73,7 @@ class MutualTLSPolicy:
         """
         @return: the client TLS options for one host.
         """
-        return ssl.optionsForClientTLS(
-            hostname.decode("ascii"), trustRoot=self.trustRoot, clientCertificate=self.clientCertificate,
-            extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+        return VerifyingClientTLS(hostname.decode("ascii"), self.trustRoot, self.clientCertificate)
 
 
 @implementer(IAgentEndpointFactory)

@@ -21,12 +21,13 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
-from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
+from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.mail._cred import CramMD5ClientAuthenticator, LOGINAuthenticator
 from twisted.python.failure import Failure
 
+from qutemail.tlsclient import VerifyingClientTLS
 from qutemail.relay.mx import DNSLookupError
 from qutemail.replies import (
     CONNECTION_LOST,
@@ -446,7 +447,7 @@ class Relay:
         The TLS client options for a destination.
         """
         if verified:
-            return optionsForClientTLS(destination.host, trustRoot=self.trustRoot)
+            return VerifyingClientTLS(destination.host, self.trustRoot)
         # Opportunistic (RFC 7435): encrypt without checking who answers.
         return CertificateOptions(verify=False, raiseMinimumTo=TLSVersion.TLSv1_2)
 

@@ -458,18 +458,47 @@ class FakeKMETests(TestCase):
         stranger = makePKI(self, ["sae-a"])
         await self.serve(keysAnswer([(KEY_ID, KEY)]), serverTLSOptions(stranger))
         self.assertIn("TLS failure", await self.failure(keySource(self, self.pki, self.url, "sae-a").encKey("x")))
+        canned = await self.serve(keysAnswer([(KEY_ID, KEY)]), self.caSigned(["kme.example.test"], ["127.0.0.1"]))
+        self.assertIn("TLS failure", await self.failure(keySource(self, self.pki, self.url, "sae-a").encKey("x")))
+        self.assertEqual(canned.requests, [])
+
+    def caSigned(self, dnsNames=(), ipAddresses=(), commonName="localhost") -> ssl.CertificateOptions:
+        """
+        @return: server TLS options with a certificate from our own CA,
+            with these subjectAltNames (none: no extension at all).
+        """
         with open(self.pki.ca.keyPath, "rb") as f:
             caKey = serialization.load_pem_private_key(f.read(), None)
         with open(self.pki.ca.certPath, "rb") as f:
             ca = x509.load_pem_x509_certificate(f.read())
-        leaf, key = makeLeaf(ca, caKey, "kme", datetime.datetime.now(datetime.timezone.utc), server=True,
-                             dnsNames=["kme.example.test"], ipAddresses=["127.0.0.1"])
-        options = ssl.PrivateCertificate.loadPEM(
+        leaf, key = makeLeaf(ca, caKey, commonName, datetime.datetime.now(datetime.timezone.utc), server=True,
+                             dnsNames=dnsNames, ipAddresses=ipAddresses)
+        return ssl.PrivateCertificate.loadPEM(
             leaf.public_bytes(serialization.Encoding.PEM)
             + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())).options()
-        await self.serve(keysAnswer([(KEY_ID, KEY)]), options)
-        self.assertIn("TLS failure", await self.failure(keySource(self, self.pki, self.url, "sae-a").encKey("x")))
+
+    async def test_noSubjectAltName(self):
+        """
+        A certificate from our own CA without any subjectAltName (an SAE's
+        certificate, say, with the KME's host name as its CN) fails the
+        handshake: no key is asked for, let alone taken.
+        """
+        canned = await self.serve(keysAnswer([(KEY_ID, KEY)]), self.caSigned(commonName="localhost"))
+        message = await self.failure(keySource(self, self.pki, self.url, "sae-a").encKey("sae-b"))
+        self.assertIn("TLS failure", message)
+        self.assertEqual(canned.requests, [])
+
+    async def test_subjectAltNameChecked(self):
+        """
+        A certificate from our CA passes only when a subjectAltName names
+        the host of the URL.
+        """
+        canned = await self.serve(keysAnswer([(KEY_ID, KEY)]), self.caSigned(["kme.other.test"]))
+        self.assertIn("TLS failure", await self.failure(keySource(self, self.pki, self.url, "sae-a").encKey("b")))
+        self.assertEqual(canned.requests, [])
+        await self.serve(keysAnswer([(KEY_ID, KEY)]), self.caSigned(["localhost"]))
+        self.assertEqual(await keySource(self, self.pki, self.url, "sae-a").encKey("sae-b"), (KEY_ID, KEY))
 
     def test_clientCertificateLoaded(self):
         """

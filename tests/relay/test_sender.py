@@ -16,6 +16,7 @@ from qutemail.listener.tls import generateSelfSigned
 from qutemail.relay.sender import Relay, remoteReply
 from qutemail.replies import Reply
 from tests.relay.remote import Script, selfSignedContext, startRemote
+from tests.test_tlsclient import TestCA
 
 BODY = b"From: bob@example.test\nTo: dave@remote.test\nSubject: hi\n\nline one\n.dot line\n..two dots\n\xc3\xa9t\xc3\xa9\n"
 
@@ -247,6 +248,42 @@ class RelayTests(TestCase):
         replies = await self.deliver(relay, ["dave@remote.test"])
         self.assertEqual(replies["dave@remote.test"].code, 250)
         self.assertTrue(remote.received[0].tls)
+
+    async def test_verifiedTLSNames(self) -> None:
+        """
+        With verified TLS required, a certificate from the trusted CA counts
+        as verified only when a subjectAltName names the exchanger: one
+        without any subjectAltName (CN alone) or naming another host gets
+        4.7.5 and no MAIL; the right name gets the mail.
+        """
+        ca = TestCA()
+        for context, code in ((ca.serverContext("mx.remote.test"), 451),
+                              (ca.serverContext("mx.remote.test", dnsNames=["mx.other.test"]), 451),
+                              (ca.serverContext("x", dnsNames=["mx.remote.test"]), 250)):
+            remote = await startRemote(self, tlsContext=context)
+            relay = self.relay(remote.port, requireVerifiedTls=("remote.test",), trustRoot=ca.root())
+            reply = (await self.deliver(relay, ["dave@remote.test"]))["dave@remote.test"]
+            self.assertEqual(reply.code, code, str(reply))
+            if code == 451:
+                self.assertEqual(reply.enhanced, "4.7.5")
+                self.assertEqual(remote.received, [])
+                self.assertFalse(any(c.startswith(b"MAIL") for c in remote.commands))
+            else:
+                self.assertTrue(remote.received[0].tls)
+
+    async def test_smarthostAuthNeedsName(self) -> None:
+        """
+        AUTH to a smarthost is never sent to a certificate without a
+        subjectAltName for it, even one from the trusted CA.
+        """
+        ca = TestCA()
+        remote = await startRemote(self, Script(credentials=("relay-user", "s3cret")),
+                                   tlsContext=ca.serverContext("localhost"))
+        relay = self.relay(remote.port, smarthost=("localhost", remote.port), username="relay-user",
+                           password="s3cret", trustRoot=ca.root())
+        reply = (await self.deliver(relay, ["dave@remote.test"]))["dave@remote.test"]
+        self.assertEqual((reply.code, reply.enhanced), (451, "4.7.5"))
+        self.assertFalse(any(c.startswith(b"AUTH") for c in remote.commands))
 
     async def test_opportunisticFallsBackToClear(self) -> None:
         """
