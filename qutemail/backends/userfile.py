@@ -30,6 +30,12 @@ file.  The server notices changes made by other processes by comparing the
 file's C{(mtime_ns, size, inode)} with what it last read, at most once per
 second of its clock.
 
+Lookups read an immutable snapshot of the file, replaced whole when the
+file changes; they never queue behind a lock.  Only when it is time to
+look at the file again do they wait, all of them for the same single
+re-read, and they are woken from one loop (L{qutemail.serial.Waiters}).
+Changes made by this process go one at a time (L{qutemail.serial.SerialQueue}).
+
 All file access and all password hashing run through the injected runner:
 scrypt takes tens of milliseconds and fsync may take longer still.
 """
@@ -46,14 +52,16 @@ from typing import Any, Callable
 import attrs
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.durable import syncDirectory, writeAll
 from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
+from qutemail.serial import SerialQueue, Waiters
 
 FORMAT_VERSION = 1
 
@@ -462,53 +470,97 @@ class FileUserDirectory:
     )
     _snapshot: _Snapshot | None = attrs.field(default=None, init=False)
     _checkedAt: float = attrs.field(default=0.0, init=False)
-    _lock: DeferredLock = attrs.field(factory=DeferredLock, init=False)
+    # A re-read is in flight; those who need it wait in _reread.
+    _rereading: bool = attrs.field(default=False, init=False)
+    _reread: Waiters = attrs.field(factory=Waiters, init=False)
+    # Writers go one at a time; each bumps the generation, so that a
+    # re-read started before a write never replaces what the write stored.
+    _writes: SerialQueue = attrs.field(factory=SerialQueue, init=False)
+    _generation: int = attrs.field(default=0, init=False)
 
-    async def _users(self) -> dict[str, _Record]:
+    def _due(self) -> bool:
         """
-        The records, re-read if the file changed and it is time to look.
+        @return: whether the snapshot must be (re)read before it answers.
+        """
+        return self._snapshot is None or self.clock.seconds() - self._checkedAt >= RECHECK_SECONDS
 
-        @raise UserFileError: the file is unreadable or corrupt.
+    def _users(self) -> Deferred:
         """
-        await self._lock.acquire()
-        try:
-            snapshot = self._snapshot
-            now = self.clock.seconds()
-            if snapshot is None or now - self._checkedAt >= RECHECK_SECONDS:
-                # After a failure, look again at the next check even if the
-                # file seems unchanged: the failure may have been passing.
-                force = snapshot is None or snapshot.error is not None
-                known = None if snapshot is None else snapshot.key
-                fresh = await self.runner.run(_refresh, self.path, known, force)
-                self._checkedAt = now
-                if fresh is not None:
-                    self._snapshot = snapshot = fresh
-                    if fresh.error is None:
-                        self._log.debug(
-                            "read {path}: {userCount} users", path=self.path, userCount=len(fresh.users)
-                        )
-                    else:
-                        self._log.error("{reason}", path=self.path, reason=fresh.error)
-        finally:
-            self._lock.release()
-        if snapshot.error is not None:
-            raise UserFileError(snapshot.error)
+        The records: from the current snapshot, which is immutable and is
+        replaced whole when the file changes.  Only when it is time to look
+        at the file again does a lookup wait, for the one re-read in
+        flight, never behind a lock.
+
+        @return: fires with the records by address, or fails with
+            L{UserFileError} when the file is unreadable or corrupt.
+        """
+        if self._due():
+            if not self._rereading:
+                self._startReread()
+            if self._rereading:
+                return self._reread.wait().addCallback(lambda _: self._recordsNow())
+        return maybeDeferred(self._recordsNow)
+
+    def _recordsNow(self) -> dict[str, _Record]:
+        """
+        @return: the records of the current snapshot.
+        @raise UserFileError: it records a failure to read the file.
+        """
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.error is not None:
+            raise UserFileError(snapshot.error if snapshot is not None else f"{self.path}: not read yet")
         return snapshot.users
 
-    async def _change(self, change: Callable[[dict[str, _Record]], Any]) -> Any:
+    def _startReread(self) -> None:
         """
-        Apply a change to the file and remember what was written.
+        Look at the file again (in the runner); answer the waiters when done.
+        """
+        snapshot = self._snapshot
+        # After a failure, look again at the next check even if the file
+        # seems unchanged: the failure may have been passing.
+        force = snapshot is None or snapshot.error is not None
+        known = None if snapshot is None else snapshot.key
+        self._rereading = True
+        d = self.runner.run(_refresh, self.path, known, force)
+        d.addBoth(self._rereadDone, self.clock.seconds(), self._generation)
+
+    def _rereadDone(self, fresh: Any, startedAt: float, generation: int) -> None:
+        """
+        Keep what a re-read found (unless a write came meanwhile), then wake
+        every lookup that waited for it.
+        """
+        self._rereading = False
+        if isinstance(fresh, Failure):
+            self._log.failure("while reading {path}", fresh, path=self.path)
+            fresh = _Snapshot(None, {}, f"{self.path}: cannot read the user file: {fresh.getErrorMessage()}")
+        if generation == self._generation:
+            self._checkedAt = startedAt
+            if fresh is not None:
+                self._snapshot = fresh
+                if fresh.error is None:
+                    self._log.debug("read {path}: {userCount} users", path=self.path, userCount=len(fresh.users))
+                else:
+                    self._log.error("{reason}", path=self.path, reason=fresh.error)
+        self._reread.fire(None)
+
+    def _change(self, change: Callable[[dict[str, _Record]], Any]) -> Deferred:
+        """
+        Apply a change to the file, after every change asked for before it,
+        and remember what was written.
 
         @param change: see L{_modify}.
-        @return: what C{change} returned.
+        @return: fires with what C{change} returned.
         """
-        await self._lock.acquire()
-        try:
-            snapshot, result = await self.runner.run(_modify, self.path, change)
-            self._snapshot = snapshot
-            self._checkedAt = self.clock.seconds()
-        finally:
-            self._lock.release()
+        return self._writes.run(lambda: Deferred.fromCoroutine(self._write(change)))
+
+    async def _write(self, change: Callable[[dict[str, _Record]], Any]) -> Any:
+        """
+        See L{_change}; runs alone.
+        """
+        snapshot, result = await self.runner.run(_modify, self.path, change)
+        self._generation += 1
+        self._snapshot = snapshot
+        self._checkedAt = self.clock.seconds()
         return result
 
     def getAccount(self, address: str) -> Deferred:
@@ -516,14 +568,9 @@ class FileUserDirectory:
         See L{IUserDirectory.getAccount}.
         """
         snapshot = self._snapshot
-        if (
-            snapshot is not None
-            and snapshot.error is None
-            and not self._lock.locked
-            and self.clock.seconds() - self._checkedAt < RECHECK_SECONDS
-        ):
+        if snapshot is not None and snapshot.error is None and not self._due():
             # Every RCPT and every delivery asks: answer from the fresh
-            # snapshot without the lock and coroutine machinery.
+            # snapshot without the coroutine machinery.
             record = snapshot.users.get(address)
             return succeed(None if record is None else Account(address, record.quotaBytes))
         return Deferred.fromCoroutine(self._getAccount(address))

@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from qutemail.pipeline.dsn import FailedRecipient
 from qutemail.pipeline.router import replyFor
 from qutemail.queue.deferred import BOUNCED, DEFERRED, SENT, QueueEntry, RecipientState, retryDelay
+from qutemail.serial import SerialQueue
 from qutemail.replies import DELETED_BY_ADMIN, LOCAL_ERROR, QUEUE_EXPIRED, Reply
 
 DEFAULT_BATCH = 100
@@ -65,7 +66,7 @@ class RetryScheduler(Service):
         self._loop.clock = clock
         self._ticks: set[Deferred] = set()
         self._inflight: dict[str, Deferred] = {}
-        self._locks: dict[str, DeferredLock] = {}
+        self._writes: dict[str, SerialQueue] = {}
         self._kick = None
 
     def startService(self) -> None:
@@ -193,14 +194,12 @@ class RetryScheduler(Service):
         """
         Write an entry's state; one write at a time per entry.
         """
-        lock = self._locks.setdefault(entry.queueId, DeferredLock())
-        await lock.acquire()
+        writes = self._writes.setdefault(entry.queueId, SerialQueue())
         try:
-            await self.router.queue.update(entry)
+            await writes.run(lambda: self.router.queue.update(entry))
         finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop(entry.queueId, None)
+            if not writes.busy:
+                self._writes.pop(entry.queueId, None)
 
     async def _retryEntry(self, entry: QueueEntry, now: float) -> None:
         """

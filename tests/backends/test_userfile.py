@@ -28,6 +28,7 @@ from qutemail.backends.userfile import (
 )
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
+from tests.support import QueuedRunner
 
 # Cheap scrypt (N = 16) so that the tests run fast; DefaultParametersTests
 # covers the real cost once.
@@ -669,3 +670,95 @@ class LoggingTests(DirectoryTestsMixin, SynchronousTestCase):
         errors = [event for event in events if event.get("path") == self.path and "reason" in event]
         self.assertEqual(len(errors), 1)
         self.assertIn("corrupt user file", errors[0]["reason"])
+
+
+class ConcurrentLookupTests(SynchronousTestCase):
+    """
+    Lookups never queue behind a lock: they read the current snapshot, and
+    only wait (all for the same re-read) when it is time to look at the
+    file again.  Writers go one at a time.
+    """
+
+    def setUp(self) -> None:
+        """
+        A directory with one account, whose runner holds every call until
+        the test runs it (a worker thread that takes its time).
+        """
+        self.dataDir = self.mktemp()
+        os.mkdir(self.dataDir)
+        self.path = os.path.join(self.dataDir, "users")
+        FileUserDirectory(self.path, InlineRunner(), Clock(), workFactor=CHEAP).addUser("bob@example.test", PASSWORD)
+        self.runner = QueuedRunner()
+        self.clock = Clock()
+        self.directory = FileUserDirectory(self.path, self.runner, self.clock, workFactor=CHEAP)
+
+    def test_thousandLookupsDuringReread(self) -> None:
+        """
+        1,000 lookups made while a re-read is in flight start one re-read
+        between them and all get their answer when it ends; the next ones
+        are answered at once, without the runner.
+        """
+        lookups = [self.directory.getAccount("bob@example.test" if i % 2 else "nobody@example.test")
+                   for i in range(1000)]
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runAll()
+        results = [self.successResultOf(d) for d in lookups]
+        self.assertEqual(results.count(Account("bob@example.test")), 500)
+        self.assertEqual(results.count(None), 500)
+        self.assertEqual(self.successResultOf(self.directory.getAccount("bob@example.test")),
+                         Account("bob@example.test"))
+        self.assertEqual(self.runner.calls, [])
+        # A second later, another thousand share the next re-read.
+        self.clock.advance(1)
+        lookups = [self.directory.getAccount("bob@example.test") for _ in range(1000)]
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runAll()
+        self.assertEqual({self.successResultOf(d) for d in lookups}, {Account("bob@example.test")})
+
+    def test_lookupsDuringWrite(self) -> None:
+        """
+        While a change is being written, lookups answer from the snapshot
+        at once; the write's result is seen as soon as it is done.
+        """
+        self.directory.listAccounts()
+        self.runner.runAll()
+        adding = self.directory.addUser("carol@example.test", PASSWORD)
+        self.runner.runNext()  # the hash; the write is queued next
+        self.assertEqual(len(self.runner.calls), 1)
+        self.assertIsNone(self.successResultOf(self.directory.getAccount("carol@example.test")))
+        self.runner.runAll()
+        self.successResultOf(adding)
+        self.assertEqual(self.successResultOf(self.directory.getAccount("carol@example.test")),
+                         Account("carol@example.test"))
+
+    def test_writesOneAtATime(self) -> None:
+        """
+        Changes wait for the one in flight, run in order, and all land.
+        """
+        self.directory.listAccounts()
+        self.runner.runAll()
+        changes = [self.directory.setQuota("bob@example.test", q) for q in range(300)]
+        self.assertEqual([f.__name__ for f, *_ in self.runner.calls], ["_modify"])
+        self.runner.runAll()
+        for d in changes:
+            self.successResultOf(d)
+        self.assertEqual(self.successResultOf(self.directory.getAccount("bob@example.test")).quotaBytes, 299)
+
+    def test_rereadOlderThanWriteIgnored(self) -> None:
+        """
+        A re-read that started before a write of ours finished does not
+        replace what the write stored.
+        """
+        self.directory.listAccounts()
+        self.runner.runAll()
+        self.clock.advance(1)
+        lookup = self.directory.getAccount("carol@example.test")  # starts a re-read, held
+        [(reread, args, kwargs, d)] = self.runner.calls
+        self.runner.calls.clear()
+        # The re-read sees the file as it is now, before carol exists.
+        stale = reread(*args, **kwargs)
+        adding = self.directory.addUser("carol@example.test", PASSWORD)
+        self.runner.runAll()
+        self.successResultOf(adding)
+        d.callback(stale)
+        self.assertEqual(self.successResultOf(lookup), Account("carol@example.test"))
