@@ -46,9 +46,10 @@ from qutemail.pipeline.dkim import (
     readKeyFile,
     txtRecord,
 )
-from qutemail.pipeline.spool import SpooledMessage
+from qutemail.message import SpooledMessage
 from qutemail.queue.control import QUEUE_ID, ControlError, ServerNotRunning, controlPath, sendCommand
-from qutemail.queue.deferred import DEFERRED, PENDING, DeferredQueue, RecipientState
+from qutemail.queue.deferred import DeferredQueue
+from qutemail.message import DEFERRED, PENDING, RecipientState
 from qutemail.queue.journal import unfinished
 
 DEFAULT_RSA_BITS = 2048

@@ -14,6 +14,7 @@ them.
 """
 
 import base64
+import errno
 
 import attrs
 from twisted.mail.smtp import SMTPBadRcpt, SMTPBadSender, SMTPServerError
@@ -217,3 +218,17 @@ class ReplyError(Exception):
         C{resp} is C{bytes}.
         """
         return SMTPServerError(self.reply.code, self.reply.line)
+
+
+def replyFor(failure) -> Reply:
+    """
+    The reply that describes a failed local delivery.
+
+    @param failure: the L{twisted.python.failure.Failure}.
+    @return: a L{Reply}; our own faults are always temporary.
+    """
+    if failure.check(ReplyError):
+        return failure.value.reply
+    if failure.check(OSError) and failure.value.errno in (errno.ENOSPC, errno.EDQUOT):
+        return STORAGE_FULL
+    return LOCAL_ERROR

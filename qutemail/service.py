@@ -35,7 +35,7 @@ from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.backends.redisvault import RedisKeyVault
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
-from qutemail.listener.cred import MailRealm, UserDirectoryChecker, submitterFactory
+from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
 from qutemail.listener.smtp import SMTPServerFactory
 from qutemail.pipeline.dkimverify import DKIMVerifier
 from qutemail.policy.dmarc import DMARCEvaluator
@@ -55,7 +55,8 @@ from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService
 from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
 from qutemail.qkd.vault import FileKeyVault
 from qutemail.store.encrypted import MessageEncryptor
-from qutemail.pipeline.router import QueueIds, Router
+from qutemail.pipeline.router import Router
+from qutemail.message import QueueIds
 from qutemail.pipeline.signing import OutboundSigner, ensureKey
 from qutemail.queue.control import ControlService, controlPath
 from qutemail.queue.deferred import DeferredQueue

@@ -17,7 +17,8 @@ from twisted.internet.testing import StringTransport
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import InlineRunner
 from qutemail.listener.smtp import SMTPServerFactory
-from qutemail.pipeline.router import QueueIds, Router
+from qutemail.pipeline.router import Router
+from qutemail.message import QueueIds
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.queue.deferred import DeferredQueue

@@ -25,9 +25,10 @@ from qutemail import cli
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import InlineRunner
 from qutemail.pipeline.dkim import SigningKey, loadPrivateKey, signHeader
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.queue.control import ControlService, controlPath
-from qutemail.queue.deferred import DeferredQueue, RecipientState
+from qutemail.queue.deferred import DeferredQueue
+from qutemail.message import RecipientState
 from qutemail.queue.journal import Journal
 from tests.queue.test_control import FakeScheduler
 
@@ -538,8 +539,9 @@ class QueueListTests(CommandTestsMixin, SynchronousTestCase):
         nothing on disk.
         """
         from qutemail.blocking import InlineRunner
-        from qutemail.pipeline.spool import Envelope, SpooledMessage
-        from qutemail.queue.deferred import DeferredQueue, RecipientState
+        from qutemail.message import Envelope, SpooledMessage
+        from qutemail.queue.deferred import DeferredQueue
+        from qutemail.message import RecipientState
 
         directory = os.path.join(self.dataDir, "queue", "deferred")
         queue = DeferredQueue(directory, InlineRunner())
@@ -567,7 +569,7 @@ class QueueListTests(CommandTestsMixin, SynchronousTestCase):
         from twisted.internet.task import Clock
 
         from qutemail.blocking import InlineRunner
-        from qutemail.pipeline.spool import Envelope, SpooledMessage
+        from qutemail.message import Envelope, SpooledMessage
         from qutemail.queue.journal import Journal
 
         directory = os.path.join(self.dataDir, "queue", "journal-1")

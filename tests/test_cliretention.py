@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import Account, KeyGone
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.vault import FileKeyVault
 from qutemail.store.maildir import MaildirStore, mailboxPath, readUsage

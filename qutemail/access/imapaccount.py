@@ -1,11 +1,11 @@
 # -*- test-case-name: tests.access.test_imapserver -*-
 """
 The IMAP avatar: one logged-in account's Maildir++ folders (see
-L{qutemail.access.folders}), and the realm and portal that give it.
+L{qutemail.store.folders}), and the realm and portal that give it.
 
 The realm builds every path from the authenticated address alone
 (L{qutemail.store.maildir.mailboxPath}); folder names from the client go
-through L{qutemail.access.folders} validation, and a refused one is
+through L{qutemail.store.folders} validation, and a refused one is
 logged with the account, the name tried and the reason.  The special
 folders (Sent, Drafts, Trash, Junk) are created at login.
 
@@ -27,14 +27,14 @@ from twisted.logger import Logger
 from twisted.mail.imap4 import IAccount, INamespacePresenter
 from zope.interface import implementer
 
-from qutemail.access.folders import (
+from qutemail.store.folders import (
     SEPARATOR, FolderEntry, InvalidFolderName, MaildirFolders, NoSuchFolder, canonicalName,
     decodeMailboxName, isInbox,
 )
 from qutemail.access.imapmailbox import FolderGone, FolderView
 from qutemail.access.imapmessage import MessageCache
 from qutemail.access.imapstore import deleteFolder, syncFolder, usage
-from qutemail.listener.cred import UserDirectoryChecker
+from qutemail.cred import UserDirectoryChecker
 from qutemail.store.maildir import mailboxPath
 
 
@@ -269,7 +269,7 @@ class IMAPAccount:
         See L{IAccount.create}.
 
         @return: a Deferred firing with C{True}, or failing with
-            L{qutemail.access.folders.FolderError}.
+            L{qutemail.store.folders.FolderError}.
         """
         return self.runner.run(self.folders.create, pathspec).addCallback(lambda _: True)
 

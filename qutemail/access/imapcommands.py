@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from qutemail.access.folders import NoSuchFolder, encodeMailboxName, isInbox
+from qutemail.store.folders import NoSuchFolder, encodeMailboxName, isInbox
 from qutemail.access.imapmailbox import PERMANENT_FLAGS, flagList
 from qutemail.access.imapseal import SealUnavailable
 from qutemail.access.imapstore import (

@@ -26,7 +26,7 @@ import attrs
 from twisted.logger import Logger
 
 from qutemail.durable import removeFile, writeAll
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.replies import ReplyError
 
 _log = Logger()

@@ -16,7 +16,7 @@ it.
 
 from twisted.mail.imap4 import _FetchParser
 
-from qutemail.access.folders import NoSuchFolder
+from qutemail.store.folders import NoSuchFolder
 from qutemail.access.imapaccount import IMAPAccount
 from qutemail.access.imapfetch import (
     ResumePoints, WriteFlow, needsFile, needsStructure, render, sendPieces, setsSeen,

@@ -48,7 +48,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail.imap4 import IMAP4Server
 
-from qutemail.access.folders import FolderError, FolderExists, FolderHasChildren, InvalidFolderName, NoSuchFolder
+from qutemail.store.folders import FolderError, FolderExists, FolderHasChildren, InvalidFolderName, NoSuchFolder
 from qutemail.access.imapauth import AuthCommands
 from qutemail.access.imapcommands import FolderCommands
 from qutemail.access.imapmailbox import FolderGone, UIDValidityChanged

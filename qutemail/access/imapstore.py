@@ -21,7 +21,7 @@ import shutil
 
 import attrs
 
-from qutemail.access.folders import MaildirFolders
+from qutemail.store.folders import MaildirFolders
 from qutemail.access.uids import INFO_PREFIX, FolderMessage, FolderState, infoLetters, lettersOfFlags, setFlags, sync
 from qutemail.durable import syncDirectory, writeAll
 from qutemail.store.maildir import countMailbox, messageEntries, readUsage, recordUsage

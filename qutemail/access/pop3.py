@@ -42,7 +42,7 @@ from twisted.mail.pop3 import POP3, IMailbox, POP3Error
 from zope.interface import implementer
 
 from qutemail.access.flow import WriteFlow
-from qutemail.listener.cred import UserDirectoryChecker
+from qutemail.cred import UserDirectoryChecker
 from qutemail.store.maildir import mailboxPath, messageEntries, recordUsage
 from qutemail.store.reader import MessageUnreadable, StoredMessage, listMessages, readMessage, storedId
 

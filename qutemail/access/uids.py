@@ -33,7 +33,7 @@ from collections.abc import Iterable
 import attrs
 from twisted.logger import Logger
 
-from qutemail.access.folders import DirectoryLock
+from qutemail.store.folders import DirectoryLock
 from qutemail.durable import replaceFile
 from qutemail.store.maildir import messageEntries
 from qutemail.store.reader import storedId

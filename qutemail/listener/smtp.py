@@ -44,8 +44,9 @@ from qutemail import replies
 from qutemail.listener.auth import MECHANISMS, AuthMixin
 from qutemail.listener.headerfilter import SpoofedResultsFilter
 from qutemail.listener.address import PathError, parseParameters, parsePath, splitArgument
-from qutemail.pipeline.router import replyFor
-from qutemail.pipeline.spool import Envelope, SpoolWriter
+from qutemail.replies import replyFor
+from qutemail.pipeline.spool import SpoolWriter
+from qutemail.message import Envelope
 from qutemail.replies import Reply, ReplyError
 
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF;

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from qutemail.config import DKIMConfig
 from qutemail.interfaces import IDKIMKeys
-from qutemail.relay.mx import FAILED, FOUND, queryBlocking
+from qutemail.dns import FAILED, FOUND, queryBlocking
 
 RSA_SHA256 = "rsa-sha256"
 ED25519_SHA256 = "ed25519-sha256"

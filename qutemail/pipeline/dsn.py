@@ -12,26 +12,11 @@ envelope sender with the null reverse path, so it can never bounce itself.
 import email.utils
 import uuid
 
-import attrs
+from qutemail.message import FailedRecipient
 
 # Enough of the original header to identify the message, bounded so a huge
 # header cannot make a huge bounce.
 MAX_HEADER_BYTES = 64 * 1024
-
-
-@attrs.frozen
-class FailedRecipient:
-    """
-    One recipient the report is about.
-
-    @ivar address: the recipient.
-    @ivar status: the enhanced status code, e.g. C{5.1.1}.
-    @ivar diagnostic: the last reply, one line, e.g. C{452 4.2.2 Mailbox full}.
-    """
-
-    address: str
-    status: str
-    diagnostic: str
 
 
 def originalHeader(body: bytes) -> bytes:

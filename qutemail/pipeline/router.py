@@ -9,57 +9,22 @@ to the deferred queue.  Only when every recipient is delivered or durably
 queued is the message marked done in the journal.
 """
 
-import errno
-import secrets
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.logger import Logger
 
-from qutemail.pipeline.dsn import FailedRecipient, buildReport, originalHeader
-from qutemail.pipeline.spool import Envelope, SpooledMessage
-from qutemail.queue.deferred import DEFERRED, PENDING, DeferredQueue, RecipientState, retryDelay
+from qutemail.pipeline.dsn import buildReport, originalHeader
+from qutemail.message import QueueIds, FailedRecipient
+from qutemail.message import Envelope, SpooledMessage
+from qutemail.queue.deferred import DeferredQueue
+from qutemail.message import DEFERRED, PENDING, RecipientState, retryDelay
 from qutemail.store.encrypted import isInternal
-from qutemail.replies import LOCAL_ERROR, NO_SUCH_USER, STORAGE_FULL, Reply, ReplyError
+from qutemail.replies import NO_SUCH_USER, Reply, ReplyError, replyFor
 
 # How long to wait before retrying a message whose routing itself failed
 # (for example the deferred queue could not be written).
 ROUTE_RETRY_SECONDS = 60.0
-
-
-class QueueIds:
-    """
-    Queue ids: time-ordered, unique on this node across restarts.
-    """
-
-    def __init__(self, clock: Any) -> None:
-        """
-        @param clock: an C{IReactorTime}.
-        """
-        self._clock = clock
-        self._counter = 0
-        self._salt = secrets.token_hex(2)
-
-    def next(self) -> str:
-        """
-        @return: a new queue id (hex: microseconds, salt, counter).
-        """
-        self._counter = (self._counter + 1) & 0xFFFF
-        return f"{int(self._clock.seconds() * 1_000_000):x}{self._salt}{self._counter:04x}".upper()
-
-
-def replyFor(failure) -> Reply:
-    """
-    The reply that describes a failed local delivery.
-
-    @param failure: the L{twisted.python.failure.Failure}.
-    @return: a L{Reply}; our own faults are always temporary.
-    """
-    if failure.check(ReplyError):
-        return failure.value.reply
-    if failure.check(OSError) and failure.value.errno in (errno.ENOSPC, errno.EDQUOT):
-        return STORAGE_FULL
-    return LOCAL_ERROR
 
 
 class Router:

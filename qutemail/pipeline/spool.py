@@ -11,91 +11,16 @@ a spilled file) and returns a L{SpooledMessage}, which is what every later
 stage passes around: never the bytes of a large body.
 """
 
-import io
 import os
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from qutemail.message import Envelope, SpooledMessage
+
 DEFAULT_THRESHOLD_BYTES = 256 * 1024
 _CHUNK_BYTES = 256 * 1024
-
-
-@attrs.frozen
-class Envelope:
-    """
-    The SMTP envelope of one transaction.
-
-    @ivar sender: the reverse path, C{""} for the null sender.
-    @ivar recipients: the forward paths, normalised, in RCPT order.
-    @ivar helo: what the client said in HELO/EHLO.
-    @ivar peer: the client's IP address.
-    @ivar receivedAt: POSIX time at which DATA began.
-    @ivar authenticated: the authenticated account, or C{None}.
-    @ivar addedHeaders: header fields, LF line ends, that final delivery
-        puts at the top of the message with the C{Return-Path}: what the
-        inbound checks concluded (C{Authentication-Results}), known only
-        once the whole body was read.
-    @ivar folder: the Maildir++ folder final delivery puts the message in
-        (C{"Junk"} for quarantined mail), C{""} for the INBOX.
-    """
-
-    sender: str
-    recipients: tuple[str, ...]
-    helo: str = ""
-    peer: str = ""
-    receivedAt: float = 0.0
-    authenticated: str | None = None
-    addedHeaders: str = ""
-    folder: str = ""
-
-    def toJSON(self) -> dict:
-        """
-        @return: a JSON-able dict.
-        """
-        return attrs.asdict(self, recurse=False) | {"recipients": list(self.recipients)}
-
-    @classmethod
-    def fromJSON(cls, data: dict) -> "Envelope":
-        """
-        @param data: what L{toJSON} returned.
-        @return: the envelope.
-        """
-        return cls(**(data | {"recipients": tuple(data["recipients"])}))
-
-
-@attrs.frozen
-class SpooledMessage:
-    """
-    A message that is safely on disk.
-
-    Exactly one of C{inline} and C{path} is set.
-
-    @ivar queueId: the queue id, unique on this node.
-    @ivar envelope: the L{Envelope}.
-    @ivar size: the body size in bytes as stored (LF line ends).
-    @ivar inline: the body, for small messages.
-    @ivar path: the spill file of a large message.
-    """
-
-    queueId: str
-    envelope: Envelope
-    size: int
-    inline: bytes | None = None
-    path: str | None = None
-
-    def openBody(self):
-        """
-        Open the body for reading.  Call this only in a worker thread for a
-        spilled message.
-
-        @return: a binary file object.
-        """
-        if self.inline is not None:
-            return io.BytesIO(self.inline)
-        return open(self.path, "rb")
 
 
 class SpoolWriter:

@@ -58,7 +58,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from qutemail.pipeline.authresults import comment, quotedValue
-from qutemail.relay.mx import FAILED, FOUND, queryBlocking
+from qutemail.dns import FAILED, FOUND, queryBlocking
 
 PASS = "pass"
 FAIL = "fail"

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 
 from qutemail import replies
 from qutemail.pipeline.authresults import authenticationResults, isSpoofedAuthResults
-from qutemail.pipeline.spool import SpooledMessage
+from qutemail.message import SpooledMessage
 from qutemail.policy.dmarc import DMARCResult, headerFromDomain
 from qutemail.replies import Reply, ReplyError
 

@@ -42,7 +42,7 @@ import spf
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from qutemail.relay.mx import makeResolver
+from qutemail.dns import makeResolver
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 

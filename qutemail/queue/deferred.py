@@ -26,97 +26,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from qutemail.durable import replaceFile, syncDirectory
-from qutemail.pipeline.spool import Envelope, SpooledMessage
-
-PENDING = "pending"
-DEFERRED = "deferred"
-SENT = "sent"
-BOUNCED = "bounced"
-_WAITING = (PENDING, DEFERRED)
-_OLD_STATES = {"relay": PENDING, "delivered": SENT}
-
-
-@attrs.define
-class RecipientState:
-    """
-    Where one recipient of a queued message stands.
-
-    @ivar address: the recipient.
-    @ivar index: its position in the original envelope.
-    @ivar state: one of C{pending}, C{deferred}, C{sent}, C{bounced}.
-    @ivar attempts: delivery attempts so far.
-    @ivar nextAttempt: POSIX time of the next attempt.
-    @ivar lastReply: the last reply or reason, one line.
-    """
-
-    address: str
-    index: int
-    state: str = DEFERRED
-    attempts: int = 0
-    nextAttempt: float = 0.0
-    lastReply: str = ""
-
-
-@attrs.define
-class QueueEntry:
-    """
-    One message in the deferred queue.
-
-    @ivar message: the message, its body in C{<queueId>.msg}.
-    @ivar recipients: the recipients still of interest.
-    @ivar dkimHeader: the DKIM-Signature field made once for the message,
-        sent before its body to every remote recipient (empty: unsigned).
-    """
-
-    message: SpooledMessage
-    recipients: list[RecipientState]
-    dkimHeader: str = ""
-
-    @property
-    def queueId(self) -> str:
-        """
-        The message's queue id.
-        """
-        return self.message.queueId
-
-    def pending(self) -> list[RecipientState]:
-        """
-        @return: recipients neither delivered nor bounced.
-        """
-        return [r for r in self.recipients if r.state in _WAITING]
-
-    def due(self, now: float) -> list[RecipientState]:
-        """
-        @return: the recipients to try at C{now}.
-        """
-        return [r for r in self.recipients if r.state in _WAITING and r.nextAttempt <= now]
-
-    def toJSON(self) -> bytes:
-        """
-        @return: the C{.json} file's contents.
-        """
-        return json.dumps(
-            {
-                "queueId": self.queueId,
-                "size": self.message.size,
-                "envelope": self.message.envelope.toJSON(),
-                "recipients": [attrs.asdict(r) for r in self.recipients],
-                "dkimHeader": self.dkimHeader,
-            },
-            indent=1,
-        ).encode("utf-8")
-
-
-def retryDelay(schedule: tuple[float, ...], attempts: int) -> float:
-    """
-    The wait before the next attempt.
-
-    @param schedule: the configured intervals; the last one repeats.
-    @param attempts: attempts made so far (at least 1).
-    @return: seconds.
-    """
-    return schedule[min(max(attempts, 1), len(schedule)) - 1]
-
+from qutemail.message import LEGACY_STATES, Envelope, QueueEntry, RecipientState, SpooledMessage
 
 class DeferredQueue:
     """
@@ -209,7 +119,7 @@ class DeferredQueue:
         with open(metaPath, "rb") as f:
             meta = json.load(f)
         message = SpooledMessage(meta["queueId"], Envelope.fromJSON(meta["envelope"]), meta["size"], path=bodyPath)
-        recipients = [RecipientState(**(r | {"state": _OLD_STATES.get(r["state"], r["state"])}))
+        recipients = [RecipientState(**(r | {"state": LEGACY_STATES.get(r["state"], r["state"])}))
                       for r in meta["recipients"]]
         return QueueEntry(message, recipients, meta.get("dkimHeader", ""))
 

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qutemail.durable import syncDirectory, writeAll
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 
 DEFAULT_SEGMENT_BYTES = 32 * 1024 * 1024
 # Rounds of flushing close() tries before it gives up on pending records.

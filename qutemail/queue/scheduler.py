@@ -24,9 +24,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from qutemail.pipeline.dsn import FailedRecipient
-from qutemail.pipeline.router import replyFor
-from qutemail.queue.deferred import BOUNCED, DEFERRED, SENT, QueueEntry, RecipientState, retryDelay
+from qutemail.message import FailedRecipient
+from qutemail.replies import replyFor
+from qutemail.message import BOUNCED, DEFERRED, SENT, QueueEntry, RecipientState, retryDelay
 from qutemail.serial import SerialQueue
 from qutemail.replies import DELETED_BY_ADMIN, LOCAL_ERROR, QUEUE_EXPIRED, Reply
 

@@ -84,7 +84,7 @@ from twisted.logger import Logger
 
 from qutemail.durable import removeFile
 from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceError
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import MIN_KEY_BYTES, PLACEHOLDER_SUBJECT, SealedMessage, encryptStream
 from qutemail.qkd.vault import InvalidKeyId, KeyExists, KeyVaultError, checkKeyId
 from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, STORAGE_FULL, Reply, ReplyError

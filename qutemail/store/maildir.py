@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from qutemail.durable import syncDirectory, writeAll
 from qutemail.interfaces import Account, IMessageStore
-from qutemail.pipeline.spool import SpooledMessage
+from qutemail.message import SpooledMessage
 from qutemail.replies import MAILBOX_FULL, ReplyError
 
 _COPY_BYTES = 1024 * 1024

@@ -45,7 +45,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from qutemail.access.folders import MaildirFolders
+from qutemail.store.folders import MaildirFolders
 from qutemail.durable import syncDirectory
 from qutemail.qkd.cipher import DecryptionError, readEnvelope
 from qutemail.store.maildir import messageEntries, recordUsage

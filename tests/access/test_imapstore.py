@@ -8,7 +8,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.access.folders import MaildirFolders
+from qutemail.store.folders import MaildirFolders
 from qutemail.access.imapstore import (
     OverQuota, abortAppend, beginAppend, deleteFolder, expunge, finishAppend, storeFlags, syncFolder,
     transfer, usage, writeAppend,

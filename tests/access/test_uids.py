@@ -9,7 +9,7 @@ import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.access.folders import MaildirFolders
+from qutemail.store.folders import MaildirFolders
 from qutemail.access.uids import (
     UIDLIST_FILE,
     CorruptUidList,

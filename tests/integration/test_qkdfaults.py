@@ -17,12 +17,12 @@ from twisted.trial.unittest import TestCase
 
 from qutemail.backends.memory import MemoryKeyVault
 from qutemail.blocking import BlockingRunner
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import readEnvelope
 from qutemail.qkd.kme import EmbeddedKeySource, listenTLS, serverTLSOptions
 from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
 from qutemail.qkd.kmeweb import KMESite
-from qutemail.queue.deferred import DEFERRED
+from qutemail.message import DEFERRED
 from qutemail.store.encrypted import MessageEncryptor
 from qutemail.store.reader import readMessage
 from tests.integration.support import runCLI, waitFor, writeConfig

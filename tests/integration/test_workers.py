@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from qutemail.blocking import InlineRunner
 from qutemail.config import loadConfig
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.queue.journal import Journal
 from qutemail.service import buildService
 from tests.integration.support import (

@@ -6,7 +6,8 @@ import email
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.pipeline.dsn import MAX_HEADER_BYTES, FailedRecipient, buildReport, originalHeader
+from qutemail.pipeline.dsn import MAX_HEADER_BYTES, buildReport, originalHeader
+from qutemail.message import FailedRecipient
 
 FAILED = [
     FailedRecipient("alice@example.test", "5.1.1", "550 5.1.1 No such user here"),

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qutemail.blocking import InlineRunner
 from qutemail.pipeline.dkim import FileDKIMKeys, defaultKeyPath, publicTXTValue
 from qutemail.pipeline.signing import OutboundSigner, ensureKey
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 
 BODY = b"From: bob@example.test\nTo: dave@remote.test\nSubject: s\n\nbody\n"
 

@@ -10,7 +10,8 @@ from hypothesis import example, given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
-from qutemail.pipeline.spool import DEFAULT_THRESHOLD_BYTES, Envelope, SpooledMessage, SpoolWriter
+from qutemail.pipeline.spool import DEFAULT_THRESHOLD_BYTES, SpoolWriter
+from qutemail.message import Envelope, SpooledMessage
 from tests.support import QueuedRunner
 
 ENVELOPE = Envelope("sender@remote.test", ("alice@example.test",), "client.test", "192.0.2.7", 1700000000.0)

@@ -10,7 +10,7 @@ from twisted.internet.defer import ensureDeferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.pipeline.dkimverify import DKIMResult
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.policy.dmarc import DMARCResult
 from qutemail.policy.inbound import JUNK_FOLDER, InboundChecks
 from qutemail.policy.spf import SPFResult

@@ -7,8 +7,9 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
-from qutemail.pipeline.spool import Envelope, SpooledMessage
-from qutemail.queue.deferred import DEFERRED, DeferredQueue, RecipientState
+from qutemail.message import Envelope, SpooledMessage
+from qutemail.queue.deferred import DeferredQueue
+from qutemail.message import DEFERRED, RecipientState
 
 ENVELOPE = Envelope("s@remote.test", ("alice@example.test",), "c.test", "192.0.2.1", 1700000000.0)
 

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
 from qutemail.durable import writeAll
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.queue import journal as journalModule
 from qutemail.queue.journal import Journal, encodeDone, encodeMessage, parseSegment
 from tests.support import QueuedRunner

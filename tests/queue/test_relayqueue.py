@@ -12,8 +12,8 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from qutemail.blocking import BlockingRunner
-from qutemail.pipeline.spool import Envelope, SpooledMessage
-from qutemail.queue.deferred import DEFERRED, PENDING, RecipientState
+from qutemail.message import Envelope, SpooledMessage
+from qutemail.message import DEFERRED, PENDING, RecipientState
 from qutemail.relay.mx import MXResolver
 from qutemail.relay.sender import Relay
 from tests.dnsserver import startDNSServer

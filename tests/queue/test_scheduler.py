@@ -15,33 +15,16 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
-from qutemail.pipeline.spool import Envelope, SpooledMessage
-from qutemail.queue.deferred import BOUNCED, DEFERRED, PENDING, DeferredQueue, RecipientState, retryDelay
+from qutemail.message import Envelope, SpooledMessage
+from qutemail.queue.deferred import DeferredQueue
+from qutemail.message import BOUNCED, DEFERRED, PENDING, RecipientState
 from qutemail.queue.journal import Journal, parseSegment
 from qutemail.replies import LOCAL_ERROR, MAILBOX_FULL
-from tests.support import RETRY, buildStack
+from tests.support import buildStack
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 BODY = b"Subject: over quota\nFrom: <bob@example.test>\n\n" + b"x" * 200 + b"\n"
-
-
-class RetryDelayTests(SynchronousTestCase):
-    """
-    L{retryDelay} walks the schedule and repeats its last interval.
-    """
-
-    def test_schedule(self):
-        """
-        Attempts 1, 2, 3 wait 300, 600 and 1200 s; later ones repeat 1200.
-        """
-        self.assertEqual([retryDelay(RETRY, n) for n in (1, 2, 3, 4, 10)], [300.0, 600.0, 1200.0, 1200.0, 1200.0])
-
-    def test_zeroAttempts(self):
-        """
-        Fewer than one attempt counts as one.
-        """
-        self.assertEqual(retryDelay(RETRY, 0), 300.0)
 
 
 class StackTestsMixin:

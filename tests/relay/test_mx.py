@@ -5,13 +5,12 @@ loopback DNS server of L{tests.dnsserver}, through a real thread pool.
 
 import time
 
-import dns.resolver
 from twisted.internet import reactor
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from qutemail.blocking import BlockingRunner, InlineRunner
-from qutemail.relay.mx import FOUND, NXDOMAIN, DNSAnswer, DNSLookupError, MailExchanger, MXResolver, queryBlocking
+from qutemail.relay.mx import DNSLookupError, MailExchanger, MXResolver
+from qutemail.dns import FOUND, DNSAnswer
 from qutemail.replies import DNS_TEMPFAIL, NO_SUCH_DOMAIN, NULL_MX
 from tests.dnsserver import SERVFAIL, SILENT, startDNSServer
 
@@ -281,27 +280,3 @@ class FakeQueryTests(TestCase):
         with self.assertRaises(ZeroDivisionError):
             await MXResolver(Runner()).resolve("remote.test")
         self.assertEqual([args[2:] for args in calls], [("remote.test", "MX"), ("mx.test", "A"), ("mx.test", "AAAA")])
-
-
-class QueryCacheTests(TestCase):
-    """
-    L{queryBlocking} with and without a shared cache, against a real DNS
-    server on loopback.
-    """
-
-    async def test_cacheKeepsAnswers(self):
-        """
-        With a cache, a second question for a name (answered, or NXDOMAIN)
-        does not reach the server; without one, every question does.
-        """
-        server = await startDNSServer(self, [("a.test", "TXT", "v=spf1 -all")])
-        cache = dns.resolver.LRUCache(100)
-
-        def ask():
-            for _ in range(2):
-                self.assertEqual(queryBlocking(server.nameservers, 2.0, "a.test", "TXT", cache).status, FOUND)
-                self.assertEqual(queryBlocking(server.nameservers, 2.0, "gone.test", "TXT", cache).status, NXDOMAIN)
-            queryBlocking(server.nameservers, 2.0, "a.test", "TXT")
-
-        await deferToThread(ask)
-        self.assertEqual(server.queries, [("a.test", "TXT"), ("gone.test", "TXT"), ("a.test", "TXT")])

@@ -29,7 +29,7 @@ from zope.interface.verify import verifyObject
 from qutemail.backends.memory import MemoryKeyVault
 from qutemail.blocking import BlockingRunner, InlineRunner
 from qutemail.interfaces import Account, IKeyVault, IQKDKeySource, KeyGone, KeySourceError, KMEStatus
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.certs import ensurePKI
 from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT, decryptBytes, readEnvelope
 from qutemail.qkd.kme import EmbeddedKMEService, EmbeddedKeySource

@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import Account, IMessageStore
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.replies import ReplyError
 from qutemail.store import maildir
 from qutemail.store.maildir import (

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qutemail.backends.memory import MemoryKeyVault
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import Account
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.store.encrypted import MessageEncryptor
 from qutemail.store.maildir import MaildirStore, mailboxPath, returnPath

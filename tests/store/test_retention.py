@@ -14,11 +14,11 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.access.folders import MaildirFolders
+from qutemail.store.folders import MaildirFolders
 from qutemail.access.uids import sync
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import Account, KeyGone
-from qutemail.pipeline.spool import Envelope, SpooledMessage
+from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.vault import FileKeyVault, KeyVaultError
 from qutemail.store import retention

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.access.test_folders -*-
+# -*- test-case-name: tests.store.test_folders -*-
 """
 The Maildir++ folders of one account, named as IMAP4 names them.
 

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.access.test_folders -*-
+# -*- test-case-name: tests.store.test_folders -*-
 """
-Tests for L{qutemail.access.folders}: IMAP folder names, their mapping to
+Tests for L{qutemail.store.folders}: IMAP folder names, their mapping to
 Maildir++ directories, and folder operations.
 """
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.access.folders import (
+from qutemail.store.folders import (
     FOLDER_MARKER,
     INBOX,
     SPECIAL_FOLDERS,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.listener.test_cred -*-
+# -*- test-case-name: tests.test_cred -*-
 """
 twisted.cred glue over an L{IUserDirectory}, shared by the SMTP AUTH, IMAP4
 and POP3 listeners.

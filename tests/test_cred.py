@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.listener.test_cred -*-
+# -*- test-case-name: tests.test_cred -*-
 """
-Tests for L{qutemail.listener.cred}: a real L{Portal} with L{MailRealm} and
+Tests for L{qutemail.cred}: a real L{Portal} with L{MailRealm} and
 L{UserDirectoryChecker}.
 """
 
@@ -19,7 +19,7 @@ from zope.interface.verify import verifyObject
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import InlineRunner
-from qutemail.listener.cred import BAD_CREDENTIALS, MailRealm, UserDirectoryChecker
+from qutemail.cred import BAD_CREDENTIALS, MailRealm, UserDirectoryChecker
 
 PASSWORD = b"s3cret"
 

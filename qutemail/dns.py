@@ -1,0 +1,123 @@
+# -*- test-case-name: tests.test_dns -*-
+"""
+DNS questions for every stage (MX for the relay, TXT for SPF, DKIM and
+DMARC): dnspython, asked in a worker thread.
+
+L{queryBlocking} is the one function that talks to dnspython; it turns
+every answer into plain values (a L{DNSAnswer}) before it leaves the
+thread, so callers run it through a L{qutemail.blocking.BlockingRunner}.
+"""
+
+from typing import Any
+
+import attrs
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+# Answer statuses of L{DNSAnswer}.
+FOUND = "found"
+NXDOMAIN = "nxdomain"
+NODATA = "nodata"
+FAILED = "failed"
+
+# dnspython's per-try timeout: a lost UDP packet is retried within the
+# lifetime instead of using all of it.
+_TRY_SECONDS = 2.0
+
+
+@attrs.frozen
+class DNSAnswer:
+    """
+    The outcome of one DNS query, as plain values.
+
+    @ivar status: L{FOUND}, L{NXDOMAIN}, L{NODATA} (the name exists without
+        records of the type) or L{FAILED} (no usable answer: timeout,
+        SERVFAIL, refusal, no resolver configuration).
+    @ivar records: for L{FOUND}: MX as C{(preference, exchange)} with the
+        exchange in lower case without the final dot (C{""} for the root);
+        A and AAAA as address strings; TXT as C{bytes}, the
+        character-strings of each record joined; other types as text.
+    @ivar detail: for L{FAILED} and for an invalid name, a short reason.
+    """
+
+    status: str
+    records: tuple = ()
+    detail: str = ""
+
+
+def makeResolver(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float,
+                 cache: Any = None) -> dns.resolver.Resolver:
+    """
+    A dnspython resolver for one query, without a cache.
+
+    @param nameservers: C{(ip, port)} pairs; none for the system's
+        resolvers (read from C{/etc/resolv.conf}).
+    @param timeoutSeconds: the query's lifetime.
+    @param cache: a C{dns.resolver.LRUCache} shared by the lookups of one
+        kind (it keeps answers, NXDOMAIN included, for their TTL; it is
+        thread-safe), or C{None} for none.
+    @raise dns.resolver.NoResolverConfiguration: when the system has none.
+    """
+    if nameservers:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
+    else:
+        resolver = dns.resolver.Resolver()
+    resolver.cache = cache
+    resolver.lifetime = timeoutSeconds
+    resolver.timeout = min(_TRY_SECONDS, timeoutSeconds)
+    return resolver
+
+
+def _recordValue(rdata: Any) -> Any:
+    """
+    One record as a plain value (see L{DNSAnswer.records}).
+    """
+    if rdata.rdtype == dns.rdatatype.MX:
+        return (rdata.preference, rdata.exchange.to_text(omit_final_dot=True).lower().rstrip("."))
+    if rdata.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        return rdata.address
+    if rdata.rdtype == dns.rdatatype.TXT:
+        return b"".join(rdata.strings)
+    return rdata.to_text()
+
+
+def queryBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float, name: str,
+                  rdtype: str, cache: Any = None) -> DNSAnswer:
+    """
+    Ask DNS one question, following CNAMEs.  Blocking: call it only in a
+    worker thread.
+
+    @param nameservers: C{(ip, port)} pairs; none for the system's
+        resolvers.
+    @param timeoutSeconds: how long the whole query may take, retries
+        included.
+    @param name: the domain name, absolute whether or not it ends in a dot.
+    @param rdtype: the type, e.g. C{"MX"}.
+    @param cache: see L{makeResolver}.
+    @return: the L{DNSAnswer}; a name that is not a valid domain name
+        gives L{NXDOMAIN}.
+    """
+    try:
+        qname = dns.name.from_text(name)
+    except (dns.exception.DNSException, UnicodeError):
+        return DNSAnswer(NXDOMAIN, detail="not a valid domain name")
+    try:
+        resolver = makeResolver(nameservers, timeoutSeconds, cache)
+        answer = resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
+    except dns.resolver.NXDOMAIN:
+        return DNSAnswer(NXDOMAIN)
+    except dns.exception.Timeout:
+        return DNSAnswer(FAILED, detail="timeout")
+    except dns.resolver.NoNameservers:
+        return DNSAnswer(FAILED, detail="server failure")
+    except dns.resolver.NoResolverConfiguration:
+        return DNSAnswer(FAILED, detail="no resolver configured")
+    except dns.exception.DNSException as e:
+        return DNSAnswer(FAILED, detail=type(e).__name__)
+    if answer.rrset is None:
+        return DNSAnswer(NODATA)
+    return DNSAnswer(FOUND, tuple(_recordValue(rdata) for rdata in answer.rrset))
