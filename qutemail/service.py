@@ -42,7 +42,7 @@ from qutemail.policy.dmarc import DMARCEvaluator
 from qutemail.policy.inbound import InboundChecks
 from qutemail.policy.spf import SPFChecker
 from qutemail.store.retention import RetentionService, RetentionSweep
-from qutemail.listener.tls import contextFactory, serverCredentials
+from qutemail.tlsserver import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.throttle import AuthThrottle

@@ -40,7 +40,7 @@ def makeService(options: Options, reactor=None):
     """
     from qutemail.config import ConfigError, loadConfig
     from qutemail.backends.redislimiter import RedisURLError
-    from qutemail.listener.tls import TLSConfigError
+    from qutemail.tlsserver import TLSConfigError
     from qutemail.service import NoListeners, ServiceConfigError, buildService
 
     if reactor is None:

@@ -125,7 +125,7 @@ class TapTests(TestCase):
         """
         import datetime
 
-        from qutemail.listener.tls import generateSelfSigned
+        from qutemail.tlsserver import generateSelfSigned
 
         cert, key = generateSelfSigned("mail.example.test", datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
         base = os.path.dirname(self.configPath)

@@ -43,7 +43,7 @@ import dkim
 import dkim.util
 from twisted.internet.defer import Deferred, succeed
 
-from qutemail.pipeline.authresults import quotedValue
+from qutemail.policy.authresults import quotedValue
 from qutemail.pipeline.dkim import MIN_RSA_BITS, KeyLookupError, dnsFunction
 
 PASS = "pass"
@@ -273,7 +273,7 @@ def verifyMessageBlocking(message: bytes, nameservers: tuple[tuple[str, int], ..
     @param nameservers: C{(ip, port)} pairs for the key lookups; none for
         the system's resolvers.
     @param timeoutSeconds: each key lookup's lifetime.
-    @param cache: a shared DNS cache (L{qutemail.relay.mx.makeResolver}).
+    @param cache: a shared DNS cache (L{qutemail.dns.makeResolver}).
     @return: one L{DKIMResult} per signature, top first (at most
         L{MAX_SIGNATURES}); C{(DKIMResult("none", "", "", ""),)} when there
         is none.  Never raises.
@@ -372,7 +372,7 @@ class DKIMVerifier:
         max_message_size}); see L{verifyBlocking}.
     @ivar runner: the L{qutemail.blocking.BlockingRunner}.
     @ivar cache: a DNS cache shared by the verifications, or C{None} (see
-        L{qutemail.relay.mx.makeResolver}).
+        L{qutemail.dns.makeResolver}).
     """
 
     nameservers: tuple[tuple[str, int], ...]

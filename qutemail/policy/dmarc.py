@@ -57,7 +57,7 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred
 
-from qutemail.pipeline.authresults import comment, quotedValue
+from qutemail.policy.authresults import comment, quotedValue
 from qutemail.dns import FAILED, FOUND, queryBlocking
 
 PASS = "pass"
@@ -371,7 +371,7 @@ def evaluateBlocking(fromDomain: str, spf: tuple[str, str], dkim: tuple[tuple[st
     @param nameservers: C{(ip, port)} pairs; none for the system's
         resolvers.
     @param timeoutSeconds: each DNS query's lifetime.
-    @param cache: a shared DNS cache (L{qutemail.relay.mx.makeResolver}).
+    @param cache: a shared DNS cache (L{qutemail.dns.makeResolver}).
     @param sample: a number in [0, 100) drawn for this message: a failing
         message with C{sample >= pct} gets the next weaker policy (RFC 7489
         §6.6.4); C{None} applies the policy in full.
@@ -427,7 +427,7 @@ class DMARCEvaluator:
     @ivar random: returns a number in [0, 1) for the C{pct=} sample;
         tests pass their own.
     @ivar cache: a DNS cache shared by the evaluations, or C{None} (see
-        L{qutemail.relay.mx.makeResolver}).
+        L{qutemail.dns.makeResolver}).
     """
 
     nameservers: tuple[tuple[str, int], ...]

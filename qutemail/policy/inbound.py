@@ -31,7 +31,7 @@ import attrs
 from twisted.logger import Logger
 
 from qutemail import replies
-from qutemail.pipeline.authresults import authenticationResults, isSpoofedAuthResults
+from qutemail.policy.authresults import authenticationResults, isSpoofedAuthResults
 from qutemail.message import SpooledMessage
 from qutemail.policy.dmarc import DMARCResult, headerFromDomain
 from qutemail.replies import Reply, ReplyError

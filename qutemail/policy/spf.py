@@ -328,7 +328,7 @@ def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     @param clientIp: the client's IPv4 or IPv6 address.
     @param sender: the MAIL FROM address, C{""} for a null sender.
     @param helo: the HELO/EHLO name.
-    @param cache: a shared DNS cache (L{qutemail.relay.mx.makeResolver}).
+    @param cache: a shared DNS cache (L{qutemail.dns.makeResolver}).
     @return: the L{SPFResult}.
     """
     if sender:
@@ -393,7 +393,7 @@ class SPFChecker:
     @ivar timeoutSeconds: how long one check may spend on DNS.
     @ivar runner: the L{qutemail.blocking.BlockingRunner}.
     @ivar cache: a DNS cache shared by the checks, or C{None} (see
-        L{qutemail.relay.mx.makeResolver}).
+        L{qutemail.dns.makeResolver}).
     """
 
     nameservers: tuple[tuple[str, int], ...] = attrs.field(

@@ -37,8 +37,6 @@ from typing import Any, Callable
 
 import attrs
 import dns.exception
-import dns.name
-import dns.nameserver
 from twisted.internet.defer import FirstError, gatherResults
 from twisted.logger import Logger
 

@@ -20,7 +20,7 @@ from qutemail.access.imapaccount import imapPortal
 from qutemail.access.imapserver import IMAPFactory
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import BlockingRunner
-from qutemail.listener.tls import ServerCredentials, contextFactory, generateSelfSigned
+from qutemail.tlsserver import ServerCredentials, contextFactory, generateSelfSigned
 from qutemail.policy.throttle import AuthThrottle
 from tests.access.test_imapserver import ENCRYPTED_NAME, ORIGINAL, deliver, makeMailbox
 from tests.integration.support import CLIENT_TIMEOUT, waitFor

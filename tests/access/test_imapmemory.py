@@ -90,7 +90,7 @@ def serve(dataDir: str) -> None:
     from qutemail.access.imapserver import IMAPFactory
     from qutemail.backends.memory import MemoryUserDirectory
     from qutemail.blocking import BlockingRunner
-    from qutemail.listener.tls import ServerCredentials, contextFactory
+    from qutemail.tlsserver import ServerCredentials, contextFactory
     from qutemail.policy.throttle import AuthThrottle
 
     runner = BlockingRunner(reactor)

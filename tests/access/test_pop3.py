@@ -24,7 +24,7 @@ from zope.interface.verify import verifyObject
 from qutemail.access.pop3 import DotStuffer, POP3Factory, POP3Realm, pop3Portal
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import BlockingRunner, InlineRunner
-from qutemail.listener.tls import ServerCredentials, contextFactory, generateSelfSigned
+from qutemail.tlsserver import ServerCredentials, contextFactory, generateSelfSigned
 from qutemail.policy.throttle import AuthThrottle
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.vault import FileKeyVault

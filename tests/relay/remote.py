@@ -332,7 +332,7 @@ def selfSignedContext(hostname: str = "mx.remote.test") -> Any:
 
     from twisted.internet.ssl import PrivateCertificate
 
-    from qutemail.listener.tls import generateSelfSigned
+    from qutemail.tlsserver import generateSelfSigned
 
     cert, key = generateSelfSigned(hostname, datetime.datetime.now(datetime.timezone.utc))
     return PrivateCertificate.loadPEM(cert + key).options()

@@ -12,7 +12,7 @@ from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertifi
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from qutemail.listener.tls import generateSelfSigned
+from qutemail.tlsserver import generateSelfSigned
 from qutemail.relay.sender import Relay, remoteReply
 from qutemail.replies import Reply
 from tests.relay.remote import Script, selfSignedContext, startRemote

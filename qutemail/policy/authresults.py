@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.pipeline.test_authresults -*-
+# -*- test-case-name: tests.policy.test_authresults -*-
 """
 The C{Authentication-Results} header field (RFC 8601): writing ours, and
 recognising incoming ones that claim to be ours.

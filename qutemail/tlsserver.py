@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.listener.test_tls -*-
+# -*- test-case-name: tests.test_tlsserver -*-
 """
 TLS for the listeners: the server certificate and its context factory.
 

@@ -11,7 +11,7 @@ from cryptography import x509
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from qutemail.listener.tls import (
+from qutemail.tlsserver import (
     ServerCredentials,
     TLSConfigError,
     contextFactory,

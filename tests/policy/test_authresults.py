@@ -1,12 +1,12 @@
 """
-Tests for L{qutemail.pipeline.authresults}: writing our
+Tests for L{qutemail.policy.authresults}: writing our
 C{Authentication-Results} field and removing forged ones.
 """
 
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.pipeline.authresults import (
+from qutemail.policy.authresults import (
     authenticationResults, comment, isSpoofedAuthResults, quotedValue, stripSpoofed,
 )
 
