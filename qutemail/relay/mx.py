@@ -36,7 +36,6 @@ import random
 from typing import Any, Callable
 
 import attrs
-import dns.exception
 from twisted.internet.defer import FirstError, gatherResults
 from twisted.logger import Logger
 
