@@ -88,3 +88,24 @@ def parseAccountAddress(text: str, domains: tuple[str, ...] | None = None) -> Ac
             f"{text!r}: domain {domain!r} is not a local domain ({', '.join(domains)})"
         )
     return AccountAddress(local, domain)
+
+
+def domainOf(address: str) -> str:
+    """
+    @return: the domain of an address, lower case, without a final dot
+        (C{""} when it has none).
+    """
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def isLocalAddress(address: str, domains: tuple[str, ...] | frozenset[str]) -> bool:
+    """
+    The one rule for "is this one of our addresses": its domain is one of
+    ours.
+
+    @param address: the address.
+    @param domains: our domains, lower case, without a final dot (as
+        C{[server] domains} gives them).
+    @return: whether the address's domain is among them.
+    """
+    return domainOf(address) in domains

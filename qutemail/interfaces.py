@@ -286,3 +286,77 @@ class IDKIMKeys(Interface):
         @return: a Deferred firing with a L{qutemail.pipeline.dkim.SigningKey},
             or C{None} when the domain has no key (mail goes unsigned).
         """
+
+
+class IRelayQueue(Interface):
+    """
+    Messages some of whose recipients wait: for their first relay attempt,
+    or for a retry of a delivery that failed for now.  The router adds to
+    it; the retry scheduler takes due entries from it and records each
+    outcome.  Entries are L{qutemail.message.QueueEntry} objects, whose
+    recipients' states the scheduler changes in place before calling
+    L{update}.
+    """
+
+    def add(message, recipients, dkimHeader: str = ""):
+        """
+        Queue a message for some of its recipients, durably.  If the
+        message is already queued (routed again after a crash), the entry
+        already queued wins and is returned.
+
+        @param message: the L{qutemail.message.SpooledMessage}.
+        @param recipients: their L{qutemail.message.RecipientState}s.
+        @param dkimHeader: the message's DKIM-Signature field, or C{""}.
+        @return: a Deferred firing with the L{qutemail.message.QueueEntry}
+            once it is durable; then every subscriber is told of it.
+        """
+
+    def update(entry):
+        """
+        Record an entry's changed recipient states durably; an entry with
+        nothing left waiting is removed.  An entry removed meanwhile stays
+        removed.
+
+        @return: a Deferred firing when the change is durable.
+        """
+
+    def remove(queueId: str):
+        """
+        Delete an entry whatever its state.
+
+        @return: a Deferred firing with whether there was such an entry.
+        """
+
+    def get(queueId: str):
+        """
+        @return: a Deferred firing with the entry, or C{None}.
+        """
+
+    def refresh():
+        """
+        Pick up entries other processes added (extra SMTP workers share
+        one queue).
+
+        @return: a Deferred firing with the number of new entries.
+        """
+
+    def due(now: float, limit: int, busy=()):
+        """
+        @param now: the current time.
+        @param limit: the most entries to return.
+        @param busy: queue ids to leave out (attempts in progress).
+        @return: a Deferred firing with the entries that have a recipient
+            due by C{now}: never-tried ones first, then the longest waiting.
+        """
+
+    def waiting():
+        """
+        @return: a Deferred firing with every entry that has a recipient
+            still waiting.
+        """
+
+    def subscribe(callback):
+        """
+        Have C{callback(entry)} called with every entry added from now on
+        (the scheduler starts a fresh entry at once).  Returns nothing.
+        """

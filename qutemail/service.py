@@ -17,6 +17,7 @@ import os
 import socket
 from typing import Any
 
+import attrs
 import dns.resolver
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -36,7 +37,7 @@ from qutemail.backends.redisvault import RedisKeyVault
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
-from qutemail.listener.smtp import SMTPServerFactory
+from qutemail.listener.smtp import SessionSettings, SMTPServerFactory
 from qutemail.pipeline.dkimverify import DKIMVerifier
 from qutemail.policy.dmarc import DMARCEvaluator
 from qutemail.policy.inbound import InboundChecks
@@ -55,7 +56,10 @@ from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService
 from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
 from qutemail.qkd.vault import FileKeyVault
 from qutemail.store.encrypted import MessageEncryptor
+from qutemail.pipeline.intake import Intake
 from qutemail.pipeline.router import Router
+from qutemail.policy.session import SessionPolicy
+from qutemail.store.delivery import LocalDelivery
 from qutemail.message import QueueIds
 from qutemail.pipeline.signing import OutboundSigner, ensureKey
 from qutemail.queue.control import ControlService, controlPath
@@ -117,21 +121,20 @@ class SpoolService(Service):
     _log = Logger()
     name = "spool"
 
-    def __init__(self, journal: Journal, queue: DeferredQueue, router: Router, spillDirectory: str,
+    def __init__(self, intake: Intake, queue: DeferredQueue, spillDirectory: str,
                  orphans: list | None = None, loadQueue: bool = True) -> None:
         """
-        @param journal: the journal.
+        @param intake: the intake, which owns the journal and gets the
+            recovered messages.
         @param queue: the deferred queue.
-        @param router: the router, which gets the recovered messages.
         @param spillDirectory: C{queue/large/}.
-        @param orphans: C{(journal, router, spillDirectory)} of journals left
-            by workers that no longer exist.
+        @param orphans: C{(intake, spillDirectory)} of the journals left by
+            workers that no longer exist, each with an intake of its own.
         @param loadQueue: read the deferred queue (the main process only:
             it alone retries).
         """
-        self.journal = journal
+        self.intake = intake
         self.queue = queue
-        self.router = router
         self.spillDirectory = spillDirectory
         self.orphans = orphans or []
         self.loadQueue = loadQueue
@@ -144,21 +147,21 @@ class SpoolService(Service):
         """
         Service.startService(self)
         entries = self.queue.load() if self.loadQueue else []
-        recovered = self._recover(self.journal, self.router, self.spillDirectory)
-        for journal, router, spill in self.orphans:
-            recovered += self._recover(journal, router, spill)
+        recovered = self._recover(self.intake, self.spillDirectory)
+        for intake, spill in self.orphans:
+            recovered += self._recover(intake, spill)
         if recovered or entries:
             self._log.info("recovered {messages} unfinished messages and {deferred} deferred entries",
                            messages=recovered, deferred=len(entries))
 
-    def _recover(self, journal: Journal, router: Router, spillDirectory: str) -> int:
+    def _recover(self, intake: Intake, spillDirectory: str) -> int:
         """
-        Recover one journal and hand its unfinished messages to its router.
+        Recover one journal and hand its unfinished messages to its intake.
 
         @return: how many there were.
         """
         os.makedirs(spillDirectory, exist_ok=True)
-        recovered = journal.recover()
+        recovered = intake.journal.recover()
         live = {m.path for m in recovered if m.path}
         for name in os.listdir(spillDirectory):
             path = os.path.join(spillDirectory, name)
@@ -166,7 +169,7 @@ class SpoolService(Service):
                 # A body never acknowledged (no journal record): not ours.
                 os.unlink(path)
         for message in recovered:
-            router.accept(message, recovering=True)
+            intake.recover(message)
         return len(recovered)
 
     def stopService(self):
@@ -180,9 +183,9 @@ class SpoolService(Service):
         """
         Wait for routing, then close the journals.
         """
-        for journal, router in [(self.journal, self.router)] + [(j, r) for j, r, _ in self.orphans]:
-            await router.stop()
-            await journal.close()
+        for intake in [self.intake] + [i for i, _ in self.orphans]:
+            await intake.stop()
+            await intake.journal.close()
 
 
 class AdoptedListenerService(Service):
@@ -489,23 +492,23 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     signer = OutboundSigner(FileDKIMKeys.fromConfig(config.dkim, dataDir, server.domains, runner), runner,
                             server.domains, config.smtp.maxMessageBytes)
 
-    def routerFor(journal: Journal) -> Router:
-        return Router(journal=journal, store=store, users=users, queue=queue, clock=reactor,
-                      hostname=server.hostname, domains=server.domains, queueIds=queueIds,
-                      retrySchedule=config.relay.retrySchedule, runner=runner, signer=signer,
-                      encryptor=encryptor)
+    local = LocalDelivery(store=store, users=users, domains=server.domains, encryptor=encryptor)
+    router = Router(local=local, queue=queue, clock=reactor, retrySchedule=config.relay.retrySchedule,
+                    signer=signer)
+    inbound = buildInbound(config, reactor, root)
+
+    def intakeFor(journalDir: str, spillDir: str) -> Intake:
+        return Intake(journal=Journal(journalDir, runner, reactor), router=router, clock=reactor, runner=runner,
+                      queueIds=queueIds, spoolDirectory=spillDir, hostname=server.hostname, inbound=inbound)
 
     journalDir, spillDir = journalPaths(queueDir, workerIndex)
-    journal = Journal(journalDir, runner, reactor)
-    router = routerFor(journal)
+    intake = intakeFor(journalDir, spillDir)
     orphans = []
     if workerIndex == 0:
         for index in orphanIndexes(queueDir, server.workers):
             orphanDir, orphanSpill = journalPaths(queueDir, index)
-            orphanJournal = Journal(orphanDir, runner, reactor)
-            orphans.append((orphanJournal, routerFor(orphanJournal), orphanSpill))
-    SpoolService(journal, queue, router, spillDir, orphans,
-                 loadQueue=workerIndex == 0).setServiceParent(root)
+            orphans.append((intakeFor(orphanDir, orphanSpill), orphanSpill))
+    SpoolService(intake, queue, spillDir, orphans, loadQueue=workerIndex == 0).setServiceParent(root)
     if workerIndex == 0 and config.mailbox.retentionDays:
         retention = RetentionService(
             RetentionSweep(dataDir, config.mailbox.retentionDays, vault, runner, reactor), reactor)
@@ -513,24 +516,18 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         retention.setServiceParent(root)
     scheduler = None
     if workerIndex == 0:
-        scheduler = RetryScheduler(router, reactor, config.relay.retrySchedule,
-                                   config.relay.queueLifetimeSeconds, relay=buildRelay(config, reactor, runner))
+        scheduler = RetryScheduler(queue=queue, local=local, bounce=intake.bounce, clock=reactor,
+                                   retrySchedule=config.relay.retrySchedule,
+                                   queueLifetimeSeconds=config.relay.queueLifetimeSeconds,
+                                   relay=buildRelay(config, reactor, runner))
         scheduler.setServiceParent(root)
-        for r in [router] + [orphanRouter for _, orphanRouter, _ in orphans]:
-            r.onQueued = lambda entry: scheduler.kick()
         ControlService(reactor, controlPath(dataDir), scheduler).setServiceParent(root)
 
     now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
     credentials = serverCredentials(config.tls.cert, config.tls.key, server.hostname, dataDir, now)
     tlsContext = contextFactory(credentials, now)
 
-    policy = RecipientPolicy(users, store, server.domains, config.smtp.maxMessageBytes)
-    factoryArgs = dict(
-        hostname=server.hostname, domains=server.domains, policy=policy, journal=journal,
-        router=router, runner=runner, queueIds=queueIds, clock=reactor, spoolDirectory=spillDir,
-        maxMessageBytes=config.smtp.maxMessageBytes, maxRecipients=config.smtp.maxRecipients,
-        idleTimeoutSeconds=config.smtp.idleTimeoutSeconds, tlsContext=tlsContext,
-    )
+    envelopePolicy = RecipientPolicy(users, store, server.domains, config.smtp.maxMessageBytes)
     listen = listen or {}
     root.listeners = {}
     portal = Portal(MailRealm(submitterFactory), [UserDirectoryChecker(users)])
@@ -540,11 +537,14 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         limiter = RedisRateLimiter(connectRedis(config.redis.url), reactor)
         ClosingService("redis", limiter.disconnect).setServiceParent(root)
     limits = config.limits
-    factoryArgs.update(limiter=limiter, connectionsPerIp=limits.connectionsPerIp)
-    submissionArgs = dict(factoryArgs, portal=portal, throttle=throttle,
-                          messagesPerHour=limits.messagesPerUserHour)
-    factoryArgs["messagesPerHour"] = limits.messagesPerIpHour
-    factoryArgs["inbound"] = buildInbound(config, reactor, root)
+    settings = SessionSettings(
+        hostname=server.hostname, domains=server.domains, maxMessageBytes=config.smtp.maxMessageBytes,
+        maxRecipients=config.smtp.maxRecipients, idleTimeoutSeconds=config.smtp.idleTimeoutSeconds,
+        tlsContext=tlsContext, connectionsPerIp=limits.connectionsPerIp)
+    factoryArgs = dict(intake=intake, clock=reactor, settings=settings,
+                       policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerIpHour, inbound))
+    submissionArgs = dict(factoryArgs, settings=attrs.evolve(settings, portal=portal, throttle=throttle),
+                          policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerUserHour))
     if adoptFd is not None:
         service = AdoptedListenerService(reactor, adoptFd, SMTPServerFactory(**factoryArgs))
         service.setName("listener-mta")
@@ -556,7 +556,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             wanted.append(("mta", config.smtp.mtaPort, factoryArgs))
         if not mtaOnly and workerIndex == 0:
             wanted.append(("submission", config.smtp.submissionPort, submissionArgs))
-            wanted.append(("smtps", config.smtp.smtpsPort, dict(submissionArgs, implicitTLS=True)))
+            wanted.append(("smtps", config.smtp.smtpsPort, dict(
+                submissionArgs, settings=attrs.evolve(submissionArgs["settings"], implicitTLS=True))))
         if not mtaOnly and not msaOnly and workerIndex == 0:
             popPortal = pop3Portal(users, dataDir, vault, runner)
             for name, port, implicit in (("pop3", config.pop3.port, False), ("pop3s", config.pop3.tlsPort, True)):
@@ -582,7 +583,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         else:
             factory = SMTPServerFactory(**args)
         listening = factory
-        if args.get("implicitTLS"):
+        if args.get("implicitTLS") or ("settings" in args and args["settings"].implicitTLS):
             # RFC 8314: TLS from the first byte on the submissions port.
             listening = TLSMemoryBIOFactory(tlsContext, False, factory)
         service = ListenerService(serverFromString(reactor, description), listening)
@@ -602,6 +603,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         WorkerPool(reactor, os.path.abspath(config.path), server.workers - 1,
                    root.listeners["mta"]).setServiceParent(root)
     root.router = router
+    root.intake = intake
+    root.queue = queue
+    root.encryptor = encryptor
     root.scheduler = scheduler
     root.users = users
     return root

@@ -16,14 +16,17 @@ from twisted.internet.testing import StringTransport
 
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import InlineRunner
-from qutemail.listener.smtp import SMTPServerFactory
-from qutemail.pipeline.router import Router
+from qutemail.listener.smtp import SessionSettings, SMTPServerFactory
 from qutemail.message import QueueIds
+from qutemail.pipeline.intake import Intake
+from qutemail.pipeline.router import Router
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
+from qutemail.policy.session import SessionPolicy
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
+from qutemail.store.delivery import LocalDelivery
 from qutemail.store.maildir import MaildirStore, mailboxPath
 
 HOSTNAME = "mail.example.test"
@@ -47,6 +50,8 @@ class Stack:
     router: Router
     scheduler: RetryScheduler
     factory: SMTPServerFactory
+    intake: Intake
+    local: LocalDelivery
 
     def mailbox(self, address: str) -> str:
         """
@@ -93,19 +98,19 @@ def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageB
     queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
     queue.load()
     queueIds = QueueIds(clock)
-    router = Router(journal=journal, store=store, users=users, queue=queue, clock=clock,
-                    hostname=HOSTNAME, domains=DOMAINS, queueIds=queueIds, retrySchedule=RETRY,
-                    runner=runner)
-    scheduler = RetryScheduler(router, clock, RETRY, lifetime)
-    policy = RecipientPolicy(users, store, DOMAINS, maxMessageBytes)
-    factory = SMTPServerFactory(
-        hostname=HOSTNAME, domains=DOMAINS, policy=policy, journal=journal, router=router,
-        runner=runner, queueIds=queueIds, clock=clock, spoolDirectory=spill,
-        maxMessageBytes=maxMessageBytes, maxRecipients=maxRecipients,
-        idleTimeoutSeconds=idleTimeoutSeconds, limiter=MemoryRateLimiter(),
-        messagesPerHour=messagesPerHour, connectionsPerIp=connectionsPerIp,
-    )
-    return Stack(dataDir, clock, runner, users, store, journal, queue, router, scheduler, factory)
+    local = LocalDelivery(store=store, users=users, domains=DOMAINS)
+    router = Router(local=local, queue=queue, clock=clock, retrySchedule=RETRY)
+    intake = Intake(journal=journal, router=router, clock=clock, runner=runner, queueIds=queueIds,
+                    spoolDirectory=spill, hostname=HOSTNAME)
+    scheduler = RetryScheduler(queue=queue, local=local, bounce=intake.bounce, clock=clock,
+                               retrySchedule=RETRY, queueLifetimeSeconds=lifetime)
+    policy = SessionPolicy(RecipientPolicy(users, store, DOMAINS, maxMessageBytes), clock,
+                           MemoryRateLimiter(), messagesPerHour)
+    settings = SessionSettings(hostname=HOSTNAME, domains=DOMAINS, maxMessageBytes=maxMessageBytes,
+                               maxRecipients=maxRecipients, idleTimeoutSeconds=idleTimeoutSeconds,
+                               connectionsPerIp=connectionsPerIp)
+    factory = SMTPServerFactory(intake=intake, policy=policy, settings=settings, clock=clock)
+    return Stack(dataDir, clock, runner, users, store, journal, queue, router, scheduler, factory, intake, local)
 
 
 def connect(factory, host: str = "192.0.2.7"):

@@ -46,7 +46,7 @@ class RecoveryTests(SynchronousTestCase):
         @return: the new stack.
         """
         stack = buildStack(dataDir)
-        service = SpoolService(stack.journal, stack.queue, stack.router, os.path.join(dataDir, "queue", "large"))
+        service = SpoolService(stack.intake, stack.queue, os.path.join(dataDir, "queue", "large"))
         service.startService()
         self.addCleanup(service.stopService)
         return stack

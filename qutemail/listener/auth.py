@@ -6,7 +6,7 @@ session is encrypted.
 
 L{AuthMixin} is mixed into L{qutemail.listener.smtp.SMTPServer}; it uses the
 session's C{reply}, C{write}, C{_error}, C{_wait} and C{_peer}, and the
-factory's C{portal}, C{throttle} and C{clock}.
+session's C{portal}, C{throttle} and C{clock}.
 """
 
 import base64
@@ -78,13 +78,13 @@ class AuthMixin:
         Whether AUTH is offered now: on a submission listener, over TLS
         (RFC 8314 §3, RFC 6409: never a password in the clear), not yet done.
         """
-        return self.factory.portal is not None and self.startedTLS and self.authenticatedAs is None
+        return self.portal is not None and self.startedTLS and self.authenticatedAs is None
 
     def do_AUTH(self, rest: bytes):
         """
         AUTH mechanism [initial-response].
         """
-        if self.factory.portal is None:
+        if self.portal is None:
             return self._error(replies.NOT_IMPLEMENTED)
         if self.authenticatedAs is not None:
             return self._error(replies.AUTH_ALREADY)
@@ -92,7 +92,7 @@ class AuthMixin:
             return self._error(replies.TLS_REQUIRED)
         if self._sender is not None:
             return self._error(replies.BAD_SEQUENCE.withText("AUTH not allowed during a mail transaction"))
-        if not self.factory.throttle.allowed(self._peer, self.factory.clock.seconds()):
+        if not self.throttle.allowed(self._peer, self.clock.seconds()):
             self._log.info("AUTH refused for {peer}: locked out after failures", peer=self._peer)
             return self.reply(replies.AUTH_THROTTLED)
         words = rest.split()
@@ -158,17 +158,17 @@ class AuthMixin:
         """
         Ask the portal; answer 235, or 535 after a delay.
         """
-        clock = self.factory.clock
+        clock = self.clock
         try:
-            _, avatar, _ = await self.factory.portal.login(UsernamePassword(user, password), None, ISubmitter)
+            _, avatar, _ = await self.portal.login(UsernamePassword(user, password), None, ISubmitter)
         except UnauthorizedLogin:
-            delay = self.factory.throttle.failed(self._peer, clock.seconds(), user.lower())
+            delay = self.throttle.failed(self._peer, clock.seconds(), user.lower())
             self._log.info("AUTH failed from {peer} for {user}", peer=self._peer, user=user)
             # Slow guessing down; the session holds its input meanwhile.
             await deferLater(clock, delay, lambda: None)
             self.reply(replies.AUTH_FAILED)
             return
-        self.factory.throttle.succeeded(self._peer, avatar.address)
+        self.throttle.succeeded(self._peer, avatar.address)
         self.authenticatedAs = avatar.address
         self._log.info("AUTH as {user} from {peer}", user=avatar.address, peer=self._peer)
         self.reply(replies.AUTH_OK)

@@ -21,13 +21,15 @@ What this class changes, and why:
     streamed into a L{SpoolWriter} with its size capped (RFC 1870).
   - Replies all come from L{qutemail.replies} and carry enhanced status codes
     (RFC 2034); a temporary failure of ours is a 4xx, never Twisted's 550.
-  - 250 after DATA only once the journal has synced the message.
+  - 250 after DATA only once the intake has the message durable in the
+    journal: the session asks the intake
+    (L{qutemail.pipeline.intake.Intake}) for the reply, and the policy
+    (L{qutemail.policy.session.SessionPolicy}) for every verdict before it.
 """
 
 import email.parser
 import email.policy
 import email.utils
-import os
 import re
 from typing import Any
 
@@ -38,15 +40,14 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
-from twisted.python.failure import Failure
 
 from qutemail import replies
 from qutemail.listener.auth import MECHANISMS, AuthMixin
 from qutemail.listener.headerfilter import SpoofedResultsFilter
 from qutemail.listener.address import PathError, parseParameters, parsePath, splitArgument
-from qutemail.replies import replyFor
-from qutemail.pipeline.spool import SpoolWriter
 from qutemail.message import Envelope
+from qutemail.pipeline.intake import InboundContext
+from qutemail.pipeline.spool import SpoolWriter
 from qutemail.replies import Reply, ReplyError
 
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF;
@@ -63,8 +64,6 @@ _LONG_LINE = re.compile(rb"\n[^\n]{%d}" % (MAX_TEXT_LINE_OCTETS - 1,))
 MAX_ERRORS = 20
 # Pause reading while more than this much body waits to be written.
 MAX_PENDING_BYTES = 4 * 1024 * 1024
-# The window of the message rate limits.
-HOUR_SECONDS = 3600.0
 # The most header kept for the From check of authenticated submissions.
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -83,25 +82,62 @@ def setNoDelay(transport: Any) -> None:
         transport = getattr(transport, "transport", None)
 
 
+@attrs.frozen
+class SessionSettings:
+    """
+    What a listener's sessions are told about themselves.
+
+    @ivar hostname: this server's name, for the greeting and Received.
+    @ivar domains: the local domains (C{postmaster} goes to the first).
+    @ivar maxMessageBytes: the SIZE limit.
+    @ivar maxRecipients: recipients per transaction.
+    @ivar idleTimeoutSeconds: idle time before a 421.
+    @ivar tlsContext: the TLS context factory for STARTTLS, or C{None} to
+        offer no TLS.
+    @ivar implicitTLS: the listener wraps every connection in TLS (465).
+    @ivar portal: for a submission listener, the cred portal AUTH logs in
+        through (MAIL then needs AUTH); C{None} on the MTA port.
+    @ivar throttle: the L{qutemail.policy.throttle.AuthThrottle}.
+    @ivar connectionsPerIp: concurrent sessions per client IP; 0 for no
+        limit.
+    """
+
+    hostname: str
+    domains: tuple[str, ...]
+    maxMessageBytes: int
+    maxRecipients: int
+    idleTimeoutSeconds: float
+    tlsContext: Any = None
+    implicitTLS: bool = False
+    portal: Any = None
+    throttle: Any = None
+    connectionsPerIp: int = 0
+
+
 class SMTPServer(AuthMixin, ESMTP):
     """
-    One SMTP session.
-
-    The factory supplies everything this needs: C{hostname}, C{policy},
-    C{journal}, C{router}, C{runner}, C{queueIds}, C{clock},
-    C{maxMessageBytes}, C{maxRecipients}, C{spoolDirectory}.
+    One SMTP session: the protocol only.  Every verdict comes from the
+    policy, and every message goes to the intake, which gives the reply.
     """
 
     _log = Logger()
 
-    def __init__(self, factory: "SMTPServerFactory") -> None:
+    def __init__(self, intake: Any, policy: Any, settings: SessionSettings, clock: Any) -> None:
         """
-        @param factory: the L{SMTPServerFactory} that made this session.
+        @param intake: the L{qutemail.pipeline.intake.Intake}.
+        @param policy: the L{qutemail.policy.session.SessionPolicy}.
+        @param settings: the listener's L{SessionSettings}.
+        @param clock: an C{IReactorTime} (timeouts, durations).
         """
         ESMTP.__init__(self)
-        self.factory = factory
-        self.host = factory.hostname.encode("ascii")
-        self.timeout = factory.idleTimeoutSeconds
+        self.intake = intake
+        self.policy = policy
+        self.settings = settings
+        self.clock = clock
+        self.portal = settings.portal
+        self.throttle = settings.throttle
+        self.host = settings.hostname.encode("ascii")
+        self.timeout = settings.idleTimeoutSeconds
         self._buffer = b""
         self._mode = _COMMAND
         self._busy = False
@@ -126,7 +162,7 @@ class SMTPServer(AuthMixin, ESMTP):
         """
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
-        self._startedAt = self.factory.clock.seconds()
+        self._startedAt = self.clock.seconds()
         if not self.factory.admit(self._peer):
             self._log.info("refused {peer}: too many connections", peer=self._peer)
             self.reply(replies.TOO_MANY_CONNECTIONS)
@@ -139,9 +175,9 @@ class SMTPServer(AuthMixin, ESMTP):
         # without this, Nagle's algorithm and the client's delayed ACK hold
         # each back about 40 ms.
         setNoDelay(self.transport)
-        self.ctx = self.factory.tlsContext
+        self.ctx = self.settings.tlsContext
         # Port 465 (RFC 8314): TLS from the first byte, so no STARTTLS.
-        self.startedTLS = self.factory.implicitTLS
+        self.startedTLS = self.settings.implicitTLS
         self.canStartTLS = (not self.startedTLS and self.ctx is not None
                             and ITLSTransport.providedBy(self.transport))
         self.write(b"220 " + self.host + b" ESMTP QutEmail\r\n")
@@ -162,7 +198,7 @@ class SMTPServer(AuthMixin, ESMTP):
         self._log.info(
             "session from {peer} closed after {seconds:.1f}s: {messages} messages, {commands} commands",
             peer=self._peer,
-            seconds=self.factory.clock.seconds() - self._startedAt,
+            seconds=self.clock.seconds() - self._startedAt,
             messages=self._messages,
             commands=self._commands,
         )
@@ -384,7 +420,7 @@ class SMTPServer(AuthMixin, ESMTP):
         """
         ext: dict[bytes, list[bytes] | None] = {
             b"PIPELINING": None,
-            b"SIZE": [b"%d" % self.factory.maxMessageBytes],
+            b"SIZE": [b"%d" % self.settings.maxMessageBytes],
             b"8BITMIME": None,
             b"ENHANCEDSTATUSCODES": None,
         }
@@ -491,7 +527,7 @@ class SMTPServer(AuthMixin, ESMTP):
             return self._error(replies.NEED_HELO)
         if self._sender is not None:
             return self._error(replies.NESTED_MAIL)
-        if self.factory.portal is not None and self.authenticatedAs is None:
+        if self.portal is not None and self.authenticatedAs is None:
             # RFC 6409 §4.3: submission needs authentication
             return self._error(replies.AUTH_REQUIRED)
         try:
@@ -519,24 +555,11 @@ class SMTPServer(AuthMixin, ESMTP):
 
     async def _mail(self, sender: str, declared: int | None) -> None:
         """
-        Check the rate limit, then ask the policy about the sender.
+        Ask the policy about the sender (rate limit, envelope rules, SPF).
         """
-        factory = self.factory
-        if factory.messagesPerHour:
-            key = f"user:{self.authenticatedAs}" if self.authenticatedAs else f"ip:{self._peer}"
-            allowed = await factory.limiter.consume(key, 1, factory.messagesPerHour, HOUR_SECONDS,
-                                                   factory.clock.seconds())
-            if not allowed:
-                self._log.info("rate limit for {key}: {limit} messages per hour", key=key,
-                               limit=factory.messagesPerHour)
-                self.reply(replies.RATE_LIMITED.withText(
-                    f"Rate limit of {factory.messagesPerHour} messages per hour exceeded, try again later"))
-                return
-        spf = None
         try:
-            await self.factory.policy.checkSender(sender, declared, self.authenticatedAs)
-            if factory.inbound is not None and self.authenticatedAs is None:
-                spf = await factory.inbound.checkSender(self._peer, sender, self._heloName or "")
+            spf = await self.policy.checkSender(peer=self._peer, sender=sender, declaredSize=declared,
+                                                authenticated=self.authenticatedAs, helo=self._heloName or "")
         except ReplyError as e:
             if e.reply.isTemporary:
                 self.reply(e.reply)
@@ -564,12 +587,12 @@ class SMTPServer(AuthMixin, ESMTP):
             params = parseParameters(words)
         except PathError:
             if rest[:3].upper() == b"TO:" and rest[3:].strip().lower() == b"<postmaster>":
-                recipient, params = f"postmaster@{self.factory.domains[0]}", {}
+                recipient, params = f"postmaster@{self.settings.domains[0]}", {}
             else:
                 return self._error(replies.BAD_RECIPIENT_SYNTAX)
         if params:
             return self._error(replies.PARAM_NOT_IMPLEMENTED)
-        if len(self._recipients) >= self.factory.maxRecipients:
+        if len(self._recipients) >= self.settings.maxRecipients:
             # RFC 5321 §4.5.3.1.8: 452 and the client sends the rest later
             return self.reply(replies.TOO_MANY_RECIPIENTS)
         return ensureDeferred(self._rcpt(recipient))
@@ -579,7 +602,7 @@ class SMTPServer(AuthMixin, ESMTP):
         Ask the policy about a recipient.
         """
         try:
-            account = await self.factory.policy.checkRecipient(
+            account = await self.policy.checkRecipient(
                 recipient, self._declaredSize, self.authenticatedAs
             )
         except ReplyError as e:
@@ -606,15 +629,12 @@ class SMTPServer(AuthMixin, ESMTP):
             return self._error(replies.NEED_MAIL)
         if not self._recipients:
             return self._error(replies.NEED_RCPT)
-        factory = self.factory
-        self._queueId = factory.queueIds.next()
-        self._receivedAt = factory.clock.seconds()
-        self._writer = SpoolWriter(factory.runner, factory.spillPath(self._queueId))
+        self._queueId, self._writer = self.intake.newMessage()
+        self._receivedAt = self.clock.seconds()
         if self._spf is not None:
             # RFC 7208 §9.1: above the Received field of this hop
-            self._writer.write(factory.inbound.traceHeader(
-                self._spf, self._peer, self._sender, self._heloName or ""))
-            self._filter = SpoofedResultsFilter(factory.inbound.isForged)
+            self._writer.write(self.policy.traceHeader(self._spf, self._peer, self._sender, self._heloName or ""))
+            self._filter = SpoofedResultsFilter(self.policy.isForged)
         self._writer.write(self._receivedHeader())
         self._dataFailure: Reply | None = None
         self._dataSize = 0
@@ -640,7 +660,7 @@ class SMTPServer(AuthMixin, ESMTP):
         date = email.utils.formatdate(self._receivedAt)
         text = (
             f"Received: from {self._heloName} ([{self._peer}])\n"
-            f"\tby {self.factory.hostname} (QutEmail) with {protocol} id {self._queueId}"
+            f"\tby {self.settings.hostname} (QutEmail) with {protocol} id {self._queueId}"
             f"{forClause};\n\t{date}\n"
         )
         return text.encode("utf-8", "replace")
@@ -725,7 +745,7 @@ class SMTPServer(AuthMixin, ESMTP):
             self._keepHeader(lines)
         # RFC 1870 counts the message as sent, with CRLF line ends
         self._dataSize += len(lines) + crlf
-        if self._dataSize > self.factory.maxMessageBytes:
+        if self._dataSize > self.settings.maxMessageBytes:
             return self._failData(replies.TOO_BIG)
         if self._filter is not None:
             lines = self._filter.feed(lines)
@@ -778,98 +798,31 @@ class SMTPServer(AuthMixin, ESMTP):
             return
         envelope = Envelope(sender, recipients, self._heloName or "", self._peer,
                             self._receivedAt, self.authenticatedAs)
-        try:
-            message = await writer.finish(self._queueId, envelope)
-            if spf is not None:
-                verdict = await self.factory.inbound.checkMessage(spf, message, bytes(self._header))
-                if verdict.reject is not None:
-                    await writer.discard()
-                    self._log.info("rejected message {queueId} from {peer}: {reply}",
-                                   queueId=self._queueId, peer=self._peer, reply=str(verdict.reject))
-                    self.reply(verdict.reject)
-                    return
-                message = attrs.evolve(message, envelope=attrs.evolve(
-                    envelope, addedHeaders=verdict.addedHeaders, folder=verdict.folder))
-            await self.factory.journal.commit(message)
-        except Exception:
-            # Our fault (disk full, I/O error): the client must try again.
-            f = Failure()
-            self._log.failure("could not spool {queueId}", f, queueId=self._queueId)
-            writer.abort()
-            self.reply(replyFor(f))
-            return
-        self._messages += 1
-        self.reply(replies.QUEUED.withText(f"Ok: queued as {message.queueId}"))
-        self.factory.router.accept(message)
+        checks = InboundContext(spf, bytes(self._header)) if spf is not None else None
+        reply = await self.intake.submit(self._queueId, writer, envelope, checks)
+        if reply.code == replies.QUEUED.code:
+            self._messages += 1
+        self.reply(reply)
 
 
 class SMTPServerFactory(ServerFactory):
     """
-    Builds L{SMTPServer} sessions for one listener.
+    Builds L{SMTPServer} sessions for one listener, and counts them.
     """
 
-    def __init__(self, *, hostname: str, domains: tuple[str, ...], policy: Any, journal: Any,
-                 router: Any, runner: Any, queueIds: Any, clock: Any, spoolDirectory: str,
-                 maxMessageBytes: int, maxRecipients: int, idleTimeoutSeconds: float,
-                 tlsContext: Any = None, portal: Any = None, throttle: Any = None,
-                 implicitTLS: bool = False, limiter: Any = None, messagesPerHour: int = 0,
-                 connectionsPerIp: int = 0, inbound: Any = None) -> None:
+    def __init__(self, *, intake: Any, policy: Any, settings: SessionSettings, clock: Any) -> None:
         """
-        @param hostname: this server's name, for the greeting and Received.
-        @param domains: the local domains.
-        @param policy: the L{qutemail.policy.envelope.RecipientPolicy}.
-        @param journal: the L{qutemail.queue.journal.Journal}.
-        @param router: the L{qutemail.pipeline.router.Router}.
-        @param runner: the L{qutemail.blocking.BlockingRunner}.
-        @param queueIds: the L{qutemail.pipeline.router.QueueIds}.
+        @param intake: the L{qutemail.pipeline.intake.Intake}.
+        @param policy: the listener's L{qutemail.policy.session.SessionPolicy}.
+        @param settings: the listener's L{SessionSettings}.
         @param clock: an C{IReactorTime}; the sessions' timeouts use it.
-        @param spoolDirectory: where large bodies are spilled.
-        @param maxMessageBytes: the SIZE limit.
-        @param maxRecipients: recipients per transaction.
-        @param idleTimeoutSeconds: idle time before a 421.
-        @param tlsContext: the TLS context factory for STARTTLS, or C{None}
-            to offer no TLS.
-        @param portal: for a submission listener, the cred portal AUTH logs
-            in through (MAIL then needs AUTH); C{None} on the MTA port.
-        @param throttle: the L{qutemail.policy.throttle.AuthThrottle}.
-        @param implicitTLS: the listener wraps every connection in TLS
-            (port 465).
-        @param limiter: the L{qutemail.interfaces.IRateLimiter}.
-        @param messagesPerHour: messages per client IP (MTA) or per
-            authenticated user (submission) per hour; 0 for no limit.
-        @param connectionsPerIp: concurrent sessions per client IP; 0 for
-            no limit.
-        @param inbound: the L{qutemail.policy.inbound.InboundChecks} that
-            unauthenticated mail goes through, or C{None} for none.
         """
-        self.inbound = inbound
-        self.limiter = limiter
-        self.messagesPerHour = messagesPerHour
-        self.connectionsPerIp = connectionsPerIp
-        self._connections: dict[str, int] = {}
-        self.tlsContext = tlsContext
-        self.portal = portal
-        self.throttle = throttle
-        self.implicitTLS = implicitTLS
-        self.hostname = hostname
-        self.domains = domains
+        self.intake = intake
         self.policy = policy
-        self.journal = journal
-        self.router = router
-        self.runner = runner
-        self.queueIds = queueIds
+        self.settings = settings
         self.clock = clock
-        self.spoolDirectory = spoolDirectory
-        self.maxMessageBytes = maxMessageBytes
-        self.maxRecipients = maxRecipients
-        self.idleTimeoutSeconds = idleTimeoutSeconds
+        self._connections: dict[str, int] = {}
         self.sessions: set[SMTPServer] = set()
-
-    def spillPath(self, queueId: str) -> str:
-        """
-        @return: the spill file of a message.
-        """
-        return os.path.join(self.spoolDirectory, queueId)
 
     def admit(self, ip: str) -> bool:
         """
@@ -878,7 +831,7 @@ class SMTPServerFactory(ServerFactory):
         @return: whether it is admitted.
         """
         count = self._connections.get(ip, 0)
-        if self.connectionsPerIp and count >= self.connectionsPerIp:
+        if self.settings.connectionsPerIp and count >= self.settings.connectionsPerIp:
             return False
         self._connections[ip] = count + 1
         return True
@@ -897,7 +850,8 @@ class SMTPServerFactory(ServerFactory):
         """
         Make a session whose timeouts run on our clock.
         """
-        proto = SMTPServer(self)
+        proto = SMTPServer(self.intake, self.policy, self.settings, self.clock)
+        proto.factory = self
         proto.callLater = self.clock.callLater
         return proto
 

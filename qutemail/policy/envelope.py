@@ -8,7 +8,7 @@ facts and returns an L{Account} or raises L{ReplyError}.
 
 from typing import Any
 
-from qutemail.address import AddressInvalid, parseAccountAddress
+from qutemail.address import AddressInvalid, isLocalAddress, parseAccountAddress
 from qutemail.interfaces import Account
 from qutemail.replies import MAILBOX_FULL, NO_SUCH_USER, RELAY_DENIED, SENDER_NOT_OWNED, TOO_BIG, ReplyError
 
@@ -34,7 +34,7 @@ class RecipientPolicy:
         """
         @return: whether the address's domain is one of ours.
         """
-        return address.rpartition("@")[2].lower() in self.domains
+        return isLocalAddress(address, self.domains)
 
     async def checkSender(self, sender: str, declaredSize: int | None, authenticated: str | None) -> None:
         """

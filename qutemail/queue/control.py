@@ -40,7 +40,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-# Queue ids are upper-case hex (see qutemail.pipeline.router.QueueIds),
+# Queue ids are upper-case hex (see qutemail.message.QueueIds),
 # about 22 digits today.
 QUEUE_ID = re.compile(r"[0-9A-F]{1,40}", re.ASCII)
 # The longest request: "delete " and an id, with room to spare.
@@ -95,7 +95,7 @@ class ControlCommands:
     Carries out control requests on the retry scheduler.
 
     @ivar scheduler: the L{qutemail.queue.scheduler.RetryScheduler}: its
-        C{flush() -> int}, C{async delete(queueId) -> bool} and
+        C{flush() -> Deferred[int]}, C{async delete(queueId) -> bool} and
         C{async bounceNow(queueId) -> bool}.
     """
 
@@ -129,7 +129,7 @@ class ControlCommands:
         @return: the reply line.
         """
         if command == "flush" and not arguments:
-            return f"ok flushed {_plural(self.scheduler.flush(), 'message')}"
+            return f"ok flushed {_plural(await self.scheduler.flush(), 'message')}"
         if command in ("delete", "bounce") and len(arguments) == 1:
             queueId = arguments[0]
             if QUEUE_ID.fullmatch(queueId) is None:

@@ -19,15 +19,18 @@ and C{sent}.
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from qutemail.durable import replaceFile, syncDirectory
+from qutemail.interfaces import IRelayQueue
 from qutemail.message import LEGACY_STATES, Envelope, QueueEntry, RecipientState, SpooledMessage
 
+@implementer(IRelayQueue)
 class DeferredQueue:
     """
     The on-disk deferred queue, with an in-memory index of its entries.
@@ -43,6 +46,25 @@ class DeferredQueue:
         self._directory = directory
         self._runner = runner
         self.entries: dict[str, QueueEntry] = {}
+        self._subscribers: list[Callable[[QueueEntry], Any]] = []
+
+    def subscribe(self, callback: Callable[[QueueEntry], Any]) -> None:
+        """
+        See L{IRelayQueue.subscribe}.
+        """
+        self._subscribers.append(callback)
+
+    def get(self, queueId: str) -> Deferred:
+        """
+        See L{IRelayQueue.get}.
+        """
+        return succeed(self.entries.get(queueId))
+
+    def waiting(self) -> Deferred:
+        """
+        See L{IRelayQueue.waiting}.
+        """
+        return succeed([e for e in self.entries.values() if e.pending()])
 
     def _paths(self, queueId: str) -> tuple[str, str]:
         """
@@ -150,9 +172,12 @@ class DeferredQueue:
             if not written:
                 # Queued before a crash, and routed again from the journal
                 # on recovery: the entry on disk (maybe half relayed) wins.
-                return self.entries.setdefault(entry.queueId, self._readEntry(entry.queueId))
-            self.entries[entry.queueId] = entry
-            return entry
+                queued = self.entries.setdefault(entry.queueId, self._readEntry(entry.queueId))
+            else:
+                queued = self.entries[entry.queueId] = entry
+            for callback in self._subscribers:
+                callback(queued)
+            return queued
 
         return d.addCallback(added)
 
@@ -195,12 +220,10 @@ class DeferredQueue:
 
     def remove(self, queueId: str) -> Deferred:
         """
-        Delete an entry whatever its state.
-
-        @return: a Deferred firing when it is gone.
+        See L{IRelayQueue.remove}.
         """
-        self.entries.pop(queueId, None)
-        return self._runner.run(self._remove, queueId)
+        found = self.entries.pop(queueId, None) is not None
+        return self._runner.run(self._remove, queueId).addCallback(lambda _: found)
 
     def _remove(self, queueId: str) -> None:
         """
@@ -213,15 +236,22 @@ class DeferredQueue:
             except FileNotFoundError:
                 pass
 
-    def due(self, now: float, limit: int, busy: Any = ()) -> list[QueueEntry]:
+    def due(self, now: float, limit: int, busy: Any = ()) -> Deferred:
         """
-        @param now: the current time.
-        @param limit: the most entries to return.
-        @param busy: queue ids to leave out (attempts in progress).
-        @return: entries with a recipient due by C{now}: never-tried ones
-            first, so fresh mail does not wait behind a backlog, then the
-            longest waiting.
+        See L{IRelayQueue.due}: never-tried entries come first, so fresh
+        mail does not wait behind a backlog.
         """
-        due = [e for e in self.entries.values() if e.queueId not in busy and e.due(now)]
-        due.sort(key=lambda e: (min(r.attempts for r in e.due(now)) > 0, min(r.nextAttempt for r in e.due(now))))
-        return due[:limit]
+        return succeed(dueEntries(self.entries.values(), now, limit, busy))
+
+
+def dueEntries(entries: Iterable[QueueEntry], now: float, limit: int, busy: Any = ()) -> list[QueueEntry]:
+    """
+    The order in which due entries are tried, for every L{IRelayQueue}.
+
+    @param entries: the queued entries.
+    @return: at most C{limit} of those with a recipient due by C{now} and
+        not in C{busy}: never-tried ones first, then the longest waiting.
+    """
+    due = [e for e in entries if e.queueId not in busy and e.due(now)]
+    due.sort(key=lambda e: (min(r.attempts for r in e.due(now)) > 0, min(r.nextAttempt for r in e.due(now))))
+    return due[:limit]

@@ -44,10 +44,15 @@ class RetryScheduler(Service):
     _log = Logger()
     name = "retry-scheduler"
 
-    def __init__(self, router: Any, clock: Any, retrySchedule: tuple[float, ...],
+    def __init__(self, *, queue: Any, local: Any, bounce: Any, clock: Any, retrySchedule: tuple[float, ...],
                  queueLifetimeSeconds: float, batch: int = DEFAULT_BATCH, relay: Any = None) -> None:
         """
-        @param router: the L{qutemail.pipeline.router.Router}.
+        @param queue: the L{qutemail.interfaces.IRelayQueue} it works on; it
+            is told of each entry added, and starts it at once.
+        @param local: delivers to local recipients
+            (L{qutemail.store.delivery.LocalDelivery}).
+        @param bounce: C{bounce(message, failedRecipients)}, an async
+            callable that makes the sender's report durable (the intake's).
         @param clock: an C{IReactorTime}.
         @param retrySchedule: the intervals between attempts, seconds.
         @param queueLifetimeSeconds: how long a message may stay queued.
@@ -55,7 +60,9 @@ class RetryScheduler(Service):
         @param relay: the L{qutemail.relay.sender.Relay}, or C{None} to
             leave remote recipients waiting.
         """
-        self.router = router
+        self.queue = queue
+        self.local = local
+        self._bounceReport = bounce
         self.clock = clock
         self.retrySchedule = retrySchedule
         self.queueLifetime = queueLifetimeSeconds
@@ -68,6 +75,7 @@ class RetryScheduler(Service):
         self._inflight: dict[str, Deferred] = {}
         self._writes: dict[str, SerialQueue] = {}
         self._kick = None
+        queue.subscribe(lambda entry: self.kick())
 
     def startService(self) -> None:
         """
@@ -107,20 +115,25 @@ class RetryScheduler(Service):
         if self.running and self._kick is None:
             self._kick = self.clock.callLater(0, self._safeTick)
 
-    def flush(self) -> int:
+    def flush(self) -> Deferred:
         """
         Make every waiting recipient due now (C{queue flush}).
 
-        @return: the number of entries made due.
+        @return: a Deferred firing with the number of entries made due.
         """
-        count = 0
-        for entry in self.router.queue.entries.values():
-            waiting = entry.pending()
-            for r in waiting:
+        return Deferred.fromCoroutine(self._flush())
+
+    async def _flush(self) -> int:
+        """
+        See L{flush}.
+        """
+        await self.queue.refresh()
+        entries = await self.queue.waiting()
+        for entry in entries:
+            for r in entry.pending():
                 r.nextAttempt = 0.0
-            count += bool(waiting)
         self._safeTick()
-        return count
+        return len(entries)
 
     async def delete(self, queueId: str) -> bool:
         """
@@ -129,10 +142,9 @@ class RetryScheduler(Service):
 
         @return: whether there was such an entry.
         """
-        await self.router.queue.refresh()
-        if queueId not in self.router.queue.entries:
+        await self.queue.refresh()
+        if not await self.queue.remove(queueId):
             return False
-        await self.router.queue.remove(queueId)
         self._log.info("{queueId} deleted from the queue by the administrator", queueId=queueId)
         return True
 
@@ -143,8 +155,8 @@ class RetryScheduler(Service):
 
         @return: whether there was such an entry.
         """
-        await self.router.queue.refresh()
-        entry = self.router.queue.entries.get(queueId)
+        await self.queue.refresh()
+        entry = await self.queue.get(queueId)
         if entry is None:
             return False
         waiting = entry.pending()
@@ -169,9 +181,9 @@ class RetryScheduler(Service):
         """
         now = self.clock.seconds()
         # Extra SMTP workers add entries to the same directory.
-        await self.router.queue.refresh()
+        await self.queue.refresh()
         room = self.batch - len(self._inflight)
-        entries = self.router.queue.due(now, room, self._inflight) if room > 0 else []
+        entries = await self.queue.due(now, room, self._inflight) if room > 0 else []
         started = []
         for entry in entries:
             d = ensureDeferred(self._retryEntry(entry, now))
@@ -196,7 +208,7 @@ class RetryScheduler(Service):
         """
         writes = self._writes.setdefault(entry.queueId, SerialQueue())
         try:
-            await writes.run(lambda: self.router.queue.update(entry))
+            await writes.run(lambda: self.queue.update(entry))
         finally:
             if not writes.busy:
                 self._writes.pop(entry.queueId, None)
@@ -210,13 +222,13 @@ class RetryScheduler(Service):
         expired = now >= message.envelope.receivedAt + self.queueLifetime
         due = entry.due(now)
         bounced: list[tuple[RecipientState, FailedRecipient]] = []
-        local = [r for r in due if self.router.isLocal(r.address)]
+        local = [r for r in due if self.local.isLocal(r.address)]
         remote: dict[str, list[RecipientState]] = defaultdict(list)
         if self.relay is not None:
             for r in due:
                 if r not in local:
                     remote[r.address.rpartition("@")[2].lower()].append(r)
-        results, _ = await self.router.deliverLocal(message, [(r.index, r.address) for r in local], True)
+        results, _ = await self.local.deliver(message, [(r.index, r.address) for r in local], True)
         for r, (ok, result) in zip(local, results):
             if not ok:
                 self._log.failure("retry of {queueId} to {recipient} failed", result,
@@ -281,7 +293,7 @@ class RetryScheduler(Service):
         Send the sender one report for the recipients that failed for good.
         """
         try:
-            await self.router.bounce(entry.message, [failed for _, failed in bounced])
+            await self._bounceReport(entry.message, [failed for _, failed in bounced])
         except Exception:
             # The bounce is not safely queued: keep the recipients waiting
             # so a later tick sends it.

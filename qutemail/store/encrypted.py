@@ -82,6 +82,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
+from qutemail.address import isLocalAddress
 from qutemail.durable import removeFile
 from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceError
 from qutemail.message import Envelope, SpooledMessage
@@ -113,8 +114,7 @@ def isInternal(envelope: Envelope, domains: Iterable[str]) -> bool:
     """
     if not envelope.authenticated or "@" not in envelope.sender:
         return False
-    domain = envelope.sender.rpartition("@")[2].lower().rstrip(".")
-    return domain in {d.lower().rstrip(".") for d in domains}
+    return isLocalAddress(envelope.sender, {d.lower().rstrip(".") for d in domains})
 
 
 def _oneLine(text: str) -> str:

@@ -59,7 +59,7 @@ class KeySourceFaultTests(TestCase):
         """
         Seal internal mail with keys from C{source}.
         """
-        self.stack.router.encryptor = MessageEncryptor(
+        self.stack.local.encryptor = MessageEncryptor(
             source, self.vault, self.runner, SAE, os.path.join(self.stack.dataDir, "queue", "sealed"))
 
     async def embedded(self, settings: PoolSettings, clock=None):
@@ -79,9 +79,8 @@ class KeySourceFaultTests(TestCase):
         """
         envelope = Envelope(BOB, (ALICE,), "client.test", "127.0.0.1", self.stack.clock.seconds(),
                             authenticated=BOB)
-        message = SpooledMessage(self.stack.router.queueIds.next(), envelope, len(BODY), inline=BODY)
-        self.successResultOf(self.stack.journal.commit(message))
-        self.stack.router.accept(message)
+        message = SpooledMessage(self.stack.intake.queueIds.next(), envelope, len(BODY), inline=BODY)
+        self.assertEqual(self.successResultOf(self.stack.intake.accept(message)).code, 250)
         return message.queueId
 
     async def assertDeferredInClearNowhere(self, queueId: str, reason: str, stored: int = 0) -> None:
@@ -92,7 +91,7 @@ class KeySourceFaultTests(TestCase):
         """
         entries = self.stack.queue.entries
         await waitFor(lambda: queueId in entries and entries[queueId].recipients[0].attempts >= 1
-                      and not self.stack.scheduler.busy(queueId) and not self.stack.router._inflight)
+                      and not self.stack.scheduler.busy(queueId) and not self.stack.intake._inflight)
         [r] = entries[queueId].recipients
         self.assertEqual(r.state, DEFERRED)
         self.assertIn(reason, r.lastReply)

@@ -42,7 +42,7 @@ class InternalMailTests(RunningServerMixin, TestCase):
         """
         @return: the embedded KME's stored key count, asked over ETSI 014.
         """
-        source = self.root.router.encryptor.keySource
+        source = self.root.encryptor.keySource
         return (await source.status("mail.example.test")).storedKeyCount
 
     async def test_twoHundredDistinctKeys(self) -> None:

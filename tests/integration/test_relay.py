@@ -51,7 +51,7 @@ class OutboundTests(RunningServerMixin, TestCase):
         self.assertTrue(await deferToThread(dkim.verify, received.data, dnsfunc=lookup))
         tampered = received.data.replace(b"Hello Dave", b"Hello Eve")
         self.assertFalse(await deferToThread(dkim.verify, tampered, dnsfunc=lookup))
-        await waitFor(lambda: not self.root.router.queue.entries)
+        await waitFor(lambda: not self.root.queue.entries)
         self.assertEqual(len(self.remote.received), 1)
 
     async def test_nullMXBouncesAtOnce(self) -> None:

@@ -100,7 +100,7 @@ class SubmissionTests(RunningServerMixin, TestCase):
                          ("bob@example.test", ["dave@remote.test"], True))
         self.assertIn(b"Subject: out\r\n", received.data)
         self.assertTrue(received.data.endswith(b"\r\n\r\nhello\r\n"))
-        await waitFor(lambda: not self.root.router.queue.entries)
+        await waitFor(lambda: not self.root.queue.entries)
 
     async def test_foreignSender(self):
         """
@@ -152,7 +152,7 @@ class SubmissionTests(RunningServerMixin, TestCase):
         Ten wrong passwords from one IP lock it out: the right password then
         gets 454 4.7.0 from that IP.
         """
-        throttle = self.root.listeners["submission"].smtpFactory.throttle
+        throttle = self.root.listeners["submission"].smtpFactory.settings.throttle
         throttle.failureDelaySeconds = 0.0
         bad = "PLAIN " + base64.b64encode(b"\0bob@example.test\0wrong").decode()
         good = "PLAIN " + base64.b64encode(b"\0bob@example.test\0pw-bob").decode()

@@ -67,7 +67,7 @@ class FakeScheduler:
         if error is not None:
             raise error
 
-    def flush(self) -> int:
+    async def flush(self) -> int:
         """
         @return: 2 messages made due.
         """

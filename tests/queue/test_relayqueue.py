@@ -54,7 +54,6 @@ class RelayQueueTests(TestCase):
         self.relay = Relay(reactor=reactor, resolver=MXResolver(runner, self.dns.nameservers, timeoutSeconds=2.0),
                            hostname="mail.example.test", mxPort=self.remote.port, **relayArguments)
         self.stack.scheduler.relay = self.relay
-        self.stack.router.onQueued = lambda entry: self.stack.scheduler.kick()
         self.stack.scheduler.startService()
         self.addCleanup(self.stack.scheduler.stopService)
 
@@ -66,9 +65,8 @@ class RelayQueueTests(TestCase):
         """
         envelope = Envelope(BOB, recipients, "client.test", "127.0.0.1", self.stack.clock.seconds(),
                             authenticated=BOB)
-        message = SpooledMessage(self.stack.router.queueIds.next(), envelope, len(body), inline=body)
-        self.successResultOf(self.stack.journal.commit(message))
-        self.stack.router.accept(message)
+        message = SpooledMessage(self.stack.intake.queueIds.next(), envelope, len(body), inline=body)
+        self.assertEqual(self.successResultOf(self.stack.intake.accept(message)).code, 250)
         self.stack.clock.advance(0)  # the scheduler's kick
         return message.queueId
 
@@ -198,13 +196,13 @@ class RelayQueueTests(TestCase):
         await waitFor(lambda: self.recipient(old, "dave@dead.test").attempts == 1
                       and not self.stack.scheduler.busy(old))
         self.stack.clock.advance(600)
-        due = self.stack.queue.due(self.stack.clock.seconds(), 1)
+        due = self.successResultOf(self.stack.queue.due(self.stack.clock.seconds(), 1))
         self.assertEqual([e.queueId for e in due], [old])
         fresh = SpooledMessage("F" * 8, Envelope(BOB, ("dave@remote.test",), receivedAt=600.0), len(BODY),
                                inline=BODY)
         self.successResultOf(self.stack.queue.add(fresh, [RecipientState("dave@remote.test", 0, PENDING,
                                                                          nextAttempt=600.0)]))
-        self.assertEqual([e.queueId for e in self.stack.queue.due(600.0, 1)], ["F" * 8])
+        self.assertEqual([e.queueId for e in self.successResultOf(self.stack.queue.due(600.0, 1))], ["F" * 8])
 
 
 def _inThread(f, *args):

@@ -52,9 +52,8 @@ class StackTestsMixin:
         @return: the message.
         """
         env = Envelope(sender, tuple(recipients), "client.test", "192.0.2.7", self.stack.clock.seconds())
-        message = SpooledMessage(self.stack.router.queueIds.next(), env, len(body), inline=body)
-        self.successResultOf(self.stack.journal.commit(message))
-        self.stack.router.accept(message)
+        message = SpooledMessage(self.stack.intake.queueIds.next(), env, len(body), inline=body)
+        self.assertEqual(self.successResultOf(self.stack.intake.accept(message)).code, 250)
         return message
 
     def startScheduler(self) -> None:
@@ -374,13 +373,13 @@ class FailingTickTests(StackTestsMixin, SynchronousTestCase):
             """
             raise RuntimeError("store exploded")
 
-        self.stack.router.attempt = broken
+        self.stack.local._attempt = broken
         self.stack.clock.advance(300)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         state = self.state(message.queueId)
         self.assertEqual((state.attempts, state.nextAttempt, state.lastReply), (2, 900.0, str(LOCAL_ERROR)))
 
-        del self.stack.router.attempt
+        del self.stack.local._attempt
         self.stack.users.setQuota(ALICE, None)
         self.stack.clock.advance(600)
         self.assertEqual(len(self.stack.newFiles(ALICE)), 1)

@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.listener.test_smtp,tests.listener.test_submission -*-
+"""
+The policy of one SMTP listener, as its sessions see it: the message rate
+limit, the envelope rules (L{RecipientPolicy}) and, for mail from outside,
+the SPF check at C{MAIL FROM} and what it writes into the message.
+
+Each listener has its own: the MTA port counts messages per client IP and
+checks SPF; the submission ports count per authenticated user and check
+nothing of the kind (their mail is signed on the way out instead).
+"""
+
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from qutemail.interfaces import Account
+from qutemail.replies import RATE_LIMITED, ReplyError
+
+# The window of the message rate limits.
+HOUR_SECONDS = 3600.0
+
+_log = Logger()
+
+
+@attrs.define(eq=False)
+class SessionPolicy:
+    """
+    Verdicts for the sessions of one listener.
+
+    @ivar envelope: the L{qutemail.policy.envelope.RecipientPolicy}.
+    @ivar clock: an C{IReactorTime}, for the rate limit's window.
+    @ivar limiter: the L{qutemail.interfaces.IRateLimiter}, or C{None}.
+    @ivar messagesPerHour: messages per client IP (unauthenticated) or per
+        authenticated user per hour; 0 for no limit.
+    @ivar inbound: the L{qutemail.policy.inbound.InboundChecks} that
+        unauthenticated mail goes through, or C{None} for none.
+    """
+
+    envelope: Any
+    clock: Any
+    limiter: Any = None
+    messagesPerHour: int = 0
+    inbound: Any = None
+
+    async def checkSender(self, *, peer: str, sender: str, declaredSize: int | None,
+                          authenticated: str | None, helo: str) -> Any:
+        """
+        Decide C{MAIL FROM}: the rate limit, the envelope rules, then SPF
+        for mail from outside.
+
+        @return: the SPF result when the message is to be checked at the
+            end of DATA, else C{None}.
+        @raise ReplyError: the reply refusing it.
+        """
+        if self.messagesPerHour and self.limiter is not None:
+            key = f"user:{authenticated}" if authenticated else f"ip:{peer}"
+            allowed = await self.limiter.consume(key, 1, self.messagesPerHour, HOUR_SECONDS, self.clock.seconds())
+            if not allowed:
+                _log.info("rate limit for {key}: {limit} messages per hour", key=key, limit=self.messagesPerHour)
+                raise ReplyError(RATE_LIMITED.withText(
+                    f"Rate limit of {self.messagesPerHour} messages per hour exceeded, try again later"))
+        await self.envelope.checkSender(sender, declaredSize, authenticated)
+        if self.inbound is not None and authenticated is None:
+            return await self.inbound.checkSender(peer, sender, helo)
+        return None
+
+    async def checkRecipient(self, recipient: str, declaredSize: int | None,
+                             authenticated: str | None) -> Account | None:
+        """
+        Decide C{RCPT TO}; see L{qutemail.policy.envelope.RecipientPolicy}.
+        """
+        return await self.envelope.checkRecipient(recipient, declaredSize, authenticated)
+
+    def traceHeader(self, spf: Any, peer: str, sender: str, helo: str) -> bytes:
+        """
+        @return: the C{Received-SPF} field for a checked message.
+        """
+        return self.inbound.traceHeader(spf, peer, sender, helo)
+
+    def isForged(self, field: bytes) -> bool:
+        """
+        @return: whether an incoming C{Authentication-Results} field claims
+            to be ours (it is then removed).
+        """
+        return self.inbound.isForged(field)
