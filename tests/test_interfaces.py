@@ -1,5 +1,10 @@
 """
 Conformance tests: every backend of an interface passes the same contract.
+
+The contracts of L{IUserDirectory} and L{IKeyVault} are here.  Those of the
+other interfaces are in L{tests.contracts}, one module per interface:
+C{test_ratelimiter} (IRateLimiter), C{test_messagestore} (IMessageStore),
+C{test_qkdkeysource} (IQKDKeySource) and C{test_dkimkeys} (IDKIMKeys).
 """
 
 import os
@@ -16,10 +21,9 @@ from qutemail.backends.redisvault import RedisKeyVault
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import (
-    Account, IKeyVault, IMessageStore, IUserDirectory, KeyGone, NoSuchUser, UserExists,
+    Account, IKeyVault, IUserDirectory, KeyGone, NoSuchUser, UserExists,
 )
 from qutemail.qkd.vault import FileKeyVault, InvalidKeyId
-from qutemail.store.maildir import MaildirStore
 from tests.backends.test_redislimiter import startRedis
 
 
@@ -115,18 +119,6 @@ class FileUserDirectoryTests(UserDirectoryContractMixin, SynchronousTestCase):
         path = os.path.abspath(self.mktemp())
         os.makedirs(path)
         return FileUserDirectory(os.path.join(path, "users"), InlineRunner(), Clock(), workFactor=4)
-
-
-class MessageStoreTests(SynchronousTestCase):
-    """
-    The Maildir store provides L{IMessageStore}.
-    """
-
-    def test_provides(self):
-        """
-        L{MaildirStore} provides the interface.
-        """
-        self.assertTrue(verifyObject(IMessageStore, MaildirStore(self.mktemp(), InlineRunner(), "h.test", 1)))
 
 
 class KeyVaultContractMixin:

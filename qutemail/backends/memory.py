@@ -1,19 +1,26 @@
-# -*- test-case-name: tests.test_interfaces -*-
+# -*- test-case-name: tests.test_interfaces,tests.contracts -*-
 """
 In-memory implementations of the interfaces, for unit tests.
 
-Nothing here touches the disk or a thread; every method returns an
-already-fired Deferred.
+Nothing here touches a thread; every method returns an already-fired
+Deferred.  Nothing touches the disk either, except that
+L{MemoryMessageStore} reads a spilled message's body from its spill file.
 """
 
 import hmac
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
-from qutemail.interfaces import Account, IKeyVault, IUserDirectory, KeyGone, NoSuchUser, UserExists
+from qutemail.interfaces import (
+    Account, IDKIMKeys, IKeyVault, IMessageStore, IUserDirectory, KeyGone, NoSuchUser, UserExists,
+)
+from qutemail.message import SpooledMessage
 from qutemail.qkd.vault import checkKey, checkKeyId
+from qutemail.replies import MAILBOX_FULL, ReplyError
 
 
 @implementer(IUserDirectory)
@@ -130,3 +137,108 @@ class MemoryKeyVault:
             return fail(e)
         self._keys.pop(keyId, None)
         return succeed(None)
+
+
+@implementer(IMessageStore)
+@attrs.define
+class MemoryMessageStore:
+    """
+    Mailboxes in a dict: test use only.  Each copy is stored as its body
+    alone (no C{Return-Path} or added header fields), and usage and quota
+    count those bytes.
+
+    @ivar defaultQuotaBytes: the quota of accounts without their own (0:
+        unlimited), as L{qutemail.store.maildir.MaildirStore} takes it.
+    @ivar mailboxes: each account's INBOX (by address): stored ids to the
+        bodies, in delivery order.
+    """
+
+    defaultQuotaBytes: int = 0
+    mailboxes: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
+
+    def quotaOf(self, account: Account) -> int:
+        """
+        @return: the account's quota in bytes (0: unlimited).
+        """
+        return self.defaultQuotaBytes if account.quotaBytes is None else account.quotaBytes
+
+    def deliver(self, message: SpooledMessage, account: Account, index: int = 0, checkExisting: bool = False):
+        """
+        See L{IMessageStore.deliver}.
+
+        The stored id is a function of the queue entry and C{index} alone,
+        as the Maildir store's file name is, so C{checkExisting} finds an
+        earlier copy even when the mailbox has filled up since.  A spilled
+        message's body is read from its spill file at once.
+        """
+        mailbox = self.mailboxes.setdefault(account.address, {})
+        storedId = f"{message.queueId}.R{index}"
+        if checkExisting and storedId in mailbox:
+            return succeed(storedId)
+        if message.inline is not None:
+            body = message.inline
+        else:
+            try:
+                with message.openBody() as f:
+                    body = f.read()
+            except OSError as e:
+                return fail(e)
+        quota = self.quotaOf(account)
+        if quota and sum(map(len, mailbox.values())) + len(body) > quota:
+            return fail(ReplyError(MAILBOX_FULL))
+        mailbox[storedId] = body
+        return succeed(storedId)
+
+    def usage(self, account: Account):
+        """
+        See L{IMessageStore.usage}.
+        """
+        mailbox = self.mailboxes.get(account.address, {})
+        return succeed((sum(map(len, mailbox.values())), len(mailbox)))
+
+    def isFull(self, account: Account, extraBytes: int = 0):
+        """
+        Whether a message of C{extraBytes} would exceed the account's quota,
+        as L{qutemail.store.maildir.MaildirStore.isFull} answers it (the
+        recipient policy asks this at RCPT).
+
+        @return: a Deferred firing with a bool.
+        """
+        quota = self.quotaOf(account)
+        if not quota:
+            return succeed(False)
+        used = sum(map(len, self.mailboxes.get(account.address, {}).values()))
+        return succeed(used >= quota or used + extraBytes > quota)
+
+
+def _byDomain(keys: Iterable[Any] | Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Index signing keys by their domain.
+
+    @param keys: L{qutemail.pipeline.dkim.SigningKey}s, or a mapping whose
+        values are.
+    @return: each key by its C{domain}.
+    """
+    if isinstance(keys, Mapping):
+        keys = keys.values()
+    return {key.domain: key for key in keys}
+
+
+@implementer(IDKIMKeys)
+@attrs.define
+class MemoryDKIMKeys:
+    """
+    DKIM signing keys in a dict: each domain signs with its own key.
+
+    @ivar keys: the L{qutemail.pipeline.dkim.SigningKey}s by signing
+        domain; built from any iterable of them (or a mapping of them),
+        each filed under its own C{domain}.
+    """
+
+    keys: dict[str, Any] = attrs.field(factory=dict, converter=_byDomain)
+
+    def keyFor(self, domain: str):
+        """
+        See L{IDKIMKeys.keyFor}.
+        """
+        return succeed(self.keys.get(domain))
