@@ -192,3 +192,21 @@ class InlineRunner:
             return succeed(f(*args, **kwargs))
         except BaseException:
             return fail(Failure())
+
+
+def wait(d: Deferred) -> Any:
+    """
+    Take the result of a Deferred that has already fired.
+
+    @return: the result.
+    @raise Exception: what the Deferred failed with.
+    @raise RuntimeError: it has not fired; with no reactor running it never
+        will.
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:
+        raise RuntimeError("a Deferred did not fire synchronously")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]

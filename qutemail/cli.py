@@ -47,13 +47,12 @@ import sys
 from typing import Any, Callable, Sequence, TextIO
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from qutemail.address import AddressInvalid, parseAccountAddress
-from qutemail.backends.userfile import FileUserDirectory, UserFileError
-from qutemail.blocking import InlineRunner
+from qutemail.backends.userfile import UserFileError
+from qutemail.assembly import Backends, buildBackends
+from qutemail.blocking import InlineRunner, wait
 from qutemail.climail import addMailCommands, addQKDCommands, addRetentionCommands
 from qutemail.cliqueue import CommandError, addDKIMCommands, addDNSCommands, addQueueCommands
 from qutemail.config import Config, ConfigError, formatSize, loadConfig, parseSize
@@ -84,30 +83,18 @@ class Context:
     stdout: TextIO
     stderr: TextIO
 
-    def userDirectory(self) -> FileUserDirectory:
+    def backends(self) -> Backends:
         """
-        @return: the user directory in C{data_dir/users}.
+        @return: the configuration's backends, as the server builds them,
+            for use without a reactor.
         """
-        path = os.path.join(self.config.server.dataDir, "users")
-        return FileUserDirectory(path, InlineRunner(), Clock())
+        return buildBackends(self.config, InlineRunner(), Clock())
 
-
-def wait(d: Deferred) -> Any:
-    """
-    Take the result of a Deferred that has already fired.
-
-    @return: the result.
-    @raise Exception: what the Deferred failed with.
-    @raise RuntimeError: it has not fired; with no reactor running it never
-        will.
-    """
-    results: list[Any] = []
-    d.addBoth(results.append)
-    if not results:
-        raise RuntimeError("a Deferred did not fire synchronously")
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
+    def userDirectory(self) -> Any:
+        """
+        @return: the user directory.
+        """
+        return self.backends().users
 
 
 def _address(context: Context, text: str, localDomain: bool = True) -> str:

@@ -29,12 +29,11 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 
 from qutemail.address import AddressInvalid, parseAccountAddress
-from qutemail.backends.redisvault import BlockingRedisKeys
-from qutemail.blocking import InlineRunner
+from qutemail.blocking import InlineRunner, wait
 from qutemail.cliqueue import CommandError, _copyBody
 from qutemail.qkd.certs import pkiPaths
 from qutemail.qkd.cipher import DecryptionError, readEnvelope
-from qutemail.qkd.vault import FileKeyVault, KeyVaultError
+from qutemail.qkd.vault import KeyVaultError
 from qutemail.store.retention import RetentionSweep
 from qutemail.store.reader import MessageUnreadable, listMessages, readMessage
 
@@ -54,10 +53,7 @@ def _vault(context: Any) -> Any:
     @return: the server's key vault (in Redis when C{[redis] url} is set),
         read without a reactor.
     """
-    keys = os.path.join(context.config.server.dataDir, "keys")
-    if context.config.redis.url:
-        return BlockingRedisKeys(context.config.redis.url, os.path.join(keys, "master.key"))
-    return FileKeyVault(os.path.join(keys, "vault"), os.path.join(keys, "master.key"), InlineRunner())
+    return context.backends().vault
 
 
 def _isEncrypted(path: str) -> bool:
@@ -93,7 +89,6 @@ def _mailShow(context: Any, arguments: argparse.Namespace) -> int:
     """
     C{mail show ADDRESS ID}: the message's bytes on standard output.
     """
-    from qutemail.cli import wait
 
     address = _account(context, arguments.address)
     found = [m for m in listMessages(context.config.server.dataDir, address) if m.id == arguments.message_id]
@@ -126,7 +121,6 @@ def _retentionRun(context: Any, arguments: argparse.Namespace) -> int:
     runs every hour; each message removed (or, with C{--dry-run}, that
     would be) on a line, then a summary.
     """
-    from qutemail.cli import wait
 
     days = context.config.mailbox.retentionDays
     if not days:

@@ -35,7 +35,6 @@ import shutil
 import time
 from typing import Any, BinaryIO, TextIO
 
-from qutemail.blocking import InlineRunner
 from qutemail.durable import replaceFile, syncDirectory
 from qutemail.pipeline.dkim import (
     MIN_RSA_BITS,
@@ -48,7 +47,6 @@ from qutemail.pipeline.dkim import (
 )
 from qutemail.message import SpooledMessage
 from qutemail.queue.control import QUEUE_ID, ControlError, ServerNotRunning, controlPath, sendCommand
-from qutemail.queue.deferred import DeferredQueue
 from qutemail.message import DEFERRED, PENDING, RecipientState
 from qutemail.queue.journal import unfinished
 
@@ -105,7 +103,7 @@ def _queueList(context: Any, arguments: argparse.Namespace) -> int:
     """
     now = time.time()
     queueDir = _queueDir(context)
-    entries = DeferredQueue(os.path.join(queueDir, "deferred"), InlineRunner()).snapshot()
+    entries = context.backends().queue.snapshot()
     inFlight = _inFlight(queueDir)
     if not entries and not inFlight:
         print("queue is empty", file=context.stdout)
@@ -190,7 +188,7 @@ def _queueShow(context: Any, arguments: argparse.Namespace) -> int:
     queueId = _queueId(arguments.queue_id)
     now = time.time()
     queueDir = _queueDir(context)
-    deferred = DeferredQueue(os.path.join(queueDir, "deferred"), InlineRunner()).snapshot()
+    deferred = context.backends().queue.snapshot()
     entry = next((e for e in deferred if e.queueId == queueId), None)
     if entry is not None:
         message, signed = entry.message, "yes" if entry.dkimHeader else "no"

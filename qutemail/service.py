@@ -33,11 +33,11 @@ from qutemail.access.imapserver import IMAPFactory
 from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redislimiter import connect as connectRedis
-from qutemail.backends.redisvault import RedisKeyVault
-from qutemail.backends.userfile import FileUserDirectory
+from qutemail.assembly import buildBackends
 from qutemail.blocking import BlockingRunner
 from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
-from qutemail.listener.smtp import SessionSettings, SMTPServerFactory
+from qutemail.listener.factory import SMTPServerFactory
+from qutemail.listener.settings import SessionSettings
 from qutemail.pipeline.dkimverify import DKIMVerifier
 from qutemail.policy.dmarc import DMARCEvaluator
 from qutemail.policy.inbound import InboundChecks
@@ -54,7 +54,6 @@ from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT
 from qutemail.qkd.etsi014 import ETSI014KeySource
 from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService
 from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
-from qutemail.qkd.vault import FileKeyVault
 from qutemail.store.encrypted import MessageEncryptor
 from qutemail.pipeline.intake import Intake
 from qutemail.pipeline.router import Router
@@ -66,6 +65,7 @@ from qutemail.queue.control import ControlService, controlPath
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
+from qutemail.workers import WorkerPool
 from qutemail.relay.mx import MXResolver
 from qutemail.relay.sender import Relay
 from qutemail.store.maildir import BATCH_DELAY_SECONDS, MaildirStore
@@ -361,21 +361,6 @@ class ClosingService(Service):
         return self._close()
 
 
-def buildVault(config: Any, reactor: Any, runner: Any, parent: MultiService) -> Any:
-    """
-    The key vault: in Redis when C{[redis] url} is set (shared by every
-    node; each needs the same master key file), else under
-    C{data_dir/keys/vault/}.
-    """
-    keys = os.path.join(config.server.dataDir, "keys")
-    masterKey = os.path.join(keys, "master.key")
-    if config.redis.url:
-        vault = RedisKeyVault(connectRedis(config.redis.url), reactor, masterKey, runner)
-        ClosingService("key-vault", vault.disconnect).setServiceParent(parent)
-        return vault
-    return FileKeyVault(os.path.join(keys, "vault"), masterKey, runner)
-
-
 def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService, vault: Any) -> MessageEncryptor:
     """
     The QKD layer: the key source (the embedded KME on loopback when
@@ -475,15 +460,16 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
 
-    users = FileUserDirectory(os.path.join(dataDir, "users"), runner, reactor)
+    backends = buildBackends(config, runner, reactor, reactor, withVault=workerIndex == 0)
+    users, queue, vault = backends.users, backends.queue, backends.vault
+    if vault is not None and config.redis.url:
+        ClosingService("key-vault", backends.close).setServiceParent(root)
     store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor,
                          batchDelaySeconds=BATCH_DELAY_SECONDS)
-    queue = DeferredQueue(os.path.join(queueDir, "deferred"), runner)
     queueIds = QueueIds(reactor)
 
-    encryptor = vault = None
+    encryptor = None
     if workerIndex == 0:
-        vault = buildVault(config, reactor, runner, root)
         if config.qkd.encrypt:
             encryptor = buildEncryptor(config, reactor, runner, root, vault)
     created = ensureKey(dataDir, config.dkim.privateKey, config.dkim.selector, server.domains)
@@ -598,8 +584,6 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                else "--mta-only, but mta_port is 0" if mtaOnly else "every port in [smtp] is 0")
         )
     if workerIndex == 0 and server.workers > 1 and "mta" in root.listeners:
-        from qutemail.workers import WorkerPool
-
         WorkerPool(reactor, os.path.abspath(config.path), server.workers - 1,
                    root.listeners["mta"]).setServiceParent(root)
     root.router = router

@@ -21,10 +21,7 @@ Workers log to the standard output they inherit from C{twistd} (run C{twistd
 process's lines in one place).
 """
 
-import argparse
-import ctypes
 import os
-import signal
 import sys
 from typing import Any
 
@@ -37,7 +34,6 @@ from twisted.logger import Logger
 RESTART_SECONDS = 1.0
 # The socket's descriptor number in a worker.
 LISTEN_FD = 3
-_PR_SET_PDEATHSIG = 1
 
 
 class _WorkerProtocol(ProcessProtocol):
@@ -106,7 +102,7 @@ class WorkerPool(Service):
         if not self.running:
             return
         protocol = _WorkerProtocol(self, index)
-        args = [sys.executable, "-m", "qutemail.workers", "--config", self.configPath,
+        args = [sys.executable, "-m", "qutemail.workermain", "--config", self.configPath,
                 "--index", str(index)]
         transport = self.reactor.spawnProcess(
             protocol, sys.executable, args, env=os.environ.copy(),
@@ -140,38 +136,3 @@ class WorkerPool(Service):
                 pass
             waiting.append(protocol.ended)
         return DeferredList(waiting)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """
-    Run one extra worker (started by L{WorkerPool}, not by hand).
-
-    @return: the exit status.
-    """
-    parser = argparse.ArgumentParser(prog="qutemail-worker")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--index", type=int, required=True)
-    options = parser.parse_args(argv)
-    if sys.platform.startswith("linux"):
-        # Die with the main process, so no worker outlives it holding the port.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() == 1:
-            return 1
-
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    from qutemail.config import loadConfig
-    from qutemail.service import buildService
-
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    config = loadConfig(options.config)
-    root = buildService(config, reactor, workerIndex=options.index, adoptFd=LISTEN_FD)
-    root.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
-    reactor.run()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

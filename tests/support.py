@@ -16,7 +16,8 @@ from twisted.internet.testing import StringTransport
 
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import InlineRunner
-from qutemail.listener.smtp import SessionSettings, SMTPServerFactory
+from qutemail.listener.factory import SMTPServerFactory
+from qutemail.listener.settings import SessionSettings
 from qutemail.message import QueueIds
 from qutemail.pipeline.intake import Intake
 from qutemail.pipeline.router import Router

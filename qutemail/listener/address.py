@@ -6,6 +6,9 @@ parameters (§4.1.2 C{Mail-parameters}).
 
 import re
 
+from qutemail import replies
+from qutemail.replies import ReplyError
+
 # RFC 5321 §4.1.2 Dot-string / Quoted-string and Domain / address-literal.
 _ATOM = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_STRING = rb"%s(?:\.%s)*" % (_ATOM, _ATOM)
@@ -93,3 +96,25 @@ def parseParameters(words: list[bytes]) -> dict[str, str | None]:
             raise PathError("repeated parameter")
         params[key] = value.decode("ascii") if eq else None
     return params
+
+
+def declaredSize(params: dict[str, str | None]) -> int | None:
+    """
+    Check the parameters of C{MAIL FROM} (RFC 1870 C{SIZE}, RFC 6152
+    C{BODY}, RFC 4954 C{AUTH}).
+
+    @return: the declared size, if any.
+    @raise ReplyError: a parameter is malformed or not supported.
+    """
+    declared = None
+    for key, value in params.items():
+        if key == "SIZE":
+            if value is None or not value.isdigit():
+                raise ReplyError(replies.BAD_ARGUMENTS)
+            declared = int(value)
+        elif key == "BODY":
+            if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                raise ReplyError(replies.BAD_BODY_PARAM)
+        elif key != "AUTH":  # RFC 4954 §5: accepted; we trust only our own AUTH
+            raise ReplyError(replies.PARAM_NOT_IMPLEMENTED)
+    return declared

@@ -16,9 +16,7 @@ What this class changes, and why:
     a command that waits for a Deferred holds back the commands after it, so
     replies come in order and each command sees the state the ones before it
     left.
-  - DATA is framed in bulk: only CRLF.CRLF ends it (no bare-LF smuggling),
-    bare CR or LF fail the message, dot-stuffing is undone, and the body is
-    streamed into a L{SpoolWriter} with its size capped (RFC 1870).
+  - DATA is framed in bulk, without smuggling (L{qutemail.listener.data}).
   - Replies all come from L{qutemail.replies} and carry enhanced status codes
     (RFC 2034); a temporary failure of ours is a 4xx, never Twisted's 550.
   - 250 after DATA only once the intake has the message durable in the
@@ -27,27 +25,22 @@ What this class changes, and why:
     (L{qutemail.policy.session.SessionPolicy}) for every verdict before it.
 """
 
-import email.parser
-import email.policy
-import email.utils
-import re
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet import tcp
 from twisted.internet.interfaces import ITLSTransport
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 
 from qutemail import replies
 from qutemail.listener.auth import MECHANISMS, AuthMixin
 from qutemail.listener.headerfilter import SpoofedResultsFilter
-from qutemail.listener.address import PathError, parseParameters, parsePath, splitArgument
+from qutemail.listener.address import PathError, declaredSize, parseParameters, parsePath, splitArgument
+from qutemail.listener.data import MessageData, receivedHeader
+from qutemail.listener.settings import SessionSettings
+from qutemail.listener.transport import sendNow, setNoDelay
 from qutemail.message import Envelope
 from qutemail.pipeline.intake import InboundContext
-from qutemail.pipeline.spool import SpoolWriter
 from qutemail.replies import Reply, ReplyError
 
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF;
@@ -56,62 +49,10 @@ MAX_COMMAND_OCTETS = 512
 MAX_MAIL_OCTETS = 512 + 26 + 16
 # RFC 4954 §4: AUTH lines (command and responses) may be 12288 octets.
 MAX_AUTH_OCTETS = 12288
-# RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
-MAX_TEXT_LINE_OCTETS = 1000
-# A line (after the first of a chunk) longer than the text-line limit.
-_LONG_LINE = re.compile(rb"\n[^\n]{%d}" % (MAX_TEXT_LINE_OCTETS - 1,))
 # Postfix's smtpd_hard_error_limit: a client that keeps erring is dropped.
 MAX_ERRORS = 20
-# Pause reading while more than this much body waits to be written.
-MAX_PENDING_BYTES = 4 * 1024 * 1024
-# The most header kept for the From check of authenticated submissions.
-MAX_HEADER_BYTES = 64 * 1024
 
 _COMMAND, _DATA = "COMMAND", "DATA"
-
-
-def setNoDelay(transport: Any) -> None:
-    """
-    Turn on C{TCP_NODELAY} for a connection, under TLS too.
-    """
-    while transport is not None:
-        setter = getattr(transport, "setTcpNoDelay", None)
-        if setter is not None:
-            setter(True)
-            return
-        transport = getattr(transport, "transport", None)
-
-
-@attrs.frozen
-class SessionSettings:
-    """
-    What a listener's sessions are told about themselves.
-
-    @ivar hostname: this server's name, for the greeting and Received.
-    @ivar domains: the local domains (C{postmaster} goes to the first).
-    @ivar maxMessageBytes: the SIZE limit.
-    @ivar maxRecipients: recipients per transaction.
-    @ivar idleTimeoutSeconds: idle time before a 421.
-    @ivar tlsContext: the TLS context factory for STARTTLS, or C{None} to
-        offer no TLS.
-    @ivar implicitTLS: the listener wraps every connection in TLS (465).
-    @ivar portal: for a submission listener, the cred portal AUTH logs in
-        through (MAIL then needs AUTH); C{None} on the MTA port.
-    @ivar throttle: the L{qutemail.policy.throttle.AuthThrottle}.
-    @ivar connectionsPerIp: concurrent sessions per client IP; 0 for no
-        limit.
-    """
-
-    hostname: str
-    domains: tuple[str, ...]
-    maxMessageBytes: int
-    maxRecipients: int
-    idleTimeoutSeconds: float
-    tlsContext: Any = None
-    implicitTLS: bool = False
-    portal: Any = None
-    throttle: Any = None
-    connectionsPerIp: int = 0
 
 
 class SMTPServer(AuthMixin, ESMTP):
@@ -192,9 +133,9 @@ class SMTPServer(AuthMixin, ESMTP):
             return
         self.factory.sessions.discard(self)
         self.factory.release(self._peer)
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
+        if self._data is not None:
+            self._data.abort()
+            self._data = None
         self._log.info(
             "session from {peer} closed after {seconds:.1f}s: {messages} messages, {commands} commands",
             peer=self._peer,
@@ -220,7 +161,7 @@ class SMTPServer(AuthMixin, ESMTP):
         if not self._busy and self._mode != _DATA:
             self.reply(replies.SHUTTING_DOWN)
             self.transport.loseConnection()
-        elif self._mode == _DATA and self._writer is not None:
+        elif self._mode == _DATA and self._data is not None and self._data.writer is not None:
             # Never acknowledged: the client will send it again.
             self.reply(replies.SHUTTING_DOWN)
             self.transport.loseConnection()
@@ -229,42 +170,10 @@ class SMTPServer(AuthMixin, ESMTP):
 
     def write(self, data: bytes) -> None:
         """
-        Send bytes to the client.
-
-        Twisted's TCP transport holds every write until the reactor's next
-        turn: an epoll_ctl to watch for writability, a poll, the send, and
-        another epoll_ctl.  A reply is a few dozen bytes and the socket
-        buffer is nearly always empty, so on a plain TCP connection with
-        nothing already queued the send is tried at once, and only what did
-        not fit goes to the transport.  Under TLS, or with anything queued,
-        everything goes through the transport.  (This reads the transport's
-        buffer attributes, which are Twisted internals: setup.cfg pins the
-        Twisted series; tests over real sockets cover this path.)
+        Send bytes to the client, at once when the socket can take them
+        (see L{sendNow}).
         """
-        transport = self.transport
-        # Only a plain TCP connection: a TLS wrapper (port 465) forwards
-        # attribute lookups to the socket beneath it, and a direct send
-        # there would bypass the encryption.
-        sock = transport.socket if isinstance(transport, tcp.Connection) else None
-        if (
-            sock is not None
-            and transport.TLS is False
-            and transport.connected
-            and not transport.disconnecting
-            and not transport._tempDataBuffer
-            and len(transport.dataBuffer) == transport.offset
-        ):
-            try:
-                sent = sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                # Let the transport meet the error and close properly.
-                sent = 0
-            data = data[sent:]
-            if not data:
-                return
-        transport.write(data)
+        sendNow(self.transport, data)
 
     def reply(self, reply: Reply) -> None:
         """
@@ -409,10 +318,9 @@ class SMTPServer(AuthMixin, ESMTP):
         self._sender: str | None = None
         self._recipients: list[str] = []
         self._declaredSize: int | None = None
-        self._writer: SpoolWriter | None = None
+        self._data: MessageData | None = None
         # the SPF result of a checked transaction (see policy.inbound)
         self._spf: Any = None
-        self._filter: SpoofedResultsFilter | None = None
 
     def extensions(self) -> dict:
         """
@@ -515,8 +423,8 @@ class SMTPServer(AuthMixin, ESMTP):
         """
         Drop the current transaction and any body already spooled.
         """
-        if self._writer is not None:
-            self._writer.abort()
+        if self._data is not None:
+            self._data.abort()
         self._resetTransaction()
 
     def do_MAIL(self, rest: bytes):
@@ -538,19 +446,10 @@ class SMTPServer(AuthMixin, ESMTP):
                 raise PathError("parameters need EHLO")
         except PathError:
             return self._error(replies.BAD_SENDER_SYNTAX)
-        declared = None
-        for key, value in params.items():
-            if key == "SIZE":
-                if value is None or not value.isdigit():
-                    return self._error(replies.BAD_ARGUMENTS)
-                declared = int(value)
-            elif key == "BODY":
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                    return self._error(replies.BAD_BODY_PARAM)
-            elif key == "AUTH":
-                pass  # RFC 4954 §5: accepted; we trust only our own AUTH
-            else:
-                return self._error(replies.PARAM_NOT_IMPLEMENTED)
+        try:
+            declared = declaredSize(params)
+        except ReplyError as e:
+            return self._error(e.reply)
         return ensureDeferred(self._mail(sender, declared))
 
     async def _mail(self, sender: str, declared: int | None) -> None:
@@ -629,168 +528,62 @@ class SMTPServer(AuthMixin, ESMTP):
             return self._error(replies.NEED_MAIL)
         if not self._recipients:
             return self._error(replies.NEED_RCPT)
-        self._queueId, self._writer = self.intake.newMessage()
+        self._queueId, writer = self.intake.newMessage()
         self._receivedAt = self.clock.seconds()
+        headerFilter = None
         if self._spf is not None:
             # RFC 7208 §9.1: above the Received field of this hop
-            self._writer.write(self.policy.traceHeader(self._spf, self._peer, self._sender, self._heloName or ""))
-            self._filter = SpoofedResultsFilter(self.policy.isForged)
-        self._writer.write(self._receivedHeader())
-        self._dataFailure: Reply | None = None
-        self._dataSize = 0
-        self._midLine = False
-        # The header section, kept for the From check of authenticated mail
-        # and for DMARC.
-        checked = self.authenticatedAs or self._spf is not None
-        self._header: bytearray | None = bytearray() if checked else None
+            writer.write(self.policy.traceHeader(self._spf, self._peer, self._sender, self._heloName or ""))
+            headerFilter = SpoofedResultsFilter(self.policy.isForged)
+        writer.write(self._receivedHeader())
+        # The header is kept for the From check of authenticated mail and
+        # for DMARC.
+        checked = bool(self.authenticatedAs) or self._spf is not None
+        self._data = MessageData(writer, self.settings.maxMessageBytes, checked, headerFilter, self._backlogged)
         self._mode = _DATA
         self.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
 
     def _receivedHeader(self) -> bytes:
         """
-        The Received header (RFC 5321 §4.4), LF line ends.
+        The Received header of this hop (RFC 5321 §4.4).
         """
         # RFC 3848 protocol types
-        protocol = "ESMTP" if self._esmtp else "SMTP"
-        if self.startedTLS:
-            protocol += "S"
-        if self.authenticatedAs:
-            protocol += "A"
-        forClause = f"\n\tfor <{self._recipients[0]}>" if len(self._recipients) == 1 else ""
-        date = email.utils.formatdate(self._receivedAt)
-        text = (
-            f"Received: from {self._heloName} ([{self._peer}])\n"
-            f"\tby {self.settings.hostname} (QutEmail) with {protocol} id {self._queueId}"
-            f"{forClause};\n\t{date}\n"
-        )
-        return text.encode("utf-8", "replace")
+        protocol = ("ESMTP" if self._esmtp else "SMTP") + ("S" if self.startedTLS else "")
+        protocol += "A" if self.authenticatedAs else ""
+        return receivedHeader(self._heloName, self._peer, self.settings.hostname, protocol, self._queueId,
+                              self._recipients, self._receivedAt)
 
     def _consumeData(self) -> bool:
         """
-        Consume buffered body bytes.  The buffer always starts at the start
-        of a line.
+        Give buffered body bytes to the message being received.
 
         @return: C{True} if the end of data was reached (more input may be
             processed), C{False} when more bytes are needed.
         """
-        buffer = self._buffer
-        if self._midLine:
-            # The rest of an over-long line: skip to its end.
-            found = buffer.find(b"\r\n")
-            if found < 0:
-                self._buffer = buffer[-1:] if buffer.endswith(b"\r") else b""
-                return False
-            buffer = buffer[found + 2 :]
-            self._midLine = False
-        if buffer.startswith(b".\r\n"):
-            end, rest = 0, buffer[3:]
-        else:
-            found = buffer.find(b"\r\n.\r\n")
-            if found >= 0:
-                end, rest = found + 2, buffer[found + 5 :]
-            else:
-                last = buffer.rfind(b"\r\n")
-                if last < 0:
-                    if len(buffer) > MAX_TEXT_LINE_OCTETS:
-                        self._failData(replies.BAD_DATA_LINE)
-                        self._midLine = True
-                        self._buffer = buffer[-1:] if buffer.endswith(b"\r") else b""
-                    else:
-                        self._buffer = buffer
-                    return False
-                self._bodyChunk(buffer[: last + 2])
-                self._buffer = buffer[last + 2 :]
-                return False
-        self._bodyChunk(buffer[:end])
-        self._buffer = rest
-        self._mode = _COMMAND
-        self._wait(ensureDeferred(self._endOfData()))
-        return True
+        ended, self._buffer = self._data.consume(self._buffer)
+        if ended:
+            self._mode = _COMMAND
+            self._wait(ensureDeferred(self._endOfData()))
+        return ended
 
-    def _failData(self, reply: Reply) -> None:
+    def _backlogged(self, drained: Deferred) -> None:
         """
-        Fail the message being received; the rest of it is discarded.
+        The spool is behind: stop reading until it has caught up.
         """
-        if self._dataFailure is None:
-            self._dataFailure = reply
-            if self._writer is not None:
-                self._writer.abort()
-                self._writer = None
-
-    def _bodyChunk(self, chunk: bytes) -> None:
-        """
-        Check, unstuff and spool complete lines of body.
-
-        @param chunk: whole lines, CRLF-terminated, still dot-stuffed.
-        """
-        if not chunk:
-            return
-        if self._dataFailure is not None:
-            return
-        # Stored with LF line ends; every check below runs in C over the
-        # whole chunk rather than line by line in Python.
-        lines = chunk.replace(b"\r\n", b"\n")
-        crlf = len(chunk) - len(lines)
-        if b"\r" in lines or lines.count(b"\n") != crlf:
-            return self._failData(replies.BARE_LINEFEED)
-        if len(lines) > MAX_TEXT_LINE_OCTETS - 1 and (
-            lines.find(b"\n") > MAX_TEXT_LINE_OCTETS - 2 or _LONG_LINE.search(lines)
-        ):
-            return self._failData(replies.BAD_DATA_LINE)
-        # RFC 5321 §4.5.2: remove the first dot of every line starting with one
-        if lines[:1] == b".":
-            lines = lines[1:]
-        lines = lines.replace(b"\n.", b"\n")
-        if self._header is not None:
-            self._keepHeader(lines)
-        # RFC 1870 counts the message as sent, with CRLF line ends
-        self._dataSize += len(lines) + crlf
-        if self._dataSize > self.settings.maxMessageBytes:
-            return self._failData(replies.TOO_BIG)
-        if self._filter is not None:
-            lines = self._filter.feed(lines)
-        self._writer.write(lines)
-        if self._writer.pendingBytes > MAX_PENDING_BYTES:
-            self.transport.pauseProducing()
-            self._writer.drained().addCallback(lambda _: self.transport.resumeProducing())
-
-    def _keepHeader(self, lines: bytes) -> None:
-        """
-        Keep the header section (up to its blank line, at most 64 KiB) of
-        an authenticated submission.
-        """
-        header = self._header
-        if header.endswith(b"\n\n") or header == b"\n" or len(header) >= MAX_HEADER_BYTES:
-            return
-        header += lines[: MAX_HEADER_BYTES - len(header)]
-        end = header.find(b"\n\n")
-        if header.startswith(b"\n"):
-            del header[1:]
-        elif end >= 0:
-            del header[end + 2 :]
-
-    def _fromIsOwned(self) -> bool:
-        """
-        Whether every C{From:} address is the authenticated user's.
-        """
-        message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(bytes(self._header))
-        addresses = [a for _, a in email.utils.getaddresses(message.get_all("From", []))]
-        return all(a.lower() == self.authenticatedAs for a in addresses)
+        self.transport.pauseProducing()
+        drained.addCallback(lambda _: self.transport.resumeProducing())
 
     async def _endOfData(self) -> None:
         """
         The final dot: make the message durable, then answer.
         """
-        writer, self._writer = self._writer, None
-        failure = self._dataFailure
-        sender, recipients = self._sender, tuple(self._recipients)
-        spf, headerFilter = self._spf, self._filter
+        data = self._data
+        sender, recipients, spf = self._sender, tuple(self._recipients), self._spf
         self._resetTransaction()
-        if failure is None and headerFilter is not None:
-            writer.write(headerFilter.finish())
-        if failure is None and self.authenticatedAs and not self._fromIsOwned():
-            failure = replies.FROM_NOT_OWNED
-            writer.abort()
+        data.finish()
+        if data.failure is None and self.authenticatedAs and not data.fromIsOwnedBy(self.authenticatedAs):
+            data.fail(replies.FROM_NOT_OWNED)
+        failure, writer = data.failure, data.writer
         if failure is not None:
             self._log.info("rejected message {queueId} from {peer}: {reply}",
                            queueId=self._queueId, peer=self._peer, reply=str(failure))
@@ -798,66 +591,8 @@ class SMTPServer(AuthMixin, ESMTP):
             return
         envelope = Envelope(sender, recipients, self._heloName or "", self._peer,
                             self._receivedAt, self.authenticatedAs)
-        checks = InboundContext(spf, bytes(self._header)) if spf is not None else None
+        checks = InboundContext(spf, bytes(data.header)) if spf is not None else None
         reply = await self.intake.submit(self._queueId, writer, envelope, checks)
         if reply.code == replies.QUEUED.code:
             self._messages += 1
         self.reply(reply)
-
-
-class SMTPServerFactory(ServerFactory):
-    """
-    Builds L{SMTPServer} sessions for one listener, and counts them.
-    """
-
-    def __init__(self, *, intake: Any, policy: Any, settings: SessionSettings, clock: Any) -> None:
-        """
-        @param intake: the L{qutemail.pipeline.intake.Intake}.
-        @param policy: the listener's L{qutemail.policy.session.SessionPolicy}.
-        @param settings: the listener's L{SessionSettings}.
-        @param clock: an C{IReactorTime}; the sessions' timeouts use it.
-        """
-        self.intake = intake
-        self.policy = policy
-        self.settings = settings
-        self.clock = clock
-        self._connections: dict[str, int] = {}
-        self.sessions: set[SMTPServer] = set()
-
-    def admit(self, ip: str) -> bool:
-        """
-        Count a new session from C{ip}, unless it has too many already.
-
-        @return: whether it is admitted.
-        """
-        count = self._connections.get(ip, 0)
-        if self.settings.connectionsPerIp and count >= self.settings.connectionsPerIp:
-            return False
-        self._connections[ip] = count + 1
-        return True
-
-    def release(self, ip: str) -> None:
-        """
-        A session from C{ip} ended.
-        """
-        count = self._connections.get(ip, 0) - 1
-        if count > 0:
-            self._connections[ip] = count
-        else:
-            self._connections.pop(ip, None)
-
-    def buildProtocol(self, addr) -> SMTPServer:
-        """
-        Make a session whose timeouts run on our clock.
-        """
-        proto = SMTPServer(self.intake, self.policy, self.settings, self.clock)
-        proto.factory = self
-        proto.callLater = self.clock.callLater
-        return proto
-
-    def shutdown(self) -> None:
-        """
-        Tell every session the server is stopping.
-        """
-        for session in list(self.sessions):
-            session.shutdown()
