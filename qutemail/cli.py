@@ -55,10 +55,11 @@ from qutemail.assembly import Backends, buildBackends
 from qutemail.blocking import InlineRunner, wait
 from qutemail.climail import addMailCommands, addQKDCommands, addRetentionCommands
 from qutemail.cliqueue import CommandError, addDKIMCommands, addDNSCommands, addQueueCommands
-from qutemail.config import Config, ConfigError, formatSize, loadConfig, parseSize
+from qutemail.config import Config, ConfigError, loadConfig
+from qutemail.configvalues import formatSize, parseSize
 from qutemail.interfaces import NoSuchUser, UserExists
 from qutemail.queue.control import ControlError
-from qutemail.store.maildir import mailboxPath, readUsage
+from qutemail.store.mailbox import mailboxPath, readUsage
 
 PROG = "qutemail"
 CONFIG_ENVIRONMENT = "QUTEMAIL_CONFIG"

@@ -11,7 +11,7 @@ in a worker thread for a spilled body.
 import io
 import json
 import secrets
-from typing import Any
+from typing import Any, Iterable
 
 import attrs
 
@@ -215,3 +215,16 @@ class FailedRecipient:
     address: str
     status: str
     diagnostic: str
+
+
+def dueEntries(entries: Iterable[QueueEntry], now: float, limit: int, busy: Any = ()) -> list[QueueEntry]:
+    """
+    The order in which due entries are tried, for every L{IRelayQueue}.
+
+    @param entries: the queued entries.
+    @return: at most C{limit} of those with a recipient due by C{now} and
+        not in C{busy}: never-tried ones first, then the longest waiting.
+    """
+    due = [e for e in entries if e.queueId not in busy and e.due(now)]
+    due.sort(key=lambda e: (min(r.attempts for r in e.due(now)) > 0, min(r.nextAttempt for r in e.due(now))))
+    return due[:limit]

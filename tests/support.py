@@ -28,7 +28,8 @@ from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
 from qutemail.store.delivery import LocalDelivery
-from qutemail.store.maildir import MaildirStore, mailboxPath
+from qutemail.store.maildir import MaildirStore
+from qutemail.store.mailbox import mailboxPath
 
 HOSTNAME = "mail.example.test"
 DOMAINS = ("example.test",)

@@ -14,7 +14,8 @@ from qutemail.interfaces import Account, KeyGone
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.vault import FileKeyVault
-from qutemail.store.maildir import MaildirStore, mailboxPath, readUsage
+from qutemail.store.maildir import MaildirStore
+from qutemail.store.mailbox import mailboxPath, readUsage
 from tests.test_cli import CommandTestsMixin
 
 DAY = 86400.0

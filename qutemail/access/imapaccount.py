@@ -4,7 +4,7 @@ The IMAP avatar: one logged-in account's Maildir++ folders (see
 L{qutemail.store.folders}), and the realm and portal that give it.
 
 The realm builds every path from the authenticated address alone
-(L{qutemail.store.maildir.mailboxPath}); folder names from the client go
+(L{qutemail.store.mailbox.mailboxPath}); folder names from the client go
 through L{qutemail.store.folders} validation, and a refused one is
 logged with the account, the name tried and the reason.  The special
 folders (Sent, Drafts, Trash, Junk) are created at login.
@@ -35,7 +35,7 @@ from qutemail.access.imapmailbox import FolderGone, FolderView
 from qutemail.access.imapmessage import MessageCache
 from qutemail.access.imapstore import deleteFolder, syncFolder, usage
 from qutemail.cred import UserDirectoryChecker
-from qutemail.store.maildir import mailboxPath
+from qutemail.store.mailbox import mailboxPath
 
 
 @attrs.frozen

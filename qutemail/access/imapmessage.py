@@ -13,7 +13,7 @@ while it stays in the cache; one read again later (after many others) is
 decrypted again.
 
 A message whose key is gone or that fails authentication is shown as the
-short plain-text notice POP3 serves (L{qutemail.access.pop3.notice}), and
+short plain-text notice POP3 serves (L{qutemail.access.maildrop.notice}), and
 logged; one that cannot be read for now (the vault failed) is
 L{MessageUnavailable}; one expunged by another session is L{MessageGone}.
 """
@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from qutemail.access.imapmime import Entity, scanMessage
 from qutemail.access.imapstore import locate
 from qutemail.access.imapwire import CRLFConverter
-from qutemail.access.pop3 import notice
+from qutemail.access.maildrop import notice
 from qutemail.store.reader import MessageUnreadable, readMessage
 
 # Bytes read from a message file per worker-thread call.

@@ -24,7 +24,7 @@ import attrs
 from qutemail.store.folders import MaildirFolders
 from qutemail.access.uids import INFO_PREFIX, FolderMessage, FolderState, infoLetters, lettersOfFlags, setFlags, sync
 from qutemail.durable import syncDirectory, writeAll
-from qutemail.store.maildir import countMailbox, messageEntries, readUsage, recordUsage
+from qutemail.store.mailbox import countMailbox, messageEntries, readUsage, recordUsage
 from qutemail.store.reader import storedId
 
 

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 
 from qutemail.store.folders import DirectoryLock
 from qutemail.durable import replaceFile
-from qutemail.store.maildir import messageEntries
+from qutemail.store.mailbox import messageEntries
 from qutemail.store.reader import storedId
 
 _log = Logger()

@@ -16,9 +16,9 @@ from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
 from qutemail.interfaces import (
-    Account, IDKIMKeys, IKeyVault, IMessageStore, IUserDirectory, KeyGone, NoSuchUser, UserExists,
+    Account, IDKIMKeys, IKeyVault, IMessageStore, IRelayQueue, IUserDirectory, KeyGone, NoSuchUser, UserExists,
 )
-from qutemail.message import SpooledMessage
+from qutemail.message import QueueEntry, SpooledMessage, dueEntries
 from qutemail.qkd.vault import checkKey, checkKeyId
 from qutemail.replies import MAILBOX_FULL, ReplyError
 
@@ -242,3 +242,70 @@ class MemoryDKIMKeys:
         See L{IDKIMKeys.keyFor}.
         """
         return succeed(self.keys.get(domain))
+
+
+@implementer(IRelayQueue)
+@attrs.define
+class MemoryRelayQueue:
+    """
+    The relay queue in a dict.  Entries keep the message as given (a
+    body inline or in its spill file).
+
+    @ivar entries: the entries by queue id.
+    """
+
+    entries: dict[str, QueueEntry] = attrs.field(factory=dict)
+    _subscribers: list = attrs.field(factory=list)
+
+    def add(self, message: SpooledMessage, recipients: list, dkimHeader: str = ""):
+        """
+        See L{IRelayQueue.add}.
+        """
+        entry = self.entries.setdefault(message.queueId, QueueEntry(message, list(recipients), dkimHeader))
+        for callback in self._subscribers:
+            callback(entry)
+        return succeed(entry)
+
+    def update(self, entry: QueueEntry):
+        """
+        See L{IRelayQueue.update}.
+        """
+        if self.entries.get(entry.queueId) is entry and not entry.pending():
+            del self.entries[entry.queueId]
+        return succeed(None)
+
+    def remove(self, queueId: str):
+        """
+        See L{IRelayQueue.remove}.
+        """
+        return succeed(self.entries.pop(queueId, None) is not None)
+
+    def get(self, queueId: str):
+        """
+        See L{IRelayQueue.get}.
+        """
+        return succeed(self.entries.get(queueId))
+
+    def refresh(self):
+        """
+        See L{IRelayQueue.refresh}: nobody else adds to a dict.
+        """
+        return succeed(0)
+
+    def due(self, now: float, limit: int, busy: Any = ()):
+        """
+        See L{IRelayQueue.due}.
+        """
+        return succeed(dueEntries(self.entries.values(), now, limit, busy))
+
+    def waiting(self):
+        """
+        See L{IRelayQueue.waiting}.
+        """
+        return succeed([e for e in self.entries.values() if e.pending()])
+
+    def subscribe(self, callback: Any) -> None:
+        """
+        See L{IRelayQueue.subscribe}.
+        """
+        self._subscribers.append(callback)

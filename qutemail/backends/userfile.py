@@ -1,25 +1,10 @@
 # -*- test-case-name: tests.backends.test_userfile -*-
 """
-L{FileUserDirectory}: the local accounts in one text file, C{data_dir/users}.
-
-The file is UTF-8 JSON, written with mode 0600::
-
-    {
-      "users": {
-        "bob@example.test": {
-          "password": "scrypt$14$8$1$<salt>$<hash>",
-          "quota": null
-        }
-      },
-      "version": 1
-    }
-
-C{users} maps each normalised address (see L{qutemail.address}) to its
-record: C{password} is a scrypt hash in the form
-C{scrypt$<log2 N>$<r>$<p>$<base64 salt>$<base64 key>}, so the cost
-parameters travel with each hash and can be raised later without making old
-hashes unreadable; C{quota} is the mailbox quota in bytes, or C{null} for the
-configured default.  A missing file means there are no users.
+L{FileUserDirectory}: the local accounts in one text file, C{data_dir/users},
+written with mode 0600.  L{qutemail.backends.userrecords} describes its
+contents: one record per normalised address, with a scrypt password hash
+(L{qutemail.backends.passwordhash}) and a quota.  A missing file means
+there are no users.
 
 Every change rewrites the whole file atomically (a temporary file in the same
 directory, fsynced, renamed over the old one, then the directory fsynced),
@@ -40,44 +25,28 @@ All file access and all password hashing run through the injected runner:
 scrypt takes tens of milliseconds and fsync may take longer still.
 """
 
-import base64
-import binascii
 import errno
 import fcntl
-import json
 import os
 import tempfile
 from typing import Any, Callable
 
 import attrs
-from cryptography.exceptions import InvalidKey
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from qutemail.address import AddressInvalid, parseAccountAddress
-from qutemail.durable import syncDirectory, writeAll
+from qutemail.backends.passwordhash import (
+    DEFAULT_WORK_FACTOR, MAX_WORK_FACTOR, SALT_BYTES, deriveKey, hashPassword, verifyPassword,
+)
+from qutemail.backends.userrecords import (
+    UserFileError, UserRecord, checkAddress, isQuota, parseUserFile, serialiseUserFile,
+)
+from qutemail.durable import removeFile, syncDirectory, writeAll
 from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
 from qutemail.serial import SerialQueue, Waiters
-
-FORMAT_VERSION = 1
-
-# scrypt cost: N = 2**14, r = 8, p = 1 takes 16 MiB and ~50 ms per hash
-# (the parameters RFC 7914 §2 and OWASP suggest for interactive logins).
-DEFAULT_WORK_FACTOR = 14
-SCRYPT_R = 8
-SCRYPT_P = 1
-SALT_BYTES = 16
-KEY_BYTES = 32
-
-# Bounds on the parameters accepted from the file, so that an edited or
-# damaged file cannot make one login allocate gigabytes.
-_MAX_WORK_FACTOR = 20
-_MAX_R = 32
-_MAX_P = 16
 
 # A fixed salt for the work done on behalf of unknown users; what comes out
 # is thrown away.
@@ -87,103 +56,6 @@ _DUMMY_SALT = b"\0" * SALT_BYTES
 # changes made by another process.
 RECHECK_SECONDS = 1.0
 
-_SCHEME = "scrypt"
-
-
-class UserFileError(Exception):
-    """
-    The user file cannot be read or written: it is corrupt, or the
-    operating system refused.  C{str()} is one line naming the file.
-    """
-
-
-def _b64encode(data: bytes) -> str:
-    """
-    @return: C{data} in standard base64 without padding.
-    """
-    return base64.b64encode(data).decode("ascii").rstrip("=")
-
-
-def _b64decode(text: str) -> bytes:
-    """
-    Decode base64 written by L{_b64encode}.
-
-    @raise ValueError: C{text} is not base64.
-    """
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except binascii.Error as e:
-        raise ValueError(f"bad base64: {e}") from None
-
-
-def _scrypt(salt: bytes, workFactor: int, r: int, p: int, length: int) -> Scrypt:
-    """
-    @return: a one-use scrypt KDF with these parameters.
-    """
-    return Scrypt(salt=salt, length=length, n=2**workFactor, r=r, p=p)
-
-
-def hashPassword(password: bytes, workFactor: int = DEFAULT_WORK_FACTOR) -> str:
-    """
-    Hash a password with scrypt and a fresh random salt.  Blocking and slow:
-    call it through a runner.
-
-    @param password: the password.
-    @param workFactor: log2 of scrypt's N.
-    @return: C{scrypt$<log2 N>$<r>$<p>$<base64 salt>$<base64 key>}.
-    """
-    salt = os.urandom(SALT_BYTES)
-    key = _scrypt(salt, workFactor, SCRYPT_R, SCRYPT_P, KEY_BYTES).derive(password)
-    return "$".join(
-        [_SCHEME, str(workFactor), str(SCRYPT_R), str(SCRYPT_P), _b64encode(salt), _b64encode(key)]
-    )
-
-
-def parsePasswordHash(encoded: str) -> tuple[int, int, int, bytes, bytes]:
-    """
-    Split a hash written by L{hashPassword}, checking every part.
-
-    @param encoded: the stored hash.
-    @return: C{(workFactor, r, p, salt, key)}.
-    @raise ValueError: it is not such a hash, or its parameters are out of
-        the range this server accepts.
-    """
-    if not isinstance(encoded, str):
-        raise ValueError("the password hash is not a string")
-    parts = encoded.split("$")
-    if len(parts) != 6 or parts[0] != _SCHEME:
-        raise ValueError("the password hash is not of the form scrypt$N$r$p$salt$key")
-    numbers = []
-    for part in parts[1:4]:
-        if not part.isascii() or not part.isdigit():
-            raise ValueError(f"the password hash has a bad parameter {part!r}")
-        numbers.append(int(part))
-    workFactor, r, p = numbers
-    if not 1 <= workFactor <= _MAX_WORK_FACTOR or not 1 <= r <= _MAX_R or not 1 <= p <= _MAX_P:
-        raise ValueError(f"the password hash's parameters N=2**{workFactor} r={r} p={p} are out of range")
-    salt, key = _b64decode(parts[4]), _b64decode(parts[5])
-    if len(salt) < 8 or not 16 <= len(key) <= 64:
-        raise ValueError("the password hash's salt or key has a bad length")
-    return workFactor, r, p, salt, key
-
-
-def verifyPassword(encoded: str, password: bytes) -> bool:
-    """
-    Check a password against a stored hash, comparing in constant time.
-    Blocking and slow: call it through a runner.
-
-    @param encoded: a hash written by L{hashPassword}.
-    @param password: the candidate.
-    @return: whether it matches.
-    @raise ValueError: C{encoded} is not a valid hash.
-    """
-    workFactor, r, p, salt, key = parsePasswordHash(encoded)
-    try:
-        _scrypt(salt, workFactor, r, p, len(key)).verify(password, key)
-    except InvalidKey:
-        return False
-    return True
-
 
 def _dummyVerify(password: bytes, workFactor: int) -> bool:
     """
@@ -191,21 +63,8 @@ def _dummyVerify(password: bytes, workFactor: int) -> bool:
 
     @return: C{False}, always.
     """
-    _scrypt(_DUMMY_SALT, workFactor, SCRYPT_R, SCRYPT_P, KEY_BYTES).derive(password)
+    deriveKey(password, _DUMMY_SALT, workFactor)
     return False
-
-
-@attrs.frozen
-class _Record:
-    """
-    One account as stored.
-
-    @ivar passwordHash: see L{hashPassword}.
-    @ivar quotaBytes: the quota, or C{None} for the configured default.
-    """
-
-    passwordHash: str
-    quotaBytes: int | None
 
 
 @attrs.frozen
@@ -219,7 +78,7 @@ class _Snapshot:
     """
 
     key: tuple[int, int, int] | None
-    users: dict[str, _Record]
+    users: dict[str, UserRecord]
     error: str | None = None
 
 
@@ -228,78 +87,6 @@ def _statKey(st: os.stat_result) -> tuple[int, int, int]:
     @return: what identifies one version of the file.
     """
     return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _isQuota(value: Any) -> bool:
-    """
-    @return: whether C{value} is a valid stored quota.
-    """
-    return value is None or (type(value) is int and value >= 0)
-
-
-def _parse(path: str, data: bytes) -> dict[str, _Record]:
-    """
-    Parse and check the file's contents.
-
-    @param path: the file, for error messages.
-    @param data: its contents.
-    @return: the records by address.
-    @raise UserFileError: the contents are not a valid user file.
-    """
-
-    def corrupt(reason: str) -> UserFileError:
-        """
-        @return: the error for this fault in the file.
-        """
-        return UserFileError(f"{path}: corrupt user file: {reason}")
-
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise corrupt(f"not UTF-8 (byte {e.start})") from None
-    except ValueError as e:
-        raise corrupt(f"not JSON ({e})") from None
-    if not isinstance(document, dict):
-        raise corrupt("the top level is not an object")
-    if document.get("version") != FORMAT_VERSION:
-        raise corrupt(f"unsupported version {document.get('version')!r} (expected {FORMAT_VERSION})")
-    entries = document.get("users")
-    if not isinstance(entries, dict):
-        raise corrupt('"users" is not an object')
-    users = {}
-    for address, entry in entries.items():
-        try:
-            normal = str(parseAccountAddress(address))
-        except AddressInvalid as e:
-            raise corrupt(str(e)) from None
-        if normal != address:
-            raise corrupt(f"{address!r} is not in normal form ({normal!r})")
-        if not isinstance(entry, dict):
-            raise corrupt(f"the entry for {address} is not an object")
-        passwordHash = entry.get("password")
-        try:
-            parsePasswordHash(passwordHash)
-        except ValueError as e:
-            raise corrupt(f"{address}: {e}") from None
-        quota = entry.get("quota")
-        if not _isQuota(quota):
-            raise corrupt(f"{address}: quota {quota!r} is not null or a byte count")
-        users[address] = _Record(passwordHash, quota)
-    return users
-
-
-def _serialise(users: dict[str, _Record]) -> bytes:
-    """
-    @return: the file's contents for these records.
-    """
-    document = {
-        "version": FORMAT_VERSION,
-        "users": {
-            address: {"password": record.passwordHash, "quota": record.quotaBytes}
-            for address, record in sorted(users.items())
-        },
-    }
-    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def _osError(path: str, doing: str, e: OSError) -> UserFileError:
@@ -326,7 +113,7 @@ def _readFile(path: str) -> _Snapshot:
         return _Snapshot(None, {})
     except OSError as e:
         raise _osError(path, "read the user file", e) from None
-    return _Snapshot(key, _parse(path, data))
+    return _Snapshot(key, parseUserFile(path, data))
 
 
 def _refresh(path: str, known: tuple[int, int, int] | None, force: bool) -> _Snapshot | None:
@@ -372,16 +159,13 @@ def _writeFile(path: str, data: bytes) -> tuple[int, int, int]:
             os.close(fd)
         os.rename(temp, path)
     except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
+        removeFile(temp)
         raise
     syncDirectory(directory)
     return key
 
 
-def _modify(path: str, change: Callable[[dict[str, _Record]], Any]) -> tuple[_Snapshot, Any]:
+def _modify(path: str, change: Callable[[dict[str, UserRecord]], Any]) -> tuple[_Snapshot, Any]:
     """
     Read, change and rewrite the file under an exclusive lock.  Blocking.
 
@@ -404,23 +188,12 @@ def _modify(path: str, change: Callable[[dict[str, _Record]], Any]) -> tuple[_Sn
         users = dict(_readFile(path).users)
         result = change(users)
         try:
-            key = _writeFile(path, _serialise(users))
+            key = _writeFile(path, serialiseUserFile(users))
         except OSError as e:
             raise _osError(path, "write the user file", e) from None
         return _Snapshot(key, users), result
     finally:
         os.close(lockFd)
-
-
-def _checkAddress(address: str) -> None:
-    """
-    Refuse an address that is not normalised.
-
-    @raise AddressInvalid: it is not.
-    """
-    normal = str(parseAccountAddress(address))
-    if normal != address:
-        raise AddressInvalid(f"{address!r} is not in normal form ({normal!r})")
 
 
 def _checkPasswordValue(password: bytes) -> None:
@@ -448,8 +221,9 @@ def _providesTime(instance: Any, attribute: attrs.Attribute, value: Any) -> None
 @attrs.define(eq=False)
 class FileUserDirectory:
     """
-    The accounts in C{data_dir/users}; see the module docstring for the
-    file's format and how changes by other processes are picked up.
+    The accounts in C{data_dir/users}; see the module docstring for how
+    changes by other processes are picked up, and
+    L{qutemail.backends.userrecords} for the file's format.
 
     @ivar path: the user file.
     @ivar runner: runs blocking work (file access, hashing): a
@@ -466,7 +240,7 @@ class FileUserDirectory:
     runner: Any
     clock: Any = attrs.field(validator=_providesTime)
     workFactor: int = attrs.field(
-        default=DEFAULT_WORK_FACTOR, validator=attrs.validators.in_(range(1, _MAX_WORK_FACTOR + 1))
+        default=DEFAULT_WORK_FACTOR, validator=attrs.validators.in_(range(1, MAX_WORK_FACTOR + 1))
     )
     _snapshot: _Snapshot | None = attrs.field(default=None, init=False)
     _checkedAt: float = attrs.field(default=0.0, init=False)
@@ -501,7 +275,7 @@ class FileUserDirectory:
                 return self._reread.wait().addCallback(lambda _: self._recordsNow())
         return maybeDeferred(self._recordsNow)
 
-    def _recordsNow(self) -> dict[str, _Record]:
+    def _recordsNow(self) -> dict[str, UserRecord]:
         """
         @return: the records of the current snapshot.
         @raise UserFileError: it records a failure to read the file.
@@ -543,7 +317,7 @@ class FileUserDirectory:
                     self._log.error("{reason}", path=self.path, reason=fresh.error)
         self._reread.fire(None)
 
-    def _change(self, change: Callable[[dict[str, _Record]], Any]) -> Deferred:
+    def _change(self, change: Callable[[dict[str, UserRecord]], Any]) -> Deferred:
         """
         Apply a change to the file, after every change asked for before it,
         and remember what was written.
@@ -553,7 +327,7 @@ class FileUserDirectory:
         """
         return self._writes.run(lambda: Deferred.fromCoroutine(self._write(change)))
 
-    async def _write(self, change: Callable[[dict[str, _Record]], Any]) -> Any:
+    async def _write(self, change: Callable[[dict[str, UserRecord]], Any]) -> Any:
         """
         See L{_change}; runs alone.
         """
@@ -615,17 +389,17 @@ class FileUserDirectory:
         """
         See L{addUser}.
         """
-        _checkAddress(address)
+        checkAddress(address)
         _checkPasswordValue(password)
         passwordHash = await self.runner.run(hashPassword, password, self.workFactor)
 
-        def add(users: dict[str, _Record]) -> None:
+        def add(users: dict[str, UserRecord]) -> None:
             """
             Add the record, unless the address is taken.
             """
             if address in users:
                 raise UserExists(address)
-            users[address] = _Record(passwordHash, None)
+            users[address] = UserRecord(passwordHash, None)
 
         await self._change(add)
         self._log.info("added user {address}", address=address)
@@ -646,7 +420,7 @@ class FileUserDirectory:
         _checkPasswordValue(password)
         passwordHash = await self.runner.run(hashPassword, password, self.workFactor)
 
-        def setHash(users: dict[str, _Record]) -> None:
+        def setHash(users: dict[str, UserRecord]) -> None:
             """
             Replace the account's hash.
             """
@@ -670,10 +444,10 @@ class FileUserDirectory:
         """
         See L{setQuota}.
         """
-        if not _isQuota(quotaBytes):
+        if not isQuota(quotaBytes):
             raise ValueError(f"{quotaBytes!r} is not a quota in bytes")
 
-        def setQuota(users: dict[str, _Record]) -> None:
+        def setQuota(users: dict[str, UserRecord]) -> None:
             """
             Replace the account's quota.
             """
@@ -696,7 +470,7 @@ class FileUserDirectory:
         See L{removeUser}.
         """
 
-        def remove(users: dict[str, _Record]) -> None:
+        def remove(users: dict[str, UserRecord]) -> None:
             """
             Delete the account's record.
             """

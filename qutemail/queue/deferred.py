@@ -19,7 +19,7 @@ and C{sent}.
 import json
 import os
 import shutil
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from qutemail.durable import replaceFile, syncDirectory
 from qutemail.interfaces import IRelayQueue
-from qutemail.message import LEGACY_STATES, Envelope, QueueEntry, RecipientState, SpooledMessage
+from qutemail.message import LEGACY_STATES, dueEntries, Envelope, QueueEntry, RecipientState, SpooledMessage
 
 @implementer(IRelayQueue)
 class DeferredQueue:
@@ -242,16 +242,3 @@ class DeferredQueue:
         mail does not wait behind a backlog.
         """
         return succeed(dueEntries(self.entries.values(), now, limit, busy))
-
-
-def dueEntries(entries: Iterable[QueueEntry], now: float, limit: int, busy: Any = ()) -> list[QueueEntry]:
-    """
-    The order in which due entries are tried, for every L{IRelayQueue}.
-
-    @param entries: the queued entries.
-    @return: at most C{limit} of those with a recipient due by C{now} and
-        not in C{busy}: never-tried ones first, then the longest waiting.
-    """
-    due = [e for e in entries if e.queueId not in busy and e.due(now)]
-    due.sort(key=lambda e: (min(r.attempts for r in e.due(now)) > 0, min(r.nextAttempt for r in e.due(now))))
-    return due[:limit]

@@ -274,7 +274,7 @@ class MaildirFolders:
     The folders of one account's Maildir++ mailbox.  Blocking.
 
     @ivar root: the mailbox directory (see
-        L{qutemail.store.maildir.mailboxPath}).
+        L{qutemail.store.mailbox.mailboxPath}).
     """
 
     root: str

@@ -12,15 +12,13 @@ size suffix: C{<secs>.M<usecs>Q<queueId>R<index>.<host>,S=<bytes>}.  The
 name is a function of the queue entry alone, so a delivery repeated after a
 crash finds its own earlier file and does not store the message twice.
 
-Usage is kept in the Maildir++ C{maildirsize} file: a first line with the
-quota (C{<bytes>S}), then one C{<bytes> <count>} line per change, so that
-reading usage never scans the mailbox.
+Each batch adds one line per mailbox to its Maildir++ C{maildirsize} file
+(see L{qutemail.store.mailbox}, where mailboxes are found and their usage
+read and recorded).
 """
 
-import fcntl
 import os
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -32,13 +30,18 @@ from qutemail.durable import syncDirectory, writeAll
 from qutemail.interfaces import Account, IMessageStore
 from qutemail.message import SpooledMessage
 from qutemail.replies import MAILBOX_FULL, ReplyError
+from qutemail.store.mailbox import (
+    UsageTail, mailboxPath, readUsage, readUsageFrom,
+    recordUsage,
+)
+
+# The names from qutemail.store.mailbox stay importable from here, where
+# the rest of the server (IMAP, retention, the command-line tool) imports them.
 
 _COPY_BYTES = 1024 * 1024
 # How long usage read from maildirsize is trusted before it is read again
 # (other processes, such as an IMAP server on another node, may change it).
 USAGE_CACHE_SECONDS = 60.0
-# Maildir++: a maildirsize file past 5120 bytes is recalculated.
-MAILDIRSIZE_MAX_BYTES = 5120
 # Delivery batches written at once (each in its own worker thread).
 MAX_BATCHES = 4
 # The most copies one batch takes.
@@ -53,187 +56,6 @@ MAX_BATCH_JOBS = 64
 BATCH_DELAY_SECONDS = 0.05
 _SUBDIRS = ("cur", "new", "tmp")
 FOLDER_MARKER = "maildirfolder"
-
-
-def mailboxPath(dataDir: str, address: str) -> str:
-    """
-    The Maildir of an account.
-
-    @param dataDir: the server's C{data_dir}.
-    @param address: a normalised address (validated: no C{/}, no leading dot).
-    @return: C{data_dir/mail/<domain>/<localpart>}.
-    """
-    localpart, _, domain = address.rpartition("@")
-    return os.path.join(dataDir, "mail", domain, localpart)
-
-
-def readUsage(path: str) -> tuple[int, int]:
-    """
-    Read a mailbox's usage from its C{maildirsize} file, or count the
-    mailbox when that file is missing.  Blocking.
-
-    @param path: the mailbox directory.
-    @return: C{(bytes, messages)}; C{(0, 0)} for a mailbox that does not
-        exist yet.
-    """
-    try:
-        with open(os.path.join(path, "maildirsize"), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return countMailbox(path)
-    # The first line is the quota definition, not usage.
-    first = data.find(b"\n")
-    total, count = _sumUsageLines(data[first + 1 :] if first >= 0 else b"")
-    return max(total, 0), max(count, 0)
-
-
-def _sumUsageLines(data: bytes) -> tuple[int, int]:
-    """
-    Sum C{maildirsize} lines (the quota line already left out), skipping
-    malformed ones as L{readUsage} does.
-
-    @param data: whole lines.
-    @return: C{(bytes, messages)}, not clamped at zero.
-    """
-    total = count = 0
-    for line in data.split(b"\n"):
-        fields = line.split()
-        if len(fields) == 2:
-            try:
-                size, number = int(fields[0]), int(fields[1])
-            except ValueError:
-                continue
-            total += size
-            count += number
-    return total, count
-
-
-@attrs.define
-class _UsageTail:
-    """
-    How much of one mailbox's C{maildirsize} has been read, so that the
-    next read takes only the lines appended since.
-
-    @ivar inode: the file's inode number (a replaced file has another).
-    @ivar offset: the end of the last whole line read.
-    @ivar lastBytes: the bytes just before C{offset}, read again to make
-        sure the file is still the one read before.
-    @ivar totalBytes: the sum of the lines before C{offset}.
-    @ivar messages: the sum of their message counts.
-    """
-
-    inode: int
-    offset: int
-    lastBytes: bytes
-    totalBytes: int
-    messages: int
-
-
-# How many bytes before the end of what was read are compared again.
-_TAIL_CHECK_BYTES = 32
-
-
-def readUsageFrom(path: str, tail: _UsageTail | None) -> tuple[tuple[int, int], _UsageTail | None]:
-    """
-    L{readUsage}, reading only what was appended to C{maildirsize} since
-    C{tail} was taken: the file is append-only until it is replaced, so a
-    delivery's quota check costs one short read, not a parse of the whole
-    file.  Blocking.
-
-    @param path: the mailbox directory.
-    @param tail: what an earlier call returned for this mailbox, or C{None}.
-    @return: C{(bytes, messages)} as L{readUsage} gives it, and the tail to
-        pass next time (C{None} when there is nothing to remember).
-    """
-    try:
-        fd = os.open(os.path.join(path, "maildirsize"), os.O_RDONLY)
-    except FileNotFoundError:
-        return countMailbox(path), None
-    try:
-        st = os.fstat(fd)
-        data = b""
-        if tail is not None and tail.inode == st.st_ino and tail.offset <= st.st_size:
-            start = tail.offset - len(tail.lastBytes)
-            data = os.pread(fd, st.st_size - start, start)
-            if data.startswith(tail.lastBytes):
-                data = data[len(tail.lastBytes):]
-            else:
-                tail = None
-        else:
-            # Another file (replaced when it grew too long) or a shorter one.
-            tail = None
-        if tail is None:
-            data = os.pread(fd, st.st_size, 0)
-            # The first line is the quota definition, not usage.
-            first = data.find(b"\n") + 1
-            if not first:
-                return (0, 0), None
-            tail = _UsageTail(st.st_ino, first, data[:first][-_TAIL_CHECK_BYTES:], 0, 0)
-            data = data[first:]
-    finally:
-        os.close(fd)
-    # Whole lines only: one being appended right now is read next time.
-    end = data.rfind(b"\n") + 1
-    addedBytes, addedMessages = _sumUsageLines(data[:end])
-    tail = _UsageTail(
-        st.st_ino, tail.offset + end, (tail.lastBytes + data[:end])[-_TAIL_CHECK_BYTES:],
-        tail.totalBytes + addedBytes, tail.messages + addedMessages,
-    )
-    return (max(tail.totalBytes, 0), max(tail.messages, 0)), tail
-
-
-def messageEntries(path: str) -> Iterator[os.DirEntry]:
-    """
-    The message files of a mailbox's INBOX: C{new/} first (so a message
-    moving to C{cur/} during the scan is seen at least once), then C{cur/};
-    dot files are skipped and a missing folder is empty.  Blocking.
-
-    @param path: the mailbox directory.
-    """
-    for sub in ("new", "cur"):
-        try:
-            entries = os.scandir(os.path.join(path, sub))
-        except FileNotFoundError:
-            continue
-        with entries:
-            for entry in entries:
-                if not entry.name.startswith("."):
-                    yield entry
-
-
-def _allMessageEntries(path: str) -> Iterator[os.DirEntry]:
-    """
-    The message files of a mailbox and of its Maildir++ folders (the
-    C{.Name} directories beside C{cur/}).  Blocking.
-    """
-    yield from messageEntries(path)
-    try:
-        folders = [e.path for e in os.scandir(path)
-                   if e.name.startswith(".") and e.name not in (".", "..") and e.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
-        return
-    for folder in sorted(folders):
-        yield from messageEntries(folder)
-
-
-def countMailbox(path: str) -> tuple[int, int]:
-    """
-    Count a mailbox's messages and bytes from its files, its Maildir++
-    folders included (the C{,S=} size in a name saves a stat).  Blocking.
-
-    @param path: the mailbox directory.
-    @return: C{(bytes, messages)}.
-    """
-    total = count = 0
-    for entry in _allMessageEntries(path):
-        _, marker, rest = entry.name.partition(",S=")
-        digits = rest.split(":")[0].split(",")[0]
-        try:
-            total += int(digits) if marker and digits.isdigit() else entry.stat().st_size
-        except FileNotFoundError:
-            continue
-        count += 1
-    return total, count
 
 
 def messageFileName(message: SpooledMessage, index: int, hostname: str, size: int) -> str:
@@ -333,7 +155,7 @@ class MaildirStore:
         self._sizeLocks: dict[str, threading.Lock] = {}
         # What each mailbox's maildirsize said when last read (worker
         # threads, under that mailbox's lock).
-        self._tails: dict[str, _UsageTail | None] = {}
+        self._tails: dict[str, UsageTail | None] = {}
         self._known: set[str] = set()
 
     def quotaOf(self, account: Account) -> int:
@@ -551,61 +373,6 @@ class MaildirStore:
         if lock is None:
             lock = self._sizeLocks.setdefault(path, threading.Lock())
         return lock
-
-
-def recordUsage(root: str, quotaBytes: int, size: int, count: int) -> None:
-    """
-    Record a change of a mailbox's usage (done already) in its Maildir++
-    C{maildirsize}: a line C{<bytes> <messages>}, negative for a removal,
-    appended under C{flock} (several processes write it: SMTP workers,
-    IMAP, POP3, retention), the file re-opened when another process
-    replaced it meanwhile.  A
-    missing file is created, for an addition, from a count of the whole
-    account (which holds the change), and left missing for a removal
-    (L{readUsage} counts the account then); one past
-    L{MAILDIRSIZE_MAX_BYTES} is folded into one line.  The file is derived
-    data: when it cannot be written it is removed, to be counted again.
-    """
-    sizeFile = os.path.join(root, "maildirsize")
-    create = os.O_CREAT if size > 0 or count > 0 else 0
-    try:
-        while True:
-            try:
-                fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | create, 0o600)
-            except FileNotFoundError:
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                opened = os.fstat(fd)
-                try:
-                    replaced = opened.st_ino != os.stat(sizeFile).st_ino
-                except FileNotFoundError:
-                    replaced = True
-                if replaced:
-                    continue
-                if opened.st_size == 0:
-                    total, messages = countMailbox(root)
-                    line = b"%dS\n%d %d\n" % (quotaBytes, total, messages)
-                else:
-                    line = b"%d %d\n" % (size, count)
-                writeAll(fd, line)
-                # Under the lock every append is ours: no need to ask the size.
-                if opened.st_size + len(line) > MAILDIRSIZE_MAX_BYTES:
-                    with open(sizeFile, "rb") as f:
-                        quotaLine = f.readline().rstrip(b"\n")
-                    total, messages = readUsage(root)
-                    temp = f"{sizeFile}.{os.getpid()}.{threading.get_ident()}"
-                    with open(temp, "wb") as f:
-                        f.write(b"%s\n%d %d\n" % (quotaLine, total, messages))
-                    os.rename(temp, sizeFile)
-                return
-            finally:
-                os.close(fd)
-    except OSError:
-        try:
-            os.unlink(sizeFile)
-        except OSError:
-            pass
 
 
 def _writeParts(fd: int, first: bytes, second: bytes) -> None:

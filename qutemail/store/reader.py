@@ -34,7 +34,7 @@ import attrs
 from qutemail.interfaces import KeyGone
 from qutemail.qkd.cipher import HEADER_CAP_BYTES, PROTOCOL, DecryptionError, Envelope, decryptStream, readEnvelope
 from qutemail.qkd.vault import KeyVaultError
-from qutemail.store.maildir import mailboxPath, messageEntries
+from qutemail.store.mailbox import mailboxPath, messageEntries
 
 _MAX_RETURN_PATH_BYTES = 1000
 

@@ -18,7 +18,7 @@ Order of removal, so that an interrupted sweep leaves nothing unreadable:
   1. the expired files are unlinked and their directories fsynced;
   2. the Maildir++ usage (C{maildirsize}) is lowered by their sizes, with
      negative lines as Maildir++ does it (quota usage counts the folders
-     too, see L{qutemail.store.maildir.countMailbox});
+     too, see L{qutemail.store.mailbox.countMailbox});
   3. only then are their keys erased from the vault.
 
 A crash between 1 and 3 leaves a key without a message, which is harmless
@@ -48,7 +48,7 @@ from twisted.logger import Logger
 from qutemail.store.folders import MaildirFolders
 from qutemail.durable import syncDirectory
 from qutemail.qkd.cipher import DecryptionError, readEnvelope
-from qutemail.store.maildir import messageEntries, recordUsage
+from qutemail.store.mailbox import messageEntries, recordUsage
 from qutemail.store.reader import storedId
 
 DAY_SECONDS = 86400.0
@@ -112,7 +112,7 @@ def mailboxes(dataDir: str) -> list[tuple[str, str]]:
 
 def _sizeOf(entry: os.DirEntry) -> int:
     """
-    @return: a message's size as L{qutemail.store.maildir.countMailbox}
+    @return: a message's size as L{qutemail.store.mailbox.countMailbox}
         counts it.
     @raise FileNotFoundError: it vanished meanwhile.
     """

@@ -26,7 +26,7 @@ from qutemail.blocking import InlineRunner
 from qutemail.policy.throttle import AuthThrottle
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.vault import FileKeyVault
-from qutemail.store.maildir import countMailbox
+from qutemail.store.mailbox import countMailbox
 
 ORIGINAL = (b"From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nSubject: private plan\r\n"
             b"Date: Tue, 14 Nov 2023 22:13:20 +0000\r\nMessage-ID: <m1@example.test>\r\n"

@@ -13,7 +13,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access import imapfetch
-from qutemail.store.maildir import readUsage
+from qutemail.store.mailbox import readUsage
 from tests.access.test_imapserver import ENCRYPTED_NAME, ORIGINAL, PLAIN, SessionMixin, deliver
 
 PLAIN_CRLF = PLAIN.replace(b"\n", b"\r\n")

@@ -14,7 +14,7 @@ from qutemail.access.imapstore import (
     transfer, usage, writeAppend,
 )
 from qutemail.access.uids import sync
-from qutemail.store.maildir import readUsage, recordUsage
+from qutemail.store.mailbox import readUsage, recordUsage
 
 
 def deliver(folder: str, name: str, data: bytes, mtime: float = 1700000000.0, sub: str = "new") -> str:

@@ -17,18 +17,16 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.mail.pop3 import IMailbox
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface.verify import verifyObject
 
-from qutemail.access.pop3 import DotStuffer, POP3Factory, POP3Realm, pop3Portal
+from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import BlockingRunner, InlineRunner
 from qutemail.tlsserver import ServerCredentials, contextFactory, generateSelfSigned
 from qutemail.policy.throttle import AuthThrottle
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.vault import FileKeyVault
-from qutemail.store.maildir import mailboxPath, readUsage
+from qutemail.store.mailbox import mailboxPath, readUsage
 from tests.integration.support import CLIENT_TIMEOUT, waitFor
 
 ORIGINAL = b"Received: from c.test\nFrom: bob@example.test\nSubject: private\n\nthe plan\n.dotted line\nend\n"
@@ -81,42 +79,6 @@ class TLSStringTransport(StringTransport):
         self.tlsContext = context
 
 
-class DotStufferTests(SynchronousTestCase):
-    """
-    L{DotStuffer} produces RFC 1939 multi-line data.
-    """
-
-    def transform(self, data: bytes, size: int, lines=None) -> bytes:
-        """
-        Feed C{data} in chunks of C{size} bytes.
-        """
-        stuffer = DotStuffer(lines)
-        out = b""
-        for i in range(0, len(data), size):
-            if stuffer.done:
-                break
-            out += stuffer.feed(data[i:i + size])
-        return out + stuffer.end()
-
-    def test_stuffingAnyChunking(self) -> None:
-        """
-        LF and CRLF become CRLF, leading dots are doubled, and the result is
-        the same however the input is split.
-        """
-        data = b"a\r\n.b\n..c\r\nd"
-        for size in range(1, len(data) + 1):
-            self.assertEqual(self.transform(data, size), b"a\r\n..b\r\n...c\r\nd\r\n.\r\n")
-
-    def test_top(self) -> None:
-        """
-        With a line limit, the header and that many body lines are sent.
-        """
-        data = b"H: 1\nH2: 2\n\none\ntwo\nthree\n"
-        for size in (1, 3, 100):
-            self.assertEqual(self.transform(data, size, 1), b"H: 1\r\nH2: 2\r\n\r\none\r\n.\r\n")
-            self.assertEqual(self.transform(data, size, 0), b"H: 1\r\nH2: 2\r\n\r\n.\r\n")
-
-
 class SessionTests(SynchronousTestCase):
     """
     Sessions over C{StringTransport}, with a clock and the inline runner.
@@ -164,15 +126,6 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.send(proto, transport, b"USER alice@example.test", b"PASS pw-alice"),
                          b"+OK USER accepted, send PASS\r\n+OK maildrop has 2 messages\r\n")
         return proto, transport
-
-    def test_mailboxProvidesIMailbox(self) -> None:
-        """
-        The realm's avatar provides L{IMailbox}.
-        """
-        realm = POP3Realm(self.dataDir, self.vault, InlineRunner())
-        interface, mailbox, _ = self.successResultOf(realm.requestAvatar("alice@example.test", None, IMailbox))
-        self.assertIs(interface, IMailbox)
-        verifyObject(IMailbox, mailbox)
 
     def test_userBeforeSTLSRefused(self) -> None:
         """

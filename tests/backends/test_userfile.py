@@ -18,20 +18,15 @@ from zope.interface.verify import verifyObject
 
 from qutemail.address import AddressInvalid
 from qutemail.backends import userfile
-from qutemail.backends.userfile import (
-    DEFAULT_WORK_FACTOR,
-    FileUserDirectory,
-    UserFileError,
-    hashPassword,
-    parsePasswordHash,
-    verifyPassword,
-)
+from qutemail.backends.passwordhash import DEFAULT_WORK_FACTOR
+from qutemail.backends.userfile import FileUserDirectory
+from qutemail.backends.userrecords import UserFileError
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
 from tests.support import QueuedRunner
 
-# Cheap scrypt (N = 16) so that the tests run fast; DefaultParametersTests
-# covers the real cost once.
+# Cheap scrypt (N = 16) so that the tests run fast; WorkFactorTests and
+# tests.backends.test_passwordhash cover the real cost.
 CHEAP = 4
 PASSWORD = b"correct horse battery staple"
 
@@ -381,78 +376,6 @@ class FileTests(DirectoryTestsMixin, SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(self.dataDir)), ["users", "users.lock"])
 
 
-class CorruptFileTests(DirectoryTestsMixin, SynchronousTestCase):
-    """
-    A file that is not a valid user file gives one clear error.
-    """
-
-    # name: (contents, a word the message must hold)
-    CORRUPT = {
-        "not JSON": (b'{"version": 1, "users": {', "not JSON"),
-        "not UTF-8": (b"\xff\xfe", "not UTF-8"),
-        "not an object": (b"[]", "top level"),
-        "wrong version": (b'{"version": 2, "users": {}}', "version 2"),
-        "users not an object": (b'{"version": 1, "users": []}', '"users"'),
-        "bad address": (b'{"version": 1, "users": {"bob": {"password": "x", "quota": null}}}', "'bob'"),
-        "unnormalised address": (
-            b'{"version": 1, "users": {"Bob@example.test": {"password": "x", "quota": null}}}',
-            "normal form",
-        ),
-        "bad hash": (
-            b'{"version": 1, "users": {"bob@example.test": {"password": "plain", "quota": null}}}',
-            "password hash",
-        ),
-        "bad quota": (
-            b'{"version": 1, "users": {"bob@example.test": {"password": '
-            b'"scrypt$4$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "quota": -5}}}',
-            "quota -5",
-        ),
-        "entry not an object": (b'{"version": 1, "users": {"bob@example.test": "secret"}}', "not an object"),
-    }
-
-    def test_corrupt(self) -> None:
-        """
-        Every kind of corruption fails reads with L{UserFileError}, whose
-        message is one line naming the file and the fault.
-        """
-        for name, (data, reason) in self.CORRUPT.items():
-            self.writeFile(data)
-            directory = self.makeDirectory()
-            failure = self.failureResultOf(directory.listAccounts(), UserFileError)
-            message = str(failure.value)
-            self.assertTrue(message.startswith(self.path + ": corrupt user file: "), (name, message))
-            self.assertIn(reason, message, name)
-            self.assertNotIn("\n", message, name)
-
-    def test_checkPasswordOnCorruptFile(self) -> None:
-        """
-        Password checks fail with the error too, rather than saying the
-        user does not exist.
-        """
-        self.writeFile(b"garbage")
-        self.failureResultOf(self.directory.checkPassword("bob@example.test", PASSWORD), UserFileError)
-
-    def test_notOverwritten(self) -> None:
-        """
-        A change refuses to replace a corrupt file (whose accounts would be
-        lost).
-        """
-        self.writeFile(b"garbage")
-        self.failureResultOf(self.directory.addUser("bob@example.test", PASSWORD), UserFileError)
-        with open(self.path, "rb") as f:
-            self.assertEqual(f.read(), b"garbage")
-
-    def test_recovers(self) -> None:
-        """
-        Once the file is repaired, the next check reads it again.
-        """
-        self.writeFile(b"garbage")
-        self.failureResultOf(self.directory.listAccounts(), UserFileError)
-        os.unlink(self.path)
-        self.clock.advance(1)
-        self.assertEqual(self.successResultOf(self.directory.listAccounts()), [])
-
-
 class ReloadTests(DirectoryTestsMixin, SynchronousTestCase):
     """
     Changes made by another process (the command-line tool) reach the
@@ -569,23 +492,10 @@ class ReloadTests(DirectoryTestsMixin, SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.directory.listAccounts()), [Account("bob@example.test")])
 
 
-class PasswordHashTests(SynchronousTestCase):
+class WorkFactorTests(SynchronousTestCase):
     """
-    The scrypt hash and its stored form.
+    The scrypt cost of the directory's hashes.
     """
-
-    def test_defaultParameters(self) -> None:
-        """
-        By default hashes use N = 2**14, r = 8, p = 1, a 16-byte salt and a
-        32-byte key, and verify.
-        """
-        self.assertEqual(DEFAULT_WORK_FACTOR, 14)
-        encoded = hashPassword(PASSWORD)
-        self.assertTrue(encoded.startswith("scrypt$14$8$1$"), encoded)
-        workFactor, r, p, salt, key = parsePasswordHash(encoded)
-        self.assertEqual((workFactor, r, p, len(salt), len(key)), (14, 8, 1, 16, 32))
-        self.assertTrue(verifyPassword(encoded, PASSWORD))
-        self.assertFalse(verifyPassword(encoded, PASSWORD[:-1]))
 
     def test_directoryDefault(self) -> None:
         """
@@ -599,12 +509,6 @@ class PasswordHashTests(SynchronousTestCase):
             stored = json.loads(f.read())["users"]["bob@example.test"]["password"]
         self.assertTrue(stored.startswith("scrypt$14$8$1$"), stored)
 
-    def test_saltIsRandom(self) -> None:
-        """
-        The same password hashes differently each time.
-        """
-        self.assertNotEqual(hashPassword(PASSWORD, CHEAP), hashPassword(PASSWORD, CHEAP))
-
     def test_oldParametersStillVerify(self) -> None:
         """
         A hash made at another cost still verifies after the directory's
@@ -616,28 +520,6 @@ class PasswordHashTests(SynchronousTestCase):
         self.successResultOf(old.addUser("bob@example.test", PASSWORD))
         new = FileUserDirectory(path, InlineRunner(), Clock(), workFactor=CHEAP)
         self.assertIsNotNone(self.successResultOf(new.checkPassword("bob@example.test", PASSWORD)))
-
-    def test_parseRejects(self) -> None:
-        """
-        Hashes of another scheme, with missing parts, bad base64 or
-        parameters too costly to honour are refused with L{ValueError}.
-        """
-        good = hashPassword(PASSWORD, CHEAP)
-        parts = good.split("$")
-        bad = [
-            "",
-            "plain",
-            "bcrypt$" + "$".join(parts[1:]),
-            "$".join(parts[:-1]),
-            "$".join(["scrypt", "40"] + parts[2:]),
-            "$".join(["scrypt", "4", "0"] + parts[3:]),
-            "$".join(["scrypt", "4", "8", "x"] + parts[4:]),
-            "$".join(parts[:4] + ["!!!!", parts[5]]),
-            "$".join(parts[:5] + ["AAAA"]),
-        ]
-        for encoded in bad:
-            self.assertRaises(ValueError, parsePasswordHash, encoded)
-        self.assertEqual(parsePasswordHash(good)[:3], (CHEAP, 8, 1))
 
 
 class LoggingTests(DirectoryTestsMixin, SynchronousTestCase):

@@ -37,7 +37,8 @@ from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
 from qutemail.qkd.vault import FileKeyVault, InvalidKeyId, KeyVaultError
 from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, STORAGE_FULL, ReplyError
 from qutemail.store.encrypted import SEALED_SUFFIX, MessageEncryptor, SealResult, isInternal
-from qutemail.store.maildir import MaildirStore, mailboxPath, returnPath
+from qutemail.store.maildir import MaildirStore, returnPath
+from qutemail.store.mailbox import mailboxPath
 from qutemail.store.reader import listMessages, readMessage
 
 PEER = "sae-b"

@@ -15,7 +15,8 @@ from qutemail.interfaces import Account
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.store.encrypted import MessageEncryptor
-from qutemail.store.maildir import MaildirStore, mailboxPath, returnPath
+from qutemail.store.maildir import MaildirStore, returnPath
+from qutemail.store.mailbox import mailboxPath
 from qutemail.store.reader import MessageInfo, MessageUnreadable, StoredMessage, listMessages, readMessage, storedId
 from tests.store.test_encrypted import FailingVault, FakeKeySource
 

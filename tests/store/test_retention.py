@@ -22,7 +22,8 @@ from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.vault import FileKeyVault, KeyVaultError
 from qutemail.store import retention
-from qutemail.store.maildir import MAILDIRSIZE_MAX_BYTES, MaildirStore, mailboxPath, readUsage
+from qutemail.store.maildir import MaildirStore
+from qutemail.store.mailbox import MAILDIRSIZE_MAX_BYTES, mailboxPath, readUsage
 from qutemail.store.retention import (
     Expired, RetentionService, RetentionSweep, findExpired, keyIdOf, removeExpired,
 )

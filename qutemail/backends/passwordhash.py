@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.backends.test_passwordhash -*-
+"""
+Password hashes as the user file stores them: scrypt, in the form
+C{scrypt$<log2 N>$<r>$<p>$<base64 salt>$<base64 key>}, so the cost
+parameters travel with each hash and can be raised later without making old
+hashes unreadable (see L{qutemail.backends.userfile}).
+
+Hashing and verifying are blocking and slow (tens of milliseconds, by
+design): call them through a runner.
+"""
+
+import base64
+import binascii
+import os
+
+from cryptography.exceptions import InvalidKey
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+# scrypt cost: N = 2**14, r = 8, p = 1 takes 16 MiB and ~50 ms per hash
+# (the parameters RFC 7914 §2 and OWASP suggest for interactive logins).
+DEFAULT_WORK_FACTOR = 14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_BYTES = 16
+KEY_BYTES = 32
+
+# Bounds on the parameters accepted from the file, so that an edited or
+# damaged file cannot make one login allocate gigabytes.
+MAX_WORK_FACTOR = 20
+_MAX_R = 32
+_MAX_P = 16
+
+_SCHEME = "scrypt"
+
+
+def _b64encode(data: bytes) -> str:
+    """
+    @return: C{data} in standard base64 without padding.
+    """
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _b64decode(text: str) -> bytes:
+    """
+    Decode base64 written by L{_b64encode}.
+
+    @raise ValueError: C{text} is not base64.
+    """
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"bad base64: {e}") from None
+
+
+def _scrypt(salt: bytes, workFactor: int, r: int, p: int, length: int) -> Scrypt:
+    """
+    @return: a one-use scrypt KDF with these parameters.
+    """
+    return Scrypt(salt=salt, length=length, n=2**workFactor, r=r, p=p)
+
+
+def deriveKey(password: bytes, salt: bytes, workFactor: int) -> bytes:
+    """
+    Derive a key as L{hashPassword} does, with the default C{r} and C{p}.
+    Blocking and slow: call it through a runner.
+
+    @param password: the password.
+    @param salt: the salt.
+    @param workFactor: log2 of scrypt's N.
+    @return: the key, L{KEY_BYTES} long.
+    """
+    return _scrypt(salt, workFactor, SCRYPT_R, SCRYPT_P, KEY_BYTES).derive(password)
+
+
+def hashPassword(password: bytes, workFactor: int = DEFAULT_WORK_FACTOR) -> str:
+    """
+    Hash a password with scrypt and a fresh random salt.  Blocking and slow:
+    call it through a runner.
+
+    @param password: the password.
+    @param workFactor: log2 of scrypt's N.
+    @return: C{scrypt$<log2 N>$<r>$<p>$<base64 salt>$<base64 key>}.
+    """
+    salt = os.urandom(SALT_BYTES)
+    key = deriveKey(password, salt, workFactor)
+    return "$".join(
+        [_SCHEME, str(workFactor), str(SCRYPT_R), str(SCRYPT_P), _b64encode(salt), _b64encode(key)]
+    )
+
+
+def parsePasswordHash(encoded: str) -> tuple[int, int, int, bytes, bytes]:
+    """
+    Split a hash written by L{hashPassword}, checking every part.
+
+    @param encoded: the stored hash.
+    @return: C{(workFactor, r, p, salt, key)}.
+    @raise ValueError: it is not such a hash, or its parameters are out of
+        the range this server accepts.
+    """
+    if not isinstance(encoded, str):
+        raise ValueError("the password hash is not a string")
+    parts = encoded.split("$")
+    if len(parts) != 6 or parts[0] != _SCHEME:
+        raise ValueError("the password hash is not of the form scrypt$N$r$p$salt$key")
+    numbers = []
+    for part in parts[1:4]:
+        if not part.isascii() or not part.isdigit():
+            raise ValueError(f"the password hash has a bad parameter {part!r}")
+        numbers.append(int(part))
+    workFactor, r, p = numbers
+    if not 1 <= workFactor <= MAX_WORK_FACTOR or not 1 <= r <= _MAX_R or not 1 <= p <= _MAX_P:
+        raise ValueError(f"the password hash's parameters N=2**{workFactor} r={r} p={p} are out of range")
+    salt, key = _b64decode(parts[4]), _b64decode(parts[5])
+    if len(salt) < 8 or not 16 <= len(key) <= 64:
+        raise ValueError("the password hash's salt or key has a bad length")
+    return workFactor, r, p, salt, key
+
+
+def verifyPassword(encoded: str, password: bytes) -> bool:
+    """
+    Check a password against a stored hash, comparing in constant time.
+    Blocking and slow: call it through a runner.
+
+    @param encoded: a hash written by L{hashPassword}.
+    @param password: the candidate.
+    @return: whether it matches.
+    @raise ValueError: C{encoded} is not a valid hash.
+    """
+    workFactor, r, p, salt, key = parsePasswordHash(encoded)
+    try:
+        _scrypt(salt, workFactor, r, p, len(key)).verify(password, key)
+    except InvalidKey:
+        return False
+    return True
