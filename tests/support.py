@@ -78,10 +78,11 @@ class Stack:
 def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageBytes: int = 1024 * 1024,
                maxRecipients: int = 10, defaultQuotaBytes: int = 10 * 1024 * 1024,
                idleTimeoutSeconds: float = 300.0, lifetime: float = 5 * 86400.0,
-               messagesPerHour: int = 0, connectionsPerIp: int = 0) -> Stack:
+               messagesPerHour: int = 0, connectionsPerIp: int = 0, intakeClass=Intake) -> Stack:
     """
     Build a server stack under C{dataDir}.
 
+    @param intakeClass: the intake to build (tests record its calls).
     @return: the L{Stack}; with the default inline runner and a
         L{Clock}, everything happens synchronously.
     """
@@ -102,7 +103,7 @@ def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageB
     queueIds = QueueIds(clock)
     local = LocalDelivery(store=store, users=users, domains=DOMAINS)
     router = Router(local=local, queue=queue, clock=clock, retrySchedule=RETRY)
-    intake = Intake(journal=journal, router=router, clock=clock, runner=runner, queueIds=queueIds,
+    intake = intakeClass(journal=journal, router=router, clock=clock, runner=runner, queueIds=queueIds,
                     spoolDirectory=spill, hostname=HOSTNAME)
     scheduler = RetryScheduler(queue=queue, local=local, bounce=intake.bounce, clock=clock,
                                retrySchedule=RETRY, queueLifetimeSeconds=lifetime)

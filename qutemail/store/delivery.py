@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.store.test_delivery -*-
+# -*- test-case-name: tests.pipeline.test_router,tests.queue.test_scheduler -*-
 """
 Local delivery: a message to some of our own recipients, stored in their
 mailboxes.
