@@ -35,7 +35,7 @@ import shutil
 import time
 from typing import Any, BinaryIO, TextIO
 
-from qutemail.durable import replaceFile, syncDirectory
+from qutemail.durable import removeFile, replaceFile, syncDirectory
 from qutemail.pipeline.dkim import (
     MIN_RSA_BITS,
     defaultKeyPath,
@@ -252,10 +252,7 @@ def _queueDelete(context: Any, arguments: argparse.Namespace) -> int:
             raise CommandError(f"message {queueId} has not been routed yet; "
                                "start the server, then delete it") from None
         raise CommandError(f"no message {queueId} in the queue") from None
-    try:
-        os.unlink(base + ".msg")
-    except FileNotFoundError:
-        pass
+    removeFile(base + ".msg")
     syncDirectory(directory)
     print(f"deleted {queueId}", file=context.stdout)
     return 0

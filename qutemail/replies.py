@@ -7,17 +7,14 @@ and the IANA registry of enhanced status codes; we advertise
 ENHANCEDSTATUSCODES (RFC 2034), so every 2xx/4xx/5xx reply but the greeting
 and the EHLO/HELO reply carries one.
 
-Twisted wants a different exception, and a different C{resp} type, for each
-phase: L{ReplyError.forSender} (MAIL), L{ReplyError.forRecipient} (RCPT) and
-L{ReplyError.forData} (message set-up and DATA).  Only this module builds
-them.
+Our SMTP session sends every reply itself (L{Reply.line}), so none goes
+through Twisted's phase-specific exceptions.
 """
 
 import base64
 import errno
 
 import attrs
-from twisted.mail.smtp import SMTPBadRcpt, SMTPBadSender, SMTPServerError
 
 
 @attrs.frozen
@@ -195,29 +192,6 @@ class ReplyError(Exception):
     def __init__(self, reply: Reply) -> None:
         Exception.__init__(self, str(reply))
         self.reply = reply
-
-    def forSender(self, address) -> SMTPBadSender:
-        """
-        The exception Twisted expects from C{validateFrom}; C{resp} is C{str}.
-
-        @param address: the rejected L{twisted.mail.smtp.Address}.
-        """
-        return SMTPBadSender(address, self.reply.code, self.reply.line.decode("ascii"))
-
-    def forRecipient(self, user) -> SMTPBadRcpt:
-        """
-        The exception Twisted expects from C{validateTo}; C{resp} is C{str}.
-
-        @param user: the rejected L{twisted.mail.smtp.User}.
-        """
-        return SMTPBadRcpt(user, self.reply.code, self.reply.line.decode("ascii"))
-
-    def forData(self) -> SMTPServerError:
-        """
-        The exception Twisted expects during message set-up and DATA;
-        C{resp} is C{bytes}.
-        """
-        return SMTPServerError(self.reply.code, self.reply.line)
 
 
 def replyFor(failure) -> Reply:

@@ -1,12 +1,11 @@
 """
-Tests of the reply table and the exceptions Twisted needs per phase.
+Tests of the reply table.
 """
 
-from twisted.mail.smtp import Address, SMTPBadRcpt, SMTPBadSender, SMTPServerError, User
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail import replies
-from qutemail.replies import Reply, ReplyError
+from qutemail.replies import Reply
 
 
 class ReplyTableTests(SynchronousTestCase):
@@ -40,24 +39,3 @@ class ReplyTableTests(SynchronousTestCase):
         self.assertEqual(replies.enhancedFor(454), "4.7.0")
         self.assertEqual(replies.enhancedFor(432), "4.0.0")
 
-
-class PhaseExceptionTests(SynchronousTestCase):
-    """
-    Twisted wants C{str} for MAIL/RCPT and C{bytes} in DATA.
-    """
-
-    def test_types(self):
-        """
-        The sender and recipient forms carry text, the DATA form bytes, each
-        starting with the enhanced code.
-        """
-        error = ReplyError(replies.NO_SUCH_USER)
-        sender = error.forSender(Address(b"a@b.test"))
-        recipient = error.forRecipient(User(b"a@b.test", None, None, None))
-        data = error.forData()
-        self.assertIsInstance(sender, SMTPBadSender)
-        self.assertIsInstance(recipient, SMTPBadRcpt)
-        self.assertIsInstance(data, SMTPServerError)
-        self.assertEqual((sender.code, sender.resp), (550, "5.1.1 No such user here"))
-        self.assertEqual((recipient.code, recipient.resp), (550, "5.1.1 No such user here"))
-        self.assertEqual((data.code, data.resp), (550, b"5.1.1 No such user here"))

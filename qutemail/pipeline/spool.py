@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from qutemail.durable import removeFile
 from qutemail.message import Envelope, SpooledMessage
 
 DEFAULT_THRESHOLD_BYTES = 256 * 1024
@@ -194,7 +195,4 @@ class SpoolWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-        try:
-            os.unlink(self._spillPath)
-        except FileNotFoundError:
-            pass
+        removeFile(self._spillPath)

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from qutemail.durable import replaceFile, syncDirectory
+from qutemail.durable import removeFile, replaceFile, syncDirectory
 from qutemail.interfaces import IRelayQueue
 from qutemail.message import LEGACY_STATES, dueEntries, Envelope, QueueEntry, RecipientState, SpooledMessage
 
@@ -231,10 +231,7 @@ class DeferredQueue:
         """
         bodyPath, metaPath = self._paths(queueId)
         for path in (metaPath, bodyPath):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            removeFile(path)
 
     def due(self, now: float, limit: int, busy: Any = ()) -> Deferred:
         """

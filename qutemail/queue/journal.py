@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from qutemail.durable import syncDirectory, writeAll
+from qutemail.durable import removeFile, syncDirectory, writeAll
 from qutemail.message import Envelope, SpooledMessage
 
 DEFAULT_SEGMENT_BYTES = 32 * 1024 * 1024
@@ -394,10 +394,7 @@ class Journal:
         os.fdatasync(self._fd)
         paths = [os.path.join(self._directory, _segmentName(n)) for n in deletable] + spills
         for path in paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            removeFile(path)
 
     def close(self) -> Deferred:
         """
