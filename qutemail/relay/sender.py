@@ -32,6 +32,7 @@ from qutemail.relay.mx import DNSLookupError
 from qutemail.replies import (
     CONNECTION_LOST,
     NO_ANSWER,
+    SMARTHOST_AUTH_REFUSED,
     TLS_NOT_OFFERED,
     TLS_NOT_VERIFIED,
     Reply,
@@ -240,6 +241,36 @@ class RelayClient(smtp.ESMTPClient):
         self._atLineStart = data.endswith(b"\n")
         return data
 
+    def smtpState_toOrData(self, code: int, resp: bytes) -> None:
+        """
+        Record the reply to the last RCPT and send the next one; after the
+        last, DATA if the server accepted anyone, else end the session with
+        each recipient's own reply and QUIT.
+
+        Twisted's version, when nobody was accepted, calls
+        C{smtpState_msgSent} with the last RCPT's code and the C{str}
+        C{"No recipients accepted"} in place of the server's bytes, which
+        L{sentMail} cannot read, and the last recipient's reply would stand
+        for all of them.
+        """
+        if self.lastAddress is not None:
+            self.toAddressesResult.append((self.lastAddress, code, resp))
+            if code in smtp.SUCCESS:
+                self.successAddresses.append(self.lastAddress)
+        self.lastAddress = next(self.toAddresses, None)
+        if self.lastAddress is not None:
+            self.sendLine(b"RCPT TO:" + smtp.quoteaddr(self.lastAddress))
+        elif self.successAddresses:
+            self.sendLine(b"DATA")
+            self._expected = [354]
+            self._okresponse = self.smtpState_data
+        else:
+            # RFC 5321 §4.1.1.10: QUIT ends the session in any state.
+            byAddress = {address: remoteReply(rcptCode, rcptResponse)
+                         for address, rcptCode, rcptResponse in self.toAddressesResult}
+            self._finish({r: byAddress.get(r, CONNECTION_LOST) for r in self._recipients})
+            self._disconnectFromServer()
+
     def sentMail(self, code: int, resp: bytes, numOk: int, addresses: list, log: Any) -> None:
         """
         The transaction is over: a reply per recipient.  A recipient the
@@ -270,7 +301,7 @@ class RelayClient(smtp.ESMTPClient):
             failure = SessionFailed(CONNECTION_LOST.withText("Timed out waiting for the remote server"),
                                     tryNext=not self._mailSent)
         elif isinstance(exc, smtp.AUTHDeclinedError) or isinstance(exc, smtp.AUTHRequiredError):
-            failure = SessionFailed(Reply(451, "4.7.0", f"Smarthost refused authentication: {_text(exc)}"),
+            failure = SessionFailed(SMARTHOST_AUTH_REFUSED.withText(f"Smarthost refused authentication: {_text(exc)}"),
                                     tryNext=False)
         elif isinstance(exc, smtp.SMTPClientError) and exc.code and 400 <= exc.code < 600:
             # Greeting or EHLO refused: this host will not talk to us now.

@@ -146,6 +146,46 @@ class RelayQueueTests(TestCase):
         self.assertIn("550 5.1.1 No such user here", fields["Diagnostic-Code"])
         self.assertEqual(report.as_string().count("Final-Recipient:"), 1)
 
+    async def test_everyRecipientRefused(self) -> None:
+        """
+        The remote refuses every RCPT with 550 5.1.1: the message is bounced
+        at the first attempt, and bob's report names 5.1.1 and the remote's
+        text, not an expiry or a lost connection.
+        """
+        await self.startStack(Script(everyRcpt=b"550 5.1.1 No such user here"))
+        queueId = self.submit(("nobody@remote.test",))
+        r = self.recipient(queueId, "nobody@remote.test")
+        await waitFor(lambda: queueId not in self.stack.queue.entries)
+        self.assertEqual((r.attempts, r.lastReply), (1, "550 5.1.1 No such user here"))
+        [report] = await waitFor(self.bounces)
+        [statusPart] = [part for part in report.walk() if part.get_content_type() == "message/delivery-status"]
+        fields = statusPart.get_payload()[1]
+        self.assertEqual(fields["Final-Recipient"], "rfc822; nobody@remote.test")
+        self.assertEqual((fields["Action"], fields["Status"]), ("failed", "5.1.1"))
+        self.assertIn("550 5.1.1 No such user here", fields["Diagnostic-Code"])
+        self.assertNotIn("5.4.7", report.as_string())
+        self.assertNotIn("Connection lost", report.as_string())
+        self.assertNotIn("4.4.2", report.as_string())
+        await self.remote.whenIdle()
+        self.assertEqual(self.remote.commands[-1], b"QUIT")
+        self.assertEqual(self.remote.received, [])
+
+    async def test_everyRecipientDeferred(self) -> None:
+        """
+        The remote answers 450 4.2.1 to every RCPT: the recipient stays
+        deferred with the remote's reply as its last reply, and no report
+        goes to bob.
+        """
+        await self.startStack(Script(everyRcpt=b"450 4.2.1 Mailbox busy, try later"))
+        queueId = self.submit(("dave@remote.test",))
+        r = self.recipient(queueId, "dave@remote.test")
+        await waitFor(lambda: r.attempts == 1 and not self.stack.scheduler.busy(queueId))
+        self.assertEqual((r.state, r.nextAttempt), (DEFERRED, 300.0))
+        self.assertEqual(r.lastReply, "450 4.2.1 Mailbox busy, try later")
+        await self.remote.whenIdle()
+        self.assertEqual(self.remote.commands[-1], b"QUIT")
+        self.assertEqual(self.bounces(), [])
+
     async def test_expiryBouncesOnce(self) -> None:
         """
         No exchanger reachable until the queue lifetime passes: every

@@ -50,6 +50,8 @@ class Script:
     @ivar data: replies to the end of data, one per transaction; the last
         repeats; empty means 250.
     @ivar greeting: the banner line.
+    @ivar everyRcpt: when set, the reply to every RCPT (C{b"550 5.1.1 No
+        such user"}), whatever C{rcpt} says: a remote that accepts nobody.
     @ivar holdRcpt: when set, RCPT replies wait until this Deferred fires.
     @ivar credentials: C{(user, password)} to offer AUTH with.
     """
@@ -57,6 +59,7 @@ class Script:
     rcpt: dict[str, list[bytes]] = attrs.field(factory=dict)
     data: list[bytes] = attrs.field(factory=list)
     greeting: bytes = b"220 remote.test ESMTP ready"
+    everyRcpt: bytes | None = None
     holdRcpt: Deferred | None = None
     credentials: tuple[str, str] | None = None
 
@@ -220,7 +223,7 @@ class RemoteSMTP(LineReceiver):
         RCPT TO:<address>: the scripted reply.
         """
         address = argument[len(b"TO:"):].strip().strip(b"<>").decode()
-        reply = _take(self.factory.script.rcpt.get(address, []), b"250 2.1.5 OK")
+        reply = self.factory.script.everyRcpt or _take(self.factory.script.rcpt.get(address, []), b"250 2.1.5 OK")
         if reply.startswith(b"2"):
             self.recipients.append(address)
         hold = self.factory.script.holdRcpt

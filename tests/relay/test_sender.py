@@ -168,6 +168,36 @@ class RelayTests(TestCase):
         self.assertEqual(replies["nobody@remote.test"], Reply(550, "5.1.1", "No such user"))
         self.assertEqual(replies["dave@remote.test"], Reply(250, "2.0.0", "Queued"))
         self.assertEqual(remote.received[0].recipients, ["dave@remote.test"])
+        await remote.whenIdle()
+        self.assertEqual(remote.commands[-1], b"QUIT")
+
+    async def test_everyRecipientRefused(self) -> None:
+        """
+        When the remote refuses every RCPT with 550 5.1.1, each recipient
+        gets that reply (not a lost connection), no DATA is sent, the
+        session ends with QUIT, and nothing is logged as an error.
+        """
+        remote = await startRemote(self, Script(everyRcpt=b"550 5.1.1 No such user"))
+        replies = await self.deliver(self.relay(remote.port), ["nobody@remote.test", "noone@remote.test"])
+        self.assertEqual(replies, {"nobody@remote.test": Reply(550, "5.1.1", "No such user"),
+                                   "noone@remote.test": Reply(550, "5.1.1", "No such user")})
+        await remote.whenIdle()
+        self.assertEqual([c.split(b":")[0] for c in remote.commands if not c.startswith(b"EHLO")],
+                         [b"MAIL FROM", b"RCPT TO", b"RCPT TO", b"QUIT"])
+        self.assertEqual(remote.received, [])
+
+    async def test_everyRecipientDeferred(self) -> None:
+        """
+        When the remote answers 450 4.2.1 to every RCPT, each recipient gets
+        that temporary reply, and the session ends with QUIT.
+        """
+        remote = await startRemote(self, Script(everyRcpt=b"450 4.2.1 Try later"))
+        replies = await self.deliver(self.relay(remote.port), ["dave@remote.test", "erin@remote.test"])
+        self.assertEqual(replies, {"dave@remote.test": Reply(450, "4.2.1", "Try later"),
+                                   "erin@remote.test": Reply(450, "4.2.1", "Try later")})
+        await remote.whenIdle()
+        self.assertIn(b"QUIT", remote.commands)
+        self.assertFalse(any(c.startswith(b"DATA") for c in remote.commands))
 
     async def test_dataTemporaryFailure(self) -> None:
         """
