@@ -92,21 +92,25 @@ class AuthCommands:
         factory = self.factory
         clock, throttle = factory.clock, factory.throttle
         name = user.decode("utf-8", "replace").lower()
-        if not throttle.allowed(self._peer, clock.seconds()):
+        # The guess counts from now, before the hash (see AuthThrottle.begin).
+        attempt = throttle.begin(self._peer, clock.seconds())
+        if attempt is None:
             self._log.info("IMAP login refused for {peer}: locked out after failures", peer=self._peer)
             raise no(b"[UNAVAILABLE] Too many failed logins; try again later")
         mind = LoginContext(clock, factory.defaultQuotaBytes, factory.hostname)
         try:
             _, account, logout = await factory.portal.login(UsernamePassword(user, password), mind, IAccount)
         except UnauthorizedLogin:
-            delay = throttle.failed(self._peer, clock.seconds(), name)
+            delay = attempt.failed(clock.seconds(), name)
             self._log.info("IMAP login failed from {peer} for {user}", peer=self._peer, user=name)
             await deferLater(clock, delay, lambda: None)
             raise no(b"[AUTHENTICATIONFAILED] Authentication failed") from None
+        finally:
+            attempt.release()
         if self._lost:
             logout()
             return
-        throttle.succeeded(self._peer, account.address)
+        attempt.succeeded(account.address, name)
         self.account, self._onLogout = account, logout
         self.state = "auth"
         self.setTimeout(factory.authenticatedTimeoutSeconds)

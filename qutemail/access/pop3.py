@@ -197,23 +197,27 @@ class POP3Server(POP3):
         clock = self.factory.clock
         throttle = self.factory.throttle
         name = user.decode("utf-8", "replace").lower()
-        if not throttle.allowed(self._peer, clock.seconds()):
+        # The guess counts from now, before the hash (see AuthThrottle.begin).
+        attempt = throttle.begin(self._peer, clock.seconds())
+        if attempt is None:
             self._log.info("POP3 login refused for {peer}: locked out after failures", peer=self._peer)
             self.failResponse(LOCKED_OUT)
             return
         try:
             _, mailbox, logout = await self.portal.login(UsernamePassword(user, password), None, IMailbox)
         except UnauthorizedLogin:
-            delay = throttle.failed(self._peer, clock.seconds(), name)
+            delay = attempt.failed(clock.seconds(), name)
             self._log.info("POP3 login failed from {peer} for {user}", peer=self._peer, user=name)
             # Slow guessing down; later commands wait meanwhile.
             await deferLater(clock, delay, lambda: None)
             self.failResponse(AUTH_FAILED)
             return
+        finally:
+            attempt.release()
         if self._lost:
             logout()
             return
-        throttle.succeeded(self._peer, mailbox.address)
+        attempt.succeeded(mailbox.address, name)
         self.mbox, self._onLogout = mailbox, logout
         self._log.info("POP3 login as {user} from {peer}", user=mailbox.address, peer=self._peer)
         self.successResponse(b"maildrop has %d messages" % (len(mailbox.messages),))

@@ -156,19 +156,31 @@ class AuthMixin:
 
     async def _login(self, user: str, password: str) -> None:
         """
-        Ask the portal; answer 235, or 535 after a delay.
+        Ask the portal; answer 235, or 535 after a delay, or 454 when the
+        client's IP is locked out (or has as many attempts in progress).
         """
         clock = self.clock
+        # The guess counts from now, before the hash, so parallel guesses
+        # cannot outrun the lockout.
+        attempt = self.throttle.begin(self._peer, clock.seconds())
+        if attempt is None:
+            self._log.info("AUTH refused for {peer}: locked out after failures", peer=self._peer)
+            self.reply(replies.AUTH_THROTTLED)
+            return
         try:
             _, avatar, _ = await self.portal.login(UsernamePassword(user, password), None, ISubmitter)
         except UnauthorizedLogin:
-            delay = self.throttle.failed(self._peer, clock.seconds(), user.lower())
+            delay = attempt.failed(clock.seconds(), user.lower())
             self._log.info("AUTH failed from {peer} for {user}", peer=self._peer, user=user)
             # Slow guessing down; the session holds its input meanwhile.
             await deferLater(clock, delay, lambda: None)
             self.reply(replies.AUTH_FAILED)
             return
-        self.throttle.succeeded(self._peer, avatar.address)
+        finally:
+            # Frees the slot unless an outcome did: an error other than a
+            # wrong password (a backend down) is no guess.
+            attempt.release()
+        attempt.succeeded(avatar.address, user.lower())
         self.authenticatedAs = avatar.address
         self._log.info("AUTH as {user} from {peer}", user=avatar.address, peer=self._peer)
         self.reply(replies.AUTH_OK)

@@ -1,18 +1,17 @@
 """
 Tests of the submission listeners (587 with STARTTLS, 465 with implicit
-TLS): AUTH, sender rules and relaying, over real sockets; and of the AUTH
-throttle with a clock.
+TLS): AUTH, its throttle, sender rules and relaying, over real sockets.
+The throttle's own unit tests are in L{tests.policy.test_throttle}.
 """
 
 import base64
 import smtplib
+import threading
 
-from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from qutemail.listener.auth import SASLError, parsePlain
-from qutemail.policy.throttle import AuthThrottle
 from tests.integration.support import CLIENT_TIMEOUT, insecureContext, maildirFiles, waitFor
 from tests.integration.test_mta import RunningServerMixin
 
@@ -166,67 +165,104 @@ class SubmissionTests(RunningServerMixin, TestCase):
         self.assertEqual(last, (454, b"4.7.0 Too many failed authentications, try again later"))
 
 
-class ThrottleTests(SynchronousTestCase):
+def plain(user: str, password: str) -> str:
     """
-    The AUTH throttle, with a clock.
+    @return: the arguments of an C{AUTH PLAIN} command with an initial
+        response.
+    """
+    return "PLAIN " + base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
+
+
+class AuthThrottleTests(RunningServerMixin, TestCase):
+    """
+    The AUTH lockout on port 587, from 127.0.0.1, with a valid account
+    (alice) and a target (bob).  No limit on sessions per IP, so that many
+    guesses can run in parallel.
     """
 
-    def test_lockoutAndExpiry(self):
-        """
-        Ten failures lock the IP out for fifteen minutes; other IPs are not
-        affected; after the lockout the IP may try again.
-        """
-        clock = Clock()
-        throttle = AuthThrottle()
-        for _ in range(9):
-            throttle.failed("192.0.2.1", clock.seconds())
-            clock.advance(1)
-        self.assertTrue(throttle.allowed("192.0.2.1", clock.seconds()))
-        throttle.failed("192.0.2.1", clock.seconds())
-        self.assertFalse(throttle.allowed("192.0.2.1", clock.seconds()))
-        self.assertTrue(throttle.allowed("198.51.100.2", clock.seconds()))
-        clock.advance(899)
-        self.assertFalse(throttle.allowed("192.0.2.1", clock.seconds()))
-        clock.advance(1)
-        self.assertTrue(throttle.allowed("192.0.2.1", clock.seconds()))
+    configExtra = "\n[limits]\nconnections_per_ip = 0\n"
 
-    def test_oldFailuresForgotten(self):
+    async def setUp(self):
         """
-        Failures older than the window do not count toward a lockout, and
-        a success clears the count.
+        Start the server, and answer failures without delay.
         """
-        clock = Clock()
-        throttle = AuthThrottle()
-        for _ in range(9):
-            throttle.failed("192.0.2.1", clock.seconds())
-        clock.advance(601)
-        throttle.failed("192.0.2.1", clock.seconds())
-        self.assertTrue(throttle.allowed("192.0.2.1", clock.seconds()))
-        for _ in range(8):
-            throttle.failed("192.0.2.1", clock.seconds())
-        throttle.succeeded("192.0.2.1")
-        throttle.failed("192.0.2.1", clock.seconds())
-        self.assertTrue(throttle.allowed("192.0.2.1", clock.seconds()))
+        await super().setUp()
+        self.root.listeners["submission"].smtpFactory.settings.throttle.failureDelaySeconds = 0.0
 
+    def session(self) -> smtplib.SMTP:
+        """
+        @return: an smtplib session to port 587 after EHLO, STARTTLS, EHLO.
+        """
+        client = smtplib.SMTP("127.0.0.1", self.ports["submission"], local_hostname="client.test",
+                              timeout=CLIENT_TIMEOUT)
+        client.ehlo()
+        client.starttls(context=insecureContext())
+        client.ehlo()
+        return client
 
-    def test_accountDelayGrows(self):
+    async def test_otherAccountLoginsDoNotReset(self):
         """
-        Failures against one account from many IPs lengthen the delay
-        before each answer (capped), without locking any of those IPs; a
-        success resets it.
+        A correct AUTH as alice before each wrong one for bob, all from one
+        IP, does not save it: after ten wrong ones the IP is locked out, and
+        even alice's right password gets 454 4.7.0.
         """
-        throttle = AuthThrottle()
-        delays = [throttle.failed(f"192.0.2.{i}", 0.0, "bob@example.test") for i in range(45)]
-        self.assertEqual(delays[:9], [1.0] * 9)
-        self.assertEqual(delays[9:11], [2.0, 2.0])
-        self.assertEqual(delays[-1], 5.0)
-        self.assertTrue(all(throttle.allowed(f"192.0.2.{i}", 0.0) for i in range(45)))
-        self.assertEqual(throttle.failed("192.0.2.99", 0.0, "carol@example.test"), 1.0)
-        throttle.succeeded("192.0.2.1", "bob@example.test")
-        self.assertEqual(throttle.failed("192.0.2.1", 0.0, "bob@example.test"), 1.0)
-        for _ in range(400):
-            delay = throttle.failed("198.51.100.1", 1.0, "dave@example.test")
-        self.assertEqual(delay, 30.0)
+
+        def run():
+            guesser = self.session()
+            codes = []
+            try:
+                for _ in range(10):
+                    valid = self.session()
+                    codes.append(valid.docmd("AUTH", plain("alice@example.test", "pw-alice"))[0])
+                    valid.quit()
+                    codes.append(guesser.docmd("AUTH", plain("bob@example.test", "guess"))[0])
+                after = guesser.docmd("AUTH", plain("bob@example.test", "guess"))
+                valid = self.session()
+                alice = valid.docmd("AUTH", plain("alice@example.test", "pw-alice"))
+                valid.quit()
+                return codes, after, alice
+            finally:
+                guesser.quit()
+
+        codes, after, alice = await deferToThread(run)
+        self.assertEqual(codes, [235, 535] * 10)
+        locked = (454, b"4.7.0 Too many failed authentications, try again later")
+        self.assertEqual((after, alice), (locked, locked))
+
+    async def test_parallelGuesses(self):
+        """
+        Forty wrong passwords sent at the same moment on forty sessions from
+        one IP: at most ten are checked (535 5.7.8); the others are refused
+        as locked out (454 4.7.0) without being checked.
+        """
+        count = 40
+        barrier = threading.Barrier(count, timeout=CLIENT_TIMEOUT)
+
+        def guess(i, results):
+            try:
+                client = self.session()
+                try:
+                    barrier.wait()
+                    results[i] = client.docmd("AUTH", plain("bob@example.test", f"guess-{i}"))[0]
+                finally:
+                    client.quit()
+            except Exception as e:
+                results[i] = repr(e)
+
+        def run():
+            results = [None] * count
+            threads = [threading.Thread(target=guess, args=(i, results), daemon=True) for i in range(count)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(3 * CLIENT_TIMEOUT)
+            return results
+
+        results = await deferToThread(run)
+        self.assertEqual(sorted(set(map(str, results)) - {"535", "454"}), [])
+        self.assertLessEqual(results.count(535), 10)
+        self.assertGreaterEqual(results.count(535), 1)
+        self.assertEqual(results.count(535) + results.count(454), count)
 
 
 class PlainTests(SynchronousTestCase):
