@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from qutemail.store.folders import (
     SEPARATOR, FolderEntry, InvalidFolderName, MaildirFolders, NoSuchFolder, canonicalName,
-    decodeMailboxName, isInbox,
+    decodeMailboxName, isInbox, validateMailboxName,
 )
 from qutemail.access.imapmailbox import FolderGone, FolderView
 from qutemail.access.imapmessage import MessageCache
@@ -141,15 +141,8 @@ class IMAPAccount:
         @raise InvalidFolderName: it is refused (and logged).
         """
         try:
-            try:
-                text = raw.decode("ascii")
-            except UnicodeDecodeError:
-                raise InvalidFolderName("the name is not modified UTF-7: it holds 8-bit bytes") from None
-            name = decodeMailboxName(text)
-            if trailingSeparator and name.endswith(SEPARATOR) and len(name) > 1:
-                name = name[:-1]
-            name = canonicalName(name)
-            self.folders.pathOf(name)
+            name = validateMailboxName(raw, trailingSeparator)
+            self.folders.pathOf(name)  # the safety net; no file-system call
             return name
         except InvalidFolderName as e:
             self.refused(raw, e.reason)

@@ -9,10 +9,10 @@ mailbox, each segment stored in IMAP modified UTF-7 (RFC 3501 §5.1.3), as
 Courier and Dovecot store them, so other Maildir tools read the same
 folders.
 
-Names are validated before they touch the file system; L{InvalidFolderName}
-says why one is refused.  Because C{.} is the Maildir++ separator on disk, a
-segment may not contain C{.}; this also rules out C{.}, C{..} and hidden
-names.  C{INBOX} has no children (C{INBOX/x} is refused).
+Names are validated before they touch the file system (L{validateMailboxName}
+at the protocol edge, L{splitName} in every operation); L{InvalidFolderName}
+says why one is refused (the rules are at L{splitName}).  A backslash is an
+ordinary character: no path separator on POSIX, kept as is on disk.
 
 The API works on names as text (C{str}, decoded); the IMAP protocol layer
 converts at its edge with L{decodeMailboxName} and L{encodeMailboxName}.
@@ -40,14 +40,16 @@ SEPARATOR = "/"
 SPECIAL_FOLDERS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk"}
 SUBSCRIPTIONS_FILE = "subscriptions"
 FOLDER_MARKER = "maildirfolder"
-# NAME_MAX of common file systems: the whole folder directory name
-# (C{.a.b}, encoded) must fit in one path component.
+# NAME_MAX of common file systems: the folder directory name (C{.a.b},
+# encoded) must fit in one path component; the encoded name, one octet less.
 MAX_DIRECTORY_NAME_BYTES = 255
-# Characters refused in names besides the control characters: the LIST
-# wildcards (RFC 3501 §6.3.8), the quoting character, and C{.}, the
-# Maildir++ separator.
+MAX_NAME_BYTES = MAX_DIRECTORY_NAME_BYTES - 1
+# Characters refused in names, and why: the LIST wildcards (RFC 3501 §6.3.8),
+# the Maildir++ separator, NUL, a path separator other than C{/} (not POSIX).
 _REFUSED_CHARACTERS = {"*": "the LIST wildcard '*'", "%": "the LIST wildcard '%'",
-                       "\\": "a backslash", ".": "'.' (the Maildir++ separator)"}
+                       ".": "'.' (the Maildir++ separator)", "\x00": "a NUL character",
+                       **{c: "a path separator" for c in (os.sep, os.altsep) if c and c != "/"}}
+_REFUSED_CATEGORIES = {"Cc": "a control character", "Cs": "a lone surrogate"}
 _MAILDIR_SUBDIRS = ("cur", "new", "tmp")
 _BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,")
 
@@ -186,9 +188,12 @@ def isInbox(name: str) -> bool:
 
 def splitName(name: str) -> tuple[str, ...]:
     """
-    Validate a folder name and split it into its segments.
+    Validate a folder name and split it into its segments.  Refused: a
+    leading C{~} or C{/} (a home directory or path), an empty, C{.} or C{..}
+    level or one with white space around it, a control character or one of
+    L{_REFUSED_CHARACTERS}, C{INBOX/...}, over L{MAX_NAME_BYTES} encoded.
 
-    @param name: an IMAP name as text.
+    @param name: an IMAP name as text (decoded from modified UTF-7).
     @return: its segments; C{()} for the INBOX.
     @raise InvalidFolderName: the name is refused; the reason says why.
     """
@@ -198,29 +203,44 @@ def splitName(name: str) -> tuple[str, ...]:
         raise InvalidFolderName("the folder name is empty")
     if isInbox(name):
         return ()
-    for ch in name:
-        category = unicodedata.category(ch)
-        if ch == "\x00":
-            raise InvalidFolderName("the folder name holds a NUL character")
-        if category == "Cc":
-            raise InvalidFolderName("the folder name holds a control character")
-        if category == "Cs":
-            raise InvalidFolderName("the folder name holds a lone surrogate")
-        if ch in _REFUSED_CHARACTERS:
-            raise InvalidFolderName(f"the folder name holds {_REFUSED_CHARACTERS[ch]}")
-    if name.startswith(SEPARATOR) or name.endswith(SEPARATOR):
-        raise InvalidFolderName("the folder name starts or ends with '/'")
+    if name.startswith(("~", SEPARATOR)):
+        raise InvalidFolderName(f"the folder name starts with {name[0]!r} (it reads as a path)")
     segments = tuple(name.split(SEPARATOR))
-    if "" in segments:
-        raise InvalidFolderName("the folder name has an empty level ('//')")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise InvalidFolderName(f"the folder name has a {segment!r} level" if segment
+                                    else "the folder name has an empty level ('//' or a final '/')")
+    for ch in name:
+        reason = _REFUSED_CHARACTERS.get(ch) or _REFUSED_CATEGORIES.get(unicodedata.category(ch))
+        if reason:
+            raise InvalidFolderName(f"the folder name holds {reason}")
     if isInbox(segments[0]):
         raise InvalidFolderName("INBOX has no child folders")
-    for segment in segments:
-        if segment != segment.strip():
-            raise InvalidFolderName("a level of the folder name starts or ends with white space")
+    if any(segment != segment.strip() for segment in segments):
+        raise InvalidFolderName("a level of the folder name starts or ends with white space")
     if len(directoryName(segments).encode("utf-8")) > MAX_DIRECTORY_NAME_BYTES:
-        raise InvalidFolderName("the folder name is too long")
+        raise InvalidFolderName(f"the folder name is too long (over {MAX_NAME_BYTES} octets encoded)")
     return segments
+
+
+def validateMailboxName(wire: bytes | str, trailingSeparator: bool = False) -> str:
+    """
+    Validate a mailbox name as the client sent it, in modified UTF-7
+    (RFC 3501 §5.1.3), before any file-system call.
+
+    @param wire: the name from the wire.
+    @param trailingSeparator: allow (and drop) a trailing C{/} (CREATE).
+    @return: the name as text, the INBOX spelt C{INBOX}.
+    @raise InvalidFolderName: it is refused (see L{splitName}).
+    """
+    if isinstance(wire, bytes):
+        wire = wire.decode("latin-1")  # 8-bit bytes are refused by decodeMailboxName
+    if len(wire) > MAX_NAME_BYTES + trailingSeparator:
+        raise InvalidFolderName(f"the folder name is too long (over {MAX_NAME_BYTES} octets encoded)")
+    name = decodeMailboxName(wire)
+    if trailingSeparator and name.endswith(SEPARATOR) and len(name) > 1:
+        name = name[:-1]
+    return canonicalName(name)
 
 
 def directoryName(segments: tuple[str, ...]) -> str:

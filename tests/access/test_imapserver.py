@@ -396,6 +396,53 @@ class FolderTests(SessionMixin, SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(os.path.join(self.dataDir, "mail", "example.test"))), ["alice"])
         self.assertEqual(self.send(proto, transport, b"v COPY 1 ../bob"), b"v BAD Command not valid in this state\r\n")
 
+    def test_tildeRefused(self) -> None:
+        """
+        C{CREATE ~/name} and C{RENAME INBOX ~/name} (issue 20), and every
+        other command that takes a mailbox name, answer C{NO [CANNOT]}
+        with the reason, each with one log line naming the account and the
+        name; nothing is created or moved, and the INBOX keeps its messages.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        proto, transport = self.selected()
+
+        def tree() -> set[str]:
+            return {os.path.join(d, f) for d, ds, fs in os.walk(self.dataDir) for f in ds + fs}
+
+        before = tree()
+        commands = [(b"CREATE ~/name", "~/name"), (b"RENAME INBOX ~/name", "~/name"), (b'RENAME INBOX "~"', "~"),
+                    (b"RENAME Sent ~/name", "~/name"), (b"RENAME ~/name Sent", "~/name"), (b"CREATE ~/", "~/"),
+                    (b"SELECT ~/name", "~/name"), (b"EXAMINE ~", "~"), (b"STATUS ~/name (MESSAGES)", "~/name"),
+                    (b"APPEND ~/name {5}", "~/name"), (b"SUBSCRIBE ~/name", "~/name"),
+                    (b"UNSUBSCRIBE ~/name", "~/name"), (b"DELETE ~/name", "~/name"),
+                    (b"GETQUOTAROOT ~/name", "~/name"), (b"COPY 1 ~/name", "~/name"), (b"MOVE 1 ~/name", "~/name"),
+                    (b"UID COPY 1:* ~/name", "~/name")]
+        reason = b"[CANNOT] Invalid mailbox name: the folder name starts with '~' (it reads as a path)\r\n"
+        for i, (command, _) in enumerate(commands):
+            tag = b"t%d" % (i,)
+            self.assertEqual(self.send(proto, transport, tag + b" " + command), tag + b" NO " + reason, command)
+        self.assertEqual(tree(), before)
+        self.assertEqual(self.send(proto, transport, b"u STATUS INBOX (MESSAGES)"),
+                         b'* STATUS "INBOX" (MESSAGES 2)\r\nu OK STATUS completed\r\n')
+        refused = [e for e in events if e.get("log_format", "").startswith("IMAP refused folder name")]
+        self.assertEqual([(e["account"], e["attemptedName"]) for e in refused],
+                         [("alice@example.test", name) for _, name in commands])
+
+    def test_backslashName(self) -> None:
+        """
+        A backslash is an ordinary character in a folder name: the folder is
+        created as C{.a\\b}, listed and selected under its name.
+        """
+        proto, transport = self.login()
+        self.assertEqual(self.send(proto, transport, b'a CREATE "a\\\\b"'), b"a OK CREATE completed\r\n")
+        self.assertTrue(os.path.isdir(os.path.join(self.inbox, ".a\\b", "cur")))
+        self.assertEqual(self.send(proto, transport, b'b LIST "" "a\\\\*"'),
+                         b'* LIST (\\HasNoChildren) "/" "a\\\\b"\r\nb OK LIST completed\r\n')
+        self.assertIn(b"c OK [READ-WRITE] SELECT completed", self.send(proto, transport, b'c SELECT "a\\\\b"'))
+        self.assertEqual(self.send(proto, transport, b'd RENAME "a\\\\b" "\\\\c\\\\"'),
+                         b"d OK RENAME completed\r\n")
+        self.assertTrue(os.path.isdir(os.path.join(self.inbox, ".\\c\\", "cur")))
+
     def test_badInput(self) -> None:
         """
         Malformed commands get BAD, never a traceback, and the session goes

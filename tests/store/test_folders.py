@@ -23,15 +23,17 @@ from qutemail.store.folders import (
     NoSuchFolder,
     decodeMailboxName,
     encodeMailboxName,
+    isInbox,
     nameOfDirectory,
+    validateMailboxName,
 )
 from qutemail.blocking import InlineRunner
 
 TRAVERSALS = [
     "../bob", "../../bob/INBOX", "INBOX/../x", "..", ".", "/", "//", "/x", "x/", "a//b", "a/../b",
     "a/..", "a/.", ".hidden", "a/.b", "..a", "a..b", "a.b", "a\x00b", "\x00", "a\nb", "a\rb", "a\tb",
-    "a\x7fb", "a\x85b", "x" * 300, "a/" * 200 + "a", "", "*", "a%", "a\\b", "\\..\\bob", "INBOX/x",
-    "inbox/..", " a", "a /b", "\ud800",
+    "a\x7fb", "a\x85b", "x" * 300, "a/" * 200 + "a", "", "*", "a%", "\\..\\bob", "INBOX/x",
+    "inbox/..", " a", "a /b", "\ud800", "~", "~/name", "~bob", "~/../bob",
 ]
 
 
@@ -129,7 +131,7 @@ class ValidationTests(SynchronousTestCase):
         The reason says what is wrong with the name.
         """
         folders = _makeFolders(self)
-        cases = {"../bob": "'.'", "a//b": "empty", "a\x00b": "NUL", "a\x01": "control", "x" * 300: "too long",
+        cases = {"../bob": "'..'", "a/./b": "'.'", "~/name": "'~'", "a/": "empty", "a//b": "empty", "a\x00b": "NUL", "a\x01": "control", "x" * 300: "too long",
                  "/a": "'/'", "INBOX/x": "INBOX", "": "empty"}
         for name, word in cases.items():
             self.assertIn(word, self.assertRaises(InvalidFolderName, folders.pathOf, name).reason)
@@ -172,6 +174,136 @@ class ValidationTests(SynchronousTestCase):
         self.assertEqual(folders.pathOf("Sent"), os.path.join(folders.root, ".Sent"))
         self.assertEqual(folders.pathOf("a/b/c"), os.path.join(folders.root, ".a.b.c"))
         self.assertEqual(folders.pathOf("caf\u00e9/R&D"), os.path.join(folders.root, ".caf&AOk-.R&-D"))
+
+
+class MailboxNameTests(SynchronousTestCase):
+    """
+    L{validateMailboxName}: the names IMAP clients send, checked before any
+    file-system call (issue 20).
+    """
+
+    def test_refusedClasses(self) -> None:
+        """
+        Each class of refused name (as the client sends it, in modified
+        UTF-7) raises L{InvalidFolderName} with a reason that names it.
+        """
+        cases = [
+            ("~/name", "'~'"), ("~", "'~'"), ("~bob/INBOX", "'~'"), ("/etc", "'/'"), ("/", "'/'"),
+            ("..", "'..'"), ("a/../b", "'..'"), ("../bob", "'..'"), (".", "'.'"), ("a/./b", "'.'"),
+            ("a//b", "empty"), ("a/", "empty"), ("", "empty"), ("a\x00b", "modified UTF-7"),
+            ("a&AAA-b", "NUL"), ("a&AAE-b", "control"), ("&AB8-", "control"), ("a&AH8-", "control"),
+            ("&AIU-", "control"), ("a\tb", "modified UTF-7"), ("&U,BTFw", "modified UTF-7"),
+            ("caf\u00e9", "modified UTF-7"), (b"caf\xc3\xa9", "modified UTF-7"), ("&AGE-", "canonical"),
+            ("&2AA-", "modified UTF-7"), ("x" * 255, "too long"), ("a/" + "b" * 253, "too long"),
+            ("&U,A-" * 50 + "x" * 5, "too long"), ("a.b", "'.'"), (".hidden", "'.'"), ("a*", "'*'"),
+            ("a%", "'%'"), ("INBOX/x", "INBOX"), (" a", "white space"),
+        ]
+        for wire, word in cases:
+            e = self.assertRaises(InvalidFolderName, validateMailboxName, wire)
+            self.assertIn(word, e.reason, wire)
+            self.assertTrue(e.reason.isascii(), wire)
+
+    def test_accepted(self) -> None:
+        """
+        Names with spaces, non-ASCII letters, backslashes, a C{~} not at the
+        start and nested levels are accepted, and map to one Maildir++
+        directory directly in the mailbox; the INBOX is canonical; CREATE's
+        trailing C{/} is dropped; 254 encoded octets is the longest name.
+        """
+        folders = _makeFolders(self)
+        cases = {
+            "My Folder": "My Folder", "a b/c d": "a b/c d", "Caf&AOk-/&ZeVnLIqe-": "Caf\u00e9/\u65e5\u672c\u8a9e",
+            "R&-D": "R&D", "a/b/c/d": "a/b/c/d", "a\\b": "a\\b", "\\": "\\", "a\\b/\\c\\": "a\\b/\\c\\",
+            "a~": "a~", "a/~b": "a/~b", "inbox": INBOX, "x" * 254: "x" * 254, "a/" + "b" * 252: "a/" + "b" * 252,
+        }
+        for wire, name in cases.items():
+            self.assertEqual(validateMailboxName(wire), name)
+            self.assertEqual(validateMailboxName(wire.encode("ascii")), name)
+            if name != INBOX:
+                self.assertEqual(folders.pathOf(name), os.path.join(folders.root, "." + wire.replace("/", ".")))
+        self.assertEqual(validateMailboxName(b"work/2024/", trailingSeparator=True), "work/2024")
+        self.assertEqual(validateMailboxName("x" * 254 + "/", trailingSeparator=True), "x" * 254)
+        self.assertRaises(InvalidFolderName, validateMailboxName, "work/")
+        self.assertFalse(os.path.exists(folders.root))
+
+    def test_backslashFolders(self) -> None:
+        """
+        A folder with a backslash is created as C{.a\\b}, listed, renamed
+        (children too) and deleted like any other, and its directory maps
+        back to the one name.
+        """
+        folders = _makeFolders(self)
+        folders.create("a\\b/c")
+        self.assertTrue(os.path.isdir(os.path.join(folders.root, ".a\\b.c", "cur")))
+        self.assertEqual(nameOfDirectory(".a\\b"), "a\\b")
+        self.assertIn("a\\b/c", [e.name for e in folders.listFolders()])
+        folders.rename("a\\b", "\\x")
+        self.assertEqual([e.name for e in folders.listFolders()], [INBOX, "\\x", "\\x/c"])
+        folders.delete("\\x/c")
+        self.assertEqual(sorted(os.listdir(folders.root)), [".\\x", "cur", "new", "tmp"])
+
+    def test_tildeRefusedEverywhere(self) -> None:
+        """
+        C{~/name} is refused by every folder operation, and renaming the
+        INBOX there leaves the INBOX's messages where they are.
+        """
+        folders = _makeFolders(self)
+        folders.ensureSpecialFolders()
+        with open(os.path.join(folders.root, "new", "1.M1.host"), "wb") as f:
+            f.write(b"Subject: x\n\nbody\n")
+        before = sorted(os.walk(os.path.dirname(folders.root)))
+        for call in [folders.create, lambda n: folders.rename(INBOX, n), lambda n: folders.rename("Sent", n),
+                     folders.subscribe, folders.pathOf, folders.exists, folders.delete]:
+            self.assertIn("'~'", self.assertRaises(InvalidFolderName, call, "~/name").reason)
+        self.assertEqual(sorted(os.walk(os.path.dirname(folders.root))), before)
+
+    @given(st.tuples(st.sampled_from(["", "~", "/", "~/", "\\", "../", "./"]),
+                     st.lists(st.sampled_from(["a", "B c", "\u00e9", "\u53f0", "&", "\\", "~", "..", ".", "",
+                                               "x" * 100, "\x01", "INBOX"]), min_size=1, max_size=4))
+           .map(lambda t: t[0] + "/".join(t[1]))
+           | st.lists(st.sampled_from(["~", "/", ".", "..", "\\", "a", "B c", " ", "&", "-", "\u00e9", "\u53f0",
+                                       "\U0001f600", "INBOX", "\x00", "\n", "\x1f", "\x7f", "\x85", "\u2028",
+                                       "*", "%", "\ud800", "&AOk-", "x" * 60]), max_size=10).map("".join)
+           | st.text(max_size=300))
+    def test_acceptedNamesStayInside(self, name: str) -> None:
+        """
+        For any text, sent as is or encoded in modified UTF-7, either
+        L{validateMailboxName} refuses it, or it is the INBOX, or it maps
+        (L{MaildirFolders.pathOf}, nothing created) to one Maildir++ folder
+        directory directly inside the mailbox, after symbolic links are
+        resolved, that maps back to the same name; and an accepted name
+        obeys the rules: no leading C{~} or C{/}, no empty, C{.} or C{..}
+        level, no control character, at most 254 octets encoded.
+        """
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(base)
+        folders = MaildirFolders(os.path.join(base, "alice"))
+        root = os.path.realpath(folders.root)
+        wires: list[str] = [name]
+        try:
+            wires.append(encodeMailboxName(name))
+        except InvalidFolderName:
+            pass
+        for wire in wires:
+            try:
+                accepted = validateMailboxName(wire)
+            except InvalidFolderName as e:
+                self.assertTrue(e.reason)
+                continue
+            path = os.path.realpath(folders.pathOf(accepted))
+            self.assertEqual(os.path.commonpath([root, path]), root)
+            if isInbox(accepted):
+                self.assertEqual(path, root)
+                continue
+            self.assertEqual(os.path.dirname(path), root)
+            directory = os.path.basename(path)
+            self.assertTrue(directory.startswith(".") and directory not in (".", ".."), directory)
+            self.assertEqual(nameOfDirectory(directory), accepted)
+            self.assertFalse(accepted.startswith(("~", "/")), accepted)
+            self.assertFalse({"", ".", ".."} & set(accepted.split("/")), accepted)
+            self.assertFalse([c for c in accepted if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F], accepted)
+            self.assertLessEqual(len(encodeMailboxName(accepted)), 254)
+        self.assertEqual(os.listdir(base), [])
 
 
 class FolderOperationTests(SynchronousTestCase):
