@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from qutemail.backends.redisvault import BlockingRedisKeys, RedisKeyVault
+from qutemail.backends.redisvault import BlockingRedisKeys, RedisKeyVault, checkVaultPersistence
 from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.qkd.vault import FileKeyVault
@@ -51,6 +51,10 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
         command-line tool, which then gets a blocking Redis vault.
     @param withVault: build the vault (an extra SMTP worker has none).
     @return: the L{Backends}.
+    @raise qutemail.backends.redisvault.VolatileVaultError: the server's
+        vault would be in a Redis that may lose it (asked with a short
+        blocking call: the server builds its backends before the reactor
+        runs), and C{[redis] allow_volatile_vault} is not set.
     """
     dataDir = config.server.dataDir
     keys = os.path.join(dataDir, "keys")
@@ -63,5 +67,6 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
         return Backends(users, queue, FileKeyVault(os.path.join(keys, "vault"), masterKey, runner))
     if reactor is None:
         return Backends(users, queue, BlockingRedisKeys(config.redis.url, masterKey))
+    checkVaultPersistence(config.redis.url, config.redis.allowVolatileVault)
     vault = RedisKeyVault(connectRedis(config.redis.url), reactor, masterKey, runner)
     return Backends(users, queue, vault, vault.disconnect)

@@ -318,11 +318,15 @@ class RedisConfig:
 
     @ivar url: a C{redis://}, C{rediss://} or C{unix://} URL, or empty for
         in-process state (C{url}).
+    @ivar allowVolatileVault: keep the key vault in a Redis that would lose
+        it in a crash (no C{appendonly}), or that cannot say
+        (C{allow_volatile_vault}).
     """
 
     url: str = attrs.field(
         default="", validator=parserValidator(urlParser("redis://", "rediss://", "unix://"), "a Redis URL")
     )
+    allowVolatileVault: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen

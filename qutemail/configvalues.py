@@ -404,4 +404,5 @@ SETTINGS = (
     Setting("relay", "smarthost_username", "smarthostUsername", parseText),
     Setting("relay", "smarthost_password_file", "smarthostPasswordFile", parseText, isPath=True),
     Setting("redis", "url", "url", urlParser("redis://", "rediss://", "unix://")),
+    Setting("redis", "allow_volatile_vault", "allowVolatileVault", parseBoolean),
 )

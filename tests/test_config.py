@@ -53,7 +53,7 @@ ALL_KEYS = [
     ("relay", "smarthost"), ("relay", "nameservers"), ("relay", "retry_schedule"),
     ("relay", "queue_lifetime"), ("relay", "require_verified_tls"),
     ("relay", "mx_port"), ("relay", "smarthost_username"), ("relay", "smarthost_password_file"),
-    ("redis", "url"),
+    ("redis", "url"), ("redis", "allow_volatile_vault"),
 ]
 
 FULL = """\
@@ -116,6 +116,7 @@ smarthost_username = relay-user
 smarthost_password_file = /etc/qutemail/relay-password
 [redis]
 url = rediss://redis.example.test:6380/0
+allow_volatile_vault = yes
 """
 
 MINIMAL_SERVER = ServerConfig(hostname="mail.example.test", domains=("example.test",), dataDir="/srv/qutemail")
@@ -229,7 +230,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 mxPort=2526, smarthostUsername="relay-user",
                 smarthostPasswordFile="/etc/qutemail/relay-password",
             ),
-            redis=RedisConfig(url="rediss://redis.example.test:6380/0"),
+            redis=RedisConfig(url="rediss://redis.example.test:6380/0", allowVolatileVault=True),
         )
         self.assertEqual(loadConfig(path, {}), expected)
 
@@ -280,7 +281,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 QKDConfig(kmeUrl="", saeId="", clientCert="", clientKey="", caCert=""),
                 RelayConfig(smarthost="", nameservers=(), retrySchedule=(300.0, 600.0, 1200.0, 2400.0, 4800.0),
                             queueLifetimeSeconds=432000.0, requireVerifiedTls=()),
-                RedisConfig(url=""),
+                RedisConfig(url="", allowVolatileVault=False),
             ),
         )
 
@@ -687,6 +688,20 @@ class EnvironmentTests(ConfigFileMixin, SynchronousTestCase):
         """
         config = self.load(MINIMAL + "[smtp]\nmta_port = abc\n", {"QUTEMAIL_SMTP_MTA_PORT": "2525"})
         self.assertEqual(config.smtp.mtaPort, 2525)
+
+    def test_allowVolatileVault(self) -> None:
+        """
+        C{[redis] allow_volatile_vault} is a yes/no key, off by default,
+        that the environment can set; anything else is refused naming it.
+        """
+        self.assertFalse(self.load(MINIMAL).redis.allowVolatileVault)
+        self.assertTrue(self.load(MINIMAL + "[redis]\nallow_volatile_vault = Yes\n").redis.allowVolatileVault)
+        config = self.load(MINIMAL, {"QUTEMAIL_REDIS_ALLOW_VOLATILE_VAULT": "on"})
+        self.assertTrue(config.redis.allowVolatileVault)
+        path, problems = self.problems(MINIMAL + "[redis]\nallow_volatile_vault = maybe\n")
+        self.assertEqual(len(problems), 1)
+        self.assertIn("[redis] allow_volatile_vault", problems[0])
+        self.assertIn("'maybe' is not yes or no", problems[0])
 
     def test_emptyOverride(self) -> None:
         """

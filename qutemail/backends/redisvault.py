@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_interfaces -*-
+# -*- test-case-name: tests.test_interfaces,tests.backends.test_redisvault -*-
 """
 L{RedisKeyVault}: the key vault shared by several nodes through Redis
 (C{[redis] url}), with txredisapi.
@@ -13,9 +13,12 @@ each node before it first starts, or the first node to start creates one
 that the others cannot unwrap with.
 
 C{store} fires once Redis has acknowledged the C{SET}: the key is as
-durable as the Redis server is configured to make it (run it with
-C{appendonly yes} and C{appendfsync always} if a crash of Redis must not
-lose keys of mail already accepted).  A call that fails or takes longer than
+durable as the Redis server is configured to make it.  A lost key makes its
+message unreadable for ever, so the server checks at start
+(L{checkVaultPersistence}) that Redis keeps its data across a crash of
+Redis (C{appendonly yes}; C{appendfsync always} also survives a power
+loss), and refuses to start otherwise unless C{[redis] allow_volatile_vault}
+is set.  A call that fails or takes longer than
 L{REDIS_TIMEOUT_SECONDS} fails with L{KeyVaultError}; the delivery that
 needed the key is deferred and retried.
 
@@ -27,7 +30,7 @@ import base64
 import binascii
 import socket
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import attrs
 import txredisapi
@@ -36,11 +39,13 @@ from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from qutemail.backends.redislimiter import REDIS_TIMEOUT_SECONDS
+from qutemail.backends.redislimiter import REDIS_TIMEOUT_SECONDS, RedisURLError, checkURL
 from qutemail.interfaces import IKeyVault, KeyGone
 from qutemail.qkd.vault import KeyVaultError, KeyWrapper, checkKey, checkKeyId
 
 KEY_PREFIX = "qutemail:vault:"
+
+_log = Logger()
 
 
 @implementer(IKeyVault)
@@ -176,9 +181,10 @@ class _Replies:
     def __init__(self, connection: socket.socket) -> None:
         self._file = connection.makefile("rb")
 
-    def read(self) -> bytes | None:
+    def read(self) -> Any:
         """
-        @return: a simple or bulk string reply (C{None} for a null bulk).
+        @return: a simple or bulk string reply (C{None} for a null bulk), or
+            a list of them for an array.
         @raise RedisReadError: an error reply, or one we do not expect.
         """
         line = self._file.readline(65536)
@@ -195,7 +201,38 @@ class _Replies:
                 return None
             data = self._file.read(length + 2)
             return data[:-2]
+        if kind == b"*":
+            count = int(value)
+            return None if count < 0 else [self.read() for _ in range(count)]
         raise RedisReadError(f"unexpected Redis reply {line[:40]!r}")
+
+
+def _ask(url: SplitResult, timeoutSeconds: float, *commands: list[bytes]) -> list[Any]:
+    """
+    Send C{commands} over one blocking connection, after C{AUTH} and
+    C{SELECT} as the URL says.
+
+    @return: their replies.
+    @raise OSError: Redis cannot be reached or does not answer in time.
+    @raise RedisReadError: Redis answered one of them with an error.
+    """
+    if url.scheme == "unix":
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: Any = url.path
+    else:
+        connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = (url.hostname or "localhost", url.port or 6379)
+    with connection:
+        connection.settimeout(timeoutSeconds)
+        connection.connect(address)
+        replies = _Replies(connection)
+        if url.password:
+            connection.sendall(_command(b"AUTH", unquote(url.password).encode()))
+            replies.read()
+        db = (url.path.strip("/") or "0") if url.scheme == "redis" else "0"
+        connection.sendall(_command(b"SELECT", db.encode()) + b"".join(_command(*c) for c in commands))
+        replies.read()
+        return [replies.read() for _ in commands]
 
 
 @implementer(IKeyVault)
@@ -221,27 +258,10 @@ class BlockingRedisKeys:
         """
         C{GET key}, after C{AUTH} and C{SELECT} as the URL says.
         """
-        url = self._url
-        if url.scheme == "unix":
-            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: Any = url.path
-        else:
-            connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            address = (url.hostname or "localhost", url.port or 6379)
-        with connection:
-            connection.settimeout(self._timeout)
-            try:
-                connection.connect(address)
-                replies = _Replies(connection)
-                if url.password:
-                    connection.sendall(_command(b"AUTH", unquote(url.password).encode()))
-                    replies.read()
-                db = (url.path.strip("/") or "0") if url.scheme == "redis" else "0"
-                connection.sendall(_command(b"SELECT", db.encode()) + _command(b"GET", key.encode()))
-                replies.read()
-                return replies.read()
-            except OSError as e:
-                raise RedisReadError(f"cannot read the key vault in Redis: {e.strerror or e}") from None
+        try:
+            return _ask(self._url, self._timeout, [b"GET", key.encode()])[0]
+        except OSError as e:
+            raise RedisReadError(f"cannot read the key vault in Redis: {e.strerror or e}") from None
 
     def store(self, keyId: str, key: bytes) -> Deferred:
         """
@@ -271,3 +291,95 @@ class BlockingRedisKeys:
         except Exception:
             return fail()
         return Deferred.fromCoroutine(self._wrapper.unwrap(keyId, wrapped))
+
+
+class VolatileVaultError(RedisURLError):
+    """
+    The key vault's Redis may lose it in a crash (or cannot tell), and
+    C{[redis] allow_volatile_vault} is not set.
+    """
+
+
+@attrs.frozen
+class Persistence:
+    """
+    What Redis says about keeping its data across a crash.
+
+    @ivar durable: C{True} with C{appendonly yes}; C{False} without;
+        C{None} when it cannot tell (C{CONFIG} refused or renamed, Redis
+        unreachable).
+    @ivar description: its settings, or why it cannot tell, for one line.
+    """
+
+    durable: bool | None
+    description: str
+
+
+def _configValue(reply: Any) -> str:
+    """
+    @param reply: the reply to C{CONFIG GET name}: C{[name, value]}.
+    @return: the value.
+    @raise RedisReadError: any other reply (an unknown parameter gives
+        C{[]}).
+    """
+    if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[1], bytes):
+        raise RedisReadError(f"CONFIG GET answered {reply!r}")
+    return reply[1].decode("utf-8", "replace")
+
+
+def redisPersistence(url: str, timeoutSeconds: float = REDIS_TIMEOUT_SECONDS) -> Persistence:
+    """
+    Ask Redis how it keeps its data (blocking: only before the reactor
+    runs).
+
+    Only C{appendonly yes} counts as durable: with RDB snapshots alone
+    (C{save}), a crash of Redis loses every key written since the last
+    snapshot, minutes of them, and each lost key is a message nobody can
+    read again.  The AOF is written before Redis replies, so a crash of
+    Redis loses nothing acknowledged whatever C{appendfsync} says; only
+    C{appendfsync always} also survives a power loss.
+
+    @param url: C{[redis] url}.
+    @raise RedisURLError: a scheme this backend cannot use.
+    """
+    parts = checkURL(url)
+    try:
+        replies = _ask(parts, timeoutSeconds, [b"CONFIG", b"GET", b"appendonly"], [b"CONFIG", b"GET", b"save"],
+                       [b"CONFIG", b"GET", b"appendfsync"])
+        appendonly, save, appendfsync = map(_configValue, replies)
+    except OSError as e:
+        return Persistence(None, f"cannot reach Redis: {e.strerror or e}")
+    except RedisReadError as e:
+        return Persistence(None, f"asking CONFIG GET: {e}")
+    if appendonly == "yes":
+        return Persistence(True, f"appendonly yes, appendfsync {appendfsync}")
+    if save.strip():
+        return Persistence(False, f"appendonly no; RDB snapshots only (save {save}) lose the keys since the last one")
+    return Persistence(False, 'appendonly no, save "": nothing is written to disk')
+
+
+def checkVaultPersistence(url: str, allowVolatile: bool, timeoutSeconds: float = REDIS_TIMEOUT_SECONDS) -> None:
+    """
+    At start: refuse a key vault in a Redis that would lose it in a crash,
+    unless C{[redis] allow_volatile_vault} is set; log one line either way.
+
+    @param url: C{[redis] url}.
+    @param allowVolatile: C{[redis] allow_volatile_vault}.
+    @raise VolatileVaultError: not durable, or cannot tell, and not allowed.
+    @raise RedisURLError: a scheme this backend cannot use.
+    """
+    persistence = redisPersistence(url, timeoutSeconds)
+    if persistence.durable:
+        _log.info("the key vault's Redis keeps it across a crash ({description})",
+                  description=persistence.description)
+        return
+    if persistence.durable is None:
+        problem = f"cannot tell whether the key vault's Redis keeps it across a crash ({persistence.description})"
+    else:
+        problem = f"the key vault's Redis would lose it in a crash ({persistence.description})"
+    if allowVolatile:
+        _log.warn("[redis] allow_volatile_vault = yes: {problem}; mail sealed with a lost key is unreadable for ever",
+                  problem=problem)
+        return
+    raise VolatileVaultError(f"[redis] url: {problem}; turn on appendonly in Redis, "
+                             "or set [redis] allow_volatile_vault = yes to run anyway")

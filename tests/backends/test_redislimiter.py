@@ -11,6 +11,7 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
@@ -23,37 +24,75 @@ from tests.integration.support import CLIENT_TIMEOUT, freePort, writeConfig
 from tests.support import requireCommand
 
 
-def startRedis(testCase) -> int:
+class RedisServer:
     """
-    Start a throwaway redis-server on a free loopback port for this test.
+    A throwaway redis-server, a child process of the test, on a free
+    loopback port; it can be killed and started again on the same port and
+    data directory.
 
     Outside CI a missing binary skips the test; under CI (C{CI=true}) it is
     a failure, since C{.ci/run} installs it.
+    """
+
+    def __init__(self, testCase, persistent: bool = True, args: tuple[str, ...] = ()) -> None:
+        """
+        @param persistent: C{appendonly yes} (C{appendfsync always}, in the
+            test's own directory), or nothing written to disk at all.
+        @param args: more C{redis-server} arguments.
+        """
+        self.binary = requireCommand(testCase, "redis-server")
+        self.testCase = testCase
+        self.port = freePort()
+        self.directory = os.path.abspath(testCase.mktemp())
+        os.makedirs(self.directory)
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+        self.args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
+                     "--save", "", *persistence, *args]
+        self.process: subprocess.Popen | None = None
+        testCase.addCleanup(self.stop)
+
+    def start(self) -> int:
+        """
+        Start it and wait (blocking, up to 10 s) until it answers PING.
+
+        @return: its port.
+        """
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(100).startswith(b"+PONG"):
+                        return self.port
+            except OSError:
+                time.sleep(0.05)
+        self.testCase.fail("redis-server did not start")
+
+    def kill(self) -> None:
+        """
+        SIGKILL it (a crash) and reap it.
+        """
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        """
+        Stop it, if it runs.
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def startRedis(testCase, persistent: bool = True, args: tuple[str, ...] = ()) -> int:
+    """
+    Start a throwaway redis-server on a free loopback port for this test;
+    see L{RedisServer}.
 
     @return: its port.
     """
-    binary = requireCommand(testCase, "redis-server")
-    port = freePort()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-    def stop():
-        process.terminate()
-        process.wait(10)
-
-    testCase.addCleanup(stop)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(100).startswith(b"+PONG"):
-                    return port
-        except OSError:
-            time.sleep(0.05)
-    testCase.fail("redis-server did not start")
+    return RedisServer(testCase, persistent, args).start()
 
 
 class RedisLimiterTests(TestCase):
@@ -61,11 +100,15 @@ class RedisLimiterTests(TestCase):
     The limiter's contract, shared counting, and its fallback.
     """
 
-    def limiter(self, port: int) -> RedisRateLimiter:
+    timeout = 60
+
+    def limiter(self, port: int, **kwargs) -> RedisRateLimiter:
         """
         A limiter on C{port}, disconnected after the test.
+
+        @param kwargs: more L{RedisRateLimiter} arguments.
         """
-        limiter = RedisRateLimiter(connect(f"redis://127.0.0.1:{port}/0"), reactor)
+        limiter = RedisRateLimiter(connect(f"redis://127.0.0.1:{port}/0"), reactor, **kwargs)
         self.addCleanup(limiter.disconnect)
         return limiter
 
@@ -97,6 +140,58 @@ class RedisLimiterTests(TestCase):
         self.assertEqual(results, [True, True, False])
         self.assertTrue(limiter.degraded)
         self.assertEqual(len([e for e in events if "Redis unavailable" in e.get("log_format", "")]), 1)
+
+
+    async def shared(self, limiter: RedisRateLimiter) -> None:
+        """
+        Wait (up to 30 s) until Redis answers C{limiter} again.
+        """
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            await limiter.consume("probe", 1, 10**6, 3600, 1000.0)
+            if not limiter.degraded:
+                return
+            await deferLater(reactor, 0.1, lambda: None)
+        self.fail("Redis did not come back")
+
+    async def test_killedMidRun(self):
+        """
+        Issue 20: redis-server is killed (a crash) while 5 of a limit of 10
+        are used, 3 by another node: the next 30 calls take less than a
+        second together, the in-process counters go on from 5 (5 more
+        allowed, not 10), and the outage is logged once.  Once Redis runs
+        again on the same port, the units counted meanwhile are added to
+        it: both nodes see 10 used.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        server = RedisServer(self)
+        port = server.start()
+        node = self.limiter(port, coolDownSeconds=0.3)
+        other = self.limiter(port, coolDownSeconds=0.3)
+        key, T0 = "ip:192.0.2.7", 1000.0
+        for i in range(3):
+            self.assertTrue(await other.consume(key, 1, 10, 3600, T0 + i))
+        for i in range(2):
+            self.assertTrue(await node.consume(key, 1, 10, 3600, T0 + 3 + i))
+
+        server.kill()
+        started = time.monotonic()
+        results = [await node.consume(key, 1, 10, 3600, T0 + 10 + i) for i in range(30)]
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertEqual(results, [True] * 5 + [False] * 25)
+        self.assertTrue(node.degraded)
+
+        await deferToThread(server.start)
+        await self.shared(node)
+        await self.shared(other)
+        self.assertFalse(await node.consume(key, 1, 10, 3600, T0 + 60))
+        self.assertTrue(await node.consume(key, 1, 11, 3600, T0 + 61))
+        self.assertFalse(await other.consume(key, 1, 11, 3600, T0 + 62))
+        self.assertFalse(node.degraded or other.degraded)
+        self.assertEqual(len([e for e in events if "Redis unavailable" in e.get("log_format", "")
+                              and e.get("log_source") is node]), 1)
+        self.assertEqual(len([e for e in events if "Redis is back" in e.get("log_format", "")
+                              and e.get("log_source") is node]), 1)
 
 
 class TwoServersTests(TestCase):

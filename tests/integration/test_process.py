@@ -13,6 +13,7 @@ import time
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from tests.backends.test_redislimiter import startRedis
 from tests.integration.support import (
     CLIENT_TIMEOUT,
     ServerProcess,
@@ -214,3 +215,95 @@ class StartFailureTests(TestCase):
         self.assertEqual(result.returncode, 1)
         [line] = result.stderr.strip().splitlines()
         self.assertIn("[limits] connections_per_ip", line)
+
+
+class VaultPersistenceStartTests(TestCase):
+    """
+    Issue 20: a real C{twistd qutemail} start with the key vault in Redis
+    checks that Redis keeps it across a crash.
+    """
+
+    timeout = 90
+
+    def configure(self, redisPort: int, extra: str = "") -> tuple[str, int, str]:
+        """
+        Write a loopback configuration with the vault in the Redis on
+        C{redisPort}, plus C{extra} lines in C{[redis]}.
+
+        @return: the configuration path, its MTA port and the log path.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        port = freePort()
+        path = writeConfig(os.path.join(base, "q.ini"), os.path.join(base, "var"), mtaPort=port,
+                           extra=f"\n[redis]\nurl = redis://127.0.0.1:{redisPort}/0\n{extra}")
+        return path, port, os.path.join(base, "twistd.log")
+
+    def twistd(self, configPath: str) -> subprocess.CompletedProcess:
+        """
+        Run twistd on a configuration (blocking) until it exits.
+        """
+        return subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "qutemail", "--config", configPath],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+
+    async def runs(self, redisPort: int, extra: str = "") -> str:
+        """
+        Start the server, check it accepts connections, stop it cleanly.
+
+        @return: its log.
+        """
+        path, port, logPath = self.configure(redisPort, extra)
+        server = ServerProcess(path, logPath, port)
+        self.addCleanup(server.kill)
+        await deferToThread(server.start)
+        self.assertIn(await deferToThread(server.stop), (0, -signal.SIGTERM, 128 + signal.SIGTERM))
+        with open(logPath) as f:
+            return f.read()
+
+    async def test_volatileRefused(self):
+        """
+        A Redis started with C{--appendonly no --save ""}: exit status 1
+        and one line naming the key that would allow it.
+        """
+        path, _, _ = self.configure(startRedis(self, persistent=False))
+        result = await deferToThread(self.twistd, path)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.strip().splitlines(), [
+            "qutemail: [redis] url: the key vault's Redis would lose it in a crash (appendonly no, "
+            'save "": nothing is written to disk); turn on appendonly in Redis, '
+            "or set [redis] allow_volatile_vault = yes to run anyway"])
+
+    async def test_volatileAllowed(self):
+        """
+        The same Redis with C{allow_volatile_vault = yes}: the server runs,
+        and its log has one warning line about it.
+        """
+        log = await self.runs(startRedis(self, persistent=False), "allow_volatile_vault = yes\n")
+        warnings = [line for line in log.splitlines() if "allow_volatile_vault" in line]
+        self.assertEqual(len(warnings), 1, log)
+        self.assertIn("the key vault's Redis would lose it in a crash", warnings[0])
+        self.assertNotIn("Traceback", log)
+
+    async def test_appendonlyQuiet(self):
+        """
+        A Redis with C{--appendonly yes}: the server runs without a warning.
+        """
+        log = await self.runs(startRedis(self))
+        self.assertIn("the key vault's Redis keeps it across a crash (appendonly yes", log)
+        self.assertNotIn("allow_volatile_vault", log)
+        self.assertNotIn("would lose", log)
+
+    async def test_configRefused(self):
+        """
+        A Redis with C{CONFIG} renamed away: the start stops, saying it
+        cannot tell.
+        """
+        path, _, _ = self.configure(startRedis(self, args=("--rename-command", "CONFIG", "")))
+        result = await deferToThread(self.twistd, path)
+        self.assertEqual(result.returncode, 1)
+        [line] = result.stderr.strip().splitlines()
+        self.assertTrue(line.startswith("qutemail: [redis] url: cannot tell whether the key vault's Redis keeps "
+                                        "it across a crash (asking CONFIG GET: "), line)
