@@ -1,10 +1,22 @@
-# -*- test-case-name: tests.test_durable -*-
+# -*- test-case-name: tests.test_durable,tests.test_filemodes -*-
 """
 Blocking file primitives for writes that must survive a crash.  Call them
 only from worker threads (see L{qutemail.blocking}).
+
+Everything the server writes under C{data_dir} is private: files are
+created mode 0600 (L{PRIVATE_FILE_MODE}) and directories 0700
+(L{PRIVATE_DIRECTORY_MODE}), with the mode given explicitly rather than left
+to the umask; the one exception is a public certificate (C{*-cert.pem}
+under C{keys/}, 0644).
 """
 
 import os
+
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIRECTORY_MODE = 0o700
+# A certificate is sent to every client in the TLS handshake; it stays
+# readable (inside the 0700 keys/ directory all the same).
+PUBLIC_CERTIFICATE_MODE = 0o644
 
 
 def writeAll(fd: int, data: bytes) -> None:
@@ -33,7 +45,42 @@ def syncDirectory(path: str) -> None:
         os.close(fd)
 
 
-def replaceFile(path: str, data: bytes, mode: int = 0o600) -> None:
+def makeDirectories(path: str, sync: bool = False) -> str:
+    """
+    Create a directory and any missing parents, each mode 0700.  Unlike
+    C{os.makedirs(path, mode)}, which gives only the last directory that
+    mode and the parents the default (0755 under the usual umask), every
+    directory created here is private.  Directories that exist are left as
+    they are.
+
+    @param path: the directory.
+    @param sync: fsync the parent of each directory created, so that the
+        new names survive a crash.
+    @return: C{path}.
+    @raise FileExistsError: C{path} or a parent exists and is not a
+        directory.
+    """
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, PRIVATE_DIRECTORY_MODE)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue
+        if sync:
+            syncDirectory(os.path.dirname(directory))
+    return path
+
+
+def replaceFile(path: str, data: bytes, mode: int = PRIVATE_FILE_MODE) -> None:
     """
     Replace a file's contents atomically and durably: write a temporary
     file beside it, fsync, rename over, fsync the directory.

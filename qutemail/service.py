@@ -4,12 +4,12 @@ Service assembly: C{buildService(config, reactor)} returns the whole server
 as a tree of single-purpose services.  This is the only module that creates
 concrete backends.
 
-Start order: the thread pool, the spool (journal recovery, deferred queue),
-the retry scheduler, then one listener per enabled port.  Stop order is the
-reverse, one child at a time: listeners stop accepting and tell open
-sessions the server is going away (a message being committed gets its 250
-first), background routing finishes, the journal is flushed and closed, and
-the thread pool goes last.
+Start order: the thread pool, the free-space loop, the spool (journal
+recovery, deferred queue), the retry scheduler, then one listener per
+enabled port.  Stop order is the reverse, one child at a time: listeners
+stop accepting and tell open sessions the server is going away (a message
+being committed gets its 250 first), background routing finishes, the
+journal is flushed and closed, and the thread pool goes last.
 """
 
 import datetime
@@ -42,12 +42,13 @@ from qutemail.pipeline.dkimverify import DKIMVerifier
 from qutemail.policy.dmarc import DMARCEvaluator
 from qutemail.policy.inbound import InboundChecks
 from qutemail.policy.spf import SPFChecker
+from qutemail.store.diskspace import watchDiskSpace
 from qutemail.store.retention import RetentionService, RetentionSweep
 from qutemail.tlsserver import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.throttle import AuthThrottle
-from qutemail.durable import replaceFile
+from qutemail.durable import makeDirectories, replaceFile
 from qutemail.pipeline.dkim import FileDKIMKeys
 from qutemail.qkd.certs import ensurePKI
 from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT
@@ -160,7 +161,7 @@ class SpoolService(Service):
 
         @return: how many there were.
         """
-        os.makedirs(spillDirectory, exist_ok=True)
+        makeDirectories(spillDirectory)
         recovered = intake.journal.recover()
         live = {m.path for m in recovered if m.path}
         for name in os.listdir(spillDirectory):
@@ -382,7 +383,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
         except (OSError, ValueError) as e:
             raise ServiceConfigError(f"[qkd] cannot load the KME client credentials: {e}") from None
     else:
-        pki = ensurePKI(os.path.join(dataDir, "keys", "qkd"), [saeId], now)
+        pki = ensurePKI(makeDirectories(os.path.join(dataDir, "keys", "qkd")), [saeId], now)  # keys/ 0700 too
         settings = PoolSettings(maxKeyCount=qkd.poolKeys, refillKeysPerSecond=float(qkd.refillKeysPerSecond))
         kme = EmbeddedKMEService(reactor, KME(f"qutemail-kme-{saeId}", [saeId], QKDLink(settings)), pki)
         kme.setServiceParent(parent)
@@ -396,7 +397,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
     sealed = os.path.join(dataDir, "queue", "sealed")
     encryptor = MessageEncryptor(source, vault, runner, saeId, sealed,
                                  subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT)
-    os.makedirs(sealed, mode=0o700, exist_ok=True)
+    makeDirectories(sealed)
     encryptor.cleanup(reactor.seconds())
     return encryptor
 
@@ -459,6 +460,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
 
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
+    diskSpace = watchDiskSpace(dataDir, runner, reactor, config.smtp.maxMessageBytes, root)
 
     backends = buildBackends(config, runner, reactor, reactor, withVault=workerIndex == 0)
     users, queue, vault = backends.users, backends.queue, backends.vault
@@ -528,9 +530,11 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         maxRecipients=config.smtp.maxRecipients, idleTimeoutSeconds=config.smtp.idleTimeoutSeconds,
         tlsContext=tlsContext, connectionsPerIp=limits.connectionsPerIp)
     factoryArgs = dict(intake=intake, clock=reactor, settings=settings,
-                       policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerIpHour, inbound))
+                       policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerIpHour, inbound,
+                                            diskSpace))
     submissionArgs = dict(factoryArgs, settings=attrs.evolve(settings, portal=portal, throttle=throttle),
-                          policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerUserHour))
+                          policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerUserHour,
+                                               diskSpace=diskSpace))
     if adoptFd is not None:
         service = AdoptedListenerService(reactor, adoptFd, SMTPServerFactory(**factoryArgs))
         service.setName("listener-mta")

@@ -25,7 +25,7 @@ from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.logger import Logger
 
-from qutemail.durable import replaceFile
+from qutemail.durable import PRIVATE_FILE_MODE, PUBLIC_CERTIFICATE_MODE, makeDirectories, replaceFile
 
 # How long a generated certificate is valid (the CA/Browser limit of 825
 # days is a sensible ceiling even for a private certificate).
@@ -112,10 +112,11 @@ def serverCredentials(certPath: str, keyPath: str, hostname: str, dataDir: str,
         except TLSConfigError as e:
             # Ours to replace (expired, say): a configured one never is.
             _log.warn("replacing the generated TLS certificate: {reason}", reason=str(e))
-    os.makedirs(os.path.dirname(certPath), mode=0o700, exist_ok=True)
+    makeDirectories(os.path.dirname(certPath))
     certificate, key = generateSelfSigned(hostname, now)
-    replaceFile(keyPath, key, mode=0o600)
-    replaceFile(certPath, certificate, mode=0o644)
+    replaceFile(keyPath, key, mode=PRIVATE_FILE_MODE)
+    # Public: every client gets it in the handshake (see qutemail.durable).
+    replaceFile(certPath, certificate, mode=PUBLIC_CERTIFICATE_MODE)
     _log.info("created a self-signed TLS certificate for {hostname} in {certPath}",
               hostname=hostname, certPath=certPath)
     return ServerCredentials(certPath, keyPath, generated=True)

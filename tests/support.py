@@ -78,11 +78,14 @@ class Stack:
 def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageBytes: int = 1024 * 1024,
                maxRecipients: int = 10, defaultQuotaBytes: int = 10 * 1024 * 1024,
                idleTimeoutSeconds: float = 300.0, lifetime: float = 5 * 86400.0,
-               messagesPerHour: int = 0, connectionsPerIp: int = 0, intakeClass=Intake) -> Stack:
+               messagesPerHour: int = 0, connectionsPerIp: int = 0, intakeClass=Intake,
+               diskSpace=None) -> Stack:
     """
     Build a server stack under C{dataDir}.
 
     @param intakeClass: the intake to build (tests record its calls).
+    @param diskSpace: the L{qutemail.store.diskspace.DiskSpace} the session
+        policy asks, or C{None} for none.
     @return: the L{Stack}; with the default inline runner and a
         L{Clock}, everything happens synchronously.
     """
@@ -108,7 +111,7 @@ def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageB
     scheduler = RetryScheduler(queue=queue, local=local, bounce=intake.bounce, clock=clock,
                                retrySchedule=RETRY, queueLifetimeSeconds=lifetime)
     policy = SessionPolicy(RecipientPolicy(users, store, DOMAINS, maxMessageBytes), clock,
-                           MemoryRateLimiter(), messagesPerHour)
+                           MemoryRateLimiter(), messagesPerHour, diskSpace=diskSpace)
     settings = SessionSettings(hostname=HOSTNAME, domains=DOMAINS, maxMessageBytes=maxMessageBytes,
                                maxRecipients=maxRecipients, idleTimeoutSeconds=idleTimeoutSeconds,
                                connectionsPerIp=connectionsPerIp)

@@ -52,10 +52,10 @@ class TapTests(TestCase):
 
     def test_serviceTree(self):
         """
-        The service tree starts the thread pool, the embedded KME (on
-        loopback, any port) and its client, the spool, the retention sweep,
-        the scheduler and the MTA listener, in that order, and listens on
-        the configured port and address.
+        The service tree starts the thread pool, the free-space loop, the
+        embedded KME (on loopback, any port) and its client, the spool, the
+        retention sweep, the scheduler and the MTA listener, in that order,
+        and listens on the configured port and address.
         """
         reactor = MemoryReactorClock()
         # Results from the thread pool are dropped: this reactor never runs.
@@ -65,8 +65,8 @@ class TapTests(TestCase):
         root = makeService(options, reactor)
         self.assertEqual(
             [child.name for child in root],
-            ["blocking", "kme", "qkd-client", "spool", "retention", "retry-scheduler", "queue-control",
-             "listener-mta"],
+            ["blocking", "disk-space", "kme", "qkd-client", "spool", "retention", "retry-scheduler",
+             "queue-control", "listener-mta"],
         )
         root.startService()
         # A memory reactor never delivers thread results, so the whole tree

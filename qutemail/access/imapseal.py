@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from qutemail.durable import removeFile, writeAll
+from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile, writeAll
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.replies import ReplyError
 
@@ -62,7 +62,7 @@ class AppendSealer:
         their copies).  Runs once, as the server is assembled.
         """
         waiting = os.path.join(self.directory, "tmp")
-        os.makedirs(waiting, mode=0o700, exist_ok=True)
+        makeDirectories(waiting)
         for name in os.listdir(waiting):
             removeFile(os.path.join(waiting, name))
             _log.info("removed the plaintext of an interrupted APPEND: {name}", name=name)
@@ -102,8 +102,8 @@ def _writeFile(path: str, data: bytes) -> None:
     """
     Write a new file, mode 0600.  Blocking.
     """
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    makeDirectories(os.path.dirname(path))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     try:
         writeAll(fd, data)
     finally:

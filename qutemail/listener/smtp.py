@@ -460,6 +460,10 @@ class SMTPServer(SessionCommands, AuthMixin, ESMTP):
             return self._error(replies.NEED_MAIL)
         if not self._recipients:
             return self._error(replies.NEED_RCPT)
+        refused = self.policy.checkData()
+        if refused is not None:
+            # RFC 5321 §4.3.2: 452 is among DATA's replies; no 354 then
+            return self.reply(refused)
         self._queueId, writer = self.intake.newMessage()
         self._receivedAt = self.clock.seconds()
         headerFilter = None

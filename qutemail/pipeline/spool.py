@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from qutemail.durable import removeFile
+from qutemail.durable import PRIVATE_FILE_MODE, removeFile
 from qutemail.message import Envelope, SpooledMessage
 
 DEFAULT_THRESHOLD_BYTES = 256 * 1024
@@ -98,9 +98,11 @@ class SpoolWriter:
 
     def _open(self) -> None:
         """
-        Create the spill file (worker thread).
+        Create the spill file (worker thread), mode 0600: it holds a
+        message in plaintext.
         """
-        self._file = open(self._spillPath, "wb")
+        fd = os.open(self._spillPath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        self._file = open(fd, "wb")
 
     def _writeChunk(self, chunk: bytes) -> None:
         """

@@ -1,8 +1,9 @@
-# -*- test-case-name: tests.listener.test_smtp,tests.listener.test_submission -*-
+# -*- test-case-name: tests.listener.test_smtp,tests.listener.test_submission,tests.listener.test_storagefull -*-
 """
-The policy of one SMTP listener, as its sessions see it: the message rate
-limit, the envelope rules (L{RecipientPolicy}) and, for mail from outside,
-the SPF check at C{MAIL FROM} and what it writes into the message.
+The policy of one SMTP listener, as its sessions see it: room on the disk
+(at C{MAIL} and C{DATA}), the message rate limit, the envelope rules
+(L{RecipientPolicy}) and, for mail from outside, the SPF check at
+C{MAIL FROM} and what it writes into the message.
 
 Each listener has its own: the MTA port counts messages per client IP and
 checks SPF; the submission ports count per authenticated user and check
@@ -15,7 +16,7 @@ import attrs
 from twisted.logger import Logger
 
 from qutemail.interfaces import Account
-from qutemail.replies import RATE_LIMITED, ReplyError
+from qutemail.replies import RATE_LIMITED, STORAGE_FULL, Reply, ReplyError
 
 # The window of the message rate limits.
 HOUR_SECONDS = 3600.0
@@ -35,6 +36,8 @@ class SessionPolicy:
         authenticated user per hour; 0 for no limit.
     @ivar inbound: the L{qutemail.policy.inbound.InboundChecks} that
         unauthenticated mail goes through, or C{None} for none.
+    @ivar diskSpace: the L{qutemail.store.diskspace.DiskSpace} of
+        C{data_dir}, or C{None} not to look.
     """
 
     envelope: Any
@@ -42,16 +45,19 @@ class SessionPolicy:
     limiter: Any = None
     messagesPerHour: int = 0
     inbound: Any = None
+    diskSpace: Any = None
 
     async def checkSender(self, *, peer: str, sender: str, declaredSize: int | None,
                           authenticated: str | None, helo: str) -> Any:
         """
-        Decide C{MAIL FROM}: the rate limit, the envelope rules, then SPF
-        for mail from outside.
+        Decide C{MAIL FROM}: the rate limit, the envelope rules, room on
+        the disk, then SPF for mail from outside.
 
         @return: the SPF result when the message is to be checked at the
             end of DATA, else C{None}.
-        @raise ReplyError: the reply refusing it.
+        @raise ReplyError: the reply refusing it; C{STORAGE_FULL} (452
+            4.3.1) when the declared size, or without one the reserve, does
+            not fit in the free space (see L{qutemail.store.diskspace}).
         """
         if self.messagesPerHour and self.limiter is not None:
             key = f"user:{authenticated}" if authenticated else f"ip:{peer}"
@@ -61,8 +67,23 @@ class SessionPolicy:
                 raise ReplyError(RATE_LIMITED.withText(
                     f"Rate limit of {self.messagesPerHour} messages per hour exceeded, try again later"))
         await self.envelope.checkSender(sender, declaredSize, authenticated)
+        # After the envelope rules, so that a message over the size limit
+        # gets their definite 552, not a 452 to try again.
+        if self.diskSpace is not None and not self.diskSpace.hasRoomFor(declaredSize):
+            raise ReplyError(STORAGE_FULL)
         if self.inbound is not None and authenticated is None:
             return await self.inbound.checkSender(peer, sender, helo)
+        return None
+
+    def checkData(self) -> Reply | None:
+        """
+        Decide C{DATA}, before the 354: whether there is still room on the
+        disk (the free space is not under the reserve).
+
+        @return: C{STORAGE_FULL} (452 4.3.1) to refuse it, else C{None}.
+        """
+        if self.diskSpace is not None and not self.diskSpace.hasRoomFor(None):
+            return STORAGE_FULL
         return None
 
     async def checkRecipient(self, recipient: str, declaredSize: int | None,

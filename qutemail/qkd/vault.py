@@ -65,7 +65,7 @@ from twisted.python.failure import Failure
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from qutemail.durable import replaceFile, syncDirectory, writeAll
+from qutemail.durable import makeDirectories, replaceFile, syncDirectory, writeAll
 from qutemail.interfaces import IKeyVault, KeyGone
 
 MASTER_KEY_BYTES = 32
@@ -164,17 +164,7 @@ def _makeDirectory(path: str) -> None:
     Create a directory and any missing parents, mode 0700, fsyncing each
     parent so that the new names survive a crash.  Blocking.
     """
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent != path:
-        _makeDirectory(parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        return
-    syncDirectory(parent)
+    makeDirectories(path, sync=True)
 
 
 def loadMasterKey(path: str, create: bool = True, vaultDirectory: str | None = None) -> tuple[bytes, int, bool]:

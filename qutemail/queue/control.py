@@ -40,6 +40,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from qutemail.durable import makeDirectories
+
 # Queue ids are upper-case hex (see qutemail.message.QueueIds),
 # about 22 digits today.
 QUEUE_ID = re.compile(r"[0-9A-F]{1,40}", re.ASCII)
@@ -265,7 +267,7 @@ class ControlService(Service):
         control.
         """
         Service.startService(self)
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        makeDirectories(os.path.dirname(self.path))
         self._removeStale()
         bindPath, self._directoryFd = shortSocketPath(self.path)
         endpoint = UNIXServerEndpoint(self._reactor, bindPath, mode=0o600)

@@ -26,9 +26,26 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from qutemail.durable import removeFile, replaceFile, syncDirectory
+from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile, replaceFile, syncDirectory
 from qutemail.interfaces import IRelayQueue
 from qutemail.message import LEGACY_STATES, dueEntries, Envelope, QueueEntry, RecipientState, SpooledMessage
+
+# The chunk size of a copy of a large body into the queue.
+_COPY_BYTES = 1024 * 1024
+
+
+def _copyPrivately(source: str, destination: str) -> None:
+    """
+    Copy a file into a new one, mode 0600 (C{shutil.copyfile} would make it
+    0644 under the usual umask: it holds a message in plaintext), and fsync
+    it.  Blocking.
+    """
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with open(fd, "wb") as out, open(source, "rb") as f:
+        shutil.copyfileobj(f, out, _COPY_BYTES)
+        out.flush()
+        os.fsync(out.fileno())
+
 
 @implementer(IRelayQueue)
 class DeferredQueue:
@@ -80,7 +97,7 @@ class DeferredQueue:
 
         @return: the entries.
         """
-        os.makedirs(self._directory, exist_ok=True)
+        makeDirectories(self._directory)
         for name in sorted(os.listdir(self._directory)):
             if not name.endswith(".json"):
                 continue
@@ -188,16 +205,14 @@ class DeferredQueue:
 
         @return: whether it was written.
         """
-        os.makedirs(self._directory, exist_ok=True)
+        makeDirectories(self._directory)
         bodyPath, metaPath = self._paths(entry.queueId)
         if os.path.exists(metaPath):
             return False
         if message.inline is not None:
             replaceFile(bodyPath, message.inline)
         else:
-            shutil.copyfile(message.path, bodyPath + ".tmp")
-            with open(bodyPath + ".tmp", "rb+") as f:
-                os.fsync(f.fileno())
+            _copyPrivately(message.path, bodyPath + ".tmp")
             os.rename(bodyPath + ".tmp", bodyPath)
             syncDirectory(self._directory)
         replaceFile(metaPath, entry.toJSON())

@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from qutemail.durable import removeFile, syncDirectory, writeAll
+from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile, syncDirectory, writeAll
 from qutemail.message import Envelope, SpooledMessage
 
 DEFAULT_SEGMENT_BYTES = 32 * 1024 * 1024
@@ -218,7 +218,7 @@ class Journal:
 
         @return: the undone messages, oldest first.
         """
-        os.makedirs(self._directory, exist_ok=True)
+        makeDirectories(self._directory)
         names = sorted(n for n in os.listdir(self._directory) if n.endswith(_SEGMENT_SUFFIX))
         pending: dict[str, tuple[int, SpooledMessage]] = {}
         self._live = {}
@@ -387,7 +387,7 @@ class Journal:
                 finally:
                     os.close(fd)
             path = os.path.join(self._directory, _segmentName(segment))
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
             self._fdSegment = segment
             syncDirectory(self._directory)
         writeAll(self._fd, b"".join(records))

@@ -83,7 +83,7 @@ from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from qutemail.address import isLocalAddress
-from qutemail.durable import removeFile
+from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile
 from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceError
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import MIN_KEY_BYTES, PLACEHOLDER_SUBJECT, SealedMessage, encryptStream
@@ -206,10 +206,10 @@ def _writeSealed(message: SpooledMessage, path: str, keyId: str, key: bytes,
         cannot be read.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        makeDirectories(os.path.dirname(path))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     try:
         with open(fd, "wb", closefd=False) as out, message.openBody() as source:
             sealed = encryptStream(source, out, keyId, key, subject)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from qutemail.durable import writeAll
+from qutemail.durable import PRIVATE_FILE_MODE, writeAll
 
 # Maildir++: a maildirsize file past 5120 bytes is recalculated.
 MAILDIRSIZE_MAX_BYTES = 5120
@@ -221,7 +221,7 @@ def recordUsage(root: str, quotaBytes: int, size: int, count: int) -> None:
     try:
         while True:
             try:
-                fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | create, 0o600)
+                fd = os.open(sizeFile, os.O_WRONLY | os.O_APPEND | create, PRIVATE_FILE_MODE)
             except FileNotFoundError:
                 return
             try:
@@ -245,7 +245,8 @@ def recordUsage(root: str, quotaBytes: int, size: int, count: int) -> None:
                         quotaLine = f.readline().rstrip(b"\n")
                     total, messages = readUsage(root)
                     temp = f"{sizeFile}.{os.getpid()}.{threading.get_ident()}"
-                    with open(temp, "wb") as f:
+                    folded = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+                    with open(folded, "wb") as f:
                         f.write(b"%s\n%d %d\n" % (quotaLine, total, messages))
                     os.rename(temp, sizeFile)
                 return

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from qutemail.durable import syncDirectory, writeAll
+from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, syncDirectory, writeAll
 from qutemail.interfaces import Account, IMessageStore
 from qutemail.message import SpooledMessage
 from qutemail.replies import MAILBOX_FULL, ReplyError
@@ -304,11 +304,10 @@ class MaildirStore:
         if path in self._known:
             return
         for sub in _SUBDIRS:
-            os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+            makeDirectories(os.path.join(path, sub))
         if folder:
             # Maildir++: a folder directory holds a "maildirfolder" file
-            with open(os.path.join(path, FOLDER_MARKER), "ab"):
-                pass
+            os.close(os.open(os.path.join(path, FOLDER_MARKER), os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
         self._known.add(path)
 
     def _writeOne(self, job: _Job, dirty: set[str], tallies: dict[str, "_Tally"]) -> tuple[str, int]:
@@ -346,7 +345,7 @@ class MaildirStore:
         if tally.quotaBytes and tally.usedBytes + tally.addedBytes + size > tally.quotaBytes:
             raise ReplyError(MAILBOX_FULL)
         temp = os.path.join(box, "tmp", name)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
         try:
             if message.inline is not None:
                 _writeParts(fd, header, message.inline)
