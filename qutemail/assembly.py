@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_assembly -*-
 """
-The backends a configuration asks for, built in one place for the server
-(L{qutemail.service}) and the command-line tool (L{qutemail.cli}) alike:
-the user directory, the relay queue and the key vault.
+The parts a configuration asks for.  The backends (the user directory,
+the relay queue and the key vault) are built in one place for the server
+(L{qutemail.service}) and the command-line tool (L{qutemail.cli}) alike;
+the relay and the inbound checks for the server alone.
 
 The server passes its thread pool and the reactor; the command-line tool,
 which runs no reactor, passes an L{qutemail.blocking.InlineRunner} and a
@@ -13,12 +14,21 @@ import os
 from typing import Any
 
 import attrs
+import dns.resolver
+from twisted.application.service import MultiService
 
 from qutemail.backends.redisvault import BlockingRedisKeys, RedisKeyVault, checkVaultPersistence
 from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.backends.userfile import FileUserDirectory
+from qutemail.blocking import BlockingRunner
+from qutemail.pipeline.dkimverify import DKIMVerifier
+from qutemail.policy.dmarc import DMARCEvaluator
+from qutemail.policy.inbound import InboundChecks
+from qutemail.policy.spf import SPFChecker
 from qutemail.qkd.vault import FileKeyVault
 from qutemail.queue.deferred import DeferredQueue
+from qutemail.relay.mx import MXResolver
+from qutemail.relay.sender import Relay
 
 
 @attrs.frozen
@@ -70,3 +80,78 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
     checkVaultPersistence(config.redis.url, config.redis.allowVolatileVault)
     vault = RedisKeyVault(connectRedis(config.redis.url), reactor, masterKey, runner)
     return Backends(users, queue, vault, vault.disconnect)
+
+
+class ServiceConfigError(Exception):
+    """
+    A part cannot be set up from its configuration (an unreadable smarthost
+    password file, KME client credentials missing or unreadable).
+    """
+
+
+def smarthostAddress(text: str) -> tuple[str, int] | None:
+    """
+    @param text: C{[relay] smarthost}: C{host}, C{host:port} or
+        C{[ipv6]:port}, or empty.
+    @return: C{(host, port)}, or C{None} for MX delivery.
+    """
+    if not text:
+        return None
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        return host, int(port.lstrip(":") or 25)
+    host, _, port = text.partition(":")
+    return host, int(port or 25)
+
+
+def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
+    """
+    The outbound relay: MX lookups through the configured nameservers, or
+    everything through the smarthost.
+
+    @raise ServiceConfigError: when the smarthost password file cannot be read.
+    """
+    relay = config.relay
+    password = None
+    if relay.smarthostPasswordFile:
+        try:
+            with open(relay.smarthostPasswordFile, encoding="utf-8") as f:
+                password = f.read().strip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ServiceConfigError(
+                f"[relay] smarthost_password_file: cannot read {relay.smarthostPasswordFile}: {e}") from None
+    return Relay(
+        reactor=reactor, resolver=MXResolver(runner, relay.nameservers), hostname=config.server.hostname,
+        mxPort=relay.mxPort, smarthost=smarthostAddress(relay.smarthost),
+        username=relay.smarthostUsername or None, password=password,
+        requireVerifiedTls=relay.requireVerifiedTls,
+    )
+
+
+# How many DNS answers the inbound checks keep (least recently used go).
+INBOUND_DNS_CACHE_ENTRIES = 50_000
+
+
+def buildInbound(config: Any, reactor: Any, parent: MultiService) -> InboundChecks | None:
+    """
+    The SPF, DKIM and DMARC checks of mail from other servers, or C{None}
+    when C{[inbound] checks} is off.  Their DNS lookups get a thread pool of
+    their own, so that a silent DNS server cannot hold up the spool's disk
+    work.
+    """
+    inbound = config.inbound
+    if not inbound.checks:
+        return None
+    runner = BlockingRunner(reactor, minThreads=0, maxThreads=16, name="inbound-checks")
+    runner.setServiceParent(parent)
+    nameservers, timeout = config.relay.nameservers, inbound.dnsTimeoutSeconds
+    # One cache for the checks' answers, kept for their TTLs (NXDOMAIN
+    # too): mail from one domain asks DNS once, not three times a message.
+    cache = dns.resolver.LRUCache(INBOUND_DNS_CACHE_ENTRIES)
+    return InboundChecks(
+        hostname=config.server.hostname,
+        spf=SPFChecker(nameservers, timeout, runner, cache),
+        dkim=DKIMVerifier(nameservers, timeout, config.smtp.maxMessageBytes, runner, cache),
+        dmarc=DMARCEvaluator(nameservers, timeout, runner, cache=cache),
+        spfFail=inbound.spfFail, dmarcReject=inbound.dmarcReject,
+    )

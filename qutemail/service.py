@@ -18,7 +18,6 @@ import socket
 from typing import Any
 
 import attrs
-import dns.resolver
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -33,15 +32,11 @@ from qutemail.access.imapserver import IMAPFactory
 from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redislimiter import connect as connectRedis
-from qutemail.assembly import buildBackends
+from qutemail.assembly import ServiceConfigError, buildBackends, buildInbound, buildRelay
 from qutemail.blocking import BlockingRunner
 from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
 from qutemail.listener.factory import SMTPServerFactory
 from qutemail.listener.settings import SessionSettings
-from qutemail.pipeline.dkimverify import DKIMVerifier
-from qutemail.policy.dmarc import DMARCEvaluator
-from qutemail.policy.inbound import InboundChecks
-from qutemail.policy.spf import SPFChecker
 from qutemail.store.diskspace import watchDiskSpace
 from qutemail.store.retention import RetentionService, RetentionSweep
 from qutemail.tlsserver import contextFactory, serverCredentials
@@ -67,8 +62,6 @@ from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
 from qutemail.workers import WorkerPool
-from qutemail.relay.mx import MXResolver
-from qutemail.relay.sender import Relay
 from qutemail.store.maildir import BATCH_DELAY_SECONDS, MaildirStore
 
 
@@ -295,52 +288,6 @@ def orphanIndexes(queueDir: str, workers: int) -> list[int]:
     return sorted(found)
 
 
-class ServiceConfigError(Exception):
-    """
-    A part cannot be set up from its configuration (an unreadable smarthost
-    password file, KME client credentials missing or unreadable).
-    """
-
-
-def smarthostAddress(text: str) -> tuple[str, int] | None:
-    """
-    @param text: C{[relay] smarthost}: C{host}, C{host:port} or
-        C{[ipv6]:port}, or empty.
-    @return: C{(host, port)}, or C{None} for MX delivery.
-    """
-    if not text:
-        return None
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]")
-        return host, int(port.lstrip(":") or 25)
-    host, _, port = text.partition(":")
-    return host, int(port or 25)
-
-
-def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
-    """
-    The outbound relay: MX lookups through the configured nameservers, or
-    everything through the smarthost.
-
-    @raise ServiceConfigError: when the smarthost password file cannot be read.
-    """
-    relay = config.relay
-    password = None
-    if relay.smarthostPasswordFile:
-        try:
-            with open(relay.smarthostPasswordFile, encoding="utf-8") as f:
-                password = f.read().strip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ServiceConfigError(
-                f"[relay] smarthost_password_file: cannot read {relay.smarthostPasswordFile}: {e}") from None
-    return Relay(
-        reactor=reactor, resolver=MXResolver(runner, relay.nameservers), hostname=config.server.hostname,
-        mxPort=relay.mxPort, smarthost=smarthostAddress(relay.smarthost),
-        username=relay.smarthostUsername or None, password=password,
-        requireVerifiedTls=relay.requireVerifiedTls,
-    )
-
-
 class ClosingService(Service):
     """
     Owns a connection (Redis, the KME client's pool): closes it at stop.
@@ -400,35 +347,6 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
     makeDirectories(sealed)
     encryptor.cleanup(reactor.seconds())
     return encryptor
-
-
-# How many DNS answers the inbound checks keep (least recently used go).
-INBOUND_DNS_CACHE_ENTRIES = 50_000
-
-
-def buildInbound(config: Any, reactor: Any, parent: MultiService) -> InboundChecks | None:
-    """
-    The SPF, DKIM and DMARC checks of mail from other servers, or C{None}
-    when C{[inbound] checks} is off.  Their DNS lookups get a thread pool of
-    their own, so that a silent DNS server cannot hold up the spool's disk
-    work.
-    """
-    inbound = config.inbound
-    if not inbound.checks:
-        return None
-    runner = BlockingRunner(reactor, minThreads=0, maxThreads=16, name="inbound-checks")
-    runner.setServiceParent(parent)
-    nameservers, timeout = config.relay.nameservers, inbound.dnsTimeoutSeconds
-    # One cache for the checks' answers, kept for their TTLs (NXDOMAIN
-    # too): mail from one domain asks DNS once, not three times a message.
-    cache = dns.resolver.LRUCache(INBOUND_DNS_CACHE_ENTRIES)
-    return InboundChecks(
-        hostname=config.server.hostname,
-        spf=SPFChecker(nameservers, timeout, runner, cache),
-        dkim=DKIMVerifier(nameservers, timeout, config.smtp.maxMessageBytes, runner, cache),
-        dmarc=DMARCEvaluator(nameservers, timeout, runner, cache=cache),
-        spfFail=inbound.spfFail, dmarcReject=inbound.dmarcReject,
-    )
 
 
 def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = None,

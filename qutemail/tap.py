@@ -41,7 +41,8 @@ def makeService(options: Options, reactor=None):
     from qutemail.config import ConfigError, loadConfig
     from qutemail.backends.redislimiter import RedisURLError
     from qutemail.tlsserver import TLSConfigError
-    from qutemail.service import NoListeners, ServiceConfigError, buildService
+    from qutemail.assembly import ServiceConfigError
+    from qutemail.service import NoListeners, buildService
 
     if reactor is None:
         from twisted.internet import reactor
