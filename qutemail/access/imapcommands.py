@@ -10,7 +10,13 @@ folder is missing (C{[TRYCREATE]}) or it would exceed the quota
 the folder's C{tmp/} (in worker threads, reading from the client paused
 while writes are behind), then made part of the folder (see
 L{qutemail.access.imapstore.finishAppend}).  Appended messages are stored
-as the client sent them, not encrypted.
+as the client sent them, not encrypted.  A keyword new to the folder gets
+its letter before the message is asked for, so a folder out of keyword
+letters refuses the APPEND (C{NO [LIMIT]}) before the client sends it.
+
+SUBSCRIBE names an existing folder (C{NO [NONEXISTENT]} otherwise, as
+Dovecot answers); UNSUBSCRIBE takes any name, so a stale subscription
+can be dropped.
 """
 
 from typing import Any
@@ -18,7 +24,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from qutemail.store.folders import NoSuchFolder, encodeMailboxName, isInbox
-from qutemail.access.imapmailbox import PERMANENT_FLAGS, flagList
+from qutemail.access.keywords import ensureKeywords, isKeyword
 from qutemail.access.imapseal import SealUnavailable
 from qutemail.access.imapstore import (
     abortAppend, adoptAppend, beginAppend, checkQuota, closeAppend, deleteFolder, finishAppend, writeAppend,
@@ -26,7 +32,7 @@ from qutemail.access.imapstore import (
 from qutemail.access.imapwire import (
     Atom, ParseError, astring, bad, formatValue, no, parseDateTime,
 )
-from qutemail.access.uids import FLAG_TO_LETTER, LETTER_TO_FLAG
+from qutemail.access.uids import FLAG_TO_LETTER, LETTER_TO_FLAG, keywordsIn
 
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 # APPEND: write to disk once this much of the literal is buffered, and
@@ -44,24 +50,29 @@ def mailboxName(name: str) -> bytes:
 
 def parseFlags(tokens: list) -> frozenset[str]:
     """
-    Flags from a STORE or APPEND flag list: system flags (any case) in
-    their canonical spelling; keywords other than C{$Forwarded} are not
-    stored (TODO issue 6) and C{\\Recent} cannot be set.
+    Flags from a STORE or APPEND flag list: system flags and
+    C{$Forwarded} (any case) in their canonical spelling, keywords (see
+    L{qutemail.access.keywords.isKeyword}) as given; C{\\Recent} cannot be
+    set and is ignored.
 
-    @raise ParseError: a token is not a flag.
+    @raise ParseError: a token is not a flag (C{\\*} included).
     """
     flags = set()
     for token in tokens:
         if not isinstance(token, Atom) or not token:
             raise ParseError("bad flag")
         text = token.decode("ascii", "replace")
-        if text.startswith("\\"):
-            if text.lower() == "\\recent":
-                continue
-            if text.lower() not in FLAG_TO_LETTER:
-                raise ParseError("unknown system flag")
-        if text.lower() in FLAG_TO_LETTER:
-            flags.add(LETTER_TO_FLAG[FLAG_TO_LETTER[text.lower()]])
+        lower = text.lower()
+        if lower == "\\recent":
+            continue
+        if lower in FLAG_TO_LETTER:
+            flags.add(LETTER_TO_FLAG[FLAG_TO_LETTER[lower]])
+        elif text.startswith("\\"):
+            raise ParseError("unknown system flag")
+        elif isKeyword(text):
+            flags.add(text)
+        else:
+            raise ParseError("bad keyword")
     return frozenset(flags)
 
 
@@ -208,9 +219,8 @@ class FolderCommands:
         if self.view is not None:
             self._deselect()
         view = await self.account.openFolder(name, writable)
-        flags = flagList(PERMANENT_FLAGS)
-        self._untagged(b"FLAGS " + flags)
-        self._untagged(b"OK [PERMANENTFLAGS %b] Flags stored" % (flags if writable else b"()",))
+        for line in view.flagResponses():
+            self._untagged(line)
         self._untagged(b"%d EXISTS" % (len(view.slots),))
         self._untagged(b"%d RECENT" % (view.recentCount(),))
         unseen = view.firstUnseen()
@@ -279,9 +289,10 @@ class FolderCommands:
 
     async def imap_SUBSCRIBE(self, tag: bytes, rest: bytes, uid: bool) -> None:
         """
-        SUBSCRIBE mailbox.
+        SUBSCRIBE mailbox, which must exist (RFC 3501 §6.3.6 allows either).
         """
         name = await self._oneName(rest)
+        await self.account.folderPath(name)
         await self.account.runner.run(self.account.folders.subscribe, name)
         self._tagged(tag, b"OK", b"SUBSCRIBE completed")
 
@@ -434,6 +445,7 @@ class FolderCommands:
         except NoSuchFolder:
             raise no(b"[TRYCREATE] No such mailbox") from None
         await account.runner.run(checkQuota, account.root, account.quotaBytes, size)
+        await account.runner.run(ensureKeywords, path, keywordsIn(flags))
         sealer = account.sealer
         # with a sealer the literal waits in the spool area, never in the folder
         target = sealer.directory if sealer is not None else path

@@ -9,7 +9,9 @@ returns the untagged responses (EXPUNGE, FETCH FLAGS, EXISTS, RECENT)
 that tell the client, so its sequence numbers never go out of step.
 C{\\Recent} is kept for the session only: a message is recent for the
 session that first sees it in C{new/} (see
-L{qutemail.access.imapstore.syncFolder}).
+L{qutemail.access.imapstore.syncFolder}).  The folder's keywords (see
+L{qutemail.access.keywords}) are part of FLAGS and PERMANENTFLAGS; when
+they change, both are sent again (RFC 3501 §7.2.6).
 
 Pure bookkeeping: nothing here touches the disk.
 """
@@ -19,11 +21,15 @@ from collections.abc import Iterable
 import attrs
 
 from qutemail.access.imapwire import ParseError, inSequenceSet
+from qutemail.access.keywords import EMPTY, KeywordMap
 from qutemail.access.uids import FolderMessage, FolderState
 
 RECENT = "\\Recent"
-# The flags stored in Maildir file names (see L{qutemail.access.uids}).
+# The flags with a letter of their own in Maildir file names (see
+# L{qutemail.access.uids}); keywords come after them.
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "$Forwarded")
+# PERMANENTFLAGS: new keywords can be made (RFC 3501 §7.1).
+NEW_KEYWORDS = "\\*"
 
 
 class UIDValidityChanged(Exception):
@@ -79,6 +85,17 @@ def flagList(flags: Iterable[str]) -> bytes:
     return b"(" + b" ".join(f.encode("ascii", "replace") for f in flags) + b")"
 
 
+def flagResponses(keywords: KeywordMap, writable: bool) -> list[bytes]:
+    """
+    @return: the untagged FLAGS and C{OK [PERMANENTFLAGS]} responses of a
+        folder with these keywords: C{\\*} while it has room for more, and
+        nothing permanent in a read-only session.
+    """
+    flags = PERMANENT_FLAGS + keywords.names
+    permanent = (flags + (() if keywords.full else (NEW_KEYWORDS,))) if writable else ()
+    return [b"FLAGS " + flagList(flags), b"OK [PERMANENTFLAGS %b] Flags stored" % (flagList(permanent),)]
+
+
 def _slot(message: FolderMessage, recent: frozenset[str]) -> Slot:
     """
     @return: a slot for a message just found.
@@ -98,6 +115,7 @@ class FolderView:
     @ivar uidValidity: its UIDVALIDITY.
     @ivar uidNext: its UIDNEXT as last seen.
     @ivar slots: its messages, by sequence number.
+    @ivar keywords: its keywords, as the client was last told.
     """
 
     name: str
@@ -106,6 +124,7 @@ class FolderView:
     uidValidity: int
     uidNext: int
     slots: list[Slot]
+    keywords: KeywordMap = EMPTY
 
     @classmethod
     def fromState(cls, name: str, path: str, writable: bool, state: FolderState,
@@ -114,7 +133,26 @@ class FolderView:
         @return: a view of a folder just synced.
         """
         return cls(name, path, writable, state.uidValidity, state.uidNext,
-                   [_slot(m, recent) for m in state.messages])
+                   [_slot(m, recent) for m in state.messages], state.keywords)
+
+    def flagResponses(self) -> list[bytes]:
+        """
+        @return: the FLAGS and PERMANENTFLAGS responses (see
+            L{flagResponses}).
+        """
+        return flagResponses(self.keywords, self.writable)
+
+    def learnKeywords(self, keywords: KeywordMap) -> list[bytes]:
+        """
+        Take the folder's keywords as they are now.
+
+        @return: the FLAGS and PERMANENTFLAGS responses when they changed,
+            else nothing.
+        """
+        if (keywords.names, keywords.full) == (self.keywords.names, self.keywords.full):
+            return []
+        self.keywords = keywords
+        return self.flagResponses()
 
     def recentCount(self) -> int:
         """
@@ -178,7 +216,8 @@ class FolderView:
         if state.uidValidity != self.uidValidity:
             raise UIDValidityChanged(self.name)
         current = {m.uid: m for m in state.messages}
-        lines = self.remove(s.baseName for s in self.slots if s.uid not in current)
+        lines = self.learnKeywords(state.keywords)
+        lines += self.remove(s.baseName for s in self.slots if s.uid not in current)
         for seq, slot in enumerate(self.slots, 1):
             message = current[slot.uid]
             slot.path = message.path

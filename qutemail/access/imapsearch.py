@@ -10,6 +10,10 @@ Header fields match their raw form or their RFC 2047 decoded form; BODY
 and TEXT match the message's bytes as stored (a base64 or
 quoted-printable part is not decoded); matching ignores case (Unicode
 case folding for header fields, ASCII case for bodies).
+
+Parsing and matching recurse once per level of parentheses, NOT and OR;
+a search nested deeper than L{MAX_SEARCH_DEPTH} levels is refused with
+L{qutemail.access.imapwire.TooDeep} (C{BAD}) before anything is matched.
 """
 
 import datetime
@@ -23,7 +27,7 @@ import attrs
 from qutemail.access.imapmailbox import Slot
 from qutemail.access.imapmime import Entity
 from qutemail.access.imapstructure import unfold
-from qutemail.access.imapwire import Atom, ParseError, inSequenceSet, parseDate, parseSequenceSet
+from qutemail.access.imapwire import Atom, ParseError, TooDeep, inSequenceSet, parseDate, parseSequenceSet
 
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
@@ -34,6 +38,10 @@ _FLAG_KEYS = {
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 CHARSETS = ("US-ASCII", "UTF-8")
+# Levels of parentheses, NOT and OR (a chain of N ORs is N levels): far
+# more than clients build (Thunderbird's "any of" filters, mutt patterns)
+# and far below the interpreter's recursion limit.
+MAX_SEARCH_DEPTH = 64
 
 
 @attrs.frozen
@@ -91,13 +99,19 @@ def _take(tokens: list, what: str) -> Any:
     return tokens.pop(0)
 
 
-def _parseOne(tokens: list, charset: str) -> Key:
+def _parseOne(tokens: list, charset: str, depth: int) -> Key:
     """
     Parse one search key from the front of C{tokens}.
+
+    @param depth: how many levels of parentheses, NOT and OR enclose it.
+    @raise TooDeep: it would nest deeper than L{MAX_SEARCH_DEPTH}.
     """
     token = tokens.pop(0)
+    if isinstance(token, list) or (isinstance(token, Atom) and token.upper() in (b"NOT", b"OR")):
+        if depth >= MAX_SEARCH_DEPTH:
+            raise TooDeep(f"SEARCH nested deeper than {MAX_SEARCH_DEPTH} levels")
     if isinstance(token, list):
-        return Key("and", tuple(parseKeys(list(token), charset)))
+        return Key("and", tuple(parseKeys(list(token), charset, depth + 1)))
     if not isinstance(token, Atom):
         raise ParseError("SEARCH expected a search key")
     word = token.upper().decode("ascii", "replace")
@@ -137,29 +151,31 @@ def _parseOne(tokens: list, charset: str) -> Key:
     if word == "NOT":
         if not tokens:
             raise ParseError("SEARCH NOT needs a key")
-        return Key("not", (_parseOne(tokens, charset),))
+        return Key("not", (_parseOne(tokens, charset, depth + 1),))
     if word == "OR":
         if not tokens:
             raise ParseError("SEARCH OR needs two keys")
-        first = _parseOne(tokens, charset)
+        first = _parseOne(tokens, charset, depth + 1)
         if not tokens:
             raise ParseError("SEARCH OR needs two keys")
-        return Key("or", (first, _parseOne(tokens, charset)))
+        return Key("or", (first, _parseOne(tokens, charset, depth + 1)))
     raise ParseError(f"unknown SEARCH key {word[:40]}")
 
 
-def parseKeys(tokens: list, charset: str = "US-ASCII") -> list[Key]:
+def parseKeys(tokens: list, charset: str = "US-ASCII", depth: int = 0) -> list[Key]:
     """
     Parse search keys.
 
     @param tokens: the command's tokens after any CHARSET.
     @param charset: C{US-ASCII} or C{UTF-8}.
+    @param depth: the nesting level of C{tokens} (0: the command's).
     @return: the keys, all of which must match.
     @raise ParseError: bad syntax.
+    @raise TooDeep: nested deeper than L{MAX_SEARCH_DEPTH}.
     """
     keys = []
     while tokens:
-        keys.append(_parseOne(tokens, charset))
+        keys.append(_parseOne(tokens, charset, depth))
     if not keys:
         raise ParseError("SEARCH needs a search key")
     return keys

@@ -12,12 +12,18 @@ without .PEEK, RFC822 and RFC822.TEXT set C{\\Seen} in a read-write
 session.  No EXPUNGE response is sent during FETCH, STORE or SEARCH
 (RFC 3501 §7.4.1): the view changes only on the commands that announce
 it.
+
+STORE gives keywords new to the folder their letters first (all or none:
+C{NO [LIMIT]} when the folder has no room, and nothing is changed), then
+announces the new FLAGS and PERMANENTFLAGS before its FETCH responses.
+COPY and MOVE do the same in the target folder.
 """
 
 from twisted.mail.imap4 import _FetchParser
 
 from qutemail.store.folders import NoSuchFolder
 from qutemail.access.imapaccount import IMAPAccount
+from qutemail.access.keywords import KeywordMap, ensureKeywords, readKeywords
 from qutemail.access.imapfetch import (
     ResumePoints, WriteFlow, needsFile, needsStructure, render, sendPieces, setsSeen,
 )
@@ -28,6 +34,17 @@ from qutemail.access.imapstore import expunge, storeFlags, transfer
 from qutemail.access.imapstructure import region
 from qutemail.access.imapwire import Atom, ParseError, astring, bad, no, parseSequenceSet
 from qutemail.access.imapcommands import parseFlags
+from qutemail.access.uids import keywordsIn
+
+
+def spelledAs(flags: frozenset[str], keywords: KeywordMap) -> frozenset[str]:
+    """
+    @return: flags with each keyword spelt as the folder has it; keywords
+        the folder lacks are left out.
+    """
+    names = set(keywordsIn(flags))
+    spelt = (keywords.canonical(n) for n in names)
+    return frozenset(flags - names) | frozenset(n for n in spelt if n is not None)
 
 
 def uidSet(uids: list[int]) -> bytes:
@@ -233,6 +250,14 @@ class SelectedCommands:
         flags = parseFlags(tokens[2] if len(tokens) == 3 and isinstance(tokens[2], list) else tokens[2:])
         if not self.view.writable:
             raise no(b"[READ-ONLY] Mailbox is read-only")
+        run, path = self.account.runner.run, self.view.path
+        if action == b"-FLAGS":
+            keywords = await run(readKeywords, path)
+        else:
+            keywords = await run(ensureKeywords, path, keywordsIn(flags))
+        flags = spelledAs(flags, keywords)
+        for line in self.view.learnKeywords(keywords):
+            self._untagged(line)
         gone = 0
         for seq, slot in self.view.select(ranges, uid):
             if action == b"+FLAGS":

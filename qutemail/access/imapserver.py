@@ -26,7 +26,10 @@ unexpected failure is logged and answered C{NO [SERVERBUG]}.
 Other extensions: UIDPLUS (RFC 4315), MOVE (RFC 6851), UNSELECT
 (RFC 3691), CHILDREN (RFC 3348), SPECIAL-USE (RFC 6154), QUOTA (RFC 9208,
 one root C{""} with STORAGE), APPENDLIMIT (RFC 7889), NAMESPACE
-(RFC 2342).
+(RFC 2342), ID (RFC 2971) and ENABLE (RFC 5161, nothing to enable yet).
+
+Arguments nested too deep (lists, or SEARCH keys) are answered C{BAD}
+with one log line, before anything recurses over them.
 
 Wiring (the lead's C{service.py})::
 
@@ -53,9 +56,11 @@ from qutemail.access.imapauth import AuthCommands
 from qutemail.access.imapcommands import FolderCommands
 from qutemail.access.imapmailbox import FolderGone, UIDValidityChanged
 from qutemail.access.imapmessage import MessageUnavailable
+from qutemail.access.imapnegotiate import NegotiationCommands
 from qutemail.access.imapselected import SelectedCommands
 from qutemail.access.imapstore import OverQuota
-from qutemail.access.imapwire import ParseError, Refusal, TokenReader, bad
+from qutemail.access.imapwire import ParseError, Refusal, TokenReader, TooDeep, bad
+from qutemail.access.keywords import KeywordLimit
 
 # RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">.
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+]+")
@@ -63,7 +68,7 @@ _ANY = frozenset({"unauth", "auth", "select"})
 _AUTHENTICATED = frozenset({"auth", "select"})
 _SELECTED = frozenset({"select"})
 _COMMANDS = {
-    b"CAPABILITY": _ANY, b"NOOP": _ANY, b"LOGOUT": _ANY,
+    b"CAPABILITY": _ANY, b"NOOP": _ANY, b"LOGOUT": _ANY, b"ID": _ANY, b"ENABLE": _AUTHENTICATED,
     b"STARTTLS": frozenset({"unauth"}), b"LOGIN": frozenset({"unauth"}), b"AUTHENTICATE": frozenset({"unauth"}),
     b"SELECT": _AUTHENTICATED, b"EXAMINE": _AUTHENTICATED, b"CREATE": _AUTHENTICATED,
     b"DELETE": _AUTHENTICATED, b"RENAME": _AUTHENTICATED, b"SUBSCRIBE": _AUTHENTICATED,
@@ -85,7 +90,7 @@ DEFAULT_QUOTA_BYTES = 5120 * 2**20
 DEFAULT_MAX_APPEND_BYTES = 64 * 2**20
 
 
-class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, IMAP4Server):
+class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationCommands, IMAP4Server):
     """
     One IMAP session.  Set by the factory: C{factory}, C{callLater},
     C{timeOut}, C{secure}.
@@ -155,7 +160,7 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, IMAP4Server):
             caps[b"AUTH"] = [b"PLAIN"]
             caps[b"SASL-IR"] = None
         for name in (b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
-                     b"QUOTA", b"QUOTA=RES-STORAGE"):
+                     b"QUOTA", b"QUOTA=RES-STORAGE", b"ID", b"ENABLE"):
             caps[name] = None
         caps[b"APPENDLIMIT=%d" % (self.factory.maxAppendBytes,)] = None
         return caps
@@ -248,6 +253,10 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, IMAP4Server):
             await coroutine
         except Refusal as e:
             self._tagged(tag, e.status, e.text)
+        except TooDeep as e:
+            self._log.info("IMAP command from {address} at {peer} refused: {reason}", address=self._address(),
+                           peer=self._peer, reason=str(e))
+            self._tagged(tag, b"BAD", b"Syntax error: " + str(e).encode("ascii", "replace"))
         except ParseError as e:
             self._tagged(tag, b"BAD", b"Syntax error: " + str(e).encode("ascii", "replace"))
         except InvalidFolderName as e:
@@ -262,6 +271,8 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, IMAP4Server):
             self._tagged(tag, b"NO", b"[CANNOT] " + e.reason.encode("ascii", "replace"))
         except OverQuota:
             self._tagged(tag, b"NO", b"[OVERQUOTA] Quota exceeded")
+        except KeywordLimit:
+            self._tagged(tag, b"NO", b"[LIMIT] No room for another keyword in this mailbox (26 at most)")
         except MessageUnavailable:
             self._tagged(tag, b"NO", b"[UNAVAILABLE] Message cannot be read now; try again later")
         except ConnectionLost:

@@ -8,10 +8,14 @@ C{flock}).
 
 Each message a session writes is named as Maildir++ asks,
 C{<secs>.M<usecs>P<pid>R<random>.<host>,S=<bytes>}, written in the
-folder's C{tmp/}, fsynced, and renamed into C{cur/} with its flags; the
-directory is fsynced before the command is answered.  A copy is a hard
-link when the file system allows (messages never change), so it costs no
-space on disk but counts in the quota, as Maildir++ counts names.
+folder's C{tmp/}, fsynced, and renamed into C{new/} (with its flags in
+the C{:2,} info when it has some, which Dovecot and mutt read there too),
+so that it is C{\\Recent} for the first session to see it, as a delivery
+is (RFC 3501 §6.3.11, §6.4.7); the directory is fsynced before the
+command is answered.  A copy is a hard link when the file system allows
+(messages never change), so it costs no space on disk but counts in the
+quota, as Maildir++ counts names.  Keyword letters are per folder (see
+L{qutemail.access.keywords}): a copy gets the target folder's letters.
 
 Every function here blocks: callers run them through the runner.
 """
@@ -22,7 +26,11 @@ import shutil
 import attrs
 
 from qutemail.store.folders import MaildirFolders
-from qutemail.access.uids import INFO_PREFIX, FolderMessage, FolderState, infoLetters, lettersOfFlags, setFlags, sync
+from qutemail.access.keywords import ensureKeywords, readKeywords
+from qutemail.access.uids import (
+    INFO_PREFIX, FolderMessage, FolderState, flagsOfLetters, infoLetters, keywordsIn, lettersIn, lettersOfFlags,
+    setFlags, sync,
+)
 from qutemail.durable import syncDirectory, writeAll
 from qutemail.store.mailbox import countMailbox, messageEntries, readUsage, recordUsage
 from qutemail.store.reader import storedId
@@ -104,11 +112,11 @@ def syncFolder(folderPath: str, now: float, claim: bool) -> tuple[FolderState, f
             recent.add(message.baseName)
             if claim:
                 try:
-                    message = attrs.evolve(message, path=setFlags(message.path, message.flags))
+                    message = attrs.evolve(message, path=setFlags(message.path, message.flags, state.keywords))
                 except FileNotFoundError:
                     message = attrs.evolve(message, path=locate(folderPath, message.baseName) or message.path)
         messages.append(message)
-    return FolderState(state.uidValidity, state.uidNext, tuple(messages)), frozenset(recent)
+    return attrs.evolve(state, messages=tuple(messages)), frozenset(recent)
 
 
 def storeFlags(folderPath: str, baseName: str, path: str, flags: frozenset[str]) -> str:
@@ -117,14 +125,17 @@ def storeFlags(folderPath: str, baseName: str, path: str, flags: frozenset[str])
 
     @return: its new path.
     @raise FileNotFoundError: it is gone.
+    @raise qutemail.access.keywords.KeywordLimit: no letter is left for a
+        new keyword.
     """
+    keywords = ensureKeywords(folderPath, keywordsIn(flags))
     try:
-        return setFlags(path, flags)
+        return setFlags(path, flags, keywords)
     except FileNotFoundError:
         moved = locate(folderPath, baseName)
         if moved is None:
             raise
-        return setFlags(moved, flags)
+        return setFlags(moved, flags, keywords)
 
 
 @attrs.define
@@ -211,20 +222,23 @@ def finishAppend(append: AppendFile, folderPath: str, flags: frozenset[str], mti
                  quotaBytes: int, now: float) -> tuple[int, int]:
     """
     Make an appended message part of its folder: fsync, check the quota
-    again, rename into C{cur/} with its flags and INTERNALDATE, sync the
+    again, rename into C{new/} with its flags and INTERNALDATE, sync the
     directory, count it in C{maildirsize} and give it a UID.
 
     @return: C{(uidValidity, uid)}.
     @raise OverQuota: the quota is exceeded (the file is removed).
+    @raise qutemail.access.keywords.KeywordLimit: no letter is left for a
+        new keyword (the file is removed).
     """
     try:
         os.fsync(append.fd)
         checkQuota(root, quotaBytes, append.size)
+        letters = lettersIn(folderPath, flags)
     except BaseException:
         abortAppend(append)
         raise
     os.close(append.fd)
-    final = os.path.join(folderPath, "cur", append.baseName + INFO_PREFIX + lettersOfFlags(flags))
+    final = os.path.join(folderPath, "new", append.baseName + (INFO_PREFIX + letters if letters else ""))
     os.utime(append.tempPath, (mtime, mtime))
     os.rename(append.tempPath, final)
     syncDirectory(os.path.dirname(final))
@@ -263,15 +277,22 @@ def transfer(sources: list[FolderMessage], sourceFolder: str, targetFolder: str,
             total += storedSize(path)
     if not move:
         checkQuota(root, quotaBytes, total)
+    sourceKeywords = readKeywords(sourceFolder)
+    flags = [flagsOfLetters(infoLetters(os.path.basename(p)), sourceKeywords) if p else frozenset() for p in paths]
+    # Every keyword gets its letter in the target before anything moves.
+    targetKeywords = ensureKeywords(targetFolder, {k for f in flags for k in keywordsIn(f)})
     names, moved, copied = [], [], 0
-    for message, path in zip(sources, paths):
+    for message, path, messageFlags in zip(sources, paths, flags):
         if path is None:
             names.append(None)
             continue
         size = storedSize(path)
         baseName = uniqueName(now, hostname, size)
-        # The flags as the file has them now, unknown letters included.
-        target = os.path.join(targetFolder, "cur", baseName + INFO_PREFIX + infoLetters(os.path.basename(path)))
+        # The flags as the file has them now; other tools' letters are
+        # kept, keyword letters are the target's.
+        keep = "".join(c for c in infoLetters(os.path.basename(path)) if not "a" <= c <= "z")
+        letters = lettersOfFlags(messageFlags, keep, targetKeywords)
+        target = os.path.join(targetFolder, "new", baseName + (INFO_PREFIX + letters if letters else ""))
         if move:
             os.rename(path, target)
             moved.append(message.baseName)
@@ -279,7 +300,7 @@ def transfer(sources: list[FolderMessage], sourceFolder: str, targetFolder: str,
             _copyFile(path, target)
             copied += size
         names.append(baseName)
-    syncDirectory(os.path.join(targetFolder, "cur"))
+    syncDirectory(os.path.join(targetFolder, "new"))
     if move:
         for sub in ("new", "cur"):
             syncDirectory(os.path.join(sourceFolder, sub))

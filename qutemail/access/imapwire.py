@@ -23,6 +23,9 @@ _ATOM_END = set(b' ()"') | _CTL
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}$")
 # Longest string we send quoted rather than as a literal.
 MAX_QUOTED_BYTES = 1000
+# Deepest nesting of parenthesised lists in a command's arguments (no
+# command needs more than a few; SEARCH has its own, lower, limit).
+MAX_LIST_DEPTH = 100
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DATE_TIME = re.compile(rb"^([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$")
 _DATE = re.compile(rb"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$")
@@ -33,6 +36,14 @@ class ParseError(ValueError):
     """
     A command's arguments are not valid IMAP syntax; answered C{BAD}.
     C{str()} is one line for the client.
+    """
+
+
+class TooDeep(ParseError):
+    """
+    A command nests lists or search keys deeper than we parse; answered
+    C{BAD} and logged once (nesting that deep is an attack or a broken
+    client, and parsing it would exhaust the stack).
     """
 
 
@@ -112,6 +123,7 @@ class TokenReader:
             caller reads next, or C{None} when the line ends the arguments.
         @raise ParseError: bad syntax (a non-synchronising literal is
             refused: LITERAL+ is not offered).
+        @raise TooDeep: lists are nested deeper than L{MAX_LIST_DEPTH}.
         """
         i, n = 0, len(line)
         while i < n:
@@ -119,6 +131,8 @@ class TokenReader:
             if c == 0x20:
                 i += 1
             elif c == 0x28:  # (
+                if len(self._stack) > MAX_LIST_DEPTH:
+                    raise TooDeep(f"lists nested deeper than {MAX_LIST_DEPTH}")
                 self._stack.append([])
                 i += 1
             elif c == 0x29:  # )

@@ -23,6 +23,10 @@ corrupt file's when that one can still be read.  A lost file gets the
 current time, which is greater as long as the clock has moved on since the
 file was created.
 
+Keywords are kept as Dovecot keeps them, in the folder's
+C{dovecot-keywords} and lower-case info letters (see
+L{qutemail.access.keywords}).
+
 Every function here blocks: callers run them through
 L{qutemail.blocking.BlockingRunner.run}.
 """
@@ -33,7 +37,8 @@ from collections.abc import Iterable
 import attrs
 from twisted.logger import Logger
 
-from qutemail.store.folders import DirectoryLock
+from qutemail.access.keywords import EMPTY, KeywordMap, ensureKeywords, readKeywords
+from qutemail.store.dirlock import DirectoryLock
 from qutemail.durable import replaceFile
 from qutemail.store.mailbox import messageEntries
 from qutemail.store.reader import storedId
@@ -99,11 +104,14 @@ class FolderState:
     @ivar uidValidity: the folder's UIDVALIDITY.
     @ivar uidNext: the UID the next new message will get.
     @ivar messages: the messages, by ascending UID.
+    @ivar keywords: the folder's keywords (read after its messages, so
+        every keyword letter they carry is in it).
     """
 
     uidValidity: int
     uidNext: int
     messages: tuple[FolderMessage, ...]
+    keywords: KeywordMap = EMPTY
 
 
 def infoLetters(fileName: str) -> str:
@@ -115,45 +123,77 @@ def infoLetters(fileName: str) -> str:
     return letters if marker else ""
 
 
-def flagsOfLetters(letters: str) -> frozenset[str]:
+def flagsOfLetters(letters: str, keywords: KeywordMap = EMPTY) -> frozenset[str]:
     """
     @param letters: Maildir flag letters.
+    @param keywords: the folder's keywords, for the lower-case letters.
     @return: the IMAP flags they stand for; unknown letters are left out.
     """
-    return frozenset(LETTER_TO_FLAG[c] for c in letters if c in LETTER_TO_FLAG)
+    flags = {LETTER_TO_FLAG[c] for c in letters if c in LETTER_TO_FLAG}
+    flags.update(n for n in (keywords.nameOf(c) for c in letters if "a" <= c <= "z") if n is not None)
+    return frozenset(flags)
 
 
-def lettersOfFlags(flags: Iterable[str], keep: str = "") -> str:
+def keywordsIn(flags: Iterable[str]) -> list[str]:
+    """
+    @return: the keywords among IMAP flags: those that are not system
+        flags and have no letter of their own (C{$Forwarded} has C{P}).
+    """
+    return [f for f in flags if not f.startswith("\\") and f.lower() not in FLAG_TO_LETTER]
+
+
+def lettersOfFlags(flags: Iterable[str], keep: str = "", keywords: KeywordMap = EMPTY) -> str:
     """
     The Maildir flag letters of IMAP flags, in ASCII order as the Maildir
-    spec asks.  Flags without a letter (C{\\Recent}, other keywords) are
-    not stored: TODO issue 6, keywords.
+    spec asks (system letters, then keyword letters).  Flags without a
+    letter (C{\\Recent}, keywords C{keywords} lacks) are not stored.
 
     @param flags: IMAP flags (case-insensitive).
-    @param keep: letters to keep whatever C{flags} say (those of other
-        tools, such as Dovecot's lower-case keyword letters).
+    @param keep: letters to keep whatever C{flags} say: those that stand
+        for no flag we know (other tools' letters, keyword letters whose
+        line in C{dovecot-keywords} we cannot use).
+    @param keywords: the folder's keywords.
     @return: the letters.
     """
     letters = {FLAG_TO_LETTER[f.lower()] for f in flags if f.lower() in FLAG_TO_LETTER}
-    letters.update(c for c in keep if c not in LETTER_TO_FLAG)
+    letters.update(c for c in (keywords.letterOf(k) for k in keywordsIn(flags)) if c is not None)
+    letters.update(c for c in keep if c not in LETTER_TO_FLAG and not ("a" <= c <= "z" and keywords.nameOf(c)))
     return "".join(sorted(letters))
 
 
-def setFlags(path: str, flags: Iterable[str]) -> str:
+def lettersIn(folderPath: str, flags: Iterable[str], keep: str = "", keywords: KeywordMap | None = None) -> str:
+    """
+    L{lettersOfFlags}, first giving letters to the keywords the folder
+    lacks (see L{qutemail.access.keywords.ensureKeywords}).  Blocking.
+
+    @param keywords: the folder's keywords if known (read if C{None}).
+    @raise qutemail.access.keywords.KeywordLimit: no letter is left for a
+        new keyword.
+    """
+    flags = list(flags)
+    names = keywordsIn(flags)
+    if keywords is None or any(keywords.letterOf(n) is None for n in names):
+        keywords = ensureKeywords(folderPath, names)
+    return lettersOfFlags(flags, keep, keywords)
+
+
+def setFlags(path: str, flags: Iterable[str], keywords: KeywordMap | None = None) -> str:
     """
     Set a message's flags by renaming its file (atomically) into the
     folder's C{cur/} with the matching C{:2,} info.  Letters other tools
     set and we do not know are kept.
 
     @param path: the message file, in C{new/} or C{cur/}.
-    @param flags: its IMAP flags from now on.
+    @param flags: its IMAP flags from now on, keywords included.
+    @param keywords: the folder's keywords, if known.
     @return: its new path (C{path} when nothing changed).
     @raise FileNotFoundError: the file is gone (expunged, or renamed by
         another session meanwhile; L{sync} finds it again).
+    @raise qutemail.access.keywords.KeywordLimit: see L{lettersIn}.
     """
     directory, fileName = os.path.split(path)
     folder = os.path.dirname(directory)
-    letters = lettersOfFlags(flags, keep=infoLetters(fileName))
+    letters = lettersIn(folder, flags, infoLetters(fileName), keywords)
     newPath = os.path.join(folder, "cur", storedId(fileName) + INFO_PREFIX + letters)
     if newPath != path:
         os.rename(path, newPath)
@@ -291,9 +331,11 @@ def sync(folderPath: str, now: float) -> FolderState:
             uidNext += 1
         if changed or arrived:
             replaceFile(listPath, formatUidList(uidValidity, uidNext, kept))
+    # After the scan: a keyword letter on a file was given before it was set.
+    keywords = readKeywords(folderPath)
     messages = tuple(
-        FolderMessage(uid, name, files[name][0], flagsOfLetters(infoLetters(os.path.basename(files[name][0]))),
-                      files[name][1])
+        FolderMessage(uid, name, files[name][0],
+                      flagsOfLetters(infoLetters(os.path.basename(files[name][0])), keywords), files[name][1])
         for uid, name in kept
     )
-    return FolderState(uidValidity, uidNext, messages)
+    return FolderState(uidValidity, uidNext, messages, keywords)

@@ -23,7 +23,6 @@ L{qutemail.blocking.BlockingRunner.run}.
 
 import base64
 import binascii
-import fcntl
 import os
 import shutil
 import tempfile
@@ -33,12 +32,15 @@ from typing import NamedTuple
 
 import attrs
 from qutemail.durable import replaceFile, syncDirectory
+from qutemail.store.dirlock import DirectoryLock
 
 INBOX = "INBOX"
 SEPARATOR = "/"
 # RFC 6154 special-use folders, created on first use.
 SPECIAL_FOLDERS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk"}
 SUBSCRIPTIONS_FILE = "subscriptions"
+# A folder's IMAP keywords (Dovecot's file, see qutemail.access.keywords).
+KEYWORDS_FILE = "dovecot-keywords"
 FOLDER_MARKER = "maildirfolder"
 # NAME_MAX of common file systems: the folder directory name (C{.a.b},
 # encoded) must fit in one path component; the encoded name, one octet less.
@@ -466,9 +468,16 @@ class MaildirFolders:
 
     def _renameInbox(self, new: str) -> str:
         """
-        Move the INBOX's messages into a new folder (RFC 3501 §6.3.5).
+        Move the INBOX's messages into a new folder (RFC 3501 §6.3.5), with
+        a copy of the INBOX's C{dovecot-keywords} first: the messages'
+        keyword letters mean what that file says.
         """
         path = self.create(new)
+        try:
+            with open(os.path.join(self.root, KEYWORDS_FILE), "rb") as f:
+                replaceFile(os.path.join(path, KEYWORDS_FILE), f.read())
+        except FileNotFoundError:
+            pass
         for sub in ("new", "cur"):
             source = os.path.join(self.root, sub)
             try:
@@ -525,7 +534,8 @@ class MaildirFolders:
 
     def subscribe(self, name: str) -> None:
         """
-        Subscribe to a name (which need not exist, RFC 3501 §6.3.6).
+        Subscribe to a name (RFC 3501 §6.3.6 lets it not exist; the IMAP
+        server refuses that, as Dovecot does).
 
         @param name: an IMAP name as text.
         @raise InvalidFolderName: see L{pathOf}.
@@ -564,36 +574,3 @@ class MaildirFolders:
         """
         _ensureMaildir(self.root)
         return DirectoryLock(self.root)
-
-
-class DirectoryLock:
-    """
-    An exclusive C{flock} on a directory, held while in a C{with} block.
-    Each use opens the directory anew, so it excludes other threads of this
-    process as well as other processes.
-    """
-
-    def __init__(self, path: str) -> None:
-        """
-        @param path: the directory.
-        """
-        self._path = path
-        self._fd = -1
-
-    def __enter__(self) -> "DirectoryLock":
-        """
-        Open the directory and wait for the lock.
-        """
-        self._fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(self._fd)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """
-        Release the lock.
-        """
-        os.close(self._fd)

@@ -341,7 +341,9 @@ class FolderTests(SessionMixin, SynchronousTestCase):
     def test_createRenameDeleteSubscribe(self) -> None:
         """
         Folders are created, renamed and deleted as Maildir++ directories;
-        errors carry RFC 5530 codes; subscriptions are kept.
+        errors carry RFC 5530 codes; subscriptions are kept (and outlive
+        their folder), but only an existing folder can be subscribed to
+        (issue 20, as Dovecot does).
         """
         proto, transport = self.login()
         self.send(proto, transport, b"a CREATE Projects")
@@ -355,9 +357,11 @@ class FolderTests(SessionMixin, SynchronousTestCase):
         self.assertEqual(self.send(proto, transport, b"f DELETE Archive", b"g DELETE nothing", b"h DELETE INBOX"),
                          b"f OK DELETE completed\r\ng NO [NONEXISTENT] No such mailbox\r\n"
                          b"h NO [CANNOT] INBOX cannot be deleted\r\n")
+        self.assertEqual(self.send(proto, transport, b"i0 SUBSCRIBE gone", b"i1 CREATE gone"),
+                         b"i0 NO [NONEXISTENT] No such mailbox\r\ni1 OK CREATE completed\r\n")
         self.assertEqual(self.send(proto, transport, b"i SUBSCRIBE gone", b"i2 SUBSCRIBE projects",
-                                   b'j LSUB "" *o*'),
-                         b"i OK SUBSCRIBE completed\r\ni2 OK SUBSCRIBE completed\r\n"
+                                   b"i3 DELETE gone", b'j LSUB "" *o*'),
+                         b"i OK SUBSCRIBE completed\r\ni2 OK SUBSCRIBE completed\r\ni3 OK DELETE completed\r\n"
                          b'* LSUB (\\Noselect) "/" "gone"\r\n* LSUB () "/" "projects"\r\nj OK LSUB completed\r\n')
         self.send(proto, transport, b"k UNSUBSCRIBE gone")
         self.assertEqual(self.send(proto, transport, b'l LSUB "" g*'), b"l OK LSUB completed\r\n")

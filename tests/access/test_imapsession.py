@@ -224,8 +224,8 @@ class ChangeTests(SessionMixin, SynchronousTestCase):
         self.assertEqual(self.send(proto, transport, b"c COPY 1 Nowhere"), b"c NO [TRYCREATE] No such mailbox\r\n")
         self.send(proto, transport, b"d SELECT Trash")
         reply = self.send(proto, transport, b"e FETCH 1:2 (FLAGS BODY.PEEK[])")
-        self.assertEqual(literal(reply, b"* 1 FETCH (FLAGS () BODY[]"), ORIGINAL)
-        self.assertIn(b"* 2 FETCH (FLAGS (\\Seen) BODY[]", reply)
+        self.assertEqual(literal(reply, b"* 1 FETCH (FLAGS (\\Recent) BODY[]"), ORIGINAL)
+        self.assertIn(b"* 2 FETCH (FLAGS (\\Seen \\Recent) BODY[]", reply)
         self.send(proto, transport, b"f SELECT Junk")
         self.assertEqual(literal(self.send(proto, transport, b"g FETCH 1 BODY.PEEK[]"), b"BODY[]"), ORIGINAL)
 
@@ -240,11 +240,12 @@ class ChangeTests(SessionMixin, SynchronousTestCase):
 
     def test_copyIntoSelected(self) -> None:
         """
-        A copy into the selected folder is announced at once.
+        A copy into the selected folder is announced at once, C{\\Recent}
+        (RFC 3501 §6.4.7).
         """
         proto, transport = self.selected()
         reply = self.send(proto, transport, b"a COPY 2 INBOX")
-        self.assertRegex(reply, rb"^\* 3 EXISTS\r\n\* 1 RECENT\r\na OK \[COPYUID \d+ 2 3\] COPY completed\r\n$")
+        self.assertRegex(reply, rb"^\* 3 EXISTS\r\n\* 2 RECENT\r\na OK \[COPYUID \d+ 2 3\] COPY completed\r\n$")
 
     def test_selectedFolderRenamedOrRemoved(self) -> None:
         """
@@ -275,18 +276,18 @@ class ChangeTests(SessionMixin, SynchronousTestCase):
         self.assertRegex(reply, rb"^a OK \[APPENDUID \d+ 1\] APPEND completed\r\n$")
         self.send(proto, transport, b"b SELECT Sent")
         reply = self.send(proto, transport, b"c FETCH 1 (FLAGS INTERNALDATE BODY[])")
-        self.assertIn(b'FLAGS (\\Seen) INTERNALDATE "14-Nov-2023 21:13:20 +0000"', reply)
+        self.assertIn(b'FLAGS (\\Seen \\Recent) INTERNALDATE "14-Nov-2023 21:13:20 +0000"', reply)
         self.assertEqual(literal(reply, b"BODY[]"), message)
 
     def test_appendToSelectedAnnounced(self) -> None:
         """
-        A message appended to the selected folder is announced at once (not
-        as \\Recent: appended and copied messages go straight to C{cur/}).
+        A message appended to the selected folder is announced at once, and
+        is C{\\Recent} in this session (RFC 3501 §6.3.11).
         """
         proto, transport = self.selected()
         self.send(proto, transport, b"a APPEND INBOX {3}")
         self.assertEqual(self.send(proto, transport, b"x\r\n"),
-                         b"* 3 EXISTS\r\n* 1 RECENT\r\n" + re.search(rb"a OK .*\r\n", transport.value()).group())
+                         b"* 3 EXISTS\r\n* 2 RECENT\r\n" + re.search(rb"a OK .*\r\n", transport.value()).group())
 
     def test_appendRefused(self) -> None:
         """

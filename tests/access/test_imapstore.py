@@ -78,17 +78,18 @@ class StoreTests(SynchronousTestCase):
 
     def test_append(self) -> None:
         """
-        An appended message lands in C{cur/} with its flags and date, is
-        counted in C{maildirsize}, and gets a UID.
+        An appended message lands in C{new/} (so it is C{\\Recent}, RFC 3501
+        §6.3.11) with its flags and date, is counted in C{maildirsize}, and
+        gets a UID.
         """
         sent = self.folders.pathOf("Sent")
         append = beginAppend(sent, 1700000000.5, "mail.example.test", 7)
         writeAppend(append, b"Subj")
         writeAppend(append, b"ect")
         uidValidity, uid = finishAppend(append, sent, frozenset({"\\Seen"}), 1600000000.0, self.root, 0, 1700000001)
-        [name] = os.listdir(os.path.join(sent, "cur"))
+        [name] = os.listdir(os.path.join(sent, "new"))
         self.assertRegex(name, r"^1700000000\.M500000P\d+R[0-9a-f]{16}\.mail\.example\.test,S=7:2,S$")
-        self.assertEqual(os.stat(os.path.join(sent, "cur", name)).st_mtime, 1600000000.0)
+        self.assertEqual(os.stat(os.path.join(sent, "new", name)).st_mtime, 1600000000.0)
         self.assertEqual(os.listdir(os.path.join(sent, "tmp")), [])
         self.assertEqual(readUsage(self.root), (12 + 7, 2))
         self.assertEqual((uidValidity, uid), (sync(sent, 0).uidValidity, 1))
@@ -108,7 +109,8 @@ class StoreTests(SynchronousTestCase):
 
     def test_copyAndMove(self) -> None:
         """
-        COPY links the file under a new name with its flags (counted in
+        COPY links the file under a new name with its flags into the
+        target's C{new/} (so it is C{\\Recent}, RFC 3501 §6.4.7; counted in
         the quota); MOVE renames it (not counted again); both report the
         new UIDs.
         """
@@ -119,9 +121,9 @@ class StoreTests(SynchronousTestCase):
         self.assertRaises(OverQuota, transfer, list(state.messages), self.root, trash, False, self.root, 13, 0, "h")
         validity, uids, moved = transfer(list(state.messages), self.root, trash, False, self.root, 0, 1700000200, "h")
         self.assertEqual((validity, uids, moved), (sync(trash, 0).uidValidity, [1], []))
-        [copy] = os.listdir(os.path.join(trash, "cur"))
+        [copy] = os.listdir(os.path.join(trash, "new"))
         self.assertTrue(copy.endswith(",S=12:2,S"))
-        self.assertEqual(os.stat(os.path.join(trash, "cur", copy)).st_mtime, 1700000000.0)
+        self.assertEqual(os.stat(os.path.join(trash, "new", copy)).st_mtime, 1700000000.0)
         self.assertEqual(readUsage(self.root), (24, 2))
         junk = self.folders.pathOf("Junk")
         validity, uids, moved = transfer(list(state.messages), self.root, junk, True, self.root, 0, 1700000300, "h")

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access.imapwire import (
-    Atom, CRLFConverter, ParseError, TokenReader, convertedSize, formatInternalDate, formatList, inSequenceSet,
-    parseDate, parseDateTime, parseSequenceSet, string,
+    MAX_LIST_DEPTH, Atom, CRLFConverter, ParseError, TokenReader, TooDeep, convertedSize, formatInternalDate,
+    formatList, inSequenceSet, parseDate, parseDateTime, parseSequenceSet, string,
 )
 
 
@@ -59,6 +59,24 @@ class TokenReaderTests(SynchronousTestCase):
         reader = TokenReader()
         reader.feed(b"(a")
         self.assertRaises(ParseError, reader.finish)
+
+    def test_depthLimit(self) -> None:
+        """
+        Lists nest at most L{MAX_LIST_DEPTH} deep (issue 20): 100000
+        C{(} raise L{TooDeep}, a L{ParseError}, at once, and so does a
+        nesting built over several lines (literals in between).
+        """
+        deepest = b"(" * MAX_LIST_DEPTH + b"x" + b")" * MAX_LIST_DEPTH
+        tokens = self.read(deepest)
+        for _ in range(MAX_LIST_DEPTH):
+            [tokens] = tokens
+        self.assertEqual(tokens, [Atom(b"x")])
+        self.assertRaises(TooDeep, TokenReader().feed, b"(" * 100_000)
+        self.assertTrue(issubclass(TooDeep, ParseError))
+        reader = TokenReader()
+        self.assertEqual(reader.feed(b"(" * MAX_LIST_DEPTH + b" {1}"), 1)
+        reader.literal(b"y")
+        self.assertRaises(TooDeep, reader.feed, b" (z)")
 
 
 class FormatTests(SynchronousTestCase):
