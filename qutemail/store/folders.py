@@ -31,7 +31,8 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import attrs
-from qutemail.durable import replaceFile, syncDirectory
+
+from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, replaceFile, syncDirectory
 from qutemail.store.dirlock import DirectoryLock
 
 INBOX = "INBOX"
@@ -287,7 +288,7 @@ def _ensureMaildir(path: str) -> None:
     Create C{cur/ new/ tmp/} in C{path} (and C{path}) where missing.
     """
     for sub in _MAILDIR_SUBDIRS:
-        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+        makeDirectories(os.path.join(path, sub))
 
 
 @attrs.frozen
@@ -396,8 +397,7 @@ class MaildirFolders:
         completed).
         """
         _ensureMaildir(path)
-        with open(os.path.join(path, FOLDER_MARKER), "ab"):
-            pass
+        os.close(os.open(os.path.join(path, FOLDER_MARKER), os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
 
     def delete(self, name: str) -> None:
         """

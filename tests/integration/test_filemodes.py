@@ -60,18 +60,6 @@ def modeProblems(dataDir: str) -> list[str]:
     return problems
 
 
-def madeByFolders(problem: str) -> bool:
-    """
-    Whether an entry of L{modeProblems} is one that
-    L{qutemail.store.folders.MaildirFolders} makes when it creates a folder
-    (the special folders at the first IMAP login): the folder directory
-    C{mail/<domain>/<user>/.<name>} or its C{maildirfolder} marker.
-    """
-    parts = problem.split(" ")[0].split(os.sep)
-    return (len(parts) in (4, 5) and parts[0] == "mail" and parts[3].startswith(".")
-            and (len(parts) == 4 or parts[4] == "maildirfolder"))
-
-
 def message(subject: str, size: int = 0) -> bytes:
     """
     A message with CRLF line ends and about C{size} bytes of body.
@@ -246,7 +234,7 @@ class FileModeTests(RunningServerMixin, TestCase):
         self.assertEqual(len(maildirFiles(self.dataDir, "alice@example.test")), 2)
         self.assertTrue(os.path.exists(os.path.join(self.dataDir, "mail", "example.test", "alice",
                                                     "uidlist")))
-        self.assertPrivate(ignore=madeByFolders)
+        self.assertPrivate()
 
     async def test_specialFoldersPrivate(self):
         """
@@ -256,7 +244,3 @@ class FileModeTests(RunningServerMixin, TestCase):
         await self.imap(lambda client: client.list())
         self.assertTrue(os.path.isdir(os.path.join(self.dataDir, "mail", "example.test", "alice", ".Sent")))
         self.assertPrivate()
-
-    test_specialFoldersPrivate.todo = (  # type: ignore[attr-defined]
-        "qutemail/store/folders.py (outside issue 20's share) makes the folder directory with "
-        "os.makedirs, whose parents get the umask's mode, and the maildirfolder marker with open()")
