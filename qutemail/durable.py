@@ -11,6 +11,7 @@ under C{keys/}, 0644).
 """
 
 import os
+import tempfile
 
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIRECTORY_MODE = 0o700
@@ -80,25 +81,37 @@ def makeDirectories(path: str, sync: bool = False) -> str:
     return path
 
 
-def replaceFile(path: str, data: bytes, mode: int = PRIVATE_FILE_MODE) -> None:
+def replaceFile(path: str, data: bytes, mode: int = PRIVATE_FILE_MODE) -> os.stat_result:
     """
-    Replace a file's contents atomically and durably: write a temporary
-    file beside it, fsync, rename over, fsync the directory.
+    Replace a file's contents atomically and durably: write a new temporary
+    file beside it (an unpredictable name, created exclusively, so nothing
+    left there can be followed or reused), set its mode, fsync, rename
+    over, fsync the directory.  If anything fails, the temporary file is
+    removed and the old file is untouched.
 
     @param path: the file.
     @param data: its new contents.
-    @param mode: the permission bits of the new file.
+    @param mode: the permission bits of the new file (exactly these,
+        whatever the umask).
+    @return: the new file's status, taken before the rename (its
+        C{st_ino}, C{st_size} and C{st_mtime_ns} identify this version).
     """
     directory = os.path.dirname(path) or "."
-    temp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
-        writeAll(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temp, path)
+        try:
+            os.fchmod(fd, mode)
+            writeAll(fd, data)
+            os.fsync(fd)
+            status = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+    except BaseException:
+        removeFile(temp)
+        raise
     syncDirectory(directory)
+    return status
 
 
 def removeFile(path: str) -> None:

@@ -8,6 +8,7 @@ import stat
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from qutemail import durable
 from qutemail.durable import replaceFile, syncDirectory, writeAll
 
 
@@ -55,3 +56,46 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class ReplaceFileTests(SynchronousTestCase):
+    """
+    L{replaceFile} replaces atomically, with exactly the mode asked for,
+    and leaves nothing behind when it fails.
+    """
+
+    def test_modeAndStatus(self) -> None:
+        """
+        The new file has the mode asked for whatever the umask, and the
+        returned status is the new file's.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "f")
+        old = os.umask(0)
+        try:
+            status = replaceFile(path, b"one", 0o640)
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
+        self.assertEqual((status.st_ino, status.st_size), (os.stat(path).st_ino, 3))
+        self.assertEqual(os.listdir(directory), ["f"])
+
+    def test_failureLeavesNothing(self) -> None:
+        """
+        A write that fails leaves the old file as it was and no temporary
+        file beside it.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "f")
+        replaceFile(path, b"old")
+
+        def failing(fd: int, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+        self.patch(durable, "writeAll", failing)
+        self.assertRaises(OSError, replaceFile, path, b"new")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"old")
+        self.assertEqual(os.listdir(directory), ["f"])

@@ -28,7 +28,6 @@ scrypt takes tens of milliseconds and fsync may take longer still.
 import errno
 import fcntl
 import os
-import tempfile
 from typing import Any, Callable
 
 import attrs
@@ -44,7 +43,7 @@ from qutemail.backends.passwordhash import (
 from qutemail.backends.userrecords import (
     UserFileError, UserRecord, checkAddress, isQuota, parseUserFile, serialiseUserFile,
 )
-from qutemail.durable import removeFile, syncDirectory, writeAll
+from qutemail.durable import replaceFile
 from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
 from qutemail.serial import SerialQueue, Waiters
 
@@ -147,22 +146,7 @@ def _writeFile(path: str, data: bytes) -> tuple[int, int, int]:
     @return: the key of the new version.
     @raise OSError: the write failed; the old file is untouched.
     """
-    directory = os.path.dirname(path) or "."
-    fd, temp = tempfile.mkstemp(prefix=".users.", suffix=".tmp", dir=directory)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            writeAll(fd, data)
-            os.fsync(fd)
-            key = _statKey(os.fstat(fd))
-        finally:
-            os.close(fd)
-        os.rename(temp, path)
-    except BaseException:
-        removeFile(temp)
-        raise
-    syncDirectory(directory)
-    return key
+    return _statKey(replaceFile(path, data))
 
 
 def _modify(path: str, change: Callable[[dict[str, UserRecord]], Any]) -> tuple[_Snapshot, Any]:

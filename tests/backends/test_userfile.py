@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from qutemail.address import AddressInvalid
+from qutemail import durable
 from qutemail.backends import userfile
 from qutemail.backends.passwordhash import DEFAULT_WORK_FACTOR
 from qutemail.backends.userfile import FileUserDirectory
@@ -367,7 +368,7 @@ class FileTests(DirectoryTestsMixin, SynchronousTestCase):
             """
             raise OSError(28, "No space left on device")
 
-        self.patch(userfile, "writeAll", failingWriteAll)
+        self.patch(durable, "writeAll", failingWriteAll)
         failure = self.failureResultOf(self.directory.addUser("carol@example.test", PASSWORD), UserFileError)
         self.assertIn(self.path, str(failure.value))
         self.assertIn("No space left on device", str(failure.value))
