@@ -18,14 +18,22 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from qutemail.address import AddressInvalid, parseAccountAddress
-from qutemail.interfaces import ISubmitter, IUserDirectory
+from qutemail.interfaces import IUserDirectory
 
 # One message for every refusal, so a client cannot tell an unknown user
 # from a wrong password.
 BAD_CREDENTIALS = "bad credentials"
+
+
+class ISubmitter(Interface):
+    """
+    The avatar of a user authenticated for submission (SMTP AUTH).
+    """
+
+    address = Attribute("the account's normalised address, C{local@domain}")
 
 
 def _text(value: str | bytes) -> str:

@@ -114,14 +114,6 @@ class IUserDirectory(Interface):
         """
 
 
-class ISubmitter(Interface):
-    """
-    The avatar of a user authenticated for submission (SMTP AUTH).
-    """
-
-    address = Attribute("the account's normalised address, C{local@domain}")
-
-
 class IMessageStore(Interface):
     """
     Local mailboxes.

@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from qutemail import replies
-from qutemail.interfaces import ISubmitter
+from qutemail.cred import ISubmitter
 
 MECHANISMS = (b"PLAIN", b"LOGIN")
 
