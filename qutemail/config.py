@@ -180,12 +180,19 @@ class LimitsConfig:
 
     @ivar messagesPerIpHour: messages a client IP may send an hour (C{messages_per_ip_hour}).
     @ivar messagesPerUserHour: messages a user may send an hour (C{messages_per_user_hour}).
-    @ivar connectionsPerIp: connections a client IP may hold open (C{connections_per_ip}).
+    @ivar connectionsPerIp: connections a client IP may hold open to each
+        protocol (SMTP, IMAP, POP3) (C{connections_per_ip}).
+    @ivar maxSessions: connections open at once over every listener of one
+        process (C{max_sessions}).
     """
 
     messagesPerIpHour: int = attrs.field(default=100, validator=intValidator(0))
     messagesPerUserHour: int = attrs.field(default=500, validator=intValidator(0))
     connectionsPerIp: int = attrs.field(default=20, validator=intValidator(0))
+    # Dovecot's default_client_limit; far below the open-file limit once it
+    # is raised to the hard limit at start, leaving room for Maildir files,
+    # the journal, DNS and KME connections.
+    maxSessions: int = attrs.field(default=1000, validator=intValidator(0))
 
 
 @attrs.frozen

@@ -378,6 +378,7 @@ SETTINGS = (
     Setting("limits", "messages_per_ip_hour", "messagesPerIpHour", wholeNumberParser(0)),
     Setting("limits", "messages_per_user_hour", "messagesPerUserHour", wholeNumberParser(0)),
     Setting("limits", "connections_per_ip", "connectionsPerIp", wholeNumberParser(0)),
+    Setting("limits", "max_sessions", "maxSessions", wholeNumberParser(0)),
     Setting("mailbox", "default_quota_mb", "defaultQuotaBytes", lambda t: parsePositiveSize(t, "M")),
     Setting("mailbox", "retention_days", "retentionDays", wholeNumberParser(0)),
     Setting("inbound", "checks", "checks", parseBoolean),

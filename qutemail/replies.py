@@ -85,6 +85,7 @@ AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
 
 RATE_LIMITED = Reply(451, "4.7.0", "Rate limit exceeded, try again later")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address")
+TOO_MANY_SESSIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed authentications, try again later")
 
 # Outbound delivery and the QKD layer: what a queue entry records when a

@@ -42,6 +42,7 @@ from qutemail.store.retention import RetentionService, RetentionSweep
 from qutemail.tlsserver import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.ratelimit import MemoryRateLimiter
+from qutemail.policy.sessions import SessionLimits
 from qutemail.policy.throttle import AuthThrottle
 from qutemail.durable import makeDirectories, replaceFile
 from qutemail.pipeline.dkim import FileDKIMKeys
@@ -368,7 +369,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     @param adoptFd: in an extra worker, the MTA listening socket inherited
         from the main process.
     @return: the root service; its C{listeners} attribute maps listener names
-        to their L{ListenerService}.
+        to their L{ListenerService}, and C{sessionLimits} is the
+        L{SessionLimits} every listener counts its sessions in.
     """
     server = config.server
     dataDir = server.dataDir
@@ -443,11 +445,14 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         limiter = RedisRateLimiter(connectRedis(config.redis.url), reactor)
         ClosingService("redis", limiter.disconnect).setServiceParent(root)
     limits = config.limits
+    # One count for every listener of this process (a worker has its own).
+    sessionLimits = SessionLimits(maxSessions=limits.maxSessions, connectionsPerIp=limits.connectionsPerIp)
+    root.sessionLimits = sessionLimits
     settings = SessionSettings(
         hostname=server.hostname, domains=server.domains, maxMessageBytes=config.smtp.maxMessageBytes,
         maxRecipients=config.smtp.maxRecipients, idleTimeoutSeconds=config.smtp.idleTimeoutSeconds,
         tlsContext=tlsContext, connectionsPerIp=limits.connectionsPerIp)
-    factoryArgs = dict(intake=intake, clock=reactor, settings=settings,
+    factoryArgs = dict(intake=intake, clock=reactor, settings=settings, limits=sessionLimits,
                        policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerIpHour, inbound,
                                             diskSpace))
     submissionArgs = dict(factoryArgs, settings=attrs.evolve(settings, portal=portal, throttle=throttle),
@@ -482,12 +487,12 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             continue
         if args.get("pop3"):
             factory = POP3Factory(args["portal"], runner, reactor, throttle, tlsContext,
-                                  implicitTLS=args["implicitTLS"])
+                                  implicitTLS=args["implicitTLS"], limits=sessionLimits)
         elif args.get("imap"):
             factory = IMAPFactory(args["portal"], runner, reactor, throttle, tlsContext,
                                   implicitTLS=args["implicitTLS"], hostname=server.hostname,
                                   defaultQuotaBytes=config.mailbox.defaultQuotaBytes,
-                                  maxAppendBytes=config.smtp.maxMessageBytes)
+                                  maxAppendBytes=config.smtp.maxMessageBytes, limits=sessionLimits)
         else:
             factory = SMTPServerFactory(**args)
         listening = factory

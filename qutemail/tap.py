@@ -34,6 +34,9 @@ def makeService(options: Options, reactor=None):
     A bad configuration ends the start with one line on stderr naming the
     file, section and key, and exit status 1.
 
+    In the real process (no C{reactor} given) the soft open-file limit is
+    first raised to the hard limit, so C{[limits] max_sessions} fits.
+
     @param options: the parsed L{Options}.
     @param reactor: the reactor; the global one when not given.
     @return: the root service.
@@ -43,11 +46,16 @@ def makeService(options: Options, reactor=None):
     from qutemail.tlsserver import TLSConfigError
     from qutemail.assembly import ServiceConfigError
     from qutemail.service import NoListeners, buildService
+    from qutemail.policy.sessions import checkHeadroom, raiseOpenFileLimit
 
+    openFileLimit = None
     if reactor is None:
         from twisted.internet import reactor
+        openFileLimit = raiseOpenFileLimit()[1]
     try:
         config = loadConfig(options["config"])
+        if openFileLimit is not None:
+            checkHeadroom(config.limits.maxSessions, openFileLimit)
         return buildService(config, reactor, mtaOnly=options["mta-only"], msaOnly=options["msa-only"])
     except (ConfigError, NoListeners, TLSConfigError, RedisURLError, ServiceConfigError) as e:
         sys.stderr.write(f"qutemail: {e}\n")

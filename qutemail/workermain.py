@@ -15,6 +15,7 @@ import sys
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from qutemail.config import loadConfig
+from qutemail.policy.sessions import checkHeadroom, raiseOpenFileLimit
 from qutemail.service import buildService
 from qutemail.workers import LISTEN_FD
 
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    openFileLimit = raiseOpenFileLimit()[1]
     config = loadConfig(options.config)
+    checkHeadroom(config.limits.maxSessions, openFileLimit)
     root = buildService(config, reactor, workerIndex=options.index, adoptFd=LISTEN_FD)
     root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)

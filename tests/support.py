@@ -79,13 +79,16 @@ def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageB
                maxRecipients: int = 10, defaultQuotaBytes: int = 10 * 1024 * 1024,
                idleTimeoutSeconds: float = 300.0, lifetime: float = 5 * 86400.0,
                messagesPerHour: int = 0, connectionsPerIp: int = 0, intakeClass=Intake,
-               diskSpace=None) -> Stack:
+               diskSpace=None, sessionLimits=None) -> Stack:
     """
     Build a server stack under C{dataDir}.
 
     @param intakeClass: the intake to build (tests record its calls).
     @param diskSpace: the L{qutemail.store.diskspace.DiskSpace} the session
         policy asks, or C{None} for none.
+    @param sessionLimits: the L{qutemail.policy.sessions.SessionLimits}
+        the factory counts its sessions in (shared with other factories),
+        or C{None} for one of its own with C{connectionsPerIp}.
     @return: the L{Stack}; with the default inline runner and a
         L{Clock}, everything happens synchronously.
     """
@@ -115,7 +118,8 @@ def buildStack(dataDir: str, *, users=None, runner=None, clock=None, maxMessageB
     settings = SessionSettings(hostname=HOSTNAME, domains=DOMAINS, maxMessageBytes=maxMessageBytes,
                                maxRecipients=maxRecipients, idleTimeoutSeconds=idleTimeoutSeconds,
                                connectionsPerIp=connectionsPerIp)
-    factory = SMTPServerFactory(intake=intake, policy=policy, settings=settings, clock=clock)
+    factory = SMTPServerFactory(intake=intake, policy=policy, settings=settings, clock=clock,
+                                limits=sessionLimits)
     return Stack(dataDir, clock, runner, users, store, journal, queue, router, scheduler, factory, intake, local)
 
 

@@ -44,7 +44,7 @@ ALL_KEYS = [
     ("imap", "port"), ("imap", "tls_port"), ("pop3", "port"), ("pop3", "tls_port"),
     ("tls", "cert"), ("tls", "key"),
     ("limits", "messages_per_ip_hour"), ("limits", "messages_per_user_hour"),
-    ("limits", "connections_per_ip"),
+    ("limits", "connections_per_ip"), ("limits", "max_sessions"),
     ("mailbox", "default_quota_mb"), ("mailbox", "retention_days"),
     ("inbound", "checks"), ("inbound", "spf_fail"), ("inbound", "dmarc_reject"), ("inbound", "dns_timeout"),
     ("dkim", "selector"), ("dkim", "private_key"),
@@ -84,6 +84,7 @@ key = /etc/ssl/mail.key
 messages_per_ip_hour = 0
 messages_per_user_hour = 50
 connections_per_ip = 3
+max_sessions = 0
 [mailbox]
 default_quota_mb = 100
 retention_days = 0
@@ -212,7 +213,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
             imap=IMAPConfig(port=2143, tlsPort=2993),
             pop3=POP3Config(port=2110, tlsPort=0),
             tls=TLSConfig(cert="/etc/ssl/mail.pem", key="/etc/ssl/mail.key"),
-            limits=LimitsConfig(messagesPerIpHour=0, messagesPerUserHour=50, connectionsPerIp=3),
+            limits=LimitsConfig(messagesPerIpHour=0, messagesPerUserHour=50, connectionsPerIp=3, maxSessions=0),
             mailbox=MailboxConfig(defaultQuotaBytes=100 * 2**20, retentionDays=0),
             inbound=InboundConfig(checks=False, spfFail="tag", dmarcReject="quarantine", dnsTimeoutSeconds=3.0),
             dkim=DKIMConfig(selector="sel2024", privateKey="/etc/dkim.pem"),
@@ -267,7 +268,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                            maxRecipients=100, idleTimeoutSeconds=300.0),
                 IMAPConfig(port=143, tlsPort=993),
                 POP3Config(port=110, tlsPort=995),
-                LimitsConfig(messagesPerIpHour=100, messagesPerUserHour=500, connectionsPerIp=20),
+                LimitsConfig(messagesPerIpHour=100, messagesPerUserHour=500, connectionsPerIp=20, maxSessions=1000),
                 MailboxConfig(defaultQuotaBytes=5120 * 1024 * 1024, retentionDays=365),
             ),
         )
@@ -401,6 +402,7 @@ class BadValueTests(ConfigFileMixin, SynchronousTestCase):
         """
         self.assertBad("smtp", "max_recipients", "0", "'0' is not a whole number >= 1")
         self.assertBad("limits", "connections_per_ip", "-1", "'-1' is not a whole number >= 0")
+        self.assertBad("limits", "max_sessions", "lots", "'lots' is not a whole number >= 0")
         self.assertBad("limits", "messages_per_ip_hour", "1e3", "'1e3' is not a whole number >= 0")
         self.assertBad("mailbox", "retention_days", "forever", "'forever' is not a whole number >= 0")
         self.assertBad("inbound", "spf_fail", "drop", "'drop' is not one of reject, tag")
@@ -812,6 +814,7 @@ class ConfigClassTests(SynchronousTestCase):
             (TLSConfig, dict(cert="/c", key="")),
             (TLSConfig, dict(cert="c.pem", key="k.pem")),
             (LimitsConfig, dict(connectionsPerIp=-1)),
+            (LimitsConfig, dict(maxSessions=-1)),
             (MailboxConfig, dict(defaultQuotaBytes=0)),
             (MailboxConfig, dict(retentionDays=-1)),
             (DKIMConfig, dict(selector="a.b")),

@@ -61,6 +61,7 @@ from qutemail.access.imapselected import SelectedCommands
 from qutemail.access.imapstore import OverQuota
 from qutemail.access.imapwire import ParseError, Refusal, TokenReader, TooDeep, bad
 from qutemail.access.keywords import KeywordLimit
+from qutemail.policy.sessions import IMAP, PER_ADDRESS, SessionLimits, SessionTicket
 
 # RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">.
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+]+")
@@ -88,6 +89,9 @@ MAX_QUEUED_LINES = 200
 MAX_ARGUMENT_LITERAL_BYTES = 64 * 1024
 DEFAULT_QUOTA_BYTES = 5120 * 2**20
 DEFAULT_MAX_APPEND_BYTES = 64 * 2**20
+# RFC 5530 UNAVAILABLE: try again later.
+TOO_MANY_FROM_ADDRESS = b"[UNAVAILABLE] Too many connections from your address"
+TOO_MANY_SESSIONS = b"[UNAVAILABLE] Too many connections, try again later"
 
 
 class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationCommands, IMAP4Server):
@@ -113,6 +117,7 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
     _discardLines = False
     _waitingLine: Deferred | None = None
     _peer = "?"
+    _ticket: SessionTicket | None = None
 
     def connectionMade(self) -> None:
         """
@@ -125,6 +130,12 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
         noDelay = getattr(self.transport, "setTcpNoDelay", None)
         if noDelay is not None:
             noDelay(True)
+        self._ticket = self.factory.limits.admit(IMAP, self._peer)
+        if self._ticket.refused is not None:
+            # RFC 3501 §7.1.5: a BYE greeting refuses the connection.
+            self._log.info("refused IMAP from {peer}: too many connections", peer=self._peer)
+            self._bye(TOO_MANY_FROM_ADDRESS if self._ticket.refused == PER_ADDRESS else TOO_MANY_SESSIONS)
+            return
         self.factory.sessions.add(self)
         IMAP4Server.connectionMade(self)
 
@@ -135,6 +146,8 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
         """
         self._lost = True
         self.factory.sessions.discard(self)
+        if self._ticket is not None:
+            self._ticket.release()
         self._stopIdle()
         waiting, self._waitingLine = self._waitingLine, None
         if waiting is not None:
@@ -170,8 +183,10 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
     def dataReceived(self, data: bytes) -> None:
         """
         What arrives after this point came through TLS, if STARTTLS was
-        done.
+        done.  A refused session reads nothing.
         """
+        if self._ticket is not None and self._ticket.refused is not None:
+            return
         self._discardLines = False
         IMAP4Server.dataReceived(self, data)
 
@@ -481,6 +496,8 @@ class IMAPFactory(ServerFactory):
     @ivar timeoutSeconds: auto-logout before login.
     @ivar authenticatedTimeoutSeconds: auto-logout after login (RFC 3501
         §5.4: at least 30 minutes).
+    @ivar limits: the process's L{SessionLimits} (shared by every
+        listener); by default one of its own with no limits.
     """
 
     portal: Portal
@@ -495,6 +512,7 @@ class IMAPFactory(ServerFactory):
     maxAppendBytes: int = attrs.field(default=DEFAULT_MAX_APPEND_BYTES, kw_only=True)
     timeoutSeconds: float = attrs.field(default=60.0, kw_only=True)
     authenticatedTimeoutSeconds: float = attrs.field(default=1800.0, kw_only=True)
+    limits: SessionLimits = attrs.field(factory=SessionLimits, kw_only=True)
     noisy = False
 
     @property

@@ -36,6 +36,8 @@ from qutemail.access.dotstuff import DotStuffer
 from qutemail.access.flow import WriteFlow
 from qutemail.access.maildrop import NO_SUCH_MESSAGE, POP3Realm, TemporarilyUnreadable
 from qutemail.cred import UserDirectoryChecker
+from qutemail.policy.sessions import PER_ADDRESS, SessionLimits, SessionTicket
+from qutemail.policy.sessions import POP3 as POP3_SESSIONS
 
 # notice is qutemail.access.maildrop's, kept importable from here for
 # qutemail.access.imapmessage.
@@ -50,6 +52,8 @@ NOT_SECURE = b"[AUTH] use STLS first: no passwords in the clear"
 AUTH_FAILED = b"[AUTH] authentication failed"
 LOCKED_OUT = b"[AUTH] too many failed logins: try again later"
 TEMPORARY = b"[SYS/TEMP] temporary failure: try again later"
+TOO_MANY_FROM_ADDRESS = b"[SYS/TEMP] Too many connections from your address"
+TOO_MANY_SESSIONS = b"[SYS/TEMP] Too many connections, try again later"
 
 
 class POP3Server(POP3):
@@ -66,12 +70,20 @@ class POP3Server(POP3):
     secure = False
     _lost = False
     _discardLines = False
+    _ticket: SessionTicket | None = None
 
     def connectionMade(self) -> None:
         """
         Greet without an APOP challenge, and start the idle timer.
         """
         self._peer = getattr(self.transport.getPeer(), "host", "?")
+        self._ticket = self.factory.limits.admit(POP3_SESSIONS, self._peer)
+        if self._ticket.refused is not None:
+            # RFC 3206 §4: SYS/TEMP, a temporary problem; try again later.
+            self._log.info("refused POP3 from {peer}: too many connections", peer=self._peer)
+            self.failResponse(TOO_MANY_FROM_ADDRESS if self._ticket.refused == PER_ADDRESS else TOO_MANY_SESSIONS)
+            self.transport.loseConnection()
+            return
         self.successResponse(GREETING)
         self.setTimeout(self.timeOut)
 
@@ -80,12 +92,17 @@ class POP3Server(POP3):
         Release the mailbox; marked messages stay (RFC 1939 §6).
         """
         self._lost = True
+        if self._ticket is not None:
+            self._ticket.release()
         POP3.connectionLost(self, reason)
 
     def dataReceived(self, data: bytes) -> None:
         """
         Lines arriving after this point come through TLS, if STLS was done.
+        A refused session reads nothing.
         """
+        if self._ticket is not None and self._ticket.refused is not None:
+            return
         self._discardLines = False
         POP3.dataReceived(self, data)
 
@@ -411,6 +428,8 @@ class POP3Factory(ServerFactory):
     @ivar implicitTLS: sessions are TLS from the first byte (the lead wraps
         this factory in a C{TLSMemoryBIOFactory}).
     @ivar timeoutSeconds: the idle (autologout) timer.
+    @ivar limits: the process's L{SessionLimits} (shared by every
+        listener); by default one of its own with no limits.
     """
 
     portal: Portal
@@ -420,6 +439,7 @@ class POP3Factory(ServerFactory):
     contextFactory: Any = None
     implicitTLS: bool = False
     timeoutSeconds: float = IDLE_TIMEOUT_SECONDS
+    limits: SessionLimits = attrs.field(factory=SessionLimits, kw_only=True)
     noisy = False
 
     def buildProtocol(self, addr: Any) -> POP3Server:

@@ -100,9 +100,10 @@ class SMTPServer(SessionCommands, AuthMixin, ESMTP):
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
         self._startedAt = self.clock.seconds()
-        if not self.factory.admit(self._peer):
+        self._ticket, refusal = self.factory.admit(self._peer)
+        if refusal is not None:
             self._log.info("refused {peer}: too many connections", peer=self._peer)
-            self.reply(replies.TOO_MANY_CONNECTIONS)
+            self.reply(refusal)
             self.transport.loseConnection()
             return
         self._admitted = True
@@ -128,7 +129,7 @@ class SMTPServer(SessionCommands, AuthMixin, ESMTP):
         if not self._admitted:
             return
         self.factory.sessions.discard(self)
-        self.factory.release(self._peer)
+        self._ticket.release()
         if self._data is not None:
             self._data.abort()
             self._data = None
