@@ -11,6 +11,7 @@ clock of its own, and gets a vault it can use without one.
 """
 
 import os
+from functools import partial
 from typing import Any
 
 import attrs
@@ -25,10 +26,11 @@ from qutemail.pipeline.dkimverify import DKIMVerifier
 from qutemail.policy.dmarc import DMARCEvaluator
 from qutemail.policy.inbound import InboundChecks
 from qutemail.policy.spf import SPFChecker
-from qutemail.qkd.vault import FileKeyVault
+from qutemail.qkd.vault import FileKeyVault, loadQueueKey
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.relay.mx import MXResolver
 from qutemail.relay.sender import Relay
+from qutemail.store.encrypted import isInternal
 
 
 @attrs.frozen
@@ -70,7 +72,11 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
     keys = os.path.join(dataDir, "keys")
     masterKey = os.path.join(keys, "master.key")
     users = FileUserDirectory(os.path.join(dataDir, "users"), runner, clock)
-    queue = DeferredQueue(os.path.join(dataDir, "queue", "deferred"), runner)
+    # Deferred internal mail is sealed under a key derived from master.key.
+    queue = DeferredQueue(os.path.join(dataDir, "queue", "deferred"), runner,
+                          queueKey=partial(loadQueueKey, masterKey,
+                                           vaultDirectory=None if config.redis.url else os.path.join(keys, "vault")),
+                          sealIf=partial(isInternal, domains=config.server.domains) if config.qkd.encrypt else None)
     if not withVault:
         return Backends(users, queue, None)
     if not config.redis.url:

@@ -48,7 +48,9 @@ from qutemail.pipeline.dkim import (
 from qutemail.message import SpooledMessage
 from qutemail.queue.control import QUEUE_ID, ControlError, ServerNotRunning, controlPath, sendCommand
 from qutemail.message import DEFERRED, PENDING, RecipientState
+from qutemail.qkd.vault import KeyVaultError
 from qutemail.queue.journal import unfinished
+from qutemail.queue.sealedbody import SealedBodyError
 
 DEFAULT_RSA_BITS = 2048
 # RFC 8301 §3.2: verifiers need only handle RSA keys up to 4096 bits.
@@ -190,9 +192,12 @@ def _queueShow(context: Any, arguments: argparse.Namespace) -> int:
     queueDir = _queueDir(context)
     deferred = context.backends().queue.snapshot()
     entry = next((e for e in deferred if e.queueId == queueId), None)
+    sealed = []
     if entry is not None:
         message, signed = entry.message, "yes" if entry.dkimHeader else "no"
         recipients = [_describeRecipient(r, now) for r in entry.recipients]
+        if entry.sealedBody:
+            sealed = [f"stored:       sealed under the queue key (format {entry.sealedBody}), shown decrypted"]
     else:
         message = next((m for m in _inFlight(queueDir) if m.queueId == queueId), None)
         if message is None:
@@ -207,14 +212,21 @@ def _queueShow(context: Any, arguments: argparse.Namespace) -> int:
         f"queued:       {received:%Y-%m-%d %H:%M:%S} UTC ({_age(now - envelope.receivedAt)} ago)",
         f"size:         {message.size} bytes",
         f"DKIM-signed:  {signed}",
-    ] + [f"recipient:    {line}" for line in recipients]
+    ] + sealed + [f"recipient:    {line}" for line in recipients]
+    # A sealed body is shown decrypted: whoever can run this can read
+    # master.key, and 'mail show' shows the delivered copy decrypted too.
     try:
         body = message.openBody()
     except FileNotFoundError:
         raise CommandError(f"message {queueId} left the queue while it was being read") from None
+    except (SealedBodyError, KeyVaultError, LookupError) as e:
+        raise CommandError(f"message {queueId} cannot be opened: {e}") from None
     with body:
         context.stdout.write("\n".join(lines) + "\n\n")
-        _copyBody(body, context.stdout)
+        try:
+            _copyBody(body, context.stdout)
+        except SealedBodyError as e:
+            raise CommandError(f"message {queueId} cannot be opened: {e}") from None
     return 0
 
 

@@ -12,6 +12,7 @@ under C{keys/}, 0644).
 
 import os
 import tempfile
+from typing import BinaryIO
 
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIRECTORY_MODE = 0o700
@@ -122,3 +123,20 @@ def removeFile(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def readUpTo(source: BinaryIO, size: int) -> bytes:
+    """
+    Read C{size} bytes, however many reads it takes.  Blocking.
+
+    @param source: a binary file object.
+    @return: C{size} bytes from C{source}, fewer only at its end.
+    """
+    parts, remaining = [], size
+    while remaining > 0:
+        data = source.read(remaining)
+        if not data:
+            break
+        parts.append(data)
+        remaining -= len(data)
+    return b"".join(parts)

@@ -11,7 +11,7 @@ in a worker thread for a spilled body.
 import io
 import json
 import secrets
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import attrs
 
@@ -71,6 +71,12 @@ class SpooledMessage:
     @ivar size: the body size in bytes as stored (LF line ends).
     @ivar inline: the body, for small messages.
     @ivar path: the spill file of a large message.
+    @ivar opener: for a body stored sealed (a deferred internal message,
+        see L{qutemail.queue.sealedbody}), what opens its plaintext; C{path}
+        is then not the plaintext, so every reader goes through
+        L{openBody}.  C{None} for a body stored as it is.  Not copied by
+        meaning: whoever makes a message with another C{path} from this one
+        sets it again.
     """
 
     queueId: str
@@ -78,16 +84,19 @@ class SpooledMessage:
     size: int
     inline: bytes | None = None
     path: str | None = None
+    opener: Callable[[], BinaryIO] | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
 
-    def openBody(self):
+    def openBody(self) -> BinaryIO:
         """
-        Open the body for reading.  Call this only in a worker thread for a
-        spilled message.
+        Open the body for reading (its plaintext, when it is stored
+        sealed).  Call this only in a worker thread for a spilled message.
 
         @return: a binary file object.
         """
         if self.inline is not None:
             return io.BytesIO(self.inline)
+        if self.opener is not None:
+            return self.opener()
         return open(self.path, "rb")
 
 
@@ -150,11 +159,15 @@ class QueueEntry:
     @ivar recipients: the recipients still of interest.
     @ivar dkimHeader: the DKIM-Signature field made once for the message,
         sent before its body to every remote recipient (empty: unsigned).
+    @ivar sealedBody: the version of the format its C{.msg} is sealed in
+        (L{qutemail.queue.sealedbody}), 0 for a body in clear (every entry
+        written before sealing existed).
     """
 
     message: SpooledMessage
     recipients: list[RecipientState]
     dkimHeader: str = ""
+    sealedBody: int = 0
 
     @property
     def queueId(self) -> str:
@@ -186,6 +199,7 @@ class QueueEntry:
                 "envelope": self.message.envelope.toJSON(),
                 "recipients": [attrs.asdict(r) for r in self.recipients],
                 "dkimHeader": self.dkimHeader,
+                "sealedBody": self.sealedBody,
             },
             indent=1,
         ).encode("utf-8")

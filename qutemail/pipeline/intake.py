@@ -226,7 +226,9 @@ class Intake:
             return message.inline[:_HEAD_BYTES]
 
         def read() -> bytes:
-            with open(message.path, "rb") as f:
+            # Through openBody: a deferred internal message is sealed in
+            # the queue, and this reads its plaintext head.
+            with message.openBody() as f:
                 return f.read(_HEAD_BYTES)
 
         return await self.runner.run(read)

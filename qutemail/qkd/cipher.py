@@ -93,6 +93,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from qutemail.durable import readUpTo
 from qutemail.qkd.vault import InvalidKeyId, checkKeyId
 
 FORMAT_VERSION = 1
@@ -285,20 +286,6 @@ def _outerHeader(fields: list[tuple[str, list[bytes]]], subject: str | None) -> 
     return out, messageId
 
 
-def _readPrefix(source: BinaryIO, size: int) -> bytes:
-    """
-    @return: up to C{size} bytes from C{source}, fewer only at its end.
-    """
-    parts, remaining = [], size
-    while remaining > 0:
-        data = source.read(remaining)
-        if not data:
-            break
-        parts.append(data)
-        remaining -= len(data)
-    return b"".join(parts)
-
-
 def encryptStream(source: BinaryIO, destination: BinaryIO, keyId: str, key: bytes,
                   subject: str | None = PLACEHOLDER_SUBJECT) -> SealedMessage:
     """
@@ -319,7 +306,7 @@ def encryptStream(source: BinaryIO, destination: BinaryIO, keyId: str, key: byte
         raise ValueError(f"a message key must be at least {MIN_KEY_BYTES} bytes")
     if subject is not None and not (len(subject) <= 900 and re.fullmatch(r"[\x20-\x7e]*", subject)):
         raise ValueError("the placeholder subject must be printable US-ASCII, at most 900 characters")
-    prefix = _readPrefix(source, HEADER_CAP_BYTES)
+    prefix = readUpTo(source, HEADER_CAP_BYTES)
     headerLines, messageId = _outerHeader(_headerFields(prefix, len(prefix) < HEADER_CAP_BYTES), subject)
     nonce = os.urandom(NONCE_BYTES)
     boundary = f"{SCHEME}-{os.urandom(16).hex()}"

@@ -59,7 +59,9 @@ from typing import Any
 
 import attrs
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.python.failure import Failure
 from twisted.logger import Logger
@@ -79,6 +81,8 @@ KEYS_PER_JOB = 16
 
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _WRAP_AAD_PREFIX = b"qutemail-vault/1 key-id="
+# The HKDF info of the queue key: a key of its own, never the master key.
+QUEUE_KEY_INFO = b"qutemail-queue/1"
 
 
 class InvalidKeyId(ValueError):
@@ -222,6 +226,32 @@ def loadMasterKey(path: str, create: bool = True, vaultDirectory: str | None = N
     if existing is None:
         raise MasterKeyError(f"the master key {path} vanished while it was being created")
     return existing + (created,)
+
+
+def deriveQueueKey(masterKey: bytes) -> bytes:
+    """
+    The queue key, which seals deferred internal mail in the queue (see
+    L{qutemail.queue.sealedbody}): HKDF-SHA256 of the master key with its
+    own info string, so it is never the master key itself and never one of
+    the keys the master key wraps.
+
+    @param masterKey: the 32-byte master key.
+    @return: the 32-byte queue key.
+    """
+    return HKDF(algorithm=hashes.SHA256(), length=MASTER_KEY_BYTES, salt=None,
+                info=QUEUE_KEY_INFO).derive(masterKey)
+
+
+def loadQueueKey(path: str, create: bool = False, vaultDirectory: str | None = None) -> bytes:
+    """
+    Read the master key (see L{loadMasterKey}, whose rules apply, creation
+    included) and derive the queue key from it.  Blocking.
+
+    @return: the queue key.
+    @raise MasterKeyError: see L{loadMasterKey}.
+    """
+    key, _, _ = loadMasterKey(path, create, vaultDirectory)
+    return deriveQueueKey(key)
 
 
 def _wrapAAD(keyId: str) -> bytes:

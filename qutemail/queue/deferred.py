@@ -9,6 +9,13 @@ Each entry is two files under C{queue/deferred/}: C{<queueId>.msg} (the body,
 written once) and C{<queueId>.json} (the envelope and the state of every
 recipient), both replaced atomically and durably.
 
+The body of internal mail (whatever made it wait: no QKD key, a full
+mailbox, a remote recipient) is sealed under the local queue key (see
+L{qutemail.queue.sealedbody}) as it is written, and the C{.json} says so
+(C{"sealedBody": 1}); the entry's message then opens its plaintext
+(L{SpooledMessage.openBody}) only in the reader's memory, a chunk at a
+time.  Entries with C{"sealedBody"} missing or 0 are read as they are.
+
 Recipient states: C{pending} (never tried: a remote recipient waiting for
 its first relay attempt), C{deferred} (retry at C{nextAttempt}), C{sent}
 (delivered, locally or to the remote server) and C{bounced}.  Entries
@@ -19,7 +26,8 @@ and C{sent}.
 import json
 import os
 import shutil
-from typing import Any, Callable
+from functools import partial
+from typing import Any, BinaryIO, Callable, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -29,20 +37,27 @@ from zope.interface import implementer
 from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile, replaceFile, syncDirectory
 from qutemail.interfaces import IRelayQueue
 from qutemail.message import LEGACY_STATES, dueEntries, Envelope, QueueEntry, RecipientState, SpooledMessage
+from qutemail.qkd.vault import MasterKeyError
+from qutemail.queue.sealedbody import VERSION as SEALED_VERSION, openSealedBody, sealStream
 
 # The chunk size of a copy of a large body into the queue.
 _COPY_BYTES = 1024 * 1024
 
 
-def _copyPrivately(source: str, destination: str) -> None:
+def _copyPrivately(source: BinaryIO, destination: str, queueKey: bytes | None = None) -> None:
     """
-    Copy a file into a new one, mode 0600 (C{shutil.copyfile} would make it
-    0644 under the usual umask: it holds a message in plaintext), and fsync
-    it.  Blocking.
+    Copy a body into a new file, mode 0600 (C{shutil.copyfile} would make it
+    0644 under the usual umask: it may hold a message in plaintext), sealed
+    under C{queueKey} when one is given, and fsync it.  Blocking.
+
+    @param source: the body, read to its end.
     """
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    with open(fd, "wb") as out, open(source, "rb") as f:
-        shutil.copyfileobj(f, out, _COPY_BYTES)
+    with open(fd, "wb") as out:
+        if queueKey is None:
+            shutil.copyfileobj(source, out, _COPY_BYTES)
+        else:
+            sealStream(source, out, queueKey)
         out.flush()
         os.fsync(out.fileno())
 
@@ -55,13 +70,24 @@ class DeferredQueue:
 
     _log = Logger()
 
-    def __init__(self, directory: str, runner: Any) -> None:
+    def __init__(self, directory: str, runner: Any, *, queueKey: Callable[[bool], bytes] | None = None,
+                 sealIf: Callable[[Envelope], bool] | None = None) -> None:
         """
         @param directory: C{queue/deferred/}.
         @param runner: the L{qutemail.blocking.BlockingRunner}.
+        @param queueKey: C{queueKey(create)} reads the queue key (blocking;
+            see L{qutemail.qkd.vault.loadQueueKey}, C{create} whether a
+            missing master key may be made); C{None}: no key, nothing
+            sealed, and a sealed entry cannot be opened.
+        @param sealIf: whether a message's body is sealed in the queue
+            (internal mail), or C{None} to seal nothing.
         """
         self._directory = directory
         self._runner = runner
+        self.queueKey = queueKey
+        self.sealIf = sealIf
+        self._key: bytes | None = None
+        self._keyMissingLogged = False
         self.entries: dict[str, QueueEntry] = {}
         self._subscribers: list[Callable[[QueueEntry], Any]] = []
 
@@ -107,6 +133,7 @@ class DeferredQueue:
                 continue
             entry = self._readEntry(name[: -len(".json")])
             self.entries[entry.queueId] = entry
+        self._warmKey(self.entries.values())
         # Bodies whose metadata never got written were never acknowledged
         # as queued: the journal still holds those messages.
         for name in os.listdir(self._directory):
@@ -140,6 +167,7 @@ class DeferredQueue:
                     found.append(self._readEntry(queueId))
                 except FileNotFoundError:
                     continue
+        self._warmKey(found)
         return found
 
     def _addLoaded(self, loaded: list[QueueEntry]) -> int:
@@ -150,6 +178,54 @@ class DeferredQueue:
             self.entries.setdefault(entry.queueId, entry)
         return len(loaded)
 
+    def _loadKey(self, create: bool) -> bytes:
+        """
+        The queue key, read once (blocking: a worker thread, or the first
+        open of a sealed body).
+
+        @raise qutemail.qkd.vault.MasterKeyError: it cannot be had.
+        @raise LookupError: this queue has no key.
+        """
+        if self._key is None:
+            if self.queueKey is None:
+                raise LookupError("no queue key: cannot open a sealed queue body")
+            self._key = self.queueKey(create)
+        return self._key
+
+    def _warmKey(self, entries: Iterable[QueueEntry]) -> None:
+        """
+        Read the queue key now (start-up or a worker thread) when a sealed
+        entry is found, so that a later open (the relay opens its body on
+        the reactor thread) reads no file.  A key that cannot be had is
+        logged once; each open then fails with the reason.
+        """
+        if self._key is not None or self.queueKey is None or not any(e.sealedBody for e in entries):
+            return
+        try:
+            self._loadKey(False)
+        except MasterKeyError as e:
+            if not self._keyMissingLogged:
+                self._keyMissingLogged = True
+                self._log.error("sealed queue entries cannot be opened: {reason}", reason=str(e))
+
+    def openSealed(self, path: str) -> BinaryIO:
+        """
+        Open the plaintext of a sealed body (blocking); the one way a
+        sealed C{.msg} is read, through L{SpooledMessage.openBody}.
+
+        @raise qutemail.queue.sealedbody.SealedBodyError: it is damaged or
+            was sealed under another key.
+        """
+        return openSealedBody(path, self._loadKey(False))
+
+    def _message(self, message: SpooledMessage, bodyPath: str, sealed: int) -> SpooledMessage:
+        """
+        @return: C{message} with its body in the queue's C{.msg}, opened
+            through L{openSealed} when it is sealed.
+        """
+        opener = partial(self.openSealed, bodyPath) if sealed else None
+        return attrs.evolve(message, inline=None, path=bodyPath, opener=opener)
+
     def _readEntry(self, queueId: str) -> QueueEntry:
         """
         Read one entry's metadata (blocking).
@@ -157,10 +233,12 @@ class DeferredQueue:
         bodyPath, metaPath = self._paths(queueId)
         with open(metaPath, "rb") as f:
             meta = json.load(f)
-        message = SpooledMessage(meta["queueId"], Envelope.fromJSON(meta["envelope"]), meta["size"], path=bodyPath)
+        sealed = meta.get("sealedBody", 0)
+        message = self._message(
+            SpooledMessage(meta["queueId"], Envelope.fromJSON(meta["envelope"]), meta["size"]), bodyPath, sealed)
         recipients = [RecipientState(**(r | {"state": LEGACY_STATES.get(r["state"], r["state"])}))
                       for r in meta["recipients"]]
-        return QueueEntry(message, recipients, meta.get("dkimHeader", ""))
+        return QueueEntry(message, recipients, meta.get("dkimHeader", ""), sealed)
 
     def snapshot(self) -> list[QueueEntry]:
         """
@@ -182,7 +260,8 @@ class DeferredQueue:
             are on disk.
         """
         bodyPath, _ = self._paths(message.queueId)
-        entry = QueueEntry(attrs.evolve(message, inline=None, path=bodyPath), recipients, dkimHeader)
+        sealed = SEALED_VERSION if self.sealIf is not None and self.sealIf(message.envelope) else 0
+        entry = QueueEntry(self._message(message, bodyPath, sealed), recipients, dkimHeader, sealed)
         d = self._runner.run(self._writeNew, message, entry)
 
         def added(written: bool) -> QueueEntry:
@@ -209,10 +288,14 @@ class DeferredQueue:
         bodyPath, metaPath = self._paths(entry.queueId)
         if os.path.exists(metaPath):
             return False
-        if message.inline is not None:
+        if message.inline is not None and not entry.sealedBody:
             replaceFile(bodyPath, message.inline)
         else:
-            _copyPrivately(message.path, bodyPath + ".tmp")
+            # The key first: a master key that cannot be had fails the add
+            # before any file is written (the journal keeps the message).
+            key = self._loadKey(True) if entry.sealedBody else None
+            with message.openBody() as source:
+                _copyPrivately(source, bodyPath + ".tmp", key)
             os.rename(bodyPath + ".tmp", bodyPath)
             syncDirectory(self._directory)
         replaceFile(metaPath, entry.toJSON())

@@ -251,7 +251,7 @@ class RetryScheduler(Service):
         try:
             replies = await self.relay.deliver(
                 domain=domain, sender=message.envelope.sender, recipients=[r.address for r in recipients],
-                body=lambda: open(message.path, "rb"), sizeBytes=message.size,
+                body=message.openBody, sizeBytes=message.size,
                 prefix=entry.dkimHeader.encode("ascii", "replace"))
         except Exception:
             self._log.failure("relay of {queueId} to {domain} failed", Failure(),

@@ -5,9 +5,11 @@ mailboxes.
 
 Internal mail (see L{qutemail.store.encrypted.isInternal}) is sealed once,
 with one QKD key whatever the number of recipients, and the sealed copy
-goes to every mailbox; anything else is stored as it came.  The router
-uses this for fresh mail and the retry scheduler for deferred local
-recipients, so both follow the same rules.
+goes to every mailbox; anything else is stored as it came.  A deferred
+internal message, sealed in the queue under the queue key, is opened only
+by the encryptor (through L{SpooledMessage.openBody}), never copied as it
+is into a mailbox.  The router uses this for fresh mail and the retry
+scheduler for deferred local recipients, so both follow the same rules.
 """
 
 from typing import Any
@@ -17,8 +19,11 @@ from twisted.logger import Logger
 
 from qutemail.address import isLocalAddress
 from qutemail.message import SpooledMessage
-from qutemail.replies import NO_SUCH_USER, Reply, ReplyError
+from qutemail.replies import LOCAL_ERROR, NO_SUCH_USER, Reply, ReplyError
 from qutemail.store.encrypted import isInternal
+
+# A temporary failure: the entry waits until encryption is turned back on.
+_SEALED_NEEDS_ENCRYPTION = LOCAL_ERROR.withText("Sealed in the queue; delivery needs [qkd] encrypt = yes")
 
 
 class LocalDelivery:
@@ -66,7 +71,14 @@ class LocalDelivery:
             return [], None
         delivered = message
         sealed = None
-        if self.encryptor is not None and isInternal(message.envelope, self.domains):
+        internal = isInternal(message.envelope, self.domains)
+        if message.opener is not None and (self.encryptor is None or not internal):
+            # Sealed in the queue under the queue key: the store copies the
+            # file as it is, so only the encryptor may read it.
+            self._log.warn("{queueId} is sealed in the queue and cannot be delivered without QKD encryption",
+                           queueId=message.queueId)
+            return [(True, _SEALED_NEEDS_ENCRYPTION)] * len(targets), None
+        if self.encryptor is not None and internal:
             try:
                 sealed = await self.encryptor.seal(message)
             except ReplyError as e:

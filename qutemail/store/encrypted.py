@@ -437,7 +437,7 @@ class MessageEncryptor:
         if first.inline is not None:
             sealed = await self.runner.run(_sealInMemory, [(i.waiting.message, i.keyId, i.key) for i in keyed],
                                            self.subject)
-            return [SealResult(attrs.evolve(item.waiting.message, size=len(data), inline=data, path=None),
+            return [SealResult(attrs.evolve(item.waiting.message, size=len(data), inline=data, path=None, opener=None),
                                item.keyId, info.messageId, info.plaintextBytes)
                     for item, (data, info) in zip(keyed, sealed)]
         [item] = keyed
@@ -450,7 +450,8 @@ class MessageEncryptor:
             self._log.warn("cannot seal {queueId}: writing {path} failed: {reason}",
                            queueId=first.queueId, path=path, reason=_oneLine(str(e)))
             return [ReplyError(reply)]
-        message = attrs.evolve(first, size=info.storedBytes, inline=None, path=path)
+        # Not the queue's opener: the sealed file is read as it is.
+        message = attrs.evolve(first, size=info.storedBytes, inline=None, path=path, opener=None)
         return [SealResult(message, item.keyId, info.messageId, info.plaintextBytes)]
 
     async def _keepKeys(self, keys: list[tuple[str, bytes]]) -> list[BaseException | None]:

@@ -4,12 +4,18 @@ keys or answering garbage is deferred (visible in C{queue list} with the
 reason), nothing lands in clear in the Maildir, and once the KME is back
 and the clock advances the mail is delivered encrypted.
 
+Issue 20: while it waits, its C{queue/deferred/*.msg} is sealed under the
+queue key (derived from C{master.key}), not in clear; C{queue show} prints
+it decrypted; a remote recipient of the same message gets the plaintext.
+
 The stack runs on a L{Clock} with an inline runner; the KMEs are real,
 serving ETSI GS QKD 014 over loopback mutual TLS.
 """
 
 import email
+import json
 import os
+from functools import partial
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -22,18 +28,28 @@ from qutemail.qkd.cipher import readEnvelope
 from qutemail.qkd.kme import EmbeddedKeySource, listenTLS, serverTLSOptions
 from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
 from qutemail.qkd.kmeweb import KMESite
-from qutemail.message import DEFERRED
-from qutemail.store.encrypted import MessageEncryptor
+from qutemail.message import DEFERRED, SENT
+from qutemail.qkd.vault import loadQueueKey
+from qutemail.queue.sealedbody import MAGIC
+from qutemail.relay.mx import MXResolver
+from qutemail.relay.sender import Relay
+from qutemail.store.encrypted import MessageEncryptor, isInternal
 from qutemail.store.reader import readMessage
+from tests.dnsserver import startDNSServer
 from tests.integration.support import runCLI, waitFor, writeConfig
+from tests.relay.remote import startRemote
 from tests.qkd.test_etsi014 import CannedKME, keySource
 from tests.qkd.test_kmeservice import makePKI, startKME
-from tests.support import buildStack
+from tests.support import DOMAINS, buildStack
 
 SAE = "sae-a"
 BOB = "bob@example.test"
 ALICE = "alice@example.test"
-BODY = b"From: bob@example.test\nTo: alice@example.test\nSubject: quarterly numbers\n\nThe numbers are secret.\n"
+DAVE = "dave@remote.test"
+MARKER = b"Zebra-Quokka-7731"
+BODY = (b"From: bob@example.test\nTo: alice@example.test\nSubject: quarterly numbers\n\nThe numbers are secret.\n"
+        + MARKER + b"\n")
+ZONE = [("remote.test", "MX", (10, "mx.remote.test")), ("mx.remote.test", "A", "127.0.0.1")]
 
 
 class KeySourceFaultTests(TestCase):
@@ -52,6 +68,11 @@ class KeySourceFaultTests(TestCase):
         self.runner.startService()
         self.addCleanup(self.runner.stopService)
         self.vault = MemoryKeyVault()
+        # As the server wires it (assembly.buildBackends): internal mail is
+        # sealed in the queue under a key derived from data_dir's master.key.
+        self.stack.queue.queueKey = partial(loadQueueKey, os.path.abspath(
+            os.path.join(self.stack.dataDir, "keys", "master.key")))
+        self.stack.queue.sealIf = partial(isInternal, domains=DOMAINS)
         self.stack.scheduler.startService()
         self.addCleanup(self.stack.scheduler.stopService)
 
@@ -71,13 +92,13 @@ class KeySourceFaultTests(TestCase):
         self.addCleanup(source.close)
         return service, source
 
-    def submit(self) -> str:
+    def submit(self, recipients: tuple[str, ...] = (ALICE,)) -> str:
         """
         Bob (authenticated) sends alice a message; route it.
 
         @return: its queue id.
         """
-        envelope = Envelope(BOB, (ALICE,), "client.test", "127.0.0.1", self.stack.clock.seconds(),
+        envelope = Envelope(BOB, recipients, "client.test", "127.0.0.1", self.stack.clock.seconds(),
                             authenticated=BOB)
         message = SpooledMessage(self.stack.intake.queueIds.next(), envelope, len(BODY), inline=BODY)
         self.assertEqual(self.successResultOf(self.stack.intake.accept(message)).code, 250)
@@ -92,6 +113,7 @@ class KeySourceFaultTests(TestCase):
         entries = self.stack.queue.entries
         await waitFor(lambda: queueId in entries and entries[queueId].recipients[0].attempts >= 1
                       and not self.stack.scheduler.busy(queueId) and not self.stack.intake._inflight)
+        self.assertSealedInQueue(queueId)
         [r] = entries[queueId].recipients
         self.assertEqual(r.state, DEFERRED)
         self.assertIn(reason, r.lastReply)
@@ -104,6 +126,30 @@ class KeySourceFaultTests(TestCase):
         listing = await _inThread(runCLI, config, "queue", "list")
         self.assertIn(f"{ALICE}  deferred  attempts=1", listing.stdout)
         self.assertIn("451 4.3.0 QKD key source unavailable", listing.stdout)
+
+    def queueFiles(self, queueId: str) -> tuple[str, str]:
+        """
+        @return: the C{.msg} and C{.json} paths of a queue entry.
+        """
+        base = os.path.join(self.stack.dataDir, "queue", "deferred", queueId)
+        return base + ".msg", base + ".json"
+
+    def assertSealedInQueue(self, queueId: str) -> None:
+        """
+        The entry's body on disk is sealed: none of the message shows (body,
+        Subject, marker), it is not an RFC 5322 message, and its C{.json}
+        records the format.
+        """
+        bodyPath, metaPath = self.queueFiles(queueId)
+        with open(bodyPath, "rb") as f:
+            stored = f.read()
+        for clear in (MARKER, b"secret", b"quarterly", b"Subject", b"From:", BODY[:40]):
+            self.assertNotIn(clear, stored)
+        self.assertTrue(stored.startswith(MAGIC))
+        parsed = email.message_from_bytes(stored)
+        self.assertEqual([parsed.get(name) for name in ("From", "To", "Subject")], [None, None, None])
+        with open(metaPath, "rb") as f:
+            self.assertEqual(json.load(f)["sealedBody"], 1)
 
     async def assertDeliveredEncrypted(self, queueId: str) -> str:
         """
@@ -122,7 +168,9 @@ class KeySourceFaultTests(TestCase):
                                                                                        "new"))[0])
         body, info = await readMessage(path, self.vault, self.runner)
         with body:
-            self.assertTrue(body.read().endswith(BODY))
+            self.assertEqual(body.read(), BODY)
+        self.assertTrue(info.encrypted)
+        self.assertEqual([p for p in self.queueFiles(queueId) if os.path.exists(p)], [])
         return info.keyId
 
     async def test_kmeStopped(self) -> None:
@@ -139,6 +187,60 @@ class KeySourceFaultTests(TestCase):
         _, source = await self.embedded(PoolSettings())
         self.useKeySource(source)
         await self.assertDeliveredEncrypted(queueId)
+
+    async def test_queueShowDecrypts(self) -> None:
+        """
+        C{queue show} of a sealed entry says it is sealed and prints the
+        message decrypted, exactly as sent.
+        """
+        service, _ = await self.embedded(PoolSettings())
+        url = service.baseURL
+        await service.stopService()
+        self.useKeySource(keySource(self, self.pki, url, SAE, timeoutSeconds=2))
+        queueId = self.submit()
+        await self.assertDeferredInClearNowhere(queueId, "QKD key source unavailable")
+        config = writeConfig(os.path.abspath(self.mktemp() + ".ini"), os.path.abspath(self.stack.dataDir))
+        shown = await _inThread(partial(runCLI, config, "queue", "show", queueId, binary=True))
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        self.assertIn(b"sealed under the queue key (format 1), shown decrypted", shown.stdout)
+        self.assertTrue(shown.stdout.endswith(b"\n\n" + BODY))
+
+    async def test_remoteRecipientGetsPlaintext(self) -> None:
+        """
+        An internal message to alice and to a remote recipient, while the
+        KME is down: the relay sends the remote the plaintext (opened from
+        the sealed queue file), alice's copy waits sealed in the queue, and
+        is delivered encrypted once the KME is back.
+        """
+        dns = await startDNSServer(self, ZONE)
+        remote = await startRemote(self)
+        runner = BlockingRunner(reactor)
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        self.stack.scheduler.relay = Relay(
+            reactor=reactor, resolver=MXResolver(runner, dns.nameservers, timeoutSeconds=2.0),
+            hostname="mail.example.test", mxPort=remote.port)
+        service, _ = await self.embedded(PoolSettings())
+        url = service.baseURL
+        await service.stopService()
+        self.useKeySource(keySource(self, self.pki, url, SAE, timeoutSeconds=2))
+        queueId = self.submit((ALICE, DAVE))
+        entries = self.stack.queue.entries
+        await waitFor(lambda: queueId in entries)
+        self.stack.clock.advance(0)  # the scheduler's kick
+        [received] = await waitFor(lambda: remote.received)
+        self.assertEqual(received.recipients, [DAVE])
+        self.assertEqual(received.data.replace(b"\r\n", b"\n"), BODY)
+        await waitFor(lambda: queueId in entries and not self.stack.scheduler.busy(queueId)
+                      and not self.stack.intake._inflight
+                      and {r.address: r.state for r in entries[queueId].recipients} == {ALICE: DEFERRED,
+                                                                                        DAVE: SENT})
+        self.assertSealedInQueue(queueId)
+        self.assertEqual(self.stack.newFiles(ALICE), [])
+        _, source = await self.embedded(PoolSettings())
+        self.useKeySource(source)
+        await self.assertDeliveredEncrypted(queueId)
+        self.assertEqual(len(remote.received), 1)
 
     async def test_outOfKeys(self) -> None:
         """
