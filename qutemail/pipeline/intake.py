@@ -108,18 +108,40 @@ class Intake:
             250 once the message is durable, or why it was refused (our
             own failures are temporary).  It never fails.
         """
-        return Deferred.fromCoroutine(self._submit(queueId, writer, envelope, checks))
+        return self._replyThenRoute(Deferred.fromCoroutine(self._submit(queueId, writer, envelope, checks)))
 
     async def _submit(self, queueId: str, writer: SpoolWriter, envelope: Envelope,
-                      checks: InboundContext | None) -> Reply:
+                      checks: InboundContext | None) -> tuple[Reply, SpooledMessage | None]:
         """
         See L{submit}.
+
+        @return: the reply, and the message to route once it is given.
         """
         try:
             message = await writer.finish(queueId, envelope)
         except Exception:
-            return self._failed(Failure(), queueId, writer.abort)
+            return self._failed(Failure(), queueId, writer.abort), None
         return await self._accept(message, checks, writer.discard, writer.abort)
+
+    def _replyThenRoute(self, outcome: Deferred) -> Deferred:
+        """
+        Give the reply first (whoever waits for it sends it at once), then
+        start routing an accepted message, in the same turn of the reactor:
+        routing work never delays a 250.
+
+        @param outcome: fires with C{(reply, message to route or None)}.
+        @return: a Deferred firing with the reply.
+        """
+        replied: Deferred = Deferred()
+
+        def give(result: tuple[Reply, SpooledMessage | None]) -> None:
+            reply, message = result
+            replied.callback(reply)
+            if message is not None:
+                self._route(message, recovering=False)
+
+        outcome.addCallback(give)
+        return replied
 
     def accept(self, message: SpooledMessage) -> Deferred:
         """
@@ -128,15 +150,17 @@ class Intake:
 
         @return: like L{submit}.
         """
-        return Deferred.fromCoroutine(self._accept(message, None, None, lambda: None))
+        return self._replyThenRoute(Deferred.fromCoroutine(self._accept(message, None, None, lambda: None)))
 
     async def _accept(self, message: SpooledMessage, checks: InboundContext | None,
-                      discard: Any, abort: Any) -> Reply:
+                      discard: Any, abort: Any) -> tuple[Reply, SpooledMessage | None]:
         """
-        Check, commit and start routing a spooled message.
+        Check and commit a spooled message.
 
         @param discard: removes a refused message's spill file, or C{None}.
         @param abort: removes the spill file after a failure.
+        @return: the reply, and the message to route once it is given
+            (C{None} when it was refused).
         """
         try:
             if checks is not None and self.inbound is not None:
@@ -146,14 +170,13 @@ class Intake:
                         await discard()
                     self._log.info("rejected message {queueId} from {peer}: {reply}", queueId=message.queueId,
                                    peer=message.envelope.peer, reply=str(verdict.reject))
-                    return verdict.reject
+                    return verdict.reject, None
                 message = attrs.evolve(message, envelope=attrs.evolve(
                     message.envelope, addedHeaders=verdict.addedHeaders, folder=verdict.folder))
             await self.journal.commit(message)
         except Exception:
-            return self._failed(Failure(), message.queueId, abort)
-        self._route(message, recovering=False)
-        return QUEUED.withText(f"Ok: queued as {message.queueId}")
+            return self._failed(Failure(), message.queueId, abort), None
+        return QUEUED.withText(f"Ok: queued as {message.queueId}"), message
 
     def _failed(self, failure: Failure, queueId: str, abort: Any) -> Reply:
         """

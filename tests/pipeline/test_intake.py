@@ -276,6 +276,19 @@ class IntakeTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).code, 250)
         self.assertEqual((self.router.routed, self.journal.done), ([("Q1", False)], ["Q1"]))
 
+    def test_replyBeforeRouting(self) -> None:
+        """
+        Whoever waits for the reply gets it before routing starts (in the
+        same turn): routing never delays a 250.
+        """
+        order = []
+        route = self.router.route
+        self.router.route = lambda message, recovering: order.append("route") or route(message, recovering)
+        d, _ = self.submit()
+        d.addCallback(lambda reply: order.append(reply.code))
+        self.journal.commits["Q1"].callback(None)
+        self.assertEqual(order, [250, "route"])
+
     def test_commitFails(self) -> None:
         """
         A commit that fails (our fault) gets a 4xx, the spooled body is
