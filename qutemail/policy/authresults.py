@@ -14,7 +14,7 @@ DMARC), each on its own folded line::
 
 The line ends are the caller's choice: the spool and the Maildir store keep
 messages with LF line ends (the C{Received} field of
-L{qutemail.listener.smtp} is written with LF), so LF is the default, as in
+the SMTP listener is written with LF), so LF is the default, as in
 L{qutemail.pipeline.dkim.signHeader}.
 
 RFC 8601 §5: a field arriving from outside that carries our
