@@ -104,6 +104,15 @@ class KeySourceFaultTests(TestCase):
         self.assertEqual(self.successResultOf(self.stack.intake.accept(message)).code, 250)
         return message.queueId
 
+    async def kmeDown(self) -> None:
+        """
+        Seal with keys from a KME that is no longer listening.
+        """
+        service, _ = await self.embedded(PoolSettings())
+        url = service.baseURL
+        await service.stopService()
+        self.useKeySource(keySource(self, self.pki, url, SAE, timeoutSeconds=2))
+
     async def assertDeferredInClearNowhere(self, queueId: str, reason: str, stored: int = 0) -> None:
         """
         The message waits in the queue with C{reason}, C{queue list} says
@@ -178,10 +187,7 @@ class KeySourceFaultTests(TestCase):
         Nothing listening where the KME should be: deferred; with the KME
         back, delivered encrypted at the next retry.
         """
-        service, _ = await self.embedded(PoolSettings())
-        url = service.baseURL
-        await service.stopService()
-        self.useKeySource(keySource(self, self.pki, url, SAE, timeoutSeconds=2))
+        await self.kmeDown()
         queueId = self.submit()
         await self.assertDeferredInClearNowhere(queueId, "QKD key source unavailable")
         _, source = await self.embedded(PoolSettings())
@@ -193,10 +199,7 @@ class KeySourceFaultTests(TestCase):
         C{queue show} of a sealed entry says it is sealed and prints the
         message decrypted, exactly as sent.
         """
-        service, _ = await self.embedded(PoolSettings())
-        url = service.baseURL
-        await service.stopService()
-        self.useKeySource(keySource(self, self.pki, url, SAE, timeoutSeconds=2))
+        await self.kmeDown()
         queueId = self.submit()
         await self.assertDeferredInClearNowhere(queueId, "QKD key source unavailable")
         config = writeConfig(os.path.abspath(self.mktemp() + ".ini"), os.path.abspath(self.stack.dataDir))
@@ -220,10 +223,7 @@ class KeySourceFaultTests(TestCase):
         self.stack.scheduler.relay = Relay(
             reactor=reactor, resolver=MXResolver(runner, dns.nameservers, timeoutSeconds=2.0),
             hostname="mail.example.test", mxPort=remote.port)
-        service, _ = await self.embedded(PoolSettings())
-        url = service.baseURL
-        await service.stopService()
-        self.useKeySource(keySource(self, self.pki, url, SAE, timeoutSeconds=2))
+        await self.kmeDown()
         queueId = self.submit((ALICE, DAVE))
         entries = self.stack.queue.entries
         await waitFor(lambda: queueId in entries)
