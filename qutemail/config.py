@@ -78,6 +78,10 @@ class ServerConfig:
     @ivar bind: the address every listener binds to (C{bind}).
     @ivar workers: SMTP processes sharing the MTA port (C{workers}): the
         reactor is one thread, so more than one process uses more cores.
+    @ivar deliveryProcess: write local deliveries in a child process of
+        each SMTP process rather than in its worker threads
+        (C{delivery_process}), so that the disk work does not contend with
+        the SMTP dialogue for one GIL.
     """
 
     hostname: str = attrs.field(validator=parserValidator(parseDnsName, "a DNS name"))
@@ -85,6 +89,7 @@ class ServerConfig:
     dataDir: str = attrs.field(validator=pathValidator(required=True))
     bind: str = attrs.field(default="0.0.0.0", validator=parserValidator(parseIpLiteral, "an IP address"))
     workers: int = attrs.field(default=1, validator=intValidator(1, MAX_WORKERS))
+    deliveryProcess: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen

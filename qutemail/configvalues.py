@@ -363,6 +363,7 @@ SETTINGS = (
     Setting("server", "data_dir", "dataDir", parseNonEmpty, isPath=True),
     Setting("server", "bind", "bind", parseIpLiteral),
     Setting("server", "workers", "workers", wholeNumberParser(1, MAX_WORKERS)),
+    Setting("server", "delivery_process", "deliveryProcess", parseBoolean),
     Setting("smtp", "mta_port", "mtaPort", parsePort),
     Setting("smtp", "submission_port", "submissionPort", parsePort),
     Setting("smtp", "smtps_port", "smtpsPort", parsePort),

@@ -63,6 +63,7 @@ from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
 from qutemail.workers import WorkerPool
+from qutemail.store.deliveryprocess import DeliveryProcess
 from qutemail.store.maildir import BATCH_DELAY_SECONDS, MaildirStore
 
 
@@ -380,6 +381,11 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
 
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
+    deliveryWriter = None
+    if server.deliveryProcess:
+        # Stopped after everything that delivers (children stop in reverse).
+        deliveryWriter = DeliveryProcess(reactor)
+        deliveryWriter.setServiceParent(root)
     diskSpace = watchDiskSpace(dataDir, runner, reactor, config.smtp.maxMessageBytes, root)
 
     backends = buildBackends(config, runner, reactor, reactor, withVault=workerIndex == 0)
@@ -387,7 +393,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     if vault is not None and config.redis.url:
         ClosingService("key-vault", backends.close).setServiceParent(root)
     store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor,
-                         batchDelaySeconds=BATCH_DELAY_SECONDS)
+                         batchDelaySeconds=BATCH_DELAY_SECONDS, writer=deliveryWriter)
     queueIds = QueueIds(reactor)
 
     encryptor = None

@@ -31,7 +31,7 @@ class RecoveryTests(SynchronousTestCase):
         # RCPT reads usage through the store's runner: cache it first.
         self.successResultOf(stack.store.usage(Account("alice@example.test")))
         held = QueuedRunner()
-        stack.store._runner = held
+        stack.store._writer.runner = held
         proto, transport = connect(stack.factory)
         for i in range(count):
             replies = converse(proto, transport, ENVELOPE + b"Subject: %d\r\nX-Seq: %d\r\n\r\nbody\r\n.\r\n" % (i, i))

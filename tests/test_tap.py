@@ -7,6 +7,8 @@ import io
 import os
 import sys
 
+import attrs
+
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
@@ -52,7 +54,8 @@ class TapTests(TestCase):
 
     def test_serviceTree(self):
         """
-        The service tree starts the thread pool, the free-space loop, the
+        The service tree starts the thread pool, the delivery process, the
+        free-space loop, the
         embedded KME (on loopback, any port) and its client, the spool, the
         retention sweep, the scheduler and the MTA listener, in that order,
         and listens on the configured port and address.
@@ -60,18 +63,23 @@ class TapTests(TestCase):
         reactor = MemoryReactorClock()
         # Results from the thread pool are dropped: this reactor never runs.
         reactor.callFromThread = lambda f, *args, **kwargs: None
+        # Nor does it start processes: record the delivery process's start.
+        spawned = []
+        reactor.spawnProcess = lambda protocol, executable, args, **kwargs: (
+            spawned.append(args) or attrs.make_class("Child", {"pid": attrs.field(default=1)})())
         options = Options()
         options.parseOptions(["--config", self.configPath])
         root = makeService(options, reactor)
         self.assertEqual(
             [child.name for child in root],
-            ["blocking", "disk-space", "kme", "qkd-client", "spool", "retention", "retry-scheduler",
+            ["blocking", "delivery-process", "disk-space", "kme", "qkd-client", "spool", "retention", "retry-scheduler",
              "queue-control", "listener-mta"],
         )
         root.startService()
         # A memory reactor never delivers thread results, so the whole tree
         # cannot stop through it: stop the pieces that own real resources.
         self.addCleanup(root.getServiceNamed("blocking").stopService)
+        self.assertEqual([args[1:] for args in spawned], [["-m", "qutemail.store.deliveryworker"]])
         [kme, (port, factory, backlog, interface)] = reactor.tcpServers
         self.assertEqual((kme[0], kme[3]), (0, "127.0.0.1"))
         self.assertEqual((port, interface), (2525, "127.0.0.1"))

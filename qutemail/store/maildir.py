@@ -18,7 +18,6 @@ read and recorded).
 """
 
 import os
-import threading
 from typing import Any
 
 import attrs
@@ -26,19 +25,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, syncDirectory, writeAll
 from qutemail.interfaces import Account, IMessageStore
 from qutemail.message import SpooledMessage
-from qutemail.replies import MAILBOX_FULL, ReplyError
-from qutemail.store.mailbox import (
-    UsageTail, mailboxPath, readUsage, readUsageFrom,
-    recordUsage,
-)
+from qutemail.store.mailbox import mailboxPath, readUsage
+from qutemail.store.maildirwrite import MaildirWriter, WriteJob
 
 # The names from qutemail.store.mailbox stay importable from here, where
 # the rest of the server (IMAP, retention, the command-line tool) imports them.
 
-_COPY_BYTES = 1024 * 1024
 # How long usage read from maildirsize is trusted before it is read again
 # (other processes, such as an IMAP server on another node, may change it).
 USAGE_CACHE_SECONDS = 60.0
@@ -54,8 +48,6 @@ MAX_BATCH_JOBS = 64
 # makes expensive (bench/throughput.sh: one session x 2 KB, 1.17-1.25 of
 # Postfix's end-to-end rate with it, 0.84-1.10 without).
 BATCH_DELAY_SECONDS = 0.05
-_SUBDIRS = ("cur", "new", "tmp")
-FOLDER_MARKER = "maildirfolder"
 
 
 def messageFileName(message: SpooledMessage, index: int, hostname: str, size: int) -> str:
@@ -87,24 +79,6 @@ def returnPath(message: SpooledMessage) -> bytes:
         message.envelope.addedHeaders.encode("utf-8")
 
 
-@attrs.define
-class _Tally:
-    """
-    One mailbox's usage during a delivery batch (worker thread).
-
-    @ivar quotaBytes: the account's quota (0: unlimited).
-    @ivar usedBytes: its usage when the batch first wrote to it (read only
-        when there is a quota).
-    @ivar addedBytes: what the batch's copies added since.
-    @ivar addedMessages: how many copies that is.
-    """
-
-    quotaBytes: int
-    usedBytes: int = 0
-    addedBytes: int = 0
-    addedMessages: int = 0
-
-
 @attrs.frozen
 class _Job:
     """
@@ -127,7 +101,7 @@ class MaildirStore:
     _log = Logger()
 
     def __init__(self, dataDir: str, runner: Any, hostname: str, defaultQuotaBytes: int,
-                 clock: Any = None, batchDelaySeconds: float = 0.0) -> None:
+                 clock: Any = None, batchDelaySeconds: float = 0.0, writer: Any = None) -> None:
         """
         @param dataDir: the server's C{data_dir}.
         @param runner: the L{qutemail.blocking.BlockingRunner}.
@@ -140,6 +114,11 @@ class MaildirStore:
             share its batch (0: a batch starts at once; the server uses
             L{BATCH_DELAY_SECONDS}).  Only with a clock; a full batch
             (L{MAX_BATCH_JOBS}) never waits.
+        @param writer: writes the batches: an object whose C{write(jobs)}
+            returns a Deferred firing with the results of
+            L{MaildirWriter.writeBatch}, such as the delivery process
+            (L{qutemail.store.deliveryprocess.DeliveryProcess}); by default
+            a L{ThreadWriter} on C{runner}.
         """
         self._clock = clock
         self._batchDelay = batchDelaySeconds if clock is not None else 0.0
@@ -151,12 +130,7 @@ class MaildirStore:
         self._defaultQuota = defaultQuotaBytes
         self._pending: list[_Job] = []
         self._flushing = 0
-        # One lock per mailbox for maildirsize: batches run in parallel.
-        self._sizeLocks: dict[str, threading.Lock] = {}
-        # What each mailbox's maildirsize said when last read (worker
-        # threads, under that mailbox's lock).
-        self._tails: dict[str, UsageTail | None] = {}
-        self._known: set[str] = set()
+        self._writer = writer if writer is not None else ThreadWriter(runner)
 
     def quotaOf(self, account: Account) -> int:
         """
@@ -244,7 +218,7 @@ class MaildirStore:
             self._batchTimer = None
         self._flushing += 1
         batch, self._pending = self._pending[:MAX_BATCH_JOBS], self._pending[MAX_BATCH_JOBS:]
-        d = self._runner.run(self._writeBatch, batch)
+        d = self._writer.write([self._writeJob(job) for job in batch])
 
         def finished(results):
             self._flushing -= 1
@@ -265,134 +239,37 @@ class MaildirStore:
 
         d.addCallbacks(finished, failed)
 
-    def _writeBatch(self, batch: list[_Job]) -> list:
+    def _writeJob(self, job: _Job) -> WriteJob:
         """
-        Write every job of a batch, record the mailboxes' new usage (one
-        C{maildirsize} line per mailbox), then sync the directories (worker
-        thread).
-
-        @return: one base name or exception per job.
-        """
-        results: list = []
-        dirty: set[str] = set()
-        tallies: dict[str, _Tally] = {}
-        for job in batch:
-            try:
-                results.append(self._writeOne(job, dirty, tallies))
-            except (OSError, ReplyError) as e:
-                results.append(e)
-        for root, tally in tallies.items():
-            if tally.addedMessages:
-                with self._sizeLock(root):
-                    recordUsage(root, tally.quotaBytes, tally.addedBytes, tally.addedMessages)
-        for path in dirty:
-            try:
-                syncDirectory(path)
-            except OSError as e:
-                # The files are written, but their names may not survive
-                # a crash: report the jobs in this directory as failed.
-                for i, job in enumerate(batch):
-                    if path.startswith(mailboxPath(self._dataDir, job.account.address) + os.sep):
-                        results[i] = e
-        return results
-
-    def _ensureMailbox(self, path: str, folder: bool = False) -> None:
-        """
-        Create a Maildir++ mailbox, or a folder of one, if missing (worker
-        thread).
-        """
-        if path in self._known:
-            return
-        for sub in _SUBDIRS:
-            makeDirectories(os.path.join(path, sub))
-        if folder:
-            # Maildir++: a folder directory holds a "maildirfolder" file
-            os.close(os.open(os.path.join(path, FOLDER_MARKER), os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
-        self._known.add(path)
-
-    def _writeOne(self, job: _Job, dirty: set[str], tallies: dict[str, "_Tally"]) -> tuple[str, int]:
-        """
-        Deliver one copy (worker thread).
-
-        @param dirty: gets the directory the copy was renamed into.
-        @param tallies: the batch's usage per mailbox; gets this copy.
-        @return: the file's base name and the bytes it added to the
-            mailbox (0 when an earlier copy was found).
-        @raise ReplyError: the quota would be exceeded.
+        What the writer needs to store one copy.
         """
         message = job.message
-        path = mailboxPath(self._dataDir, job.account.address)
-        self._ensureMailbox(path)
-        box = path
-        if message.envelope.folder:
-            # A Maildir++ folder: its usage counts in the mailbox's quota.
-            box = os.path.join(path, "." + message.envelope.folder)
-            self._ensureMailbox(box, folder=True)
         header = returnPath(message)
         size = len(header) + message.size
-        name = messageFileName(message, job.index, self._hostname, size)
-        final = os.path.join(box, "new", name)
-        if job.checkExisting and _alreadyStored(box, name):
-            return name, 0
-        tally = tallies.get(path)
-        if tally is None:
-            tally = tallies[path] = _Tally(self.quotaOf(job.account))
-            if tally.quotaBytes:
-                # Read once per batch: the copies before this one in the
-                # batch are in the tally, not yet in maildirsize.
-                with self._sizeLock(path):
-                    (tally.usedBytes, _), self._tails[path] = readUsageFrom(path, self._tails.get(path))
-        if tally.quotaBytes and tally.usedBytes + tally.addedBytes + size > tally.quotaBytes:
-            raise ReplyError(MAILBOX_FULL)
-        temp = os.path.join(box, "tmp", name)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-        try:
-            if message.inline is not None:
-                _writeParts(fd, header, message.inline)
-            else:
-                writeAll(fd, header)
-                with open(message.path, "rb") as src:
-                    while chunk := src.read(_COPY_BYTES):
-                        writeAll(fd, chunk)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, final)
-        dirty.add(os.path.join(box, "new"))
-        tally.addedBytes += size
-        tally.addedMessages += 1
-        return name, size
+        return WriteJob(
+            mailbox=mailboxPath(self._dataDir, job.account.address),
+            folder=message.envelope.folder or "",
+            name=messageFileName(message, job.index, self._hostname, size),
+            header=header,
+            inline=message.inline,
+            source=None if message.inline is not None else message.path,
+            size=size,
+            quotaBytes=self.quotaOf(job.account),
+            checkExisting=job.checkExisting,
+        )
 
-    def _sizeLock(self, path: str) -> threading.Lock:
+
+@attrs.define
+class ThreadWriter:
+    """
+    Writes delivery batches in the server's worker threads.
+    """
+
+    runner: Any
+    writer: MaildirWriter = attrs.field(factory=MaildirWriter)
+
+    def write(self, jobs: list[WriteJob]) -> Deferred:
         """
-        The lock that serialises changes to one mailbox's C{maildirsize}
-        (worker threads).
+        @return: a Deferred firing with L{MaildirWriter.writeBatch}'s results.
         """
-        lock = self._sizeLocks.get(path)
-        if lock is None:
-            lock = self._sizeLocks.setdefault(path, threading.Lock())
-        return lock
-
-
-def _writeParts(fd: int, first: bytes, second: bytes) -> None:
-    """
-    Write two pieces with one system call when the file takes them whole
-    (one release of the GIL instead of two), finishing like L{writeAll}.
-    """
-    written = os.writev(fd, [first, second])
-    if written < len(first):
-        writeAll(fd, first[written:])
-        writeAll(fd, second)
-    else:
-        writeAll(fd, second[written - len(first):])
-
-
-def _alreadyStored(path: str, name: str) -> bool:
-    """
-    Whether a copy named C{name} is in C{new/} or, with flags, in C{cur/}.
-    """
-    if os.path.exists(os.path.join(path, "new", name)):
-        return True
-    prefix = name + ":"
-    with os.scandir(os.path.join(path, "cur")) as entries:
-        return any(e.name == name or e.name.startswith(prefix) for e in entries)
+        return self.runner.run(self.writer.writeBatch, jobs)

@@ -34,7 +34,7 @@ domains = example.test, example.org
 data_dir = {dataDir}
 bind = 127.0.0.1
 workers = {workers}
-
+{serverExtra}
 [smtp]
 mta_port = {mtaPort}
 submission_port = {submissionPort}
@@ -53,10 +53,11 @@ tls_port = 0
 
 
 def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str = "25M",
-                workers: int = 1, extra: str = "", submissionPort: int = 0) -> str:
+                workers: int = 1, extra: str = "", submissionPort: int = 0, serverExtra: str = "") -> str:
     """
     Write a loopback test configuration.
 
+    @param serverExtra: more lines of the C{[server]} section.
     @param extra: more sections, e.g. C{[relay]} pointing at a loopback DNS
         server and remote exchanger.  Without a C{[relay]} section there is
         no test DNS server, so the inbound checks (which would ask the
@@ -65,7 +66,7 @@ def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str =
     @return: C{path}.
     """
     text = CONFIG_TEMPLATE.format(dataDir=dataDir, mtaPort=mtaPort, maxMessageSize=maxMessageSize,
-                                  workers=workers, submissionPort=submissionPort)
+                                  workers=workers, submissionPort=submissionPort, serverExtra=serverExtra)
     if "[relay]" not in extra and "[inbound]" not in extra:
         text += "\n[inbound]\nchecks = no\n"
     with open(path, "w") as f:
@@ -213,9 +214,12 @@ class ServerProcess:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(30)
 
-    def children(self) -> list[int]:
+    def children(self, module: str = "qutemail.workermain") -> list[int]:
         """
-        @return: the pids of the server's child processes (its workers).
+        @param module: what the children run (C{python -m module}): the
+            extra SMTP workers by default, or the delivery process
+            (C{qutemail.store.deliveryworker}).
+        @return: the pids of those child processes of the server.
         """
         pids = []
         for entry in os.listdir("/proc"):
@@ -226,7 +230,14 @@ class ServerProcess:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == self.process.pid:
+            if int(fields[1]) != self.process.pid:
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if module.encode("ascii") in argv:
                 pids.append(int(entry))
         return pids
 

@@ -104,7 +104,7 @@ class WaysInTests(SynchronousTestCase):
         dataDir = self.mktemp()
         first = buildStack(dataDir)
         self.successResultOf(first.store.usage(Account(ALICE)))
-        first.store._runner = QueuedRunner()  # deliveries never finish
+        first.store._writer.runner = QueuedRunner()  # deliveries never finish
         proto, transport = connect(first.factory)
         self.assertIn(b"250 2.0.0", converse(proto, transport, ENVELOPE + b"Subject: x\r\n\r\nbody\r\n.\r\n"))
         first.journal._closeFile()

@@ -1,0 +1,170 @@
+# -*- test-case-name: tests.store.test_deliveryprocess -*-
+"""
+L{DeliveryProcess}: local deliveries written by a child process.
+
+An SMTP process spends its reactor thread on the dialogue; a delivery in
+its worker threads makes a dozen system calls per copy (create, write,
+fsync, close, rename), and each return from one takes the GIL back from the
+reactor.  Postfix keeps C{smtpd} and C{local} in separate processes for the
+same reason.  With C{[server] delivery_process = yes} (the default) each
+SMTP process starts one child (L{qutemail.store.deliveryworker}) and hands
+it the batches of L{qutemail.store.maildir.MaildirStore} over a pipe.
+
+Nothing that got a 250 depends on the child: the message is in the journal
+until its delivery is reported.  If the child dies, the batches it had fail
+with C{EIO} (the router defers those recipients for a retry) and the next
+batch starts a new child; if the parent dies, the child is killed with it
+(C{PR_SET_PDEATHSIG}) and the next start recovers the journal, finding any
+copy the child had finished (the file names are fixed by the queue entry).
+"""
+
+import errno
+import itertools
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+
+from qutemail.store.deliveryworker import decodeFrames, encodeFrame
+
+
+class _ChildProtocol(ProcessProtocol):
+    """
+    The pipes of one delivery process.
+    """
+
+    def __init__(self, owner: "DeliveryProcess") -> None:
+        self.owner = owner
+        self.buffer = b""
+        self.ended: Deferred = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """
+        Answers arrive on the child's standard output.
+        """
+        if childFD != 1:
+            return
+        answers, self.buffer = decodeFrames(self.buffer + data)
+        for requestId, results, error in answers:
+            self.owner.answered(requestId, results, error)
+
+    def processEnded(self, reason) -> None:
+        """
+        The child exited.
+        """
+        self.owner.ended(self, reason)
+        self.ended.callback(None)
+
+
+class DeliveryProcess(Service):
+    """
+    Starts the delivery process, hands it batches, and stops it with the
+    server.  Its C{write(jobs)} is what L{MaildirStore} calls.
+    """
+
+    _log = Logger()
+    name = "delivery-process"
+
+    def __init__(self, reactor: Any, argv: list[str] | None = None) -> None:
+        """
+        @param reactor: an C{IReactorProcess}.
+        @param argv: the child's command line (tests run other programs).
+        """
+        self._reactor = reactor
+        self._argv = argv or [sys.executable, "-m", "qutemail.store.deliveryworker"]
+        self._child: Any = None
+        self._protocol: _ChildProtocol | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[Deferred, int]] = {}
+
+    def startService(self) -> None:
+        """
+        Start the child at once, so the first delivery does not wait for it.
+        """
+        Service.startService(self)
+        self._spawn()
+
+    def _spawn(self) -> None:
+        """
+        Start a child.
+        """
+        protocol = _ChildProtocol(self)
+        self._child = self._reactor.spawnProcess(
+            protocol, self._argv[0], self._argv, env=os.environ.copy(),
+            childFDs={0: "w", 1: "r", 2: 2},
+        )
+        self._protocol = protocol
+        self._log.info("started the delivery process (pid {pid})", pid=self._child.pid)
+
+    def write(self, jobs: list) -> Deferred:
+        """
+        Write a batch in the child.
+
+        @return: a Deferred firing with the results of
+            L{qutemail.store.maildirwrite.MaildirWriter.writeBatch}, or
+            failing with C{OSError(EIO)} if the child cannot write it.
+        """
+        if not self.running:
+            return _failed("the delivery process is stopped")
+        if self._child is None:
+            self._spawn()
+        requestId = next(self._ids)
+        d: Deferred = Deferred()
+        self._waiting[requestId] = (d, len(jobs))
+        self._child.write(encodeFrame((requestId, jobs)))
+        return d
+
+    def answered(self, requestId: int, results: list | None, error: str | None) -> None:
+        """
+        The child answered a batch.
+        """
+        entry = self._waiting.pop(requestId, None)
+        if entry is None:
+            self._log.error("the delivery process answered unknown batch {id}", id=requestId)
+            return
+        d, count = entry
+        if error is not None or results is None or len(results) != count:
+            self._log.error("the delivery process failed a batch: {error}", error=error or "bad answer")
+            d.errback(OSError(errno.EIO, f"delivery process: {error or 'bad answer'}"))
+            return
+        d.callback(results)
+
+    def ended(self, protocol: _ChildProtocol, reason) -> None:
+        """
+        The child exited: fail what it had; the next batch starts another.
+        """
+        if protocol is not self._protocol:
+            return
+        self._child = None
+        self._protocol = None
+        waiting, self._waiting = self._waiting, {}
+        if self.running:
+            self._log.error("the delivery process ended ({reason}); {count} batches fail and are retried",
+                            reason=reason.getErrorMessage(), count=len(waiting))
+        for d, _ in waiting.values():
+            d.errback(OSError(errno.EIO, "the delivery process ended"))
+
+    def stopService(self) -> Deferred:
+        """
+        Close the child's input: it finishes the batches it has, answers
+        them and exits.
+        """
+        Service.stopService(self)
+        if self._child is None or self._protocol is None:
+            return succeed(None)
+        ended = self._protocol.ended
+        self._child.closeStdin()
+        return ended
+
+
+def _failed(text: str) -> Deferred:
+    """
+    @return: a Deferred failing with C{OSError(EIO, text)}.
+    """
+    d: Deferred = Deferred()
+    d.errback(OSError(errno.EIO, text))
+    return d

@@ -1,0 +1,124 @@
+# -*- test-case-name: tests.store.test_deliveryprocess -*-
+"""
+The delivery process (C{python -m qutemail.store.deliveryworker}), started
+by L{qutemail.store.deliveryprocess.DeliveryProcess}, never by hand.
+
+It reads framed requests on its standard input, each a batch of
+L{qutemail.store.maildirwrite.WriteJob}, writes them with a
+L{MaildirWriter} in a few threads (an fsync mostly waits on the disk, which
+serves several at once) and answers each on its standard output.  It has
+no reactor and no state but the writer's caches: at the end of its input
+(its parent stopped, or died) it finishes the batches it has and exits.
+Diagnostics go to the standard error it shares with its parent.
+
+A frame is a 4-byte big-endian length and a pickle: C{(requestId, jobs)}
+in, C{(requestId, results, error)} out.  Pickle is safe here because both
+ends are this program, started by its own parent over private pipes.
+"""
+
+import ctypes
+import os
+import pickle
+import signal
+import struct
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
+
+from qutemail.store.maildirwrite import MaildirWriter
+
+# How many batches are written at once.
+THREADS = 4
+_LENGTH = struct.Struct(">I")
+_PR_SET_PDEATHSIG = 1
+
+
+def encodeFrame(value: object) -> bytes:
+    """
+    @return: C{value} pickled, after its length.
+    """
+    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def decodeFrames(buffer: bytes) -> tuple[list, bytes]:
+    """
+    Split complete frames off the front of C{buffer}.
+
+    @return: the values decoded, and the bytes of an incomplete frame.
+    """
+    values = []
+    pos = 0
+    while len(buffer) - pos >= _LENGTH.size:
+        (length,) = _LENGTH.unpack_from(buffer, pos)
+        end = pos + _LENGTH.size + length
+        if len(buffer) < end:
+            break
+        values.append(pickle.loads(buffer[pos + _LENGTH.size:end]))
+        pos = end
+    return values, buffer[pos:]
+
+
+def _readExactly(source: BinaryIO, count: int) -> bytes | None:
+    """
+    @return: C{count} bytes, or C{None} at the end of the input.
+    """
+    chunks = []
+    while count:
+        chunk = source.read(count)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int = THREADS) -> None:
+    """
+    Answer requests from C{source} on C{sink} until C{source} ends, then
+    finish the batches under way.
+    """
+    lock = threading.Lock()
+
+    def answer(requestId: int, jobs: list) -> None:
+        try:
+            frame = encodeFrame((requestId, writer.writeBatch(jobs), None))
+        except Exception as e:
+            # A bug, not a disk error (those are in the results): the
+            # parent fails the batch with this text.
+            frame = encodeFrame((requestId, None, f"{type(e).__name__}: {e}"))
+        with lock:
+            sink.write(frame)
+            sink.flush()
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-delivery") as pool:
+        while True:
+            header = _readExactly(source, _LENGTH.size)
+            if header is None:
+                break
+            payload = _readExactly(source, _LENGTH.unpack(header)[0])
+            if payload is None:
+                break
+            requestId, jobs = pickle.loads(payload)
+            pool.submit(answer, requestId, jobs)
+
+
+def main() -> int:
+    """
+    Run the delivery process.
+    """
+    if sys.platform.startswith("linux"):
+        # Die with the parent even if its pipe is inherited elsewhere.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The parent's SIGTERM or Ctrl-C is for the parent: this process
+    # stops when its input ends, after the batches it has.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.umask(0o077)
+    serve(sys.stdin.buffer, sys.stdout.buffer, MaildirWriter())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

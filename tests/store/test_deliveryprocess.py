@@ -1,0 +1,250 @@
+"""
+Tests of the delivery process: the framing, the child's loop, and
+L{DeliveryProcess} running the real child under the reactor.
+"""
+
+import errno
+import io
+import os
+import signal
+import sys
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from qutemail.interfaces import Account
+from qutemail.message import Envelope, SpooledMessage
+from qutemail.replies import MAILBOX_FULL, ReplyError
+from qutemail.store.deliveryprocess import DeliveryProcess
+from qutemail.store.deliveryworker import decodeFrames, encodeFrame, serve
+from qutemail.store.maildir import MaildirStore
+from qutemail.store.maildirwrite import MaildirWriter, WriteJob
+from tests.integration.support import waitFor
+
+ALICE = Account("alice@example.test")
+HEADER = b"Return-Path: <x@remote.test>\n"
+# The stored size of a job's default body with HEADER.
+STORED = len(HEADER) + len(b"body\n")
+
+
+def message(queueId: str, body: bytes = b"Subject: hi\n\nbody\n") -> SpooledMessage:
+    """
+    @return: an inline message to alice.
+    """
+    envelope = Envelope("sender@remote.test", (ALICE.address,), "client.test", "192.0.2.7", 1700000000.5)
+    return SpooledMessage(queueId, envelope, len(body), inline=body)
+
+
+def job(mailbox: str, name: str, body: bytes = b"body\n", quotaBytes: int = 0) -> WriteJob:
+    """
+    @return: a job writing C{body} as C{name} into C{mailbox}'s INBOX.
+    """
+    return WriteJob(mailbox, "", name, HEADER, body, None, len(HEADER) + len(body), quotaBytes, False)
+
+
+class FrameTests(SynchronousTestCase):
+    """
+    The length-prefixed frames between the two processes.
+    """
+
+    @given(st.lists(st.tuples(st.integers(0, 2**31), st.binary(max_size=300)), max_size=5),
+           st.integers(0, 2000))
+    def test_anySplit(self, values, cut):
+        """
+        Frames split anywhere decode to the values sent, in order, once
+        all their bytes are there, and not before.
+        """
+        stream = b"".join(encodeFrame(v) for v in values)
+        cut = min(cut, len(stream))
+        first, rest = decodeFrames(stream[:cut])
+        second, left = decodeFrames(rest + stream[cut:])
+        self.assertEqual(first + second, values)
+        self.assertEqual(left, b"")
+
+    def test_incomplete(self):
+        """
+        A frame missing its last byte is kept for later.
+        """
+        frame = encodeFrame((1, [b"x"]))
+        self.assertEqual(decodeFrames(frame[:-1]), ([], frame[:-1]))
+
+
+class ServeTests(SynchronousTestCase):
+    """
+    The child's loop, run over in-memory pipes.
+    """
+
+    def answers(self, *requests) -> list:
+        """
+        Run the loop over C{requests} until its input ends.
+
+        @return: the answers, by request id.
+        """
+        source = io.BytesIO(b"".join(encodeFrame(r) for r in requests))
+        sink = io.BytesIO()
+        serve(source, sink, MaildirWriter(), threads=2)
+        values, left = decodeFrames(sink.getvalue())
+        self.assertEqual(left, b"")
+        return sorted(values, key=lambda v: v[0])
+
+    def test_writesAndAnswers(self):
+        """
+        Each batch is written to the Maildir and answered with its results;
+        a disk error is that job's result, not the batch's.
+        """
+        base = os.path.abspath(self.mktemp())
+        mailbox = os.path.join(base, "alice")
+        blocked = os.path.join(base, "notadir")
+        os.makedirs(base)
+        with open(blocked, "w") as f:
+            f.write("a file where a mailbox should be")
+        [first, second] = self.answers(
+            (1, [job(mailbox, "m1"), job(mailbox, "m2")]),
+            (2, [job(blocked, "m3")]),
+        )
+        self.assertEqual(first, (1, [("m1", STORED), ("m2", STORED)], None))
+        self.assertEqual(sorted(os.listdir(os.path.join(mailbox, "new"))), ["m1", "m2"])
+        with open(os.path.join(mailbox, "new", "m1"), "rb") as f:
+            self.assertEqual(f.read(), b"Return-Path: <x@remote.test>\nbody\n")
+        requestId, [result], error = second
+        self.assertEqual((requestId, error), (2, None))
+        self.assertIsInstance(result, OSError)
+
+    def test_quotaCrosses(self):
+        """
+        A full mailbox comes back as the L{ReplyError} the store raises.
+        """
+        mailbox = os.path.join(os.path.abspath(self.mktemp()), "alice")
+        [(_, [result], _)] = self.answers((7, [job(mailbox, "big", b"x" * 100, quotaBytes=50)]))
+        self.assertIsInstance(result, ReplyError)
+        self.assertEqual(result.reply, MAILBOX_FULL)
+
+    def test_bugIsReported(self):
+        """
+        A batch the writer cannot even read is answered with the error's
+        text, and the loop goes on with the next one.
+        """
+        mailbox = os.path.join(os.path.abspath(self.mktemp()), "alice")
+        [bad, good] = self.answers((1, [None]), (2, [job(mailbox, "ok")]))
+        self.assertEqual(bad[:2], (1, None))
+        self.assertIn("AttributeError", bad[2])
+        self.assertEqual(good, (2, [("ok", STORED)], None))
+
+
+class DeliveryProcessTests(TestCase):
+    """
+    L{MaildirStore} writing through the real child process.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        """
+        A started L{DeliveryProcess} and a store that uses it.
+        """
+        self.dataDir = os.path.abspath(self.mktemp())
+        self.process = DeliveryProcess(reactor)
+        self.process.startService()
+        self.addCleanup(self.stop)
+        self.store = MaildirStore(self.dataDir, None, "mail.example.test", 0, writer=self.process)
+
+    def stop(self):
+        """
+        Stop the child if a test has not.
+        """
+        if self.process.running:
+            return self.process.stopService()
+        return None
+
+    def newFiles(self) -> list[str]:
+        """
+        @return: the names in alice's C{new/}.
+        """
+        path = os.path.join(self.dataDir, "mail", "example.test", "alice", "new")
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+    async def test_delivers(self):
+        """
+        Copies delivered through the child are in the Maildir when their
+        Deferreds fire, and the child runs as a separate process.
+        """
+        pid = self.process._child.pid
+        self.assertNotEqual(pid, os.getpid())
+        names = [await self.store.deliver(message(f"Q{i}"), ALICE, 0) for i in range(3)]
+        self.assertEqual(self.newFiles(), sorted(names))
+
+    async def test_quotaFromChild(self):
+        """
+        The child's quota refusal reaches the caller as L{ReplyError}.
+        """
+        small = Account(ALICE.address, 30)
+        with self.assertRaises(ReplyError) as caught:
+            await self.store.deliver(message("QFULL"), small, 0)
+        self.assertEqual(caught.exception.reply, MAILBOX_FULL)
+        self.assertEqual(self.newFiles(), [])
+
+    async def test_childKilled(self):
+        """
+        A batch under way when the child dies fails with EIO; the next
+        delivery starts a new child and succeeds.
+        """
+        first = self.process._child.pid
+        # Stop the child so the batch is certainly in flight when it dies.
+        os.kill(first, signal.SIGSTOP)
+        pending = self.store.deliver(message("QLOST"), ALICE, 0)
+        os.kill(first, signal.SIGKILL)
+        with self.assertRaises(OSError) as caught:
+            await pending
+        self.assertEqual(caught.exception.errno, errno.EIO)
+        name = await self.store.deliver(message("QNEXT"), ALICE, 0)
+        self.assertNotEqual(self.process._child.pid, first)
+        self.assertEqual(self.newFiles(), [name])
+        self.flushLoggedErrors()
+
+    async def test_stopFinishesBatches(self):
+        """
+        Stopping closes the child's input: the batch already sent is
+        written and answered, then the child exits.
+        """
+        pid = self.process._child.pid
+        pending = self.store.deliver(message("QLAST"), ALICE, 0)
+        await self.process.stopService()
+        name = await pending
+        self.assertEqual(self.newFiles(), [name])
+        await waitFor(lambda: not os.path.exists(f"/proc/{pid}") or _isZombie(pid), timeout=10)
+        with self.assertRaises(OSError) as caught:
+            await self.store.deliver(message("QAFTER"), ALICE, 0)
+        self.assertEqual(caught.exception.errno, errno.EIO)
+
+    async def test_badAnswer(self):
+        """
+        A child that answers with the wrong number of results (here: a
+        program that echoes an empty result list) fails the batch with EIO.
+        """
+        await self.process.stopService()
+        echo = ("import sys; from qutemail.store.deliveryworker import decodeFrames, encodeFrame\n"
+                "buf = b''\n"
+                "while chunk := sys.stdin.buffer.read1(65536):\n"
+                "    values, buf = decodeFrames(buf + chunk)\n"
+                "    for rid, jobs in values:\n"
+                "        sys.stdout.buffer.write(encodeFrame((rid, [], None))); sys.stdout.flush()\n")
+        self.process = DeliveryProcess(reactor, [sys.executable, "-c", echo])
+        self.process.startService()
+        self.store = MaildirStore(self.dataDir, None, "mail.example.test", 0, writer=self.process)
+        with self.assertRaises(OSError) as caught:
+            await self.store.deliver(message("QBAD"), ALICE, 0)
+        self.assertEqual(caught.exception.errno, errno.EIO)
+        self.flushLoggedErrors()
+
+
+def _isZombie(pid: int) -> bool:
+    """
+    @return: whether C{pid} has exited but not been reaped yet.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
