@@ -101,6 +101,9 @@ class PoolSettings:
     @ivar maxKeyPerRequest: the most keys one request may take.
     @ivar refillKeysPerSecond: how fast the pool refills (0: never).
     @ivar maxOwedKeys: how many keys may wait for their slave.
+    @ivar allowSelfSlave: whether a master SAE may name itself as the
+        slave (our single-site use: keys at rest); a KME pair between two
+        sites refuses it, as real ones do.
     """
 
     keySizeBits: int = attrs.field(default=256, validator=_sizeBits)
@@ -110,6 +113,7 @@ class PoolSettings:
     maxKeyPerRequest: int = attrs.field(default=128, validator=_positive)
     refillKeysPerSecond: float = attrs.field(default=10.0)
     maxOwedKeys: int = attrs.field(default=100_000, validator=_positive)
+    allowSelfSlave: bool = True
 
     @refillKeysPerSecond.validator
     def _checkRate(self, attribute, value) -> None:
@@ -249,6 +253,9 @@ class QKDLink:
             400 when one is unknown, taken by another master, already
             delivered, or named twice.
         """
+        # UUIDs compare without regard to case (RFC 4122 §3); ours are
+        # handed out in lower case.
+        keyIds = [k.lower() for k in keyIds]
         if len(set(keyIds)) != len(keyIds):
             raise KMEError(400, KEYS_NOT_FOUND, [{"key_IDs": "a key_ID is named more than once"}])
         found = [self._owed.get(k) for k in keyIds]
@@ -336,6 +343,8 @@ class KME:
         if sizeBits % 8:
             raise KMEError(400, SIZE_NOT_MULTIPLE_OF_8)
         details = []
+        if slave == master and not settings.allowSelfSlave:
+            details.append({"slave_SAE_ID": "shall be another SAE than the master"})
         if not 1 <= number <= settings.maxKeyPerRequest:
             details.append({"number_unsupported":
                             f"number shall be between 1 and max_key_per_request ({settings.maxKeyPerRequest})"})

@@ -8,8 +8,10 @@ The embedded KME's HTTP face: ETSI GS QKD 014 §5 over JSON.
 
 The calling SAE is the CN of the TLS client certificate (§4.2), never
 anything in the request.  Errors are JSON C{{"message", "details"}} objects
-(400, 503), or an empty 401 (§6); unknown paths get 404, other methods 405,
-an oversized body 413, and a fault of ours a bare 500 (never a traceback).
+(400, 503), and a 401 carries only a C{message} (§6 allows an empty
+body, which some clients fail to handle); unknown paths get 404, other
+methods 405, an oversized body 400 with an error object like any other
+bad request, and a fault of ours a bare 500 (never a traceback).
 Each request logs one line: caller, operation, key count, status; key
 material is never logged.
 """
@@ -32,6 +34,8 @@ from qutemail.qkd.kmecore import BAD_PARAMETERS, KME, DeliveredKey, KMEError
 # Request bodies past this are discarded as they arrive: a dec_keys for 128
 # UUIDs is about 6 kB.
 MAX_BODY_BYTES = 64 * 1024
+# The body of a 401: §6 lets it be empty, but a message helps the operator.
+_UNAUTHORISED = {"message": "the SAE is not authorised for this request"}
 
 _ALLOWED = {b"status": (b"GET",), b"enc_keys": (b"GET", b"POST"), b"dec_keys": (b"GET", b"POST")}
 _INTEGER = re.compile(rb"[0-9]{1,9}\Z")
@@ -207,6 +211,17 @@ def _keyId(value) -> str:
     return value
 
 
+def _unsupportedExtensions(extensions) -> list[dict]:
+    """
+    The C{details} of an C{extension_mandatory} refusal: one entry naming
+    each parameter (we support none).
+    """
+    names = []
+    for entry in extensions if isinstance(extensions, list) else [extensions]:
+        names += list(entry) if isinstance(entry, dict) else [str(entry)]
+    return [{"extension_mandatory_unsupported": name} for name in names]
+
+
 class KMEResource(Resource):
     """
     The ETSI GS QKD 014 API of one L{KME}, as the root of a L{KMESite}.
@@ -267,9 +282,10 @@ class KMEResource(Resource):
             request.setHeader(b"allow", b", ".join(_ALLOWED[segments[4]]))
             return operation, 405, {"message": "method not allowed"}, 0
         if getattr(request.content, "overflowed", False):
-            return operation, 413, {"message": "request body too large"}, 0
+            return operation, 400, {"message": BAD_PARAMETERS,
+                                    "details": [{"request": "body too large"}]}, 0
         if caller not in self.kme.saeIds:
-            return operation, 401, None, 0
+            return operation, 401, _UNAUTHORISED, 0
         try:
             target = segments[3].decode("utf-8")
             body = self._call(operation, request, caller, target)
@@ -279,7 +295,7 @@ class KMEResource(Resource):
             return operation, 400, {"message": BAD_PARAMETERS, "details": [{"request": str(e)}]}, 0
         except KMEError as e:
             if e.status == 401:
-                return operation, 401, None, 0
+                return operation, 401, _UNAUTHORISED, 0
             return operation, e.status, {"message": e.message, "details": e.details}, 0
         return operation, 200, body, len(body.get("keys", ()))
 
@@ -304,7 +320,8 @@ class KMEResource(Resource):
                 if parameters.get("additional_slave_SAE_IDs"):
                     raise KMEError(400, BAD_PARAMETERS, [{"additional_slave_SAE_IDs": "max_SAE_ID_count is 0"}])
                 if parameters.get("extension_mandatory"):
-                    raise KMEError(400, "not all extension_mandatory parameters are supported")
+                    raise KMEError(400, "not all extension_mandatory parameters are supported",
+                                   _unsupportedExtensions(parameters["extension_mandatory"]))
             return _keysBody(self.kme.encKeys(caller, target, number, size, now))
         if request.method == b"GET":
             keyIds = [_keyId(k.decode("utf-8")) for k in request.args.get(b"key_ID", [])]

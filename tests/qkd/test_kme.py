@@ -150,6 +150,21 @@ class KMECoreTests(SynchronousTestCase):
         self.assertKMEError(400, kme.status, "sae-a", "sae-z", 0.0)
         self.assertEqual(kme.link.storedKeyCount(0.0), 1000)
 
+    def test_selfAsSlave(self):
+        """
+        A KME set to refuse it answers 400 naming C{slave_SAE_ID} when a
+        master names itself as the slave; by default it serves it (the
+        single-site use, keys at rest).
+        """
+        strict = KME("kme-s", ["sae-a", "sae-b"], QKDLink(PoolSettings(allowSelfSlave=False)))
+        with self.assertRaises(KMEError) as caught:
+            strict.encKeys("sae-a", "sae-a", 1, None, 0.0)
+        self.assertEqual(caught.exception.status, 400)
+        self.assertEqual(caught.exception.details, [{"slave_SAE_ID": "shall be another SAE than the master"}])
+        self.assertEqual(len(strict.encKeys("sae-a", "sae-b", 1, None, 0.0)), 1)
+        relaxed = KME("kme-r", ["sae-a"], QKDLink(PoolSettings()))
+        self.assertEqual(len(relaxed.encKeys("sae-a", "sae-a", 1, None, 0.0)), 1)
+
     def test_callerNotServed(self):
         """
         An SAE the KME does not serve (or no SAE) gets 401 from every method.

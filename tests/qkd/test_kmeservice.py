@@ -172,27 +172,55 @@ class KMEServiceTests(TestCase):
 
     async def test_refusals(self):
         """
-        A non-slave gets an empty 401, as does an SAE the KME does not serve
-        (before its request is even parsed);
+        A non-slave gets a 401 with only a message, as does an SAE the KME
+        does not serve (before its request is even parsed);
         a size not a multiple of 8 gets 400 with the standard's message.
         """
         _, _, taken = await self.call("sae-a", b"POST", "/api/v1/keys/sae-b/enc_keys", {})
         keyId = taken["keys"][0]["key_ID"]
+        unauthorised = {"message": "the SAE is not authorised for this request"}
         code, headers, body = await self.call("sae-c", b"GET", f"/api/v1/keys/sae-a/dec_keys?key_ID={keyId}")
-        self.assertEqual((code, body), (401, b""))
+        self.assertEqual((code, body), (401, unauthorised))
         code, _, body = await self.call("sae-d", b"GET", "/api/v1/keys/sae-b/status")
-        self.assertEqual((code, body), (401, b""))
+        self.assertEqual((code, body), (401, unauthorised))
         code, _, body = await self.call("sae-d", b"POST", "/api/v1/keys/sae-b/enc_keys", b"{")
-        self.assertEqual((code, body), (401, b""))
+        self.assertEqual((code, body), (401, unauthorised))
         code, _, body = await self.call("sae-a", b"POST", "/api/v1/keys/sae-b/enc_keys", {"size": 100})
         self.assertEqual((code, body["message"]), (400, SIZE_NOT_MULTIPLE_OF_8))
         code, _, body = await self.call("sae-a", b"GET", "/api/v1/keys/sae-b/enc_keys?number=1&size=100")
         self.assertEqual((code, body["message"]), (400, SIZE_NOT_MULTIPLE_OF_8))
 
+    async def test_extensionNamed(self):
+        """
+        An C{extension_mandatory} refusal names each parameter it does not
+        support in its C{details}.
+        """
+        code, _, answer = await self.call("sae-a", b"POST", "/api/v1/keys/sae-b/enc_keys",
+                                          {"extension_mandatory": [{"abc_route_type": "direct"},
+                                                                   {"abc_transfer_method": "qkd"}]})
+        self.assertEqual((code, answer["message"]), (400, "not all extension_mandatory parameters are supported"))
+        self.assertEqual(answer["details"], [{"extension_mandatory_unsupported": "abc_route_type"},
+                                             {"extension_mandatory_unsupported": "abc_transfer_method"}])
+
+    async def test_upperCaseKeyId(self):
+        """
+        A key id asked for in upper case is the same key (UUIDs compare
+        without regard to case), still delivered once.
+        """
+        _, _, taken = await self.call("sae-a", b"POST", "/api/v1/keys/sae-b/enc_keys", {})
+        [key] = taken["keys"]
+        code, _, answer = await self.call("sae-b", b"POST", "/api/v1/keys/sae-a/dec_keys",
+                                          {"key_IDs": [{"key_ID": key["key_ID"].upper()}]})
+        self.assertEqual(code, 200)
+        self.assertEqual(answer["keys"][0]["key"], key["key"])
+        code, _, answer = await self.call("sae-b", b"POST", "/api/v1/keys/sae-a/dec_keys",
+                                          {"key_IDs": [{"key_ID": key["key_ID"]}]})
+        self.assertEqual((code, answer["message"]), (400, KEYS_NOT_FOUND))
+
     async def test_malformedRequests(self):
         """
         Unknown paths get 404, other methods 405 with C{Allow}, malformed
-        parameters or JSON 400, an oversized body 413: each with a JSON
+        parameters or JSON 400, an oversized body 400 too: each with a JSON
         message and no traceback.
         """
         cases = [
@@ -213,7 +241,7 @@ class KMEServiceTests(TestCase):
             (b"POST", "/api/v1/keys/sae-a/dec_keys", b'{"key_IDs": "x"}', 400),
             (b"POST", "/api/v1/keys/sae-a/dec_keys", b'{"key_IDs": [{"key_ID": 5}]}', 400),
             (b"POST", "/api/v1/keys/sae-a/dec_keys", b'{}', 400),
-            (b"POST", "/api/v1/keys/sae-a/dec_keys", b" " * 70_000, 413),
+            (b"POST", "/api/v1/keys/sae-a/dec_keys", b" " * 70_000, 400),
         ]
         for method, path, body, expected in cases:
             code, headers, answer = await self.call("sae-b", method, path, body)
