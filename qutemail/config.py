@@ -264,6 +264,14 @@ class QKDConfig:
         instead of a placeholder (C{keep_subject}).
     @ivar encrypt: store internal mail encrypted (C{encrypt}); off only to
         measure or troubleshoot.
+    @ivar restSae: the slave SAE named in C{enc_keys} for keys of mail at
+        rest, or empty for our own SAE (C{rest_sae}): only the embedded KME
+        accepts a master naming itself; with a vendor KME pair name the
+        SAE of another site or of a key-escrow service.
+    @ivar keySizeBits: the size of the keys asked for (C{key_size}); it
+        must be within the KME's C{min_key_size}..C{max_key_size}.
+    @ivar kmeId: the KME's id, or empty (C{kme_id}): when set, the KME's
+        certificate must carry it and its status must name it.
     """
 
     kmeUrl: str = attrs.field(default="", validator=parserValidator(urlParser("https://"), "an https:// URL"))
@@ -275,6 +283,10 @@ class QKDConfig:
     refillKeysPerSecond: int = attrs.field(default=1000, validator=intValidator(0))
     keepSubject: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     encrypt: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    restSae: str = attrs.field(default="", validator=parserValidator(parseText, "one line of text"))
+    keySizeBits: int = attrs.field(default=256, validator=predicateValidator(
+        lambda v: type(v) is int and 128 <= v <= 8192 and v % 8 == 0, "a multiple of 8 from 128 to 8192"))
+    kmeId: str = attrs.field(default="", validator=parserValidator(parseText, "one line of text"))
 
 
 @attrs.frozen

@@ -102,6 +102,14 @@ def wholeNumberParser(minimum: int, maximum: int | None = None) -> Callable[[str
     return parse
 
 
+def parseKeySize(text: str) -> int:
+    """Parse a key size in bits: a multiple of 8 from 128 to 8192."""
+    bits = wholeNumberParser(128, 8192)(text)
+    if bits % 8:
+        raise ValueError(f"{text!r} is not a multiple of 8")
+    return bits
+
+
 def parseBoolean(text: str) -> bool:
     """Parse yes/no, true/false, on/off, 1/0."""
     value = {"yes": True, "true": True, "on": True, "1": True,
@@ -397,6 +405,9 @@ SETTINGS = (
     Setting("qkd", "refill_per_second", "refillKeysPerSecond", wholeNumberParser(0)),
     Setting("qkd", "keep_subject", "keepSubject", parseBoolean),
     Setting("qkd", "encrypt", "encrypt", parseBoolean),
+    Setting("qkd", "rest_sae", "restSae", parseText),
+    Setting("qkd", "key_size", "keySizeBits", parseKeySize),
+    Setting("qkd", "kme_id", "kmeId", parseText),
     Setting("relay", "smarthost", "smarthost", parseSmarthost),
     Setting("relay", "nameservers", "nameservers", parseNameservers),
     Setting("relay", "retry_schedule", "retrySchedule", parseDurations),

@@ -328,7 +328,8 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
         if not (qkd.clientCert and qkd.clientKey and qkd.caCert):
             raise ServiceConfigError("[qkd] kme_url needs client_cert, client_key and ca_cert")
         try:
-            source = ETSI014KeySource.fromFiles(reactor, qkd.kmeUrl, qkd.clientCert, qkd.clientKey, qkd.caCert)
+            source = ETSI014KeySource.fromFiles(reactor, qkd.kmeUrl, qkd.clientCert, qkd.clientKey, qkd.caCert,
+                                                kmeId=qkd.kmeId or None)
         except (OSError, ValueError) as e:
             raise ServiceConfigError(f"[qkd] cannot load the KME client credentials: {e}") from None
     else:
@@ -344,8 +345,11 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
         source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10)
     ClosingService("qkd-client", source.close).setServiceParent(parent)
     sealed = os.path.join(dataDir, "queue", "sealed")
-    encryptor = MessageEncryptor(source, vault, runner, saeId, sealed,
-                                 subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT)
+    # The slave SAE of keys at rest: ourselves by default (the embedded
+    # KME allows it); a vendor KME pair wants another SAE ([qkd] rest_sae).
+    encryptor = MessageEncryptor(source, vault, runner, qkd.restSae or saeId, sealed,
+                                 subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT,
+                                 keySizeBits=qkd.keySizeBits)
     makeDirectories(sealed)
     encryptor.cleanup(reactor.seconds())
     return encryptor

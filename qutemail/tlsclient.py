@@ -19,6 +19,8 @@ name, or anything it cannot check.
 
 from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
 from service_identity.hazmat import DNS_ID, DNSMismatch, IPAddress_ID, IPAddressMismatch, verify_service_identity
@@ -76,14 +78,18 @@ class VerifyingClientTLS:
     """
 
     def __init__(self, hostname: str, trustRoot: Any = None,
-                 clientCertificate: ssl.PrivateCertificate | None = None) -> None:
+                 clientCertificate: ssl.PrivateCertificate | None = None, requiredId: str | None = None) -> None:
         """
         @param hostname: the name the peer must prove.
         @param trustRoot: the CA certificate (or any C{IOpenSSLTrustRoot});
             C{None} for the platform's trust store.
         @param clientCertificate: ours to show, or C{None}.
+        @param requiredId: an identity the leaf certificate must carry as
+            well (its subject CN, or a subjectAltName DNS or URI entry),
+            such as a KME's id; C{None} for none.
         """
         self.hostname = hostname
+        self.requiredId = requiredId
         self._options = ssl.optionsForClientTLS(
             hostname, trustRoot=trustRoot, clientCertificate=clientCertificate,
             extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
@@ -95,11 +101,36 @@ class VerifyingClientTLS:
         """
         connection = self._options.clientConnectionForTLS(tlsProtocol)
         connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-                              _verifyCallback(tlsProtocol, self.hostname))
+                              _verifyCallback(tlsProtocol, self.hostname, self.requiredId))
         return connection
 
 
-def _verifyCallback(tlsProtocol: Any, hostname: str) -> Any:
+def certificateIds(certificate: Any) -> set[str]:
+    """
+    @param certificate: a pyOpenSSL C{X509}.
+    @return: the identities it carries: its subject CNs and its
+        subjectAltName DNS and URI entries.
+    """
+    cert = certificate.to_cryptography()
+    ids = {a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ids
+    return ids | set(names.get_values_for_type(x509.DNSName)) | set(
+        names.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def checkRequiredId(certificate: Any, requiredId: str | None) -> None:
+    """
+    @raise VerificationError: C{requiredId} is set and the certificate
+        does not carry it (see L{certificateIds}).
+    """
+    if requiredId is not None and requiredId not in certificateIds(certificate):
+        raise VerificationError(errors=[f"the certificate does not carry the id {requiredId!r}"])
+
+
+def _verifyCallback(tlsProtocol: Any, hostname: str, requiredId: str | None = None) -> Any:
     """
     @return: an OpenSSL verify callback that checks the chain (OpenSSL's
         verdict) and the leaf's name (ours), and fails the handshake
@@ -114,6 +145,7 @@ def _verifyCallback(tlsProtocol: Any, hostname: str) -> Any:
             return bool(ok)
         try:
             checkPeerName(certificate, hostname)
+            checkRequiredId(certificate, requiredId)
         except VerificationError:
             failure = Failure()
         except Exception:

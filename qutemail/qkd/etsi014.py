@@ -64,16 +64,19 @@ class MutualTLSPolicy:
 
     @ivar trustRoot: the CA that signs the KME's certificate.
     @ivar clientCertificate: ours, or C{None} to show none.
+    @ivar kmeId: an id the KME's certificate must also carry, or C{None}.
     """
 
     trustRoot: ssl.Certificate
     clientCertificate: ssl.PrivateCertificate | None = None
+    kmeId: str | None = None
 
     def creatorForNetloc(self, hostname: bytes, port: int):
         """
         @return: the client TLS options for one host.
         """
-        return VerifyingClientTLS(hostname.decode("ascii"), self.trustRoot, self.clientCertificate)
+        return VerifyingClientTLS(hostname.decode("ascii"), self.trustRoot, self.clientCertificate,
+                                  requiredId=self.kmeId)
 
 
 @implementer(IAgentEndpointFactory)
@@ -279,6 +282,16 @@ class ETSI014KeySource:
     @ivar maxResponseBytes: the longest answer read.
     @ivar useGET: use the GET forms of C{enc_keys} and C{dec_keys} rather
         than POST.
+    @ivar kmeId: the KME's id when configured (C{[qkd] kme_id}): the
+        KME's certificate must carry it (subject CN or a subjectAltName
+        DNS or URI entry) and each status's C{source_KME_ID} must equal
+        it (ETSI GS QKD 014 §4.2: the SAE confirms the KME ID).
+
+    Before the first C{enc_keys} of a link the client reads the link's
+    status and keeps it (it is read again after any failure on that
+    link): a request for more keys than C{max_key_per_request} is split
+    into requests the KME accepts, and a key size outside
+    C{min_key_size}..C{max_key_size} is refused before asking.
     """
 
     reactor: Any
@@ -288,6 +301,8 @@ class ETSI014KeySource:
     timeoutSeconds: float = DEFAULT_TIMEOUT_SECONDS
     maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
     useGET: bool = False
+    kmeId: str | None = None
+    _statuses: dict = attrs.field(factory=dict, init=False)
     _pool: HTTPConnectionPool = attrs.field(init=False)
     _agent: Agent = attrs.field(init=False)
 
@@ -308,8 +323,8 @@ class ETSI014KeySource:
         # Twisted keeps 2 by default; concurrent deliveries would otherwise
         # pay a mutual-TLS handshake for most requests.
         self._pool.maxPersistentPerHost = MAX_PERSISTENT_CONNECTIONS
-        endpoints = KMEEndpoints(self.reactor, MutualTLSPolicy(self.trustRoot, self.clientCertificate),
-                                 self.timeoutSeconds)
+        endpoints = KMEEndpoints(self.reactor, MutualTLSPolicy(self.trustRoot, self.clientCertificate,
+                                                               self.kmeId), self.timeoutSeconds)
         self._agent = Agent.usingEndpointFactory(self.reactor, endpoints, pool=self._pool)
 
     @classmethod
@@ -380,7 +395,20 @@ class ETSI014KeySource:
         Ask for the link's status.
         """
         what = f"KME status for SAE {peerSAE}"
-        return statusObject(await self._call(what, b"GET", peerSAE, "status"), what)
+        status = statusObject(await self._call(what, b"GET", peerSAE, "status"), what)
+        if self.kmeId is not None and status.sourceKMEId != self.kmeId:
+            raise KeySourceError(f"{what}: the KME says it is {oneLine(repr(status.sourceKMEId))}, "
+                                 f"not {self.kmeId!r} ([qkd] kme_id)", temporary=False)
+        return status
+
+    async def _linkStatus(self, peerSAE: str) -> KMEStatus:
+        """
+        The link's status, read once and kept until a request fails.
+        """
+        status = self._statuses.get(peerSAE)
+        if status is None:
+            status = self._statuses[peerSAE] = await self._status(peerSAE)
+        return status
 
     async def _encKey(self, peerSAE: str, sizeBits: int) -> tuple[str, bytes]:
         """
@@ -398,14 +426,33 @@ class ETSI014KeySource:
             raise KeySourceError(f"{what}: key size {sizeBits!r} is not a positive multiple of 8", temporary=False)
         if isinstance(number, bool) or not isinstance(number, int) or number < 1:
             raise KeySourceError(f"{what}: key count {number!r} is not a positive whole number", temporary=False)
+        try:
+            status = await self._linkStatus(peerSAE)
+            if status.minKeySize > 0 and status.maxKeySize > 0 and not (
+                    status.minKeySize <= sizeBits <= status.maxKeySize):
+                raise KeySourceError(f"{what}: key size {sizeBits} is outside the KME's {status.minKeySize}.."
+                                     f"{status.maxKeySize} bits ([qkd] key_size)", temporary=False)
+            perRequest = status.maxKeyPerRequest if status.maxKeyPerRequest > 0 else number
+            keys: list[tuple[str, bytes]] = []
+            while len(keys) < number:
+                keys += await self._encKeysOnce(what, peerSAE, sizeBits, min(perRequest, number - len(keys)))
+            if len({keyId for keyId, _ in keys}) != len(keys):
+                raise KeySourceError(f"{what}: the KME gave the same key id twice")
+        except KeySourceError:
+            # Read the status again next time: the KME may have changed.
+            self._statuses.pop(peerSAE, None)
+            raise
+        return keys
+
+    async def _encKeysOnce(self, what: str, peerSAE: str, sizeBits: int, number: int) -> list[tuple[str, bytes]]:
+        """
+        One C{enc_keys} request.
+        """
         if self.useGET:
             answer = await self._call(what, b"GET", peerSAE, "enc_keys", query={"number": number, "size": sizeBits})
         else:
             answer = await self._call(what, b"POST", peerSAE, "enc_keys", body={"number": number, "size": sizeBits})
-        keys = keyContainer(answer, what, number, sizeBits)
-        if len({keyId for keyId, _ in keys}) != len(keys):
-            raise KeySourceError(f"{what}: the KME gave the same key id twice")
-        return keys
+        return keyContainer(answer, what, number, sizeBits)
 
     async def _decKey(self, peerSAE: str, keyId: str, sizeBits: int | None) -> bytes:
         """

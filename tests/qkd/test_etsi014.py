@@ -58,28 +58,49 @@ def keysAnswer(keys, name: str = "keys") -> tuple[int, bytes]:
     return 200, json.dumps({name: entries}).encode()
 
 
+# What a permissive KME says of a link (ETSI GS QKD 014 §6.1).
+STATUS = {
+    "source_KME_ID": "kme-canned", "target_KME_ID": "kme-canned", "master_SAE_ID": "sae-a",
+    "slave_SAE_ID": "sae-b", "key_size": 256, "stored_key_count": 1000, "max_key_count": 1000,
+    "max_key_per_request": 128, "max_key_size": 1024, "min_key_size": 64, "max_SAE_ID_count": 0,
+}
+
+
 class CannedKME(Resource):
     """
-    A fake KME: every request gets the same answer.
+    A fake KME: every request gets the same answer, except a status
+    request, which gets C{status} (the client reads it before its first
+    C{enc_keys}).
 
     @ivar answer: C{(code, body)}, or C{None} never to answer.
-    @ivar requests: C{(method, uri, body)} of each request.
+    @ivar status: the status object, or C{None} to answer status requests
+        like the others.
+    @ivar requests: C{(method, uri, body)} of each request but the status
+        requests answered with C{status}.
+    @ivar statusRequests: how many of those there were.
     """
 
     isLeaf = True
 
-    def __init__(self, answer: tuple[int, bytes] | None) -> None:
+    def __init__(self, answer: tuple[int, bytes] | None, status: dict | None = STATUS) -> None:
         """
         @param answer: C{(code, body)}, or C{None} never to answer.
+        @param status: see L{status}.
         """
         super().__init__()
         self.answer = answer
+        self.status = status
         self.requests: list[tuple[bytes, bytes, bytes]] = []
+        self.statusRequests = 0
 
     def render(self, request):
         """
         Record the request; answer as told.
         """
+        if self.status is not None and request.path.endswith(b"/status"):
+            self.statusRequests += 1
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(self.status).encode("utf-8")
         request.content.seek(0)
         self.requests.append((request.method, request.uri, request.content.read()))
         if self.answer is None:
@@ -173,8 +194,9 @@ class EmbeddedKMETests(TestCase):
         keyId, _ = await self.sources["sae-a"].encKey("sae-b")
         e = await self.assertFailure(self.sources["sae-c"].decKey("sae-a", keyId), KeySourceError)
         self.assertEqual((str(e), e.temporary), ("KME dec_keys for SAE sae-a: HTTP 401", False))
+        # (It learns that from the status the client reads first.)
         e = await self.assertFailure(self.sources["sae-d"].encKey("sae-b"), KeySourceError)
-        self.assertEqual((str(e), e.temporary), ("KME enc_keys for SAE sae-b: HTTP 401", True))
+        self.assertEqual((str(e), e.temporary), ("KME status for SAE sae-b: HTTP 401", True))
 
     async def test_emptyPool(self):
         """
@@ -338,14 +360,15 @@ class FakeKMETests(TestCase):
         """
         self.pki = makePKI(self)
 
-    async def serve(self, answer, options=None) -> CannedKME:
+    async def serve(self, answer, options=None, status=STATUS) -> CannedKME:
         """
         Serve a L{CannedKME} over mutual TLS; C{self.url} is its URL.
 
         @param options: the server's TLS options (default: the PKI's KME
             certificate, client certificates required).
+        @param status: its status object (see L{CannedKME}).
         """
-        resource = CannedKME(answer)
+        resource = CannedKME(answer, status)
         listener = await listenTLS(reactor, "tcp:0:interface=127.0.0.1", options or serverTLSOptions(self.pki),
                                    KMESite(resource, reactor))
         self.addCleanup(listener.stop)
@@ -408,8 +431,60 @@ class FakeKMETests(TestCase):
             message = await self.failure(d)
             self.assertIn(expected, message)
             self.assertNotIn(base64.b64encode(KEY[:31]).decode(), message)
-        await self.serve((200, json.dumps({"source_KME_ID": "k", "key_size": "256"}).encode()))
+        await self.serve((200, json.dumps({"source_KME_ID": "k", "key_size": "256"}).encode()), status=None)
         self.assertIn("is missing", await self.failure(keySource(self, self.pki, self.url, "sae-a").status("sae-b")))
+        # A status the client cannot read stops enc_keys before it asks.
+        canned = await self.serve(keysAnswer([(KEY_ID, KEY)]), status={"source_KME_ID": "k"})
+        self.assertIn("KME status for SAE sae-b",
+                      await self.failure(keySource(self, self.pki, self.url, "sae-a").encKey("sae-b")))
+        self.assertEqual(canned.requests, [])
+
+    async def test_statusLimitsRespected(self):
+        """
+        The link's status is read once: more keys than its
+        C{max_key_per_request} are taken in several requests, and a size
+        outside C{min_key_size}..C{max_key_size} is refused (permanently)
+        without asking.  After a failure the status is read again.
+        """
+        other = "0b5a8cde-54b8-4e2e-a9a2-19c1d0e2b8f4"
+        canned = await self.serve(keysAnswer([(KEY_ID, KEY)]),
+                                  status=STATUS | {"max_key_per_request": 1, "min_key_size": 256,
+                                                   "max_key_size": 256})
+        source = keySource(self, self.pki, self.url, "sae-a")
+        with self.assertRaises(KeySourceError) as caught:
+            await source.encKeys("sae-b", 256, 3)
+        # Three one-key requests were made (the canned KME repeats its key id).
+        self.assertEqual([json.loads(b) for _, _, b in canned.requests], [{"number": 1, "size": 256}] * 3)
+        self.assertIn("same key id twice", str(caught.exception))
+        self.assertEqual(canned.statusRequests, 1)
+        message = await self.failure(source.encKey("sae-b", 512), temporary=False)
+        self.assertIn("key size 512 is outside the KME's 256..256 bits", message)
+        self.assertEqual(len(canned.requests), 3)
+        self.assertEqual(canned.statusRequests, 2)
+        canned.answer = keysAnswer([(other, KEY)])
+        self.assertEqual(await source.encKey("sae-b"), (other, KEY))
+        self.assertEqual(await source.encKey("sae-b"), (other, KEY))
+        self.assertEqual(canned.statusRequests, 3)
+
+    async def test_kmeIdChecked(self):
+        """
+        With C{kmeId}, the status must name that KME (a permanent refusal
+        otherwise) and so must its certificate (the handshake fails).
+        """
+        await self.serve(keysAnswer([(KEY_ID, KEY)]))
+        right = keySource(self, self.pki, self.url, "sae-a", kmeId="localhost")
+        message = await self.failure(right.encKey("sae-b"), temporary=False)
+        self.assertIn("the KME says it is 'kme-canned', not 'localhost'", message)
+        named = await self.serve(keysAnswer([(KEY_ID, KEY)]), status=STATUS | {"source_KME_ID": "localhost"})
+        self.assertEqual(await keySource(self, self.pki, self.url, "sae-a", kmeId="localhost").encKey("sae-b"),
+                         (KEY_ID, KEY))
+        self.assertEqual(named.statusRequests, 1)
+        # The KME's certificate carries "localhost" but not "kme-7".
+        wrong = await self.serve(keysAnswer([(KEY_ID, KEY)]), status=STATUS | {"source_KME_ID": "kme-7"})
+        message = await self.failure(keySource(self, self.pki, self.url, "sae-a", kmeId="kme-7").encKey("sae-b"))
+        self.assertIn("KME status for SAE sae-b", message)
+        self.assertEqual((wrong.statusRequests, wrong.requests), (0, []))
+        self.flushLoggedErrors()
 
     async def test_decRefusedIsPermanent(self):
         """
