@@ -197,7 +197,8 @@ def _qkdStatus(context: Any, arguments: argparse.Namespace) -> int:
     link to our own SAE, and print what it says.
     """
     url, saeId, cert, key, ca = _kmeEndpoint(context)
-    peer = arguments.peer or saeId
+    qkd = context.config.qkd
+    peer = arguments.peer or qkd.restSae or saeId
     tls = ssl.create_default_context(cafile=ca)
     tls.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -217,6 +218,11 @@ def _qkdStatus(context: Any, arguments: argparse.Namespace) -> int:
     for field in ("source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size",
                   "stored_key_count", "max_key_count", "max_key_per_request", "min_key_size", "max_key_size"):
         print(f"{field}: {status.get(field, '?')}", file=context.stdout)
+    if qkd.minPoolKeys:
+        stored = status.get("stored_key_count")
+        closed = not isinstance(stored, int) or stored < qkd.minPoolKeys
+        print(f"internal mail: {'refused (452 4.3.1)' if closed else 'admitted'}, "
+              f"min_pool_keys {qkd.minPoolKeys}", file=context.stdout)
     return 0
 
 

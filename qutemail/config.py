@@ -272,6 +272,9 @@ class QKDConfig:
         must be within the KME's C{min_key_size}..C{max_key_size}.
     @ivar kmeId: the KME's id, or empty (C{kme_id}): when set, the KME's
         certificate must carry it and its status must name it.
+    @ivar minPoolKeys: below this many keys in the KME's pool, new
+        internal mail is refused at RCPT with 452 4.3.1 (C{min_pool_keys};
+        0: never).
     """
 
     kmeUrl: str = attrs.field(default="", validator=parserValidator(urlParser("https://"), "an https:// URL"))
@@ -287,6 +290,7 @@ class QKDConfig:
     keySizeBits: int = attrs.field(default=256, validator=predicateValidator(
         lambda v: type(v) is int and 128 <= v <= 8192 and v % 8 == 0, "a multiple of 8 from 128 to 8192"))
     kmeId: str = attrs.field(default="", validator=parserValidator(parseText, "one line of text"))
+    minPoolKeys: int = attrs.field(default=0, validator=intValidator(0))
 
 
 @attrs.frozen

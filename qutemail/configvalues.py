@@ -408,6 +408,7 @@ SETTINGS = (
     Setting("qkd", "rest_sae", "restSae", parseText),
     Setting("qkd", "key_size", "keySizeBits", parseKeySize),
     Setting("qkd", "kme_id", "kmeId", parseText),
+    Setting("qkd", "min_pool_keys", "minPoolKeys", wholeNumberParser(0)),
     Setting("relay", "smarthost", "smarthost", parseSmarthost),
     Setting("relay", "nameservers", "nameservers", parseNameservers),
     Setting("relay", "retry_schedule", "retrySchedule", parseDurations),

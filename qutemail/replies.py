@@ -78,6 +78,8 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 STORAGE_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+# [qkd] min_pool_keys: the KME's key pool is too low for internal mail.
+KEY_POOL_LOW = Reply(452, "4.3.1", "QKD key pool low: internal mail is not accepted now, try again later")
 MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")

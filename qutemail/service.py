@@ -41,6 +41,7 @@ from qutemail.store.diskspace import watchDiskSpace
 from qutemail.store.retention import RetentionService, RetentionSweep
 from qutemail.tlsserver import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
+from qutemail.policy.keypool import KeyPoolWatch
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.sessions import SessionLimits
 from qutemail.policy.throttle import AuthThrottle
@@ -446,6 +447,10 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     tlsContext = contextFactory(credentials, now)
 
     envelopePolicy = RecipientPolicy(users, store, server.domains, config.smtp.maxMessageBytes)
+    keyPool = None
+    if encryptor is not None and config.qkd.minPoolKeys:
+        keyPool = KeyPoolWatch(encryptor.keySource, encryptor.peerSAE, config.qkd.minPoolKeys, reactor)
+        keyPool.setServiceParent(root)
     listen = listen or {}
     root.listeners = {}
     portal = Portal(MailRealm(submitterFactory), [UserDirectoryChecker(users)])
@@ -464,10 +469,10 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         tlsContext=tlsContext, connectionsPerIp=limits.connectionsPerIp)
     factoryArgs = dict(intake=intake, clock=reactor, settings=settings, limits=sessionLimits,
                        policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerIpHour, inbound,
-                                            diskSpace))
+                                            diskSpace, keyPool))
     submissionArgs = dict(factoryArgs, settings=attrs.evolve(settings, portal=portal, throttle=throttle),
                           policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerUserHour,
-                                               diskSpace=diskSpace))
+                                               diskSpace=diskSpace, keyPool=keyPool))
     if adoptFd is not None:
         service = AdoptedListenerService(reactor, adoptFd, SMTPServerFactory(**factoryArgs))
         service.setName("listener-mta")

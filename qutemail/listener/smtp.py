@@ -434,7 +434,7 @@ class SMTPServer(SessionCommands, AuthMixin, ESMTP):
         """
         try:
             account = await self.policy.checkRecipient(
-                recipient, self._declaredSize, self.authenticatedAs
+                recipient, self._declaredSize, self.authenticatedAs, self._sender
             )
         except ReplyError as e:
             self._log.info("refused RCPT {recipient} from {peer}: {reply}",

@@ -38,6 +38,8 @@ class SessionPolicy:
         unauthenticated mail goes through, or C{None} for none.
     @ivar diskSpace: the L{qutemail.store.diskspace.DiskSpace} of
         C{data_dir}, or C{None} not to look.
+    @ivar keyPool: the L{qutemail.policy.keypool.KeyPoolWatch} that
+        admits internal mail, or C{None}.
     """
 
     envelope: Any
@@ -46,6 +48,7 @@ class SessionPolicy:
     messagesPerHour: int = 0
     inbound: Any = None
     diskSpace: Any = None
+    keyPool: Any = None
 
     async def checkSender(self, *, peer: str, sender: str, declaredSize: int | None,
                           authenticated: str | None, helo: str) -> Any:
@@ -87,11 +90,17 @@ class SessionPolicy:
         return None
 
     async def checkRecipient(self, recipient: str, declaredSize: int | None,
-                             authenticated: str | None) -> Account | None:
+                             authenticated: str | None, sender: str | None = None) -> Account | None:
         """
         Decide C{RCPT TO}; see L{qutemail.policy.envelope.RecipientPolicy}.
+        A local recipient of internal mail (an authenticated sender of
+        ours) is refused with C{KEY_POOL_LOW} while the key pool is low.
         """
-        return await self.envelope.checkRecipient(recipient, declaredSize, authenticated)
+        account = await self.envelope.checkRecipient(recipient, declaredSize, authenticated)
+        if (account is not None and self.keyPool is not None and authenticated is not None
+                and sender and self.envelope.isLocal(sender)):
+            self.keyPool.check()
+        return account
 
     def traceHeader(self, spf: Any, peer: str, sender: str, helo: str) -> bytes:
         """

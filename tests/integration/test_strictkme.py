@@ -33,12 +33,15 @@ STRICT = PoolSettings(keySizeBits=512, minKeySizeBits=512, maxKeySizeBits=512, m
                       allowSelfSlave=False)
 
 
-class StrictKMEPairTests(TestCase):
+class StrictPairSetup(TestCase):
     """
-    The server's QKD client against a strict KME pair.
+    The server's QKD client against a strict KME pair (set-up only; the
+    tests are in the subclasses).
     """
 
     timeout = 120
+
+    settings = STRICT
 
     async def setUp(self):
         """
@@ -46,7 +49,7 @@ class StrictKMEPairTests(TestCase):
         escrow's, both strict.
         """
         self.pki = makePKI(self, (SITE, ESCROW))
-        link = QKDLink(STRICT)
+        link = QKDLink(self.settings)
         self.ours = await startKME(self, self.pki, KME(KME_ID, (SITE,), link))
         self.escrow = await startKME(self, self.pki, KME("kme-escrow", (ESCROW,), link))
         base = os.path.abspath(self.mktemp())
@@ -55,15 +58,18 @@ class StrictKMEPairTests(TestCase):
         self.dataDir = os.path.join(base, "var")
         self.port, self.submissionPort = freePort(), freePort()
 
-    def startServer(self, restSae: str) -> ServerProcess:
+    def startServer(self, restSae: str, extra: str = "") -> ServerProcess:
         """
         Start the server against our KME, with bob and alice.
+
+        @param extra: more C{[qkd]} lines.
         """
         client = self.pki.client(SITE)
         qkd = (f"\n[qkd]\nkme_url = {self.ours.baseURL}\nsae_id = {SITE}\nclient_cert = {client.certPath}\n"
                f"client_key = {client.keyPath}\nca_cert = {self.pki.ca.certPath}\nrest_sae = {restSae}\n"
-               f"key_size = 512\nkme_id = {KME_ID}\n")
-        configPath = writeConfig(os.path.join(self.base, "q.ini"), self.dataDir, mtaPort=self.port,
+               f"key_size = 512\nkme_id = {KME_ID}\n{extra}")
+        self.configPath = os.path.join(self.base, "q.ini")
+        configPath = writeConfig(self.configPath, self.dataDir, mtaPort=self.port,
                                  submissionPort=self.submissionPort, extra=qkd)
         for address in ("bob@example.test", "alice@example.test"):
             result = runCLI(configPath, "user", "add", address, "--password-stdin", stdin="pw\n")
@@ -95,6 +101,12 @@ class StrictKMEPairTests(TestCase):
         """
         with open(os.path.join(self.base, "out.log")) as f:
             return f.read()
+
+
+class StrictKMEPairTests(StrictPairSetup):
+    """
+    Internal mail with C{rest_sae}, and without it.
+    """
 
     async def test_internalMailDelivered(self):
         """
@@ -130,3 +142,49 @@ class StrictKMEPairTests(TestCase):
         await self.submit(1)
         await waitFor(lambda: "deferred" in self.log(), timeout=30)
         self.assertEqual(maildirFiles(self.dataDir, "alice@example.test"), [])
+
+
+class KeyPoolAdmissionTests(StrictPairSetup):
+    """
+    C{[qkd] min_pool_keys} against the strict pair with a pool of 8 keys
+    that never refills, and a minimum above that.
+    """
+
+    settings = PoolSettings(keySizeBits=512, minKeySizeBits=512, maxKeySizeBits=512, maxKeyPerRequest=1,
+                            allowSelfSlave=False, maxKeyCount=8, refillKeysPerSecond=0)
+
+    async def test_lowPoolRefusesInternalMail(self):
+        """
+        With fewer keys than C{min_pool_keys}, an authenticated user's RCPT
+        to a local user gets 452 4.3.1 naming the key pool; mail from
+        outside to the same user is still taken and delivered; C{qkd
+        status} says internal mail is refused.
+        """
+        self.startServer(ESCROW, "min_pool_keys = 20\n")
+        await waitFor(lambda: "under min_pool_keys 20" in self.log(), timeout=30)
+
+        def internal():
+            client = smtplib.SMTP("127.0.0.1", self.submissionPort, local_hostname="c.test", timeout=CLIENT_TIMEOUT)
+            client.starttls(context=insecureContext())
+            client.login("bob@example.test", "pw")
+            client.mail("bob@example.test")
+            answer = client.rcpt("alice@example.test")
+            client.quit()
+            return answer
+
+        code, text = await deferToThread(internal)
+        self.assertEqual(code, 452)
+        self.assertIn(b"4.3.1 QKD key pool low", text)
+
+        def outside():
+            client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="c.test", timeout=CLIENT_TIMEOUT)
+            client.sendmail("someone@remote.test", ["alice@example.test"], b"Subject: hi\r\n\r\nfrom outside\r\n")
+            client.quit()
+
+        await deferToThread(outside)
+        await waitFor(lambda: len(maildirFiles(self.dataDir, "alice@example.test")) == 1, timeout=30)
+        result = await deferToThread(runCLI, self.configPath, "qkd", "status")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("slave_SAE_ID: escrow", result.stdout)
+        self.assertIn("stored_key_count: 8", result.stdout)
+        self.assertIn("internal mail: refused (452 4.3.1), min_pool_keys 20", result.stdout)
