@@ -486,6 +486,47 @@ class FakeKMETests(TestCase):
         self.assertEqual((wrong.statusRequests, wrong.requests), (0, []))
         self.flushLoggedErrors()
 
+    async def test_decKeysConformance(self):
+        """
+        C{dec_keys}, in its POST and GET forms, meets every malformed
+        answer that C{enc_keys} meets with the same one-line error and no
+        key material: garbage, a wrong count, a key of the wrong length,
+        bad base64 or ids, and 400/401/503 answers with or without a body
+        (400 and 401 permanent: the key will not appear; 503 and the
+        rest temporary).
+        """
+        other = "0f0e0d0c-0b0a-4908-8706-050403020100"
+        cases = [
+            ((200, b"<html>oops</html>"), "not valid JSON", True),
+            ((200, b"[]"), "not a JSON object", True),
+            ((200, b'{"key": []}'), "no key list", True),
+            (keysAnswer([(KEY_ID, KEY), (other, KEY)]), "asked for 1 keys, got 2", True),
+            (keysAnswer([(KEY_ID, KEY[:31])]), "248 bits, expected 256", True),
+            (keysAnswer([(KEY_ID, KEY + b"x")]), "264 bits, expected 256", True),
+            (keysAnswer([(KEY_ID, "not base64!")]), "not valid base64", True),
+            (keysAnswer([("key-1", KEY)]), "not a UUID", True),
+            (keysAnswer([(other, KEY)]), f"asked for key {KEY_ID}, got {other}", True),
+            ((400, b'{"message": "one or more keys specified are not found on KME"}'),
+             "HTTP 400 (one or more keys specified are not found on KME)", False),
+            ((401, b""), "HTTP 401", False),
+            ((401, b'{"message": "not yours"}'), "HTTP 401", False),
+            ((503, b'{"message": "busy"}'), "HTTP 503 (busy)", True),
+            ((503, b""), "HTTP 503", True),
+        ]
+        for useGET in (False, True):
+            for answer, expected, temporary in cases:
+                canned = await self.serve(answer)
+                source = keySource(self, self.pki, self.url, "sae-b", useGET=useGET)
+                message = await self.failure(source.decKey("sae-a", KEY_ID, 256), temporary)
+                self.assertIn(expected, message)
+                self.assertTrue(message.startswith("KME dec_keys for SAE sae-a: "), message)
+                self.assertNotIn(base64.b64encode(KEY[:31]).decode(), message)
+                [(method, uri, _)] = canned.requests
+                self.assertEqual(method, b"GET" if useGET else b"POST")
+                self.assertTrue(uri.startswith(b"/api/v1/keys/sae-a/dec_keys"), uri)
+                # dec_keys needs no status first.
+                self.assertEqual(canned.statusRequests, 0)
+
     async def test_decRefusedIsPermanent(self):
         """
         A 400 or 401 to C{dec_keys} is permanent; a 503 is not.
