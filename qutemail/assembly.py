@@ -22,6 +22,7 @@ from qutemail.backends.redisvault import BlockingRedisKeys, RedisKeyVault, check
 from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
+from qutemail.configvalues import splitHostPort
 from qutemail.pipeline.dkimverify import DKIMVerifier
 from qutemail.policy.dmarc import DMARCEvaluator
 from qutemail.policy.inbound import InboundChecks
@@ -101,13 +102,7 @@ def smarthostAddress(text: str) -> tuple[str, int] | None:
         C{[ipv6]:port}, or empty.
     @return: C{(host, port)}, or C{None} for MX delivery.
     """
-    if not text:
-        return None
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]")
-        return host, int(port.lstrip(":") or 25)
-    host, _, port = text.partition(":")
-    return host, int(port or 25)
+    return splitHostPort(text) if text else None
 
 
 def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
@@ -131,6 +126,7 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
         mxPort=relay.mxPort, smarthost=smarthostAddress(relay.smarthost),
         username=relay.smarthostUsername or None, password=password,
         requireVerifiedTls=relay.requireVerifiedTls,
+        routes={domain: (host, port) for domain, host, port in relay.routes},
     )
 
 

@@ -313,6 +313,9 @@ class RelayConfig:
         for none (C{smarthost_username}).
     @ivar smarthostPasswordFile: a file holding the smarthost password,
         absolute, or empty (C{smarthost_password_file}).
+    @ivar routes: C{(domain, host, port)} fixed next hops (C{routes}): mail
+        for such a domain goes to that host without an MX lookup, before
+        the smarthost is considered.
     """
 
     smarthost: str = attrs.field(default="", validator=parserValidator(parseSmarthost, "host:port"))
@@ -331,6 +334,10 @@ class RelayConfig:
     mxPort: int = attrs.field(default=25, validator=intValidator(1, 65535))
     smarthostUsername: str = attrs.field(default="", validator=parserValidator(parseText, "one line of text"))
     smarthostPasswordFile: str = attrs.field(default="", validator=pathValidator())
+    routes: tuple[tuple[str, str, int], ...] = attrs.field(default=(), validator=predicateValidator(
+        lambda v: type(v) is tuple and all(type(r) is tuple and len(r) == 3 and isinstance(r[0], str)
+                                           and isinstance(r[1], str) and type(r[2]) is int for r in v),
+        "(domain, host, port) triples"))
 
     def __attrs_post_init__(self) -> None:
         if bool(self.smarthostUsername) != bool(self.smarthostPasswordFile):

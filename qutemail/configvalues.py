@@ -242,6 +242,41 @@ def parseSmarthost(text: str) -> str:
     return text
 
 
+def splitHostPort(text: str, defaultPort: int = 25) -> tuple[str, int]:
+    """
+    Split a checked (L{parseSmarthost}) C{host}, C{host:port} or
+    C{[ipv6]:port}.
+
+    @return: C{(host, port)}.
+    """
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        return host, int(port.lstrip(":") or defaultPort)
+    host, _, port = text.partition(":")
+    return host, int(port or defaultPort)
+
+
+def parseRoutes(text: str) -> tuple[tuple[str, str, int], ...]:
+    """
+    Parse C{domain=host}, C{domain=host:port} or C{domain=[ipv6]:port}
+    items (fixed next hops, as Postfix's transport map).
+
+    @return: C{(domain, host, port)} triples, one per domain, the domain
+        in lower case.
+    """
+    routes: dict[str, tuple[str, int]] = {}
+    for item in _items(text):
+        domain, equals, target = item.partition("=")
+        target = target.strip()
+        if not equals or not target:
+            raise ValueError(f"{item!r} is not domain=host:port")
+        domain = parseDnsName(domain.strip())
+        if domain in routes:
+            raise ValueError(f"{domain!r} has two routes")
+        routes[domain] = splitHostPort(parseSmarthost(target))
+    return tuple((domain, host, port) for domain, (host, port) in routes.items())
+
+
 def parseNameservers(text: str) -> tuple[tuple[str, int], ...]:
     """Parse C{ip}, C{ip:port} or C{[ipv6]:port} items into C{(ip, port)}."""
     servers = []
@@ -410,6 +445,7 @@ SETTINGS = (
     Setting("qkd", "kme_id", "kmeId", parseText),
     Setting("qkd", "min_pool_keys", "minPoolKeys", wholeNumberParser(0)),
     Setting("relay", "smarthost", "smarthost", parseSmarthost),
+    Setting("relay", "routes", "routes", parseRoutes),
     Setting("relay", "nameservers", "nameservers", parseNameservers),
     Setting("relay", "retry_schedule", "retrySchedule", parseDurations),
     Setting("relay", "queue_lifetime", "queueLifetimeSeconds", parseDuration),

@@ -6,7 +6,7 @@ Tests for L{qutemail.configvalues}.
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.configvalues import formatSize, parseDuration, parseSize
+from qutemail.configvalues import formatSize, parseDuration, parseKeySize, parseRoutes, parseSize
 
 
 class ParseSizeTests(SynchronousTestCase):
@@ -113,3 +113,45 @@ class ParseDurationTests(SynchronousTestCase):
         A whole number with a unit is that many units' seconds.
         """
         self.assertEqual(parseDuration(f"{count}{unit[0]}"), count * unit[1])
+
+
+class ParseRoutesTests(SynchronousTestCase):
+    """
+    Tests for L{parseRoutes} (C{[relay] routes}).
+    """
+
+    def test_forms(self) -> None:
+        """
+        C{domain=host}, C{domain=host:port} and C{domain=[ipv6]:port}, the
+        domain in lower case, port 25 by default.
+        """
+        self.assertEqual(parseRoutes("Branch.Example=127.0.0.1:2526, b.test=[::1]:26,\nc.test = mx.c.test"),
+                         (("branch.example", "127.0.0.1", 2526), ("b.test", "::1", 26),
+                          ("c.test", "mx.c.test", 25)))
+        self.assertEqual(parseRoutes(""), ())
+
+    def test_refused(self) -> None:
+        """
+        A missing target, a bad host or port, or a domain routed twice is
+        refused with a message naming the item.
+        """
+        for text, expected in (("x.test", "not domain=host:port"), ("x.test=", "not domain=host:port"),
+                               ("x.test=h:0", "not host, host:port"), ("x.test=h:99999", "not host, host:port"),
+                               ("-x=h", "-x"), ("x.test=h, X.test=g", "two routes")):
+            with self.assertRaises(ValueError) as caught:
+                parseRoutes(text)
+            self.assertIn(expected, str(caught.exception))
+
+
+class ParseKeySizeTests(SynchronousTestCase):
+    """
+    Tests for L{parseKeySize} (C{[qkd] key_size}).
+    """
+
+    def test_range(self) -> None:
+        """
+        Multiples of 8 from 128 to 8192 bits.
+        """
+        self.assertEqual([parseKeySize(t) for t in ("128", "256", "512", "8192")], [128, 256, 512, 8192])
+        for bad in ("120", "257", "8200", "x", ""):
+            self.assertRaises(ValueError, parseKeySize, bad)

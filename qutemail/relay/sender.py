@@ -388,6 +388,8 @@ class Relay:
     @ivar hostname: our name, for EHLO.
     @ivar mxPort: the port exchangers are reached on.
     @ivar smarthost: C{(host, port)} to send everything through, or C{None}.
+    @ivar routes: C{domain -> (host, port)}: fixed next hops, taking
+        precedence over the smarthost and the MX records.
     @ivar username: the smarthost AUTH user, or C{None}.
     @ivar password: the smarthost AUTH password, or C{None}.
     @ivar requireVerifiedTls: domains (or C{"*"}) that need a verified
@@ -405,6 +407,7 @@ class Relay:
     hostname: str
     mxPort: int = 25
     smarthost: tuple[str, int] | None = None
+    routes: dict[str, tuple[str, int]] = attrs.field(factory=dict)
     username: str | None = None
     password: str | None = None
     requireVerifiedTls: tuple[str, ...] = ()
@@ -427,6 +430,9 @@ class Relay:
         @raise qutemail.relay.mx.DNSLookupError: when DNS says no, or cannot
             say now.
         """
+        route = self.routes.get(domain.lower())
+        if route is not None:
+            return [Destination(route[0], route[0], route[1])]
         if self.smarthost is not None:
             return [Destination(self.smarthost[0], self.smarthost[0], self.smarthost[1])]
         exchangers = await self.resolver.resolve(domain)
@@ -450,13 +456,15 @@ class Relay:
             destinations = await self.destinations(domain)
         except DNSLookupError as e:
             return {r: e.reply for r in recipients}
-        verified = self.needsVerifiedTLS(domain) or self.username is not None
+        # The smarthost's credentials are for the smarthost alone.
+        authenticate = self.username is not None and domain.lower() not in self.routes
+        verified = self.needsVerifiedTLS(domain) or authenticate
         last = NO_ANSWER.withText(f"No mail exchanger for {domain} answered")
         for destination in destinations[:MAX_DESTINATIONS]:
             for useTLS in ((True,) if verified else (True, False)):
                 try:
                     replies = await self._session(destination, verified, useTLS, sender, recipients, body,
-                                                  sizeBytes, prefix)
+                                                  sizeBytes, prefix, authenticate)
                 except SessionFailed as e:
                     last = e.reply
                     self._log.info("relay to {host}[{address}] for {domain} failed: {reply}",
@@ -484,9 +492,11 @@ class Relay:
 
     async def _session(self, destination: Destination, verified: bool, useTLS: bool, sender: str,
                        recipients: list[str], body: Callable[[], Any], sizeBytes: int,
-                       prefix: bytes) -> dict[str, Reply]:
+                       prefix: bytes, authenticate: bool = True) -> dict[str, Reply]:
         """
         One connection, one transaction.
+
+        @param authenticate: send the smarthost's credentials (when set).
         """
         result: Deferred = Deferred()
         context = self._context(destination, verified) if useTLS else None
@@ -494,8 +504,8 @@ class Relay:
         def build() -> RelayClient:
             return RelayClient(
                 identity=self.hostname, context=context, requireTLS=verified,
-                username=self.username.encode("utf-8") if self.username else None,
-                password=self.password.encode("utf-8") if self.password is not None else None,
+                username=self.username.encode("utf-8") if self.username and authenticate else None,
+                password=self.password.encode("utf-8") if self.password is not None and authenticate else None,
                 sender=sender, recipients=list(recipients), body=body, sizeBytes=sizeBytes,
                 prefix=prefix, result=result, timeoutSeconds=self.timeoutSeconds,
             )

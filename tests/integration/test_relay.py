@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 from qutemail.pipeline.dkim import defaultKeyPath, dnsFunction, publicTXTValue
 from tests.integration.support import waitFor
 from tests.integration.test_mta import RunningServerMixin
+from tests.relay.remote import startRemote
 
 MESSAGE = (b"From: Bob <bob@example.test>\r\nTo: dave@remote.test\r\nSubject: signed and sent\r\n"
            b"Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <out-1@example.test>\r\n\r\n"
@@ -67,6 +68,33 @@ class OutboundTests(RunningServerMixin, TestCase):
         self.assertIn(b"Status: 5.1.10", report)
         self.assertIn(b"Final-Recipient: rfc822; dave@nomail.test", report)
         self.assertEqual(self.remote.commands, [])
+
+
+class RoutesTests(RunningServerMixin, TestCase):
+    """
+    C{[relay] routes}: a domain's mail goes to a fixed host and port.
+    """
+
+    async def test_routedWithoutDNS(self) -> None:
+        """
+        Mail for a routed domain that has no DNS records at all reaches the
+        host and port of its route; other domains still go by MX.
+        """
+        branch = await startRemote(self)
+        # The configuration ends with its [relay] section.
+        with open(self.configPath, "a") as f:
+            f.write(f"routes = Branch.test=127.0.0.1:{branch.port}\n")
+        await self.restartServer()
+        message = MESSAGE.replace(b"dave@remote.test", b"erin@branch.test")
+        self.assertEqual(await self.submit(
+            lambda client: client.sendmail("bob@example.test", ["erin@branch.test"], message)), {})
+        [received] = await waitFor(lambda: branch.received)
+        self.assertEqual((received.sender, received.recipients), ("bob@example.test", ["erin@branch.test"]))
+        self.assertTrue(received.data.endswith(b"Bob\r\n"))
+        self.assertEqual(await self.submit(
+            lambda client: client.sendmail("bob@example.test", ["dave@remote.test"], MESSAGE)), {})
+        await waitFor(lambda: self.remote.received)
+        self.assertEqual(len(branch.received), 1)
 
 
 def _files(dataDir: str, user: str) -> list[str]:

@@ -366,6 +366,19 @@ class RelayTests(TestCase):
         self.assertEqual((remote.received[0].tls, remote.received[0].authenticated), (True, "relay-user"))
         self.assertEqual(relay.resolver.asked, [])
 
+    async def test_routeBeforeSmarthost(self) -> None:
+        """
+        A routed domain goes to its route, ahead of the smarthost and the
+        MX records, and the smarthost's credentials are not sent there.
+        """
+        remote = await startRemote(self, tlsContext=selfSignedContext())
+        relay = self.relay(9, smarthost=("127.0.0.1", 9), username="relay-user", password="s3cret",
+                           routes={"remote.test": ("127.0.0.1", remote.port)})
+        replies = await self.deliver(relay, ["dave@remote.test"])
+        self.assertEqual(replies["dave@remote.test"].code, 250)
+        self.assertEqual((remote.received[0].tls, remote.received[0].authenticated), (True, None))
+        self.assertEqual(relay.resolver.asked, [])
+
     async def test_smarthostWrongPassword(self) -> None:
         """
         A smarthost refusing our credentials defers the mail with a reply
