@@ -313,6 +313,8 @@ class RelayConfig:
         for none (C{smarthost_username}).
     @ivar smarthostPasswordFile: a file holding the smarthost password,
         absolute, or empty (C{smarthost_password_file}).
+    @ivar delayWarningSeconds: after this long undelivered, the sender gets
+        one delay notice (C{delay_warning}; 0: never).
     @ivar routes: C{(domain, host, port)} fixed next hops (C{routes}): mail
         for such a domain goes to that host without an MX lookup, before
         the smarthost is considered.
@@ -334,6 +336,8 @@ class RelayConfig:
     mxPort: int = attrs.field(default=25, validator=intValidator(1, 65535))
     smarthostUsername: str = attrs.field(default="", validator=parserValidator(parseText, "one line of text"))
     smarthostPasswordFile: str = attrs.field(default="", validator=pathValidator())
+    delayWarningSeconds: float = attrs.field(default=4 * 3600.0, validator=predicateValidator(
+        lambda v: type(v) is float and (v == 0 or isDuration(v)), "a duration, or 0"))
     routes: tuple[tuple[str, str, int], ...] = attrs.field(default=(), validator=predicateValidator(
         lambda v: type(v) is tuple and all(type(r) is tuple and len(r) == 3 and isinstance(r[0], str)
                                            and isinstance(r[1], str) and type(r[2]) is int for r in v),

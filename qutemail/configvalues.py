@@ -200,6 +200,11 @@ def parseTlsDomains(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(item if item == "*" else parseDnsName(item) for item in _items(text)))
 
 
+def parseDurationOrZero(text: str) -> float:
+    """Parse a duration (see L{parseDuration}), or C{0} for none."""
+    return 0.0 if text.strip() == "0" else parseDuration(text)
+
+
 def parseDurations(text: str) -> tuple[float, ...]:
     """Parse at least one duration (see L{parseDuration})."""
     durations = tuple(parseDuration(item) for item in _items(text))
@@ -446,6 +451,7 @@ SETTINGS = (
     Setting("qkd", "min_pool_keys", "minPoolKeys", wholeNumberParser(0)),
     Setting("relay", "smarthost", "smarthost", parseSmarthost),
     Setting("relay", "routes", "routes", parseRoutes),
+    Setting("relay", "delay_warning", "delayWarningSeconds", parseDurationOrZero),
     Setting("relay", "nameservers", "nameservers", parseNameservers),
     Setting("relay", "retry_schedule", "retrySchedule", parseDurations),
     Setting("relay", "queue_lifetime", "queueLifetimeSeconds", parseDuration),

@@ -162,12 +162,15 @@ class QueueEntry:
     @ivar sealedBody: the version of the format its C{.msg} is sealed in
         (L{qutemail.queue.sealedbody}), 0 for a body in clear (every entry
         written before sealing existed).
+    @ivar delayWarned: whether the sender was sent its delay notice
+        (C{[relay] delay_warning}), so it never gets two.
     """
 
     message: SpooledMessage
     recipients: list[RecipientState]
     dkimHeader: str = ""
     sealedBody: int = 0
+    delayWarned: bool = False
 
     @property
     def queueId(self) -> str:
@@ -200,6 +203,7 @@ class QueueEntry:
                 "recipients": [attrs.asdict(r) for r in self.recipients],
                 "dkimHeader": self.dkimHeader,
                 "sealedBody": self.sealedBody,
+                "delayWarned": self.delayWarned,
             },
             indent=1,
         ).encode("utf-8")

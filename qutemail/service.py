@@ -438,7 +438,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         scheduler = RetryScheduler(queue=queue, local=local, bounce=intake.bounce, clock=reactor,
                                    retrySchedule=config.relay.retrySchedule,
                                    queueLifetimeSeconds=config.relay.queueLifetimeSeconds,
-                                   relay=buildRelay(config, reactor, runner))
+                                   relay=buildRelay(config, reactor, runner),
+                                   delayWarningSeconds=config.relay.delayWarningSeconds)
         scheduler.setServiceParent(root)
         ControlService(reactor, controlPath(dataDir), scheduler).setServiceParent(root)
 

@@ -6,7 +6,9 @@ Tests for L{qutemail.configvalues}.
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.configvalues import formatSize, parseDuration, parseKeySize, parseRoutes, parseSize
+from qutemail.configvalues import (
+    formatSize, parseDuration, parseDurationOrZero, parseKeySize, parseRoutes, parseSize,
+)
 
 
 class ParseSizeTests(SynchronousTestCase):
@@ -155,3 +157,17 @@ class ParseKeySizeTests(SynchronousTestCase):
         self.assertEqual([parseKeySize(t) for t in ("128", "256", "512", "8192")], [128, 256, 512, 8192])
         for bad in ("120", "257", "8200", "x", ""):
             self.assertRaises(ValueError, parseKeySize, bad)
+
+
+class ParseDurationOrZeroTests(SynchronousTestCase):
+    """
+    Tests for L{parseDurationOrZero} (C{[relay] delay_warning}).
+    """
+
+    def test_zeroOrDuration(self) -> None:
+        """
+        C{0} turns the feature off; anything else is a duration.
+        """
+        self.assertEqual([parseDurationOrZero(t) for t in ("0", " 0 ", "4h", "90s")], [0.0, 0.0, 14400.0, 90.0])
+        for bad in ("", "-1", "0s", "x"):
+            self.assertRaises(ValueError, parseDurationOrZero, bad)

@@ -41,9 +41,11 @@ def buildReport(
     now: float,
     failed: list[FailedRecipient],
     header: bytes,
+    retryUntil: float | None = None,
 ) -> bytes:
     """
-    Build a bounce.
+    Build a bounce, or with C{retryUntil} a delay notice (RFC 3464
+    C{Action: delayed}, as Postfix's C{delay_warning_time} sends).
 
     @param hostname: this server (the Reporting-MTA).
     @param sender: the original envelope sender, who gets the report.
@@ -52,13 +54,18 @@ def buildReport(
     @param now: the current time.
     @param failed: the recipients that failed.
     @param header: the original header section (see L{originalHeader}).
+    @param retryUntil: for a delay notice, when the mail system gives up
+        (the message's arrival plus the queue lifetime); C{None} for a
+        bounce.
     @return: the report, LF line ends.
     """
+    delayed = retryUntil is not None
     boundary = f"{queueId}.{uuid.uuid4().hex}/{hostname}"
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        "Subject: " + ("Delayed Mail (still being retried)" if delayed
+                       else "Undelivered Mail Returned to Sender"),
         f"Date: {email.utils.formatdate(now)}",
         f"Message-ID: <{uuid.uuid4().hex}@{hostname}>",
         "Auto-Submitted: auto-replied",
@@ -72,8 +79,14 @@ def buildReport(
         "",
         f"This is the mail system at host {hostname}.",
         "",
-        "Your message could not be delivered to one or more recipients.",
-        "",
+    ]
+    if delayed:
+        lines += ["Your message could not be delivered yet to one or more recipients.",
+                  f"The mail system will keep trying until {email.utils.formatdate(retryUntil)}.",
+                  "You do not need to send it again.", ""]
+    else:
+        lines += ["Your message could not be delivered to one or more recipients.", ""]
+    lines += [
     ]
     lines += [f"<{r.address}>: {r.diagnostic}" for r in failed]
     lines += [
@@ -89,10 +102,12 @@ def buildReport(
         lines += [
             "",
             f"Final-Recipient: rfc822; {r.address}",
-            "Action: failed",
+            "Action: delayed" if delayed else "Action: failed",
             f"Status: {r.status}",
             f"Diagnostic-Code: smtp; {r.diagnostic}",
         ]
+        if delayed:
+            lines.append(f"Will-Retry-Until: {email.utils.formatdate(retryUntil)}")
     lines += ["", f"--{boundary}", "Content-Type: text/rfc822-headers", ""]
     text = "\n".join(lines).encode("utf-8") + b"\n"
     return text + header + b"\n--" + boundary.encode("utf-8") + b"--\n"

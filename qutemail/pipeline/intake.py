@@ -194,13 +194,16 @@ class Intake:
         """
         self._route(message, recovering=True)
 
-    async def bounce(self, message: SpooledMessage, failed: list[FailedRecipient]) -> None:
+    async def bounce(self, message: SpooledMessage, failed: list[FailedRecipient],
+                     retryUntil: float | None = None) -> None:
         """
         Send the sender a delivery status notification, unless the sender
         is null (RFC 5321 §4.5.5: never bounce a bounce).
 
         @param message: the original message.
         @param failed: the recipients it failed for.
+        @param retryUntil: makes it a delay notice (C{Action: delayed})
+            for recipients still retried until then; C{None} for a bounce.
         @raise Exception: the report could not be made durable (the caller
             keeps the recipients waiting and tries again later).
         """
@@ -210,7 +213,7 @@ class Intake:
         header = originalHeader(await self._readHead(message))
         now = self.clock.seconds()
         report = buildReport(self.hostname, sender, message.queueId,
-                             message.envelope.receivedAt, now, failed, header)
+                             message.envelope.receivedAt, now, failed, header, retryUntil)
         envelope = Envelope("", (sender,), helo=self.hostname, peer="127.0.0.1", receivedAt=now)
         report = SpooledMessage(self.queueIds.next(), envelope, len(report), inline=report)
         await self.journal.commit(report)

@@ -238,7 +238,8 @@ class DeferredQueue:
             SpooledMessage(meta["queueId"], Envelope.fromJSON(meta["envelope"]), meta["size"]), bodyPath, sealed)
         recipients = [RecipientState(**(r | {"state": LEGACY_STATES.get(r["state"], r["state"])}))
                       for r in meta["recipients"]]
-        return QueueEntry(message, recipients, meta.get("dkimHeader", ""), sealed)
+        return QueueEntry(message, recipients, meta.get("dkimHeader", ""), sealed,
+                          bool(meta.get("delayWarned", False)))
 
     def snapshot(self) -> list[QueueEntry]:
         """

@@ -45,7 +45,8 @@ class RetryScheduler(Service):
     name = "retry-scheduler"
 
     def __init__(self, *, queue: Any, local: Any, bounce: Any, clock: Any, retrySchedule: tuple[float, ...],
-                 queueLifetimeSeconds: float, batch: int = DEFAULT_BATCH, relay: Any = None) -> None:
+                 queueLifetimeSeconds: float, batch: int = DEFAULT_BATCH, relay: Any = None,
+                 delayWarningSeconds: float = 0.0) -> None:
         """
         @param queue: the L{qutemail.interfaces.IRelayQueue} it works on; it
             is told of each entry added, and starts it at once.
@@ -59,6 +60,10 @@ class RetryScheduler(Service):
         @param batch: the most entries in progress at once.
         @param relay: the L{qutemail.relay.sender.Relay}, or C{None} to
             leave remote recipients waiting.
+        @param delayWarningSeconds: after this long in the queue, the sender
+            of a message some recipients of which are still deferred gets
+            one delay notice (C{[relay] delay_warning}; 0: never).  The
+            C{bounce} callable makes it, given C{retryUntil}.
         """
         self.queue = queue
         self.local = local
@@ -68,6 +73,7 @@ class RetryScheduler(Service):
         self.queueLifetime = queueLifetimeSeconds
         self.batch = batch
         self.relay = relay
+        self.delayWarning = delayWarningSeconds
         self.intervalSeconds = max(1.0, min(MAX_TICK_SECONDS, min(retrySchedule) / 10))
         self._loop = LoopingCall(self._safeTick)
         self._loop.clock = clock
@@ -241,6 +247,32 @@ class RetryScheduler(Service):
                             for domain, rs in remote.items()], consumeErrors=True)
         if bounced:
             await self._bounce(entry, bounced, now)
+        await self._warnIfDelayed(entry, now)
+
+    async def _warnIfDelayed(self, entry: QueueEntry, now: float) -> None:
+        """
+        Send the sender its one delay notice once the message has waited
+        C{delay_warning} with recipients still deferred.  The entry says so
+        on disk first: a crash may cost the notice, never send it twice.
+        """
+        message = entry.message
+        if (not self.delayWarning or entry.delayWarned or not message.envelope.sender
+                or now < message.envelope.receivedAt + self.delayWarning):
+            return
+        waiting = [r for r in entry.recipients if r.state == DEFERRED]
+        if not waiting:
+            return
+        entry.delayWarned = True
+        await self._save(entry)
+        retryUntil = message.envelope.receivedAt + self.queueLifetime
+        delayed = [FailedRecipient(r.address, _delayStatus(r.lastReply), r.lastReply) for r in waiting]
+        try:
+            await self._bounceReport(message, delayed, retryUntil)
+        except Exception:
+            self._log.failure("could not queue the delay notice for {queueId}", Failure(), queueId=entry.queueId)
+            return
+        self._log.info("{queueId} delayed: notice sent to <{sender}> for {count} recipients",
+                       queueId=entry.queueId, sender=message.envelope.sender, count=len(delayed))
 
     async def _relayDomain(self, entry: QueueEntry, domain: str, recipients: list[RecipientState],
                            now: float, expired: bool, bounced: list) -> None:
@@ -309,3 +341,14 @@ class RetryScheduler(Service):
                                queueId=entry.queueId, recipient=r.address, attempts=r.attempts,
                                reply=failed.diagnostic)
         await self._save(entry)
+
+
+def _delayStatus(lastReply: str) -> str:
+    """
+    The RFC 3464 status of a delayed recipient: the enhanced code of its
+    last (temporary) reply, or C{4.0.0}.
+    """
+    parts = lastReply.split()
+    if len(parts) > 1 and parts[1].startswith("4.") and parts[1].count(".") == 2:
+        return parts[1]
+    return "4.0.0"

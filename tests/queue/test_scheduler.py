@@ -8,6 +8,7 @@ runner and a L{Clock}, so each tick completes synchronously.
 """
 
 import email
+import email.utils
 import os
 
 from twisted.internet.testing import EventLoggingObserver
@@ -352,6 +353,92 @@ class ExpiryTests(StackTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.stack.newFiles(BOB)), 1)
         self.assertNotIn(message.queueId, self.stack.queue.entries)
 
+
+
+class DelayWarningTests(StackTestsMixin, SynchronousTestCase):
+    """
+    C{[relay] delay_warning}: one C{Action: delayed} notice per message.
+    """
+
+    lifetime = 5000.0
+
+    def setUp(self):
+        """
+        The stack, with delay notices after 1000 s.
+        """
+        StackTestsMixin.setUp(self)
+        self.stack.scheduler.delayWarning = 1000.0
+
+    def reports(self) -> list:
+        """
+        @return: the reports in bob's mailbox, parsed.
+        """
+        return [email.message_from_bytes(b) for b in self.stack.newFiles(BOB)]
+
+    def test_oneNoticeThenBounce(self):
+        """
+        Retried at 300 and 900 s, nothing yet; at the 2100 s retry the
+        message has waited past 1000 s and bob gets one delay notice
+        naming alice with C{Action: delayed}, her last 4.2.2 reply and
+        the retry deadline; later retries send none; at the lifetime the
+        bounce still comes.
+        """
+        message = self.submit()
+        self.startScheduler()
+        self.stack.clock.advance(300)
+        self.stack.clock.advance(600)
+        self.assertEqual(self.reports(), [])
+        self.stack.clock.advance(1200)
+        [notice] = self.reports()
+        self.assertEqual(notice["Subject"], "Delayed Mail (still being retried)")
+        text, status, headers = notice.get_payload()
+        self.assertIn("You do not need to send it again.", text.get_payload())
+        perMessage, perRecipient = status.get_payload()
+        self.assertEqual(perMessage["X-QutEmail-Queue-ID"], message.queueId)
+        self.assertEqual((perRecipient["Final-Recipient"], perRecipient["Action"], perRecipient["Status"]),
+                         ("rfc822; alice@example.test", "delayed", "4.2.2"))
+        self.assertEqual(perRecipient["Will-Retry-Until"],
+                         email.utils.formatdate(message.envelope.receivedAt + self.lifetime))
+        self.assertTrue(self.stack.queue.entries[message.queueId].delayWarned)
+        self.stack.clock.advance(2400)
+        self.assertEqual(len(self.reports()), 1)
+        self.stack.clock.advance(4800)
+        self.assertEqual(self.stack.queue.entries, {})
+        self.assertEqual([r.get_payload()[1].get_payload()[1]["Action"] for r in self.reports()],
+                         ["delayed", "failed"])
+
+    def test_notTwiceAfterRestart(self):
+        """
+        The notice is recorded in the entry on disk: a queue loaded again
+        (a restart) does not send a second one.
+        """
+        message = self.submit()
+        self.startScheduler()
+        for step in (300, 600, 1200):
+            self.stack.clock.advance(step)
+        self.assertEqual(len(self.reports()), 1)
+        reloaded = DeferredQueue(self.deferredDir, InlineRunner())
+        reloaded.load()
+        self.assertTrue(reloaded.entries[message.queueId].delayWarned)
+        self.stack.queue.entries.clear()
+        self.stack.queue.load()
+        self.stack.clock.advance(2400)
+        self.assertEqual(len(self.reports()), 1)
+
+    def test_nullSenderAndOff(self):
+        """
+        Nothing for the null sender, and nothing with C{delay_warning = 0}.
+        """
+        self.submit(sender="")
+        self.startScheduler()
+        for step in (300, 600, 1200):
+            self.stack.clock.advance(step)
+        self.assertEqual(self.allStoredFiles(), [])
+        self.stack.scheduler.delayWarning = 0.0
+        self.submit()
+        for step in (300, 600, 1200, 2400):
+            self.stack.clock.advance(step)
+        self.assertEqual(self.reports(), [])
 
 
 class FailingTickTests(StackTestsMixin, SynchronousTestCase):
