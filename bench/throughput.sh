@@ -11,10 +11,13 @@
 #   PORT        MTA port for QutEmail (default 2525)
 #   WORKERS     [server] workers for QutEmail (default 2: one per core here)
 #   SHARED      the shared/ directory (default: ../shared beside the repo)
-#   CHECKS      [inbound] checks: SPF, DKIM and DMARC of every message, with
-#               DNS from the machine's resolvers (default yes, as shipped;
-#               no measures the same work as the reference Postfix, which
-#               checks none of them)
+#   CHECKS      [inbound] checks: SPF, DKIM and DMARC of every message
+#               (default yes, as shipped; no measures the same work as the
+#               reference Postfix, which checks none of them)
+#   DNS         with CHECKS=yes, where the answers come from: loopback (the
+#               default: bench/dnszone.py serves SPF, DMARC, MX and A records
+#               for the driver's domain on 127.0.0.1, as a site's own
+#               resolver would) or system (the machine's resolvers)
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$here/../shared}
@@ -22,9 +25,33 @@ BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/qutemail-bench}
 PORT=${PORT:-2525}
 WORKERS=${WORKERS:-2}
 CHECKS=${CHECKS:-yes}
+DNS=${DNS:-loopback}
 driver="$SHARED/bench/smtp_throughput.sh"
 
 run_number=0
+dns_pid=""
+nameservers=""
+
+start_dns() {
+    [ "$CHECKS" = yes ] && [ "$DNS" = loopback ] || return 0
+    [ -z "$dns_pid" ] || return 0
+    mkdir -p "$BENCH_DIR"
+    python3 "$here/bench/dnszone.py" example.test > "$BENCH_DIR/dns.$$" 2>&1 &
+    dns_pid=$!
+    i=0
+    until nameservers=$(head -1 "$BENCH_DIR/dns.$$" 2>/dev/null) && [ -n "$nameservers" ]; do
+        i=$((i + 1)); [ $i -lt 100 ] || { echo "the loopback DNS server did not start" >&2; exit 1; }
+        sleep 0.1
+    done
+}
+
+stop_dns() {
+    [ -n "$dns_pid" ] || return 0
+    kill "$dns_pid" 2>/dev/null || true
+    wait "$dns_pid" 2>/dev/null || true
+    rm -f "$BENCH_DIR/dns.$$"
+    dns_pid=""
+}
 
 start_qutemail() {
     # A fresh directory for every run, deleted only by the caller: on ext4
@@ -35,7 +62,9 @@ start_qutemail() {
     dir="$BENCH_DIR/qutemail-$$-$run_number"
     mkdir -p "$dir"
     cfg="$dir/qutemail.ini"
-    sed -e "s|^data_dir = .*|data_dir = $dir/var|" \
+    start_dns
+    sed -e "s|^nameservers =.*|nameservers = $nameservers|" \
+        -e "s|^data_dir = .*|data_dir = $dir/var|" \
         -e "s|^mta_port = .*|mta_port = $PORT|" \
         -e "s|^workers = .*|workers = $WORKERS|" \
         -e "s|^messages_per_ip_hour = .*|messages_per_ip_hour = 0|" \
@@ -62,9 +91,10 @@ stop_qutemail() {
 
 run_qutemail() {  # SESSIONS MESSAGES SIZE
     start_qutemail
-    trap stop_qutemail EXIT
+    trap 'stop_qutemail; stop_dns' EXIT
     "$driver" 127.0.0.1 "$PORT" example.test "$dir/var/mail/example.test" "$1" "$2" "$3"
     stop_qutemail
+    stop_dns
     trap - EXIT
 }
 
