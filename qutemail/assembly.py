@@ -15,7 +15,6 @@ from functools import partial
 from typing import Any
 
 import attrs
-import dns.resolver
 from twisted.application.service import MultiService
 
 from qutemail.backends.redisvault import BlockingRedisKeys, RedisKeyVault, checkVaultPersistence
@@ -23,6 +22,7 @@ from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.configvalues import splitHostPort
+from qutemail.dns import ResolverCache
 from qutemail.pipeline.dkimverify import DKIMVerifier
 from qutemail.policy.dmarc import DMARCEvaluator
 from qutemail.policy.inbound import InboundChecks
@@ -149,7 +149,7 @@ def buildInbound(config: Any, reactor: Any, parent: MultiService) -> InboundChec
     nameservers, timeout = config.relay.nameservers, inbound.dnsTimeoutSeconds
     # One cache for the checks' answers, kept for their TTLs (NXDOMAIN
     # too): mail from one domain asks DNS once, not three times a message.
-    cache = dns.resolver.LRUCache(INBOUND_DNS_CACHE_ENTRIES)
+    cache = ResolverCache(INBOUND_DNS_CACHE_ENTRIES)
     return InboundChecks(
         hostname=config.server.hostname,
         spf=SPFChecker(nameservers, timeout, runner, cache),

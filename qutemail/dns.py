@@ -48,18 +48,55 @@ class DNSAnswer:
     detail: str = ""
 
 
+class ResolverCache(dns.resolver.LRUCache):
+    """
+    A dnspython answer cache that also keeps the resolvers built around
+    it, one per C{(nameservers, timeout)}: building a C{Resolver} costs
+    more than answering from the cache (the inbound checks built one per
+    query, which a profile of the checks-on benchmark showed).  A resolver
+    is only read once built, so worker threads share it; two threads
+    racing to build one both get a working resolver.
+    """
+
+    def __init__(self, maxSize: int) -> None:
+        super().__init__(maxSize)
+        self._resolvers: dict[tuple, dns.resolver.Resolver] = {}
+
+    def resolverFor(self, nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float) -> dns.resolver.Resolver:
+        """
+        @return: the resolver for these servers and timeout, built the
+            first time (see L{makeResolver}).
+        """
+        key = (tuple(nameservers), timeoutSeconds)
+        resolver = self._resolvers.get(key)
+        if resolver is None:
+            resolver = self._resolvers[key] = _buildResolver(nameservers, timeoutSeconds, self)
+        return resolver
+
+
 def makeResolver(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float,
                  cache: Any = None) -> dns.resolver.Resolver:
     """
-    A dnspython resolver for one query, without a cache.
+    A dnspython resolver.
 
     @param nameservers: C{(ip, port)} pairs; none for the system's
         resolvers (read from C{/etc/resolv.conf}).
     @param timeoutSeconds: the query's lifetime.
     @param cache: a C{dns.resolver.LRUCache} shared by the lookups of one
         kind (it keeps answers, NXDOMAIN included, for their TTL; it is
-        thread-safe), or C{None} for none.
+        thread-safe), or C{None} for none; a L{ResolverCache} also gives
+        back the resolver it built for the same servers and timeout.
     @raise dns.resolver.NoResolverConfiguration: when the system has none.
+    """
+    if isinstance(cache, ResolverCache):
+        return cache.resolverFor(nameservers, timeoutSeconds)
+    return _buildResolver(nameservers, timeoutSeconds, cache)
+
+
+def _buildResolver(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float,
+                   cache: Any) -> dns.resolver.Resolver:
+    """
+    Build a resolver (see L{makeResolver}).
     """
     if nameservers:
         resolver = dns.resolver.Resolver(configure=False)

@@ -4,9 +4,9 @@ Tests for L{qutemail.dns}: questions asked of a real DNS server on loopback.
 
 import dns.resolver
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from qutemail.dns import FOUND, NXDOMAIN, queryBlocking
+from qutemail.dns import FOUND, NXDOMAIN, ResolverCache, makeResolver, queryBlocking
 from tests.dnsserver import startDNSServer
 
 
@@ -40,3 +40,26 @@ class QueryCacheTests(TestCase):
 
         await deferToThread(ask)
         self.assertEqual(server.queries, [("a.test", "TXT"), ("gone.test", "TXT"), ("a.test", "TXT")])
+
+
+class ResolverCacheTests(SynchronousTestCase):
+    """
+    L{ResolverCache} builds one resolver per servers and timeout.
+    """
+
+    def test_reused(self):
+        """
+        The same servers and timeout give back the same resolver, using
+        the cache; others get their own; a plain cache gets a new one each
+        time.
+        """
+        cache = ResolverCache(10)
+        servers = (("127.0.0.1", 5353),)
+        first = makeResolver(servers, 2.0, cache)
+        self.assertIs(makeResolver(servers, 2.0, cache), first)
+        self.assertIs(first.cache, cache)
+        self.assertEqual([(n.address, n.port) for n in first.nameservers], [("127.0.0.1", 5353)])
+        self.assertIsNot(makeResolver((("127.0.0.2", 53),), 2.0, cache), first)
+        self.assertIsNot(makeResolver(servers, 3.0, cache), first)
+        plain = dns.resolver.LRUCache(10)
+        self.assertIsNot(makeResolver(servers, 2.0, plain), makeResolver(servers, 2.0, plain))
