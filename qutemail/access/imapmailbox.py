@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from qutemail.access.imapwire import ParseError, inSequenceSet
+from qutemail.access.imapwire import ParseError, SequenceMembership
 from qutemail.access.keywords import EMPTY, KeywordMap
 from qutemail.access.uids import FolderMessage, FolderState
 
@@ -181,13 +181,15 @@ class FolderView:
         """
         if uid:
             largest = self.slots[-1].uid if self.slots else 0
-            return [(seq, s) for seq, s in enumerate(self.slots, 1) if inSequenceSet(ranges, s.uid, largest)]
+            members = SequenceMembership(ranges, largest)
+            return [(seq, s) for seq, s in enumerate(self.slots, 1) if s.uid in members]
         count = len(self.slots)
         for low, high in ranges:
             for n in (low, high):
                 if (n is not None and n > count) or (n is None and count == 0):
                     raise ParseError("message sequence number out of range")
-        return [(seq, s) for seq, s in enumerate(self.slots, 1) if inSequenceSet(ranges, seq, count)]
+        members = SequenceMembership(ranges, count)
+        return [(seq, s) for seq, s in enumerate(self.slots, 1) if seq in members]
 
     def remove(self, baseNames: Iterable[str]) -> list[bytes]:
         """

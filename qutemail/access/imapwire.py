@@ -10,6 +10,7 @@ CRLF, RFC 3501 §2.3.1 and §4.3).
 Everything here is pure computation; nothing blocks.
 """
 
+import bisect
 import calendar
 import datetime
 import re
@@ -342,6 +343,38 @@ def _seqNumber(value: bytes) -> int | None:
     if number > 2**32 - 1:
         raise ParseError("number out of range in a sequence set")
     return number
+
+
+class SequenceMembership:
+    """
+    A sequence set resolved against C{*}, for many membership tests: its
+    ranges sorted and merged once, each test a binary search (a client
+    naming a thousand UIDs one by one otherwise cost a thousand
+    comparisons per message of the mailbox).
+    """
+
+    def __init__(self, ranges: list[tuple[int | None, int | None]], largest: int) -> None:
+        """
+        @param ranges: from L{parseSequenceSet}.
+        @param largest: what C{*} stands for.
+        """
+        spans = sorted((min(a, b), max(a, b)) for a, b in (
+            (largest if low is None else low, largest if high is None else high) for low, high in ranges))
+        merged: list[list[int]] = []
+        for low, high in spans:
+            if merged and low <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], high)
+            else:
+                merged.append([low, high])
+        self._lows = [low for low, _ in merged]
+        self._highs = [high for _, high in merged]
+
+    def __contains__(self, number: int) -> bool:
+        """
+        @return: whether C{number} is in the set.
+        """
+        i = bisect.bisect_right(self._lows, number) - 1
+        return i >= 0 and number <= self._highs[i]
 
 
 def inSequenceSet(ranges: list[tuple[int | None, int | None]], number: int, largest: int) -> bool:

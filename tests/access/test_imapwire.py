@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access.imapwire import (
     MAX_LIST_DEPTH, Atom, CRLFConverter, ParseError, TokenReader, TooDeep, convertedSize, formatInternalDate,
-    formatList, inSequenceSet, parseDate, parseDateTime, parseSequenceSet, string,
+    SequenceMembership, formatList, inSequenceSet, parseDate, parseDateTime, parseSequenceSet, string,
 )
 
 
@@ -147,3 +147,21 @@ class CRLFConverterTests(SynchronousTestCase):
         self.assertEqual(len(out), convertedSize(data))
         self.assertEqual(out.replace(b"\r\n", b"").count(b"\n"), 0)
         self.assertEqual(out.replace(b"\r\n", b"\n"), data.replace(b"\r\n", b"\n"))
+
+
+class SequenceMembershipTests(SynchronousTestCase):
+    """
+    L{SequenceMembership} answers as L{inSequenceSet} does.
+    """
+
+    @given(st.lists(st.tuples(st.one_of(st.none(), st.integers(1, 60)), st.one_of(st.none(), st.integers(1, 60))),
+                    min_size=1, max_size=12),
+           st.integers(0, 60))
+    def test_sameAnswers(self, ranges, largest):
+        """
+        For any ranges (high end first, C{*} anywhere) and any C{*}, every
+        number is in the set for both or for neither.
+        """
+        members = SequenceMembership(ranges, largest)
+        for number in range(0, 70):
+            self.assertEqual(number in members, inSequenceSet(ranges, number, largest), (ranges, largest, number))
