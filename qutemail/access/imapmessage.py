@@ -29,7 +29,7 @@ from qutemail.access.imapmime import Entity, scanMessage
 from qutemail.access.imapstore import locate
 from qutemail.access.imapwire import CRLFConverter
 from qutemail.access.maildrop import notice
-from qutemail.store.reader import MessageUnreadable, readMessage
+from qutemail.store.reader import MessageUnreadable, openStored, readMessage
 
 # Bytes read from a message file per worker-thread call.
 CHUNK_BYTES = 128 * 1024
@@ -93,6 +93,25 @@ def fileContains(f: BinaryIO, raw: int, rawEnd: int, needle: bytes) -> bool:
             return True
         carry = haystack[-overlap:] if overlap else b""
     return False
+
+
+def _scanPlain(paths: list[str]) -> list[Entity | None]:
+    """
+    The structure of each plain stored message, or C{None} for one that is
+    encrypted, gone or unreadable.  Blocking.
+    """
+    roots: list[Entity | None] = []
+    for path in paths:
+        try:
+            f, envelope, _, _ = openStored(path)
+        except (OSError, MessageUnreadable):
+            roots.append(None)
+            continue
+        try:
+            roots.append(scanMessage(f) if envelope is None else None)
+        finally:
+            f.close()
+    return roots
 
 
 def _close(f: BinaryIO) -> None:
@@ -166,6 +185,25 @@ class MessageCache:
             root = await self.runner.run(scanMessage, f)
             self._keepScan(key, root)
         return root, f if needFile else None
+
+    async def prefetchScans(self, folderPath: str, entries: list[tuple[str, str]]) -> None:
+        """
+        Scan, in one worker-thread call, the plain messages among
+        C{entries} whose structure is not cached yet: a FETCH of envelopes
+        over a whole folder otherwise pays several thread round trips per
+        message.  Encrypted, vanished or unreadable ones are left to
+        L{open}, which handles each case.
+
+        @param entries: C{(baseName, path)} of the messages about to be
+            fetched.
+        """
+        missing = [(baseName, path) for baseName, path in entries if (folderPath, baseName) not in self._scans]
+        if not missing:
+            return
+        roots = await self.runner.run(_scanPlain, [path for _, path in missing])
+        for (baseName, _), root in zip(missing, roots):
+            if root is not None:
+                self._keepScan((folderPath, baseName), root)
 
     async def _read(self, folderPath: str, baseName: str, path: str) -> BinaryIO:
         """

@@ -36,6 +36,10 @@ from qutemail.access.imapwire import Atom, ParseError, astring, bad, no, parseSe
 from qutemail.access.imapcommands import parseFlags
 from qutemail.access.uids import keywordsIn
 
+# A FETCH that needs structures but not files (ENVELOPE, BODYSTRUCTURE)
+# scans this many uncached plain messages in one worker-thread call.
+PREFETCH_MESSAGES = 64
+
 
 def spelledAs(flags: frozenset[str], keywords: KeywordMap) -> frozenset[str]:
     """
@@ -189,9 +193,12 @@ class SelectedCommands:
         gone = unavailable = 0
         self.transport.registerProducer(flow, True)
         try:
-            for seq, slot in selected:
+            for position, (seq, slot) in enumerate(selected):
                 these = items
                 root = f = None
+                if wantStructure and not wantFile and position % PREFETCH_MESSAGES == 0:
+                    await account.cache.prefetchScans(
+                        view.path, [(s.baseName, s.path) for _, s in selected[position:position + PREFETCH_MESSAGES]])
                 if wantStructure:
                     try:
                         root, f = await account.cache.open(view.path, slot.baseName, slot.path, wantFile)

@@ -174,6 +174,10 @@ def _openStored(path: str) -> tuple[BinaryIO, Envelope | None, bytes | None, int
         raise
 
 
+# For callers that open many stored messages in one worker-thread call.
+openStored = _openStored
+
+
 def _decrypt(source: BinaryIO, key: bytes, directory: str | None) -> tuple[BinaryIO, int]:
     """
     Decrypt a stored message and close it.  Blocking.
