@@ -28,7 +28,6 @@ this is a measurement.
 """
 
 import argparse
-import configparser
 import os
 import resource
 import shutil
@@ -39,7 +38,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qkd_throughput import BASE_CONFIG, BenchError, Server, addUser, freePort  # noqa: E402
+from qkd_throughput import BenchError, Server, addUser, freePort, writeFromBase  # noqa: E402
 
 TARGET_SECONDS = 0.100
 TARGET_RSS_MIB = 300
@@ -49,9 +48,6 @@ def writeConfig(path: str, dataDir: str, port: int, idle: int) -> None:
     """
     etc/qutemail.ini with the benchmark's values.
     """
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
-    with open(BASE_CONFIG, encoding="utf-8") as f:
-        parser.read_file(f)
     room = str(idle + 100)
     overrides = {
         "server": {"data_dir": dataDir, "bind": "127.0.0.1", "workers": "1"},
@@ -61,13 +57,7 @@ def writeConfig(path: str, dataDir: str, port: int, idle: int) -> None:
         "limits": {"connections_per_ip": room, "max_sessions": room},
         "redis": {"url": ""},
     }
-    for section, values in overrides.items():
-        for key, value in values.items():
-            if not parser.has_option(section, key):
-                raise BenchError(f"{BASE_CONFIG} has no [{section}] {key}")
-            parser.set(section, key, value)
-    with open(path, "w", encoding="utf-8") as f:
-        parser.write(f)
+    writeFromBase(path, overrides)
 
 
 def readReply(sock: socket.socket) -> bytes:

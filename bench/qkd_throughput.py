@@ -143,9 +143,6 @@ def writeConfig(path: str, dataDir: str, mtaPort: int, submissionPort: int, encr
     Write a run's configuration: etc/qutemail.ini with the benchmark's
     values (every other key as there).
     """
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
-    with open(BASE_CONFIG, encoding="utf-8") as f:
-        parser.read_file(f)
     overrides = {
         "server": {"data_dir": dataDir, "bind": "127.0.0.1", "workers": "1"},
         "smtp": {"mta_port": str(mtaPort), "submission_port": str(submissionPort), "smtps_port": "0"},
@@ -157,6 +154,19 @@ def writeConfig(path: str, dataDir: str, mtaPort: int, submissionPort: int, encr
                 "encrypt": "yes" if encrypt else "no"},
         "redis": {"url": ""},
     }
+    writeFromBase(path, overrides)
+
+
+def writeFromBase(path: str, overrides: dict[str, dict[str, str]]) -> None:
+    """
+    Write etc/qutemail.ini to C{path} with C{overrides} (section, then key,
+    then value); every other key stays as there.
+
+    @raise BenchError: an override names a key the file does not have.
+    """
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    with open(BASE_CONFIG, encoding="utf-8") as f:
+        parser.read_file(f)
     for section, values in overrides.items():
         for key, value in values.items():
             if not parser.has_option(section, key):

@@ -7,20 +7,16 @@ journal and the MTA socket it inherited.
 """
 
 import argparse
-import ctypes
-import os
 import signal
 import sys
 
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from qutemail.config import loadConfig
+from qutemail.parentdeath import dieWithParent
 from qutemail.policy.sessions import checkHeadroom, raiseOpenFileLimit
 from qutemail.service import buildService
 from qutemail.workers import LISTEN_FD
-
-_PR_SET_PDEATHSIG = 1
-
 
 def main(argv: list[str] | None = None) -> int:
     """
@@ -32,11 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     options = parser.parse_args(argv)
-    if sys.platform.startswith("linux"):
-        # Die with the main process, so no worker outlives it holding the port.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() == 1:
-            return 1
+    # Die with the main process, so no worker outlives it holding the port.
+    if not dieWithParent(signal.SIGTERM):
+        return 1
 
     # The global reactor only here, in the process's own entry point.
     from twisted.internet import reactor

@@ -209,8 +209,21 @@ def requireCommand(testCase, name: str) -> str:
     @return: its path.
     """
     path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            testCase.fail(f"{name} is not installed (.ci/run installs it)")
-        raise SkipTest(f"{name} is not installed")
+    requireInstalled(testCase, path is not None, name, ".ci/run installs it")
     return path
+
+
+def requireInstalled(testCase, present: bool, what: str, remedy: str) -> None:
+    """
+    A dependency a test needs that CI installs: a failure under CI
+    (C{CI=true}), a skip with a reason elsewhere.
+
+    @param present: whether it is there.
+    @param what: its name.
+    @param remedy: how to install it.
+    """
+    if present:
+        return
+    if os.environ.get("CI") == "true":
+        testCase.fail(f"{what} is not installed ({remedy})")
+    raise SkipTest(f"{what} is not installed ({remedy})")

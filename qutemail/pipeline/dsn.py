@@ -86,8 +86,6 @@ def buildReport(
                   "You do not need to send it again.", ""]
     else:
         lines += ["Your message could not be delivered to one or more recipients.", ""]
-    lines += [
-    ]
     lines += [f"<{r.address}>: {r.diagnostic}" for r in failed]
     lines += [
         "",

@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -109,7 +109,7 @@ class DeliveryProcess(Service):
             failing with C{OSError(EIO)} if the child cannot write it.
         """
         if not self.running:
-            return _failed("the delivery process is stopped")
+            return fail(OSError(errno.EIO, "the delivery process is stopped"))
         if self._child is None:
             self._spawn()
         requestId = next(self._ids)
@@ -159,12 +159,3 @@ class DeliveryProcess(Service):
         ended = self._protocol.ended
         self._child.closeStdin()
         return ended
-
-
-def _failed(text: str) -> Deferred:
-    """
-    @return: a Deferred failing with C{OSError(EIO, text)}.
-    """
-    d: Deferred = Deferred()
-    d.errback(OSError(errno.EIO, text))
-    return d

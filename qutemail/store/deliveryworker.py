@@ -16,7 +16,6 @@ in, C{(requestId, results, error)} out.  Pickle is safe here because both
 ends are this program, started by its own parent over private pipes.
 """
 
-import ctypes
 import os
 import pickle
 import signal
@@ -26,12 +25,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
+from qutemail.parentdeath import dieWithParent
 from qutemail.store.maildirwrite import MaildirWriter
 
 # How many batches are written at once.
 THREADS = 4
 _LENGTH = struct.Struct(">I")
-_PR_SET_PDEATHSIG = 1
 
 
 def encodeFrame(value: object) -> bytes:
@@ -108,9 +107,8 @@ def main() -> int:
     """
     Run the delivery process.
     """
-    if sys.platform.startswith("linux"):
-        # Die with the parent even if its pipe is inherited elsewhere.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Die with the parent even if its pipe is inherited elsewhere.
+    dieWithParent(signal.SIGKILL)
     # The parent's SIGTERM or Ctrl-C is for the parent: this process
     # stops when its input ends, after the batches it has.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

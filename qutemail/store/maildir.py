@@ -17,7 +17,6 @@ Each batch adds one line per mailbox to its Maildir++ C{maildirsize} file
 read and recorded).
 """
 
-import os
 from typing import Any
 
 import attrs

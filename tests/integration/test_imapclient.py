@@ -29,6 +29,7 @@ from twisted.trial.unittest import TestCase
 from qutemail.store.folders import MaildirFolders
 from tests.integration.support import CLIENT_TIMEOUT, insecureContext
 from tests.integration.test_mta import RunningServerMixin
+from tests.support import requireInstalled
 
 try:
     import imapclient
@@ -61,12 +62,8 @@ class IMAPClientTests(RunningServerMixin, TestCase):
         """
         Skip without IMAPClient (fail under CI), else start the server.
         """
-        if imapclient is None:
-            # as tests.support.requireCommand: a failure under CI, which
-            # installs the "test" extra
-            if os.environ.get("CI") == "true":
-                self.fail("IMAPClient is not installed (pip install -e '.[test]')")
-            self.skipTest("IMAPClient is not installed (pip install -e '.[test]')")
+        # CI installs the "test" extra.
+        requireInstalled(self, imapclient is not None, "IMAPClient", "pip install -e '.[test]'")
         return RunningServerMixin.setUp(self)
 
     def connect(self, useUid: bool = True):
