@@ -59,12 +59,8 @@ class SessionCommands:
         """
         EHLO: greet and list extensions; resets any transaction.
         """
-        if not rest.strip():
-            self._error(replies.BAD_ARGUMENTS.withText("EHLO needs a domain or address literal"))
+        if not self._hello(rest, True, "EHLO needs a domain or address literal"):
             return
-        self._heloName = rest.strip().decode("ascii", "replace")
-        self._esmtp = True
-        self._abortTransaction()
         lines = [self.host + b" Hello " + self._peer.encode("ascii")]
         for keyword, args in self.extensions().items():
             lines.append(keyword + (b" " + b" ".join(args) if args else b""))
@@ -75,13 +71,24 @@ class SessionCommands:
         """
         HELO: greet; resets any transaction.
         """
+        if self._hello(rest, False, "HELO needs a domain"):
+            self.write(b"250 " + self.host + b"\r\n")
+
+    def _hello(self, rest: bytes, esmtp: bool, missing: str) -> bool:
+        """
+        What EHLO and HELO share: note the client's name and the protocol,
+        and reset any transaction.
+
+        @param missing: the reply text when no name was given.
+        @return: whether the greeting may go out.
+        """
         if not rest.strip():
-            self._error(replies.BAD_ARGUMENTS.withText("HELO needs a domain"))
-            return
+            self._error(replies.BAD_ARGUMENTS.withText(missing))
+            return False
         self._heloName = rest.strip().decode("ascii", "replace")
-        self._esmtp = False
+        self._esmtp = esmtp
         self._abortTransaction()
-        self.write(b"250 " + self.host + b"\r\n")
+        return True
 
     def do_NOOP(self, rest: bytes) -> None:
         """
