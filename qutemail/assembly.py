@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 import attrs
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 
 from qutemail.backends.redisvault import BlockingRedisKeys, RedisKeyVault, checkVaultPersistence
 from qutemail.backends.redislimiter import connect as connectRedis
@@ -157,3 +157,24 @@ def buildInbound(config: Any, reactor: Any, parent: MultiService) -> InboundChec
         dmarc=DMARCEvaluator(nameservers, timeout, runner, cache=cache),
         spfFail=inbound.spfFail, dmarcReject=inbound.dmarcReject,
     )
+
+
+class ClosingService(Service):
+    """
+    Owns a connection (Redis, the KME client's pool): closes it at stop.
+    """
+
+    def __init__(self, name: str, close: Any) -> None:
+        """
+        @param name: the service's name.
+        @param close: closes the connection; may return a Deferred.
+        """
+        self.setName(name)
+        self._close = close
+
+    def stopService(self):
+        """
+        Close the connection.
+        """
+        Service.stopService(self)
+        return self._close()

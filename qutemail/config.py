@@ -275,6 +275,12 @@ class QKDConfig:
     @ivar minPoolKeys: below this many keys in the KME's pool, new
         internal mail is refused at RCPT with 452 4.3.1 (C{min_pool_keys};
         0: never).
+    @ivar peers: C{(domain, SAE id)} of the other QutEmail sites on the
+        QKD network (C{peers}): mail to them travels encrypted with a key
+        shared by the two sites' KMEs (L{qutemail.qkd.transit}).
+    @ivar peerPolicy: C{require} (mail to a peer never leaves without QKD
+        transit encryption; no key: deferred) or C{prefer} (sent with TLS
+        alone, with a warning) (C{peer_policy}).
     """
 
     kmeUrl: str = attrs.field(default="", validator=parserValidator(urlParser("https://"), "an https:// URL"))
@@ -291,6 +297,10 @@ class QKDConfig:
         lambda v: type(v) is int and 128 <= v <= 8192 and v % 8 == 0, "a multiple of 8 from 128 to 8192"))
     kmeId: str = attrs.field(default="", validator=parserValidator(parseText, "one line of text"))
     minPoolKeys: int = attrs.field(default=0, validator=intValidator(0))
+    peers: tuple[tuple[str, str], ...] = attrs.field(default=(), validator=predicateValidator(
+        lambda v: type(v) is tuple and all(type(p) is tuple and len(p) == 2 and all(isinstance(x, str) for x in p)
+                                           for p in v), "(domain, SAE id) pairs"))
+    peerPolicy: str = attrs.field(default="require", validator=attrs.validators.in_(("require", "prefer")))
 
 
 @attrs.frozen
@@ -505,8 +515,27 @@ def loadConfig(path: str, environ: Mapping[str, str] | None = None) -> Config:
                 sections[name] = cls(**values[name])
             except ValueError as e:  # a rule across keys, such as [tls]'s
                 problems.append(f"{path}: [{name}]: {e}")
+    problems += _acrossSections(path, sections)
     problems += _unknownEnvironment(environ)
     if problems:
         raise ConfigError(problems)
     return Config(path=path, **sections)
+
+
+def _acrossSections(path: str, sections: dict[str, Any]) -> list[str]:
+    """List a problem for each rule across sections that does not hold."""
+    server, qkd = sections.get("server"), sections.get("qkd")
+    if server is None or qkd is None or not qkd.peers:
+        return []
+    problems = []
+    ours = [domain for domain, _ in qkd.peers if domain in server.domains]
+    if ours:
+        problems.append(f"{path}: [qkd] peers: {', '.join(ours)} is one of our own [server] domains")
+    if server.workers > 1:
+        # Extra SMTP workers have no KME client, key vault or encryptor.
+        problems.append(f"{path}: [qkd] peers: needs [server] workers = 1 (inter-site mail is received and "
+                        f"encrypted at rest by the main process)")
+    if not qkd.encrypt:
+        problems.append(f"{path}: [qkd] peers: needs [qkd] encrypt = yes")
+    return problems
 

@@ -282,6 +282,28 @@ def parseRoutes(text: str) -> tuple[tuple[str, str, int], ...]:
     return tuple((domain, host, port) for domain, (host, port) in routes.items())
 
 
+def parsePeers(text: str) -> tuple[tuple[str, str], ...]:
+    """
+    Parse C{domain=SAE_ID} items: the QKD peer sites (C{[qkd] peers}).
+
+    @return: C{(domain, SAE id)} pairs, one per domain, the domain in lower
+        case.
+    """
+    peers: dict[str, str] = {}
+    for item in _items(text):
+        domain, equals, sae = item.partition("=")
+        sae = sae.strip()
+        if not equals or not sae:
+            raise ValueError(f"{item!r} is not domain=SAE_ID")
+        if not re.fullmatch(r"[\x21-\x7e]{1,128}", sae):
+            raise ValueError(f"{sae!r} is not an SAE id (1 to 128 printable characters, no spaces)")
+        domain = parseDnsName(domain.strip())
+        if domain in peers:
+            raise ValueError(f"{domain!r} is named twice")
+        peers[domain] = sae
+    return tuple(peers.items())
+
+
 def parseNameservers(text: str) -> tuple[tuple[str, int], ...]:
     """Parse C{ip}, C{ip:port} or C{[ipv6]:port} items into C{(ip, port)}."""
     servers = []
@@ -449,6 +471,8 @@ SETTINGS = (
     Setting("qkd", "key_size", "keySizeBits", parseKeySize),
     Setting("qkd", "kme_id", "kmeId", parseText),
     Setting("qkd", "min_pool_keys", "minPoolKeys", wholeNumberParser(0)),
+    Setting("qkd", "peers", "peers", parsePeers),
+    Setting("qkd", "peer_policy", "peerPolicy", choiceParser("require", "prefer")),
     Setting("relay", "smarthost", "smarthost", parseSmarthost),
     Setting("relay", "routes", "routes", parseRoutes),
     Setting("relay", "delay_warning", "delayWarningSeconds", parseDurationOrZero),

@@ -33,6 +33,10 @@ class Envelope:
         once the whole body was read.
     @ivar folder: the Maildir++ folder final delivery puts the message in
         (C{"Junk"} for quarantined mail), C{""} for the INBOX.
+    @ivar transitKeyId: the QKD key id under which a peer site sent the
+        message (L{qutemail.qkd.transit}), now decrypted; C{""} for other
+        mail.  Such mail is internal to the organisation and is stored
+        encrypted like our own users' mail.
     """
 
     sender: str
@@ -43,6 +47,7 @@ class Envelope:
     authenticated: str | None = None
     addedHeaders: str = ""
     folder: str = ""
+    transitKeyId: str = ""
 
     def toJSON(self) -> dict:
         """
@@ -164,6 +169,13 @@ class QueueEntry:
         written before sealing existed).
     @ivar delayWarned: whether the sender was sent its delay notice
         (C{[relay] delay_warning}), so it never gets two.
+    @ivar transit: for recipients at QKD peer sites, per peer SAE id, the
+        transit copy made for it (L{qutemail.relay.transitout}):
+        C{{"keyId": ..., "size": ..., "dkimHeader": ...}}; retries send
+        the same copy.
+    @ivar transitWarned: whether the once-per-message warning of
+        C{peer_policy = prefer} (sent without transit encryption) was
+        logged.
     """
 
     message: SpooledMessage
@@ -171,6 +183,8 @@ class QueueEntry:
     dkimHeader: str = ""
     sealedBody: int = 0
     delayWarned: bool = False
+    transit: dict[str, dict] = attrs.field(factory=dict)
+    transitWarned: bool = False
 
     @property
     def queueId(self) -> str:
@@ -204,6 +218,8 @@ class QueueEntry:
                 "dkimHeader": self.dkimHeader,
                 "sealedBody": self.sealedBody,
                 "delayWarned": self.delayWarned,
+                "transit": self.transit,
+                "transitWarned": self.transitWarned,
             },
             indent=1,
         ).encode("utf-8")

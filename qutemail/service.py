@@ -32,7 +32,8 @@ from qutemail.access.imapserver import IMAPFactory
 from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redislimiter import connect as connectRedis
-from qutemail.assembly import ServiceConfigError, buildBackends, buildInbound, buildRelay
+from qutemail.assembly import ClosingService, buildBackends, buildInbound, buildRelay
+from qutemail.qkdsetup import buildEncryptor, buildTransit
 from qutemail.blocking import BlockingRunner
 from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
 from qutemail.listener.factory import SMTPServerFactory
@@ -45,14 +46,8 @@ from qutemail.policy.keypool import KeyPoolWatch
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.sessions import SessionLimits
 from qutemail.policy.throttle import AuthThrottle
-from qutemail.durable import makeDirectories, replaceFile
+from qutemail.durable import makeDirectories
 from qutemail.pipeline.dkim import FileDKIMKeys
-from qutemail.qkd.certs import ensurePKI
-from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT
-from qutemail.qkd.etsi014 import ETSI014KeySource
-from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService
-from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
-from qutemail.store.encrypted import MessageEncryptor
 from qutemail.pipeline.intake import Intake
 from qutemail.pipeline.router import Router
 from qutemail.policy.session import SessionPolicy
@@ -291,71 +286,6 @@ def orphanIndexes(queueDir: str, workers: int) -> list[int]:
     return sorted(found)
 
 
-class ClosingService(Service):
-    """
-    Owns a connection (Redis, the KME client's pool): closes it at stop.
-    """
-
-    def __init__(self, name: str, close: Any) -> None:
-        """
-        @param name: the service's name.
-        @param close: closes the connection; may return a Deferred.
-        """
-        self.setName(name)
-        self._close = close
-
-    def stopService(self):
-        """
-        Close the connection.
-        """
-        Service.stopService(self)
-        return self._close()
-
-
-def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService, vault: Any) -> MessageEncryptor:
-    """
-    The QKD layer: the key source (the embedded KME on loopback when
-    C{[qkd] kme_url} is empty, else the configured KME), the key vault and
-    the encryptor that seals internal mail.  Blocking (certificates and
-    files): call before the reactor runs.
-
-    @param parent: gets the embedded KME and the client's service.
-    """
-    dataDir = config.server.dataDir
-    qkd = config.qkd
-    saeId = qkd.saeId or config.server.hostname
-    now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
-    if qkd.kmeUrl:
-        if not (qkd.clientCert and qkd.clientKey and qkd.caCert):
-            raise ServiceConfigError("[qkd] kme_url needs client_cert, client_key and ca_cert")
-        try:
-            source = ETSI014KeySource.fromFiles(reactor, qkd.kmeUrl, qkd.clientCert, qkd.clientKey, qkd.caCert,
-                                                kmeId=qkd.kmeId or None)
-        except (OSError, ValueError) as e:
-            raise ServiceConfigError(f"[qkd] cannot load the KME client credentials: {e}") from None
-    else:
-        pki = ensurePKI(makeDirectories(os.path.join(dataDir, "keys", "qkd")), [saeId], now)  # keys/ 0700 too
-        settings = PoolSettings(maxKeyCount=qkd.poolKeys, refillKeysPerSecond=float(qkd.refillKeysPerSecond))
-        kme = EmbeddedKMEService(reactor, KME(f"qutemail-kme-{saeId}", [saeId], QKDLink(settings)), pki)
-        kme.setServiceParent(parent)
-        urlFile = os.path.join(dataDir, "keys", "qkd", "kme-url")
-        # For 'qutemail qkd status': where the embedded KME listens this time.
-        kme.whenListening().addCallbacks(
-            lambda url: runner.run(replaceFile, urlFile, url.encode("ascii")),
-            lambda failure: _log.debug("no KME URL to record: the KME did not listen"))
-        source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10)
-    ClosingService("qkd-client", source.close).setServiceParent(parent)
-    sealed = os.path.join(dataDir, "queue", "sealed")
-    # The slave SAE of keys at rest: ourselves by default (the embedded
-    # KME allows it); a vendor KME pair wants another SAE ([qkd] rest_sae).
-    encryptor = MessageEncryptor(source, vault, runner, qkd.restSae or saeId, sealed,
-                                 subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT,
-                                 keySizeBits=qkd.keySizeBits)
-    makeDirectories(sealed)
-    encryptor.cleanup(reactor.seconds())
-    return encryptor
-
-
 def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = None,
                  mtaOnly: bool = False, msaOnly: bool = False, workerIndex: int = 0,
                  adoptFd: int | None = None) -> MultiService:
@@ -415,10 +345,14 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     router = Router(local=local, queue=queue, clock=reactor, retrySchedule=config.relay.retrySchedule,
                     signer=signer)
     inbound = buildInbound(config, reactor, root)
+    receiver = sealer = None
+    if encryptor is not None and config.qkd.peers:
+        receiver, sealer = buildTransit(config, encryptor, vault, runner, signer)
 
     def intakeFor(journalDir: str, spillDir: str) -> Intake:
         return Intake(journal=Journal(journalDir, runner, reactor), router=router, clock=reactor, runner=runner,
-                      queueIds=queueIds, spoolDirectory=spillDir, hostname=server.hostname, inbound=inbound)
+                      queueIds=queueIds, spoolDirectory=spillDir, hostname=server.hostname, inbound=inbound,
+                      transit=receiver)
 
     journalDir, spillDir = journalPaths(queueDir, workerIndex)
     intake = intakeFor(journalDir, spillDir)
@@ -439,7 +373,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                                    retrySchedule=config.relay.retrySchedule,
                                    queueLifetimeSeconds=config.relay.queueLifetimeSeconds,
                                    relay=buildRelay(config, reactor, runner),
-                                   delayWarningSeconds=config.relay.delayWarningSeconds)
+                                   delayWarningSeconds=config.relay.delayWarningSeconds, transit=sealer)
         scheduler.setServiceParent(root)
         ControlService(reactor, controlPath(dataDir), scheduler).setServiceParent(root)
 

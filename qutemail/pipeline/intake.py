@@ -10,7 +10,9 @@ too.  For each message it owns the whole sequence:
 
   1. the body is made durable in the spool (L{SpoolWriter.finish});
   2. mail from outside gets its DKIM and DMARC checks, which may refuse it
-     or say where it goes (the SPF half ran at C{MAIL FROM});
+     or say where it goes (the SPF half ran at C{MAIL FROM}); a message a
+     peer site sent in the QKD transit form is then opened (its key from
+     our KME, see L{qutemail.pipeline.transitin}), or refused;
   3. the journal commits it (fsync; only then may the listener say 250);
   4. the router delivers or queues each recipient in the background;
   5. permanent failures are bounced, through this same intake;
@@ -31,7 +33,7 @@ from twisted.python.failure import Failure
 from qutemail.message import Envelope, FailedRecipient, SpooledMessage
 from qutemail.pipeline.dsn import buildReport, originalHeader
 from qutemail.pipeline.spool import SpoolWriter
-from qutemail.replies import QUEUED, Reply, replyFor
+from qutemail.replies import QUEUED, Reply, ReplyError, replyFor
 
 # How long to wait before routing again a message whose routing itself
 # failed (for example the relay queue could not be written).
@@ -62,7 +64,7 @@ class Intake:
     _log = Logger()
 
     def __init__(self, *, journal: Any, router: Any, clock: Any, runner: Any, queueIds: Any,
-                 spoolDirectory: str, hostname: str, inbound: Any = None) -> None:
+                 spoolDirectory: str, hostname: str, inbound: Any = None, transit: Any = None) -> None:
         """
         @param journal: the L{qutemail.queue.journal.Journal}, which only
             the intake writes.
@@ -75,6 +77,8 @@ class Intake:
         @param hostname: this server's name (bounces come from it).
         @param inbound: the L{qutemail.policy.inbound.InboundChecks} for
             mail from outside, or C{None} for none.
+        @param transit: the L{qutemail.pipeline.transitin.TransitReceiver}
+            that opens mail from peer sites, or C{None} (no peers).
         """
         self.journal = journal
         self.router = router
@@ -84,6 +88,7 @@ class Intake:
         self.spoolDirectory = spoolDirectory
         self.hostname = hostname
         self.inbound = inbound
+        self.transit = transit
         self._inflight: set[Deferred] = set()
 
     def newMessage(self) -> tuple[str, SpoolWriter]:
@@ -173,6 +178,15 @@ class Intake:
                     return verdict.reject, None
                 message = attrs.evolve(message, envelope=attrs.evolve(
                     message.envelope, addedHeaders=verdict.addedHeaders, folder=verdict.folder))
+            if self.transit is not None and not message.envelope.authenticated:
+                try:
+                    message = await self.transit.open(message)
+                except ReplyError as e:
+                    if discard is not None:
+                        await discard()
+                    self._log.info("refused message {queueId} from {peer}: {reply}", queueId=message.queueId,
+                                   peer=message.envelope.peer, reply=str(e.reply))
+                    return e.reply, None
             await self.journal.commit(message)
         except Exception:
             return self._failed(Failure(), message.queueId, abort), None

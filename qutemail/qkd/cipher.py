@@ -94,6 +94,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from qutemail.durable import readUpTo
+from qutemail.qkd.mimehead import (  # noqa: F401 (base64Lines: part of this API)
+    MAX_FIELD_BYTES, base64Lines, firstSane, headerFields, outerHeader, unfolded,
+)
 from qutemail.qkd.vault import InvalidKeyId, checkKeyId
 
 FORMAT_VERSION = 1
@@ -104,23 +107,45 @@ MIN_KEY_BYTES = 16
 NONCE_BYTES = 12
 TAG_BYTES = 16
 HEADER_CAP_BYTES = 1024 * 1024
-MAX_LINE_BYTES = 998  # RFC 5322 §2.1.1
-MAX_FIELD_BYTES = 8192
-MAX_MESSAGE_ID_BYTES = 900
 # 57 bytes make one 76-character base64 line (RFC 2045 §6.8).
 _LINE_BYTES = 57
 CHUNK_BYTES = _LINE_BYTES * 1150
 
-_COPIED = {"return-path": "Return-Path", "received": "Received", "from": "From", "to": "To",
-           "cc": "Cc", "date": "Date", "message-id": "Message-ID"}
-_BLANK_LINE = re.compile(rb"\n\r?\n")
-_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+(?=:)")
-_SANE_LINE = re.compile(rb"[\t\x20-\x7e]*")
 _NONCE = re.compile(r"[0-9a-f]{24}")
 _VERSION = re.compile(r"[1-9][0-9]{0,5}")
-_PREAMBLE = f"This message is stored encrypted with a QKD key (QutEmail format {FORMAT_VERSION})."
+# A party's SAE id in a control part (see L{Format.parties}).
+_PARTY = re.compile(r"[\x21-\x7e]{1,128}")
 # How many lines each structural part of a stored file may have.
 _MAX_PART_LINES = 64
+
+
+@attrs.frozen
+class Format:
+    """
+    One QKD message format: the at-rest one described above
+    (L{AT_REST}), or another built the same way, such as the inter-site
+    transit format (L{qutemail.qkd.transit.TRANSIT}).
+
+    @ivar scheme: the control part's C{Scheme}, also the start of the
+        associated data, of the HKDF info and of the boundary.
+    @ivar protocol: the C{multipart/encrypted} protocol and the control
+        part's content type.
+    @ivar version: the format version.
+    @ivar preamble: the text before the first part.
+    @ivar parties: the names of control fields carrying SAE ids (after
+        Key-Id, in this order), each bound in the associated data after
+        the key id: C{()} at rest.
+    """
+
+    scheme: str
+    protocol: str
+    version: int
+    preamble: str
+    parties: tuple[str, ...] = ()
+
+
+AT_REST = Format(SCHEME, PROTOCOL, FORMAT_VERSION,
+                 f"This message is stored encrypted with a QKD key (QutEmail format {FORMAT_VERSION}).")
 
 
 class DecryptionError(Exception):
@@ -139,12 +164,14 @@ class Envelope:
     @ivar keyId: the KME key id; fetch the key from the vault by it.
     @ivar messageId: the original's Message-ID, or C{""}.
     @ivar nonce: the GCM nonce.
+    @ivar parties: the SAE ids of the format's L{Format.parties}.
     """
 
     version: int
     keyId: str
     messageId: str
     nonce: bytes
+    parties: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -164,130 +191,27 @@ class SealedMessage:
     storedBytes: int
 
 
-def base64Lines(data: bytes) -> bytes:
-    """
-    Base64 in lines of 76 characters, each ending in LF, as
-    C{base64.encodebytes} gives it (RFC 2045 §6.8), but encoded in one call
-    and cut with C-level slicing: C{encodebytes} runs a Python loop per line,
-    which holds the GIL (and so the reactor) a long time for a large
-    message.
-
-    @param data: the bytes to encode.
-    @return: the encoded lines (C{b""} for no data).
-    """
-    if not data:
-        return b""
-    text = binascii.b2a_base64(data, newline=False)
-    size = len(text)
-    return b"\n".join(map(text.__getitem__, map(slice, range(0, size, 76), range(76, size + 76, 76)))) + b"\n"
-
-
-def _aesKey(key: bytes, keyId: str) -> bytes:
+def _aesKey(key: bytes, keyId: str, fmt: Format) -> bytes:
     """
     @return: the AES-256 key derived from a KME key.
     """
-    info = f"{SCHEME}/{FORMAT_VERSION} aes-256-gcm key-id={keyId}".encode("ascii")
+    info = f"{fmt.scheme}/{fmt.version} aes-256-gcm key-id={keyId}".encode("ascii")
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
 
 
-def _aad(version: int, keyId: str, messageId: str) -> bytes:
+def _aad(fmt: Format, keyId: str, parties: tuple[str, ...], messageId: str) -> bytes:
     """
-    @return: the associated data binding version, key id and message id.
+    @return: the associated data binding version, key id, the parties'
+        SAE ids and message id, each of the last ones as a 2-byte length
+        and its ASCII bytes.
     """
-    k, m = keyId.encode("ascii"), messageId.encode("ascii")
-    return SCHEME.encode("ascii") + bytes([version]) + struct.pack(">H", len(k)) + k + struct.pack(">H", len(m)) + m
-
-
-def _headerFields(block: bytes, complete: bool) -> list[tuple[str, list[bytes]]]:
-    """
-    Split the header block at the start of C{block} into fields.
-
-    @param complete: C{block} is the whole input, so a last line without an
-        LF counts; otherwise it was cut and is ignored.
-    @return: C{(lower-case name, physical lines)} in order; lines have no
-        line end (nor a CR before it).
-    """
-    # The header ends at the first empty line at the latest: split no
-    # further (the block may be a whole large message).
-    blank = _BLANK_LINE.search(block)
-    if blank is not None:
-        block, complete = block[:blank.start() + 1], True
-    lines = block.split(b"\n")
-    if not complete or not lines[-1]:
-        lines.pop()
-    fields: list[tuple[str, list[bytes]]] = []
-    for line in lines:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1][1].append(line)
-            continue
-        name = _FIELD_NAME.match(line)
-        if name is None:
-            break
-        fields.append((name.group().decode("ascii").lower(), [line]))
-    return fields
-
-
-def _unfolded(name: str, lines: list[bytes]) -> bytes:
-    """
-    @return: a field's value, unfolded and trimmed.
-    """
-    return b"".join([lines[0][len(name) + 1:]] + lines[1:]).strip(b" \t")
-
-
-def _isSane(lines: list[bytes]) -> bool:
-    """
-    @return: whether a field may be copied to the outer header.
-    """
-    return (
-        sum(len(line) + 1 for line in lines) <= MAX_FIELD_BYTES
-        and all(len(line) <= MAX_LINE_BYTES and _SANE_LINE.fullmatch(line) for line in lines)
-        and all(line.strip(b" \t") for line in lines[1:])
-        and bool(lines[0].partition(b":")[2].strip(b" \t") or len(lines) > 1)
-    )
-
-
-def _firstSane(fields: list[tuple[str, list[bytes]]], name: str) -> list[bytes] | None:
-    """
-    @return: the lines of the first field called C{name} if it is sane.
-    """
-    for fieldName, lines in fields:
-        if fieldName == name:
-            return lines if _isSane(lines) else None
-    return None
-
-
-def _outerHeader(fields: list[tuple[str, list[bytes]]], subject: str | None) -> tuple[list[bytes], str]:
-    """
-    Choose the outer header fields.
-
-    @return: C{(lines, messageId)}.
-    """
-    copied = dict(_COPIED, subject="Subject") if subject is None else _COPIED
-    seen: set[str] = set()
-    out: list[bytes] = []
-    messageId = ""
-    for name, lines in fields:
-        if name not in copied or (name in seen and name != "received"):
-            continue
-        seen.add(name)
-        if not _isSane(lines):
-            continue
-        if name == "message-id":
-            value = _unfolded(name, lines)
-            if len(value) > MAX_MESSAGE_ID_BYTES:
-                continue
-            messageId = value.decode("ascii")
-        out.append(copied[name].encode("ascii") + lines[0][len(name):])
-        out.extend(lines[1:])
-    if subject is not None:
-        out.append(b"Subject: " + subject.encode("ascii"))
-    return out, messageId
+    fields = [value.encode("ascii") for value in (keyId, *parties, messageId)]
+    return fmt.scheme.encode("ascii") + bytes([fmt.version]) + b"".join(struct.pack(">H", len(f)) + f for f in fields)
 
 
 def encryptStream(source: BinaryIO, destination: BinaryIO, keyId: str, key: bytes,
-                  subject: str | None = PLACEHOLDER_SUBJECT) -> SealedMessage:
+                  subject: str | None = PLACEHOLDER_SUBJECT, fmt: Format = AT_REST,
+                  parties: tuple[str, ...] = ()) -> SealedMessage:
     """
     Encrypt a message from one binary file to another, in chunks.
 
@@ -296,34 +220,41 @@ def encryptStream(source: BinaryIO, destination: BinaryIO, keyId: str, key: byte
     @param keyId: the KME key id.
     @param key: the KME key (32 bytes expected; at least 16).
     @param subject: the outer Subject, or C{None} to copy the original's.
+    @param fmt: the format (default: at rest).
+    @param parties: the SAE ids its L{Format.parties} name.
     @return: a L{SealedMessage}.
     @raise InvalidKeyId: C{keyId} is not of the safe form.
-    @raise ValueError: the key is too short, or C{subject} is not one line
-        of printable US-ASCII of at most 900 characters.
+    @raise ValueError: the key is too short, C{subject} is not one line
+        of printable US-ASCII of at most 900 characters, or the parties do
+        not fit the format.
     """
     checkKeyId(keyId)
+    if len(parties) != len(fmt.parties) or not all(isinstance(p, str) and _PARTY.fullmatch(p) for p in parties):
+        raise ValueError(f"the format wants {len(fmt.parties)} SAE ids of 1 to 128 printable characters")
     if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
         raise ValueError(f"a message key must be at least {MIN_KEY_BYTES} bytes")
     if subject is not None and not (len(subject) <= 900 and re.fullmatch(r"[\x20-\x7e]*", subject)):
         raise ValueError("the placeholder subject must be printable US-ASCII, at most 900 characters")
     prefix = readUpTo(source, HEADER_CAP_BYTES)
-    headerLines, messageId = _outerHeader(_headerFields(prefix, len(prefix) < HEADER_CAP_BYTES), subject)
+    headerLines, messageId = outerHeader(headerFields(prefix, len(prefix) < HEADER_CAP_BYTES), subject)
     nonce = os.urandom(NONCE_BYTES)
-    boundary = f"{SCHEME}-{os.urandom(16).hex()}"
+    boundary = f"{fmt.scheme}-{os.urandom(16).hex()}"
     head = b"\n".join(headerLines + [
         b"MIME-Version: 1.0",
-        f'Content-Type: multipart/encrypted; protocol="{PROTOCOL}";'.encode("ascii"),
+        f'Content-Type: multipart/encrypted; protocol="{fmt.protocol}";'.encode("ascii"),
         f' boundary="{boundary}"'.encode("ascii"),
-        b"", _PREAMBLE.encode("ascii"), b"",
-        f"--{boundary}\nContent-Type: {PROTOCOL}\n".encode("ascii"),
-        f"Scheme: {SCHEME}\nVersion: {FORMAT_VERSION}\nKey-Id: {keyId}\nNonce: {nonce.hex()}".encode("ascii"),
+        b"", fmt.preamble.encode("ascii"), b"",
+        f"--{boundary}\nContent-Type: {fmt.protocol}\n".encode("ascii"),
+        f"Scheme: {fmt.scheme}\nVersion: {fmt.version}\nKey-Id: {keyId}".encode("ascii"),
+        *[f"{name}: {value}".encode("ascii") for name, value in zip(fmt.parties, parties)],
+        f"Nonce: {nonce.hex()}".encode("ascii"),
         f"Message-Id: {messageId}".rstrip().encode("ascii"),
         f"--{boundary}\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n".encode("ascii"),
     ])
     destination.write(head)
     stored = len(head)
-    encryptor = Cipher(algorithms.AES(_aesKey(key, keyId)), modes.GCM(nonce)).encryptor()
-    encryptor.authenticate_additional_data(_aad(FORMAT_VERSION, keyId, messageId))
+    encryptor = Cipher(algorithms.AES(_aesKey(key, keyId, fmt)), modes.GCM(nonce)).encryptor()
+    encryptor.authenticate_additional_data(_aad(fmt, keyId, parties, messageId))
     carry = b""
     plaintextBytes = 0
     chunk = prefix
@@ -344,14 +275,15 @@ def encryptStream(source: BinaryIO, destination: BinaryIO, keyId: str, key: byte
     return SealedMessage(keyId, messageId, plaintextBytes, stored + len(tail))
 
 
-def encryptBytes(message: bytes, keyId: str, key: bytes, subject: str | None = PLACEHOLDER_SUBJECT) -> bytes:
+def encryptBytes(message: bytes, keyId: str, key: bytes, subject: str | None = PLACEHOLDER_SUBJECT,
+                 fmt: Format = AT_REST, parties: tuple[str, ...] = ()) -> bytes:
     """
     L{encryptStream} for a message in memory (small messages, tests).
 
     @return: the stored form.
     """
     out = io.BytesIO()
-    encryptStream(io.BytesIO(message), out, keyId, key, subject)
+    encryptStream(io.BytesIO(message), out, keyId, key, subject, fmt, parties)
     return out.getvalue()
 
 
@@ -382,14 +314,14 @@ def _contentType(fields: list[tuple[str, list[bytes]]]) -> email.message.Message
     """
     @return: a message carrying only the first Content-Type of C{fields}.
     """
-    lines = _firstSane(fields, "content-type")
+    lines = firstSane(fields, "content-type")
     m = email.message.Message()
     if lines is not None:
-        m["Content-Type"] = _unfolded("content-type", lines).decode("ascii")
+        m["Content-Type"] = unfolded("content-type", lines).decode("ascii")
     return m
 
 
-def _readHead(source: BinaryIO) -> tuple[Envelope, bytes]:
+def _readHead(source: BinaryIO, fmt: Format) -> tuple[Envelope, bytes]:
     """
     Read a stored message up to its base64 text.
 
@@ -402,16 +334,16 @@ def _readHead(source: BinaryIO) -> tuple[Envelope, bytes]:
         blockBytes += len(line) + 1
         if blockBytes > HEADER_CAP_BYTES:
             raise DecryptionError("not an encrypted message (header too long)")
-    fields = _headerFields(b"\n".join(block + [b""]), True)
+    fields = headerFields(b"\n".join(block + [b""]), True)
     outer = _contentType(fields)
     boundary = (outer.get_boundary() or "").encode("ascii", "replace")
-    if outer.get_content_type() != "multipart/encrypted" or outer.get_param("protocol") != PROTOCOL \
+    if outer.get_content_type() != "multipart/encrypted" or outer.get_param("protocol") != fmt.protocol \
             or not 0 < len(boundary) <= 70:
         raise DecryptionError("not an encrypted message (no multipart/encrypted of our protocol)")
     delimiter = b"--" + boundary
     _partLines(source, delimiter, "the preamble")
     controlHead = _partLines(source, b"", "the control part's header")
-    if _contentType(_headerFields(b"\n".join(controlHead + [b""]), True)).get_content_type() != PROTOCOL:
+    if _contentType(headerFields(b"\n".join(controlHead + [b""]), True)).get_content_type() != fmt.protocol:
         raise DecryptionError("the control part is missing")
     control: dict[str, str] = {}
     for line in _partLines(source, delimiter, "the control part"):
@@ -419,10 +351,10 @@ def _readHead(source: BinaryIO) -> tuple[Envelope, bytes]:
         if not colon or not line.isascii() or name.lower() in control:
             raise DecryptionError("the control part is malformed")
         control[name.lower()] = value.strip(" \t")
-    if control.get("scheme") != SCHEME:
+    if control.get("scheme") != fmt.scheme:
         raise DecryptionError("the control part names another scheme")
     version = control.get("version", "")
-    if _VERSION.fullmatch(version) is None or int(version) != FORMAT_VERSION:
+    if _VERSION.fullmatch(version) is None or int(version) != fmt.version:
         raise DecryptionError(f"unknown format version {version[:20]!r}")
     keyId, nonce, messageId = control.get("key-id", ""), control.get("nonce", ""), control.get("message-id")
     try:
@@ -431,36 +363,40 @@ def _readHead(source: BinaryIO) -> tuple[Envelope, bytes]:
         raise DecryptionError("the control part has no valid Key-Id") from None
     if _NONCE.fullmatch(nonce) is None or messageId is None:
         raise DecryptionError("the control part has no valid Nonce or Message-Id")
-    outerId = _firstSane(fields, "message-id")
-    if (_unfolded("message-id", outerId).decode("ascii") if outerId else "") != messageId:
+    parties = tuple(control.get(name.lower(), "") for name in fmt.parties)
+    if not all(_PARTY.fullmatch(p) for p in parties):
+        raise DecryptionError(f"the control part lacks a valid {' or '.join(fmt.parties)}")
+    outerId = firstSane(fields, "message-id")
+    if (unfolded("message-id", outerId).decode("ascii") if outerId else "") != messageId:
         raise DecryptionError("the Message-ID does not match the control part")
-    dataHead = _headerFields(b"\n".join(_partLines(source, b"", "the data part's header") + [b""]), True)
-    encoding = _firstSane(dataHead, "content-transfer-encoding")
+    dataHead = headerFields(b"\n".join(_partLines(source, b"", "the data part's header") + [b""]), True)
+    encoding = firstSane(dataHead, "content-transfer-encoding")
     if _contentType(dataHead).get_content_type() != "application/octet-stream" \
-            or encoding is None or _unfolded("content-transfer-encoding", encoding).lower() != b"base64":
+            or encoding is None or unfolded("content-transfer-encoding", encoding).lower() != b"base64":
         raise DecryptionError("the data part is missing")
-    return Envelope(FORMAT_VERSION, keyId, messageId, bytes.fromhex(nonce)), boundary
+    return Envelope(fmt.version, keyId, messageId, bytes.fromhex(nonce), parties), boundary
 
 
-def readEnvelope(source: BinaryIO) -> Envelope:
+def readEnvelope(source: BinaryIO, fmt: Format = AT_REST) -> Envelope:
     """
     Read a stored message's key id and message id, without the key.
 
     @param source: the stored message, at its start (read partly).
+    @param fmt: the format it must be in.
     @return: its L{Envelope}.
     @raise DecryptionError: it is not a well-formed stored message.
     """
-    return _readHead(source)[0]
+    return _readHead(source, fmt)[0]
 
 
-def _decryptInto(source: BinaryIO, key: bytes, write: Callable[[bytes], object]) -> Envelope:
+def _decryptInto(source: BinaryIO, key: bytes, write: Callable[[bytes], object], fmt: Format) -> Envelope:
     """
     Decrypt, passing plaintext to C{write} as it comes: unauthenticated
     until this returns, so C{write} must go somewhere private.
     """
-    envelope, boundary = _readHead(source)
-    decryptor = Cipher(algorithms.AES(_aesKey(key, envelope.keyId)), modes.GCM(envelope.nonce)).decryptor()
-    decryptor.authenticate_additional_data(_aad(envelope.version, envelope.keyId, envelope.messageId))
+    envelope, boundary = _readHead(source, fmt)
+    decryptor = Cipher(algorithms.AES(_aesKey(key, envelope.keyId, fmt)), modes.GCM(envelope.nonce)).decryptor()
+    decryptor.authenticate_additional_data(_aad(fmt, envelope.keyId, envelope.parties, envelope.messageId))
     text, held, tail, lastByte = b"", b"", b"", b"\n"
     while True:
         chunk = source.read(CHUNK_BYTES)
@@ -504,7 +440,7 @@ def _decryptInto(source: BinaryIO, key: bytes, write: Callable[[bytes], object])
     return envelope
 
 
-def decryptStream(source: BinaryIO, key: bytes, directory: str | None = None) -> BinaryIO:
+def decryptStream(source: BinaryIO, key: bytes, directory: str | None = None, fmt: Format = AT_REST) -> BinaryIO:
     """
     Decrypt a stored message into an anonymous temporary file.
 
@@ -519,7 +455,7 @@ def decryptStream(source: BinaryIO, key: bytes, directory: str | None = None) ->
     """
     out = tempfile.TemporaryFile(dir=directory)
     try:
-        _decryptInto(source, key, out.write)
+        _decryptInto(source, key, out.write, fmt)
         out.seek(0)
     except BaseException:
         out.close()
@@ -527,7 +463,7 @@ def decryptStream(source: BinaryIO, key: bytes, directory: str | None = None) ->
     return out
 
 
-def decryptFile(sourcePath: str, destinationPath: str, key: bytes) -> Envelope:
+def decryptFile(sourcePath: str, destinationPath: str, key: bytes, fmt: Format = AT_REST) -> Envelope:
     """
     Decrypt a stored file to another file, which appears only once the
     plaintext is authenticated (written beside it, then renamed).
@@ -540,7 +476,7 @@ def decryptFile(sourcePath: str, destinationPath: str, key: bytes) -> Envelope:
     fd, temp = tempfile.mkstemp(dir=os.path.dirname(destinationPath) or ".", prefix=".decrypt-")
     try:
         with open(fd, "wb") as out, open(sourcePath, "rb") as source:
-            envelope = _decryptInto(source, key, out.write)
+            envelope = _decryptInto(source, key, out.write, fmt)
         os.rename(temp, destinationPath)
     except BaseException:
         os.unlink(temp)
@@ -548,7 +484,7 @@ def decryptFile(sourcePath: str, destinationPath: str, key: bytes) -> Envelope:
     return envelope
 
 
-def decryptBytes(stored: bytes, key: bytes) -> bytes:
+def decryptBytes(stored: bytes, key: bytes, fmt: Format = AT_REST) -> bytes:
     """
     L{decryptStream} for a stored message in memory (small messages, tests).
 
@@ -556,5 +492,5 @@ def decryptBytes(stored: bytes, key: bytes) -> bytes:
     @raise DecryptionError: see the module docstring.
     """
     out = io.BytesIO()
-    _decryptInto(io.BytesIO(stored), key, out.write)
+    _decryptInto(io.BytesIO(stored), key, out.write, fmt)
     return out.getvalue()

@@ -239,7 +239,8 @@ class DeferredQueue:
         recipients = [RecipientState(**(r | {"state": LEGACY_STATES.get(r["state"], r["state"])}))
                       for r in meta["recipients"]]
         return QueueEntry(message, recipients, meta.get("dkimHeader", ""), sealed,
-                          bool(meta.get("delayWarned", False)))
+                          bool(meta.get("delayWarned", False)), dict(meta.get("transit", {})),
+                          bool(meta.get("transitWarned", False)))
 
     def snapshot(self) -> list[QueueEntry]:
         """

@@ -28,7 +28,7 @@ from qutemail.message import FailedRecipient
 from qutemail.replies import replyFor
 from qutemail.message import BOUNCED, DEFERRED, SENT, QueueEntry, RecipientState, retryDelay
 from qutemail.serial import SerialQueue
-from qutemail.replies import DELETED_BY_ADMIN, LOCAL_ERROR, QUEUE_EXPIRED, Reply
+from qutemail.replies import DELETED_BY_ADMIN, LOCAL_ERROR, QUEUE_EXPIRED, Reply, ReplyError
 
 DEFAULT_BATCH = 100
 # The longest wait between ticks: how late a fresh entry written by an
@@ -46,7 +46,7 @@ class RetryScheduler(Service):
 
     def __init__(self, *, queue: Any, local: Any, bounce: Any, clock: Any, retrySchedule: tuple[float, ...],
                  queueLifetimeSeconds: float, batch: int = DEFAULT_BATCH, relay: Any = None,
-                 delayWarningSeconds: float = 0.0) -> None:
+                 delayWarningSeconds: float = 0.0, transit: Any = None) -> None:
         """
         @param queue: the L{qutemail.interfaces.IRelayQueue} it works on; it
             is told of each entry added, and starts it at once.
@@ -64,6 +64,8 @@ class RetryScheduler(Service):
             of a message some recipients of which are still deferred gets
             one delay notice (C{[relay] delay_warning}; 0: never).  The
             C{bounce} callable makes it, given C{retryUntil}.
+        @param transit: seals mail for QKD peer sites before it is relayed
+            (L{qutemail.relay.transitout.TransitSealer}), or C{None}.
         """
         self.queue = queue
         self.local = local
@@ -74,6 +76,9 @@ class RetryScheduler(Service):
         self.batch = batch
         self.relay = relay
         self.delayWarning = delayWarningSeconds
+        self.transit = transit
+        if transit is not None:
+            transit.save = self._save
         self.intervalSeconds = max(1.0, min(MAX_TICK_SECONDS, min(retrySchedule) / 10))
         self._loop = LoopingCall(self._safeTick)
         self._loop.clock = clock
@@ -88,6 +93,11 @@ class RetryScheduler(Service):
         Start ticking (the first tick runs at once).
         """
         Service.startService(self)
+        if self.transit is not None:
+            # Transit copies a crash left behind, of messages no longer queued.
+            self.queue.waiting().addCallback(
+                lambda entries: self.transit.sweep({e.queueId for e in entries})).addErrback(
+                lambda failure: self._log.failure("sweeping transit copies failed", failure))
         self._loop.start(self.intervalSeconds, now=True)
 
     def stopService(self) -> Deferred:
@@ -248,6 +258,8 @@ class RetryScheduler(Service):
         if bounced:
             await self._bounce(entry, bounced, now)
         await self._warnIfDelayed(entry, now)
+        if self.transit is not None and entry.transit and not entry.pending():
+            await self.transit.discard(entry)
 
     async def _warnIfDelayed(self, entry: QueueEntry, now: float) -> None:
         """
@@ -280,11 +292,27 @@ class RetryScheduler(Service):
         One relay session for one domain's recipients; save the outcome.
         """
         message = entry.message
+        body, size, prefix = message.openBody, message.size, entry.dkimHeader.encode("ascii", "replace")
+        try:
+            outgoing = None if self.transit is None else await self.transit.prepare(entry, domain)
+        except ReplyError as e:
+            for r in recipients:
+                self._record(entry, r, e.reply, now, expired, bounced)
+            await self._save(entry)
+            return
+        except Exception:
+            self._log.failure("sealing {queueId} for {domain} failed", Failure(), queueId=entry.queueId,
+                              domain=domain)
+            for r in recipients:
+                self._record(entry, r, LOCAL_ERROR, now, expired, bounced)
+            await self._save(entry)
+            return
+        if outgoing is not None:
+            body, size, prefix = outgoing.body, outgoing.size, outgoing.prefix
         try:
             replies = await self.relay.deliver(
                 domain=domain, sender=message.envelope.sender, recipients=[r.address for r in recipients],
-                body=message.openBody, sizeBytes=message.size,
-                prefix=entry.dkimHeader.encode("ascii", "replace"))
+                body=body, sizeBytes=size, prefix=prefix)
         except Exception:
             self._log.failure("relay of {queueId} to {domain} failed", Failure(),
                               queueId=entry.queueId, domain=domain)

@@ -105,13 +105,16 @@ def isInternal(envelope: Envelope, domains: Iterable[str]) -> bool:
     """
     Whether a message is internal mail, which is stored encrypted: its
     sender authenticated (submission), and the sender's domain is one of
-    ours.  The caller applies it to each local recipient.
+    ours; or it came from a peer site under QKD transit encryption.  The
+    caller applies it to each local recipient.
 
     @param envelope: the message's envelope.
     @param domains: our mail domains (any case).
     @return: C{True} for internal mail; C{False} for mail from outside,
         unauthenticated mail and the null sender (bounces).
     """
+    if envelope.transitKeyId:
+        return True
     if not envelope.authenticated or "@" not in envelope.sender:
         return False
     return isLocalAddress(envelope.sender, {d.lower().rstrip(".") for d in domains})

@@ -1,0 +1,208 @@
+# -*- test-case-name: tests.pipeline.test_transitin -*-
+"""
+The receiving half of inter-site mail: a message a peer site sent in the
+QKD transit form (L{qutemail.qkd.transit}) is opened in the intake, after
+DATA and before the 250.
+
+For a message in the transit form (and only mail from outside is looked
+at), in order:
+
+  1. the control part is read; its slave SAE must be ours, and its master
+     SAE must be the one C{[qkd] peers} gives for the envelope sender's
+     domain (for the null sender: some peer's).  Otherwise C{550 5.7.1},
+     nothing stored;
+  2. the key: from our key vault if this key id was fetched before (a
+     resend after a lost 250), else from our KME with C{dec_keys} naming
+     the master SAE, then written to the vault durably before anything
+     else.  A KME that is down, slow or out of order gives C{451 4.3.0}
+     (the sender retries); one that says no (unknown key, not ours) gives
+     C{554 5.7.1};
+  3. the message is decrypted (a worker thread, streamed to a new spool
+     file, synced): a failed tag check gives C{554 5.7.1} and nothing is
+     stored.
+
+What comes out is the original message, marked with the transit key id
+(L{qutemail.message.Envelope.transitKeyId}), so that local delivery
+stores it encrypted at rest under a key of our own, as internal mail.
+
+Transit keys live in the vault under C{transit-<key id>}, apart from the
+keys of mail at rest.
+"""
+
+import os
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.logger import Logger
+
+from qutemail.address import domainOf
+from qutemail.interfaces import KeyGone, KeySourceError
+from qutemail.message import SpooledMessage
+from qutemail.qkd.cipher import decryptBytes
+from qutemail.qkd.transit import TRANSIT, DecryptionError, isTransit, openTransit, readTransitEnvelope
+from qutemail.replies import Reply, ReplyError
+
+# Enough of a message to find its header block.
+_HEAD_BYTES = 65536
+VAULT_PREFIX = "transit-"
+
+NOT_A_PEER = Reply(550, "5.7.1", "QKD transit message not from a configured peer site")
+TRANSIT_REFUSED = Reply(554, "5.7.1", "QKD transit message refused")
+TRANSIT_KEY_UNAVAILABLE = Reply(451, "4.3.0", "QKD key for this transit message unavailable, try again later")
+TRANSIT_DAMAGED = Reply(554, "5.6.0", "Malformed QKD transit message")
+
+
+def _oneLine(text: str, limit: int = 160) -> str:
+    """
+    @return: C{text} as printable ASCII on one line, cut at C{limit}.
+    """
+    text = " ".join("".join(c if " " <= c <= "~" else " " for c in text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class TransitReceiver:
+    """
+    Opens transit messages from peer sites (see the module docstring).
+    """
+
+    _log = Logger()
+
+    def __init__(self, *, peers: dict[str, str], saeId: str, keySource: Any, vault: Any, runner: Any) -> None:
+        """
+        @param peers: peer domain (lower case) to its SAE id.
+        @param saeId: our SAE id.
+        @param keySource: our KME (L{qutemail.interfaces.IQKDKeySource}).
+        @param vault: the L{qutemail.interfaces.IKeyVault}.
+        @param runner: the L{qutemail.blocking.BlockingRunner}.
+        """
+        self.peers = {domain.lower(): sae for domain, sae in peers.items()}
+        self.saeId = saeId
+        self.keySource = keySource
+        self.vault = vault
+        self.runner = runner
+        self._locks: dict[str, DeferredLock] = {}
+
+    def open(self, message: SpooledMessage) -> Deferred:
+        """
+        Open a message if it is in the transit form.
+
+        @return: a Deferred firing with the message to take in: C{message}
+            itself when it is not a transit message, else its decrypted
+            original (the transit spill file, if any, removed).
+        @raise ReplyError: (in the Deferred) the message is refused, for
+            now or for good; nothing of it is kept.
+        """
+        return Deferred.fromCoroutine(self._open(message))
+
+    async def _open(self, message: SpooledMessage) -> SpooledMessage:
+        """
+        See L{open}.
+        """
+        head = message.inline[:_HEAD_BYTES] if message.inline is not None else \
+            await self.runner.run(_readHead, message.path)
+        if not isTransit(head):
+            return message
+        try:
+            envelope = await self.runner.run(_readEnvelope, message)
+        except DecryptionError as e:
+            raise ReplyError(TRANSIT_DAMAGED.withText(f"{TRANSIT_DAMAGED.text}: {_oneLine(str(e))}"))
+        master, slave = envelope.parties
+        self._checkParties(message, master, slave)
+        key = await self._key(master, envelope.keyId)
+        try:
+            if message.inline is not None:
+                plain = await self.runner.run(decryptBytes, message.inline, key, TRANSIT)
+                opened = attrs.evolve(message, inline=plain, size=len(plain))
+            else:
+                path = message.path + ".plain"
+                size = await self.runner.run(openTransit, message.path, path, key)
+                await self.runner.run(os.unlink, message.path)
+                opened = attrs.evolve(message, path=path, size=size)
+        except DecryptionError as e:
+            self._log.warn("refused transit message {queueId} from SAE {master}: {problem}",
+                           queueId=message.queueId, master=master, problem=str(e))
+            raise ReplyError(TRANSIT_REFUSED.withText(f"{TRANSIT_REFUSED.text}: it fails authentication"))
+        self._log.info("{queueId}: opened QKD transit message from SAE {master} (key {keyId})",
+                       queueId=message.queueId, master=master, keyId=envelope.keyId)
+        return attrs.evolve(opened, envelope=attrs.evolve(message.envelope, transitKeyId=envelope.keyId))
+
+    def _checkParties(self, message: SpooledMessage, master: str, slave: str) -> None:
+        """
+        The message must be for us and from the peer its sender names.
+
+        @raise ReplyError: it is not.
+        """
+        sender = message.envelope.sender
+        if sender:
+            expected = self.peers.get(domainOf(sender).lower())
+            allowed = expected is not None and master == expected
+        else:
+            allowed = master in self.peers.values()
+        if not allowed or slave != self.saeId:
+            self._log.warn("refused transit message {queueId} from <{sender}> [{peer}]: master SAE {master}, "
+                           "slave SAE {slave}, not a configured peer of ours", queueId=message.queueId,
+                           sender=sender, peer=message.envelope.peer, master=master, slave=slave)
+            raise ReplyError(NOT_A_PEER)
+
+    async def _key(self, master: str, keyId: str) -> bytes:
+        """
+        The transit key: from the vault, else from the KME, kept in the
+        vault before it is used.  One at a time per key id, so a resend
+        racing the first copy finds the key in the vault.
+        """
+        lock = self._locks.setdefault(keyId, DeferredLock())
+        await lock.acquire()
+        try:
+            vaultId = VAULT_PREFIX + keyId
+            try:
+                return await self.vault.fetch(vaultId)
+            except KeyGone:
+                pass
+            except Exception as e:
+                raise ReplyError(TRANSIT_KEY_UNAVAILABLE.withText(
+                    f"Key vault unavailable, try again later ({type(e).__name__})"))
+            return await self._fetchAndKeep(master, keyId, vaultId)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(keyId, None)
+
+    async def _fetchAndKeep(self, master: str, keyId: str, vaultId: str) -> bytes:
+        """
+        Ask the KME, then store the key durably.
+        """
+        try:
+            key = await self.keySource.decKey(master, keyId)
+        except KeySourceError as e:
+            self._log.warn("dec_keys for transit key {keyId} from SAE {master} failed: {problem}",
+                           keyId=keyId, master=master, problem=str(e))
+            if e.temporary:
+                raise ReplyError(TRANSIT_KEY_UNAVAILABLE)
+            raise ReplyError(TRANSIT_REFUSED.withText(f"{TRANSIT_REFUSED.text}: our KME does not hold its key"))
+        try:
+            await self.vault.store(vaultId, key)
+        except Exception as e:
+            # The KME hands a key out once: without it in the vault, a
+            # resend could never be read.  Nothing was stored, so the
+            # sender may try again; the log says what was lost.
+            self._log.error("transit key {keyId} could not be kept ({problem}); its message is refused for now",
+                            keyId=keyId, problem=f"{type(e).__name__}: {e}")
+            raise ReplyError(TRANSIT_KEY_UNAVAILABLE.withText("Key vault unavailable, try again later"))
+        return key
+
+
+def _readHead(path: str) -> bytes:
+    """
+    @return: the first bytes of a spill file.  Blocking.
+    """
+    with open(path, "rb") as f:
+        return f.read(_HEAD_BYTES)
+
+
+def _readEnvelope(message: SpooledMessage) -> Any:
+    """
+    @return: the transit control part of a spooled message.  Blocking.
+    """
+    with message.openBody() as f:
+        return readTransitEnvelope(f)

@@ -1,0 +1,135 @@
+# -*- test-case-name: tests.qkd.test_transit -*-
+"""
+The inter-site transit form of a message (QutEmail transit format 1): how
+mail from one QutEmail site to a peer site travels, encrypted with a key
+the two sites' KMEs share (the sender's from C{enc_keys} naming the peer's
+SAE, the receiver's from C{dec_keys} naming the sender's SAE as master).
+
+It is built exactly like the stored form (L{qutemail.qkd.cipher}): an
+RFC 5322 C{multipart/encrypted} message whose outer header carries the same
+minimum (Received, From, To, Cc, Date, Message-ID, a placeholder Subject),
+a control part and the base64 AES-256-GCM ciphertext of the whole
+original.  What differs::
+
+    Content-Type: multipart/encrypted;
+     protocol="application/x-qutemail-qkd-transit"; boundary="..."
+
+    --qutemail-qkd-transit-<32 hex digits>
+    Content-Type: application/x-qutemail-qkd-transit
+
+    Scheme: qutemail-qkd-transit
+    Version: 1
+    Key-Id: <the KME key id, a UUID>
+    Master-Sae: <the sending site's SAE id>
+    Slave-Sae: <the receiving site's SAE id>
+    Nonce: <24 lower-case hex digits>
+    Message-Id: <1@a.example.test>
+
+    - AES key = HKDF-SHA256(the KME key, no salt,
+      info = C{"qutemail-qkd-transit/1 aes-256-gcm key-id=" + key id}).
+    - Associated data: C{"qutemail-qkd-transit"}, the byte 0x01, then the
+      key id, the master SAE id, the slave SAE id and the message id, each
+      as a 2-byte big-endian length and its ASCII bytes.
+
+So a transit message cannot be replayed under another key id, passed off
+as coming from another site or meant for another one, or given another
+Message-ID, without failing the tag check.  The envelope (MAIL FROM, RCPT
+TO) is not encrypted; it cannot be.
+
+Everything here blocks (CPU and files): run it through
+L{qutemail.blocking.BlockingRunner.run}.
+"""
+
+import email.message
+import os
+from typing import BinaryIO, Callable
+
+from qutemail.durable import PRIVATE_FILE_MODE, syncDirectory
+from qutemail.qkd.cipher import (
+    PLACEHOLDER_SUBJECT, DecryptionError, Envelope, Format, SealedMessage, decryptFile, encryptStream, readEnvelope,
+)
+from qutemail.qkd.mimehead import firstSane, headerFields, unfolded
+
+TRANSIT = Format(
+    "qutemail-qkd-transit", "application/x-qutemail-qkd-transit", 1,
+    "This message is encrypted for transit between two QutEmail sites with a QKD key "
+    "(QutEmail transit format 1).",
+    ("Master-Sae", "Slave-Sae"),
+)
+
+
+def isTransit(head: bytes) -> bool:
+    """
+    Whether a message says it is in the transit form (its top-level
+    Content-Type is C{multipart/encrypted} of the transit protocol).  This
+    only says how to read it; reading checks the rest.
+
+    @param head: the start of the message (its header block, at least).
+    """
+    lines = firstSane(headerFields(head, False), "content-type")
+    if lines is None:
+        return False
+    parsed = email.message.Message()
+    parsed["Content-Type"] = unfolded("content-type", lines).decode("ascii")
+    return parsed.get_content_type() == "multipart/encrypted" and parsed.get_param("protocol") == TRANSIT.protocol
+
+
+def sealTransit(openSource: Callable[[], BinaryIO], path: str, keyId: str, key: bytes, master: str,
+                slave: str) -> SealedMessage:
+    """
+    Write the transit form of a message to a new file, mode 0600, synced
+    with its directory (a retry must find it after a crash).
+
+    @param openSource: opens the original (LF line ends).
+    @param path: the file to create (replaced if it exists).
+    @param master: our SAE id.
+    @param slave: the peer site's SAE id.
+    @return: what was written.
+    """
+    temporary = path + ".tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    try:
+        with open(fd, "wb") as out, openSource() as source:
+            sealed = encryptStream(source, out, keyId, key, PLACEHOLDER_SUBJECT, TRANSIT, (master, slave))
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    syncDirectory(os.path.dirname(path))
+    return sealed
+
+
+def readTransitEnvelope(source: BinaryIO) -> Envelope:
+    """
+    Read a transit message's key id, parties and message id, without the
+    key.
+
+    @return: the envelope; C{parties} is C{(master, slave)}.
+    @raise DecryptionError: it is not a well-formed transit message.
+    """
+    return readEnvelope(source, TRANSIT)
+
+
+def openTransit(sourcePath: str, destinationPath: str, key: bytes) -> int:
+    """
+    Decrypt a transit message to a new file, which appears (synced) only
+    once the plaintext is authenticated.
+
+    @return: the plaintext's size.
+    @raise DecryptionError: damaged, tampered with, or the wrong key;
+        nothing is left at C{destinationPath}.
+    """
+    decryptFile(sourcePath, destinationPath, key, TRANSIT)
+    with open(destinationPath, "rb") as f:
+        os.fsync(f.fileno())
+        size = os.fstat(f.fileno()).st_size
+    syncDirectory(os.path.dirname(destinationPath))
+    return size
+
+
+__all__ = ["TRANSIT", "DecryptionError", "isTransit", "openTransit", "readTransitEnvelope", "sealTransit"]

@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The QKD layer of a server, built at start-up: the key source (the embedded
+KME, or the configured one), the encryptor of internal mail at rest, and
+the two halves of inter-site mail with the sites of C{[qkd] peers}.
+"""
+
+import datetime
+import os
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from qutemail.assembly import ClosingService, ServiceConfigError
+from qutemail.durable import makeDirectories, replaceFile
+from qutemail.pipeline.transitin import TransitReceiver
+from qutemail.qkd.certs import ensurePKI
+from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT
+from qutemail.qkd.etsi014 import ETSI014KeySource
+from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService
+from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
+from qutemail.relay.transitout import TransitSealer
+from qutemail.store.encrypted import MessageEncryptor
+
+_log = Logger()
+
+
+def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService, vault: Any) -> MessageEncryptor:
+    """
+    The QKD layer: the key source (the embedded KME on loopback when
+    C{[qkd] kme_url} is empty, else the configured KME), the key vault and
+    the encryptor that seals internal mail.  Blocking (certificates and
+    files): call before the reactor runs.
+
+    @param parent: gets the embedded KME and the client's service.
+    """
+    dataDir = config.server.dataDir
+    qkd = config.qkd
+    saeId = qkd.saeId or config.server.hostname
+    now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
+    if qkd.kmeUrl:
+        if not (qkd.clientCert and qkd.clientKey and qkd.caCert):
+            raise ServiceConfigError("[qkd] kme_url needs client_cert, client_key and ca_cert")
+        try:
+            source = ETSI014KeySource.fromFiles(reactor, qkd.kmeUrl, qkd.clientCert, qkd.clientKey, qkd.caCert,
+                                                kmeId=qkd.kmeId or None)
+        except (OSError, ValueError) as e:
+            raise ServiceConfigError(f"[qkd] cannot load the KME client credentials: {e}") from None
+    else:
+        pki = ensurePKI(makeDirectories(os.path.join(dataDir, "keys", "qkd")), [saeId], now)  # keys/ 0700 too
+        settings = PoolSettings(maxKeyCount=qkd.poolKeys, refillKeysPerSecond=float(qkd.refillKeysPerSecond))
+        kme = EmbeddedKMEService(reactor, KME(f"qutemail-kme-{saeId}", [saeId], QKDLink(settings)), pki)
+        kme.setServiceParent(parent)
+        urlFile = os.path.join(dataDir, "keys", "qkd", "kme-url")
+        # For 'qutemail qkd status': where the embedded KME listens this time.
+        kme.whenListening().addCallbacks(
+            lambda url: runner.run(replaceFile, urlFile, url.encode("ascii")),
+            lambda failure: _log.debug("no KME URL to record: the KME did not listen"))
+        source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10)
+    ClosingService("qkd-client", source.close).setServiceParent(parent)
+    sealed = os.path.join(dataDir, "queue", "sealed")
+    # The slave SAE of keys at rest: ourselves by default (the embedded
+    # KME allows it); a vendor KME pair wants another SAE ([qkd] rest_sae).
+    encryptor = MessageEncryptor(source, vault, runner, qkd.restSae or saeId, sealed,
+                                 subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT,
+                                 keySizeBits=qkd.keySizeBits)
+    makeDirectories(sealed)
+    encryptor.cleanup(reactor.seconds())
+    return encryptor
+
+
+def buildTransit(config: Any, encryptor: MessageEncryptor, vault: Any, runner: Any,
+                 signer: Any) -> tuple[TransitReceiver, TransitSealer]:
+    """
+    Inter-site mail with the sites of C{[qkd] peers}: what opens mail they
+    send us, and what seals mail we send them.
+    """
+    qkd = config.qkd
+    peers = dict(qkd.peers)
+    saeId = qkd.saeId or config.server.hostname
+    receiver = TransitReceiver(peers=peers, saeId=saeId, keySource=encryptor.keySource, vault=vault, runner=runner)
+    sealer = TransitSealer(peers=peers, saeId=saeId, policy=qkd.peerPolicy, keySource=encryptor.keySource,
+                           runner=runner, directory=os.path.join(config.server.dataDir, "queue", "transit"),
+                           signer=signer, keySizeBits=qkd.keySizeBits)
+    return receiver, sealer

@@ -1,0 +1,217 @@
+# -*- test-case-name: tests.relay.test_transitout -*-
+"""
+The sending half of inter-site mail: before the relay sends a queued
+message to a domain of C{[qkd] peers}, the message is sealed in the QKD
+transit form (L{qutemail.qkd.transit}) with a fresh key from our KME's
+C{enc_keys} naming that site's SAE.
+
+One key per peer site and message, however many of its domains and
+recipients: the transit copy is written once to C{queue/transit/}, synced,
+and recorded in the queue entry (key id, size, DKIM-Signature) before it
+is first sent, so every retry sends the same bytes and no key is taken
+twice.  The copy is DKIM-signed like any outbound mail, over the transit
+form, since that is what the peer receives.
+
+No key (the KME is down, slow, empty or refuses):
+  - under C{peer_policy = require} the recipients are deferred with the
+    reason (C{queue list} shows it) and tried again on the schedule;
+    nothing leaves in clear;
+  - under C{prefer} the message is sent as it is (over TLS where the peer
+    offers it), and a warning is logged once per message.
+
+The copies of a message are removed once none of its recipients waits.
+"""
+
+import hashlib
+import os
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.logger import Logger
+
+from qutemail.durable import makeDirectories, removeFile
+from qutemail.interfaces import KeySourceError
+from qutemail.message import QueueEntry, SpooledMessage
+from qutemail.qkd.transit import sealTransit
+from qutemail.replies import Reply, ReplyError
+
+TRANSIT_KEY_UNAVAILABLE = Reply(451, "4.3.0", "QKD transit key unavailable")
+
+
+@attrs.frozen
+class Outgoing:
+    """
+    What the relay sends to a peer: the transit copy.
+
+    @ivar body: opens it for reading.
+    @ivar size: its size.
+    @ivar prefix: its DKIM-Signature field, or C{b""}.
+    """
+
+    body: Any
+    size: int
+    prefix: bytes
+
+
+def _oneLine(text: str, limit: int = 200) -> str:
+    """
+    @return: C{text} as one line of printable ASCII, cut at C{limit}.
+    """
+    text = " ".join("".join(c if " " <= c <= "~" else " " for c in text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class TransitSealer:
+    """
+    Makes and keeps the transit copies of queued messages (see the module
+    docstring).
+    """
+
+    _log = Logger()
+
+    def __init__(self, *, peers: dict[str, str], saeId: str, policy: str, keySource: Any, runner: Any,
+                 directory: str, signer: Any = None, keySizeBits: int = 256, save: Any = None) -> None:
+        """
+        @param peers: peer domain (lower case) to its SAE id.
+        @param saeId: our SAE id (the master).
+        @param policy: C{require} or C{prefer}.
+        @param keySource: our KME (L{qutemail.interfaces.IQKDKeySource}).
+        @param runner: the L{qutemail.blocking.BlockingRunner}.
+        @param directory: where transit copies live (C{queue/transit/}).
+        @param signer: DKIM-signs the copies
+            (L{qutemail.pipeline.signing.OutboundSigner}), or C{None}.
+        @param keySizeBits: the key size to ask for.
+        @param save: C{save(entry)}, an async callable writing a queue
+            entry durably (the scheduler sets it).
+        """
+        self.peers = {domain.lower(): sae for domain, sae in peers.items()}
+        self.saeId = saeId
+        self.policy = policy
+        self.keySource = keySource
+        self.runner = runner
+        self.directory = directory
+        self.signer = signer
+        self.keySizeBits = keySizeBits
+        self.save = save
+        self._locks: dict[tuple[str, str], DeferredLock] = {}
+
+    def peerOf(self, domain: str) -> str | None:
+        """
+        @return: the SAE id of the peer site C{domain} belongs to, or C{None}.
+        """
+        return self.peers.get(domain.lower())
+
+    def pathFor(self, queueId: str, sae: str) -> str:
+        """
+        @return: the transit copy's file for one message and peer site.
+        """
+        return os.path.join(self.directory, f"{queueId}-{hashlib.sha256(sae.encode()).hexdigest()[:16]}.msg")
+
+    def prepare(self, entry: QueueEntry, domain: str) -> Deferred:
+        """
+        What to send to C{domain} for this entry.
+
+        @return: a Deferred firing with an L{Outgoing}, or C{None} to send
+            the message as it is (not a peer domain, or C{prefer} without a
+            key).
+        @raise ReplyError: (in the Deferred) no key under C{require}: a
+            temporary reply to record for the recipients.
+        """
+        return Deferred.fromCoroutine(self._prepare(entry, domain))
+
+    async def _prepare(self, entry: QueueEntry, domain: str) -> Outgoing | None:
+        """
+        See L{prepare}.
+        """
+        sae = self.peerOf(domain)
+        if sae is None:
+            return None
+        # Two domains of one site in one retry share one copy and one key.
+        lock = self._locks.setdefault((entry.queueId, sae), DeferredLock())
+        await lock.acquire()
+        try:
+            return await self._copyFor(entry, sae)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop((entry.queueId, sae), None)
+
+    async def _copyFor(self, entry: QueueEntry, sae: str) -> Outgoing | None:
+        """
+        The existing copy for C{sae}, or a new one.
+        """
+        path = self.pathFor(entry.queueId, sae)
+        made = entry.transit.get(sae)
+        if made is not None and await self.runner.run(os.path.exists, path):
+            return Outgoing(lambda: open(path, "rb"), made["size"], made["dkimHeader"].encode("ascii", "replace"))
+        try:
+            keyId, key = await self.keySource.encKey(sae, self.keySizeBits)
+        except KeySourceError as e:
+            return await self._noKey(entry, sae, str(e))
+        message = entry.message
+        await self.runner.run(makeDirectories, self.directory)
+        sealed = await self.runner.run(sealTransit, message.openBody, path, keyId, key, self.saeId, sae)
+        dkimHeader = ""
+        if self.signer is not None:
+            dkimHeader = await self.signer.headerFor(
+                SpooledMessage(message.queueId, message.envelope, sealed.storedBytes, path=path))
+        entry.transit[sae] = {"keyId": keyId, "size": sealed.storedBytes, "dkimHeader": dkimHeader}
+        if self.save is not None:
+            await self.save(entry)
+        self._log.info("{queueId}: sealed for peer SAE {sae} with QKD key {keyId} ({size} bytes in transit)",
+                       queueId=entry.queueId, sae=sae, keyId=keyId, size=sealed.storedBytes)
+        return Outgoing(lambda: open(path, "rb"), sealed.storedBytes, dkimHeader.encode("ascii", "replace"))
+
+    async def _noKey(self, entry: QueueEntry, sae: str, problem: str) -> None:
+        """
+        No key for C{sae}: defer (C{require}) or send as it is (C{prefer}).
+
+        @raise ReplyError: under C{require}.
+        """
+        if self.policy != "prefer":
+            self._log.info("{queueId}: no QKD key for peer SAE {sae}, deferred: {problem}",
+                           queueId=entry.queueId, sae=sae, problem=problem)
+            raise ReplyError(TRANSIT_KEY_UNAVAILABLE.withText(
+                f"{TRANSIT_KEY_UNAVAILABLE.text} for peer SAE {_oneLine(sae, 64)}: {_oneLine(problem)}"))
+        if not entry.transitWarned:
+            entry.transitWarned = True
+            if self.save is not None:
+                await self.save(entry)
+            self._log.warn("{queueId}: no QKD key for peer SAE {sae} ({problem}); sent without transit "
+                           "encryption ([qkd] peer_policy = prefer)", queueId=entry.queueId, sae=sae,
+                           problem=problem)
+        return None
+
+    def discard(self, entry: QueueEntry) -> Deferred:
+        """
+        Remove the transit copies of an entry none of whose recipients
+        waits any more.
+        """
+        paths = [self.pathFor(entry.queueId, sae) for sae in entry.transit]
+        return self.runner.run(lambda: [removeFile(p) for p in paths])
+
+    def sweep(self, live: set[str]) -> Deferred:
+        """
+        Remove copies whose message is no longer queued (left by a crash).
+
+        @param live: the queue ids in the queue.
+        @return: a Deferred firing with how many were removed.
+        """
+        return self.runner.run(self._sweep, live)
+
+    def _sweep(self, live: set[str]) -> int:
+        """
+        See L{sweep}.  Blocking.
+        """
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        for name in names:
+            if name.rpartition("-")[0] not in live:
+                removeFile(os.path.join(self.directory, name))
+                removed += 1
+        return removed
+
