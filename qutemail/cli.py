@@ -17,7 +17,7 @@ The C{qutemail} administration command::
     qutemail --config PATH mail list ADDRESS
     qutemail --config PATH mail show ADDRESS ID
     qutemail --config PATH qkd status [--peer SAE]
-    qutemail --config PATH kme [--port N] [--sae ID ...] [--kme-id ID] [--directory D]
+    qutemail --config PATH kme [--port N] [--sae ID ...] [--kme-id ID] [--directory D] [--link-sae ID ...]
     qutemail --config PATH dkim keygen [--domain D] [--algorithm rsa|ed25519] [--bits N] [--force]
     qutemail --config PATH dns-records [--domain D]
 

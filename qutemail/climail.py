@@ -7,6 +7,7 @@ L{qutemail.cli} for the command line as a whole)::
     qutemail --config PATH mail show ADDRESS ID
     qutemail --config PATH qkd status [--peer SAE]
     qutemail --config PATH kme [--port N] [--sae ID ...] [--kme-id ID] [--directory D]
+                             [--link-sae ID ... --link-port N]
 
 C{mail list} prints one message a line, its ID first.  C{mail show} prints
 the message exactly as it was delivered (internal mail decrypted with its
@@ -26,7 +27,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, gatherResults
 
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.blocking import InlineRunner, wait
@@ -191,75 +192,121 @@ def _kmeEndpoint(context: Any) -> tuple[str, str, str, str, str]:
     return url, saeId, client.certPath, client.keyPath, paths.ca.certPath
 
 
+def _statusOf(url: str, peer: str, tls: ssl.SSLContext) -> dict:
+    """
+    One ETSI GS QKD 014 "Get status" request.
+
+    @raise CommandError: the KME is unreachable (stops the command).
+    @raise urllib.error.HTTPError: it answered with an error (one link).
+    """
+    request = urllib.request.Request(f"{url}/api/v1/keys/{urllib.parse.quote(peer, safe='')}/status")
+    try:
+        with urllib.request.urlopen(request, context=tls, timeout=10) as response:
+            return json.loads(response.read(65536))
+    except urllib.error.HTTPError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise CommandError(f"the KME at {url} is unreachable: {reason}") from None
+
+
 def _qkdStatus(context: Any, arguments: argparse.Namespace) -> int:
     """
-    C{qkd status}: ask the KME (ETSI GS QKD 014 "Get status") about the
-    link to our own SAE, and print what it says.
+    C{qkd status}: ask the KME (ETSI GS QKD 014 "Get status") about every
+    link we use (keys at rest, and each peer site of C{[qkd] peers}), or
+    only the one C{--peer} names, and print what it says.
+
+    @return: 0, or 1 when the KME refused to say for some link.
     """
     url, saeId, cert, key, ca = _kmeEndpoint(context)
     qkd = context.config.qkd
-    peer = arguments.peer or qkd.restSae or saeId
+    if arguments.peer:
+        links = [(arguments.peer, "")]
+    else:
+        links = [(qkd.restSae or saeId, "")]
+        for domain, sae in qkd.peers:
+            links.append((sae, domain))
     tls = ssl.create_default_context(cafile=ca)
     tls.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         tls.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as e:
         raise CommandError(f"cannot load the client certificate {cert}: {e}") from None
-    request = urllib.request.Request(f"{url}/api/v1/keys/{urllib.parse.quote(peer, safe='')}/status")
-    try:
-        with urllib.request.urlopen(request, context=tls, timeout=10) as response:
-            status = json.loads(response.read(65536))
-    except urllib.error.HTTPError as e:
-        raise CommandError(f"the KME at {url} answered {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise CommandError(f"the KME at {url} is unreachable: {reason}") from None
-    print(f"KME {url}: reachable", file=context.stdout)
-    for field in ("source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size",
-                  "stored_key_count", "max_key_count", "max_key_per_request", "min_key_size", "max_key_size"):
-        print(f"{field}: {status.get(field, '?')}", file=context.stdout)
-    if qkd.minPoolKeys:
-        stored = status.get("stored_key_count")
-        closed = not isinstance(stored, int) or stored < qkd.minPoolKeys
-        print(f"internal mail: {'refused (452 4.3.1)' if closed else 'admitted'}, "
-              f"min_pool_keys {qkd.minPoolKeys}", file=context.stdout)
-    return 0
+    lines, code, seen = [f"KME {url}: reachable"], 0, set()
+    for peer, domain in links:
+        if (peer, domain) in seen:
+            continue
+        seen.add((peer, domain))
+        try:
+            status = _statusOf(url, peer, tls)
+        except urllib.error.HTTPError as e:
+            lines.append(f"link to SAE {peer}{f' ({domain})' if domain else ''}: "
+                         f"the KME answered {e.code} {e.reason}")
+            code = 1
+            continue
+        lines.append(f"link to SAE {peer} ({f'peer site {domain}' if domain else 'keys at rest'}):")
+        for field in ("source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size",
+                      "stored_key_count", "max_key_count", "max_key_per_request", "min_key_size", "max_key_size"):
+            lines.append(f"{field}: {status.get(field, '?')}")
+        if qkd.minPoolKeys:
+            stored = status.get("stored_key_count")
+            closed = not isinstance(stored, int) or stored < qkd.minPoolKeys
+            lines.append(f"{f'mail to {domain}' if domain else 'internal mail'}: "
+                         f"{'refused (452 4.3.1)' if closed else 'admitted'}, min_pool_keys {qkd.minPoolKeys}")
+    print("\n".join(lines), file=context.stdout)
+    return code
 
 
 def _kme(context: Any, arguments: argparse.Namespace) -> int:
     """
     C{kme}: run an ETSI GS QKD 014 KME on its own (for sites and tests)
-    until interrupted.
+    until interrupted; with C{--link-sae}, a second KME on the same
+    simulated QKD link, for a peer site.
     """
     from twisted.internet import reactor
 
     from qutemail.qkd.kme import buildStandaloneKME
-    from qutemail.qkd.kmecore import PoolSettings
+    from qutemail.qkd.kmecore import PoolSettings, QKDLink
 
     directory = arguments.directory or os.path.join(context.config.server.dataDir, "keys", "kme")
     saeIds = arguments.sae or [context.config.qkd.saeId or context.config.server.hostname]
     settings = PoolSettings(maxKeyCount=arguments.pool_keys, refillKeysPerSecond=float(arguments.refill))
+    link = QKDLink(settings)
+    wanted = [(arguments.kme_id, saeIds, arguments.port)]
+    if arguments.link_sae:
+        if set(arguments.link_sae) & set(saeIds):
+            raise CommandError("an SAE cannot be served by both KMEs of a link")
+        if arguments.link_port == arguments.port:
+            raise CommandError("--link-port must differ from --port")
+        wanted.append((arguments.link_kme_id, arguments.link_sae, arguments.link_port))
     try:
-        service = buildStandaloneKME(reactor, directory, arguments.kme_id, saeIds, port=arguments.port,
-                                     settings=settings)
+        services = [buildStandaloneKME(reactor, directory, kmeId, saes, port=port, link=link)
+                    for kmeId, saes, port in wanted]
     except ValueError as e:
         raise CommandError(str(e)) from None
 
-    def listening(url: str) -> None:
-        print(f"KME {arguments.kme_id} listening at {url}", file=context.stdout)
-        print(f"CA certificate: {service.pki.ca.certPath}", file=context.stdout)
-        for saeId in saeIds:
-            client = service.pki.client(saeId)
-            print(f"SAE {saeId}: {client.certPath} {client.keyPath}", file=context.stdout)
+    def listening(urls: list) -> None:
+        for (kmeId, saes, _), service, url in zip(wanted, services, urls):
+            print(f"KME {kmeId} listening at {url}", file=context.stdout)
+            print(f"CA certificate: {service.pki.ca.certPath}", file=context.stdout)
+            for saeId in saes:
+                client = service.pki.client(saeId)
+                print(f"SAE {saeId}: {client.certPath} {client.keyPath}", file=context.stdout)
         context.stdout.flush()
 
     def failed(failure: Any) -> None:
         print(f"qutemail: the KME cannot listen: {failure.getErrorMessage()}", file=context.stderr)
         reactor.stop()
 
-    reactor.callWhenRunning(service.startService)
-    reactor.callWhenRunning(lambda: service.whenListening().addCallbacks(listening, failed))
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    def start() -> None:
+        for service in services:
+            service.startService()
+        gatherResults([service.whenListening() for service in services], consumeErrors=True).addCallbacks(
+            listening, lambda failure: failed(failure.value.subFailure))
+
+    reactor.callWhenRunning(start)
+    for service in services:
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0
 
@@ -282,4 +329,9 @@ def addQKDCommands(commands: Any) -> None:
     kme.add_argument("--directory", help="its certificates (default data_dir/keys/kme)")
     kme.add_argument("--pool-keys", type=int, default=10000, help="pool size in keys")
     kme.add_argument("--refill", type=int, default=1000, help="keys gained per second")
+    kme.add_argument("--link-sae", action="append", metavar="ID",
+                     help="an SAE of a peer site, served by a second KME on the same simulated QKD link "
+                          "(repeatable)")
+    kme.add_argument("--link-port", type=int, default=8444, help="the second KME's port (default 8444)")
+    kme.add_argument("--link-kme-id", default="qutemail-kme-link", help="the second KME's id")
     kme.set_defaults(run=_kme)

@@ -43,6 +43,7 @@ from qutemail.store.retention import RetentionService, RetentionSweep
 from qutemail.tlsserver import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
 from qutemail.policy.keypool import KeyPoolWatch
+from qutemail.replies import KEY_POOL_LOW
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.sessions import SessionLimits
 from qutemail.policy.throttle import AuthThrottle
@@ -382,10 +383,21 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     tlsContext = contextFactory(credentials, now)
 
     envelopePolicy = RecipientPolicy(users, store, server.domains, config.smtp.maxMessageBytes)
-    keyPool = None
+    keyPool, peerPools = None, {}
     if encryptor is not None and config.qkd.minPoolKeys:
         keyPool = KeyPoolWatch(encryptor.keySource, encryptor.peerSAE, config.qkd.minPoolKeys, reactor)
         keyPool.setServiceParent(root)
+        for domain, sae in config.qkd.peers:
+            if sae == encryptor.peerSAE:
+                peerPools[sae] = keyPool
+            elif sae not in peerPools:
+                watch = KeyPoolWatch(encryptor.keySource, sae, config.qkd.minPoolKeys, reactor,
+                                     reply=KEY_POOL_LOW.withText(f"QKD key pool for peer site {sae} low: "
+                                                                 f"mail to it is not accepted now, try again later"),
+                                     what=f"mail to peer site {sae}")
+                watch.setServiceParent(root)
+                peerPools[sae] = watch
+        peerPools = {domain: peerPools[sae] for domain, sae in config.qkd.peers}
     listen = listen or {}
     root.listeners = {}
     portal = Portal(MailRealm(submitterFactory), [UserDirectoryChecker(users)])
@@ -407,7 +419,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                                             diskSpace, keyPool))
     submissionArgs = dict(factoryArgs, settings=attrs.evolve(settings, portal=portal, throttle=throttle),
                           policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerUserHour,
-                                               diskSpace=diskSpace, keyPool=keyPool))
+                                               diskSpace=diskSpace, keyPool=keyPool, peerPools=peerPools))
     if adoptFd is not None:
         service = AdoptedListenerService(reactor, adoptFd, SMTPServerFactory(**factoryArgs))
         service.setName("listener-mta")

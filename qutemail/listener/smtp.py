@@ -473,6 +473,7 @@ class SMTPServer(SessionCommands, AuthMixin, ESMTP):
             writer.write(self.policy.traceHeader(self._spf, self._peer, self._sender, self._heloName or ""))
             headerFilter = SpoofedResultsFilter(self.policy.isForged)
         writer.write(self._receivedHeader())
+        writer.traceBytes = writer.size
         # The header is kept for the From check of authenticated mail and
         # for DMARC.
         checked = bool(self.authenticatedAs) or self._spf is not None

@@ -126,7 +126,7 @@ class Intake:
             message = await writer.finish(queueId, envelope)
         except Exception:
             return self._failed(Failure(), queueId, writer.abort), None
-        return await self._accept(message, checks, writer.discard, writer.abort)
+        return await self._accept(message, checks, writer.discard, writer.abort, writer.traceBytes)
 
     def _replyThenRoute(self, outcome: Deferred) -> Deferred:
         """
@@ -158,12 +158,13 @@ class Intake:
         return self._replyThenRoute(Deferred.fromCoroutine(self._accept(message, None, None, lambda: None)))
 
     async def _accept(self, message: SpooledMessage, checks: InboundContext | None,
-                      discard: Any, abort: Any) -> tuple[Reply, SpooledMessage | None]:
+                      discard: Any, abort: Any, traceBytes: int = 0) -> tuple[Reply, SpooledMessage | None]:
         """
         Check and commit a spooled message.
 
         @param discard: removes a refused message's spill file, or C{None}.
         @param abort: removes the spill file after a failure.
+        @param traceBytes: how many first bytes are our own trace fields.
         @return: the reply, and the message to route once it is given
             (C{None} when it was refused).
         """
@@ -180,7 +181,7 @@ class Intake:
                     message.envelope, addedHeaders=verdict.addedHeaders, folder=verdict.folder))
             if self.transit is not None and not message.envelope.authenticated:
                 try:
-                    message = await self.transit.open(message)
+                    message = await self.transit.open(message, traceBytes)
                 except ReplyError as e:
                     if discard is not None:
                         await discard()

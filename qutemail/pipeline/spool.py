@@ -33,6 +33,8 @@ class SpoolWriter:
     until L{drained} fires.
 
     @ivar size: bytes written so far.
+    @ivar traceBytes: how many of the first bytes are our own trace fields
+        (C{Received}, C{Received-SPF}) rather than what the client sent.
     """
 
     _log = Logger()
@@ -52,6 +54,7 @@ class SpoolWriter:
         self._failure = None
         self.pendingBytes = 0
         self.size = 0
+        self.traceBytes = 0
         self._closed = False
 
     @property

@@ -83,9 +83,13 @@ class TransitReceiver:
         self.runner = runner
         self._locks: dict[str, DeferredLock] = {}
 
-    def open(self, message: SpooledMessage) -> Deferred:
+    def open(self, message: SpooledMessage, traceBytes: int = 0) -> Deferred:
         """
         Open a message if it is in the transit form.
+
+        @param traceBytes: how many first bytes are our own trace fields,
+            added on receipt outside the transit form; they stay on top of
+            the decrypted original.
 
         @return: a Deferred firing with the message to take in: C{message}
             itself when it is not a transit message, else its decrypted
@@ -93,18 +97,19 @@ class TransitReceiver:
         @raise ReplyError: (in the Deferred) the message is refused, for
             now or for good; nothing of it is kept.
         """
-        return Deferred.fromCoroutine(self._open(message))
+        return Deferred.fromCoroutine(self._open(message, traceBytes))
 
-    async def _open(self, message: SpooledMessage) -> SpooledMessage:
+    async def _open(self, message: SpooledMessage, traceBytes: int) -> SpooledMessage:
         """
         See L{open}.
         """
-        head = message.inline[:_HEAD_BYTES] if message.inline is not None else \
-            await self.runner.run(_readHead, message.path)
+        head = message.inline[:traceBytes + _HEAD_BYTES] if message.inline is not None else \
+            await self.runner.run(_readHead, message.path, traceBytes)
+        trace, head = head[:traceBytes], head[traceBytes:]
         if not isTransit(head):
             return message
         try:
-            envelope = await self.runner.run(_readEnvelope, message)
+            envelope = await self.runner.run(_readEnvelope, message, traceBytes)
         except DecryptionError as e:
             raise ReplyError(TRANSIT_DAMAGED.withText(f"{TRANSIT_DAMAGED.text}: {_oneLine(str(e))}"))
         master, slave = envelope.parties
@@ -112,11 +117,11 @@ class TransitReceiver:
         key = await self._key(master, envelope.keyId)
         try:
             if message.inline is not None:
-                plain = await self.runner.run(decryptBytes, message.inline, key, TRANSIT)
+                plain = trace + await self.runner.run(decryptBytes, message.inline[traceBytes:], key, TRANSIT)
                 opened = attrs.evolve(message, inline=plain, size=len(plain))
             else:
                 path = message.path + ".plain"
-                size = await self.runner.run(openTransit, message.path, path, key)
+                size = await self.runner.run(openTransit, message.path, path, key, traceBytes)
                 await self.runner.run(os.unlink, message.path)
                 opened = attrs.evolve(message, path=path, size=size)
         except DecryptionError as e:
@@ -192,17 +197,18 @@ class TransitReceiver:
         return key
 
 
-def _readHead(path: str) -> bytes:
+def _readHead(path: str, traceBytes: int) -> bytes:
     """
     @return: the first bytes of a spill file.  Blocking.
     """
     with open(path, "rb") as f:
-        return f.read(_HEAD_BYTES)
+        return f.read(traceBytes + _HEAD_BYTES)
 
 
-def _readEnvelope(message: SpooledMessage) -> Any:
+def _readEnvelope(message: SpooledMessage, traceBytes: int) -> Any:
     """
     @return: the transit control part of a spooled message.  Blocking.
     """
     with message.openBody() as f:
+        f.seek(traceBytes)
         return readTransitEnvelope(f)

@@ -19,7 +19,7 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from qutemail.replies import KEY_POOL_LOW, ReplyError
+from qutemail.replies import KEY_POOL_LOW, Reply, ReplyError
 
 # How often the link's status is read.
 POLL_SECONDS = 5.0
@@ -36,22 +36,26 @@ class KeyPoolWatch(Service):
     """
 
     _log = Logger()
-    name = "key-pool-watch"
 
     def __init__(self, source: Any, peerSAE: str, minKeys: int, clock: Any,
-                 intervalSeconds: float = POLL_SECONDS) -> None:
+                 intervalSeconds: float = POLL_SECONDS, reply: Reply = KEY_POOL_LOW, what: str = "internal mail") -> None:
         """
         @param source: the L{qutemail.interfaces.IQKDKeySource}.
         @param peerSAE: the slave SAE of the link (C{[qkd] rest_sae}, or
             our own SAE).
         @param minKeys: C{[qkd] min_pool_keys}.
         @param clock: an C{IReactorTime}.
+        @param reply: the refusal while the pool is low.
+        @param what: the mail refused, for the log.
         """
         self.source = source
         self.peerSAE = peerSAE
         self.minKeys = minKeys
         self.clock = clock
         self.intervalSeconds = intervalSeconds
+        self.reply = reply
+        self.what = what
+        self.name = f"key-pool-watch-{peerSAE}"
         self.storedKeys: int | None = None
         self.closed = False
         self._loop: LoopingCall | None = None
@@ -93,11 +97,11 @@ class KeyPoolWatch(Service):
             self.closed = closed
             if closed:
                 self._log.warn("QKD key pool for SAE {sae} holds {count} keys, under min_pool_keys {minimum}: "
-                               "internal mail is refused with 452 4.3.1 until it refills",
+                               "{what} is refused with 452 4.3.1 until it refills", what=self.what,
                                sae=self.peerSAE, count=status.storedKeyCount, minimum=self.minKeys)
             else:
-                self._log.info("QKD key pool for SAE {sae} holds {count} keys again: internal mail is admitted",
-                               sae=self.peerSAE, count=status.storedKeyCount)
+                self._log.info("QKD key pool for SAE {sae} holds {count} keys again: {what} is admitted",
+                               sae=self.peerSAE, count=status.storedKeyCount, what=self.what)
 
     def _failed(self, failure: Any) -> None:
         """
@@ -111,4 +115,4 @@ class KeyPoolWatch(Service):
         @raise ReplyError: C{KEY_POOL_LOW} while admission is closed.
         """
         if self.closed:
-            raise ReplyError(KEY_POOL_LOW)
+            raise ReplyError(self.reply)

@@ -40,6 +40,9 @@ class SessionPolicy:
         C{data_dir}, or C{None} not to look.
     @ivar keyPool: the L{qutemail.policy.keypool.KeyPoolWatch} that
         admits internal mail, or C{None}.
+    @ivar peerPools: per peer domain (lower case), the
+        L{qutemail.policy.keypool.KeyPoolWatch} of the link to that site,
+        which admits our users' mail to it.
     """
 
     envelope: Any
@@ -49,6 +52,7 @@ class SessionPolicy:
     inbound: Any = None
     diskSpace: Any = None
     keyPool: Any = None
+    peerPools: dict = attrs.field(factory=dict)
 
     async def checkSender(self, *, peer: str, sender: str, declaredSize: int | None,
                           authenticated: str | None, helo: str) -> Any:
@@ -94,12 +98,18 @@ class SessionPolicy:
         """
         Decide C{RCPT TO}; see L{qutemail.policy.envelope.RecipientPolicy}.
         A local recipient of internal mail (an authenticated sender of
-        ours) is refused with C{KEY_POOL_LOW} while the key pool is low.
+        ours) is refused with C{KEY_POOL_LOW} while the key pool is low;
+        so is a recipient at a peer site while that link's pool is low.
         """
         account = await self.envelope.checkRecipient(recipient, declaredSize, authenticated)
-        if (account is not None and self.keyPool is not None and authenticated is not None
-                and sender and self.envelope.isLocal(sender)):
+        if authenticated is None:
+            return account
+        if account is not None and self.keyPool is not None and sender and self.envelope.isLocal(sender):
             self.keyPool.check()
+        if account is None and self.peerPools:
+            pool = self.peerPools.get(recipient.rpartition("@")[2].lower())
+            if pool is not None:
+                pool.check()
         return account
 
     def traceHeader(self, spf: Any, peer: str, sender: str, helo: str) -> bytes:

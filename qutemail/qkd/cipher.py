@@ -389,7 +389,7 @@ def readEnvelope(source: BinaryIO, fmt: Format = AT_REST) -> Envelope:
     return _readHead(source, fmt)[0]
 
 
-def _decryptInto(source: BinaryIO, key: bytes, write: Callable[[bytes], object], fmt: Format) -> Envelope:
+def decryptInto(source: BinaryIO, key: bytes, write: Callable[[bytes], object], fmt: Format) -> Envelope:
     """
     Decrypt, passing plaintext to C{write} as it comes: unauthenticated
     until this returns, so C{write} must go somewhere private.
@@ -455,7 +455,7 @@ def decryptStream(source: BinaryIO, key: bytes, directory: str | None = None, fm
     """
     out = tempfile.TemporaryFile(dir=directory)
     try:
-        _decryptInto(source, key, out.write, fmt)
+        decryptInto(source, key, out.write, fmt)
         out.seek(0)
     except BaseException:
         out.close()
@@ -476,7 +476,7 @@ def decryptFile(sourcePath: str, destinationPath: str, key: bytes, fmt: Format =
     fd, temp = tempfile.mkstemp(dir=os.path.dirname(destinationPath) or ".", prefix=".decrypt-")
     try:
         with open(fd, "wb") as out, open(sourcePath, "rb") as source:
-            envelope = _decryptInto(source, key, out.write, fmt)
+            envelope = decryptInto(source, key, out.write, fmt)
         os.rename(temp, destinationPath)
     except BaseException:
         os.unlink(temp)
@@ -492,5 +492,5 @@ def decryptBytes(stored: bytes, key: bytes, fmt: Format = AT_REST) -> bytes:
     @raise DecryptionError: see the module docstring.
     """
     out = io.BytesIO()
-    _decryptInto(io.BytesIO(stored), key, out.write, fmt)
+    decryptInto(io.BytesIO(stored), key, out.write, fmt)
     return out.getvalue()

@@ -381,7 +381,7 @@ class EmbeddedKeySource:
 
 def buildStandaloneKME(reactor: Any, directory: str, kmeId: str, saeIds: Iterable[str], port: int = 0,
                        interface: str = "127.0.0.1", settings: PoolSettings | None = None,
-                       now: datetime.datetime | None = None) -> EmbeddedKMEService:
+                       now: datetime.datetime | None = None, link: QKDLink | None = None) -> EmbeddedKMEService:
     """
     Build one KME serving C{saeIds}, for C{qutemail kme}.
 
@@ -398,10 +398,13 @@ def buildStandaloneKME(reactor: Any, directory: str, kmeId: str, saeIds: Iterabl
     @param interface: the address to listen on.
     @param settings: the key pool's shape.
     @param now: the current time, UTC, for certificate validity.
+    @param link: the simulated QKD link to join (default: a new one, with
+        C{settings}): two KMEs on one link are a linked pair, what one
+        hands out by C{enc_keys} the other hands out by C{dec_keys}.
     @return: the service, not yet started; C{pki} holds the paths.
     @raise ValueError: an SAE id is not fit for a certificate.
     """
     saeIds = sorted(set(saeIds))
     pki = ensurePKI(directory, saeIds, now or datetime.datetime.now(datetime.timezone.utc))
-    link = QKDLink(settings or PoolSettings())
+    link = link or QKDLink(settings or PoolSettings())
     return EmbeddedKMEService(reactor, KME(kmeId, saeIds, link), pki, endpoint=f"tcp:{port}:interface={interface}")

@@ -46,7 +46,7 @@ from typing import BinaryIO, Callable
 
 from qutemail.durable import PRIVATE_FILE_MODE, syncDirectory
 from qutemail.qkd.cipher import (
-    PLACEHOLDER_SUBJECT, DecryptionError, Envelope, Format, SealedMessage, decryptFile, encryptStream, readEnvelope,
+    PLACEHOLDER_SUBJECT, DecryptionError, Envelope, Format, SealedMessage, decryptInto, encryptStream, readEnvelope,
 )
 from qutemail.qkd.mimehead import firstSane, headerFields, unfolded
 
@@ -115,19 +115,36 @@ def readTransitEnvelope(source: BinaryIO) -> Envelope:
     return readEnvelope(source, TRANSIT)
 
 
-def openTransit(sourcePath: str, destinationPath: str, key: bytes) -> int:
+def openTransit(sourcePath: str, destinationPath: str, key: bytes, traceBytes: int = 0) -> int:
     """
-    Decrypt a transit message to a new file, which appears (synced) only
-    once the plaintext is authenticated.
+    Decrypt a transit message to a new file, mode 0600, which appears
+    (synced) only once the plaintext is authenticated.
 
-    @return: the plaintext's size.
+    @param traceBytes: how many first bytes of the source are trace fields
+        added on receipt (outside the transit form): they are copied to
+        the top of the output as they are.
+    @return: the output's size.
     @raise DecryptionError: damaged, tampered with, or the wrong key;
         nothing is left at C{destinationPath}.
     """
-    decryptFile(sourcePath, destinationPath, key, TRANSIT)
-    with open(destinationPath, "rb") as f:
-        os.fsync(f.fileno())
-        size = os.fstat(f.fileno()).st_size
+    temporary = destinationPath + ".tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    try:
+        with open(fd, "wb") as out, open(sourcePath, "rb") as source:
+            out.write(source.read(traceBytes))
+            # Unauthenticated until decryptInto returns: the file is
+            # private and removed on failure, and renamed only after.
+            decryptInto(source, key, out.write, TRANSIT)
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+        os.rename(temporary, destinationPath)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
     syncDirectory(os.path.dirname(destinationPath))
     return size
 
