@@ -202,6 +202,10 @@ class RetryScheduler(Service):
         entries = await self.queue.due(now, room, self._inflight) if room > 0 else []
         started = []
         for entry in entries:
+            if entry.queueId in self._inflight:
+                # Another tick (a kick) took it while we waited for due():
+                # one attempt at a time per entry, or a message goes twice.
+                continue
             d = ensureDeferred(self._retryEntry(entry, now))
             self._inflight[entry.queueId] = d
             d.addErrback(lambda f, queueId=entry.queueId: self._log.failure(
@@ -209,7 +213,7 @@ class RetryScheduler(Service):
             d.addBoth(self._finished, entry.queueId)
             started.append(d)
         await DeferredList(started, consumeErrors=True)
-        return len(entries)
+        return len(started)
 
     def _finished(self, result: Any, queueId: str) -> None:
         """

@@ -510,3 +510,56 @@ class FailingTickTests(StackTestsMixin, SynchronousTestCase):
         self.stack.users.setQuota(ALICE, None)
         self.stack.clock.advance(3600)
         self.assertEqual(self.stack.newFiles(ALICE), [])
+
+
+class OverlappingTickTests(StackTestsMixin, SynchronousTestCase):
+    """
+    Two ticks that overlap (the loop's, and a kick for fresh mail) never
+    try one entry twice at once: a remote recipient would get the message
+    twice (seen with the inter-site benchmark before the fix).
+    """
+
+    def test_oneAttemptPerEntry(self):
+        """
+        Both ticks wait on C{due()} and are given the same entry; only the
+        first starts an attempt.
+        """
+        from twisted.internet.defer import Deferred
+
+        message = self.submit()
+        self.startScheduler()
+        answers = []
+        realDue = self.stack.queue.due
+
+        def slowDue(now, limit, busy=()):
+            """
+            Answer later, with what the queue says now.
+            """
+            d = Deferred()
+            answers.append((d, realDue(now, limit, busy)))
+            return d
+
+        attempts = []
+        release = Deferred()
+        realRetry = self.stack.scheduler._retryEntry
+
+        async def countingRetry(entry, now):
+            """
+            Note the attempt, and keep it in progress until released.
+            """
+            attempts.append(entry.queueId)
+            await release
+            await realRetry(entry, now)
+
+        self.stack.scheduler._retryEntry = countingRetry
+        self.stack.queue.due = slowDue
+        self.stack.users.setQuota(ALICE, None)
+        self.stack.clock.advance(300)
+        self.stack.scheduler.kick()
+        self.stack.clock.advance(0)
+        self.assertEqual(len(answers), 2)
+        for d, result in answers:
+            d.callback(self.successResultOf(result))
+        self.assertEqual(attempts, [message.queueId])
+        release.callback(None)
+        self.assertEqual(len(self.stack.newFiles(ALICE)), 1)
