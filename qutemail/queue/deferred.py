@@ -26,6 +26,7 @@ and C{sent}.
 import json
 import os
 import shutil
+from collections import OrderedDict
 from functools import partial
 from typing import Any, BinaryIO, Callable, Iterable
 
@@ -42,6 +43,9 @@ from qutemail.queue.sealedbody import VERSION as SEALED_VERSION, openSealedBody,
 
 # The chunk size of a copy of a large body into the queue.
 _COPY_BYTES = 1024 * 1024
+# How many removed queue ids are remembered (see DeferredQueue._removed):
+# far more than can be removed while one refresh lists the directory.
+_REMEMBER_REMOVED = 10000
 
 
 def _copyPrivately(source: BinaryIO, destination: str, queueKey: bytes | None = None) -> None:
@@ -90,6 +94,12 @@ class DeferredQueue:
         self._keyMissingLogged = False
         self.entries: dict[str, QueueEntry] = {}
         self._subscribers: list[Callable[[QueueEntry], Any]] = []
+        # Entries this process is writing or has just removed: a refresh
+        # running meanwhile may still see their files, and must not take
+        # them for entries another process added (a sent message would be
+        # sent again).
+        self._adding: set[str] = set()
+        self._removed: OrderedDict[str, None] = OrderedDict()
 
     def subscribe(self, callback: Callable[[QueueEntry], Any]) -> None:
         """
@@ -148,7 +158,8 @@ class DeferredQueue:
 
         @return: a Deferred firing with the number of new entries.
         """
-        return self._runner.run(self._readNew, set(self.entries)).addCallback(self._addLoaded)
+        known = set(self.entries) | self._adding | set(self._removed)
+        return self._runner.run(self._readNew, known).addCallback(self._addLoaded)
 
     def _readNew(self, known: set[str]) -> list[QueueEntry]:
         """
@@ -174,9 +185,13 @@ class DeferredQueue:
         """
         Index entries read by L{_readNew}.
         """
+        added = 0
         for entry in loaded:
+            if entry.queueId in self._adding or entry.queueId in self._removed:
+                continue
+            added += entry.queueId not in self.entries
             self.entries.setdefault(entry.queueId, entry)
-        return len(loaded)
+        return added
 
     def _loadKey(self, create: bool) -> bytes:
         """
@@ -264,7 +279,9 @@ class DeferredQueue:
         bodyPath, _ = self._paths(message.queueId)
         sealed = SEALED_VERSION if self.sealIf is not None and self.sealIf(message.envelope) else 0
         entry = QueueEntry(self._message(message, bodyPath, sealed), recipients, dkimHeader, sealed)
+        self._adding.add(entry.queueId)
         d = self._runner.run(self._writeNew, message, entry)
+        d.addBoth(lambda result: (self._adding.discard(entry.queueId), result)[1])
 
         def added(written: bool) -> QueueEntry:
             if not written:
@@ -316,6 +333,7 @@ class DeferredQueue:
         if entry.pending():
             return self._runner.run(replaceFile, self._paths(entry.queueId)[1], entry.toJSON())
         self.entries.pop(entry.queueId, None)
+        self._forget(entry.queueId)
         return self._runner.run(self._remove, entry.queueId)
 
     def remove(self, queueId: str) -> Deferred:
@@ -323,7 +341,16 @@ class DeferredQueue:
         See L{IRelayQueue.remove}.
         """
         found = self.entries.pop(queueId, None) is not None
+        self._forget(queueId)
         return self._runner.run(self._remove, queueId).addCallback(lambda _: found)
+
+    def _forget(self, queueId: str) -> None:
+        """
+        Remember for a while that this process removed an entry.
+        """
+        self._removed[queueId] = None
+        while len(self._removed) > _REMEMBER_REMOVED:
+            self._removed.popitem(last=False)
 
     def _remove(self, queueId: str) -> None:
         """

@@ -9,7 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from qutemail.blocking import InlineRunner
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.queue.deferred import DeferredQueue
-from qutemail.message import DEFERRED, RecipientState
+from qutemail.message import DEFERRED, SENT, RecipientState
+from tests.support import QueuedRunner
 
 ENVELOPE = Envelope("s@remote.test", ("alice@example.test",), "c.test", "192.0.2.1", 1700000000.0)
 
@@ -50,6 +51,70 @@ class RefreshTests(SynchronousTestCase):
             f.write(b"{")
         main = DeferredQueue(directory, InlineRunner())
         self.assertEqual(self.successResultOf(main.refresh()), 0)
+
+
+class RefreshRaceTests(SynchronousTestCase):
+    """
+    A refresh that overlaps this process's own adds and removals never
+    brings back an entry that is done, nor a second copy of one being
+    added (either would send a message twice; the inter-site benchmark
+    showed it).
+    """
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        self.runner = QueuedRunner()
+        self.queue = DeferredQueue(self.directory, self.runner)
+        self.message = SpooledMessage("Q9", ENVELOPE, 5, inline=b"body\n")
+
+    def addEntry(self):
+        d = self.queue.add(self.message, [RecipientState("alice@example.test", 0, DEFERRED, 1, 300.0, "")])
+        self.runner.runAll()
+        return self.successResultOf(d)
+
+    def test_removedWhileRefreshing(self):
+        """
+        The entry is done and popped, its files still on disk (their
+        removal queued after the refresh's listing): the refresh does not
+        take it back.
+        """
+        entry = self.addEntry()
+        refreshed = self.queue.refresh()
+        entry.recipients[0].state = SENT
+        removed = self.queue.update(entry)
+        self.runner.runNext()  # the refresh's listing: the files are there
+        self.assertEqual(self.successResultOf(refreshed), 0)
+        self.runner.runAll()
+        self.successResultOf(removed)
+        self.assertEqual(self.queue.entries, {})
+
+    def test_refreshAfterRemovalStarted(self):
+        """
+        A refresh that starts after the entry was popped, its files not
+        yet removed, does not take it back either.
+        """
+        entry = self.addEntry()
+        entry.recipients[0].state = SENT
+        removed = self.queue.update(entry)
+        refreshed = self.queue.refresh()
+        self.runner.calls.reverse()  # the listing runs before the removal
+        self.runner.runAll()
+        self.successResultOf(removed)
+        self.assertEqual(self.successResultOf(refreshed), 0)
+        self.assertEqual(self.queue.entries, {})
+
+    def test_addedWhileRefreshing(self):
+        """
+        An entry being added (its files written, the add not yet done)
+        is not read as another process's: one object, the one the add
+        gives.
+        """
+        added = self.queue.add(self.message, [RecipientState("alice@example.test", 0, DEFERRED, 1, 300.0, "")])
+        self.runner.runNext()  # the add's writes
+        refreshed = self.queue.refresh()
+        self.runner.runAll()
+        self.assertEqual(self.successResultOf(refreshed), 0)
+        self.assertIs(self.queue.entries["Q9"], self.successResultOf(added))
 
 
 class RecoveryAddTests(SynchronousTestCase):
