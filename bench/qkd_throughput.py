@@ -210,8 +210,9 @@ class Message:
     Message-ID, SIZE bytes in all (give or take a byte).
     """
 
-    def __init__(self, size: int, tag: str) -> None:
+    def __init__(self, size: int, tag: str, sender: str = SENDER, recipient: str = RECIPIENT) -> None:
         self.tag = tag
+        self.sender, self.recipient = sender, recipient
         headerSize = len(self.header(0, 0))
         self.body = makeBody(max(size - headerSize, 2))
 
@@ -220,11 +221,11 @@ class Message:
         @return: the header of one message, ending with its blank line.
         """
         return (
-            f"From: Bob <{SENDER}>\r\n"
-            f"To: Alice <{RECIPIENT}>\r\n"
+            f"From: Bob <{self.sender}>\r\n"
+            f"To: Alice <{self.recipient}>\r\n"
             f"Subject: qkd bench {self.tag} {session}-{index:06d}\r\n"
             f"Date: {email.utils.formatdate(localtime=False)}\r\n"
-            f"Message-ID: <{self.tag}.{session}.{index:06d}@{DOMAIN}>\r\n"
+            f"Message-ID: <{self.tag}.{session}.{index:06d}@{self.sender.partition('@')[2]}>\r\n"
             f"MIME-Version: 1.0\r\n"
             f"Content-Type: text/plain; charset=us-ascii\r\n"
             f"\r\n"
@@ -272,13 +273,14 @@ class Session(threading.Thread):
                 client.ehlo()
                 client.starttls(context=clientContext())
                 client.ehlo()
-                client.user, client.password = SENDER, PASSWORD
+                client.user, client.password = self.message.sender, PASSWORD
                 client.auth("PLAIN", client.auth_plain)
             finally:
                 # Ready or broken, never leave the others waiting.
                 self.barrier.wait(CLIENT_TIMEOUT)
             for index in range(self.count):
-                refused = client.sendmail(SENDER, [RECIPIENT], self.message.build(self.number, index))
+                refused = client.sendmail(self.message.sender, [self.message.recipient],
+                                          self.message.build(self.number, index))
                 if refused:
                     raise BenchError(f"recipient refused: {refused}")
             self.finished = time.monotonic()

@@ -344,7 +344,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
 
     local = LocalDelivery(store=store, users=users, domains=server.domains, encryptor=encryptor)
     router = Router(local=local, queue=queue, clock=reactor, retrySchedule=config.relay.retrySchedule,
-                    signer=signer)
+                    signer=signer, sealedDomains=frozenset(
+                        domain for domain, _ in config.qkd.peers if config.qkd.peerPolicy == "require"))
     inbound = buildInbound(config, reactor, root)
     receiver = sealer = None
     if encryptor is not None and config.qkd.peers:

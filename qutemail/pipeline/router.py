@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from qutemail.address import domainOf
 from qutemail.message import DEFERRED, PENDING, FailedRecipient, RecipientState, SpooledMessage, retryDelay
 from qutemail.replies import replyFor
 
@@ -27,7 +28,7 @@ class Router:
     _log = Logger()
 
     def __init__(self, *, local: Any, queue: Any, clock: Any, retrySchedule: tuple[float, ...],
-                 signer: Any = None) -> None:
+                 signer: Any = None, sealedDomains: frozenset[str] = frozenset()) -> None:
         """
         @param local: the L{qutemail.store.delivery.LocalDelivery}.
         @param queue: the L{qutemail.interfaces.IRelayQueue}.
@@ -35,12 +36,17 @@ class Router:
         @param retrySchedule: the retry intervals, seconds.
         @param signer: makes the DKIM-Signature of mail leaving for other
             domains (L{qutemail.pipeline.signing.OutboundSigner}), or C{None}.
+        @param sealedDomains: domains (lower case) whose mail always leaves
+            in the QKD transit form (peers under C{peer_policy = require}):
+            that form is signed when it is made, so a message going only
+            there is not signed here too.
         """
         self.local = local
         self.queue = queue
         self.clock = clock
         self.retrySchedule = retrySchedule
         self.signer = signer
+        self.sealedDomains = sealedDomains
 
     async def route(self, message: SpooledMessage, recovering: bool) -> list[FailedRecipient]:
         """
@@ -82,7 +88,8 @@ class Router:
                 outcomes.append(f"{address}: bounced ({reply})")
         if queued:
             dkimHeader = ""
-            if self.signer is not None and any(r.state == PENDING for r in queued):
+            if self.signer is not None and any(r.state == PENDING and domainOf(r.address).lower()
+                                               not in self.sealedDomains for r in queued):
                 dkimHeader = await self.signer.headerFor(message)
             await self.queue.add(message, queued, dkimHeader)
         # The one line per message: who sent what to whom, and what became of it.

@@ -37,6 +37,18 @@ from qutemail.qkd.transit import sealTransit
 from qutemail.replies import Reply, ReplyError
 
 TRANSIT_KEY_UNAVAILABLE = Reply(451, "4.3.0", "QKD transit key unavailable")
+# The most keys one enc_keys request asks for.
+MAX_KEYS_PER_REQUEST = 64
+
+
+def _sizeOf(path: str) -> int | None:
+    """
+    @return: a file's size, or C{None} when it is missing.  Blocking.
+    """
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
 
 
 @attrs.frozen
@@ -95,6 +107,8 @@ class TransitSealer:
         self.keySizeBits = keySizeBits
         self.save = save
         self._locks: dict[tuple[str, str], DeferredLock] = {}
+        self._keyWaiters: dict[str, list[Deferred]] = {}
+        self._asking: set[str] = set()
 
     def peerOf(self, domain: str) -> str | None:
         """
@@ -143,10 +157,10 @@ class TransitSealer:
         """
         path = self.pathFor(entry.queueId, sae)
         made = entry.transit.get(sae)
-        if made is not None and await self.runner.run(os.path.exists, path):
+        if made is not None and await self.runner.run(_sizeOf, path) == made["size"]:
             return Outgoing(lambda: open(path, "rb"), made["size"], made["dkimHeader"].encode("ascii", "replace"))
         try:
-            keyId, key = await self.keySource.encKey(sae, self.keySizeBits)
+            keyId, key = await self._takeKey(sae)
         except KeySourceError as e:
             return await self._noKey(entry, sae, str(e))
         message = entry.message
@@ -156,9 +170,9 @@ class TransitSealer:
         if self.signer is not None:
             dkimHeader = await self.signer.headerFor(
                 SpooledMessage(message.queueId, message.envelope, sealed.storedBytes, path=path))
+        # Saved with the outcome of the attempt that follows: a crash before
+        # that costs one key (the copy is swept at start-up), never mail.
         entry.transit[sae] = {"keyId": keyId, "size": sealed.storedBytes, "dkimHeader": dkimHeader}
-        if self.save is not None:
-            await self.save(entry)
         self._log.info("{queueId}: sealed for peer SAE {sae} with QKD key {keyId} ({size} bytes in transit)",
                        queueId=entry.queueId, sae=sae, keyId=keyId, size=sealed.storedBytes)
         return Outgoing(lambda: open(path, "rb"), sealed.storedBytes, dkimHeader.encode("ascii", "replace"))
@@ -182,6 +196,47 @@ class TransitSealer:
                            "encryption ([qkd] peer_policy = prefer)", queueId=entry.queueId, sae=sae,
                            problem=problem)
         return None
+
+    def _takeKey(self, sae: str) -> Deferred:
+        """
+        One fresh key for C{sae}.  Seals waiting at the same time share one
+        C{enc_keys} request (up to L{MAX_KEYS_PER_REQUEST} keys; the client
+        splits it further when the KME allows fewer), one request per SAE
+        at a time.
+
+        @return: a Deferred firing with C{(keyId, key)}.
+        @raise KeySourceError: (in the Deferred) no key.
+        """
+        d: Deferred = Deferred()
+        self._keyWaiters.setdefault(sae, []).append(d)
+        self._askForKeys(sae)
+        return d
+
+    def _askForKeys(self, sae: str) -> None:
+        """
+        Start a request for the keys waiting for C{sae}, unless one is
+        under way (its end starts the next).
+        """
+        waiting = self._keyWaiters.get(sae)
+        if sae in self._asking or not waiting:
+            return
+        batch, self._keyWaiters[sae] = waiting[:MAX_KEYS_PER_REQUEST], waiting[MAX_KEYS_PER_REQUEST:]
+        self._asking.add(sae)
+        d = self.keySource.encKeys(sae, self.keySizeBits, len(batch))
+
+        def handOut(keys: list) -> None:
+            for waiter, key in zip(batch, keys):
+                waiter.callback(tuple(key))
+
+        def failAll(failure: Any) -> None:
+            for waiter in batch:
+                waiter.errback(failure)
+
+        def again(_: Any) -> None:
+            self._asking.discard(sae)
+            self._askForKeys(sae)
+
+        d.addCallbacks(handOut, failAll).addBoth(again)
 
     def discard(self, entry: QueueEntry) -> Deferred:
         """

@@ -206,7 +206,10 @@ class FakeWriter:
 
     @ivar aborted: whether it was aborted.
     @ivar discarded: whether it was discarded.
+    @ivar traceBytes: no trace fields of ours.
     """
+
+    traceBytes = 0
 
     def __init__(self, envelope=None) -> None:
         """
