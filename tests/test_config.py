@@ -884,3 +884,52 @@ class WorkersTests(ConfigFileMixin, SynchronousTestCase):
             path = self.writeConfig(MINIMAL.replace("[server]\n", f"[server]\nworkers = {value}\n"))
             error = self.assertRaises(ConfigError, loadConfig, path, {})
             self.assertEqual(str(error), f"{path}: [server] workers: {reason}")
+
+
+class PeersTests(ConfigFileMixin, SynchronousTestCase):
+    """
+    C{[qkd] peers} and C{peer_policy} (issue 13).
+    """
+
+    def test_default(self) -> None:
+        """
+        No peers, and the policy is C{require}.
+        """
+        config = self.load(MINIMAL)
+        self.assertEqual((config.qkd.peers, config.qkd.peerPolicy), ((), "require"))
+
+    def test_value(self) -> None:
+        """
+        C{domain=SAE_ID} pairs, domains in lower case, SAE ids as given.
+        """
+        config = self.load(MINIMAL + "[qkd]\npeers = Branch.Example=sae-Branch, hq.example = SAE-1\n"
+                                     "peer_policy = Prefer\n")
+        self.assertEqual(config.qkd.peers, (("branch.example", "sae-Branch"), ("hq.example", "SAE-1")))
+        self.assertEqual(config.qkd.peerPolicy, "prefer")
+
+    def test_badValues(self) -> None:
+        """
+        A pair without C{=}, an SAE id with a space, a domain named twice, a
+        bad domain, and an unknown policy each stop the start naming the key.
+        """
+        self.assertBad("qkd", "peers", "branch.example", "'branch.example' is not domain=SAE_ID")
+        self.assertBad("qkd", "peers", "branch.example=sae b",
+                       "'sae b' is not an SAE id (1 to 128 printable characters, no spaces)")
+        self.assertBad("qkd", "peers", "b.example=x, B.example=y", "'b.example' is named twice")
+        path, problems = self.problems(self.withValue("qkd", "peers", "not a domain=x"))
+        self.assertEqual(len(problems), 1)
+        self.assertTrue(problems[0].startswith(f"{path}: [qkd] peers: "), problems)
+        self.assertBad("qkd", "peer_policy", "maybe", "'maybe' is not one of require, prefer")
+
+    def test_rulesAcrossSections(self) -> None:
+        """
+        A peer domain that is ours, extra workers, or encryption off: each
+        is one problem naming C{[qkd] peers}.
+        """
+        path, problems = self.problems(MINIMAL + "[qkd]\npeers = example.test=x\n")
+        self.assertEqual(problems, [f"{path}: [qkd] peers: example.test is one of our own [server] domains"])
+        path, problems = self.problems(MINIMAL + "workers = 2\n[qkd]\npeers = b.example=x\n")
+        self.assertEqual(len(problems), 1)
+        self.assertTrue(problems[0].startswith(f"{path}: [qkd] peers: needs [server] workers = 1"), problems)
+        path, problems = self.problems(MINIMAL + "[qkd]\nencrypt = no\npeers = b.example=x\n")
+        self.assertEqual(problems, [f"{path}: [qkd] peers: needs [qkd] encrypt = yes"])

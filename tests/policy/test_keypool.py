@@ -134,3 +134,44 @@ class SessionPolicyTests(SynchronousTestCase):
         self.watch.closed = False
         self.assertEqual(self.successResultOf(
             self.rcpt("alice@example.test", "bob@example.test", "bob@example.test")).address, "alice@example.test")
+
+
+class PeerPoolTests(SynchronousTestCase):
+    """
+    A peer site's link, closed, refuses our users' mail to that site and
+    nothing else (issue 13).
+    """
+
+    def setUp(self):
+        users = MemoryUserDirectory()
+        users.addUser("alice@example.test", b"pw")
+        store = MaildirStore(self.mktemp(), InlineRunner(), "mail.example.test", 0)
+        self.peer = KeyPoolWatch(SettableSource(), "sae-b", 20, Clock(),
+                                 reply=KEY_POOL_LOW.withText("QKD key pool for peer site sae-b low"))
+        self.peer.closed = True
+        self.policy = SessionPolicy(RecipientPolicy(users, store, ("example.test",), 1000), Clock(),
+                                    peerPools={"b.example": self.peer})
+
+    def rcpt(self, recipient: str, authenticated: str | None, sender: str):
+        return self.policy.checkRecipient(recipient, None, authenticated, sender)
+
+    def test_peerRefused(self):
+        """
+        An authenticated user's RCPT to the peer domain (any case) gets the
+        link's 452 4.3.1.
+        """
+        failure = self.failureResultOf(self.rcpt("carol@B.Example", "bob@example.test", "bob@example.test"),
+                                       ReplyError)
+        self.assertEqual((failure.value.reply.code, failure.value.reply.enhanced), (452, "4.3.1"))
+        self.assertIn("peer site sae-b", failure.value.reply.text)
+
+    def test_othersAdmitted(self):
+        """
+        Other remote domains, local users, and mail from outside pass; the
+        peer too once the link is open.
+        """
+        self.assertIsNone(self.successResultOf(self.rcpt("dave@remote.test", "bob@example.test", "bob@example.test")))
+        self.assertEqual(self.successResultOf(self.rcpt("alice@example.test", "bob@example.test",
+                                                        "bob@example.test")).address, "alice@example.test")
+        self.peer.closed = False
+        self.assertIsNone(self.successResultOf(self.rcpt("carol@b.example", "bob@example.test", "bob@example.test")))
