@@ -99,6 +99,9 @@ CONNECTION_LOST = Reply(451, "4.4.2", "Connection to the remote server lost, wil
 TLS_NOT_OFFERED = Reply(451, "4.7.4", "Verified TLS required but the remote server does not offer STARTTLS")
 TLS_NOT_VERIFIED = Reply(451, "4.7.5", "Verified TLS required but the remote certificate did not verify")
 KEY_SOURCE_UNAVAILABLE = Reply(451, "4.3.0", "QKD key source unavailable, will retry")
+# Inter-site mail (issue 13): no key to seal for, or to open with, yet.
+TRANSIT_SEAL_KEY_UNAVAILABLE = Reply(451, "4.3.0", "QKD transit key unavailable")
+TRANSIT_KEY_UNAVAILABLE = Reply(451, "4.3.0", "QKD key for this transit message unavailable, try again later")
 # RFC 3463 X.7.0: other security status (the smarthost refused our AUTH)
 SMARTHOST_AUTH_REFUSED = Reply(451, "4.7.0", "Smarthost refused authentication")
 
@@ -152,6 +155,10 @@ SPF_FAILED = Reply(550, "5.7.23", "SPF validation failed")
 # RFC 7489 §10.3 leaves the reply open; 5.7.1 (delivery not authorized) is
 # what receivers use for a DMARC p=reject failure
 DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected by the From domain's DMARC policy")
+# Inter-site mail (issue 13): a transit message we will not open.
+TRANSIT_NOT_A_PEER = Reply(550, "5.7.1", "QKD transit message not from a configured peer site")
+TRANSIT_REFUSED = Reply(554, "5.7.1", "QKD transit message refused")
+TRANSIT_DAMAGED = Reply(554, "5.6.0", "Malformed QKD transit message")
 
 # Enhanced codes for replies Twisted sends itself, chosen by code (RFC 3463).
 DEFAULT_ENHANCED = {

@@ -30,6 +30,7 @@ keys of mail at rest.
 """
 
 import os
+import uuid
 from typing import Any
 
 import attrs
@@ -41,16 +42,13 @@ from qutemail.interfaces import KeyGone, KeySourceError
 from qutemail.message import SpooledMessage
 from qutemail.qkd.cipher import decryptBytes
 from qutemail.qkd.transit import TRANSIT, DecryptionError, isTransit, openTransit, readTransitEnvelope
-from qutemail.replies import Reply, ReplyError
+from qutemail.replies import (
+    TRANSIT_DAMAGED, TRANSIT_KEY_UNAVAILABLE, TRANSIT_NOT_A_PEER as NOT_A_PEER, TRANSIT_REFUSED, ReplyError,
+)
 
 # Enough of a message to find its header block.
 _HEAD_BYTES = 65536
 VAULT_PREFIX = "transit-"
-
-NOT_A_PEER = Reply(550, "5.7.1", "QKD transit message not from a configured peer site")
-TRANSIT_REFUSED = Reply(554, "5.7.1", "QKD transit message refused")
-TRANSIT_KEY_UNAVAILABLE = Reply(451, "4.3.0", "QKD key for this transit message unavailable, try again later")
-TRANSIT_DAMAGED = Reply(554, "5.6.0", "Malformed QKD transit message")
 
 
 def _oneLine(text: str, limit: int = 160) -> str:
@@ -112,6 +110,12 @@ class TransitReceiver:
             envelope = await self.runner.run(_readEnvelope, message, traceBytes)
         except DecryptionError as e:
             raise ReplyError(TRANSIT_DAMAGED.withText(f"{TRANSIT_DAMAGED.text}: {_oneLine(str(e))}"))
+        try:
+            uuid.UUID(envelope.keyId)
+        except ValueError:
+            # ETSI GS QKD 014 key ids are UUIDs (and ours are kept as
+            # "transit-<id>", which a longer id would not fit).
+            raise ReplyError(TRANSIT_DAMAGED.withText(f"{TRANSIT_DAMAGED.text}: the Key-Id is not a UUID"))
         master, slave = envelope.parties
         self._checkParties(message, master, slave)
         key = await self._key(master, envelope.keyId)

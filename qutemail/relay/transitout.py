@@ -27,16 +27,14 @@ import os
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
 from twisted.logger import Logger
 
 from qutemail.durable import makeDirectories, removeFile
 from qutemail.interfaces import KeySourceError
 from qutemail.message import QueueEntry, SpooledMessage
 from qutemail.qkd.transit import sealTransit
-from qutemail.replies import Reply, ReplyError
-
-TRANSIT_KEY_UNAVAILABLE = Reply(451, "4.3.0", "QKD transit key unavailable")
+from qutemail.replies import TRANSIT_SEAL_KEY_UNAVAILABLE as TRANSIT_KEY_UNAVAILABLE, ReplyError
 # The most keys one enc_keys request asks for.
 MAX_KEYS_PER_REQUEST = 64
 
@@ -171,7 +169,9 @@ class TransitSealer:
             dkimHeader = await self.signer.headerFor(
                 SpooledMessage(message.queueId, message.envelope, sealed.storedBytes, path=path))
         # Saved with the outcome of the attempt that follows: a crash before
-        # that costs one key (the copy is swept at start-up), never mail.
+        # that costs one key (the next attempt seals again, over the copy;
+        # a copy of a message no longer queued is swept at start-up),
+        # never mail.
         entry.transit[sae] = {"keyId": keyId, "size": sealed.storedBytes, "dkimHeader": dkimHeader}
         self._log.info("{queueId}: sealed for peer SAE {sae} with QKD key {keyId} ({size} bytes in transit)",
                        queueId=entry.queueId, sae=sae, keyId=keyId, size=sealed.storedBytes)
@@ -222,11 +222,13 @@ class TransitSealer:
             return
         batch, self._keyWaiters[sae] = waiting[:MAX_KEYS_PER_REQUEST], waiting[MAX_KEYS_PER_REQUEST:]
         self._asking.add(sae)
-        d = self.keySource.encKeys(sae, self.keySizeBits, len(batch))
+        d = maybeDeferred(self.keySource.encKeys, sae, self.keySizeBits, len(batch))
 
         def handOut(keys: list) -> None:
             for waiter, key in zip(batch, keys):
                 waiter.callback(tuple(key))
+            for waiter in batch[len(keys):]:
+                waiter.errback(KeySourceError(f"KME enc_keys for SAE {sae}: {len(keys)} keys for {len(batch)}"))
 
         def failAll(failure: Any) -> None:
             for waiter in batch:
