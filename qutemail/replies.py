@@ -201,6 +201,16 @@ def enhancedFor(code: int) -> str:
     return DEFAULT_ENHANCED.get(code) or DEFAULT_ENHANCED.get(code // 100, f"{code // 100}.0.0")
 
 
+def oneLine(text: str, limit: int = 200) -> str:
+    """
+    @return: C{text} as one line of printable ASCII for a reply or a log
+        (each run of other characters and white space one space), cut to
+        C{limit} characters.
+    """
+    text = " ".join("".join(c if " " <= c <= "~" else " " for c in text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class ReplyError(Exception):
     """
     A failure that carries the SMTP reply the client should get.

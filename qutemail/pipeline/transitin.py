@@ -44,19 +44,12 @@ from qutemail.qkd.cipher import decryptBytes
 from qutemail.qkd.transit import TRANSIT, DecryptionError, isTransit, openTransit, readTransitEnvelope
 from qutemail.replies import (
     TRANSIT_DAMAGED, TRANSIT_KEY_UNAVAILABLE, TRANSIT_NOT_A_PEER as NOT_A_PEER, TRANSIT_REFUSED, ReplyError,
+    oneLine,
 )
 
 # Enough of a message to find its header block.
 _HEAD_BYTES = 65536
 VAULT_PREFIX = "transit-"
-
-
-def _oneLine(text: str, limit: int = 160) -> str:
-    """
-    @return: C{text} as printable ASCII on one line, cut at C{limit}.
-    """
-    text = " ".join("".join(c if " " <= c <= "~" else " " for c in text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class TransitReceiver:
@@ -109,7 +102,7 @@ class TransitReceiver:
         try:
             envelope = await self.runner.run(_readEnvelope, message, traceBytes)
         except DecryptionError as e:
-            raise ReplyError(TRANSIT_DAMAGED.withText(f"{TRANSIT_DAMAGED.text}: {_oneLine(str(e))}"))
+            raise ReplyError(TRANSIT_DAMAGED.withText(f"{TRANSIT_DAMAGED.text}: {oneLine(str(e))}"))
         try:
             uuid.UUID(envelope.keyId)
         except ValueError:

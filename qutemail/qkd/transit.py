@@ -44,7 +44,7 @@ import email.message
 import os
 from typing import BinaryIO, Callable
 
-from qutemail.durable import PRIVATE_FILE_MODE, syncDirectory
+from qutemail.durable import PRIVATE_FILE_MODE, removeFile, syncDirectory
 from qutemail.qkd.cipher import (
     PLACEHOLDER_SUBJECT, DecryptionError, Envelope, Format, SealedMessage, decryptInto, encryptStream, readEnvelope,
 )
@@ -74,6 +74,29 @@ def isTransit(head: bytes) -> bool:
     return parsed.get_content_type() == "multipart/encrypted" and parsed.get_param("protocol") == TRANSIT.protocol
 
 
+def _writeDurably(path: str, fill: Callable[[BinaryIO], object]) -> object:
+    """
+    Create C{path} (mode 0600, replacing it) with what C{fill(out)}
+    writes, synced with its directory; nothing is left at C{path}, nor
+    beside it, when C{fill} raises.
+
+    @return: what C{fill} returned.
+    """
+    temporary = path + ".tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    try:
+        with open(fd, "wb") as out:
+            result = fill(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(temporary, path)
+    except BaseException:
+        removeFile(temporary)
+        raise
+    syncDirectory(os.path.dirname(path))
+    return result
+
+
 def sealTransit(openSource: Callable[[], BinaryIO], path: str, keyId: str, key: bytes, master: str,
                 slave: str) -> SealedMessage:
     """
@@ -86,22 +109,12 @@ def sealTransit(openSource: Callable[[], BinaryIO], path: str, keyId: str, key: 
     @param slave: the peer site's SAE id.
     @return: what was written.
     """
-    temporary = path + ".tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    try:
-        with open(fd, "wb") as out, openSource() as source:
-            sealed = encryptStream(source, out, keyId, key, PLACEHOLDER_SUBJECT, TRANSIT, (master, slave))
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    syncDirectory(os.path.dirname(path))
-    return sealed
+
+    def fill(out: BinaryIO) -> SealedMessage:
+        with openSource() as source:
+            return encryptStream(source, out, keyId, key, PLACEHOLDER_SUBJECT, TRANSIT, (master, slave))
+
+    return _writeDurably(path, fill)
 
 
 def readTransitEnvelope(source: BinaryIO) -> Envelope:
@@ -127,26 +140,16 @@ def openTransit(sourcePath: str, destinationPath: str, key: bytes, traceBytes: i
     @raise DecryptionError: damaged, tampered with, or the wrong key;
         nothing is left at C{destinationPath}.
     """
-    temporary = destinationPath + ".tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    try:
-        with open(fd, "wb") as out, open(sourcePath, "rb") as source:
+
+    def fill(out: BinaryIO) -> int:
+        with open(sourcePath, "rb") as source:
             out.write(source.read(traceBytes))
             # Unauthenticated until decryptInto returns: the file is
             # private and removed on failure, and renamed only after.
             decryptInto(source, key, out.write, TRANSIT)
-            out.flush()
-            os.fsync(out.fileno())
-            size = out.tell()
-        os.rename(temporary, destinationPath)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    syncDirectory(os.path.dirname(destinationPath))
-    return size
+        return out.tell()
+
+    return _writeDurably(destinationPath, fill)
 
 
 __all__ = ["TRANSIT", "DecryptionError", "isTransit", "openTransit", "readTransitEnvelope", "sealTransit"]

@@ -34,7 +34,7 @@ from qutemail.durable import makeDirectories, removeFile
 from qutemail.interfaces import KeySourceError
 from qutemail.message import QueueEntry, SpooledMessage
 from qutemail.qkd.transit import sealTransit
-from qutemail.replies import TRANSIT_SEAL_KEY_UNAVAILABLE as TRANSIT_KEY_UNAVAILABLE, ReplyError
+from qutemail.replies import TRANSIT_SEAL_KEY_UNAVAILABLE as TRANSIT_KEY_UNAVAILABLE, ReplyError, oneLine
 # The most keys one enc_keys request asks for.
 MAX_KEYS_PER_REQUEST = 64
 
@@ -62,14 +62,6 @@ class Outgoing:
     body: Any
     size: int
     prefix: bytes
-
-
-def _oneLine(text: str, limit: int = 200) -> str:
-    """
-    @return: C{text} as one line of printable ASCII, cut at C{limit}.
-    """
-    text = " ".join("".join(c if " " <= c <= "~" else " " for c in text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class TransitSealer:
@@ -187,7 +179,7 @@ class TransitSealer:
             self._log.info("{queueId}: no QKD key for peer SAE {sae}, deferred: {problem}",
                            queueId=entry.queueId, sae=sae, problem=problem)
             raise ReplyError(TRANSIT_KEY_UNAVAILABLE.withText(
-                f"{TRANSIT_KEY_UNAVAILABLE.text} for peer SAE {_oneLine(sae, 64)}: {_oneLine(problem)}"))
+                f"{TRANSIT_KEY_UNAVAILABLE.text} for peer SAE {oneLine(sae, 64)}: {oneLine(problem)}"))
         if not entry.transitWarned:
             entry.transitWarned = True
             if self.save is not None:

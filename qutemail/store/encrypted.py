@@ -88,7 +88,7 @@ from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceErro
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import MIN_KEY_BYTES, PLACEHOLDER_SUBJECT, SealedMessage, encryptStream
 from qutemail.qkd.vault import InvalidKeyId, KeyExists, KeyVaultError, checkKeyId
-from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, STORAGE_FULL, Reply, ReplyError
+from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, STORAGE_FULL, Reply, ReplyError, oneLine
 
 SEALED_SUFFIX = ".sealed"
 KEY_SIZE_BITS = 256
@@ -97,7 +97,6 @@ MAX_KEYS_PER_REQUEST = 64
 # Sealed files older than this at start-up are leftovers of a crash (a
 # delivery in progress, even of 25 MB to many mailboxes, takes far less).
 CLEANUP_AGE_SECONDS = 3600.0
-_MAX_REASON_CHARS = 200
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -118,15 +117,6 @@ def isInternal(envelope: Envelope, domains: Iterable[str]) -> bool:
     if not envelope.authenticated or "@" not in envelope.sender:
         return False
     return isLocalAddress(envelope.sender, {d.lower().rstrip(".") for d in domains})
-
-
-def _oneLine(text: str) -> str:
-    """
-    @return: C{text} as one short line of printable ASCII, for a reply.
-    """
-    text = "".join(c if " " <= c <= "~" else " " for c in text)
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_REASON_CHARS else text[:_MAX_REASON_CHARS - 3] + "..."
 
 
 @attrs.frozen
@@ -451,7 +441,7 @@ class MessageEncryptor:
             full = e.errno in (errno.ENOSPC, errno.EDQUOT)
             reply: Reply = STORAGE_FULL if full else LOCAL_ERROR
             self._log.warn("cannot seal {queueId}: writing {path} failed: {reason}",
-                           queueId=first.queueId, path=path, reason=_oneLine(str(e)))
+                           queueId=first.queueId, path=path, reason=oneLine(str(e)))
             return [ReplyError(reply)]
         # Not the queue's opener: the sealed file is read as it is.
         message = attrs.evolve(first, size=info.storedBytes, inline=None, path=path, opener=None)
@@ -518,7 +508,7 @@ class MessageEncryptor:
 
         @return: the error to raise.
         """
-        reason = _oneLine(reason)
+        reason = oneLine(reason)
         self._log.warn("cannot seal {queueId}: no key from the QKD key source: {reason}",
                        queueId=message.queueId, reason=reason)
         return ReplyError(KEY_SOURCE_UNAVAILABLE.withText(f"{KEY_SOURCE_UNAVAILABLE.text}: {reason}"))
@@ -529,7 +519,7 @@ class MessageEncryptor:
 
         @return: the error to raise.
         """
-        reason = _oneLine(error.strerror if isinstance(error, OSError) and error.strerror
+        reason = oneLine(error.strerror if isinstance(error, OSError) and error.strerror
                           else str(error) or type(error).__name__)
         self._log.warn("cannot seal {queueId}: the key vault failed for key {keyId}: {reason}",
                        queueId=message.queueId, keyId=keyId, reason=reason)
