@@ -6,12 +6,14 @@ same run without it (issue 13, acceptance item 6).
 Each round runs two modes on fresh data directories:
 
   - plain: site A (a.example.test) relays to site B (b.example.test) over a
-    fixed route ([relay] routes), opportunistic STARTTLS, no [qkd] peers;
-    B stores the mail as mail from outside (in clear);
+    fixed route ([relay] routes), STARTTLS (opportunistic: B is not a
+    peer), no [qkd] peers; B stores the mail as mail from outside (in
+    clear);
   - transit: the same, with [qkd] peers on both sides: A seals each message
     with a key from its KME's enc_keys naming site-b, B opens it with the
     same key from its KME's dec_keys and stores it encrypted at rest under
-    a key of its own (as the issue asks of inter-site mail).
+    a key of its own (as the issue asks of inter-site mail); STARTTLS is
+    verified (B's certificate from the KME pair's CA, [relay] tls_ca).
 
 So the transit figure includes B's encryption at rest, which inter-site
 mail always gets; bench/qkd_throughput.py measures that part alone.
@@ -72,7 +74,8 @@ class KMEPair:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "qutemail.cli", "--config", configPath, "kme", "--directory", self.directory,
                  "--sae", "site-a", "--port", str(self.ports[0]), "--link-sae", "site-b",
-                 "--link-port", str(self.ports[1]), "--pool-keys", "1000000", "--refill", "1000000"],
+                 "--link-port", str(self.ports[1]), "--pool-keys", "1000000", "--refill", "1000000",
+                 "--tls-host", "mail.a.example.test", "--tls-host", "mail.b.example.test"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=serverEnvironment())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -123,11 +126,15 @@ def siteConfig(path: str, site: str, dataDir: str, ports: dict, pair: KMEPair, t
         "smtp": {"mta_port": str(ports[site][0]), "submission_port": str(ports[site][1]), "smtps_port": "0"},
         "imap": {"port": "0", "tls_port": "0"},
         "pop3": {"port": "0", "tls_port": "0"},
-        "tls": {"cert": "", "key": ""},
+        "tls": {"cert": os.path.join(pair.directory, f"tls-mail.{site}.example.test-cert.pem"),
+                "key": os.path.join(pair.directory, f"tls-mail.{site}.example.test-key.pem")},
         "limits": {"messages_per_ip_hour": "0", "messages_per_user_hour": "0", "connections_per_ip": "1000"},
         "inbound": {"checks": "no"},
         "qkd": qkd,
-        "relay": {"routes": f"{peer}.example.test=127.0.0.1:{ports[peer][0]}"},
+        # The certificates (from the KME pair's CA) name localhost; mail to
+        # a peer goes over verified TLS.
+        "relay": {"routes": f"{peer}.example.test=localhost:{ports[peer][0]}",
+                  "tls_ca": os.path.join(pair.directory, "ca-cert.pem")},
         "redis": {"url": ""},
     })
 

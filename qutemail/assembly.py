@@ -15,7 +15,10 @@ from functools import partial
 from typing import Any
 
 import attrs
+from cryptography import x509
+from OpenSSL import crypto
 from twisted.application.service import MultiService, Service
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
 
 from qutemail.backends.redisvault import BlockingRedisKeys, RedisKeyVault, checkVaultPersistence
 from qutemail.backends.redislimiter import connect as connectRedis
@@ -121,11 +124,23 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
         except (OSError, UnicodeDecodeError) as e:
             raise ServiceConfigError(
                 f"[relay] smarthost_password_file: cannot read {relay.smarthostPasswordFile}: {e}") from None
+    trustRoot = None
+    if relay.tlsCa:
+        try:
+            with open(relay.tlsCa, "rb") as f:
+                trustRoot = trustRootFromCertificates(
+                    [Certificate(crypto.X509.from_cryptography(c)) for c in x509.load_pem_x509_certificates(f.read())])
+        except (OSError, ValueError) as e:
+            raise ServiceConfigError(f"[relay] tls_ca: cannot read CA certificates from {relay.tlsCa}: {e}") from None
+    # Mail to a peer site goes over verified TLS only, as to a domain of
+    # require_verified_tls (its QKD encryption does not depend on it; the
+    # envelope does).
+    verified = tuple(dict.fromkeys(relay.requireVerifiedTls + tuple(domain for domain, _ in config.qkd.peers)))
     return Relay(
         reactor=reactor, resolver=MXResolver(runner, relay.nameservers), hostname=config.server.hostname,
         mxPort=relay.mxPort, smarthost=smarthostAddress(relay.smarthost),
         username=relay.smarthostUsername or None, password=password,
-        requireVerifiedTls=relay.requireVerifiedTls,
+        requireVerifiedTls=verified, trustRoot=trustRoot,
         routes={domain: (host, port) for domain, host, port in relay.routes},
     )
 

@@ -32,7 +32,7 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.blocking import InlineRunner, wait
 from qutemail.cliqueue import CommandError, _copyBody
-from qutemail.qkd.certs import pkiPaths
+from qutemail.qkd.certs import ensureHostCertificate, pkiPaths
 from qutemail.qkd.cipher import DecryptionError, readEnvelope
 from qutemail.qkd.vault import KeyVaultError
 from qutemail.store.retention import RetentionSweep
@@ -285,7 +285,17 @@ def _kme(context: Any, arguments: argparse.Namespace) -> int:
     except ValueError as e:
         raise CommandError(str(e)) from None
 
+    hosts = []
+    for hostname in arguments.tls_host or ():
+        try:
+            hosts.append((hostname, ensureHostCertificate(services[0].pki, hostname, datetime.datetime.now(
+                datetime.timezone.utc))))
+        except ValueError as e:
+            raise CommandError(f"--tls-host {hostname}: {e}") from None
+
     def listening(urls: list) -> None:
+        for hostname, paths in hosts:
+            print(f"TLS {hostname}: {paths.certPath} {paths.keyPath}", file=context.stdout)
         for (kmeId, saes, _), service, url in zip(wanted, services, urls):
             print(f"KME {kmeId} listening at {url}", file=context.stdout)
             print(f"CA certificate: {service.pki.ca.certPath}", file=context.stdout)
@@ -334,4 +344,7 @@ def addQKDCommands(commands: Any) -> None:
                           "(repeatable)")
     kme.add_argument("--link-port", type=int, default=8444, help="the second KME's port (default 8444)")
     kme.add_argument("--link-kme-id", default="qutemail-kme-link", help="the second KME's id")
+    kme.add_argument("--tls-host", action="append", metavar="NAME",
+                     help="also issue a TLS server certificate from this CA for a mail host named NAME "
+                          "(and localhost), for sites on one machine (repeatable)")
     kme.set_defaults(run=_kme)

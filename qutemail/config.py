@@ -325,6 +325,9 @@ class RelayConfig:
         absolute, or empty (C{smarthost_password_file}).
     @ivar delayWarningSeconds: after this long undelivered, the sender gets
         one delay notice (C{delay_warning}; 0: never).
+    @ivar tlsCa: the CA certificates (PEM) that verified TLS trusts instead
+        of the system's, absolute, or empty (C{tls_ca}): an organisation's
+        own CA for its sites.
     @ivar routes: C{(domain, host, port)} fixed next hops (C{routes}): mail
         for such a domain goes to that host without an MX lookup, before
         the smarthost is considered.
@@ -348,6 +351,7 @@ class RelayConfig:
     smarthostPasswordFile: str = attrs.field(default="", validator=pathValidator())
     delayWarningSeconds: float = attrs.field(default=4 * 3600.0, validator=predicateValidator(
         lambda v: type(v) is float and (v == 0 or isDuration(v)), "a duration, or 0"))
+    tlsCa: str = attrs.field(default="", validator=pathValidator())
     routes: tuple[tuple[str, str, int], ...] = attrs.field(default=(), validator=predicateValidator(
         lambda v: type(v) is tuple and all(type(r) is tuple and len(r) == 3 and isinstance(r[0], str)
                                            and isinstance(r[1], str) and type(r[2]) is int for r in v),

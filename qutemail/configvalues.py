@@ -480,6 +480,7 @@ SETTINGS = (
     Setting("relay", "retry_schedule", "retrySchedule", parseDurations),
     Setting("relay", "queue_lifetime", "queueLifetimeSeconds", parseDuration),
     Setting("relay", "require_verified_tls", "requireVerifiedTls", parseTlsDomains),
+    Setting("relay", "tls_ca", "tlsCa", parseText, isPath=True),
     Setting("relay", "mx_port", "mxPort", lambda t: parsePort(t, 1)),
     Setting("relay", "smarthost_username", "smarthostUsername", parseText),
     Setting("relay", "smarthost_password_file", "smarthostPasswordFile", parseText, isPath=True),

@@ -282,6 +282,29 @@ def pkiPaths(directory: str, saeIds: Iterable[str]) -> KMEPKI:
     return KMEPKI(directory, pair("ca"), pair("kme"), clients)
 
 
+def ensureHostCertificate(pki: KMEPKI, hostname: str, now: datetime.datetime) -> CertifiedKey:
+    """
+    Find or make a TLS server certificate from the PKI's CA for a mail
+    host (C{tls-<hostname>-cert.pem}, C{tls-<hostname>-key.pem}): for
+    sites on one machine that trust each other through this CA
+    (C{[relay] tls_ca}).  It names C{hostname}, C{localhost} and
+    C{127.0.0.1}.  Blocking; call after L{ensurePKI}.
+
+    @raise ValueError: the host name is not fit for a file name.
+    """
+    checkSAEId(hostname)
+    with open(pki.ca.certPath, "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    with open(pki.ca.keyPath, "rb") as f:
+        caKey = serialization.load_pem_private_key(f.read(), None)
+    paths = CertifiedKey(os.path.join(pki.directory, f"tls-{hostname}-cert.pem"),
+                         os.path.join(pki.directory, f"tls-{hostname}-key.pem"))
+    _ensure(paths, f"TLS {hostname}", now, ca, hostname,
+            lambda: makeLeaf(ca, caKey, hostname, now, server=True, dnsNames=(hostname, *SERVER_DNS_NAMES),
+                             ipAddresses=SERVER_IP_ADDRESSES))
+    return paths
+
+
 def ensurePKI(directory: str, saeIds: Iterable[str], now: datetime.datetime) -> KMEPKI:
     """
     Find or make the embedded KME's PKI under C{directory}.  Blocking.

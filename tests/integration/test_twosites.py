@@ -8,6 +8,7 @@ sealed at A with a key from A's C{enc_keys} and opened at B with the same
 key from B's C{dec_keys}.
 """
 
+import datetime
 import os
 import signal
 import smtplib
@@ -21,6 +22,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from qutemail.interfaces import KeySourceError
+from qutemail.qkd.certs import ensureHostCertificate
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.kme import EmbeddedKMEService
 from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
@@ -77,6 +79,9 @@ class TwoSites(TestCase):
     policy = "require"
     minPoolKeys = 0
     initialKeys: int | None = None
+    # Whether B presents a certificate from the sites' CA (else its own
+    # self-signed one, which A must not accept).
+    trustedB = True
 
     async def setUp(self):
         self.pki = makePKI(self, ("site-a", "site-b", "site-c"))
@@ -118,12 +123,18 @@ class TwoSites(TestCase):
         mta, submission, imap = self.ports[site]
         kmePort = self.kmePortA if site == "a" else self.kmePortB
         client = self.pki.client(f"site-{site}")
+        tls = ""
+        if site == "a" or self.trustedB:
+            host = ensureHostCertificate(self.pki, f"mail.{site}.example.test",
+                                         datetime.datetime.now(datetime.timezone.utc))
+            tls = f"\n[tls]\ncert = {host.certPath}\nkey = {host.keyPath}\n"
         extra = (f"\n[qkd]\nkme_url = https://localhost:{kmePort}\nsae_id = site-{site}\n"
                  f"client_cert = {client.certPath}\nclient_key = {client.keyPath}\nca_cert = {self.pki.ca.certPath}\n"
                  f"rest_sae = site-c\nkey_size = 512\npeers = {peer}.example.test=site-{peer}\n"
                  f"peer_policy = {self.policy}\nmin_pool_keys = {self.minPoolKeys}\n"
-                 f"\n[relay]\nroutes = {peer}.example.test=127.0.0.1:{self.ports[peer][0]}\n"
-                 f"retry_schedule = 10m\n\n[inbound]\nchecks = no\n\n[imap]\nport = {imap}\ntls_port = 0\n")
+                 f"\n[relay]\nroutes = {peer}.example.test=localhost:{self.ports[peer][0]}\n"
+                 f"tls_ca = {self.pki.ca.certPath}\n"
+                 f"retry_schedule = 10m\n\n[inbound]\nchecks = no\n\n[imap]\nport = {imap}\ntls_port = 0\n{tls}")
         path = writeConfig(os.path.join(self.base, f"site-{site}.ini"), self.dataDir(site), mtaPort=mta,
                            submissionPort=submission, extra=extra)
         text = open(path).read().replace("domains = example.test, example.org", f"domains = {site}.example.test")
@@ -465,3 +476,21 @@ class AdmissionTests(TwoSites):
                       timeout=30)
         code, text = await deferToThread(self.rcpt, submission, ALICE, BOB, True)
         self.assertEqual(code, 250, text)
+
+
+class UnverifiedPeerTests(TwoSites):
+    """
+    Mail to a peer goes over verified TLS only: B presenting a certificate
+    the sites' CA did not issue gets nothing.
+    """
+
+    trustedB = False
+
+    async def test_untrustedCertificate(self):
+        self.start("a")
+        self.start("b")
+        await self.submit()
+        await waitFor(lambda: "4.7.5" in self.log("a"), timeout=30)
+        self.assertIn("deferred", self.log("a"))
+        self.assertEqual(self.bobsMessages(), [])
+        self.assertNotIn("opened QKD transit message", self.log("b"))
