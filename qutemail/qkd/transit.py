@@ -74,11 +74,11 @@ def isTransit(head: bytes) -> bool:
     return parsed.get_content_type() == "multipart/encrypted" and parsed.get_param("protocol") == TRANSIT.protocol
 
 
-def _writeDurably(path: str, fill: Callable[[BinaryIO], object]) -> object:
+def _writeDurably(path: str, fill: Callable[[BinaryIO], object], syncDir: bool = True) -> object:
     """
     Create C{path} (mode 0600, replacing it) with what C{fill(out)}
-    writes, synced with its directory; nothing is left at C{path}, nor
-    beside it, when C{fill} raises.
+    writes, synced (with its directory when C{syncDir}); nothing is left
+    at C{path}, nor beside it, when C{fill} raises.
 
     @return: what C{fill} returned.
     """
@@ -93,15 +93,18 @@ def _writeDurably(path: str, fill: Callable[[BinaryIO], object]) -> object:
     except BaseException:
         removeFile(temporary)
         raise
-    syncDirectory(os.path.dirname(path))
+    if syncDir:
+        syncDirectory(os.path.dirname(path))
     return result
 
 
 def sealTransit(openSource: Callable[[], BinaryIO], path: str, keyId: str, key: bytes, master: str,
                 slave: str) -> SealedMessage:
     """
-    Write the transit form of a message to a new file, mode 0600, synced
-    with its directory (a retry must find it after a crash).
+    Write the transit form of a message to a new file, mode 0600, its data
+    synced (a copy a retry sends must be whole).  Its directory entry is
+    not: a copy lost in a crash is missing or short, which the sealer
+    sees (it records the size) and seals again under a new key.
 
     @param openSource: opens the original (LF line ends).
     @param path: the file to create (replaced if it exists).
@@ -114,7 +117,7 @@ def sealTransit(openSource: Callable[[], BinaryIO], path: str, keyId: str, key: 
         with openSource() as source:
             return encryptStream(source, out, keyId, key, PLACEHOLDER_SUBJECT, TRANSIT, (master, slave))
 
-    return _writeDurably(path, fill)
+    return _writeDurably(path, fill, syncDir=False)
 
 
 def readTransitEnvelope(source: BinaryIO) -> Envelope:
