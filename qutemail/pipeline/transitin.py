@@ -34,8 +34,9 @@ import uuid
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qutemail.address import domainOf
 from qutemail.interfaces import KeyGone, KeySourceError
@@ -50,6 +51,8 @@ from qutemail.replies import (
 # Enough of a message to find its header block.
 _HEAD_BYTES = 65536
 VAULT_PREFIX = "transit-"
+# The most keys one dec_keys request asks for.
+MAX_KEYS_PER_REQUEST = 16
 
 
 class TransitReceiver:
@@ -73,6 +76,8 @@ class TransitReceiver:
         self.vault = vault
         self.runner = runner
         self._locks: dict[str, DeferredLock] = {}
+        self._decWaiting: dict[str, list[tuple[str, Deferred]]] = {}
+        self._decAsking: set[str] = set()
 
     def open(self, message: SpooledMessage, traceBytes: int = 0) -> Deferred:
         """
@@ -170,12 +175,60 @@ class TransitReceiver:
             if not lock.locked and not lock.waiting:
                 self._locks.pop(keyId, None)
 
+    def _decKey(self, master: str, keyId: str) -> Deferred:
+        """
+        One key from our KME.  Keys from one master wanted at the same time
+        share a C{dec_keys} request (up to L{MAX_KEYS_PER_REQUEST}), one
+        request per master at a time; when the KME refuses such a request
+        for good (it hands out all or none, and one key may be unknown),
+        each key is asked for alone, so one bad message cannot cost the
+        others their keys.
+
+        @return: a Deferred firing with the key.
+        """
+        if not hasattr(self.keySource, "decKeys"):
+            return self.keySource.decKey(master, keyId)
+        d: Deferred = Deferred()
+        self._decWaiting.setdefault(master, []).append((keyId, d))
+        self._askForKeys(master)
+        return d
+
+    def _askForKeys(self, master: str) -> None:
+        """
+        Start a request for the keys waiting for C{master}'s messages,
+        unless one is under way (its end starts the next).
+        """
+        waiting = self._decWaiting.get(master)
+        if master in self._decAsking or not waiting:
+            return
+        batch, self._decWaiting[master] = waiting[:MAX_KEYS_PER_REQUEST], waiting[MAX_KEYS_PER_REQUEST:]
+        self._decAsking.add(master)
+        d = maybeDeferred(self.keySource.decKeys, master, [keyId for keyId, _ in batch])
+
+        def handOut(keys: list) -> None:
+            for (_, waiter), key in zip(batch, keys):
+                waiter.callback(key)
+
+        def failed(failure: Failure) -> None:
+            if len(batch) > 1 and failure.check(KeySourceError) and not failure.value.temporary:
+                for keyId, waiter in batch:
+                    maybeDeferred(self.keySource.decKey, master, keyId).chainDeferred(waiter)
+                return
+            for _, waiter in batch:
+                waiter.errback(failure)
+
+        def again(_: object) -> None:
+            self._decAsking.discard(master)
+            self._askForKeys(master)
+
+        d.addCallbacks(handOut, failed).addBoth(again)
+
     async def _fetchAndKeep(self, master: str, keyId: str, vaultId: str) -> bytes:
         """
         Ask the KME, then store the key durably.
         """
         try:
-            key = await self.keySource.decKey(master, keyId)
+            key = await self._decKey(master, keyId)
         except KeySourceError as e:
             self._log.warn("dec_keys for transit key {keyId} from SAE {master} failed: {problem}",
                            keyId=keyId, master=master, problem=str(e))

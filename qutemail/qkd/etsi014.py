@@ -458,20 +458,44 @@ class ETSI014KeySource:
         """
         Fetch the key C{peerSAE} took as C{keyId}.
         """
-        what = f"KME dec_keys for SAE {peerSAE}"
-        try:
-            canonical = str(uuid.UUID(keyId))
-        except (TypeError, ValueError, AttributeError):
-            raise KeySourceError(f"{what}: key id {oneLine(repr(keyId))} is not a UUID", temporary=False)
-        if self.useGET:
-            answer = await self._call(what, b"GET", peerSAE, "dec_keys", query={"key_ID": keyId}, final=True)
-        else:
-            answer = await self._call(what, b"POST", peerSAE, "dec_keys", body={"key_IDs": [{"key_ID": keyId}]},
-                                      final=True)
-        [(gotId, key)] = keyContainer(answer, what, 1, sizeBits)
-        if str(uuid.UUID(gotId)) != canonical:
-            raise KeySourceError(f"{what}: asked for key {keyId}, got {gotId}")
+        [key] = await self._decKeys(peerSAE, [keyId], sizeBits)
         return key
+
+    def decKeys(self, peerSAE: str, keyIds: list[str], sizeBits: int | None = None) -> Deferred:
+        """
+        Fetch several keys C{peerSAE} took, in one POST C{dec_keys} (with
+        C{useGET}, one GET each).  The KME hands out all or none.
+
+        @return: a Deferred firing with the keys, in the order of C{keyIds}.
+        @raise KeySourceError: (in the Deferred) as for L{decKey}; a key
+            unknown or not ours fails them all.
+        """
+        return Deferred.fromCoroutine(self._decKeys(peerSAE, list(keyIds), sizeBits))
+
+    async def _decKeys(self, peerSAE: str, keyIds: list[str], sizeBits: int | None) -> list[bytes]:
+        """
+        See L{decKeys}.
+        """
+        what = f"KME dec_keys for SAE {peerSAE}"
+        canonical = []
+        for keyId in keyIds:
+            try:
+                canonical.append(str(uuid.UUID(keyId)))
+            except (TypeError, ValueError, AttributeError):
+                raise KeySourceError(f"{what}: key id {oneLine(repr(keyId))} is not a UUID", temporary=False)
+        if self.useGET:
+            answers = [await self._call(what, b"GET", peerSAE, "dec_keys", query={"key_ID": keyId}, final=True)
+                       for keyId in keyIds]
+            got = [entry for answer in answers for entry in keyContainer(answer, what, 1, sizeBits)]
+        else:
+            answer = await self._call(what, b"POST", peerSAE, "dec_keys",
+                                      body={"key_IDs": [{"key_ID": keyId} for keyId in keyIds]}, final=True)
+            got = keyContainer(answer, what, len(keyIds), sizeBits)
+        byId = {str(uuid.UUID(gotId)): key for gotId, key in got}
+        if set(byId) != set(canonical):
+            raise KeySourceError(f"{what}: asked for key{'s' if len(keyIds) > 1 else ''} {', '.join(keyIds)}, "
+                                 f"got {', '.join(g for g, _ in got)}")
+        return [byId[k] for k in canonical]
 
     async def _call(self, what: str, method: bytes, sae: str, operation: str, query: dict | None = None,
                     body: dict | None = None, final: bool = False) -> Any:

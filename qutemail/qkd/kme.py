@@ -370,6 +370,18 @@ class EmbeddedKeySource:
         """
         return Deferred.fromCoroutine(self._decKey(peerSAE, keyId, sizeBits))
 
+    async def _decKeys(self, peerSAE: str, keyIds: list[str], sizeBits: int | None):
+        """
+        Delegate L{decKeys}.
+        """
+        return await (await self._ready()).decKeys(peerSAE, keyIds, sizeBits)
+
+    def decKeys(self, peerSAE: str, keyIds: list[str], sizeBits: int | None = None) -> Deferred:
+        """
+        See L{ETSI014KeySource.decKeys}.
+        """
+        return Deferred.fromCoroutine(self._decKeys(peerSAE, list(keyIds), sizeBits))
+
     def close(self) -> Deferred:
         """
         Close the client's kept-alive connections.

@@ -527,6 +527,25 @@ class FakeKMETests(TestCase):
                 # dec_keys needs no status first.
                 self.assertEqual(canned.statusRequests, 0)
 
+    async def test_decKeysSeveral(self):
+        """
+        C{decKeys} asks for several keys in one POST and gives them in the
+        order asked, whatever order the KME answers in; a key missing from
+        the answer fails them all.
+        """
+        other = "0f0e0d0c-0b0a-4908-8706-050403020100"
+        canned = await self.serve(keysAnswer([(other, KEY[::-1]), (KEY_ID, KEY)]))
+        source = keySource(self, self.pki, self.url, "sae-b")
+        self.assertEqual(await source.decKeys("sae-a", [KEY_ID, other], 256), [KEY, KEY[::-1]])
+        [(method, _, body)] = canned.requests
+        self.assertEqual(method, b"POST")
+        self.assertEqual(json.loads(body), {"key_IDs": [{"key_ID": KEY_ID}, {"key_ID": other}]})
+        third = "1f0e0d0c-0b0a-4908-8706-050403020100"
+        await self.serve(keysAnswer([(other, KEY), (third, KEY)]))
+        source = keySource(self, self.pki, self.url, "sae-b")
+        message = await self.failure(source.decKeys("sae-a", [KEY_ID, other]), True)
+        self.assertIn(f"asked for keys {KEY_ID}, {other}, got {other}, {third}", message)
+
     async def test_decRefusedIsPermanent(self):
         """
         A 400 or 401 to C{dec_keys} is permanent; a 503 is not.
