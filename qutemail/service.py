@@ -415,9 +415,11 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         hostname=server.hostname, domains=server.domains, maxMessageBytes=config.smtp.maxMessageBytes,
         maxRecipients=config.smtp.maxRecipients, idleTimeoutSeconds=config.smtp.idleTimeoutSeconds,
         tlsContext=tlsContext, connectionsPerIp=limits.connectionsPerIp)
-    factoryArgs = dict(intake=intake, clock=reactor, settings=settings, limits=sessionLimits,
-                       policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerIpHour, inbound,
-                                            diskSpace, keyPool))
+    mtaPolicy = SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerIpHour, inbound, diskSpace,
+                              keyPool, peerDomains=frozenset(domain for domain, _ in config.qkd.peers))
+    if receiver is not None:
+        receiver.charge = mtaPolicy.chargeMessage
+    factoryArgs = dict(intake=intake, clock=reactor, settings=settings, limits=sessionLimits, policy=mtaPolicy)
     submissionArgs = dict(factoryArgs, settings=attrs.evolve(settings, portal=portal, throttle=throttle),
                           policy=SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerUserHour,
                                                diskSpace=diskSpace, keyPool=keyPool, peerPools=peerPools))

@@ -62,14 +62,22 @@ class TransitReceiver:
 
     _log = Logger()
 
-    def __init__(self, *, peers: dict[str, str], saeId: str, keySource: Any, vault: Any, runner: Any) -> None:
+    def __init__(self, *, peers: dict[str, str], saeId: str, keySource: Any, vault: Any, runner: Any,
+                 charge: Any = None) -> None:
         """
         @param peers: peer domain (lower case) to its SAE id.
         @param saeId: our SAE id.
         @param keySource: our KME (L{qutemail.interfaces.IQKDKeySource}).
         @param vault: the L{qutemail.interfaces.IKeyVault}.
         @param runner: the L{qutemail.blocking.BlockingRunner}.
+        @param charge: C{charge(clientIP)}, an async callable counting a
+            message against the client's rate limit (raising a
+            L{ReplyError} past it), for mail from a peer domain that is not
+            a transit message (the MTA policy's
+            L{qutemail.policy.session.SessionPolicy.chargeMessage}, which
+            did not count it at C{MAIL}); C{None}: nothing counted.
         """
+        self.charge = charge
         self.peers = {domain.lower(): sae for domain, sae in peers.items()}
         self.saeId = saeId
         self.keySource = keySource
@@ -103,7 +111,36 @@ class TransitReceiver:
             await self.runner.run(_readHead, message.path, traceBytes)
         trace, head = head[:traceBytes], head[traceBytes:]
         if not isTransit(head):
+            await self._chargeIfPeerSender(message)
             return message
+        try:
+            return await self._openTransit(message, traceBytes, trace)
+        except ReplyError:
+            # A refused transit message counts as any message would: a
+            # forger gains nothing by naming a peer.
+            try:
+                await self._chargeIfPeerSender(message)
+            except ReplyError:
+                pass
+            raise
+
+    async def _chargeIfPeerSender(self, message: SpooledMessage) -> None:
+        """
+        Count a message whose sender names a peer domain against the
+        client's rate limit (the policy did not at C{MAIL}).
+
+        @raise ReplyError: the limit is used up.
+        """
+        sender = message.envelope.sender
+        if self.charge is not None and sender and domainOf(sender).lower() in self.peers:
+            await self.charge(message.envelope.peer)
+
+    async def _openTransit(self, message: SpooledMessage, traceBytes: int, trace: bytes) -> SpooledMessage:
+        """
+        Open a message in the transit form.
+
+        @raise ReplyError: it is refused.
+        """
         try:
             envelope = await self.runner.run(_readEnvelope, message, traceBytes)
         except DecryptionError as e:

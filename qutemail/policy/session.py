@@ -43,6 +43,12 @@ class SessionPolicy:
     @ivar peerPools: per peer domain (lower case), the
         L{qutemail.policy.keypool.KeyPoolWatch} of the link to that site,
         which admits our users' mail to it.
+    @ivar peerDomains: the domains of C{[qkd] peers} (lower case): mail
+        from outside naming one as its sender is not counted against the
+        client's rate limit at C{MAIL}; the intake counts it after DATA
+        unless it proves to be a QKD transit message from that site
+        (L{chargeMessage}), so a peer site's relay is never throttled as
+        an internet client and a forger gains nothing.
     """
 
     envelope: Any
@@ -53,6 +59,7 @@ class SessionPolicy:
     diskSpace: Any = None
     keyPool: Any = None
     peerPools: dict = attrs.field(factory=dict)
+    peerDomains: frozenset = frozenset()
 
     async def checkSender(self, *, peer: str, sender: str, declaredSize: int | None,
                           authenticated: str | None, helo: str) -> Any:
@@ -66,13 +73,8 @@ class SessionPolicy:
             4.3.1) when the declared size, or without one the reserve, does
             not fit in the free space (see L{qutemail.store.diskspace}).
         """
-        if self.messagesPerHour and self.limiter is not None:
-            key = f"user:{authenticated}" if authenticated else f"ip:{peer}"
-            allowed = await self.limiter.consume(key, 1, self.messagesPerHour, HOUR_SECONDS, self.clock.seconds())
-            if not allowed:
-                _log.info("rate limit for {key}: {limit} messages per hour", key=key, limit=self.messagesPerHour)
-                raise ReplyError(RATE_LIMITED.withText(
-                    f"Rate limit of {self.messagesPerHour} messages per hour exceeded, try again later"))
+        if not (authenticated is None and sender.rpartition("@")[2].lower() in self.peerDomains):
+            await self._charge(f"user:{authenticated}" if authenticated else f"ip:{peer}")
         await self.envelope.checkSender(sender, declaredSize, authenticated)
         # After the envelope rules, so that a message over the size limit
         # gets their definite 552, not a 452 to try again.
@@ -81,6 +83,30 @@ class SessionPolicy:
         if self.inbound is not None and authenticated is None:
             return await self.inbound.checkSender(peer, sender, helo)
         return None
+
+    async def _charge(self, key: str) -> None:
+        """
+        Count one message against C{key}'s hourly limit.
+
+        @raise ReplyError: C{RATE_LIMITED} when it is used up.
+        """
+        if not self.messagesPerHour or self.limiter is None:
+            return
+        allowed = await self.limiter.consume(key, 1, self.messagesPerHour, HOUR_SECONDS, self.clock.seconds())
+        if not allowed:
+            _log.info("rate limit for {key}: {limit} messages per hour", key=key, limit=self.messagesPerHour)
+            raise ReplyError(RATE_LIMITED.withText(
+                f"Rate limit of {self.messagesPerHour} messages per hour exceeded, try again later"))
+
+    async def chargeMessage(self, peer: str) -> None:
+        """
+        Count, after DATA, a message from outside whose sender named a
+        peer domain but that is not a QKD transit message from that site.
+
+        @param peer: the client's IP address.
+        @raise ReplyError: C{RATE_LIMITED} when its limit is used up.
+        """
+        await self._charge(f"ip:{peer}")
 
     def checkData(self) -> Reply | None:
         """

@@ -82,6 +82,8 @@ class TwoSites(TestCase):
     # Whether B presents a certificate from the sites' CA (else its own
     # self-signed one, which A must not accept).
     trustedB = True
+    # B's [limits] messages_per_ip_hour, when set.
+    limitB: int | None = None
 
     async def setUp(self):
         self.pki = makePKI(self, ("site-a", "site-b", "site-c"))
@@ -135,6 +137,8 @@ class TwoSites(TestCase):
                  f"\n[relay]\nroutes = {peer}.example.test=localhost:{self.ports[peer][0]}\n"
                  f"tls_ca = {self.pki.ca.certPath}\n"
                  f"retry_schedule = 10m\n\n[inbound]\nchecks = no\n\n[imap]\nport = {imap}\ntls_port = 0\n{tls}")
+        if site == "b" and self.limitB is not None:
+            extra += f"\n[limits]\nmessages_per_ip_hour = {self.limitB}\n"
         path = writeConfig(os.path.join(self.base, f"site-{site}.ini"), self.dataDir(site), mtaPort=mta,
                            submissionPort=submission, extra=extra)
         text = open(path).read().replace("domains = example.test, example.org", f"domains = {site}.example.test")
@@ -494,3 +498,37 @@ class UnverifiedPeerTests(TwoSites):
         self.assertIn("deferred", self.log("a"))
         self.assertEqual(self.bobsMessages(), [])
         self.assertNotIn("opened QKD transit message", self.log("b"))
+
+
+class PeerRateLimitTests(TwoSites):
+    """
+    B's per-IP rate limit does not throttle site A's relay, and a forger
+    naming A's domain in plain mail is still counted.
+    """
+
+    limitB = 2
+
+    async def test_peerNotThrottled(self):
+        self.start("a")
+        self.start("b")
+        for n in range(4):
+            await self.submit(ORIGINAL.replace(b"plan-1@", b"plan-%d@" % (n + 10)))
+        await waitFor(lambda: len(self.bobsMessages()) == 4, timeout=60)
+        self.assertNotIn("Rate limit", self.log("a"))
+
+        def forge():
+            codes = []
+            client = smtplib.SMTP("127.0.0.1", self.ports["b"][0], local_hostname="mail.a.example.test",
+                                  timeout=CLIENT_TIMEOUT)
+            for n in range(3):
+                try:
+                    client.sendmail(ALICE, [BOB], b"Subject: plain %d\r\n\r\nnot in transit\r\n" % n)
+                    codes.append(250)
+                except smtplib.SMTPDataError as e:
+                    codes.append((e.smtp_code, e.smtp_error[:5]))
+                    client.rset()
+            client.quit()
+            return codes
+
+        self.assertEqual(await deferToThread(forge), [250, 250, (451, b"4.7.0")])
+        await waitFor(lambda: len(self.bobsMessages()) == 6, timeout=30)

@@ -21,7 +21,7 @@ from qutemail.message import Envelope, SpooledMessage
 from qutemail.pipeline.transitin import TransitReceiver
 from qutemail.qkd.cipher import encryptBytes
 from qutemail.qkd.transit import TRANSIT
-from qutemail.replies import ReplyError
+from qutemail.replies import RATE_LIMITED, ReplyError
 
 KEY_ID = "3e9b1f70-52a4-4c6d-8e0f-7a1b2c3d4e5f"
 KEY = bytes(range(100, 132))
@@ -539,3 +539,54 @@ class BatchedKeysTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(third).inline, ORIGINAL)
         error = self.failureResultOf(second, ReplyError).value
         self.assertEqual((error.reply.code, error.reply.enhanced), (554, "5.7.1"))
+
+
+class ChargeTests(SynchronousTestCase):
+    """
+    Mail naming a peer domain as its sender, which the MTA policy did not
+    count at MAIL, is counted here unless it opens as a transit message.
+    """
+
+    def setUp(self) -> None:
+        self.charged: list[str] = []
+        self.refuse = False
+        self.receiver = TransitReceiver(peers=PEERS, saeId=OUR_SAE, keySource=FakeKeySource({KEY_ID: KEY}),
+                                        vault=MemoryKeyVault(), runner=InlineRunner(), charge=self.charge)
+
+    async def charge(self, peer: str) -> None:
+        self.charged.append(peer)
+        if self.refuse:
+            raise ReplyError(RATE_LIMITED)
+
+    def open(self, body: bytes, sender: str = SENDER):
+        envelope = Envelope(sender, ("bob@b.example.test",), "mail.a.example.test", "192.0.2.9", 0.0)
+        return self.receiver.open(SpooledMessage("Q1", envelope, len(body), inline=body))
+
+    def test_plainFromPeerDomainCharged(self) -> None:
+        """
+        A plain message from a peer domain is counted; one from elsewhere
+        is not (the policy counted it at MAIL); over the limit, 451.
+        """
+        self.successResultOf(self.open(ORIGINAL))
+        self.successResultOf(self.open(ORIGINAL, "x@remote.test"))
+        self.assertEqual(self.charged, ["192.0.2.9"])
+        self.refuse = True
+        error = self.failureResultOf(self.open(ORIGINAL), ReplyError).value
+        self.assertEqual((error.reply.code, error.reply.enhanced), (451, "4.7.0"))
+
+    def test_transitNotCharged(self) -> None:
+        """
+        A transit message from the peer is not counted.
+        """
+        self.assertEqual(self.successResultOf(self.open(transitForm())).inline, ORIGINAL)
+        self.assertEqual(self.charged, [])
+
+    def test_refusedTransitCharged(self) -> None:
+        """
+        A refused transit message counts; its refusal stands even past the
+        limit.
+        """
+        self.refuse = True
+        error = self.failureResultOf(self.open(transitForm(slave="site-z")), ReplyError).value
+        self.assertEqual((error.reply.code, error.reply.enhanced), (550, "5.7.1"))
+        self.assertEqual(self.charged, ["192.0.2.9"])
