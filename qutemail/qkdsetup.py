@@ -20,7 +20,7 @@ from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT
 from qutemail.qkd.etsi014 import ETSI014KeySource
 from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService
 from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
-from qutemail.relay.transitout import TransitSealer
+from qutemail.relay.transitout import PREFETCH_KEYS, TransitSealer
 from qutemail.store.encrypted import MessageEncryptor
 
 _log = Logger()
@@ -71,7 +71,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
 
 
 def buildTransit(config: Any, encryptor: MessageEncryptor, vault: Any, runner: Any,
-                 signer: Any) -> tuple[TransitReceiver, TransitSealer]:
+                 signer: Any, clock: Any) -> tuple[TransitReceiver, TransitSealer]:
     """
     Inter-site mail with the sites of C{[qkd] peers}: what opens mail they
     send us, and what seals mail we send them.
@@ -82,5 +82,6 @@ def buildTransit(config: Any, encryptor: MessageEncryptor, vault: Any, runner: A
     receiver = TransitReceiver(peers=peers, saeId=saeId, keySource=encryptor.keySource, vault=vault, runner=runner)
     sealer = TransitSealer(peers=peers, saeId=saeId, policy=qkd.peerPolicy, keySource=encryptor.keySource,
                            runner=runner, directory=os.path.join(config.server.dataDir, "queue", "transit"),
-                           signer=signer, keySizeBits=qkd.keySizeBits)
+                           signer=signer, keySizeBits=qkd.keySizeBits, prefetchKeys=PREFETCH_KEYS,
+                           clock=clock)
     return receiver, sealer

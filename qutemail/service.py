@@ -349,7 +349,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     inbound = buildInbound(config, reactor, root)
     receiver = sealer = None
     if encryptor is not None and config.qkd.peers:
-        receiver, sealer = buildTransit(config, encryptor, vault, runner, signer)
+        receiver, sealer = buildTransit(config, encryptor, vault, runner, signer, reactor)
 
     def intakeFor(journalDir: str, spillDir: str) -> Intake:
         return Intake(journal=Journal(journalDir, runner, reactor), router=router, clock=reactor, runner=runner,

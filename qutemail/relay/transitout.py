@@ -27,7 +27,7 @@ import os
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from qutemail.durable import makeDirectories, removeFile
@@ -37,6 +37,10 @@ from qutemail.qkd.transit import sealTransit
 from qutemail.replies import TRANSIT_SEAL_KEY_UNAVAILABLE as TRANSIT_KEY_UNAVAILABLE, ReplyError, oneLine
 # The most keys one enc_keys request asks for.
 MAX_KEYS_PER_REQUEST = 64
+# How long a key taken ahead (prefetchKeys) may wait for a message.
+SPARE_SECONDS = 60.0
+# What the server asks for ahead, per request.
+PREFETCH_KEYS = 16
 
 
 def _sizeOf(path: str) -> int | None:
@@ -73,7 +77,8 @@ class TransitSealer:
     _log = Logger()
 
     def __init__(self, *, peers: dict[str, str], saeId: str, policy: str, keySource: Any, runner: Any,
-                 directory: str, signer: Any = None, keySizeBits: int = 256, save: Any = None) -> None:
+                 directory: str, signer: Any = None, keySizeBits: int = 256, save: Any = None,
+                 prefetchKeys: int = 0, clock: Any = None) -> None:
         """
         @param peers: peer domain (lower case) to its SAE id.
         @param saeId: our SAE id (the master).
@@ -86,6 +91,13 @@ class TransitSealer:
         @param keySizeBits: the key size to ask for.
         @param save: C{save(entry)}, an async callable writing a queue
             entry durably (the scheduler sets it).
+        @param prefetchKeys: how many keys one C{enc_keys} asks for at
+            least; the ones no seal is waiting for are kept, in memory
+            only, for the next seals of that site, at most
+            L{SPARE_SECONDS} (0: none kept).  A key kept and never used (a
+            restart) is one the peer's KME holds for nobody: no harm.
+        @param clock: an C{IReactorTime} that ages kept keys (C{None}:
+            they never age; tests).
         """
         self.peers = {domain.lower(): sae for domain, sae in peers.items()}
         self.saeId = saeId
@@ -98,6 +110,9 @@ class TransitSealer:
         self.save = save
         self._locks: dict[tuple[str, str], DeferredLock] = {}
         self._keyWaiters: dict[str, list[Deferred]] = {}
+        self.prefetchKeys = prefetchKeys
+        self.clock = clock
+        self._spare: dict[str, list[tuple[float, tuple[str, bytes]]]] = {}
         self._asking: set[str] = set()
 
     def peerOf(self, domain: str) -> str | None:
@@ -199,6 +214,12 @@ class TransitSealer:
         @return: a Deferred firing with C{(keyId, key)}.
         @raise KeySourceError: (in the Deferred) no key.
         """
+        spare = self._spare.get(sae)
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        while spare:
+            takenAt, key = spare.pop(0)
+            if now - takenAt <= SPARE_SECONDS:
+                return succeed(key)
         d: Deferred = Deferred()
         self._keyWaiters.setdefault(sae, []).append(d)
         self._askForKeys(sae)
@@ -214,11 +235,15 @@ class TransitSealer:
             return
         batch, self._keyWaiters[sae] = waiting[:MAX_KEYS_PER_REQUEST], waiting[MAX_KEYS_PER_REQUEST:]
         self._asking.add(sae)
-        d = maybeDeferred(self.keySource.encKeys, sae, self.keySizeBits, len(batch))
+        number = min(MAX_KEYS_PER_REQUEST, max(len(batch), self.prefetchKeys))
+        d = maybeDeferred(self.keySource.encKeys, sae, self.keySizeBits, number)
 
         def handOut(keys: list) -> None:
             for waiter, key in zip(batch, keys):
                 waiter.callback(tuple(key))
+            if len(keys) > len(batch):
+                takenAt = self.clock.seconds() if self.clock is not None else 0.0
+                self._spare.setdefault(sae, []).extend((takenAt, tuple(k)) for k in keys[len(batch):])
             for waiter in batch[len(keys):]:
                 waiter.errback(KeySourceError(f"KME enc_keys for SAE {sae}: {len(keys)} keys for {len(batch)}"))
 

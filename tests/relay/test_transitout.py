@@ -12,6 +12,7 @@ import stat
 import uuid
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +22,7 @@ from qutemail.interfaces import KeySourceError
 from qutemail.message import Envelope, QueueEntry, RecipientState, SpooledMessage
 from qutemail.qkd.cipher import decryptBytes
 from qutemail.qkd.transit import TRANSIT, readTransitEnvelope
-from qutemail.relay.transitout import MAX_KEYS_PER_REQUEST, Outgoing, TransitSealer
+from qutemail.relay.transitout import MAX_KEYS_PER_REQUEST, SPARE_SECONDS, Outgoing, TransitSealer
 from qutemail.replies import ReplyError
 
 OUR_SAE = "site-a"
@@ -523,3 +524,49 @@ class TransitSealerTests(SynchronousTestCase):
         Sweeping before any copy was made removes nothing.
         """
         self.assertEqual(self.successResultOf(self.sealer.sweep(set())), 0)
+
+
+class PrefetchTests(SynchronousTestCase):
+    """
+    With C{prefetchKeys}, one C{enc_keys} takes keys ahead; later seals of
+    that site use them until they are L{SPARE_SECONDS} old.
+    """
+
+    def setUp(self) -> None:
+        self.keySource = FakeKeySource()
+        self.clock = Clock()
+        self.sealer = TransitSealer(peers=PEERS, saeId=OUR_SAE, policy="require", keySource=self.keySource,
+                                    runner=InlineRunner(), directory=os.path.join(self.mktemp(), "transit"),
+                                    prefetchKeys=4, clock=self.clock)
+
+    def seal(self, queueId: str, domain: str = "b.example.test") -> str:
+        """
+        @return: the key id a new entry was sealed with for C{domain}.
+        """
+        envelope = Envelope("alice@a.example.test", ("bob@b.example.test", "carol@c.example.test"))
+        entry = QueueEntry(SpooledMessage(queueId, envelope, len(ORIGINAL), inline=ORIGINAL),
+                           [RecipientState("bob@b.example.test", 0)])
+        self.assertIsInstance(self.successResultOf(self.sealer.prepare(entry, domain)), Outgoing)
+        return entry.transit[PEERS[domain]]["keyId"]
+
+    def test_keysTakenAhead(self) -> None:
+        """
+        Four seals for site-b cost one request of four keys, each seal its
+        own key; the fifth asks again; site-c has keys of its own.
+        """
+        ids = [self.seal(f"18F0A1B2C3D4200{n}") for n in range(1, 5)]
+        self.assertEqual(self.keySource.calls, [("site-b", 256, 4)])
+        self.assertEqual(len(set(ids)), 4)
+        self.assertTrue(set(ids) <= set(self.keySource.issued))
+        self.seal("18F0A1B2C3D42005")
+        self.seal("18F0A1B2C3D42006", "c.example.test")
+        self.assertEqual(self.keySource.calls, [("site-b", 256, 4), ("site-b", 256, 4), ("site-c", 256, 4)])
+
+    def test_spareKeysAge(self) -> None:
+        """
+        Keys kept longer than L{SPARE_SECONDS} are not used.
+        """
+        self.seal("18F0A1B2C3D43001")
+        self.clock.advance(SPARE_SECONDS + 1)
+        self.seal("18F0A1B2C3D43002")
+        self.assertEqual(len(self.keySource.calls), 2)
