@@ -33,6 +33,7 @@ from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.assembly import ClosingService, buildBackends, buildInbound, buildRelay
+from qutemail.pipeline.transitin import TransitReceiver
 from qutemail.qkdsetup import buildEncryptor, buildTransit
 from qutemail.blocking import BlockingRunner
 from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
@@ -347,9 +348,14 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                     signer=signer, sealedDomains=frozenset(
                         domain for domain, _ in config.qkd.peers if config.qkd.peerPolicy == "require"))
     inbound = buildInbound(config, reactor, root)
-    receiver = sealer = None
+    sealer = None
     if encryptor is not None and config.qkd.peers:
         receiver, sealer = buildTransit(config, encryptor, vault, runner, signer, reactor)
+    else:
+        # No peers: a transit message can only be refused (550 5.7.1), which
+        # beats storing ciphertext its recipient cannot read.
+        receiver = TransitReceiver(peers={}, saeId=config.qkd.saeId or server.hostname, keySource=None,
+                                   vault=None, runner=runner)
 
     def intakeFor(journalDir: str, spillDir: str) -> Intake:
         return Intake(journal=Journal(journalDir, runner, reactor), router=router, clock=reactor, runner=runner,

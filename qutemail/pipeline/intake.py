@@ -78,7 +78,8 @@ class Intake:
         @param inbound: the L{qutemail.policy.inbound.InboundChecks} for
             mail from outside, or C{None} for none.
         @param transit: the L{qutemail.pipeline.transitin.TransitReceiver}
-            that opens mail from peer sites, or C{None} (no peers).
+            that opens mail from peer sites (and refuses transit mail when
+            there are none), or C{None}: transit mail is not looked for.
         """
         self.journal = journal
         self.router = router

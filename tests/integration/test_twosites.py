@@ -84,6 +84,8 @@ class TwoSites(TestCase):
     trustedB = True
     # B's [limits] messages_per_ip_hour, when set.
     limitB: int | None = None
+    # Whether B names A as its peer.
+    peersB = True
 
     async def setUp(self):
         self.pki = makePKI(self, ("site-a", "site-b", "site-c"))
@@ -132,7 +134,8 @@ class TwoSites(TestCase):
             tls = f"\n[tls]\ncert = {host.certPath}\nkey = {host.keyPath}\n"
         extra = (f"\n[qkd]\nkme_url = https://localhost:{kmePort}\nsae_id = site-{site}\n"
                  f"client_cert = {client.certPath}\nclient_key = {client.keyPath}\nca_cert = {self.pki.ca.certPath}\n"
-                 f"rest_sae = site-c\nkey_size = 512\npeers = {peer}.example.test=site-{peer}\n"
+                 f"rest_sae = site-c\nkey_size = 512\n"
+                 f"peers = {peer + '.example.test=site-' + peer if site == 'a' or self.peersB else ''}\n"
                  f"peer_policy = {self.policy}\nmin_pool_keys = {self.minPoolKeys}\n"
                  f"\n[relay]\nroutes = {peer}.example.test=localhost:{self.ports[peer][0]}\n"
                  f"tls_ca = {self.pki.ca.certPath}\n"
@@ -532,3 +535,23 @@ class PeerRateLimitTests(TwoSites):
 
         self.assertEqual(await deferToThread(forge), [250, 250, (451, b"4.7.0")])
         await waitFor(lambda: len(self.bobsMessages()) == 6, timeout=30)
+
+
+class ReceiverWithoutPeersTests(TwoSites):
+    """
+    A site that does not name the sender's site as a peer refuses its
+    transit mail (550 5.7.1) rather than store ciphertext bob cannot read;
+    alice gets the bounce.
+    """
+
+    peersB = False
+
+    async def test_refusedAndBounced(self):
+        self.start("a")
+        self.start("b")
+        await self.submit()
+        bounces = await waitFor(lambda: maildirFiles(self.dataDir("a"), ALICE), timeout=30)
+        with open(bounces[0], "rb") as f:
+            report = f.read()
+        self.assertIn(b"550 5.7.1 QKD transit message not from a configured peer site", report)
+        self.assertEqual(self.bobsMessages(), [])

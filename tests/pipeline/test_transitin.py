@@ -590,3 +590,20 @@ class ChargeTests(SynchronousTestCase):
         error = self.failureResultOf(self.open(transitForm(slave="site-z")), ReplyError).value
         self.assertEqual((error.reply.code, error.reply.enhanced), (550, "5.7.1"))
         self.assertEqual(self.charged, ["192.0.2.9"])
+
+
+class NoPeersTests(SynchronousTestCase):
+    """
+    A server without C{[qkd] peers} refuses transit mail rather than
+    storing ciphertext its recipient cannot read, without a KME or vault.
+    """
+
+    def test_refused(self) -> None:
+        receiver = TransitReceiver(peers={}, saeId=OUR_SAE, keySource=None, vault=None, runner=InlineRunner())
+        envelope = Envelope(SENDER, ("bob@b.example.test",), "mail.a.example.test", "192.0.2.9", 0.0)
+        body = transitForm()
+        error = self.failureResultOf(receiver.open(SpooledMessage("Q1", envelope, len(body), inline=body)),
+                                     ReplyError).value
+        self.assertEqual((error.reply.code, error.reply.enhanced), (550, "5.7.1"))
+        plain = SpooledMessage("Q2", envelope, len(ORIGINAL), inline=ORIGINAL)
+        self.assertIs(self.successResultOf(receiver.open(plain)), plain)
