@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from qutemail.assembly import ClosingService, ServiceConfigError
 from qutemail.durable import makeDirectories, replaceFile
 from qutemail.pipeline.transitin import TransitReceiver
+from qutemail.pipeline.transitkeys import TransitKeyLog
 from qutemail.qkd.certs import ensurePKI
 from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT
 from qutemail.qkd.etsi014 import ETSI014KeySource
@@ -79,7 +80,9 @@ def buildTransit(config: Any, encryptor: MessageEncryptor, vault: Any, runner: A
     qkd = config.qkd
     peers = dict(qkd.peers)
     saeId = qkd.saeId or config.server.hostname
-    receiver = TransitReceiver(peers=peers, saeId=saeId, keySource=encryptor.keySource, vault=vault, runner=runner)
+    keyLog = TransitKeyLog(os.path.join(config.server.dataDir, "keys", "transit-keys"), runner, clock)
+    receiver = TransitReceiver(peers=peers, saeId=saeId, keySource=encryptor.keySource, vault=vault, runner=runner,
+                               keyLog=keyLog)
     sealer = TransitSealer(peers=peers, saeId=saeId, policy=qkd.peerPolicy, keySource=encryptor.keySource,
                            runner=runner, directory=os.path.join(config.server.dataDir, "queue", "transit"),
                            signer=signer, keySizeBits=qkd.keySizeBits, prefetchKeys=PREFETCH_KEYS,

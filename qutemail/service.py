@@ -34,6 +34,7 @@ from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.assembly import ClosingService, buildBackends, buildInbound, buildRelay
 from qutemail.pipeline.transitin import TransitReceiver
+from qutemail.pipeline.transitkeys import TransitKeySweep
 from qutemail.qkdsetup import buildEncryptor, buildTransit
 from qutemail.blocking import BlockingRunner
 from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
@@ -351,6 +352,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     sealer = None
     if encryptor is not None and config.qkd.peers:
         receiver, sealer = buildTransit(config, encryptor, vault, runner, signer, reactor)
+        TransitKeySweep(receiver.keyLog, vault, config.relay.queueLifetimeSeconds).setServiceParent(root)
     else:
         # No peers: a transit message can only be refused (550 5.7.1), which
         # beats storing ciphertext its recipient cannot read.

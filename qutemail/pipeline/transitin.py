@@ -63,7 +63,7 @@ class TransitReceiver:
     _log = Logger()
 
     def __init__(self, *, peers: dict[str, str], saeId: str, keySource: Any, vault: Any, runner: Any,
-                 charge: Any = None) -> None:
+                 charge: Any = None, keyLog: Any = None) -> None:
         """
         @param peers: peer domain (lower case) to its SAE id.
         @param saeId: our SAE id.
@@ -76,7 +76,11 @@ class TransitReceiver:
             a transit message (the MTA policy's
             L{qutemail.policy.session.SessionPolicy.chargeMessage}, which
             did not count it at C{MAIL}); C{None}: nothing counted.
+        @param keyLog: the L{qutemail.pipeline.transitkeys.TransitKeyLog}
+            that notes each key kept, for its erasure once no resend can
+            come; C{None}: kept for good.
         """
+        self.keyLog = keyLog
         self.charge = charge
         self.peers = {domain.lower(): sae for domain, sae in peers.items()}
         self.saeId = saeId
@@ -281,6 +285,13 @@ class TransitReceiver:
             self._log.error("transit key {keyId} could not be kept ({problem}); its message is refused for now",
                             keyId=keyId, problem=f"{type(e).__name__}: {e}")
             raise ReplyError(TRANSIT_KEY_UNAVAILABLE.withText("Key vault unavailable, try again later"))
+        if self.keyLog is not None:
+            try:
+                await self.keyLog.note(vaultId)
+            except Exception as e:
+                # The key is kept all the same; it only will not be erased.
+                self._log.warn("transit key {keyId} kept but not logged for erasure: {problem}", keyId=keyId,
+                               problem=f"{type(e).__name__}: {e}")
         return key
 
 

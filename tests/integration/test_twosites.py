@@ -275,6 +275,9 @@ class InterSiteTests(TwoSites):
         self.assertEqual([h for h in self.handedOut("dec_keys") if h[3] == transitKey],
                          [("dec_keys", "site-b", "site-a", transitKey)])
         await waitFor(lambda: not self.transitCopies(), timeout=30)
+        # B noted the transit key for its erasure after queue_lifetime.
+        with open(os.path.join(self.dataDir("b"), "keys", "transit-keys")) as f:
+            self.assertIn(f"transit-{transitKey} ", f.read())
 
     async def test_internalMailAtBothSites(self):
         """

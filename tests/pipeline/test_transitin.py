@@ -607,3 +607,25 @@ class NoPeersTests(SynchronousTestCase):
         self.assertEqual((error.reply.code, error.reply.enhanced), (550, "5.7.1"))
         plain = SpooledMessage("Q2", envelope, len(ORIGINAL), inline=ORIGINAL)
         self.assertIs(self.successResultOf(receiver.open(plain)), plain)
+
+
+class KeyLogTests(SynchronousTestCase):
+    """
+    Each transit key kept is noted for its later erasure.
+    """
+
+    def test_noted(self) -> None:
+        noted = []
+
+        class Log:
+            def note(self, vaultId):
+                noted.append(vaultId)
+                return succeed(None)
+
+        receiver = TransitReceiver(peers=PEERS, saeId=OUR_SAE, keySource=FakeKeySource({KEY_ID: KEY}),
+                                   vault=MemoryKeyVault(), runner=InlineRunner(), keyLog=Log())
+        envelope = Envelope(SENDER, ("bob@b.example.test",), "mail.a.example.test", "192.0.2.9", 0.0)
+        body = transitForm()
+        self.successResultOf(receiver.open(SpooledMessage("Q1", envelope, len(body), inline=body)))
+        self.successResultOf(receiver.open(SpooledMessage("Q2", envelope, len(body), inline=body)))
+        self.assertEqual(noted, ["transit-" + KEY_ID])
