@@ -38,7 +38,7 @@ data_dir = /srv/qutemail
 # Every key of the user-facing contract, plus the ones the project added.
 ALL_KEYS = [
     ("server", "hostname"), ("server", "domains"), ("server", "data_dir"), ("server", "bind"),
-    ("server", "workers"),
+    ("server", "workers"), ("server", "delivery_process"),
     ("smtp", "mta_port"), ("smtp", "submission_port"), ("smtp", "smtps_port"),
     ("smtp", "max_message_size"), ("smtp", "max_recipients"), ("smtp", "idle_timeout"),
     ("imap", "port"), ("imap", "tls_port"), ("pop3", "port"), ("pop3", "tls_port"),
@@ -50,9 +50,12 @@ ALL_KEYS = [
     ("dkim", "selector"), ("dkim", "private_key"),
     ("qkd", "kme_url"), ("qkd", "sae_id"), ("qkd", "client_cert"), ("qkd", "client_key"),
     ("qkd", "ca_cert"), ("qkd", "pool_keys"), ("qkd", "refill_per_second"), ("qkd", "keep_subject"), ("qkd", "encrypt"),
+    ("qkd", "rest_sae"), ("qkd", "key_size"), ("qkd", "kme_id"), ("qkd", "min_pool_keys"), ("qkd", "peers"),
+    ("qkd", "peer_policy"),
     ("relay", "smarthost"), ("relay", "nameservers"), ("relay", "retry_schedule"),
     ("relay", "queue_lifetime"), ("relay", "require_verified_tls"),
     ("relay", "mx_port"), ("relay", "smarthost_username"), ("relay", "smarthost_password_file"),
+    ("relay", "routes"), ("relay", "delay_warning"), ("relay", "tls_ca"),
     ("redis", "url"), ("redis", "allow_volatile_vault"),
 ]
 
@@ -64,6 +67,7 @@ domains = Example.test, other.test,example.test ; a comment
 data_dir = /var/lib/qutemail
 bind = ::1
 workers = 3
+delivery_process = no
 [smtp]
 mta_port = 2525
 submission_port = 0
@@ -106,6 +110,13 @@ pool_keys = 500
 refill_per_second = 0
 keep_subject = Yes
 encrypt = off
+rest_sae = escrow
+key_size = 512
+kme_id = KME-7
+min_pool_keys = 5
+# peers need workers = 1 and encrypt = yes: see PeersTests
+peers =
+peer_policy = Prefer
 [relay]
 smarthost = smtp.example.net:587
 nameservers = 192.0.2.53, 192.0.2.54:5353, [2001:db8::53]:53, 2001:0db8::1
@@ -113,6 +124,9 @@ retry_schedule = 1m, 1h
 queue_lifetime = 2d
 require_verified_tls = Bank.test, *
 mx_port = 2526
+routes = Branch.Example=10.0.0.5:2525
+delay_warning = 0
+tls_ca = /etc/qutemail/ca.pem
 smarthost_username = relay-user
 smarthost_password_file = /etc/qutemail/relay-password
 [redis]
@@ -205,6 +219,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 dataDir="/var/lib/qutemail",
                 bind="::1",
                 workers=3,
+                deliveryProcess=False,
             ),
             smtp=SMTPConfig(
                 mtaPort=2525, submissionPort=0, smtpsPort=2465, maxMessageBytes=10 * 2**20,
@@ -221,6 +236,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 kmeUrl="https://kme.example.test:8443/api/v1", saeId="SAE-1",
                 clientCert="/etc/qkd/sae.pem", clientKey="/etc/qkd/sae.key", caCert="/etc/qkd/ca.pem",
                 poolKeys=500, refillKeysPerSecond=0, keepSubject=True, encrypt=False,
+                restSae="escrow", keySizeBits=512, kmeId="KME-7", minPoolKeys=5, peers=(), peerPolicy="prefer",
             ),
             relay=RelayConfig(
                 smarthost="smtp.example.net:587",
@@ -230,6 +246,8 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 requireVerifiedTls=("bank.test", "*"),
                 mxPort=2526, smarthostUsername="relay-user",
                 smarthostPasswordFile="/etc/qutemail/relay-password",
+                routes=(("branch.example", "10.0.0.5", 2525),), delayWarningSeconds=0.0,
+                tlsCa="/etc/qutemail/ca.pem",
             ),
             redis=RedisConfig(url="rediss://redis.example.test:6380/0", allowVolatileVault=True),
         )
