@@ -21,7 +21,9 @@ from qutemail.qkd.cipher import PLACEHOLDER_SUBJECT
 from qutemail.qkd.etsi014 import ETSI014KeySource
 from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService
 from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
+from qutemail.policy.keypool import KeyPoolWatch
 from qutemail.relay.transitout import PREFETCH_KEYS, TransitSealer
+from qutemail.replies import KEY_POOL_LOW
 from qutemail.store.encrypted import MessageEncryptor
 
 _log = Logger()
@@ -69,6 +71,29 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
     makeDirectories(sealed)
     encryptor.cleanup(reactor.seconds())
     return encryptor
+
+
+def buildKeyPools(config: Any, encryptor: MessageEncryptor, clock: Any,
+                  parent: MultiService) -> tuple[KeyPoolWatch, dict[str, KeyPoolWatch]]:
+    """
+    Admission by key pool (C{[qkd] min_pool_keys}): one watch for the link
+    of keys at rest, and one per peer site's link.
+
+    @param parent: gets the watches.
+    @return: the rest link's watch, and the watch of each peer domain.
+    """
+    minKeys = config.qkd.minPoolKeys
+    rest = KeyPoolWatch(encryptor.keySource, encryptor.peerSAE, minKeys, clock)
+    rest.setServiceParent(parent)
+    watches = {encryptor.peerSAE: rest}
+    for _, sae in config.qkd.peers:
+        if sae not in watches:
+            watches[sae] = KeyPoolWatch(
+                encryptor.keySource, sae, minKeys, clock, what=f"mail to peer site {sae}",
+                reply=KEY_POOL_LOW.withText(f"QKD key pool for peer site {sae} low: "
+                                            f"mail to it is not accepted now, try again later"))
+            watches[sae].setServiceParent(parent)
+    return rest, {domain: watches[sae] for domain, sae in config.qkd.peers}
 
 
 def buildTransit(config: Any, encryptor: MessageEncryptor, vault: Any, runner: Any,

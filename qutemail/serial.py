@@ -122,6 +122,59 @@ class Waiters:
             _fire(d, result)
 
 
+class Batcher:
+    """
+    Items of one group (a peer SAE, say) that are wanted at the same time
+    share one request: one request per group at a time, of at most
+    C{limit} items; items added while it is out go in the next.
+    """
+
+    def __init__(self, send: Callable[[Any, list], Any], limit: int) -> None:
+        """
+        @param send: C{send(group, items)} makes one request; it returns
+            (or fires with) one result per item, in order, each a value or
+            a L{Failure}; a failure of the whole request fails every item.
+        @param limit: the most items in one request.
+        """
+        self._send = send
+        self._limit = limit
+        self._waiting: dict[Any, list[tuple[Any, Deferred]]] = {}
+        self._sending: set = set()
+
+    def add(self, group: Any, item: Any) -> Deferred:
+        """
+        @return: a Deferred firing with C{item}'s result.
+        """
+        d: Deferred = Deferred()
+        self._waiting.setdefault(group, []).append((item, d))
+        self._next(group)
+        return d
+
+    def _next(self, group: Any) -> None:
+        """
+        Send the group's waiting items, unless a request is out (its end
+        sends the next).
+        """
+        waiting = self._waiting.get(group)
+        if group in self._sending or not waiting:
+            return
+        batch = waiting[:self._limit]
+        del waiting[:self._limit]
+        if not waiting:
+            del self._waiting[group]
+        self._sending.add(group)
+
+        def done(results: Any) -> None:
+            if isinstance(results, Failure):
+                results = [results] * len(batch)
+            for (_, waiter), result in zip(batch, results):
+                _fire(waiter, result)
+            self._sending.discard(group)
+            self._next(group)
+
+        maybeDeferred(self._send, group, [item for item, _ in batch]).addBoth(done)
+
+
 def _fire(d: Deferred, result: Any) -> None:
     """
     Fire C{d} with a value or a L{Failure}.

@@ -35,7 +35,7 @@ from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.assembly import ClosingService, buildBackends, buildInbound, buildRelay
 from qutemail.pipeline.transitin import TransitReceiver
 from qutemail.pipeline.transitkeys import TransitKeySweep
-from qutemail.qkdsetup import buildEncryptor, buildTransit
+from qutemail.qkdsetup import buildEncryptor, buildKeyPools, buildTransit
 from qutemail.blocking import BlockingRunner
 from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
 from qutemail.listener.factory import SMTPServerFactory
@@ -44,8 +44,6 @@ from qutemail.store.diskspace import watchDiskSpace
 from qutemail.store.retention import RetentionService, RetentionSweep
 from qutemail.tlsserver import contextFactory, serverCredentials
 from qutemail.policy.envelope import RecipientPolicy
-from qutemail.policy.keypool import KeyPoolWatch
-from qutemail.replies import KEY_POOL_LOW
 from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.sessions import SessionLimits
 from qutemail.policy.throttle import AuthThrottle
@@ -345,10 +343,6 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                             server.domains, config.smtp.maxMessageBytes)
 
     local = LocalDelivery(store=store, users=users, domains=server.domains, encryptor=encryptor)
-    router = Router(local=local, queue=queue, clock=reactor, retrySchedule=config.relay.retrySchedule,
-                    signer=signer, sealedDomains=frozenset(
-                        domain for domain, _ in config.qkd.peers if config.qkd.peerPolicy == "require"))
-    inbound = buildInbound(config, reactor, root)
     sealer = None
     if encryptor is not None and config.qkd.peers:
         receiver, sealer = buildTransit(config, encryptor, vault, runner, signer, reactor)
@@ -358,6 +352,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         # beats storing ciphertext its recipient cannot read.
         receiver = TransitReceiver(peers={}, saeId=config.qkd.saeId or server.hostname, keySource=None,
                                    vault=None, runner=runner)
+    router = Router(local=local, queue=queue, clock=reactor, retrySchedule=config.relay.retrySchedule,
+                    signer=signer, sealedDomains=frozenset() if sealer is None else sealer.sealedDomains)
+    inbound = buildInbound(config, reactor, root)
 
     def intakeFor(journalDir: str, spillDir: str) -> Intake:
         return Intake(journal=Journal(journalDir, runner, reactor), router=router, clock=reactor, runner=runner,
@@ -394,19 +391,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     envelopePolicy = RecipientPolicy(users, store, server.domains, config.smtp.maxMessageBytes)
     keyPool, peerPools = None, {}
     if encryptor is not None and config.qkd.minPoolKeys:
-        keyPool = KeyPoolWatch(encryptor.keySource, encryptor.peerSAE, config.qkd.minPoolKeys, reactor)
-        keyPool.setServiceParent(root)
-        for domain, sae in config.qkd.peers:
-            if sae == encryptor.peerSAE:
-                peerPools[sae] = keyPool
-            elif sae not in peerPools:
-                watch = KeyPoolWatch(encryptor.keySource, sae, config.qkd.minPoolKeys, reactor,
-                                     reply=KEY_POOL_LOW.withText(f"QKD key pool for peer site {sae} low: "
-                                                                 f"mail to it is not accepted now, try again later"),
-                                     what=f"mail to peer site {sae}")
-                watch.setServiceParent(root)
-                peerPools[sae] = watch
-        peerPools = {domain: peerPools[sae] for domain, sae in config.qkd.peers}
+        keyPool, peerPools = buildKeyPools(config, encryptor, reactor, root)
     listen = listen or {}
     root.listeners = {}
     portal = Portal(MailRealm(submitterFactory), [UserDirectoryChecker(users)])

@@ -88,7 +88,7 @@ class Router:
                 outcomes.append(f"{address}: bounced ({reply})")
         if queued:
             dkimHeader = ""
-            if self.signer is not None and any(r.state == PENDING and domainOf(r.address).lower()
+            if self.signer is not None and any(r.state == PENDING and domainOf(r.address)
                                                not in self.sealedDomains for r in queued):
                 dkimHeader = await self.signer.headerFor(message)
             await self.queue.add(message, queued, dkimHeader)

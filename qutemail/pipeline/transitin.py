@@ -29,14 +29,14 @@ Transit keys live in the vault under C{transit-<key id>}, apart from the
 keys of mail at rest.
 """
 
+import io
 import os
 import uuid
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from qutemail.address import domainOf
 from qutemail.interfaces import KeyGone, KeySourceError
@@ -47,6 +47,7 @@ from qutemail.replies import (
     TRANSIT_DAMAGED, TRANSIT_KEY_UNAVAILABLE, TRANSIT_NOT_A_PEER as NOT_A_PEER, TRANSIT_REFUSED, ReplyError,
     oneLine,
 )
+from qutemail.serial import Batcher, SerialQueue
 
 # Enough of a message to find its header block.
 _HEAD_BYTES = 65536
@@ -87,9 +88,8 @@ class TransitReceiver:
         self.keySource = keySource
         self.vault = vault
         self.runner = runner
-        self._locks: dict[str, DeferredLock] = {}
-        self._decWaiting: dict[str, list[tuple[str, Deferred]]] = {}
-        self._decAsking: set[str] = set()
+        self._locks: dict[str, SerialQueue] = {}
+        self._keys = Batcher(self._decKeys, MAX_KEYS_PER_REQUEST)
 
     def open(self, message: SpooledMessage, traceBytes: int = 0) -> Deferred:
         """
@@ -118,7 +118,7 @@ class TransitReceiver:
             await self._chargeIfPeerSender(message)
             return message
         try:
-            return await self._openTransit(message, traceBytes, trace)
+            return await self._openTransit(message, traceBytes, trace, head)
         except ReplyError:
             # A refused transit message counts as any message would: a
             # forger gains nothing by naming a peer.
@@ -136,17 +136,20 @@ class TransitReceiver:
         @raise ReplyError: the limit is used up.
         """
         sender = message.envelope.sender
-        if self.charge is not None and sender and domainOf(sender).lower() in self.peers:
+        if self.charge is not None and sender and domainOf(sender) in self.peers:
             await self.charge(message.envelope.peer)
 
-    async def _openTransit(self, message: SpooledMessage, traceBytes: int, trace: bytes) -> SpooledMessage:
+    async def _openTransit(self, message: SpooledMessage, traceBytes: int, trace: bytes,
+                           head: bytes) -> SpooledMessage:
         """
         Open a message in the transit form.
 
+        @param trace: our own trace fields, kept on top.
+        @param head: the start of the message after them, already read.
         @raise ReplyError: it is refused.
         """
         try:
-            envelope = await self.runner.run(_readEnvelope, message, traceBytes)
+            envelope = await self.runner.run(_readEnvelope, message, traceBytes, head)
         except DecryptionError as e:
             raise ReplyError(TRANSIT_DAMAGED.withText(f"{TRANSIT_DAMAGED.text}: {oneLine(str(e))}"))
         try:
@@ -183,7 +186,7 @@ class TransitReceiver:
         """
         sender = message.envelope.sender
         if sender:
-            expected = self.peers.get(domainOf(sender).lower())
+            expected = self.peers.get(domainOf(sender))
             allowed = expected is not None and master == expected
         else:
             allowed = master in self.peers.values()
@@ -199,22 +202,26 @@ class TransitReceiver:
         vault before it is used.  One at a time per key id, so a resend
         racing the first copy finds the key in the vault.
         """
-        lock = self._locks.setdefault(keyId, DeferredLock())
-        await lock.acquire()
+        queue = self._locks.setdefault(keyId, SerialQueue())
         try:
-            vaultId = VAULT_PREFIX + keyId
-            try:
-                return await self.vault.fetch(vaultId)
-            except KeyGone:
-                pass
-            except Exception as e:
-                raise ReplyError(TRANSIT_KEY_UNAVAILABLE.withText(
-                    f"Key vault unavailable, try again later ({type(e).__name__})"))
-            return await self._fetchAndKeep(master, keyId, vaultId)
+            return await queue.run(lambda: Deferred.fromCoroutine(self._keptOrFetched(master, keyId)))
         finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
+            if not queue.busy:
                 self._locks.pop(keyId, None)
+
+    async def _keptOrFetched(self, master: str, keyId: str) -> bytes:
+        """
+        See L{_key}.
+        """
+        vaultId = VAULT_PREFIX + keyId
+        try:
+            return await self.vault.fetch(vaultId)
+        except KeyGone:
+            pass
+        except Exception as e:
+            raise ReplyError(TRANSIT_KEY_UNAVAILABLE.withText(
+                f"Key vault unavailable, try again later ({type(e).__name__})"))
+        return await self._fetchAndKeep(master, keyId, vaultId)
 
     def _decKey(self, master: str, keyId: str) -> Deferred:
         """
@@ -229,40 +236,23 @@ class TransitReceiver:
         """
         if not hasattr(self.keySource, "decKeys"):
             return self.keySource.decKey(master, keyId)
-        d: Deferred = Deferred()
-        self._decWaiting.setdefault(master, []).append((keyId, d))
-        self._askForKeys(master)
-        return d
+        return self._keys.add(master, keyId)
 
-    def _askForKeys(self, master: str) -> None:
+    async def _decKeys(self, master: str, keyIds: list[str]) -> list:
         """
-        Start a request for the keys waiting for C{master}'s messages,
-        unless one is under way (its end starts the next).
+        One C{dec_keys} request for the keys waiting (see L{Batcher}); if
+        the KME refuses it for good, one request per key.
+
+        @return: a key, or a failure, per key id.
         """
-        waiting = self._decWaiting.get(master)
-        if master in self._decAsking or not waiting:
-            return
-        batch, self._decWaiting[master] = waiting[:MAX_KEYS_PER_REQUEST], waiting[MAX_KEYS_PER_REQUEST:]
-        self._decAsking.add(master)
-        d = maybeDeferred(self.keySource.decKeys, master, [keyId for keyId, _ in batch])
-
-        def handOut(keys: list) -> None:
-            for (_, waiter), key in zip(batch, keys):
-                waiter.callback(key)
-
-        def failed(failure: Failure) -> None:
-            if len(batch) > 1 and failure.check(KeySourceError) and not failure.value.temporary:
-                for keyId, waiter in batch:
-                    maybeDeferred(self.keySource.decKey, master, keyId).chainDeferred(waiter)
-                return
-            for _, waiter in batch:
-                waiter.errback(failure)
-
-        def again(_: object) -> None:
-            self._decAsking.discard(master)
-            self._askForKeys(master)
-
-        d.addCallbacks(handOut, failed).addBoth(again)
+        try:
+            return list(await self.keySource.decKeys(master, keyIds))
+        except KeySourceError as e:
+            if len(keyIds) == 1 or e.temporary:
+                raise
+        singles = await DeferredList([maybeDeferred(self.keySource.decKey, master, k) for k in keyIds],
+                                     consumeErrors=True)
+        return [result for _, result in singles]
 
     async def _fetchAndKeep(self, master: str, keyId: str, vaultId: str) -> bytes:
         """
@@ -303,10 +293,17 @@ def _readHead(path: str, traceBytes: int) -> bytes:
         return f.read(traceBytes + _HEAD_BYTES)
 
 
-def _readEnvelope(message: SpooledMessage, traceBytes: int) -> Any:
+def _readEnvelope(message: SpooledMessage, traceBytes: int, head: bytes) -> Any:
     """
-    @return: the transit control part of a spooled message.  Blocking.
+    @return: the transit control part of a spooled message, from C{head}
+        (what was read of it already) when the part lies within it, else
+        from the file.  Blocking.
     """
+    try:
+        return readTransitEnvelope(io.BytesIO(head))
+    except DecryptionError:
+        if len(head) < _HEAD_BYTES:
+            raise  # the whole message was in hand
     with message.openBody() as f:
         f.seek(traceBytes)
         return readTransitEnvelope(f)

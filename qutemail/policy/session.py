@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from qutemail.address import domainOf
 from qutemail.interfaces import Account
 from qutemail.replies import RATE_LIMITED, STORAGE_FULL, Reply, ReplyError
 
@@ -73,7 +74,7 @@ class SessionPolicy:
             4.3.1) when the declared size, or without one the reserve, does
             not fit in the free space (see L{qutemail.store.diskspace}).
         """
-        if not (authenticated is None and sender.rpartition("@")[2].lower() in self.peerDomains):
+        if not (authenticated is None and domainOf(sender) in self.peerDomains):
             await self._charge(f"user:{authenticated}" if authenticated else f"ip:{peer}")
         await self.envelope.checkSender(sender, declaredSize, authenticated)
         # After the envelope rules, so that a message over the size limit
@@ -133,7 +134,7 @@ class SessionPolicy:
         if account is not None and self.keyPool is not None and sender and self.envelope.isLocal(sender):
             self.keyPool.check()
         if account is None and self.peerPools:
-            pool = self.peerPools.get(recipient.rpartition("@")[2].lower())
+            pool = self.peerPools.get(domainOf(recipient))
             if pool is not None:
                 pool.check()
         return account

@@ -27,14 +27,16 @@ import os
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qutemail.durable import makeDirectories, removeFile
 from qutemail.interfaces import KeySourceError
 from qutemail.message import QueueEntry, SpooledMessage
 from qutemail.qkd.transit import sealTransit
 from qutemail.replies import TRANSIT_SEAL_KEY_UNAVAILABLE as TRANSIT_KEY_UNAVAILABLE, ReplyError, oneLine
+from qutemail.serial import Batcher, SerialQueue
 # The most keys one enc_keys request asks for.
 MAX_KEYS_PER_REQUEST = 64
 # How long a key taken ahead (prefetchKeys) may wait for a message.
@@ -108,12 +110,20 @@ class TransitSealer:
         self.signer = signer
         self.keySizeBits = keySizeBits
         self.save = save
-        self._locks: dict[tuple[str, str], DeferredLock] = {}
-        self._keyWaiters: dict[str, list[Deferred]] = {}
+        self._locks: dict[tuple[str, str], SerialQueue] = {}
+        self._keys = Batcher(self._encKeys, MAX_KEYS_PER_REQUEST)
         self.prefetchKeys = prefetchKeys
         self.clock = clock
         self._spare: dict[str, list[tuple[float, tuple[str, bytes]]]] = {}
-        self._asking: set[str] = set()
+        self._madeDirectory = False
+
+    @property
+    def sealedDomains(self) -> frozenset[str]:
+        """
+        The domains whose mail always leaves in the transit form (under
+        C{require}; under C{prefer} it may leave as it is).
+        """
+        return frozenset(self.peers) if self.policy == "require" else frozenset()
 
     def peerOf(self, domain: str) -> str | None:
         """
@@ -147,14 +157,13 @@ class TransitSealer:
         if sae is None:
             return None
         # Two domains of one site in one retry share one copy and one key.
-        lock = self._locks.setdefault((entry.queueId, sae), DeferredLock())
-        await lock.acquire()
+        key = (entry.queueId, sae)
+        copying = self._locks.setdefault(key, SerialQueue())
         try:
-            return await self._copyFor(entry, sae)
+            return await copying.run(lambda: Deferred.fromCoroutine(self._copyFor(entry, sae)))
         finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop((entry.queueId, sae), None)
+            if not copying.busy:
+                self._locks.pop(key, None)
 
     async def _copyFor(self, entry: QueueEntry, sae: str) -> Outgoing | None:
         """
@@ -169,7 +178,9 @@ class TransitSealer:
         except KeySourceError as e:
             return await self._noKey(entry, sae, str(e))
         message = entry.message
-        await self.runner.run(makeDirectories, self.directory)
+        if not self._madeDirectory:
+            await self.runner.run(makeDirectories, self.directory)
+            self._madeDirectory = True
         sealed = await self.runner.run(sealTransit, message.openBody, path, keyId, key, self.saeId, sae)
         dkimHeader = ""
         if self.signer is not None:
@@ -220,42 +231,22 @@ class TransitSealer:
             takenAt, key = spare.pop(0)
             if now - takenAt <= SPARE_SECONDS:
                 return succeed(key)
-        d: Deferred = Deferred()
-        self._keyWaiters.setdefault(sae, []).append(d)
-        self._askForKeys(sae)
-        return d
+        return self._keys.add(sae, None)
 
-    def _askForKeys(self, sae: str) -> None:
+    async def _encKeys(self, sae: str, waiting: list) -> list:
         """
-        Start a request for the keys waiting for C{sae}, unless one is
-        under way (its end starts the next).
+        One C{enc_keys} request for the seals waiting (see L{Batcher}),
+        taking L{prefetchKeys} at least and keeping the extra ones.
+
+        @return: a key, or a failure, per seal.
         """
-        waiting = self._keyWaiters.get(sae)
-        if sae in self._asking or not waiting:
-            return
-        batch, self._keyWaiters[sae] = waiting[:MAX_KEYS_PER_REQUEST], waiting[MAX_KEYS_PER_REQUEST:]
-        self._asking.add(sae)
-        number = min(MAX_KEYS_PER_REQUEST, max(len(batch), self.prefetchKeys))
-        d = maybeDeferred(self.keySource.encKeys, sae, self.keySizeBits, number)
-
-        def handOut(keys: list) -> None:
-            for waiter, key in zip(batch, keys):
-                waiter.callback(tuple(key))
-            if len(keys) > len(batch):
-                takenAt = self.clock.seconds() if self.clock is not None else 0.0
-                self._spare.setdefault(sae, []).extend((takenAt, tuple(k)) for k in keys[len(batch):])
-            for waiter in batch[len(keys):]:
-                waiter.errback(KeySourceError(f"KME enc_keys for SAE {sae}: {len(keys)} keys for {len(batch)}"))
-
-        def failAll(failure: Any) -> None:
-            for waiter in batch:
-                waiter.errback(failure)
-
-        def again(_: Any) -> None:
-            self._asking.discard(sae)
-            self._askForKeys(sae)
-
-        d.addCallbacks(handOut, failAll).addBoth(again)
+        number = min(MAX_KEYS_PER_REQUEST, max(len(waiting), self.prefetchKeys))
+        keys = [tuple(k) for k in await self.keySource.encKeys(sae, self.keySizeBits, number)]
+        if len(keys) > len(waiting):
+            takenAt = self.clock.seconds() if self.clock is not None else 0.0
+            self._spare.setdefault(sae, []).extend((takenAt, k) for k in keys[len(waiting):])
+        short = Failure(KeySourceError(f"KME enc_keys for SAE {sae}: {len(keys)} keys for {len(waiting)}"))
+        return keys[:len(waiting)] + [short] * (len(waiting) - len(keys))
 
     def discard(self, entry: QueueEntry) -> Deferred:
         """
