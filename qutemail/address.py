@@ -9,6 +9,7 @@ doubled dot) it may not contain C{/}.
 """
 
 import re
+from collections.abc import Iterable
 
 import attrs
 
@@ -96,6 +97,20 @@ def domainOf(address: str) -> str:
         (C{""} when it has none).
     """
     return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def isInternalSender(authenticated: str | None, sender: str, domains: Iterable[str]) -> bool:
+    """
+    The one rule for "is this our own users' mail" (internal mail, which
+    needs a QKD key at rest): the sender authenticated, and the envelope
+    sender's domain is one of ours.
+
+    @param domains: our domains (any case, a final dot allowed).
+    @return: C{False} for the null sender.
+    """
+    if not authenticated or "@" not in sender:
+        return False
+    return isLocalAddress(sender, {d.lower().rstrip(".") for d in domains})
 
 
 def isLocalAddress(address: str, domains: tuple[str, ...] | frozenset[str]) -> bool:

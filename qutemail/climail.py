@@ -32,6 +32,7 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.blocking import InlineRunner, wait
 from qutemail.cliqueue import CommandError, _copyBody
+from qutemail.policy.keypool import poolClosed
 from qutemail.qkd.certs import ensureHostCertificate, pkiPaths
 from qutemail.qkd.cipher import DecryptionError, readEnvelope
 from qutemail.qkd.vault import KeyVaultError
@@ -249,8 +250,7 @@ def _qkdStatus(context: Any, arguments: argparse.Namespace) -> int:
                       "stored_key_count", "max_key_count", "max_key_per_request", "min_key_size", "max_key_size"):
             lines.append(f"{field}: {status.get(field, '?')}")
         if qkd.minPoolKeys:
-            stored = status.get("stored_key_count")
-            closed = not isinstance(stored, int) or stored < qkd.minPoolKeys
+            closed = poolClosed(status.get("stored_key_count"), qkd.minPoolKeys)
             lines.append(f"{f'mail to {domain}' if domain else 'internal mail'}: "
                          f"{'refused (452 4.3.1)' if closed else 'admitted'}, min_pool_keys {qkd.minPoolKeys}")
     print("\n".join(lines), file=context.stdout)

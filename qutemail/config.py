@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Mapping
 import attrs
 
 from qutemail.configvalues import (
-    ENV_PREFIX, MAX_WORKERS, SETTINGS, Setting, intValidator, isDuration, isNameserver, parseDnsLabel,
+    ENV_PREFIX, MAX_WORKERS, SETTINGS, Setting, intValidator, isDuration, isKeySize, isNameserver, parseDnsLabel,
     parseDnsName, parseDomains, parseIpLiteral, parserValidator, parseSmarthost, parseText,
     parseTlsDomains, pathValidator, predicateValidator, urlParser,
 )
@@ -293,8 +293,8 @@ class QKDConfig:
     keepSubject: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     encrypt: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     restSae: str = attrs.field(default="", validator=parserValidator(parseText, "one line of text"))
-    keySizeBits: int = attrs.field(default=256, validator=predicateValidator(
-        lambda v: type(v) is int and 128 <= v <= 8192 and v % 8 == 0, "a multiple of 8 from 128 to 8192"))
+    keySizeBits: int = attrs.field(default=256, validator=predicateValidator(isKeySize,
+                                                                             "a multiple of 8 from 128 to 8192"))
     kmeId: str = attrs.field(default="", validator=parserValidator(parseText, "one line of text"))
     minPoolKeys: int = attrs.field(default=0, validator=intValidator(0))
     peers: tuple[tuple[str, str], ...] = attrs.field(default=(), validator=predicateValidator(

@@ -102,10 +102,15 @@ def wholeNumberParser(minimum: int, maximum: int | None = None) -> Callable[[str
     return parse
 
 
+def isKeySize(value: object) -> bool:
+    """Whether C{value} is a key size in bits: a multiple of 8 from 128 to 8192."""
+    return type(value) is int and 128 <= value <= 8192 and value % 8 == 0
+
+
 def parseKeySize(text: str) -> int:
-    """Parse a key size in bits: a multiple of 8 from 128 to 8192."""
+    """Parse a key size in bits (see L{isKeySize})."""
     bits = wholeNumberParser(128, 8192)(text)
-    if bits % 8:
+    if not isKeySize(bits):
         raise ValueError(f"{text!r} is not a multiple of 8")
     return bits
 

@@ -13,6 +13,7 @@ through Twisted's phase-specific exceptions.
 
 import base64
 import errno
+import re
 
 import attrs
 
@@ -199,6 +200,23 @@ def enhancedFor(code: int) -> str:
     @return: a code from L{DEFAULT_ENHANCED}, falling back to C{X.0.0}.
     """
     return DEFAULT_ENHANCED.get(code) or DEFAULT_ENHANCED.get(code // 100, f"{code // 100}.0.0")
+
+
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
+
+
+def enhancedOf(text: str, codeClass: int) -> str | None:
+    """
+    The enhanced status code (RFC 2034) at the start of a reply's text, or
+    after its code (C{"451 4.3.0 ..."}), when its class is C{codeClass}.
+
+    @return: the code, e.g. C{"4.3.0"}, or C{None}.
+    """
+    for word in text.split()[:2]:
+        match = _ENHANCED.fullmatch(word)
+        if match:
+            return word if int(match.group(1)) == codeClass else None
+    return None
 
 
 def oneLine(text: str, limit: int = 200) -> str:

@@ -20,6 +20,7 @@ import datetime
 import email.errors
 import email.header
 import email.utils
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
 import attrs
@@ -27,7 +28,9 @@ import attrs
 from qutemail.access.imapmailbox import Slot
 from qutemail.access.imapmime import Entity
 from qutemail.access.imapstructure import unfold
-from qutemail.access.imapwire import Atom, ParseError, TooDeep, inSequenceSet, parseDate, parseSequenceSet
+from qutemail.access.imapwire import (
+    Atom, ParseError, SequenceMembership, TooDeep, parseDate, parseSequenceSet,
+)
 
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
@@ -225,6 +228,26 @@ def _compare(word: str, date: datetime.date, wanted: datetime.date) -> bool:
     return date >= wanted
 
 
+# SEARCH tests one set against every message: its merged form is made
+# once per search (keyed by the parsed set, which is kept alive here so its
+# id is not reused) rather than scanned range by range per message.
+_MEMBERSHIPS: OrderedDict[tuple[int, int], tuple[list, SequenceMembership]] = OrderedDict()
+_MEMBERSHIPS_KEPT = 64
+
+
+def _membership(ranges: list, largest: int) -> SequenceMembership:
+    """
+    @return: the L{SequenceMembership} of C{ranges} with C{*} as C{largest}.
+    """
+    key = (id(ranges), largest)
+    hit = _MEMBERSHIPS.get(key)
+    if hit is None or hit[0] is not ranges:
+        hit = _MEMBERSHIPS[key] = (ranges, SequenceMembership(ranges, largest))
+        while len(_MEMBERSHIPS) > _MEMBERSHIPS_KEPT:
+            _MEMBERSHIPS.popitem(last=False)
+    return hit[1]
+
+
 async def matches(key: Key, c: Candidate) -> bool:
     """
     @return: whether a message matches a key.
@@ -251,9 +274,9 @@ async def matches(key: Key, c: Candidate) -> bool:
     if op == "old":
         return not c.slot.recent
     if op == "seq":
-        return inSequenceSet(args[0], c.seq, c.lastSeq)
+        return c.seq in _membership(args[0], c.lastSeq)
     if op == "uid":
-        return inSequenceSet(args[0], c.slot.uid, c.lastUid)
+        return c.slot.uid in _membership(args[0], c.lastUid)
     if op == "date" and not args[0].startswith("SENT"):
         internal = datetime.datetime.fromtimestamp(c.slot.mtime, datetime.timezone.utc).date()
         return _compare(args[0], internal, args[1])

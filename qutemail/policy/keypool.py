@@ -25,6 +25,14 @@ from qutemail.replies import KEY_POOL_LOW, Reply, ReplyError
 POLL_SECONDS = 5.0
 
 
+def poolClosed(storedKeys: object, minKeys: int) -> bool:
+    """
+    The one rule of admission: a link whose KME reports fewer stored keys
+    than C{minKeys} (or no count at all) takes no new mail that needs one.
+    """
+    return not isinstance(storedKeys, int) or storedKeys < minKeys
+
+
 class KeyPoolWatch(Service):
     """
     Follows one link's stored key count and says whether internal mail is
@@ -38,7 +46,8 @@ class KeyPoolWatch(Service):
     _log = Logger()
 
     def __init__(self, source: Any, peerSAE: str, minKeys: int, clock: Any,
-                 intervalSeconds: float = POLL_SECONDS, reply: Reply = KEY_POOL_LOW, what: str = "internal mail") -> None:
+                 intervalSeconds: float = POLL_SECONDS, reply: Reply = KEY_POOL_LOW,
+                 what: str = "internal mail") -> None:
         """
         @param source: the L{qutemail.interfaces.IQKDKeySource}.
         @param peerSAE: the slave SAE of the link (C{[qkd] rest_sae}, or
@@ -92,7 +101,7 @@ class KeyPoolWatch(Service):
         The KME gave its count: open or close admission.
         """
         self.storedKeys = status.storedKeyCount
-        closed = status.storedKeyCount < self.minKeys
+        closed = poolClosed(status.storedKeyCount, self.minKeys)
         if closed != self.closed:
             self.closed = closed
             if closed:

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from qutemail.address import domainOf
+from qutemail.address import domainOf, isInternalSender
 from qutemail.interfaces import Account
 from qutemail.replies import RATE_LIMITED, STORAGE_FULL, Reply, ReplyError
 
@@ -131,7 +131,8 @@ class SessionPolicy:
         account = await self.envelope.checkRecipient(recipient, declaredSize, authenticated)
         if authenticated is None:
             return account
-        if account is not None and self.keyPool is not None and sender and self.envelope.isLocal(sender):
+        if account is not None and self.keyPool is not None and isInternalSender(authenticated, sender or "",
+                                                                                  self.envelope.domains):
             self.keyPool.check()
         if account is None and self.peerPools:
             pool = self.peerPools.get(domainOf(recipient))

@@ -28,7 +28,7 @@ from qutemail.message import FailedRecipient
 from qutemail.replies import replyFor
 from qutemail.message import BOUNCED, DEFERRED, SENT, QueueEntry, RecipientState, retryDelay
 from qutemail.serial import SerialQueue
-from qutemail.replies import DELETED_BY_ADMIN, LOCAL_ERROR, QUEUE_EXPIRED, Reply, ReplyError
+from qutemail.replies import DELETED_BY_ADMIN, LOCAL_ERROR, QUEUE_EXPIRED, Reply, ReplyError, enhancedOf
 
 DEFAULT_BATCH = 100
 # The longest wait between ticks: how late a fresh entry written by an
@@ -380,7 +380,4 @@ def _delayStatus(lastReply: str) -> str:
     The RFC 3464 status of a delayed recipient: the enhanced code of its
     last (temporary) reply, or C{4.0.0}.
     """
-    parts = lastReply.split()
-    if len(parts) > 1 and parts[1].startswith("4.") and parts[1].count(".") == 2:
-        return parts[1]
-    return "4.0.0"
+    return enhancedOf(lastReply, 4) or "4.0.0"

@@ -76,7 +76,6 @@ class DeliveryProcess(Service):
         """
         self._reactor = reactor
         self._argv = argv or [sys.executable, "-m", "qutemail.store.deliveryworker"]
-        self._child: Any = None
         self._protocol: _ChildProtocol | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[Deferred, int]] = {}
@@ -88,17 +87,24 @@ class DeliveryProcess(Service):
         Service.startService(self)
         self._spawn()
 
+    @property
+    def _child(self) -> Any:
+        """
+        The child's process transport, or C{None}.
+        """
+        return None if self._protocol is None else self._protocol.transport
+
     def _spawn(self) -> None:
         """
         Start a child.
         """
         protocol = _ChildProtocol(self)
-        self._child = self._reactor.spawnProcess(
+        child = self._reactor.spawnProcess(
             protocol, self._argv[0], self._argv, env=os.environ.copy(),
             childFDs={0: "w", 1: "r", 2: 2},
         )
         self._protocol = protocol
-        self._log.info("started the delivery process (pid {pid})", pid=self._child.pid)
+        self._log.info("started the delivery process (pid {pid})", pid=child.pid)
 
     def write(self, jobs: list) -> Deferred:
         """
@@ -110,12 +116,12 @@ class DeliveryProcess(Service):
         """
         if not self.running:
             return fail(OSError(errno.EIO, "the delivery process is stopped"))
-        if self._child is None:
+        if self._protocol is None:
             self._spawn()
         requestId = next(self._ids)
         d: Deferred = Deferred()
         self._waiting[requestId] = (d, len(jobs))
-        self._child.write(encodeFrame((requestId, jobs)))
+        self._protocol.transport.write(encodeFrame((requestId, jobs)))
         return d
 
     def answered(self, requestId: int, results: list | None, error: str | None) -> None:
@@ -139,7 +145,6 @@ class DeliveryProcess(Service):
         """
         if protocol is not self._protocol:
             return
-        self._child = None
         self._protocol = None
         waiting, self._waiting = self._waiting, {}
         if self.running:
@@ -154,8 +159,8 @@ class DeliveryProcess(Service):
         them and exits.
         """
         Service.stopService(self)
-        if self._child is None or self._protocol is None:
+        if self._protocol is None:
             return succeed(None)
         ended = self._protocol.ended
-        self._child.closeStdin()
+        self._protocol.transport.closeStdin()
         return ended

@@ -82,7 +82,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
-from qutemail.address import isLocalAddress
+from qutemail.address import isInternalSender
 from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile
 from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceError
 from qutemail.message import Envelope, SpooledMessage
@@ -112,11 +112,7 @@ def isInternal(envelope: Envelope, domains: Iterable[str]) -> bool:
     @return: C{True} for internal mail; C{False} for mail from outside,
         unauthenticated mail and the null sender (bounces).
     """
-    if envelope.transitKeyId:
-        return True
-    if not envelope.authenticated or "@" not in envelope.sender:
-        return False
-    return isLocalAddress(envelope.sender, {d.lower().rstrip(".") for d in domains})
+    return bool(envelope.transitKeyId) or isInternalSender(envelope.authenticated, envelope.sender, domains)
 
 
 @attrs.frozen

@@ -283,12 +283,15 @@ def canonicalName(name: str) -> str:
     return INBOX if not splitName(name) else name
 
 
-def _ensureMaildir(path: str) -> None:
+def ensureMaildir(path: str, folder: bool = False) -> None:
     """
-    Create C{cur/ new/ tmp/} in C{path} (and C{path}) where missing.
+    Create C{cur/ new/ tmp/} in C{path} (and C{path}) where missing; for a
+    Maildir++ folder, also its C{maildirfolder} marker.  Blocking.
     """
     for sub in _MAILDIR_SUBDIRS:
         makeDirectories(os.path.join(path, sub))
+    if folder:
+        os.close(os.open(os.path.join(path, FOLDER_MARKER), os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
 
 
 @attrs.frozen
@@ -379,7 +382,7 @@ class MaildirFolders:
         segments = splitName(name)
         if not segments:
             raise FolderExists("INBOX exists already")
-        _ensureMaildir(self.root)
+        ensureMaildir(self.root)
         path = self.pathOf(name)
         if self.exists(name):
             raise FolderExists(f"the folder {name!r} exists already")
@@ -396,8 +399,7 @@ class MaildirFolders:
         Make one folder directory (an interrupted earlier attempt is
         completed).
         """
-        _ensureMaildir(path)
-        os.close(os.open(os.path.join(path, FOLDER_MARKER), os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+        ensureMaildir(path, folder=True)
 
     def delete(self, name: str) -> None:
         """
@@ -419,7 +421,7 @@ class MaildirFolders:
             raise NoSuchFolder(f"no folder {name!r}")
         if self._children(name):
             raise FolderHasChildren(f"the folder {name!r} has child folders")
-        _ensureMaildir(self.root)
+        ensureMaildir(self.root)
         doomed = tempfile.mkdtemp(prefix="deleted", dir=os.path.join(self.root, "tmp"))
         os.rename(path, os.path.join(doomed, "folder"))
         syncDirectory(self.root)
@@ -498,7 +500,7 @@ class MaildirFolders:
 
         @return: the names of the folders created.
         """
-        _ensureMaildir(self.root)
+        ensureMaildir(self.root)
         created = []
         for name in SPECIAL_FOLDERS:
             if not self.exists(name):
@@ -572,5 +574,5 @@ class MaildirFolders:
             mailbox directory, which serialises subscription changes
             between threads and processes.
         """
-        _ensureMaildir(self.root)
+        ensureMaildir(self.root)
         return DirectoryLock(self.root)

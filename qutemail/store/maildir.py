@@ -4,8 +4,9 @@ Local delivery to Maildir++ mailboxes under C{data_dir/mail/<domain>/<localpart>
 
 Each delivery writes C{tmp/<name>}, fsyncs it and renames it into C{new/};
 the C{new/} directory is fsynced before the delivery is reported done.
-Deliveries that arrive together are written by one worker-thread call and
-share the directory syncs (group commit).
+Deliveries that arrive together are written as one batch (by the
+delivery process, or in a worker thread) and share the directory syncs
+(group commit).
 
 File names follow the Maildir spec (C{time.unique.host}) with the Maildir++
 size suffix: C{<secs>.M<usecs>Q<queueId>R<index>.<host>,S=<bytes>}.  The
@@ -29,13 +30,11 @@ from qutemail.message import SpooledMessage
 from qutemail.store.mailbox import mailboxPath, readUsage
 from qutemail.store.maildirwrite import MaildirWriter, WriteJob
 
-# The names from qutemail.store.mailbox stay importable from here, where
-# the rest of the server (IMAP, retention, the command-line tool) imports them.
-
 # How long usage read from maildirsize is trusted before it is read again
 # (other processes, such as an IMAP server on another node, may change it).
 USAGE_CACHE_SECONDS = 60.0
-# Delivery batches written at once (each in its own worker thread).
+# Delivery batches written at once (each in its own worker thread, in the
+# delivery process or in this one).
 MAX_BATCHES = 4
 # The most copies one batch takes.
 MAX_BATCH_JOBS = 64

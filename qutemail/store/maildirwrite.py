@@ -18,15 +18,12 @@ import threading
 
 import attrs
 
-from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, syncDirectory, writeAll
+from qutemail.durable import PRIVATE_FILE_MODE, syncDirectory, writeAll
 from qutemail.replies import MAILBOX_FULL, ReplyError
-from qutemail.store.folders import FOLDER_MARKER
+from qutemail.store.folders import ensureMaildir
 from qutemail.store.mailbox import UsageTail, readUsageFrom, recordUsage
 
 _COPY_BYTES = 1024 * 1024
-_SUBDIRS = ("cur", "new", "tmp")
-
-
 @attrs.frozen
 class WriteJob:
     """
@@ -132,11 +129,7 @@ class MaildirWriter:
         """
         if path in self._known:
             return
-        for sub in _SUBDIRS:
-            makeDirectories(os.path.join(path, sub))
-        if folder:
-            # Maildir++: a folder directory holds a "maildirfolder" file
-            os.close(os.open(os.path.join(path, FOLDER_MARKER), os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+        ensureMaildir(path, folder)
         self._known.add(path)
 
     def _writeOne(self, job: WriteJob, dirty: set[str], tallies: dict[str, _Tally]) -> tuple[str, int]:

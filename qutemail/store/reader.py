@@ -145,7 +145,7 @@ def _claimsOurFormat(source: BinaryIO) -> bool:
     return header.get_content_type() == "multipart/encrypted" and header.get_param("protocol") == PROTOCOL
 
 
-def _openStored(path: str) -> tuple[BinaryIO, Envelope | None, bytes | None, int]:
+def openStored(path: str) -> tuple[BinaryIO, Envelope | None, bytes | None, int]:
     """
     Open a stored message and see whether it is one of ours.  Blocking.
 
@@ -174,8 +174,6 @@ def _openStored(path: str) -> tuple[BinaryIO, Envelope | None, bytes | None, int
         raise
 
 
-# For callers that open many stored messages in one worker-thread call.
-openStored = _openStored
 
 
 def _decrypt(source: BinaryIO, key: bytes, directory: str | None) -> tuple[BinaryIO, int]:
@@ -221,7 +219,7 @@ async def readMessage(path: str, vault: Any, runner: Any,
     @raise OSError: the file cannot be opened (for example, it was deleted
         or moved meanwhile).
     """
-    source, envelope, returnPath, size = await runner.run(_openStored, path)
+    source, envelope, returnPath, size = await runner.run(openStored, path)
     if envelope is None:
         return source, MessageInfo(encrypted=False, size=size)
     name = os.path.basename(path)
