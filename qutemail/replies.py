@@ -160,6 +160,13 @@ DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected by the From domain's DMAR
 TRANSIT_NOT_A_PEER = Reply(550, "5.7.1", "QKD transit message not from a configured peer site")
 TRANSIT_REFUSED = Reply(554, "5.7.1", "QKD transit message refused")
 TRANSIT_DAMAGED = Reply(554, "5.6.0", "Malformed QKD transit message")
+# Content scanning (qutemail.content): rspamd's reject and soft reject
+# (its own text replaces these when it gives one), clamd's find, and a
+# scanner that gave no answer (our fault: temporary).
+SPAM_REJECTED = Reply(550, "5.7.1", "Message rejected as spam")
+SPAM_DEFERRED = Reply(451, "4.7.1", "Message deferred by the spam filter, try again later")
+MALWARE_FOUND = Reply(554, "5.7.0", "Message refused: malware found")
+SCANNER_UNAVAILABLE = Reply(451, "4.3.0", "Content scanner unavailable, try again later")
 
 # Enhanced codes for replies Twisted sends itself, chosen by code (RFC 3463).
 DEFAULT_ENHANCED = {
