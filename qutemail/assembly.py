@@ -25,6 +25,9 @@ from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.configvalues import splitHostPort
+from qutemail.content.clamd import ClamdClient, clamdEndpoint
+from qutemail.content.rspamd import RspamdClient
+from qutemail.content.scanner import ContentScanner
 from qutemail.dns import ResolverCache
 from qutemail.pipeline.dkimverify import DKIMVerifier
 from qutemail.policy.dmarc import DMARCEvaluator
@@ -108,6 +111,24 @@ def smarthostAddress(text: str) -> tuple[str, int] | None:
     return splitHostPort(text) if text else None
 
 
+def readSecret(path: str, key: str) -> str:
+    """
+    Read a password file named by the configuration.
+
+    @param path: the file, or C{""} for none.
+    @param key: the C{[section] key} that names it, for the error.
+    @return: its text without the line end, or C{""} when C{path} is empty.
+    @raise ServiceConfigError: the file cannot be read.
+    """
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ServiceConfigError(f"{key}: cannot read {path}: {e}") from None
+
+
 def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
     """
     The outbound relay: MX lookups through the configured nameservers, or
@@ -116,14 +137,7 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
     @raise ServiceConfigError: when the smarthost password file cannot be read.
     """
     relay = config.relay
-    password = None
-    if relay.smarthostPasswordFile:
-        try:
-            with open(relay.smarthostPasswordFile, encoding="utf-8") as f:
-                password = f.read().strip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ServiceConfigError(
-                f"[relay] smarthost_password_file: cannot read {relay.smarthostPasswordFile}: {e}") from None
+    password = readSecret(relay.smarthostPasswordFile, "[relay] smarthost_password_file") or None
     trustRoot = None
     if relay.tlsCa:
         try:
@@ -172,6 +186,29 @@ def buildInbound(config: Any, reactor: Any, parent: MultiService) -> InboundChec
         dmarc=DMARCEvaluator(nameservers, timeout, runner, cache=cache),
         spfFail=inbound.spfFail, dmarcReject=inbound.dmarcReject,
     )
+
+
+def buildContent(config: Any, reactor: Any, runner: Any, parent: MultiService) -> ContentScanner | None:
+    """
+    The content scanners (rspamd, clamd) of C{[content]}, or C{None} when
+    neither is set.  Their kept-alive connections close when C{parent}
+    stops.
+
+    @raise ServiceConfigError: the rspamd password file cannot be read.
+    """
+    content = config.content
+    if not content.enabled:
+        return None
+    password = readSecret(content.rspamdPasswordFile, "[content] rspamd_password")
+    scanner = ContentScanner(
+        clock=reactor,
+        rspamd=RspamdClient(reactor, runner, content.rspamdUrl, password) if content.rspamdUrl else None,
+        clamd=ClamdClient(clamdEndpoint(reactor, content.clamdSocket), runner) if content.clamdSocket else None,
+        maxScanBytes=content.maxScanBytes, onError=content.onError, timeoutSeconds=content.timeoutSeconds,
+        scanSubmission=content.scanSubmission,
+    )
+    ClosingService("content-scanners", scanner.close).setServiceParent(parent)
+    return scanner
 
 
 class ClosingService(Service):

@@ -252,6 +252,20 @@ def parseSmarthost(text: str) -> str:
     return text
 
 
+def parseClamdSocket(text: str) -> str:
+    """Check that C{text} is empty, an absolute Unix socket path, or C{host:port}."""
+    if text.startswith("/") or not text:
+        return text
+    # The port is required, so that a relative path is not taken for a host.
+    hasPort = "]:" in text if text.startswith("[") else ":" in text
+    try:
+        if hasPort:
+            return parseSmarthost(text)
+    except ValueError:
+        pass
+    raise ValueError(f"{text!r} is not an absolute socket path or host:port") from None
+
+
 def splitHostPort(text: str, defaultPort: int = 25) -> tuple[str, int]:
     """
     Split a checked (L{parseSmarthost}) C{host}, C{host:port} or
@@ -489,6 +503,13 @@ SETTINGS = (
     Setting("relay", "mx_port", "mxPort", lambda t: parsePort(t, 1)),
     Setting("relay", "smarthost_username", "smarthostUsername", parseText),
     Setting("relay", "smarthost_password_file", "smarthostPasswordFile", parseText, isPath=True),
+    Setting("content", "rspamd_url", "rspamdUrl", urlParser("http://", "https://")),
+    Setting("content", "rspamd_password", "rspamdPasswordFile", parseText, isPath=True),
+    Setting("content", "clamd_socket", "clamdSocket", parseClamdSocket),
+    Setting("content", "max_scan_size", "maxScanBytes", parsePositiveSize),
+    Setting("content", "on_error", "onError", choiceParser("tempfail", "accept")),
+    Setting("content", "timeout", "timeoutSeconds", parseDuration),
+    Setting("content", "scan_submission", "scanSubmission", parseBoolean),
     Setting("redis", "url", "url", urlParser("redis://", "rediss://", "unix://")),
     Setting("redis", "allow_volatile_vault", "allowVolatileVault", parseBoolean),
 )

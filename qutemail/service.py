@@ -32,7 +32,7 @@ from qutemail.access.imapserver import IMAPFactory
 from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redislimiter import connect as connectRedis
-from qutemail.assembly import ClosingService, buildBackends, buildInbound, buildRelay
+from qutemail.assembly import ClosingService, buildBackends, buildContent, buildInbound, buildRelay
 from qutemail.pipeline.transitin import TransitReceiver
 from qutemail.pipeline.transitkeys import TransitKeySweep
 from qutemail.qkdsetup import buildEncryptor, buildKeyPools, buildTransit
@@ -355,11 +355,12 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     router = Router(local=local, queue=queue, clock=reactor, retrySchedule=config.relay.retrySchedule,
                     signer=signer, sealedDomains=frozenset() if sealer is None else sealer.sealedDomains)
     inbound = buildInbound(config, reactor, root)
+    content = buildContent(config, reactor, runner, root)
 
     def intakeFor(journalDir: str, spillDir: str) -> Intake:
         return Intake(journal=Journal(journalDir, runner, reactor), router=router, clock=reactor, runner=runner,
                       queueIds=queueIds, spoolDirectory=spillDir, hostname=server.hostname, inbound=inbound,
-                      transit=receiver)
+                      transit=receiver, content=content)
 
     journalDir, spillDir = journalPaths(queueDir, workerIndex)
     intake = intakeFor(journalDir, spillDir)

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.config import (
     Config,
+    ContentConfig,
     ConfigError,
     DKIMConfig,
     IMAPConfig,
@@ -47,6 +48,8 @@ ALL_KEYS = [
     ("limits", "connections_per_ip"), ("limits", "max_sessions"),
     ("mailbox", "default_quota_mb"), ("mailbox", "retention_days"),
     ("inbound", "checks"), ("inbound", "spf_fail"), ("inbound", "dmarc_reject"), ("inbound", "dns_timeout"),
+    ("content", "rspamd_url"), ("content", "rspamd_password"), ("content", "clamd_socket"),
+    ("content", "max_scan_size"), ("content", "on_error"), ("content", "timeout"), ("content", "scan_submission"),
     ("dkim", "selector"), ("dkim", "private_key"),
     ("qkd", "kme_url"), ("qkd", "sae_id"), ("qkd", "client_cert"), ("qkd", "client_key"),
     ("qkd", "ca_cert"), ("qkd", "pool_keys"), ("qkd", "refill_per_second"), ("qkd", "keep_subject"), ("qkd", "encrypt"),
@@ -97,6 +100,14 @@ checks = no
 spf_fail = Tag
 dmarc_reject = quarantine
 dns_timeout = 3s
+[content]
+rspamd_url = http://127.0.0.1:11333
+rspamd_password = /etc/qutemail/rspamd-password
+clamd_socket = /run/clamav/clamd.ctl
+max_scan_size = 10M
+on_error = Accept
+timeout = 5s
+scan_submission = no
 [dkim]
 selector = Sel2024
 private_key = /etc/dkim.pem
@@ -231,6 +242,9 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
             limits=LimitsConfig(messagesPerIpHour=0, messagesPerUserHour=50, connectionsPerIp=3, maxSessions=0),
             mailbox=MailboxConfig(defaultQuotaBytes=100 * 2**20, retentionDays=0),
             inbound=InboundConfig(checks=False, spfFail="tag", dmarcReject="quarantine", dnsTimeoutSeconds=3.0),
+            content=ContentConfig(rspamdUrl="http://127.0.0.1:11333", rspamdPasswordFile="/etc/qutemail/rspamd-password",
+                                  clamdSocket="/run/clamav/clamd.ctl", maxScanBytes=10 * 2**20, onError="accept",
+                                  timeoutSeconds=5.0, scanSubmission=False),
             dkim=DKIMConfig(selector="sel2024", privateKey="/etc/dkim.pem"),
             qkd=QKDConfig(
                 kmeUrl="https://kme.example.test:8443/api/v1", saeId="SAE-1",
@@ -292,6 +306,10 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
         )
         self.assertEqual(config.inbound, InboundConfig(checks=True, spfFail="reject", dmarcReject="reject",
                                                        dnsTimeoutSeconds=10.0))
+        self.assertEqual(config.content, ContentConfig(rspamdUrl="", rspamdPasswordFile="", clamdSocket="",
+                                                       maxScanBytes=25 * 2**20, onError="tempfail",
+                                                       timeoutSeconds=30.0, scanSubmission=True))
+        self.assertFalse(config.content.enabled)
         self.assertEqual(
             (config.tls, config.dkim, config.qkd, config.relay, config.redis),
             (
@@ -516,7 +534,7 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
         known ones.
         """
         path, problems = self.problems(MINIMAL + "[smpt]\nmta_port = 25\n[DEFAULT]\nx = 1\n")
-        known = "server, smtp, imap, pop3, tls, limits, mailbox, inbound, dkim, qkd, relay, redis"
+        known = "server, smtp, imap, pop3, tls, limits, mailbox, inbound, content, dkim, qkd, relay, redis"
         self.assertEqual(problems, [f"{path}: [smpt]: unknown section (known: {known})",
                                     f"{path}: [DEFAULT]: unknown section (known: {known})"])
 
@@ -631,8 +649,8 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
         )
         error = self.assertRaises(ConfigError, loadConfig, path, {"QUTEMAIL_NOPE": "1"})
         expected = [
-            f"{path}: [bogus]: unknown section (known: server, smtp, imap, pop3, tls, limits, mailbox, inbound, dkim, "
-            "qkd, relay, redis)",
+            f"{path}: [bogus]: unknown section (known: server, smtp, imap, pop3, tls, limits, mailbox, inbound, "
+            "content, dkim, qkd, relay, redis)",
             f"{path}: [server] hostname: '-x' is not a valid DNS name",
             f"{path}: [server] data_dir: required but missing (set it in the file or as QUTEMAIL_SERVER_DATA_DIR)",
             f"{path}: [smtp] mta_port: 'abc' is not a port number (0-65535)",

@@ -5,14 +5,16 @@ The intake: the one way a message enters the system.
 Every way in goes through it: SMTP on every port (L{submit}), bounces
 (L{bounce}, for the router's permanent failures and the retry scheduler's),
 and journal recovery after a restart (L{recover}); later ways in (JMAP
-submission, the inter-site receiver, a content scanner step) plug in here
-too.  For each message it owns the whole sequence:
+submission) plug in here too.  For each message it owns the whole sequence:
 
   1. the body is made durable in the spool (L{SpoolWriter.finish});
   2. mail from outside gets its DKIM and DMARC checks, which may refuse it
      or say where it goes (the SPF half ran at C{MAIL FROM}); a message a
      peer site sent in the QKD transit form is then opened (its key from
      our KME, see L{qutemail.pipeline.transitin}), or refused;
+     then the content scanners (rspamd, clamd; L{qutemail.content}) see it,
+     still in plaintext for internal mail, and may refuse it or file it
+     in Junk;
   3. the journal commits it (fsync; only then may the listener say 250);
   4. the router delivers or queues each recipient in the background;
   5. permanent failures are bounced, through this same intake;
@@ -64,7 +66,8 @@ class Intake:
     _log = Logger()
 
     def __init__(self, *, journal: Any, router: Any, clock: Any, runner: Any, queueIds: Any,
-                 spoolDirectory: str, hostname: str, inbound: Any = None, transit: Any = None) -> None:
+                 spoolDirectory: str, hostname: str, inbound: Any = None, transit: Any = None,
+                 content: Any = None) -> None:
         """
         @param journal: the L{qutemail.queue.journal.Journal}, which only
             the intake writes.
@@ -80,6 +83,8 @@ class Intake:
         @param transit: the L{qutemail.pipeline.transitin.TransitReceiver}
             that opens mail from peer sites (and refuses transit mail when
             there are none), or C{None}: transit mail is not looked for.
+        @param content: the L{qutemail.content.scanner.ContentScanner}, or
+            C{None} for no content scanning.
         """
         self.journal = journal
         self.router = router
@@ -90,6 +95,7 @@ class Intake:
         self.hostname = hostname
         self.inbound = inbound
         self.transit = transit
+        self.content = content
         self._inflight: set[Deferred] = set()
 
     def newMessage(self) -> tuple[str, SpoolWriter]:
@@ -189,10 +195,38 @@ class Intake:
                     self._log.info("refused message {queueId} from {peer}: {reply}", queueId=message.queueId,
                                    peer=message.envelope.peer, reply=str(e.reply))
                     return e.reply, None
+            if self.content is not None and self.content.wants(message.envelope):
+                refused, message = await self._scanContent(message)
+                if refused is not None:
+                    if discard is not None:
+                        await discard()
+                    return refused, None
             await self.journal.commit(message)
         except Exception:
             return self._failed(Failure(), message.queueId, abort), None
         return QUEUED.withText(f"Ok: queued as {message.queueId}"), message
+
+    async def _scanContent(self, message: SpooledMessage) -> tuple[Reply | None, SpooledMessage]:
+        """
+        Have the content scanners look at a message.
+
+        @return: the reply that refuses it (or C{None}), and the message
+            with the scanners' trace fields and folder in its envelope.
+        """
+        scanned = await self.content.scan(message)
+        envelope = message.envelope
+        if scanned.reject is not None:
+            self._log.info("refused message {queueId} from {peer}: {reply} ({scan})", queueId=message.queueId,
+                           peer=envelope.peer, reply=str(scanned.reject), scan=scanned.summary)
+            return scanned.reject, message
+        self._log.info("scanned message {queueId}: {scan}", queueId=message.queueId, scan=scanned.summary)
+        # Our users' mail and a peer site's is stored encrypted: fields in
+        # clear beside the ciphertext would tell what it hides.  The log
+        # line has the verdict.
+        internal = envelope.authenticated is not None or envelope.transitKeyId
+        added = envelope.addedHeaders + ("" if internal else scanned.headers)
+        return None, attrs.evolve(message, envelope=attrs.evolve(
+            envelope, addedHeaders=added, folder=scanned.folder or envelope.folder))
 
     def _failed(self, failure: Failure, queueId: str, abort: Any) -> Reply:
         """
