@@ -302,3 +302,30 @@ class LargeMessageTests(ContentSetup):
         self.assertIn(b"\nX-Virus-Scanned: clamd; clean\n", head)
         self.assertIn(b"\nX-Spam-Status: No, score=", head)
 
+
+class CheckCommandTests(ContentSetup):
+    """
+    C{qutemail content check FILE}.
+    """
+
+    async def test_bothVerdicts(self) -> None:
+        """
+        It prints rspamd's and clamd's verdicts and what the server would
+        do; with a scanner down it says so and exits with 1.
+        """
+        path = os.path.join(self.base, "eicar.eml")
+        with open(path, "wb") as f:
+            f.write(message("spam", attachment=EICAR))
+        result = await deferToThread(runCLI, self.configPath, "content", "check", path, "--from", "a@remote.test",
+                                     "--rcpt", ALICE)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0], "rspamd: add header, score 8.00 / 15.00: QT_TEST_SPAM(8.00)")
+        self.assertEqual(lines[1], "clamd: found Eicar-Test-Signature.UNOFFICIAL")
+        self.assertEqual(lines[2], "verdict: refused with 554 5.7.0 Message refused: malware found "
+                                   "(Eicar-Test-Signature.UNOFFICIAL)")
+        await deferToThread(self.clamd.stop)
+        result = await deferToThread(runCLI, self.configPath, "content", "check", path)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("clamd: no answer: clamd: cannot connect", result.stdout)
+        self.assertIn("verdict: refused with 451 4.3.0", result.stdout)
