@@ -15,13 +15,14 @@ reads here block nobody.
 
 import datetime
 import os
+from typing import Any
 
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.logger import Logger
 
@@ -134,12 +135,13 @@ def _read(path: str, what: str) -> bytes:
         raise TLSConfigError(f"[tls] {what} {path}: cannot read it: {e.strerror}")
 
 
-def contextFactory(credentials: ServerCredentials, now: datetime.datetime):
+def contextFactory(credentials: ServerCredentials, now: datetime.datetime, metrics: Any = None):
     """
     Check the credentials and build the server's TLS context factory.
 
     @param credentials: the certificate and key.
     @param now: the current time, UTC.
+    @param metrics: counts completed handshakes by TLS version, or C{None}.
     @return: an C{IOpenSSLServerConnectionCreator} (TLS 1.2 and later).
     @raise TLSConfigError: unreadable, mismatched, expired or not yet valid.
     """
@@ -167,9 +169,17 @@ def contextFactory(credentials: ServerCredentials, now: datetime.datetime):
     certificate = ssl.Certificate.loadPEM(leaf.public_bytes(serialization.Encoding.PEM))
     extra = [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)).original for c in chain[1:]]
     privateKey = ssl.KeyPair.load(keyPEM, crypto.FILETYPE_PEM)
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=privateKey.original,
         certificate=certificate.original,
         extraCertChain=extra,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+    if metrics is not None:
+        def handshakeDone(connection: Any, where: int, ret: int) -> None:
+            # Every server connection is made from this one context.
+            if where & SSL.SSL_CB_HANDSHAKE_DONE:
+                metrics.tlsHandshake(connection.get_protocol_version_name())
+
+        options.getContext().set_info_callback(handshakeDone)
+    return options

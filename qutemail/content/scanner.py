@@ -124,7 +124,8 @@ class ContentScanner:
     _log = Logger()
 
     def __init__(self, *, clock: Any, rspamd: Any = None, clamd: Any = None, maxScanBytes: int,
-                 onError: str = TEMPFAIL, timeoutSeconds: float = 30.0, scanSubmission: bool = True) -> None:
+                 onError: str = TEMPFAIL, timeoutSeconds: float = 30.0, scanSubmission: bool = True,
+                 metrics: Any = None) -> None:
         """
         @param clock: an C{IReactorTime}, for the timeouts.
         @param rspamd: the L{qutemail.content.rspamd.RspamdClient}, or
@@ -135,6 +136,7 @@ class ContentScanner:
             when a scanner gives no answer.
         @param timeoutSeconds: how long each scanner may take.
         @param scanSubmission: scan our own users' mail too.
+        @param metrics: counts each scanner's verdicts, or C{None}.
         """
         self.clock = clock
         self.rspamd = rspamd
@@ -143,6 +145,7 @@ class ContentScanner:
         self.onError = onError
         self.timeoutSeconds = timeoutSeconds
         self.scanSubmission = scanSubmission
+        self.metrics = metrics
 
     def wants(self, envelope: Envelope) -> bool:
         """
@@ -168,6 +171,14 @@ class ContentScanner:
         else:
             rspamd, clamd = await self.answers(message)
             verdict = decide(rspamd, clamd, self.onError)
+            if self.metrics is not None:
+                for name, result in (("rspamd", rspamd), ("clamd", clamd)):
+                    if isinstance(result, RspamdResult):
+                        self.metrics.scanned(name, result.action)
+                    elif isinstance(result, ClamdResult):
+                        self.metrics.scanned(name, "clean" if result.virus is None else "found")
+                    elif result is not None:
+                        self.metrics.scanned(name, "error")
         for error in verdict.errors:
             self._log.warn("content scan of {queueId}: {error}; {outcome}", queueId=message.queueId, error=error,
                            outcome="deferred" if verdict.reject == SCANNER_UNAVAILABLE else "accepted unscanned")

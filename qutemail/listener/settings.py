@@ -26,6 +26,9 @@ class SessionSettings:
     @ivar throttle: the L{qutemail.policy.throttle.AuthThrottle}.
     @ivar connectionsPerIp: concurrent sessions per client IP; 0 for no
         limit.
+    @ivar listenerName: the listener's name in the metrics (C{mta},
+        C{submission}, C{smtps}).
+    @ivar metrics: the L{qutemail.metrics.registry.Metrics}, or C{None}.
     """
 
     hostname: str
@@ -38,3 +41,5 @@ class SessionSettings:
     portal: Any = None
     throttle: Any = None
     connectionsPerIp: int = 0
+    listenerName: str = "mta"
+    metrics: Any = None

@@ -174,8 +174,11 @@ class SMTPServer(SessionCommands, AuthMixin, ESMTP):
 
     def reply(self, reply: Reply) -> None:
         """
-        Send one reply with its enhanced status code.
+        Send one reply with its enhanced status code (a 4xx or 5xx one is
+        counted).
         """
+        if reply.code >= 400 and self.settings.metrics is not None:
+            self.settings.metrics.errorReply(self.settings.listenerName, reply.code, reply.enhanced)
         self.write(b"%d %s\r\n" % (reply.code, reply.line))
 
     def sendCode(self, code: int, message: bytes = b"") -> None:
@@ -533,4 +536,6 @@ class SMTPServer(SessionCommands, AuthMixin, ESMTP):
         reply = await self.intake.submit(self._queueId, writer, envelope, checks)
         if reply.code == replies.QUEUED.code:
             self._messages += 1
+        if self.settings.metrics is not None:
+            self.settings.metrics.messageAnswered(self.settings.listenerName, reply, writer.size)
         self.reply(reply)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from qutemail.address import domainOf
 from qutemail.message import DEFERRED, PENDING, FailedRecipient, RecipientState, SpooledMessage, retryDelay
-from qutemail.replies import replyFor
+from qutemail.replies import MAILBOX_FULL, replyFor
 
 
 class Router:
@@ -28,7 +28,7 @@ class Router:
     _log = Logger()
 
     def __init__(self, *, local: Any, queue: Any, clock: Any, retrySchedule: tuple[float, ...],
-                 signer: Any = None, sealedDomains: frozenset[str] = frozenset()) -> None:
+                 signer: Any = None, sealedDomains: frozenset[str] = frozenset(), metrics: Any = None) -> None:
         """
         @param local: the L{qutemail.store.delivery.LocalDelivery}.
         @param queue: the L{qutemail.interfaces.IRelayQueue}.
@@ -40,7 +40,10 @@ class Router:
             in the QKD transit form (peers under C{peer_policy = require}):
             that form is signed when it is made, so a message going only
             there is not signed here too.
+        @param metrics: counts each recipient's outcome and delivery time
+            (L{qutemail.metrics.registry.Metrics}), or C{None}.
         """
+        self.metrics = metrics
         self.local = local
         self.queue = queue
         self.clock = clock
@@ -70,14 +73,21 @@ class Router:
         results, keyId = await self.local.deliver(message, attempts, recovering)
         bounced: list[FailedRecipient] = []
         outcomes: list[str] = [f"{r.address}: {r.lastReply}" for r in queued]
+        metrics = self.metrics
         for (index, address), (ok, result) in zip(attempts, results):
             if ok and result is None:
+                if metrics is not None:
+                    metrics.recipientOutcome("delivered", envelope.receivedAt, self.clock.seconds(), "local")
                 outcomes.append(f"{address}: delivered" + (f" encrypted (key {keyId})" if keyId else ""))
                 continue
             reply = result if ok else replyFor(result)
             if not ok:
                 self._log.failure("delivery of {queueId} to {recipient} failed", result,
                                   queueId=message.queueId, recipient=address)
+            if metrics is not None:
+                metrics.recipientOutcome("deferred" if reply.isTemporary else "bounced")
+                if reply.enhanced == MAILBOX_FULL.enhanced:
+                    metrics.quotaRefused("delivery")
             if reply.isTemporary:
                 queued.append(RecipientState(address, index, DEFERRED, attempts=1,
                                              nextAttempt=now + retryDelay(self.retrySchedule, 1),

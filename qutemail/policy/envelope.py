@@ -18,13 +18,16 @@ class RecipientPolicy:
     Decides MAIL and RCPT for one listener.
     """
 
-    def __init__(self, users: Any, store: Any, domains: tuple[str, ...], maxMessageBytes: int) -> None:
+    def __init__(self, users: Any, store: Any, domains: tuple[str, ...], maxMessageBytes: int,
+                 metrics: Any = None) -> None:
         """
         @param users: the L{qutemail.interfaces.IUserDirectory}.
         @param store: the L{qutemail.store.maildir.MaildirStore} (for quota).
         @param domains: the local domains, lower-cased.
         @param maxMessageBytes: the largest message accepted.
+        @param metrics: counts quota refusals, or C{None}.
         """
+        self.metrics = metrics
         self.users = users
         self.store = store
         self.domains = domains
@@ -78,5 +81,7 @@ class RecipientPolicy:
         if account is None:
             raise ReplyError(NO_SUCH_USER)
         if await self.store.isFull(account, declaredSize or 0):
+            if self.metrics is not None:
+                self.metrics.quotaRefused("rcpt")
             raise ReplyError(MAILBOX_FULL)
         return account

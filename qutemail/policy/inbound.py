@@ -69,6 +69,7 @@ class InboundChecks:
     @ivar spfFail: C{"reject"} or C{"tag"} (C{[inbound] spf_fail}).
     @ivar dmarcReject: C{"reject"} or C{"quarantine"} (C{[inbound]
         dmarc_reject}).
+    @ivar metrics: counts each check's results, or C{None}.
     """
 
     hostname: str
@@ -77,6 +78,7 @@ class InboundChecks:
     dmarc: Any
     spfFail: str = "reject"
     dmarcReject: str = "reject"
+    metrics: Any = None
 
     async def checkSender(self, clientIp: str, sender: str, helo: str):
         """
@@ -88,6 +90,8 @@ class InboundChecks:
             451 4.4.3 for a C{temperror}.
         """
         result = await self.spf.check(clientIp, sender, helo)
+        if self.metrics is not None:
+            self.metrics.inboundResult("spf", result.result)
         _log.info("SPF {result} for {scope} {domain} from {ip}", result=result.result, scope=result.scope,
                   domain=result.domain, ip=clientIp)
         if result.result == "temperror":
@@ -143,6 +147,10 @@ class InboundChecks:
             parts.append(dmarcResult.authResultsPart())
         added = authenticationResults(self.hostname, parts, lineEnd=b"\n").decode("utf-8", "replace")
         verdict = self._decide(dmarcResult, dkimResults, added)
+        if self.metrics is not None:
+            for r in dkimResults or ():
+                self.metrics.inboundResult("dkim", r.result)
+            self.metrics.inboundResult("dmarc", dmarcResult.result if dmarcResult is not None else "none")
         if folder and verdict.reject is None:
             verdict = attrs.evolve(verdict, folder=folder)
         _log.info("message {queueId}: {results}; {action}", queueId=message.queueId,

@@ -40,6 +40,7 @@ class KeyPoolWatch(Service):
 
     @ivar storedKeys: the last count the KME gave, or C{None} before the
         first answer.
+    @ivar answeredAt: when the KME last answered, or C{None}.
     @ivar closed: whether new internal mail is refused.
     """
 
@@ -47,7 +48,7 @@ class KeyPoolWatch(Service):
 
     def __init__(self, source: Any, peerSAE: str, minKeys: int, clock: Any,
                  intervalSeconds: float = POLL_SECONDS, reply: Reply = KEY_POOL_LOW,
-                 what: str = "internal mail") -> None:
+                 what: str = "internal mail", metrics: Any = None) -> None:
         """
         @param source: the L{qutemail.interfaces.IQKDKeySource}.
         @param peerSAE: the slave SAE of the link (C{[qkd] rest_sae}, or
@@ -56,6 +57,7 @@ class KeyPoolWatch(Service):
         @param clock: an C{IReactorTime}.
         @param reply: the refusal while the pool is low.
         @param what: the mail refused, for the log.
+        @param metrics: gets each stored key count, or C{None}.
         """
         self.source = source
         self.peerSAE = peerSAE
@@ -65,7 +67,9 @@ class KeyPoolWatch(Service):
         self.reply = reply
         self.what = what
         self.name = f"key-pool-watch-{peerSAE}"
+        self.metrics = metrics
         self.storedKeys: int | None = None
+        self.answeredAt: float | None = None
         self.closed = False
         self._loop: LoopingCall | None = None
 
@@ -101,6 +105,11 @@ class KeyPoolWatch(Service):
         The KME gave its count: open or close admission.
         """
         self.storedKeys = status.storedKeyCount
+        self.answeredAt = self.clock.seconds()
+        if self.metrics is not None and isinstance(status.storedKeyCount, int):
+            self.metrics.keyCount(self.peerSAE, status.storedKeyCount)
+        if not self.minKeys:
+            return  # watched for the metrics and health only: admission stays open
         closed = poolClosed(status.storedKeyCount, self.minKeys)
         if closed != self.closed:
             self.closed = closed

@@ -16,6 +16,8 @@ Each process counts its own sessions (an extra SMTP worker has a cap of
 its own).
 """
 
+from typing import Any
+
 import attrs
 from twisted.logger import Logger
 
@@ -73,11 +75,14 @@ class SessionLimits:
         0 for no limit.
     @ivar connectionsPerIp: the most sessions one client IP may hold open
         per protocol; 0 for no limit.
+    @ivar metrics: counts the open sessions per protocol
+        (L{qutemail.metrics.registry.Metrics}), or C{None}.
     @ivar total: the sessions open now.
     """
 
     maxSessions: int = 0
     connectionsPerIp: int = 0
+    metrics: Any = None
     total: int = attrs.field(default=0, init=False)
     _perIp: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
 
@@ -95,6 +100,8 @@ class SessionLimits:
             return SessionTicket(self, kind, ip, TOTAL)
         self._perIp[(kind, ip)] = count + 1
         self.total += 1
+        if self.metrics is not None:
+            self.metrics.sessionOpened(kind)
         ticket = SessionTicket(self, kind, ip)
         ticket._held = True
         return ticket
@@ -115,6 +122,8 @@ class SessionLimits:
         else:
             self._perIp.pop((kind, ip), None)
         self.total = max(0, self.total - 1)
+        if self.metrics is not None:
+            self.metrics.sessionClosed(kind)
 
 
 def raiseOpenFileLimit(resource=None) -> tuple[int, int]:

@@ -23,6 +23,8 @@ parallel, before any hash has finished, get at most C{maxFailures}
 evaluated.
 """
 
+from typing import Any
+
 import attrs
 
 # The longest a failed AUTH waits before its answer.
@@ -131,6 +133,7 @@ class AuthThrottle:
     @ivar lockoutSeconds: how long a lockout lasts.
     @ivar failureDelaySeconds: how long the listener waits before it
         answers a failed attempt.
+    @ivar metrics: counts attempts by result, or C{None}.
     """
 
     maxFailures: int = 10
@@ -139,6 +142,7 @@ class AuthThrottle:
     failureDelaySeconds: float = 1.0
     _clients: dict[str, _ClientRecord] = attrs.field(factory=dict)
     _accounts: dict[str, list[float]] = attrs.field(factory=dict)
+    metrics: Any = None
 
     def _client(self, ip: str, now: float) -> _ClientRecord:
         """
@@ -216,6 +220,8 @@ class AuthThrottle:
         @return: how long to wait before answering.
         """
         delay = self.failureDelaySeconds
+        if self.metrics is not None:
+            self.metrics.authenticated(False)
         if account:
             times = [t for t in self._accounts.get(account, ()) if now - t < self.windowSeconds]
             times.append(now)
@@ -240,6 +246,8 @@ class AuthThrottle:
         @param tried: the user name as the client gave it, if it may differ
             in form from C{account}.
         """
+        if self.metrics is not None:
+            self.metrics.authenticated(True)
         record = self._clients.get(ip)
         names = {account or "", tried or account or ""}
         if record is not None:

@@ -282,6 +282,8 @@ class ETSI014KeySource:
     @ivar maxResponseBytes: the longest answer read.
     @ivar useGET: use the GET forms of C{enc_keys} and C{dec_keys} rather
         than POST.
+    @ivar metrics: counts requests by outcome and their latency
+        (L{qutemail.metrics.registry.Metrics}), or C{None}.
     @ivar kmeId: the KME's id when configured (C{[qkd] kme_id}): the
         KME's certificate must carry it (subject CN or a subjectAltName
         DNS or URI entry) and each status's C{source_KME_ID} must equal
@@ -302,6 +304,7 @@ class ETSI014KeySource:
     maxResponseBytes: int = DEFAULT_MAX_RESPONSE_BYTES
     useGET: bool = False
     kmeId: str | None = None
+    metrics: Any = None
     _statuses: dict = attrs.field(factory=dict, init=False)
     _pool: HTTPConnectionPool = attrs.field(init=False)
     _agent: Agent = attrs.field(init=False)
@@ -512,9 +515,12 @@ class ETSI014KeySource:
             url += "?" + urlencode(query)
         d = Deferred.fromCoroutine(self._exchange(method, url.encode("ascii"), body))
         d.addTimeout(self.timeoutSeconds, self.reactor, onTimeoutCancel=_deadlinePassed)
+        started = self.reactor.seconds()
         try:
             code, raw = await d
         except Exception as e:
+            if self.metrics is not None:
+                self.metrics.kmeRequest(operation, "error", self.reactor.seconds() - started)
             problem = _transportProblem(e, self.timeoutSeconds)
             if problem is None:
                 # Not a failure we know: keep the traceback for whoever
@@ -522,6 +528,9 @@ class ETSI014KeySource:
                 _log.failure("unexpected failure of {what}", what=what)
                 problem = f"unexpected {type(e).__name__}"
             raise KeySourceError(f"{what}: {problem}")
+        if self.metrics is not None:
+            self.metrics.kmeRequest(operation, "ok" if code == 200 else f"http_{code}",
+                                    self.reactor.seconds() - started)
         if code == 200:
             return parseJSON(raw, what)
         message = ""

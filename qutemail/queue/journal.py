@@ -186,13 +186,18 @@ class Journal:
 
     _log = Logger()
 
-    def __init__(self, directory: str, runner: Any, clock: Any, segmentBytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    def __init__(self, directory: str, runner: Any, clock: Any, segmentBytes: int = DEFAULT_SEGMENT_BYTES,
+                 metrics: Any = None) -> None:
         """
         @param directory: C{queue/journal/}; created if missing.
         @param runner: the L{qutemail.blocking.BlockingRunner}.
-        @param clock: an C{IReactorTime}, for the lazy flush of done records.
+        @param clock: an C{IReactorTime}, for the lazy flush of done records
+            and the sync times.
         @param segmentBytes: the size past which a new segment is started.
+        @param metrics: gets each sync's duration and commit count, or
+            C{None}.
         """
+        self.metrics = metrics
         self._directory = directory
         self._runner = runner
         self._clock = clock
@@ -342,10 +347,13 @@ class Journal:
         segment = self._segment
         deletable = self._takeDeletable(segment)
         spills, self._spillsToRemove = self._spillsToRemove, []
+        started = self._clock.seconds()
         self._flushing = self._runner.run(self._writeBatch, segment, [r for r, _ in batch], deletable, spills)
 
         def finished(result):
             self._flushing = None
+            if self.metrics is not None and not isinstance(result, Failure):
+                self.metrics.journalSynced(self._clock.seconds() - started, sum(d is not None for _, d in batch))
             if isinstance(result, Failure):
                 self._log.failure("journal write to segment {segment} failed", result, segment=segment)
                 # The segment may now end in a torn record: never append

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from qutemail.message import FailedRecipient
 from qutemail.replies import replyFor
-from qutemail.message import BOUNCED, DEFERRED, SENT, QueueEntry, RecipientState, retryDelay
+from qutemail.message import BOUNCED, DEFERRED, PENDING, SENT, QueueEntry, RecipientState, retryDelay
 from qutemail.serial import SerialQueue
 from qutemail.replies import DELETED_BY_ADMIN, LOCAL_ERROR, QUEUE_EXPIRED, Reply, ReplyError, enhancedOf
 
@@ -46,7 +46,7 @@ class RetryScheduler(Service):
 
     def __init__(self, *, queue: Any, local: Any, bounce: Any, clock: Any, retrySchedule: tuple[float, ...],
                  queueLifetimeSeconds: float, batch: int = DEFAULT_BATCH, relay: Any = None,
-                 delayWarningSeconds: float = 0.0, transit: Any = None) -> None:
+                 delayWarningSeconds: float = 0.0, transit: Any = None, metrics: Any = None) -> None:
         """
         @param queue: the L{qutemail.interfaces.IRelayQueue} it works on; it
             is told of each entry added, and starts it at once.
@@ -66,7 +66,10 @@ class RetryScheduler(Service):
             C{bounce} callable makes it, given C{retryUntil}.
         @param transit: seals mail for QKD peer sites before it is relayed
             (L{qutemail.relay.transitout.TransitSealer}), or C{None}.
+        @param metrics: counts recipient outcomes and follows the queue's
+            size (L{qutemail.metrics.registry.Metrics}), or C{None}.
         """
+        self.metrics = metrics
         self.queue = queue
         self.local = local
         self._bounceReport = bounce
@@ -86,6 +89,7 @@ class RetryScheduler(Service):
         self._inflight: dict[str, Deferred] = {}
         self._writes: dict[str, SerialQueue] = {}
         self._kick = None
+        self._reportedAt = float("-inf")
         queue.subscribe(lambda entry: self.kick())
 
     def startService(self) -> None:
@@ -198,6 +202,10 @@ class RetryScheduler(Service):
         now = self.clock.seconds()
         # Extra SMTP workers add entries to the same directory.
         await self.queue.refresh()
+        if self.metrics is not None and now - self._reportedAt >= self.intervalSeconds:
+            # Once per interval, however often kicks come.
+            self._reportedAt = now
+            await self._reportQueue(now)
         room = self.batch - len(self._inflight)
         entries = await self.queue.due(now, room, self._inflight) if room > 0 else []
         started = []
@@ -214,6 +222,18 @@ class RetryScheduler(Service):
             started.append(d)
         await DeferredList(started, consumeErrors=True)
         return len(started)
+
+    async def _reportQueue(self, now: float) -> None:
+        """
+        Give the metrics the queue's messages by state (C{pending}: some
+        recipient not tried yet; else C{deferred}) and the oldest's age.
+        """
+        counts = {PENDING: 0, DEFERRED: 0}
+        oldest = now
+        for entry in await self.queue.waiting():
+            counts[PENDING if any(r.state == PENDING for r in entry.recipients) else DEFERRED] += 1
+            oldest = min(oldest, entry.message.envelope.receivedAt)
+        self.metrics.queueState(counts, now - oldest)
 
     def _finished(self, result: Any, queueId: str) -> None:
         """
@@ -331,13 +351,20 @@ class RetryScheduler(Service):
         Note one recipient's outcome: sent, deferred, or to be bounced.
         """
         r.attempts += 1
+        metrics = self.metrics
         if reply is None or 200 <= reply.code < 300:
+            if metrics is not None:
+                local = self.local.isLocal(r.address)
+                metrics.recipientOutcome("delivered" if local else "relayed", entry.message.envelope.receivedAt,
+                                         now, "local" if local else "remote")
             r.state = SENT
             r.lastReply = "delivered" if reply is None else str(reply)
             self._log.info("{queueId} to=<{recipient}> sent after {attempts} attempts: {reply}",
                            queueId=entry.queueId, recipient=r.address, attempts=r.attempts, reply=r.lastReply)
             return
         r.lastReply = str(reply)
+        if metrics is not None:
+            metrics.recipientOutcome("deferred" if reply.isTemporary and not expired else "bounced")
         if reply.isTemporary and not expired:
             r.state = DEFERRED
             r.nextAttempt = now + retryDelay(self.retrySchedule, r.attempts)
