@@ -163,7 +163,7 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
 INBOUND_DNS_CACHE_ENTRIES = 50_000
 
 
-def buildInbound(config: Any, reactor: Any, parent: MultiService) -> InboundChecks | None:
+def buildInbound(config: Any, reactor: Any, parent: MultiService, metrics: Any = None) -> InboundChecks | None:
     """
     The SPF, DKIM and DMARC checks of mail from other servers, or C{None}
     when C{[inbound] checks} is off.  Their DNS lookups get a thread pool of
@@ -184,11 +184,12 @@ def buildInbound(config: Any, reactor: Any, parent: MultiService) -> InboundChec
         spf=SPFChecker(nameservers, timeout, runner, cache),
         dkim=DKIMVerifier(nameservers, timeout, config.smtp.maxMessageBytes, runner, cache),
         dmarc=DMARCEvaluator(nameservers, timeout, runner, cache=cache),
-        spfFail=inbound.spfFail, dmarcReject=inbound.dmarcReject,
+        spfFail=inbound.spfFail, dmarcReject=inbound.dmarcReject, metrics=metrics,
     )
 
 
-def buildContent(config: Any, reactor: Any, runner: Any, parent: MultiService) -> ContentScanner | None:
+def buildContent(config: Any, reactor: Any, runner: Any, parent: MultiService,
+                 metrics: Any = None) -> ContentScanner | None:
     """
     The content scanners (rspamd, clamd) of C{[content]}, or C{None} when
     neither is set.  Their kept-alive connections close when C{parent}
@@ -205,7 +206,7 @@ def buildContent(config: Any, reactor: Any, runner: Any, parent: MultiService) -
         rspamd=RspamdClient(reactor, runner, content.rspamdUrl, password) if content.rspamdUrl else None,
         clamd=ClamdClient(clamdEndpoint(reactor, content.clamdSocket), runner) if content.clamdSocket else None,
         maxScanBytes=content.maxScanBytes, onError=content.onError, timeoutSeconds=content.timeoutSeconds,
-        scanSubmission=content.scanSubmission,
+        scanSubmission=content.scanSubmission, metrics=metrics,
     )
     ClosingService("content-scanners", scanner.close).setServiceParent(parent)
     return scanner

@@ -14,6 +14,7 @@ The C{qutemail} administration command::
     qutemail --config PATH queue bounce ID
     qutemail --config PATH dkim keygen [--domain D] [--algorithm rsa|ed25519] [--bits N] [--force]
     qutemail --config PATH dns-records [--domain D]
+    qutemail --config PATH status
     qutemail --config PATH content check FILE [--from A] [--rcpt A ...] [--ip IP] [--helo NAME] [--user A]
     qutemail --config PATH mail list ADDRESS
     qutemail --config PATH mail show ADDRESS ID
@@ -55,6 +56,7 @@ from qutemail.backends.userfile import UserFileError
 from qutemail.assembly import Backends, buildBackends
 from qutemail.blocking import InlineRunner, wait
 from qutemail.clicontent import addContentCommands
+from qutemail.clistatus import addStatusCommands
 from qutemail.climail import addMailCommands, addQKDCommands, addRetentionCommands
 from qutemail.cliqueue import CommandError, addDKIMCommands, addDNSCommands, addQueueCommands
 from qutemail.config import Config, ConfigError, loadConfig
@@ -271,7 +273,7 @@ def addUserCommands(commands: Any) -> None:
 # Each adds one command group to the top-level subparsers.
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
     addUserCommands, addQueueCommands, addDKIMCommands, addDNSCommands, addMailCommands, addQKDCommands,
-    addRetentionCommands, addContentCommands,
+    addRetentionCommands, addContentCommands, addStatusCommands,
 )
 
 

@@ -416,6 +416,20 @@ class RedisConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """
+    C{[metrics]}: the Prometheus exposition and health endpoint.
+
+    @ivar port: the HTTP port of C{/metrics} and C{/healthz}, 0 for none
+        (C{port}).
+    @ivar bind: the address it listens on (C{bind}).
+    """
+
+    port: int = attrs.field(default=0, validator=_PORT)
+    bind: str = attrs.field(default="127.0.0.1", validator=parserValidator(parseIpLiteral, "an IP address"))
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration: one attribute per INI section.
@@ -437,6 +451,7 @@ class Config:
     qkd: QKDConfig = _section(QKDConfig)
     relay: RelayConfig = _section(RelayConfig)
     redis: RedisConfig = _section(RedisConfig)
+    metrics: MetricsConfig = _section(MetricsConfig)
 
 
 _SECTIONS: dict[str, type] = {f.name: f.type for f in attrs.fields(Config) if f.name != "path"}

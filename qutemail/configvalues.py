@@ -512,4 +512,6 @@ SETTINGS = (
     Setting("content", "scan_submission", "scanSubmission", parseBoolean),
     Setting("redis", "url", "url", urlParser("redis://", "rediss://", "unix://")),
     Setting("redis", "allow_volatile_vault", "allowVolatileVault", parseBoolean),
+    Setting("metrics", "port", "port", parsePort),
+    Setting("metrics", "bind", "bind", parseIpLiteral),
 )

@@ -29,7 +29,8 @@ from qutemail.store.encrypted import MessageEncryptor
 _log = Logger()
 
 
-def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService, vault: Any) -> MessageEncryptor:
+def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService, vault: Any,
+                   metrics: Any = None) -> MessageEncryptor:
     """
     The QKD layer: the key source (the embedded KME on loopback when
     C{[qkd] kme_url} is empty, else the configured KME), the key vault and
@@ -37,6 +38,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
     files): call before the reactor runs.
 
     @param parent: gets the embedded KME and the client's service.
+    @param metrics: counts the client's requests to the KME, or C{None}.
     """
     dataDir = config.server.dataDir
     qkd = config.qkd
@@ -47,7 +49,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
             raise ServiceConfigError("[qkd] kme_url needs client_cert, client_key and ca_cert")
         try:
             source = ETSI014KeySource.fromFiles(reactor, qkd.kmeUrl, qkd.clientCert, qkd.clientKey, qkd.caCert,
-                                                kmeId=qkd.kmeId or None)
+                                                kmeId=qkd.kmeId or None, metrics=metrics)
         except (OSError, ValueError) as e:
             raise ServiceConfigError(f"[qkd] cannot load the KME client credentials: {e}") from None
     else:
@@ -60,7 +62,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
         kme.whenListening().addCallbacks(
             lambda url: runner.run(replaceFile, urlFile, url.encode("ascii")),
             lambda failure: _log.debug("no KME URL to record: the KME did not listen"))
-        source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10)
+        source = EmbeddedKeySource.forSAE(kme, saeId, timeoutSeconds=10, metrics=metrics)
     ClosingService("qkd-client", source.close).setServiceParent(parent)
     sealed = os.path.join(dataDir, "queue", "sealed")
     # The slave SAE of keys at rest: ourselves by default (the embedded
@@ -74,22 +76,24 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
 
 
 def buildKeyPools(config: Any, encryptor: MessageEncryptor, clock: Any,
-                  parent: MultiService) -> tuple[KeyPoolWatch, dict[str, KeyPoolWatch]]:
+                  parent: MultiService, metrics: Any = None) -> tuple[KeyPoolWatch, dict[str, KeyPoolWatch]]:
     """
     Admission by key pool (C{[qkd] min_pool_keys}): one watch for the link
-    of keys at rest, and one per peer site's link.
+    of keys at rest, and one per peer site's link.  With C{min_pool_keys =
+    0} they only feed the metrics and the health check.
 
     @param parent: gets the watches.
+    @param metrics: gets each link's stored key count, or C{None}.
     @return: the rest link's watch, and the watch of each peer domain.
     """
     minKeys = config.qkd.minPoolKeys
-    rest = KeyPoolWatch(encryptor.keySource, encryptor.peerSAE, minKeys, clock)
+    rest = KeyPoolWatch(encryptor.keySource, encryptor.peerSAE, minKeys, clock, metrics=metrics)
     rest.setServiceParent(parent)
     watches = {encryptor.peerSAE: rest}
     for _, sae in config.qkd.peers:
         if sae not in watches:
             watches[sae] = KeyPoolWatch(
-                encryptor.keySource, sae, minKeys, clock, what=f"mail to peer site {sae}",
+                encryptor.keySource, sae, minKeys, clock, what=f"mail to peer site {sae}", metrics=metrics,
                 reply=KEY_POOL_LOW.withText(f"QKD key pool for peer site {sae} low: "
                                             f"mail to it is not accepted now, try again later"))
             watches[sae].setServiceParent(parent)

@@ -14,6 +14,7 @@ journal is flushed and closed, and the thread pool goes last.
 
 import datetime
 import os
+from functools import partial
 import socket
 from typing import Any
 
@@ -23,6 +24,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.cred.portal import Portal
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 
@@ -60,6 +62,8 @@ from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
 from qutemail.workers import WorkerPool
+from qutemail.metrics.registry import processGone
+from qutemail.metricssetup import buildMetrics, metricsDirectory, serveMetrics
 from qutemail.store.deliveryprocess import DeliveryProcess
 from qutemail.store.maildir import BATCH_DELAY_SECONDS, MaildirStore
 
@@ -237,6 +241,15 @@ class ListenerService(StreamServerEndpointService):
         self._waitingForPort.addCallback(listening)
         return d
 
+    def isListening(self) -> bool:
+        """
+        @return: whether the port is open now (for the health check).
+        """
+        waiting = getattr(self, "_waitingForPort", None)
+        # A port that failed to open leaves None (the service logged it).
+        return bool(self.running and waiting is not None and waiting.called
+                    and IListeningPort.providedBy(waiting.result))
+
     def stopService(self):
         """
         Stop listening, then ask open sessions to finish.
@@ -315,6 +328,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     root = SequentialMultiService()
     root.setName("qutemail" if workerIndex == 0 else f"qutemail-worker-{workerIndex}")
 
+    metrics = buildMetrics(config, workerIndex)
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
     deliveryWriter = None
@@ -335,7 +349,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     encryptor = None
     if workerIndex == 0:
         if config.qkd.encrypt:
-            encryptor = buildEncryptor(config, reactor, runner, root, vault)
+            encryptor = buildEncryptor(config, reactor, runner, root, vault, metrics)
     created = ensureKey(dataDir, config.dkim.privateKey, config.dkim.selector, server.domains)
     if created is not None and workerIndex == 0:
         _log.info("created a DKIM key; publish these records:\n{records}", records=created)
@@ -352,14 +366,14 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         # beats storing ciphertext its recipient cannot read.
         receiver = TransitReceiver(peers={}, saeId=config.qkd.saeId or server.hostname, keySource=None,
                                    vault=None, runner=runner)
-    router = Router(local=local, queue=queue, clock=reactor, retrySchedule=config.relay.retrySchedule,
+    router = Router(local=local, queue=queue, clock=reactor, retrySchedule=config.relay.retrySchedule, metrics=metrics,
                     signer=signer, sealedDomains=frozenset() if sealer is None else sealer.sealedDomains)
-    inbound = buildInbound(config, reactor, root)
-    content = buildContent(config, reactor, runner, root)
+    inbound = buildInbound(config, reactor, root, metrics)
+    content = buildContent(config, reactor, runner, root, metrics)
 
     def intakeFor(journalDir: str, spillDir: str) -> Intake:
-        return Intake(journal=Journal(journalDir, runner, reactor), router=router, clock=reactor, runner=runner,
-                      queueIds=queueIds, spoolDirectory=spillDir, hostname=server.hostname, inbound=inbound,
+        return Intake(journal=Journal(journalDir, runner, reactor, metrics=metrics), router=router, clock=reactor,
+                      runner=runner, queueIds=queueIds, spoolDirectory=spillDir, hostname=server.hostname, inbound=inbound,
                       transit=receiver, content=content)
 
     journalDir, spillDir = journalPaths(queueDir, workerIndex)
@@ -377,7 +391,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         retention.setServiceParent(root)
     scheduler = None
     if workerIndex == 0:
-        scheduler = RetryScheduler(queue=queue, local=local, bounce=intake.bounce, clock=reactor,
+        scheduler = RetryScheduler(queue=queue, local=local, bounce=intake.bounce, clock=reactor, metrics=metrics,
                                    retrySchedule=config.relay.retrySchedule,
                                    queueLifetimeSeconds=config.relay.queueLifetimeSeconds,
                                    relay=buildRelay(config, reactor, runner),
@@ -387,28 +401,29 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
 
     now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
     credentials = serverCredentials(config.tls.cert, config.tls.key, server.hostname, dataDir, now)
-    tlsContext = contextFactory(credentials, now)
+    tlsContext = contextFactory(credentials, now, metrics)
 
-    envelopePolicy = RecipientPolicy(users, store, server.domains, config.smtp.maxMessageBytes)
+    envelopePolicy = RecipientPolicy(users, store, server.domains, config.smtp.maxMessageBytes, metrics)
     keyPool, peerPools = None, {}
-    if encryptor is not None and config.qkd.minPoolKeys:
-        keyPool, peerPools = buildKeyPools(config, encryptor, reactor, root)
+    if encryptor is not None and (config.qkd.minPoolKeys or metrics is not None):
+        keyPool, peerPools = buildKeyPools(config, encryptor, reactor, root, metrics)
     listen = listen or {}
     root.listeners = {}
     portal = Portal(MailRealm(submitterFactory), [UserDirectoryChecker(users)])
-    throttle = AuthThrottle()
+    throttle = AuthThrottle(metrics=metrics)
     limiter = MemoryRateLimiter()
     if config.redis.url:
         limiter = RedisRateLimiter(connectRedis(config.redis.url), reactor)
         ClosingService("redis", limiter.disconnect).setServiceParent(root)
     limits = config.limits
     # One count for every listener of this process (a worker has its own).
-    sessionLimits = SessionLimits(maxSessions=limits.maxSessions, connectionsPerIp=limits.connectionsPerIp)
+    sessionLimits = SessionLimits(maxSessions=limits.maxSessions, connectionsPerIp=limits.connectionsPerIp,
+                                  metrics=metrics)
     root.sessionLimits = sessionLimits
     settings = SessionSettings(
         hostname=server.hostname, domains=server.domains, maxMessageBytes=config.smtp.maxMessageBytes,
         maxRecipients=config.smtp.maxRecipients, idleTimeoutSeconds=config.smtp.idleTimeoutSeconds,
-        tlsContext=tlsContext, connectionsPerIp=limits.connectionsPerIp)
+        tlsContext=tlsContext, connectionsPerIp=limits.connectionsPerIp, metrics=metrics)
     mtaPolicy = SessionPolicy(envelopePolicy, reactor, limiter, limits.messagesPerIpHour, inbound, diskSpace,
                               keyPool, peerDomains=frozenset(domain for domain, _ in config.qkd.peers))
     if receiver is not None:
@@ -453,7 +468,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                                   defaultQuotaBytes=config.mailbox.defaultQuotaBytes,
                                   maxAppendBytes=config.smtp.maxMessageBytes, limits=sessionLimits)
         else:
-            factory = SMTPServerFactory(**args)
+            factory = SMTPServerFactory(**dict(args, settings=attrs.evolve(args["settings"], listenerName=name)))
         listening = factory
         if args.get("implicitTLS") or ("settings" in args and args["settings"].implicitTLS):
             # RFC 8314: TLS from the first byte on the submissions port.
@@ -470,8 +485,13 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                else "--mta-only, but mta_port is 0" if mtaOnly else "every port in [smtp] is 0")
         )
     if workerIndex == 0 and server.workers > 1 and "mta" in root.listeners:
-        WorkerPool(reactor, os.path.abspath(config.path), server.workers - 1,
-                   root.listeners["mta"]).setServiceParent(root)
+        WorkerPool(reactor, os.path.abspath(config.path), server.workers - 1, root.listeners["mta"],
+                   workerGone=partial(processGone, metricsDirectory(dataDir)) if metrics else None,
+                   ).setServiceParent(root)
+    if metrics is not None and workerIndex == 0:
+        watches = list(dict.fromkeys([keyPool, *peerPools.values()])) if keyPool is not None else []
+        root.metricsService = serveMetrics(config, reactor, runner, metrics, root, root.listeners, journalDir,
+                                           watches, listen=listen.get("metrics"))
     root.router = router
     root.intake = intake
     root.queue = queue

@@ -48,6 +48,7 @@ class _WorkerProtocol(ProcessProtocol):
         """
         self.pool = pool
         self.index = index
+        self.pid: int | None = None
         self.ended: Deferred = Deferred()
 
     def processEnded(self, reason) -> None:
@@ -66,13 +67,17 @@ class WorkerPool(Service):
     _log = Logger()
     name = "workers"
 
-    def __init__(self, reactor: Any, configPath: str, count: int, listener: Any) -> None:
+    def __init__(self, reactor: Any, configPath: str, count: int, listener: Any,
+                 workerGone: Any = None) -> None:
         """
         @param reactor: an C{IReactorProcess} and C{IReactorTime}.
         @param configPath: the configuration file, absolute.
         @param count: how many extra workers.
         @param listener: the main process's MTA L{ListenerService}.
+        @param workerGone: called with the pid of each worker that exited
+            (its live metrics stop counting), or C{None}.
         """
+        self.workerGone = workerGone
         self.reactor = reactor
         self.configPath = configPath
         self.count = count
@@ -108,6 +113,7 @@ class WorkerPool(Service):
             protocol, sys.executable, args, env=os.environ.copy(),
             childFDs={0: "w", 1: 1, 2: 2, LISTEN_FD: self._port.fileno()},
         )
+        protocol.pid = transport.pid
         self.workers[index] = (transport, protocol)
         self._log.info("started SMTP worker {index} (pid {pid})", index=index, pid=transport.pid)
 
@@ -116,6 +122,8 @@ class WorkerPool(Service):
         A worker exited: start it again unless we are stopping.
         """
         self.workers.pop(protocol.index, None)
+        if self.workerGone is not None and protocol.pid is not None:
+            self.workerGone(protocol.pid)
         if self.running:
             self._log.error("SMTP worker {index} ended ({reason}); restarting",
                             index=protocol.index, reason=reason.getErrorMessage())

@@ -19,6 +19,7 @@ from qutemail.config import (
     LimitsConfig,
     InboundConfig,
     MailboxConfig,
+    MetricsConfig,
     POP3Config,
     QKDConfig,
     RedisConfig,
@@ -60,6 +61,7 @@ ALL_KEYS = [
     ("relay", "mx_port"), ("relay", "smarthost_username"), ("relay", "smarthost_password_file"),
     ("relay", "routes"), ("relay", "delay_warning"), ("relay", "tls_ca"),
     ("redis", "url"), ("redis", "allow_volatile_vault"),
+    ("metrics", "port"), ("metrics", "bind"),
 ]
 
 FULL = """\
@@ -143,6 +145,9 @@ smarthost_password_file = /etc/qutemail/relay-password
 [redis]
 url = rediss://redis.example.test:6380/0
 allow_volatile_vault = yes
+[metrics]
+port = 9154
+bind = ::1
 """
 
 MINIMAL_SERVER = ServerConfig(hostname="mail.example.test", domains=("example.test",), dataDir="/srv/qutemail")
@@ -264,6 +269,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 tlsCa="/etc/qutemail/ca.pem",
             ),
             redis=RedisConfig(url="rediss://redis.example.test:6380/0", allowVolatileVault=True),
+            metrics=MetricsConfig(port=9154, bind="::1"),
         )
         self.assertEqual(loadConfig(path, {}), expected)
 
@@ -310,6 +316,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                                                        maxScanBytes=25 * 2**20, onError="tempfail",
                                                        timeoutSeconds=30.0, scanSubmission=True))
         self.assertFalse(config.content.enabled)
+        self.assertEqual(config.metrics, MetricsConfig(port=0, bind="127.0.0.1"))
         self.assertEqual(
             (config.tls, config.dkim, config.qkd, config.relay, config.redis),
             (
@@ -534,7 +541,7 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
         known ones.
         """
         path, problems = self.problems(MINIMAL + "[smpt]\nmta_port = 25\n[DEFAULT]\nx = 1\n")
-        known = "server, smtp, imap, pop3, tls, limits, mailbox, inbound, content, dkim, qkd, relay, redis"
+        known = "server, smtp, imap, pop3, tls, limits, mailbox, inbound, content, dkim, qkd, relay, redis, metrics"
         self.assertEqual(problems, [f"{path}: [smpt]: unknown section (known: {known})",
                                     f"{path}: [DEFAULT]: unknown section (known: {known})"])
 
@@ -650,7 +657,7 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
         error = self.assertRaises(ConfigError, loadConfig, path, {"QUTEMAIL_NOPE": "1"})
         expected = [
             f"{path}: [bogus]: unknown section (known: server, smtp, imap, pop3, tls, limits, mailbox, inbound, "
-            "content, dkim, qkd, relay, redis)",
+            "content, dkim, qkd, relay, redis, metrics)",
             f"{path}: [server] hostname: '-x' is not a valid DNS name",
             f"{path}: [server] data_dir: required but missing (set it in the file or as QUTEMAIL_SERVER_DATA_DIR)",
             f"{path}: [smtp] mta_port: 'abc' is not a port number (0-65535)",

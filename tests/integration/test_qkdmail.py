@@ -117,7 +117,7 @@ class DevelopmentConfigTests(TestCase):
         port, submission = freePort(), freePort()
         env = dict(os.environ, QUTEMAIL_SERVER_DATA_DIR=dataDir, QUTEMAIL_SMTP_MTA_PORT=str(port),
                    QUTEMAIL_SMTP_SUBMISSION_PORT=str(submission), QUTEMAIL_SMTP_SMTPS_PORT="0",
-                   QUTEMAIL_RELAY_NAMESERVERS="127.0.0.1:9")
+                   QUTEMAIL_RELAY_NAMESERVERS="127.0.0.1:9", QUTEMAIL_METRICS_PORT=str(freePort()))
         config = os.path.join(ROOT, "etc", "qutemail.ini")
         for user in ("alice", "bob"):
             added = await deferToThread(runCLI, config, "user", "add", f"{user}@example.test", "--password-stdin",
