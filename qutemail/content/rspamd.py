@@ -11,11 +11,12 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from qutemail.content.feed import MessageFeed
 from qutemail.content.results import ACTIONS, RspamdResult, ScanError
+from qutemail.httpbody import BodyTooLarge, readCapped
 from qutemail.message import SpooledMessage
 
 # rspamd's answers are a few kilobytes; a longer one is not rspamd's.
@@ -101,11 +102,10 @@ class RspamdClient:
             response = await self._agent.request(b"POST", self._url, requestHeaders(message, self._password), feed)
         except Exception as e:
             raise ScanError(f"rspamd: request failed: {e.__class__.__name__}: {e}") from e
-        if isinstance(response.length, int) and response.length > MAX_ANSWER_BYTES:
-            response.deliverBody(_Discard())
-            raise ScanError(f"rspamd: answer of {response.length} bytes is too long")
         try:
-            body = await readBody(response)
+            body = await readCapped(response, MAX_ANSWER_BYTES)
+        except BodyTooLarge:
+            raise ScanError(f"rspamd: answer longer than {MAX_ANSWER_BYTES} bytes") from None
         except Exception as e:
             raise ScanError(f"rspamd: answer cut short: {e.__class__.__name__}") from e
         if response.code != 200:
@@ -118,24 +118,3 @@ class RspamdClient:
         """
         return self._pool.closeCachedConnections()
 
-
-class _Discard:
-    """
-    Takes a response body nobody wants, dropping the connection.
-    """
-
-    def makeConnection(self, transport: Any) -> None:
-        """
-        Drop it.
-        """
-        transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Nothing to keep.
-        """
-
-    def connectionLost(self, reason: Any) -> None:
-        """
-        Done.
-        """

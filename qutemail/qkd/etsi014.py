@@ -23,22 +23,20 @@ from service_identity import VerificationError
 from twisted.internet import error, ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
     RequestTransmissionFailed,
-    ResponseDone,
     ResponseFailed,
     URI,
 )
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
+from qutemail.httpbody import BodyTooLarge, readCapped
 from qutemail.interfaces import IQKDKeySource, KeySourceError, KMEStatus
 from qutemail.qkd.etsiparse import keyContainer, oneLine, parseJSON, statusObject
 from qutemail.tlsclient import VerifyingClientTLS
@@ -177,60 +175,6 @@ def _deadlinePassed(result: Any, timeoutSeconds: float) -> None:
     raise _DeadlinePassed()
 
 
-class _BodyTooLarge(Exception):
-    """
-    The answer was longer than allowed.
-    """
-
-
-class _CappedBody(Protocol):
-    """
-    Collect a response body up to a limit; past it, drop the connection.
-    """
-
-    def __init__(self, limit: int) -> None:
-        """
-        @param limit: the most bytes accepted.
-        """
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.finished: Deferred | None = Deferred(self._cancel)
-
-    def _cancel(self, d: Deferred) -> None:
-        """
-        Give up (the deadline passed): drop the connection.
-        """
-        self.finished = None
-        self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Keep C{data}, or give up if the body is now too long.
-        """
-        if self.finished is None:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            d, self.finished = self.finished, None
-            self.transport.stopProducing()
-            d.errback(_BodyTooLarge())
-            return
-        self._chunks.append(data)
-
-    def connectionLost(self, reason) -> None:
-        """
-        The body is complete (or broken).
-        """
-        if self.finished is None:
-            return
-        d, self.finished = self.finished, None
-        if reason.check(ResponseDone, PotentialDataLoss):
-            d.callback(b"".join(self._chunks))
-        else:
-            d.errback(reason)
-
-
 def _transportProblem(e: BaseException, timeoutSeconds: float) -> str | None:
     """
     @return: a one-line description of a network or TLS failure, or
@@ -244,7 +188,7 @@ def _transportProblem(e: BaseException, timeoutSeconds: float) -> str | None:
         return f"cannot connect: {oneLine(str(e))}"
     if isinstance(e, SSL.Error):
         return f"TLS failure: {_sslReason(e)}"
-    if isinstance(e, _BodyTooLarge):
+    if isinstance(e, BodyTooLarge):
         return "the answer is too large"
     if isinstance(e, (ResponseFailed, RequestTransmissionFailed)):
         for reason in getattr(e, "reasons", []):
@@ -555,9 +499,5 @@ class ETSI014KeySource:
             headers.addRawHeader(b"content-type", b"application/json")
             producer = _BytesProducer(json.dumps(body).encode("utf-8"))
         response = await self._agent.request(method, url, headers, producer)
-        reader = _CappedBody(self.maxResponseBytes)
-        # The body may be complete before deliverBody returns.
-        finished = reader.finished
-        response.deliverBody(reader)
-        return response.code, await finished
+        return response.code, await readCapped(response, self.maxResponseBytes)
 
