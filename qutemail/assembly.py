@@ -35,6 +35,7 @@ from qutemail.policy.inbound import InboundChecks
 from qutemail.policy.spf import SPFChecker
 from qutemail.qkd.vault import FileKeyVault, loadQueueKey
 from qutemail.queue.deferred import DeferredQueue
+from qutemail.relay.mtasts import MTASTSPolicies
 from qutemail.relay.mx import MXResolver
 from qutemail.relay.sender import Relay
 from qutemail.store.encrypted import isInternal
@@ -150,12 +151,14 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
     # require_verified_tls (its QKD encryption does not depend on it; the
     # envelope does).
     verified = tuple(dict.fromkeys(relay.requireVerifiedTls + tuple(domain for domain, _ in config.qkd.peers)))
+    resolver = MXResolver(runner, relay.nameservers)
     return Relay(
-        reactor=reactor, resolver=MXResolver(runner, relay.nameservers), hostname=config.server.hostname,
+        reactor=reactor, resolver=resolver, hostname=config.server.hostname,
         mxPort=relay.mxPort, smarthost=smarthostAddress(relay.smarthost),
         username=relay.smarthostUsername or None, password=password,
         requireVerifiedTls=verified, trustRoot=trustRoot,
         routes={domain: (host, port) for domain, host, port in relay.routes},
+        mtaSts=MTASTSPolicies(reactor, resolver, trustRoot, relay.mtaStsPort) if relay.mtaSts else None,
     )
 
 

@@ -364,6 +364,10 @@ class RelayConfig:
     @ivar routes: C{(domain, host, port)} fixed next hops (C{routes}): mail
         for such a domain goes to that host without an MX lookup, before
         the smarthost is considered.
+    @ivar mtaSts: honour the MTA-STS policies of the domains mail goes to
+        by MX (C{mta_sts}).
+    @ivar mtaStsPort: the HTTPS port policy hosts are reached on
+        (C{mta_sts_port}); 443 except for tests.
     """
 
     smarthost: str = attrs.field(default="", validator=parserValidator(parseSmarthost, "host:port"))
@@ -389,6 +393,8 @@ class RelayConfig:
         lambda v: type(v) is tuple and all(type(r) is tuple and len(r) == 3 and isinstance(r[0], str)
                                            and isinstance(r[1], str) and type(r[2]) is int for r in v),
         "(domain, host, port) triples"))
+    mtaSts: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    mtaStsPort: int = attrs.field(default=443, validator=intValidator(1, 65535))
 
     def __attrs_post_init__(self) -> None:
         if bool(self.smarthostUsername) != bool(self.smarthostPasswordFile):

@@ -502,6 +502,8 @@ SETTINGS = (
     Setting("relay", "tls_ca", "tlsCa", parseText, isPath=True),
     Setting("relay", "mx_port", "mxPort", lambda t: parsePort(t, 1)),
     Setting("relay", "smarthost_username", "smarthostUsername", parseText),
+    Setting("relay", "mta_sts", "mtaSts", parseBoolean),
+    Setting("relay", "mta_sts_port", "mtaStsPort", lambda t: parsePort(t, 1)),
     Setting("relay", "smarthost_password_file", "smarthostPasswordFile", parseText, isPath=True),
     Setting("content", "rspamd_url", "rspamdUrl", urlParser("http://", "https://")),
     Setting("content", "rspamd_password", "rspamdPasswordFile", parseText, isPath=True),

@@ -160,6 +160,10 @@ DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected by the From domain's DMAR
 TRANSIT_NOT_A_PEER = Reply(550, "5.7.1", "QKD transit message not from a configured peer site")
 TRANSIT_REFUSED = Reply(554, "5.7.1", "QKD transit message refused")
 TRANSIT_DAMAGED = Reply(554, "5.6.0", "Malformed QKD transit message")
+# MTA-STS (RFC 8461 §5): an enforce policy that lists none of the
+# domain's exchangers; RFC 8461 names no code, 4.7.5 is the one for a
+# failed TLS requirement, and the mail is retried (the policy may change).
+MTA_STS_NO_MATCH = Reply(451, "4.7.5", "MTA-STS policy lists none of the domain's exchangers")
 # Content scanning (qutemail.content): rspamd's reject and soft reject
 # (its own text replaces these when it gives one), clamd's find, and a
 # scanner that gave no answer (our fault: temporary).

@@ -59,7 +59,8 @@ ALL_KEYS = [
     ("relay", "smarthost"), ("relay", "nameservers"), ("relay", "retry_schedule"),
     ("relay", "queue_lifetime"), ("relay", "require_verified_tls"),
     ("relay", "mx_port"), ("relay", "smarthost_username"), ("relay", "smarthost_password_file"),
-    ("relay", "routes"), ("relay", "delay_warning"), ("relay", "tls_ca"),
+    ("relay", "routes"), ("relay", "delay_warning"), ("relay", "tls_ca"), ("relay", "mta_sts"),
+    ("relay", "mta_sts_port"),
     ("redis", "url"), ("redis", "allow_volatile_vault"),
     ("metrics", "port"), ("metrics", "bind"),
 ]
@@ -140,6 +141,8 @@ mx_port = 2526
 routes = Branch.Example=10.0.0.5:2525
 delay_warning = 0
 tls_ca = /etc/qutemail/ca.pem
+mta_sts = no
+mta_sts_port = 8443
 smarthost_username = relay-user
 smarthost_password_file = /etc/qutemail/relay-password
 [redis]
@@ -266,7 +269,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 mxPort=2526, smarthostUsername="relay-user",
                 smarthostPasswordFile="/etc/qutemail/relay-password",
                 routes=(("branch.example", "10.0.0.5", 2525),), delayWarningSeconds=0.0,
-                tlsCa="/etc/qutemail/ca.pem",
+                tlsCa="/etc/qutemail/ca.pem", mtaSts=False, mtaStsPort=8443,
             ),
             redis=RedisConfig(url="rediss://redis.example.test:6380/0", allowVolatileVault=True),
             metrics=MetricsConfig(port=9154, bind="::1"),
@@ -710,7 +713,8 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
         except ConfigError as e:
             self.assertNotIn("\n", str(e))
             if f"environment {variable}: " not in str(e):
-                self.assertIn(f"[{setting[0]}]: {setting[1]} ", str(e))
+                # A rule across keys names the section, then both keys.
+                self.assertRegex(str(e), rf"\[{setting[0]}\]: (\S+ and )?{setting[1]} ")
 
 
 class EnvironmentTests(ConfigFileMixin, SynchronousTestCase):

@@ -20,7 +20,7 @@ import attrs
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -28,6 +28,7 @@ from twisted.mail._cred import CramMD5ClientAuthenticator, LOGINAuthenticator
 from twisted.python.failure import Failure
 
 from qutemail.tlsclient import VerifyingClientTLS
+from qutemail.relay.mtasts import applyPolicy
 from qutemail.relay.mx import DNSLookupError
 from qutemail.replies import (
     CONNECTION_LOST,
@@ -398,6 +399,8 @@ class Relay:
         trust store).
     @ivar timeoutSeconds: the idle timeout of a session.
     @ivar clock: what times sessions out (C{None}: the reactor).
+    @ivar mtaSts: the L{qutemail.relay.mtasts.MTASTSPolicies} of MX
+        delivery (C{[relay] mta_sts}), or C{None}.
     """
 
     _log = Logger()
@@ -414,6 +417,7 @@ class Relay:
     trustRoot: Any = None
     timeoutSeconds: float = DEFAULT_TIMEOUT_SECONDS
     clock: Any = None
+    mtaSts: Any = None
     _connectors: set = attrs.field(factory=set)
 
     def needsVerifiedTLS(self, domain: str) -> bool:
@@ -452,28 +456,39 @@ class Relay:
             DKIM-Signature).
         @return: a reply per recipient.
         """
+        viaMX = self.smarthost is None and domain.lower() not in self.routes
+        # The policy is looked up while the exchangers are.
+        policy = self.mtaSts.policyFor(domain) if self.mtaSts is not None and viaMX else succeed(None)
         try:
             destinations = await self.destinations(domain)
         except DNSLookupError as e:
             return {r: e.reply for r in recipients}
+        finally:
+            policy = await policy
         # The smarthost's credentials are for the smarthost alone.
         authenticate = self.username is not None and domain.lower() not in self.routes
         verified = self.needsVerifiedTLS(domain) or authenticate
-        last = NO_ANSWER.withText(f"No mail exchanger for {domain} answered")
+        destinations, enforced, refusal = applyPolicy(policy, domain, destinations)
+        if refusal is not None:
+            return {r: refusal for r in recipients}
+        verified = verified or enforced
+        # Under an enforced policy, every failure says whose rule it was.
+        note = f" (MTA-STS policy of {domain}, id {policy.id})" if enforced else ""
+        last = NO_ANSWER.withText(f"No mail exchanger for {domain} answered{note}")
         for destination in destinations[:MAX_DESTINATIONS]:
             for useTLS in ((True,) if verified else (True, False)):
                 try:
                     replies = await self._session(destination, verified, useTLS, sender, recipients, body,
                                                   sizeBytes, prefix, authenticate)
                 except SessionFailed as e:
-                    last = e.reply
+                    last = e.reply.withText(e.reply.text + note) if note else e.reply
                     self._log.info("relay to {host}[{address}] for {domain} failed: {reply}",
                                    host=destination.host, address=destination.address, domain=domain,
                                    reply=str(e.reply))
                     if e.tlsFailed and useTLS and not verified:
                         continue  # RFC 3207 §4.1 permits delivery in clear after a failed negotiation
                     if not e.tryNext:
-                        return {r: e.reply for r in recipients}
+                        return {r: last for r in recipients}
                     break
                 self._log.info("relayed to {host}[{address}] for {domain}: {replies}", host=destination.host,
                                address=destination.address, domain=domain,

@@ -269,7 +269,8 @@ class HealthTests(MetricsSetup):
         new file; 200 again once it can.
         """
         url = f"http://127.0.0.1:{self.metricsPort}/healthz"
-        self.assertEqual(await deferToThread(fetch, url), (200, "ok\n"))
+        # 503 until the KME's first answer, just after the start.
+        await waitFor(lambda: fetch(url) == (200, "ok\n"), timeout=30, interval=0.5)
         journal = os.path.join(self.dataDir, "queue", "journal")
         self.assertTrue(os.path.isdir(journal))
         said = await deferToThread(runCLI, self.configPath, "status")
