@@ -36,6 +36,7 @@ from qutemail.policy.spf import SPFChecker
 from qutemail.qkd.vault import FileKeyVault, loadQueueKey
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.relay.mtasts import MTASTSPolicies
+from qutemail.relay.tlsrpt import TLSReportLog
 from qutemail.relay.mx import MXResolver
 from qutemail.relay.sender import Relay
 from qutemail.store.encrypted import isInternal
@@ -159,6 +160,7 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
         requireVerifiedTls=verified, trustRoot=trustRoot,
         routes={domain: (host, port) for domain, host, port in relay.routes},
         mtaSts=MTASTSPolicies(reactor, resolver, trustRoot, relay.mtaStsPort) if relay.mtaSts else None,
+        tlsReports=TLSReportLog(reactor) if relay.mtaSts else None,
     )
 
 

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, TextIO
 
 from qutemail.durable import removeFile, replaceFile, syncDirectory
 from qutemail.pipeline.dkim import (
+    DEFAULT_TTL,
     MIN_RSA_BITS,
     defaultKeyPath,
     dnsRecords,
@@ -46,6 +47,7 @@ from qutemail.pipeline.dkim import (
     txtRecord,
 )
 from qutemail.message import SpooledMessage
+from qutemail.stspolicy import stsRecords
 from qutemail.queue.control import QUEUE_ID, ControlError, ServerNotRunning, controlPath, sendCommand
 from qutemail.message import DEFERRED, PENDING, RecipientState
 from qutemail.qkd.vault import KeyVaultError
@@ -382,7 +384,7 @@ def addDKIMCommands(commands: Any) -> None:
 def _dnsRecords(context: Any, arguments: argparse.Namespace) -> int:
     """
     C{dns-records}: the zone-file records each local domain needs (MX,
-    SPF, DKIM, DMARC).
+    SPF, DKIM, DMARC, MTA-STS and TLS-RPT).
     """
     domains = _domainsFor(context, arguments.domain)
     path = _dkimKeyPath(context)
@@ -399,6 +401,8 @@ def _dnsRecords(context: Any, arguments: argparse.Namespace) -> int:
         if found is None:
             # dnsRecords gives MX, SPF, DKIM and DMARC, in that order.
             records[2] = "; no DKIM key: run qutemail dkim keygen"
+        config = context.config
+        records += stsRecords(domain, config.server.hostname, config.metrics.mtaStsMode, DEFAULT_TTL)
         blocks.append("\n".join([f"; {domain}"] + records))
     print("\n\n".join(blocks), file=context.stdout)
     return 0

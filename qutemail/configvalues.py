@@ -516,4 +516,5 @@ SETTINGS = (
     Setting("redis", "allow_volatile_vault", "allowVolatileVault", parseBoolean),
     Setting("metrics", "port", "port", parsePort),
     Setting("metrics", "bind", "bind", parseIpLiteral),
+    Setting("metrics", "mta_sts_mode", "mtaStsMode", choiceParser("testing", "enforce", "none")),
 )

@@ -16,6 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from qutemail.metrics.health import Health
 from qutemail.metrics.http import metricsSite
 from qutemail.metrics.registry import Metrics, enableMultiprocess, scrapeRegistry
+from qutemail.stspolicy import ownPolicy
 
 
 def metricsDirectory(dataDir: str) -> str:
@@ -54,8 +55,9 @@ def serveMetrics(config: Any, reactor: Any, runner: Any, metrics: Metrics, paren
     registry = scrapeRegistry(metrics, metricsDirectory(config.server.dataDir))
     bind = config.metrics.bind
     description = listen or f"tcp:{config.metrics.port}:interface={bind.replace(':', chr(92) + ':')}"
+    policy = ownPolicy(config.server.hostname, config.metrics.mtaStsMode)
     service = StreamServerEndpointService(serverFromString(reactor, description),
-                                          metricsSite(reactor, registry, health))
+                                          metricsSite(reactor, registry, health, policy))
     service.setName("metrics")
     service.health = health
     service.setServiceParent(parent)

@@ -61,6 +61,7 @@ from qutemail.queue.control import ControlService, controlPath
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
 from qutemail.queue.scheduler import RetryScheduler
+from qutemail.relay.tlsrpt import TLSReporter
 from qutemail.workers import WorkerPool
 from qutemail.metrics.registry import processGone
 from qutemail.metricssetup import buildMetrics, metricsDirectory, serveMetrics
@@ -391,12 +392,18 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         retention.setServiceParent(root)
     scheduler = None
     if workerIndex == 0:
+        relay = buildRelay(config, reactor, runner)
         scheduler = RetryScheduler(queue=queue, local=local, bounce=intake.bounce, clock=reactor, metrics=metrics,
                                    retrySchedule=config.relay.retrySchedule,
-                                   queueLifetimeSeconds=config.relay.queueLifetimeSeconds,
-                                   relay=buildRelay(config, reactor, runner),
+                                   queueLifetimeSeconds=config.relay.queueLifetimeSeconds, relay=relay,
                                    delayWarningSeconds=config.relay.delayWarningSeconds, transit=sealer)
         scheduler.setServiceParent(root)
+        if relay.tlsReports is not None:
+            # RFC 8460: a daily report to each domain that asks for one.
+            root.tlsReporter = TLSReporter(log=relay.tlsReports, resolver=relay.resolver, clock=reactor,
+                                           submitter=server.hostname, sender=f"postmaster@{server.domains[0]}",
+                                           submit=intake.originate)
+            root.tlsReporter.setServiceParent(root)
         ControlService(reactor, controlPath(dataDir), scheduler).setServiceParent(root)
 
     now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)

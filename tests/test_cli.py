@@ -26,6 +26,9 @@ from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import InlineRunner
 from qutemail.pipeline.dkim import SigningKey, loadPrivateKey, signHeader
 from qutemail.message import Envelope, SpooledMessage
+from qutemail.relay.mtasts import parseRecord
+from qutemail.relay.tlsrpt import parseReportRecord
+from qutemail.stspolicy import ownPolicy, policyId
 from qutemail.queue.control import ControlService, controlPath
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.message import RecipientState
@@ -979,6 +982,10 @@ class DNSRecordsTests(CommandTestsMixin, SynchronousTestCase):
             self.assertTrue(b"".join(dmarc.strings).startswith(b"v=DMARC1; "))
             zone.find_rdataset(f"mail._domainkey.{domain}.", "TXT")
             self.assertTrue(signatureVerifies(zone, domain, os.path.join(self.dataDir, "keys", "dkim-mail.key")))
+            [sts] = zone.find_rdataset(f"_mta-sts.{domain}.", "TXT")
+            self.assertEqual(parseRecord([b"".join(sts.strings)]), policyId(ownPolicy("mail.example.test", "testing")))
+            [tlsrpt] = zone.find_rdataset(f"_smtp._tls.{domain}.", "TXT")
+            self.assertEqual(parseReportRecord([b"".join(tlsrpt.strings)]), [f"postmaster@{domain}"])
 
     def test_noKey(self) -> None:
         """

@@ -62,7 +62,7 @@ ALL_KEYS = [
     ("relay", "routes"), ("relay", "delay_warning"), ("relay", "tls_ca"), ("relay", "mta_sts"),
     ("relay", "mta_sts_port"),
     ("redis", "url"), ("redis", "allow_volatile_vault"),
-    ("metrics", "port"), ("metrics", "bind"),
+    ("metrics", "port"), ("metrics", "bind"), ("metrics", "mta_sts_mode"),
 ]
 
 FULL = """\
@@ -151,6 +151,7 @@ allow_volatile_vault = yes
 [metrics]
 port = 9154
 bind = ::1
+mta_sts_mode = Enforce
 """
 
 MINIMAL_SERVER = ServerConfig(hostname="mail.example.test", domains=("example.test",), dataDir="/srv/qutemail")
@@ -272,7 +273,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                 tlsCa="/etc/qutemail/ca.pem", mtaSts=False, mtaStsPort=8443,
             ),
             redis=RedisConfig(url="rediss://redis.example.test:6380/0", allowVolatileVault=True),
-            metrics=MetricsConfig(port=9154, bind="::1"),
+            metrics=MetricsConfig(port=9154, bind="::1", mtaStsMode="enforce"),
         )
         self.assertEqual(loadConfig(path, {}), expected)
 
@@ -319,7 +320,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                                                        maxScanBytes=25 * 2**20, onError="tempfail",
                                                        timeoutSeconds=30.0, scanSubmission=True))
         self.assertFalse(config.content.enabled)
-        self.assertEqual(config.metrics, MetricsConfig(port=0, bind="127.0.0.1"))
+        self.assertEqual(config.metrics, MetricsConfig(port=0, bind="127.0.0.1", mtaStsMode="testing"))
         self.assertEqual(
             (config.tls, config.dkim, config.qkd, config.relay, config.redis),
             (

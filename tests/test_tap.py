@@ -73,7 +73,7 @@ class TapTests(TestCase):
         self.assertEqual(
             [child.name for child in root],
             ["blocking", "delivery-process", "disk-space", "kme", "qkd-client", "spool", "retention", "retry-scheduler",
-             "queue-control", "listener-mta"],
+             "tls-reports", "queue-control", "listener-mta"],
         )
         root.startService()
         # A memory reactor never delivers thread results, so the whole tree

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.static import Data
 from twisted.web.wsgi import WSGIResource
 
 
@@ -64,13 +65,16 @@ class _Quiet(Site):
         """
 
 
-def metricsSite(reactor: Any, registry: Any, health: Any) -> Site:
+def metricsSite(reactor: Any, registry: Any, health: Any, stsPolicy: bytes | None = None) -> Site:
     """
     @param reactor: an C{IReactorThreads} (the exposition is made in its
         thread pool).
     @param registry: the registry to expose
         (L{qutemail.metrics.registry.scrapeRegistry}).
     @param health: the L{qutemail.metrics.health.Health}.
+    @param stsPolicy: our MTA-STS policy body, served at
+        C{/.well-known/mta-sts.txt} (L{qutemail.stspolicy.ownPolicy}), or
+        C{None}.
     @return: the site of the metrics port.
     """
     from prometheus_client import make_wsgi_app
@@ -78,4 +82,9 @@ def metricsSite(reactor: Any, registry: Any, health: Any) -> Site:
     root = Resource()
     root.putChild(b"metrics", WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(registry)))
     root.putChild(b"healthz", HealthResource(health))
+    if stsPolicy is not None:
+        wellKnown = Resource()
+        # RFC 8461 §3.3: served as text/plain.
+        wellKnown.putChild(b"mta-sts.txt", Data(stsPolicy, "text/plain"))
+        root.putChild(b".well-known", wellKnown)
     return _Quiet(root)

@@ -264,10 +264,23 @@ class Intake:
         now = self.clock.seconds()
         report = buildReport(self.hostname, sender, message.queueId,
                              message.envelope.receivedAt, now, failed, header, retryUntil)
-        envelope = Envelope("", (sender,), helo=self.hostname, peer="127.0.0.1", receivedAt=now)
-        report = SpooledMessage(self.queueIds.next(), envelope, len(report), inline=report)
-        await self.journal.commit(report)
-        self._route(report, recovering=False)
+        await self.originate("", [sender], report)
+
+    async def originate(self, sender: str, recipients: list[str], body: bytes) -> str:
+        """
+        Take in a message the server itself wrote (a bounce, a TLS report):
+        made durable, then routed like any other.
+
+        @param body: the whole message, LF line ends.
+        @return: its queue id.
+        @raise Exception: it could not be made durable.
+        """
+        envelope = Envelope(sender, tuple(recipients), helo=self.hostname, peer="127.0.0.1",
+                            receivedAt=self.clock.seconds())
+        message = SpooledMessage(self.queueIds.next(), envelope, len(body), inline=body)
+        await self.journal.commit(message)
+        self._route(message, recovering=False)
+        return message.queueId
 
     def _route(self, message: SpooledMessage, recovering: bool) -> None:
         """

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from qutemail.tlsclient import VerifyingClientTLS
 from qutemail.relay.mtasts import applyPolicy
+from qutemail.relay.tlsrpt import HOST_MISMATCH, STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE
 from qutemail.relay.mx import DNSLookupError
 from qutemail.replies import (
     CONNECTION_LOST,
@@ -98,13 +99,16 @@ class SessionFailed(Exception):
     @ivar tryNext: whether another host may do better (nothing was
         transacted on this one).
     @ivar tlsFailed: the TLS handshake failed.
+    @ivar tlsResult: for a TLS failure, its RFC 8460 result type (for
+        the TLS reports), else C{""}.
     """
 
-    def __init__(self, reply: Reply, tryNext: bool = True, tlsFailed: bool = False) -> None:
+    def __init__(self, reply: Reply, tryNext: bool = True, tlsFailed: bool = False, tlsResult: str = "") -> None:
         super().__init__(str(reply))
         self.reply = reply
         self.tryNext = tryNext
         self.tlsFailed = tlsFailed
+        self.tlsResult = tlsResult
 
 
 class _BodyReader:
@@ -297,7 +301,7 @@ class RelayClient(smtp.ESMTPClient):
         The session failed before every recipient had a reply.
         """
         if isinstance(exc, smtp.TLSRequiredError):
-            failure = SessionFailed(TLS_NOT_OFFERED, tryNext=True)
+            failure = SessionFailed(TLS_NOT_OFFERED, tryNext=True, tlsResult=STARTTLS_NOT_SUPPORTED)
         elif isinstance(exc, smtp.SMTPTimeoutError):
             failure = SessionFailed(CONNECTION_LOST.withText("Timed out waiting for the remote server"),
                                     tryNext=not self._mailSent)
@@ -328,8 +332,9 @@ class RelayClient(smtp.ESMTPClient):
         if self._tlsMode and reason.check(SSL.Error, VerificationError):
             reply = TLS_NOT_VERIFIED if self.requireTransportSecurity else CONNECTION_LOST.withText(
                 "TLS handshake failed")
-            self._finish(SessionFailed(reply.withText(f"{reply.text}: {_text(reason.value)}"),
-                                       tryNext=True, tlsFailed=True))
+            self._finish(SessionFailed(reply.withText(f"{reply.text}: {_text(reason.value)}"), tryNext=True,
+                                       tlsFailed=True, tlsResult=HOST_MISMATCH if reason.check(VerificationError)
+                                       else VALIDATION_FAILURE))
             return
         self._finish(SessionFailed(
             CONNECTION_LOST.withText(f"Connection lost: {_text(reason.value)}"), tryNext=not self._mailSent))
@@ -401,6 +406,8 @@ class Relay:
     @ivar clock: what times sessions out (C{None}: the reactor).
     @ivar mtaSts: the L{qutemail.relay.mtasts.MTASTSPolicies} of MX
         delivery (C{[relay] mta_sts}), or C{None}.
+    @ivar tlsReports: the L{qutemail.relay.tlsrpt.TLSReportLog} each MX
+        session's TLS outcome goes to, or C{None}.
     """
 
     _log = Logger()
@@ -418,6 +425,7 @@ class Relay:
     timeoutSeconds: float = DEFAULT_TIMEOUT_SECONDS
     clock: Any = None
     mtaSts: Any = None
+    tlsReports: Any = None
     _connectors: set = attrs.field(factory=set)
 
     def needsVerifiedTLS(self, domain: str) -> bool:
@@ -468,8 +476,11 @@ class Relay:
         # The smarthost's credentials are for the smarthost alone.
         authenticate = self.username is not None and domain.lower() not in self.routes
         verified = self.needsVerifiedTLS(domain) or authenticate
+        found = destinations
         destinations, enforced, refusal = applyPolicy(policy, domain, destinations)
         if refusal is not None:
+            for destination in {d.host: d for d in found}.values():
+                self._reportTLS(domain, policy, destination, VALIDATION_FAILURE)
             return {r: refusal for r in recipients}
         verified = verified or enforced
         # Under an enforced policy, every failure says whose rule it was.
@@ -478,9 +489,11 @@ class Relay:
         for destination in destinations[:MAX_DESTINATIONS]:
             for useTLS in ((True,) if verified else (True, False)):
                 try:
-                    replies = await self._session(destination, verified, useTLS, sender, recipients, body,
-                                                  sizeBytes, prefix, authenticate)
+                    replies, overTLS = await self._session(destination, verified, useTLS, sender, recipients,
+                                                           body, sizeBytes, prefix, authenticate)
                 except SessionFailed as e:
+                    if e.tlsResult:
+                        self._reportTLS(domain, policy, destination, e.tlsResult)
                     last = e.reply.withText(e.reply.text + note) if note else e.reply
                     self._log.info("relay to {host}[{address}] for {domain} failed: {reply}",
                                    host=destination.host, address=destination.address, domain=domain,
@@ -490,11 +503,19 @@ class Relay:
                     if not e.tryNext:
                         return {r: last for r in recipients}
                     break
+                self._reportTLS(domain, policy, destination, None if overTLS else STARTTLS_NOT_SUPPORTED)
                 self._log.info("relayed to {host}[{address}] for {domain}: {replies}", host=destination.host,
                                address=destination.address, domain=domain,
                                replies="; ".join(f"{r}: {reply}" for r, reply in replies.items()))
                 return replies
         return {r: last for r in recipients}
+
+    def _reportTLS(self, domain: str, policy: Any, destination: Destination, resultType: str | None) -> None:
+        """
+        Note a session's TLS outcome for the domain's TLS report.
+        """
+        if self.tlsReports is not None and domain.lower() not in self.routes and self.smarthost is None:
+            self.tlsReports.record(domain, policy, destination.host, destination.address, resultType)
 
     def _context(self, destination: Destination, verified: bool) -> Any:
         """
@@ -507,32 +528,40 @@ class Relay:
 
     async def _session(self, destination: Destination, verified: bool, useTLS: bool, sender: str,
                        recipients: list[str], body: Callable[[], Any], sizeBytes: int,
-                       prefix: bytes, authenticate: bool = True) -> dict[str, Reply]:
+                       prefix: bytes, authenticate: bool = True) -> tuple[dict[str, Reply], bool]:
         """
         One connection, one transaction.
 
         @param authenticate: send the smarthost's credentials (when set).
+        @return: a reply per recipient, and whether the session ran over
+            TLS.
         """
         result: Deferred = Deferred()
         context = self._context(destination, verified) if useTLS else None
 
+        made: list[RelayClient] = []
+
         def build() -> RelayClient:
-            return RelayClient(
+            client = RelayClient(
                 identity=self.hostname, context=context, requireTLS=verified,
                 username=self.username.encode("utf-8") if self.username and authenticate else None,
                 password=self.password.encode("utf-8") if self.password is not None and authenticate else None,
                 sender=sender, recipients=list(recipients), body=body, sizeBytes=sizeBytes,
                 prefix=prefix, result=result, timeoutSeconds=self.timeoutSeconds,
             )
+            made.append(client)
+            return client
 
         factory = _ClientFactory(self.clock or self.reactor, build, result, destination)
         connector = self.reactor.connectTCP(destination.address, destination.port, factory,
                                             timeout=CONNECT_TIMEOUT_SECONDS)
         self._connectors.add(connector)
         try:
-            return await result
+            replies = await result
         finally:
             self._connectors.discard(connector)
+        # Twisted's ESMTPClient sets _tlsMode once STARTTLS succeeded.
+        return replies, bool(made and made[-1]._tlsMode)
 
     def stop(self) -> None:
         """

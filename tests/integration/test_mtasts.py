@@ -17,6 +17,7 @@ from twisted.web.server import Site
 from tests.integration.support import waitFor
 from tests.integration.test_mta import RunningServerMixin
 from tests.relay.test_mtasts import POLICY, PolicyHost
+from tests.relay.test_tlsrpt import openReport
 from tests.test_tlsclient import TestCA
 
 
@@ -76,3 +77,36 @@ class MTASTSTests(RunningServerMixin, TestCase):
         [state] = await waitFor(deferred)
         self.assertIn("MTA-STS policy of remote.test (id e2e1) lists none of its exchangers", state.lastReply)
         self.assertEqual(self.remote.received, [])
+
+    async def test_tlsReport(self) -> None:
+        """
+        After a delivery and a deferral under remote.test's policy, the
+        day's report goes by mail to the C{rua} of its C{_smtp._tls}
+        record (through the same relay, to the remote exchanger) and reads
+        as RFC 8460 JSON: one successful session, one failure.
+        """
+        self.assertEqual(await self.submitToDave(), {})
+        await waitFor(lambda: self.remote.received)
+        self.host.body = POLICY.replace(b"mx: mx.remote.test", b"mx: mx2.remote.test")
+        self.dns.set("_mta-sts.remote.test", "TXT", "v=STSv1; id=e2e2;")
+        self.assertEqual(await self.submitToDave(), {})
+        await waitFor(lambda: any("4.7.5" in r.lastReply for e in self.root.queue.entries.values()
+                                  for r in e.recipients))
+        self.dns.add("_smtp._tls.remote.test", "TXT", "v=TLSRPTv1; rua=mailto:tlsrpt@remote.test")
+        # The report itself goes out under the policy: list mx again.
+        self.host.body = POLICY
+        self.dns.set("_mta-sts.remote.test", "TXT", "v=STSv1; id=e2e3;")
+        self.assertEqual(await self.root.tlsReporter.sendReports(), 1)
+        received = await waitFor(lambda: [r for r in self.remote.received if r.recipients == ["tlsrpt@remote.test"]])
+        parsed, report = openReport(received[0].data.replace(b"\r\n", b"\n"))
+        self.assertEqual(parsed["TLS-Report-Domain"], "remote.test")
+        self.assertEqual(parsed["From"], "postmaster@example.test")
+        # One entry per policy: the first (listing mx) and the second.
+        [first] = [p for p in report["policies"] if "mx: mx.remote.test" in p["policy"]["policy-string"]]
+        [second] = [p for p in report["policies"] if "mx: mx2.remote.test" in p["policy"]["policy-string"]]
+        self.assertEqual(first["summary"], {"total-successful-session-count": 1, "total-failure-session-count": 0})
+        self.assertEqual(second["summary"], {"total-successful-session-count": 0, "total-failure-session-count": 1})
+        self.assertEqual(second["failure-details"], [{"result-type": "validation-failure",
+                                                      "receiving-mx-hostname": "mx.remote.test",
+                                                      "receiving-ip": "127.0.0.1", "failed-session-count": 1}])
+        self.assertEqual(report["organization-name"], "mail.example.test")

@@ -17,6 +17,7 @@ from qutemail.metrics.health import Health
 from qutemail.metrics.http import metricsSite
 from qutemail.metrics.registry import Metrics
 from qutemail.replies import QUEUED
+from qutemail.stspolicy import ownPolicy
 
 
 class Listener:
@@ -105,7 +106,7 @@ class SiteTests(TestCase):
         health = Health(clock=reactor, runner=InlineRunner(), listeners={"mta": self.listener},
                         journalDirectory=directory)
         self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            metricsSite(reactor, self.metrics.registry, health))
+            metricsSite(reactor, self.metrics.registry, health, ownPolicy("mx.example.test", "enforce")))
         self.addCleanup(self.port.stopListening)
         self.agent = Agent(reactor)
 
@@ -136,6 +137,13 @@ class SiteTests(TestCase):
         self.listener.listening = False
         self.assertEqual(await self.get("/healthz"),
                          (503, b"text/plain; charset=utf-8", b"listener mta is not listening\n"))
+
+    async def test_mtaStsPolicy(self) -> None:
+        """
+        Our MTA-STS policy is served as text/plain at its well-known path.
+        """
+        self.assertEqual(await self.get("/.well-known/mta-sts.txt"),
+                         (200, b"text/plain", ownPolicy("mx.example.test", "enforce")))
 
     async def test_elsewhere(self) -> None:
         """
