@@ -374,8 +374,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
 
     def intakeFor(journalDir: str, spillDir: str) -> Intake:
         return Intake(journal=Journal(journalDir, runner, reactor, metrics=metrics), router=router, clock=reactor,
-                      runner=runner, queueIds=queueIds, spoolDirectory=spillDir, hostname=server.hostname, inbound=inbound,
-                      transit=receiver, content=content)
+                      runner=runner, queueIds=queueIds, spoolDirectory=spillDir, hostname=server.hostname,
+                      inbound=inbound, transit=receiver, content=content)
 
     journalDir, spillDir = journalPaths(queueDir, workerIndex)
     intake = intakeFor(journalDir, spillDir)
@@ -476,6 +476,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                                   maxAppendBytes=config.smtp.maxMessageBytes, limits=sessionLimits)
         else:
             factory = SMTPServerFactory(**dict(args, settings=attrs.evolve(args["settings"], listenerName=name)))
+        factory.listenerName = name
         listening = factory
         if args.get("implicitTLS") or ("settings" in args and args["settings"].implicitTLS):
             # RFC 8314: TLS from the first byte on the submissions port.

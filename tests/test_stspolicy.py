@@ -35,5 +35,6 @@ class OwnPolicyTests(SynchronousTestCase):
         The TLS-RPT record asks for reports at postmaster.
         """
         lines = stsRecords("example.test", "mx.example.test", "testing", 3600)
-        self.assertEqual(lines[2], '_smtp._tls.example.test. 3600 IN TXT "v=TLSRPTv1; rua=mailto:postmaster@example.test"')
+        self.assertEqual(lines[2],
+                         '_smtp._tls.example.test. 3600 IN TXT "v=TLSRPTv1; rua=mailto:postmaster@example.test"')
         self.assertTrue(lines[0].startswith("; mta-sts.example.test. must serve"))

@@ -130,7 +130,7 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
         noDelay = getattr(self.transport, "setTcpNoDelay", None)
         if noDelay is not None:
             noDelay(True)
-        self._ticket = self.factory.limits.admit(IMAP, self._peer)
+        self._ticket = self.factory.limits.admit(IMAP, self._peer, self.factory.listenerName)
         if self._ticket.refused is not None:
             # RFC 3501 §7.1.5: a BYE greeting refuses the connection.
             self._log.info("refused IMAP from {peer}: too many connections", peer=self._peer)
@@ -478,6 +478,9 @@ class IMAPFactory(ServerFactory):
     """
     Builds IMAP sessions.
 
+    @ivar listenerName: the listener's name in the metrics (C{imap} or
+        C{imaps}).
+
     @ivar portal: see L{qutemail.access.imapaccount.imapPortal}.
     @ivar runner: runs every file operation.
     @ivar reactor: the clock for timers, throttle delays, IDLE polls and
@@ -514,6 +517,7 @@ class IMAPFactory(ServerFactory):
     authenticatedTimeoutSeconds: float = attrs.field(default=1800.0, kw_only=True)
     limits: SessionLimits = attrs.field(factory=SessionLimits, kw_only=True)
     noisy = False
+    listenerName = "imap"
 
     @property
     def clock(self) -> Any:

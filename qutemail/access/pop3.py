@@ -77,7 +77,7 @@ class POP3Server(POP3):
         Greet without an APOP challenge, and start the idle timer.
         """
         self._peer = getattr(self.transport.getPeer(), "host", "?")
-        self._ticket = self.factory.limits.admit(POP3_SESSIONS, self._peer)
+        self._ticket = self.factory.limits.admit(POP3_SESSIONS, self._peer, self.factory.listenerName)
         if self._ticket.refused is not None:
             # RFC 3206 §4: SYS/TEMP, a temporary problem; try again later.
             self._log.info("refused POP3 from {peer}: too many connections", peer=self._peer)
@@ -418,6 +418,9 @@ class POP3Factory(ServerFactory):
     """
     Builds POP3 sessions.
 
+    @ivar listenerName: the listener's name in the metrics (C{pop3} or
+        C{pop3s}).
+
     @ivar portal: see L{pop3Portal}.
     @ivar runner: runs the file reads while sending.
     @ivar clock: the idle timer, throttle delays and lockouts.
@@ -441,6 +444,7 @@ class POP3Factory(ServerFactory):
     timeoutSeconds: float = IDLE_TIMEOUT_SECONDS
     limits: SessionLimits = attrs.field(factory=SessionLimits, kw_only=True)
     noisy = False
+    listenerName = "pop3"
 
     def buildProtocol(self, addr: Any) -> POP3Server:
         """

@@ -46,7 +46,7 @@ class SMTPServerFactory(ServerFactory):
         @return: the session's ticket (to release when it ends) and the
             reply to refuse it with, or C{None} when it is admitted.
         """
-        ticket = self.limits.admit(SMTP, ip)
+        ticket = self.limits.admit(SMTP, ip, self.settings.listenerName)
         if ticket.refused is None:
             return ticket, None
         return ticket, TOO_MANY_CONNECTIONS if ticket.refused == PER_ADDRESS else TOO_MANY_SESSIONS

@@ -86,7 +86,7 @@ class Metrics:
         self.deliverySeconds = Histogram("qutemail_delivery_seconds", "From the 250 to the Maildir (local) or "
                                          "to the remote 250 (remote)", ["path"], buckets=DELIVERY_BUCKETS,
                                          registry=r)
-        self.sessions = Gauge("qutemail_sessions", "Open sessions, by protocol", ["protocol"],
+        self.sessions = Gauge("qutemail_sessions", "Open sessions, by protocol and listener", ["protocol", "listener"],
                               multiprocess_mode="livesum", registry=r)
         self.tlsHandshakes = Counter("qutemail_tls_handshakes", "Completed server TLS handshakes, by version",
                                      ["version"], registry=r)
@@ -133,17 +133,17 @@ class Metrics:
 
     # -- sessions and security ----------------------------------------------
 
-    def sessionOpened(self, protocol: str) -> None:
+    def sessionOpened(self, protocol: str, listener: str) -> None:
         """
         A session was admitted.
         """
-        self.sessions.labels(protocol).inc()
+        self.sessions.labels(protocol, listener).inc()
 
-    def sessionClosed(self, protocol: str) -> None:
+    def sessionClosed(self, protocol: str, listener: str) -> None:
         """
         An admitted session ended.
         """
-        self.sessions.labels(protocol).dec()
+        self.sessions.labels(protocol, listener).dec()
 
     def tlsHandshake(self, version: str) -> None:
         """

@@ -48,12 +48,14 @@ class SessionTicket:
     @ivar ip: the client's address.
     @ivar refused: C{None} for an admitted session; L{PER_ADDRESS} or
         L{TOTAL} for a refused one, which counts nothing.
+    @ivar listener: the listener's name in the metrics.
     """
 
     _limits: "SessionLimits"
     kind: str
     ip: str
     refused: str | None = None
+    listener: str = ""
     _held: bool = attrs.field(default=False, init=False)
 
     def release(self) -> None:
@@ -63,7 +65,7 @@ class SessionTicket:
         """
         if self._held:
             self._held = False
-            self._limits._release(self.kind, self.ip)
+            self._limits._release(self.kind, self.ip, self.listener)
 
 
 @attrs.define
@@ -86,9 +88,12 @@ class SessionLimits:
     total: int = attrs.field(default=0, init=False)
     _perIp: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
 
-    def admit(self, kind: str, ip: str) -> SessionTicket:
+    def admit(self, kind: str, ip: str, listener: str = "") -> SessionTicket:
         """
         Count a new session of C{kind} from C{ip}, unless a limit is reached.
+
+        @param listener: the listener's name in the metrics (C{kind} when
+            not given).
 
         @return: a ticket; the session must call its C{release} when it
             ends (whether refused or not: a refused ticket does nothing).
@@ -100,10 +105,10 @@ class SessionLimits:
             return SessionTicket(self, kind, ip, TOTAL)
         self._perIp[(kind, ip)] = count + 1
         self.total += 1
-        if self.metrics is not None:
-            self.metrics.sessionOpened(kind)
-        ticket = SessionTicket(self, kind, ip)
+        ticket = SessionTicket(self, kind, ip, listener=listener or kind)
         ticket._held = True
+        if self.metrics is not None:
+            self.metrics.sessionOpened(kind, ticket.listener)
         return ticket
 
     def openFrom(self, kind: str, ip: str) -> int:
@@ -112,7 +117,7 @@ class SessionLimits:
         """
         return self._perIp.get((kind, ip), 0)
 
-    def _release(self, kind: str, ip: str) -> None:
+    def _release(self, kind: str, ip: str, listener: str) -> None:
         """
         Uncount one admitted session (through L{SessionTicket.release}).
         """
@@ -123,7 +128,7 @@ class SessionLimits:
             self._perIp.pop((kind, ip), None)
         self.total = max(0, self.total - 1)
         if self.metrics is not None:
-            self.metrics.sessionClosed(kind)
+            self.metrics.sessionClosed(kind, listener)
 
 
 def raiseOpenFileLimit(resource=None) -> tuple[int, int]:

@@ -32,12 +32,12 @@ class SessionAndAuthTests(SynchronousTestCase):
         """
         metrics = Metrics(private=True)
         limits = SessionLimits(maxSessions=1, metrics=metrics)
-        ticket = limits.admit("smtp", "192.0.2.1")
-        limits.admit("smtp", "192.0.2.2").release()
-        self.assertEqual(value(metrics, "qutemail_sessions", protocol="smtp"), 1)
+        ticket = limits.admit("smtp", "192.0.2.1", "submission")
+        limits.admit("smtp", "192.0.2.2", "submission").release()
+        self.assertEqual(value(metrics, "qutemail_sessions", protocol="smtp", listener="submission"), 1)
         ticket.release()
         ticket.release()
-        self.assertEqual(value(metrics, "qutemail_sessions", protocol="smtp"), 0)
+        self.assertEqual(value(metrics, "qutemail_sessions", protocol="smtp", listener="submission"), 0)
 
     def test_auth(self) -> None:
         """

@@ -60,9 +60,9 @@ class MetricsTests(SynchronousTestCase):
         The sessions gauge goes up and down.
         """
         for _ in range(3):
-            self.metrics.sessionOpened("imap")
-        self.metrics.sessionClosed("imap")
-        self.assertEqual(value(self.metrics, "qutemail_sessions", protocol="imap"), 2)
+            self.metrics.sessionOpened("imap", "imaps")
+        self.metrics.sessionClosed("imap", "imaps")
+        self.assertEqual(value(self.metrics, "qutemail_sessions", protocol="imap", listener="imaps"), 2)
 
     def test_outcomesAndLatency(self) -> None:
         """
