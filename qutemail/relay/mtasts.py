@@ -22,6 +22,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
@@ -209,6 +210,9 @@ class MTASTSPolicies:
         self.httpsPort = httpsPort
         self.timeoutSeconds = timeoutSeconds
         self._cache: dict[str, _Cached] = {}
+        # One fetch per domain and id at a time, however many deliveries
+        # to the domain start together.
+        self._fetching: dict[tuple[str, str], Deferred] = {}
 
     def policyFor(self, domain: str) -> Deferred:
         """
@@ -235,14 +239,28 @@ class MTASTSPolicies:
             # No record (or no usable one): a cached policy still holds
             # until it expires (RFC 8461 §5.1).
             return cached.policy if cached is not None else None
+        fetching = self._fetching.get((domain, policyId))
+        if fetching is None:
+            fetching = self._fetching[(domain, policyId)] = Deferred.fromCoroutine(self._fetchOnce(domain, policyId))
         try:
-            policy = await self._fetch(domain, policyId)
+            policy = await _follow(fetching)
         except Exception as e:
             self._log.warn("MTA-STS policy of {domain} (id {id}) could not be fetched: {reason}; "
                            "{fallback}", domain=domain, id=policyId, reason=str(e) or e.__class__.__name__,
                            fallback="keeping the cached one" if cached is not None else "delivering as before")
             return cached.policy if cached is not None else None
-        self._cache[domain] = _Cached(policy, now + policy.maxAgeSeconds)
+        return policy
+
+    async def _fetchOnce(self, domain: str, policyId: str) -> STSPolicy:
+        """
+        Fetch a policy and cache it; whoever asked for the same domain and
+        id meanwhile gets the same answer.
+        """
+        try:
+            policy = await self._fetch(domain, policyId)
+        finally:
+            del self._fetching[(domain, policyId)]
+        self._cache[domain] = _Cached(policy, self.reactor.seconds() + policy.maxAgeSeconds)
         self._log.info("MTA-STS policy of {domain} (id {id}): mode {mode}, mx {mx}, max_age {maxAge}",
                        domain=domain, id=policyId, mode=policy.mode, mx=", ".join(policy.mx),
                        maxAge=policy.maxAgeSeconds)
@@ -275,6 +293,26 @@ class MTASTSPolicies:
         if kind != b"text/plain":
             raise PolicyError(f"content type {kind[:40]!r}, not text/plain")
         return parsePolicy(body, policyId)
+
+
+def _follow(d: Deferred) -> Deferred:
+    """
+    @return: a Deferred with C{d}'s result, leaving C{d} itself for others
+        to follow too.
+    """
+    follower: Deferred = Deferred()
+
+    def passOn(result: Any) -> Any:
+        if isinstance(result, Failure):
+            follower.errback(result)
+        else:
+            follower.callback(result)
+        return result
+
+    d.addBoth(passOn)
+    # The shared Deferred's failure is each follower's to handle.
+    d.addErrback(lambda _: None)
+    return follower
 
 
 @attrs.frozen

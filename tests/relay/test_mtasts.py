@@ -9,7 +9,7 @@ SMTP sessions.
 import io
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
@@ -165,6 +165,15 @@ class PoliciesTests(PolicySetup):
         self.dns.set("_mta-sts.remote.test", "TXT", "v=STSv1; id=second;")
         second = await policies.policyFor("Remote.Test.")
         self.assertEqual((second.mode, second.id, self.host.fetches), (TESTING, "second", 2))
+
+    async def test_oneFetchForConcurrentDeliveries(self) -> None:
+        """
+        Deliveries to a domain that start together share one fetch.
+        """
+        policies = self.policies()
+        found = await gatherResults([policies.policyFor("remote.test") for _ in range(5)])
+        self.assertEqual([p.id for p in found], ["first"] * 5)
+        self.assertEqual(self.host.fetches, 1)
 
     async def test_recordRemovedKeepsCache(self) -> None:
         """
