@@ -22,6 +22,7 @@ from twisted.internet.ssl import Certificate, trustRootFromCertificates
 
 from qutemail.backends.redisvault import BlockingRedisKeys, RedisKeyVault, checkVaultPersistence
 from qutemail.backends.redislimiter import connect as connectRedis
+from qutemail.backends.redisusers import RedisUserDirectory, blockingCaller, txredisCaller
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.configvalues import splitHostPort
@@ -80,21 +81,30 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
     dataDir = config.server.dataDir
     keys = os.path.join(dataDir, "keys")
     masterKey = os.path.join(keys, "master.key")
-    users = FileUserDirectory(os.path.join(dataDir, "users"), runner, clock)
+    connection = None
+    if not config.redis.url:
+        users: Any = FileUserDirectory(os.path.join(dataDir, "users"), runner, clock)
+    elif reactor is None:
+        users = RedisUserDirectory(blockingCaller(config.redis.url), runner)
+    else:
+        # One connection for the users and the vault.
+        connection = connectRedis(config.redis.url)
+        users = RedisUserDirectory(txredisCaller(connection, reactor), runner)
+    close = connection.disconnect if connection is not None else (lambda: None)
     # Deferred internal mail is sealed under a key derived from master.key.
     queue = DeferredQueue(os.path.join(dataDir, "queue", "deferred"), runner,
                           queueKey=partial(loadQueueKey, masterKey,
                                            vaultDirectory=None if config.redis.url else os.path.join(keys, "vault")),
                           sealIf=partial(isInternal, domains=config.server.domains) if config.qkd.encrypt else None)
     if not withVault:
-        return Backends(users, queue, None)
+        return Backends(users, queue, None, close)
     if not config.redis.url:
         return Backends(users, queue, FileKeyVault(os.path.join(keys, "vault"), masterKey, runner))
     if reactor is None:
         return Backends(users, queue, BlockingRedisKeys(config.redis.url, masterKey))
     checkVaultPersistence(config.redis.url, config.redis.allowVolatileVault)
-    vault = RedisKeyVault(connectRedis(config.redis.url), reactor, masterKey, runner)
-    return Backends(users, queue, vault, vault.disconnect)
+    vault = RedisKeyVault(connection, reactor, masterKey, runner)
+    return Backends(users, queue, vault, close)
 
 
 class ServiceConfigError(Exception):

@@ -7,6 +7,7 @@ The C{qutemail} administration command::
     qutemail --config PATH user del ADDRESS
     qutemail --config PATH user list
     qutemail --config PATH user quota ADDRESS SIZE|default
+    qutemail --config PATH user import [--file PATH]
     qutemail --config PATH queue list
     qutemail --config PATH queue show ID
     qutemail --config PATH queue flush
@@ -52,7 +53,9 @@ import attrs
 from twisted.internet.task import Clock
 
 from qutemail.address import AddressInvalid, parseAccountAddress
+from qutemail.backends.redisusers import UserDirectoryUnavailable
 from qutemail.backends.userfile import UserFileError
+from qutemail.backends.userrecords import parseUserFile
 from qutemail.assembly import Backends, buildBackends
 from qutemail.blocking import InlineRunner, wait
 from qutemail.clicontent import addContentCommands
@@ -207,6 +210,29 @@ def _userList(context: Context, arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _userImport(context: Context, arguments: argparse.Namespace) -> int:
+    """
+    C{user import [--file PATH]}: copy the accounts of a users file into
+    the Redis directory, password hashes as they are.  Accounts Redis has
+    already are left alone, so running it again changes nothing.
+    """
+    config = context.config
+    if not config.redis.url:
+        raise CommandError("[redis] url is not set: there is no Redis directory to import into")
+    path = arguments.file or os.path.join(config.server.dataDir, "users")
+    try:
+        with open(path, "rb") as f:
+            records = parseUserFile(path, f.read())
+    except OSError as e:
+        raise CommandError(f"cannot read {path}: {e.strerror or e}") from None
+    directory = context.userDirectory()
+    added = sum(bool(wait(directory.importRecord(address, record.passwordHash, record.quotaBytes)))
+                for address, record in sorted(records.items()))
+    print(f"imported {added} of {len(records)} accounts from {path} ({len(records) - added} were in Redis already)",
+          file=context.stdout)
+    return EXIT_OK
+
+
 def _userQuota(context: Context, arguments: argparse.Namespace) -> int:
     """
     C{user quota ADDRESS SIZE|default}: set or reset a mailbox quota.
@@ -263,6 +289,10 @@ def addUserCommands(commands: Any) -> None:
 
     listing = actions.add_parser("list", help="list accounts with their quota and usage")
     listing.set_defaults(run=_userList)
+
+    imported = actions.add_parser("import", help="copy a users file into the Redis directory ([redis] url)")
+    imported.add_argument("--file", metavar="PATH", help="the users file (default: data_dir/users)")
+    imported.set_defaults(run=_userImport)
 
     quota = actions.add_parser("quota", help="set an account's mailbox quota")
     quota.add_argument("address", metavar="ADDRESS")
@@ -338,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         context = Context(_loadConfig(path), sys.stdin, sys.stdout, sys.stderr)
         return arguments.run(context, arguments)
-    except (CommandError, ControlError, ConfigError, AddressInvalid, UserExists, NoSuchUser, UserFileError) as e:
+    except (CommandError, ControlError, ConfigError, AddressInvalid, UserExists, NoSuchUser, UserFileError,
+            UserDirectoryUnavailable) as e:
         message = " ".join(_describe(e).splitlines())
         print(f"{PROG}: {message}", file=sys.stderr)
         return EXIT_FAILURE

@@ -341,8 +341,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
 
     backends = buildBackends(config, runner, reactor, reactor, withVault=workerIndex == 0)
     users, queue, vault = backends.users, backends.queue, backends.vault
-    if vault is not None and config.redis.url:
-        ClosingService("key-vault", backends.close).setServiceParent(root)
+    if config.redis.url:
+        # The users' and the vault's Redis connection.
+        ClosingService("redis-backends", backends.close).setServiceParent(root)
     store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor,
                          batchDelaySeconds=BATCH_DELAY_SECONDS, writer=deliveryWriter)
     queueIds = QueueIds(reactor)

@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from qutemail.backends.memory import MemoryKeyVault, MemoryUserDirectory
 from qutemail.backends.redislimiter import connect
+from qutemail.backends.redisusers import RedisUserDirectory, blockingCaller, txredisCaller
 from qutemail.backends.redisvault import RedisKeyVault
 from qutemail.backends.userfile import FileUserDirectory
 from qutemail.blocking import InlineRunner
@@ -45,57 +46,58 @@ class UserDirectoryContractMixin:
         """
         self.assertTrue(verifyObject(IUserDirectory, self.directory))
 
-    def test_addAndLookUp(self):
+    async def test_addAndLookUp(self):
         """
         An added account is found, with the default quota; another is not.
         """
-        self.assertEqual(self.successResultOf(self.directory.addUser("bob@example.test", b"pw")),
-                         Account("bob@example.test"))
-        self.assertEqual(self.successResultOf(self.directory.getAccount("bob@example.test")),
-                         Account("bob@example.test"))
-        self.assertIsNone(self.successResultOf(self.directory.getAccount("eve@example.test")))
+        self.assertEqual(await self.directory.addUser("bob@example.test", b"pw"), Account("bob@example.test"))
+        self.assertEqual(await self.directory.getAccount("bob@example.test"), Account("bob@example.test"))
+        self.assertIsNone(await self.directory.getAccount("eve@example.test"))
 
-    def test_duplicate(self):
+    async def test_duplicate(self):
         """
         Adding an existing account fails with L{UserExists}.
         """
-        self.successResultOf(self.directory.addUser("bob@example.test", b"pw"))
-        self.failureResultOf(self.directory.addUser("bob@example.test", b"other"), UserExists)
+        await self.directory.addUser("bob@example.test", b"pw")
+        with self.assertRaises(UserExists):
+            await self.directory.addUser("bob@example.test", b"other")
 
-    def test_passwords(self):
+    async def test_passwords(self):
         """
         The right password gives the account; a wrong one, or an unknown
         account, gives C{None}; a changed password replaces the old one.
         """
-        self.successResultOf(self.directory.addUser("bob@example.test", b"pw"))
-        self.assertEqual(self.successResultOf(self.directory.checkPassword("bob@example.test", b"pw")),
-                         Account("bob@example.test"))
-        self.assertIsNone(self.successResultOf(self.directory.checkPassword("bob@example.test", b"PW")))
-        self.assertIsNone(self.successResultOf(self.directory.checkPassword("eve@example.test", b"pw")))
-        self.successResultOf(self.directory.setPassword("bob@example.test", b"new"))
-        self.assertIsNone(self.successResultOf(self.directory.checkPassword("bob@example.test", b"pw")))
-        self.assertIsNotNone(self.successResultOf(self.directory.checkPassword("bob@example.test", b"new")))
+        await self.directory.addUser("bob@example.test", b"pw")
+        self.assertEqual(await self.directory.checkPassword("bob@example.test", b"pw"), Account("bob@example.test"))
+        self.assertIsNone(await self.directory.checkPassword("bob@example.test", b"PW"))
+        self.assertIsNone(await self.directory.checkPassword("eve@example.test", b"pw"))
+        await self.directory.setPassword("bob@example.test", b"new")
+        self.assertIsNone(await self.directory.checkPassword("bob@example.test", b"pw"))
+        self.assertIsNotNone(await self.directory.checkPassword("bob@example.test", b"new"))
 
-    def test_quotaRemoveList(self):
+    async def test_quotaRemoveList(self):
         """
         Quotas are kept per account, accounts list sorted, removed accounts
-        are gone, and changing an unknown account fails with L{NoSuchUser}.
+        are gone, and changing an unknown account fails with L{NoSuchUser}
+        (without making it).
         """
         for name in ("carol", "bob"):
-            self.successResultOf(self.directory.addUser(f"{name}@example.test", b"pw"))
-        self.assertEqual(self.successResultOf(self.directory.setQuota("bob@example.test", 1000)),
-                         Account("bob@example.test", 1000))
-        self.assertEqual(self.successResultOf(self.directory.listAccounts()),
+            await self.directory.addUser(f"{name}@example.test", b"pw")
+        self.assertEqual(await self.directory.setQuota("bob@example.test", 1000), Account("bob@example.test", 1000))
+        self.assertEqual(await self.directory.listAccounts(),
                          [Account("bob@example.test", 1000), Account("carol@example.test")])
-        self.successResultOf(self.directory.removeUser("carol@example.test"))
-        self.assertIsNone(self.successResultOf(self.directory.getAccount("carol@example.test")))
+        await self.directory.removeUser("carol@example.test")
+        self.assertIsNone(await self.directory.getAccount("carol@example.test"))
         for call in (lambda: self.directory.removeUser("carol@example.test"),
                      lambda: self.directory.setQuota("carol@example.test", 1),
                      lambda: self.directory.setPassword("carol@example.test", b"x")):
-            self.failureResultOf(call(), NoSuchUser)
+            with self.assertRaises(NoSuchUser):
+                await call()
+        self.assertIsNone(await self.directory.getAccount("carol@example.test"))
+        self.assertEqual(await self.directory.listAccounts(), [Account("bob@example.test", 1000)])
 
 
-class MemoryUserDirectoryTests(UserDirectoryContractMixin, SynchronousTestCase):
+class MemoryUserDirectoryTests(UserDirectoryContractMixin, TestCase):
     """
     The contract for the memory backend.
     """
@@ -107,7 +109,7 @@ class MemoryUserDirectoryTests(UserDirectoryContractMixin, SynchronousTestCase):
         return MemoryUserDirectory()
 
 
-class FileUserDirectoryTests(UserDirectoryContractMixin, SynchronousTestCase):
+class FileUserDirectoryTests(UserDirectoryContractMixin, TestCase):
     """
     The contract for the file backend.
     """
@@ -119,6 +121,36 @@ class FileUserDirectoryTests(UserDirectoryContractMixin, SynchronousTestCase):
         path = os.path.abspath(self.mktemp())
         os.makedirs(path)
         return FileUserDirectory(os.path.join(path, "users"), InlineRunner(), Clock(), workFactor=4)
+
+
+class RedisUserDirectoryTests(UserDirectoryContractMixin, TestCase):
+    """
+    The contract for the Redis backend as the server uses it (txredisapi),
+    against a real redis-server on a free loopback port.
+    """
+
+    def makeDirectory(self):
+        """
+        @return: a L{RedisUserDirectory} on a fresh redis-server, with cheap
+            hashing, disconnected after the test.
+        """
+        connection = connect(f"redis://127.0.0.1:{startRedis(self)}/0")
+        self.addCleanup(connection.disconnect)
+        return RedisUserDirectory(txredisCaller(connection, reactor), InlineRunner(), workFactor=4)
+
+
+class BlockingRedisUserDirectoryTests(UserDirectoryContractMixin, TestCase):
+    """
+    The contract for the Redis backend as the command line uses it
+    (blocking calls), against a real redis-server.
+    """
+
+    def makeDirectory(self):
+        """
+        @return: a L{RedisUserDirectory} with blocking calls.
+        """
+        return RedisUserDirectory(blockingCaller(f"redis://127.0.0.1:{startRedis(self)}/0"), InlineRunner(),
+                                  workFactor=4)
 
 
 class KeyVaultContractMixin:

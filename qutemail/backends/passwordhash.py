@@ -12,6 +12,7 @@ design): call them through a runner.
 import base64
 import binascii
 import os
+from typing import Any
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -132,3 +133,43 @@ def verifyPassword(encoded: str, password: bytes) -> bool:
     except InvalidKey:
         return False
     return True
+
+
+# A fixed salt for the work done on behalf of unknown users; what comes out
+# is thrown away.
+_DUMMY_SALT = b"\0" * SALT_BYTES
+
+
+def dummyVerify(password: bytes, workFactor: int) -> bool:
+    """
+    Spend the time a L{verifyPassword} takes, for a user who does not exist.
+
+    @return: C{False}, always.
+    """
+    deriveKey(password, _DUMMY_SALT, workFactor)
+    return False
+
+
+def checkPasswordValue(password: bytes) -> None:
+    """
+    Refuse a password that cannot be stored.
+
+    @raise TypeError: it is not bytes.
+    @raise ValueError: it is empty.
+    """
+    if not isinstance(password, bytes):
+        raise TypeError("passwords are bytes")
+    if not password:
+        raise ValueError("the password is empty")
+
+
+async def hashInThread(runner: Any, password: bytes, workFactor: int) -> str:
+    """
+    Check a new password and hash it in a worker thread.
+
+    @param runner: the L{qutemail.blocking.BlockingRunner}.
+    @return: the hash (see L{hashPassword}).
+    @raise ValueError: the password is empty.
+    """
+    checkPasswordValue(password)
+    return await runner.run(hashPassword, password, workFactor)

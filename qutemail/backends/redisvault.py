@@ -28,9 +28,8 @@ backend is tested against a real redis-server only.
 
 import base64
 import binascii
-import socket
 from typing import Any
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 import txredisapi
@@ -39,6 +38,7 @@ from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from qutemail.backends.redisblocking import RedisReadError, askRedis
 from qutemail.backends.redislimiter import REDIS_TIMEOUT_SECONDS, RedisURLError, checkURL
 from qutemail.interfaces import IKeyVault, KeyGone
 from qutemail.qkd.vault import KeyVaultError, KeyWrapper, checkKey, checkKeyId
@@ -160,81 +160,6 @@ class RedisKeyVault:
         return self.connection.disconnect()
 
 
-class RedisReadError(KeyVaultError):
-    """
-    The command line could not read a key from Redis.
-    """
-
-
-def _command(*parts: bytes) -> bytes:
-    """
-    @return: one RESP request.
-    """
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-
-
-class _Replies:
-    """
-    Reads RESP replies from a blocking socket.
-    """
-
-    def __init__(self, connection: socket.socket) -> None:
-        self._file = connection.makefile("rb")
-
-    def read(self) -> Any:
-        """
-        @return: a simple or bulk string reply (C{None} for a null bulk), or
-            a list of them for an array.
-        @raise RedisReadError: an error reply, or one we do not expect.
-        """
-        line = self._file.readline(65536)
-        if not line.endswith(b"\r\n"):
-            raise RedisReadError("Redis closed the connection")
-        kind, value = line[:1], line[1:-2]
-        if kind == b"+":
-            return value
-        if kind == b"-":
-            raise RedisReadError(f"Redis answered: {value.decode('utf-8', 'replace')}")
-        if kind == b"$":
-            length = int(value)
-            if length < 0:
-                return None
-            data = self._file.read(length + 2)
-            return data[:-2]
-        if kind == b"*":
-            count = int(value)
-            return None if count < 0 else [self.read() for _ in range(count)]
-        raise RedisReadError(f"unexpected Redis reply {line[:40]!r}")
-
-
-def _ask(url: SplitResult, timeoutSeconds: float, *commands: list[bytes]) -> list[Any]:
-    """
-    Send C{commands} over one blocking connection, after C{AUTH} and
-    C{SELECT} as the URL says.
-
-    @return: their replies.
-    @raise OSError: Redis cannot be reached or does not answer in time.
-    @raise RedisReadError: Redis answered one of them with an error.
-    """
-    if url.scheme == "unix":
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        address: Any = url.path
-    else:
-        connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        address = (url.hostname or "localhost", url.port or 6379)
-    with connection:
-        connection.settimeout(timeoutSeconds)
-        connection.connect(address)
-        replies = _Replies(connection)
-        if url.password:
-            connection.sendall(_command(b"AUTH", unquote(url.password).encode()))
-            replies.read()
-        db = (url.path.strip("/") or "0") if url.scheme == "redis" else "0"
-        connection.sendall(_command(b"SELECT", db.encode()) + b"".join(_command(*c) for c in commands))
-        replies.read()
-        return [replies.read() for _ in commands]
-
-
 @implementer(IKeyVault)
 class BlockingRedisKeys:
     """
@@ -259,7 +184,7 @@ class BlockingRedisKeys:
         C{GET key}, after C{AUTH} and C{SELECT} as the URL says.
         """
         try:
-            return _ask(self._url, self._timeout, [b"GET", key.encode()])[0]
+            return askRedis(self._url, self._timeout, [b"GET", key.encode()])[0]
         except OSError as e:
             raise RedisReadError(f"cannot read the key vault in Redis: {e.strerror or e}") from None
 
@@ -344,7 +269,7 @@ def redisPersistence(url: str, timeoutSeconds: float = REDIS_TIMEOUT_SECONDS) ->
     """
     parts = checkURL(url)
     try:
-        replies = _ask(parts, timeoutSeconds, [b"CONFIG", b"GET", b"appendonly"], [b"CONFIG", b"GET", b"save"],
+        replies = askRedis(parts, timeoutSeconds, [b"CONFIG", b"GET", b"appendonly"], [b"CONFIG", b"GET", b"save"],
                        [b"CONFIG", b"GET", b"appendfsync"])
         appendonly, save, appendfsync = map(_configValue, replies)
     except OSError as e:

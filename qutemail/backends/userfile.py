@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qutemail.backends.passwordhash import (
-    DEFAULT_WORK_FACTOR, MAX_WORK_FACTOR, SALT_BYTES, deriveKey, hashPassword, verifyPassword,
+    DEFAULT_WORK_FACTOR, MAX_WORK_FACTOR, dummyVerify, hashInThread, verifyPassword,
 )
 from qutemail.backends.userrecords import (
     UserFileError, UserRecord, checkAddress, isQuota, parseUserFile, serialiseUserFile,
@@ -47,23 +47,9 @@ from qutemail.durable import replaceFile
 from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
 from qutemail.serial import SerialQueue, Waiters
 
-# A fixed salt for the work done on behalf of unknown users; what comes out
-# is thrown away.
-_DUMMY_SALT = b"\0" * SALT_BYTES
-
 # How often, in seconds of the injected clock, the file is checked for
 # changes made by another process.
 RECHECK_SECONDS = 1.0
-
-
-def _dummyVerify(password: bytes, workFactor: int) -> bool:
-    """
-    Spend the time a L{verifyPassword} takes, for a user who does not exist.
-
-    @return: C{False}, always.
-    """
-    deriveKey(password, _DUMMY_SALT, workFactor)
-    return False
 
 
 @attrs.frozen
@@ -178,19 +164,6 @@ def _modify(path: str, change: Callable[[dict[str, UserRecord]], Any]) -> tuple[
         return _Snapshot(key, users), result
     finally:
         os.close(lockFd)
-
-
-def _checkPasswordValue(password: bytes) -> None:
-    """
-    Refuse a password that cannot be stored.
-
-    @raise TypeError: it is not bytes.
-    @raise ValueError: it is empty.
-    """
-    if not isinstance(password, bytes):
-        raise TypeError("passwords are bytes")
-    if not password:
-        raise ValueError("the password is empty")
 
 
 def _providesTime(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -353,7 +326,7 @@ class FileUserDirectory:
         """
         record = (await self._users()).get(address)
         if record is None:
-            await self.runner.run(_dummyVerify, password, self.workFactor)
+            await self.runner.run(dummyVerify, password, self.workFactor)
             return None
         if not await self.runner.run(verifyPassword, record.passwordHash, password):
             return None
@@ -374,8 +347,7 @@ class FileUserDirectory:
         See L{addUser}.
         """
         checkAddress(address)
-        _checkPasswordValue(password)
-        passwordHash = await self.runner.run(hashPassword, password, self.workFactor)
+        passwordHash = await hashInThread(self.runner, password, self.workFactor)
 
         def add(users: dict[str, UserRecord]) -> None:
             """
@@ -401,8 +373,7 @@ class FileUserDirectory:
         """
         See L{setPassword}.
         """
-        _checkPasswordValue(password)
-        passwordHash = await self.runner.run(hashPassword, password, self.workFactor)
+        passwordHash = await hashInThread(self.runner, password, self.workFactor)
 
         def setHash(users: dict[str, UserRecord]) -> None:
             """

@@ -189,7 +189,7 @@ class AccountTests(DirectoryTestsMixin, SynchronousTestCase):
         self.assertEqual(self.runner.calls, ["verifyPassword"])
         del self.runner.calls[:]
         self.successResultOf(self.directory.checkPassword("eve@example.test", PASSWORD))
-        self.assertEqual(self.runner.calls, ["_dummyVerify"])
+        self.assertEqual(self.runner.calls, ["dummyVerify"])
 
     def test_fileAccessThroughRunner(self) -> None:
         """

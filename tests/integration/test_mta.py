@@ -11,11 +11,12 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from qutemail.backends.userfile import FileUserDirectory
-from qutemail.blocking import InlineRunner
+from qutemail.assembly import buildBackends
+from qutemail.blocking import InlineRunner, wait
 from qutemail.config import loadConfig
 from qutemail.service import buildService
 from tests.dnsserver import startDNSServer
@@ -53,10 +54,13 @@ class RunningServerMixin:
         extra = relaySection(self.dns, self.remote, self.relayExtra) + self.configExtra
         self.configPath = writeConfig(os.path.join(base, "qutemail.ini"), self.dataDir,
                                       maxMessageSize=self.maxMessageSize, extra=extra)
-        users = FileUserDirectory(os.path.join(self.dataDir, "users"), InlineRunner(), reactor, workFactor=4)
         os.makedirs(self.dataDir, exist_ok=True)
+        # The directory the configuration names (a file, or Redis), as the
+        # command line reaches it.
+        users = buildBackends(loadConfig(self.configPath, environ={}), InlineRunner(), Clock()).users
+        users.workFactor = 4
         for name in ("alice", "bob"):
-            users.addUser(f"{name}@example.test", b"pw-" + name.encode())
+            wait(users.addUser(f"{name}@example.test", b"pw-" + name.encode()))
         await self.startServer()
 
     async def startServer(self) -> None:

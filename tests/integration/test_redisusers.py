@@ -1,0 +1,107 @@
+"""
+The user directory in Redis (issue 17): two real server nodes with data
+directories of their own share one redis-server; an account the command
+line adds or changes through one node's configuration is the same on both
+at once, and C{qutemail user import} copies a users file into Redis once.
+"""
+
+import imaplib
+import os
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from qutemail.backends.passwordhash import hashPassword
+from qutemail.backends.userrecords import UserRecord, serialiseUserFile
+from tests.backends.test_redislimiter import startRedis
+from tests.integration.support import CLIENT_TIMEOUT, ServerProcess, freePort, insecureContext, runCLI, writeConfig
+
+
+class TwoNodesTests(TestCase):
+    """
+    Two nodes, one Redis.
+    """
+
+    timeout = 120
+
+    async def setUp(self):
+        """
+        Start redis-server and two nodes using it, each with an IMAP port.
+        """
+        redis = startRedis(self)
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        self.nodes = []
+        for name in ("node1", "node2"):
+            mta, imap = freePort(), freePort()
+            config = writeConfig(os.path.join(base, f"{name}.ini"), os.path.join(base, name), mtaPort=mta,
+                                 extra=f"\n[redis]\nurl = redis://127.0.0.1:{redis}/0\n")
+            env = dict(os.environ, QUTEMAIL_IMAP_PORT=str(imap))
+            server = ServerProcess(config, os.path.join(base, f"{name}.log"), mta, env=env)
+            self.addCleanup(server.kill)
+            self.nodes.append((config, imap, env))
+            await deferToThread(server.start)
+        self.base = base
+
+    def login(self, node: int, address: str, password: str) -> bool:
+        """
+        Log in over IMAP on a node (blocking).
+
+        @return: whether the login was accepted.
+        """
+        client = imaplib.IMAP4("127.0.0.1", self.nodes[node][1], timeout=CLIENT_TIMEOUT)
+        try:
+            client.starttls(ssl_context=insecureContext())
+            client.login(address, password)
+            return True
+        except imaplib.IMAP4.error:
+            return False
+        finally:
+            client.shutdown()
+
+    def cli(self, node: int, *args: str, stdin: str = ""):
+        """
+        Run the command line with a node's configuration.
+        """
+        config, _, env = self.nodes[node]
+        return deferToThread(runCLI, config, *args, stdin=stdin, env=env)
+
+    async def test_sharedAccounts(self) -> None:
+        """
+        An account added through node 1 logs in on node 2; a password
+        changed through node 2 is the one node 1 takes; a removed account
+        is gone on both.
+        """
+        added = await self.cli(0, "user", "add", "bob@example.test", "--password-stdin", stdin="first\n")
+        self.assertEqual(added.returncode, 0, added.stderr)
+        self.assertTrue(await deferToThread(self.login, 1, "bob@example.test", "first"))
+        changed = await self.cli(1, "user", "passwd", "bob@example.test", "--password-stdin", stdin="second\n")
+        self.assertEqual(changed.returncode, 0, changed.stderr)
+        self.assertFalse(await deferToThread(self.login, 0, "bob@example.test", "first"))
+        self.assertTrue(await deferToThread(self.login, 0, "bob@example.test", "second"))
+        listed = await self.cli(1, "user", "list")
+        self.assertIn("bob@example.test", listed.stdout)
+        removed = await self.cli(0, "user", "del", "bob@example.test")
+        self.assertEqual(removed.returncode, 0, removed.stderr)
+        self.assertFalse(await deferToThread(self.login, 1, "bob@example.test", "second"))
+
+    async def test_import(self) -> None:
+        """
+        C{user import} copies a users file's accounts with their hashes
+        (the old password logs in on both nodes); a second run adds
+        nothing and keeps what Redis has.
+        """
+        path = os.path.join(self.base, "old-users")
+        with open(path, "wb") as f:
+            f.write(serialiseUserFile({"carol@example.test": UserRecord(hashPassword(b"old", 4), 1000),
+                                       "dave@example.test": UserRecord(hashPassword(b"dd", 4), None)}))
+        first = await self.cli(0, "user", "import", "--file", path)
+        self.assertEqual(first.returncode, 0, first.stderr)
+        self.assertIn("imported 2 of 2 accounts", first.stdout)
+        await self.cli(0, "user", "passwd", "carol@example.test", "--password-stdin", stdin="newer\n")
+        again = await self.cli(1, "user", "import", "--file", path)
+        self.assertIn("imported 0 of 2 accounts", again.stdout)
+        self.assertTrue(await deferToThread(self.login, 1, "carol@example.test", "newer"))
+        self.assertTrue(await deferToThread(self.login, 0, "dave@example.test", "dd"))
+        listed = await self.cli(1, "user", "list")
+        self.assertIn("carol@example.test", listed.stdout)
