@@ -41,6 +41,7 @@ from qutemail.relay.tlsrpt import TLSReportLog
 from qutemail.relay.mx import MXResolver
 from qutemail.relay.sender import Relay
 from qutemail.store.encrypted import isInternal
+from qutemail.store.mailbox import MailDirError, linkMailDir
 
 
 @attrs.frozen
@@ -81,6 +82,10 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
     dataDir = config.server.dataDir
     keys = os.path.join(dataDir, "keys")
     masterKey = os.path.join(keys, "master.key")
+    try:
+        linkMailDir(dataDir, config.mailbox.mailDir)
+    except (MailDirError, OSError) as e:
+        raise ServiceConfigError(str(e)) from None
     connection = None
     if not config.redis.url:
         users: Any = FileUserDirectory(os.path.join(dataDir, "users"), runner, clock)

@@ -56,7 +56,7 @@ from qutemail.address import AddressInvalid, parseAccountAddress
 from qutemail.backends.redisusers import UserDirectoryUnavailable
 from qutemail.backends.userfile import UserFileError
 from qutemail.backends.userrecords import parseUserFile
-from qutemail.assembly import Backends, buildBackends
+from qutemail.assembly import Backends, ServiceConfigError, buildBackends
 from qutemail.blocking import InlineRunner, wait
 from qutemail.clicontent import addContentCommands
 from qutemail.clistatus import addStatusCommands
@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = Context(_loadConfig(path), sys.stdin, sys.stdout, sys.stderr)
         return arguments.run(context, arguments)
     except (CommandError, ControlError, ConfigError, AddressInvalid, UserExists, NoSuchUser, UserFileError,
-            UserDirectoryUnavailable) as e:
+            UserDirectoryUnavailable, ServiceConfigError) as e:
         message = " ".join(_describe(e).splitlines())
         print(f"{PROG}: {message}", file=sys.stderr)
         return EXIT_FAILURE

@@ -208,10 +208,13 @@ class MailboxConfig:
 
     @ivar defaultQuotaBytes: the default quota in bytes (C{default_quota_mb}).
     @ivar retentionDays: how many days mail is kept, 0 for ever (C{retention_days}).
+    @ivar mailDir: where the Maildirs are, absolute (shared storage for
+        several nodes), or empty for C{data_dir/mail} (C{mail_dir}).
     """
 
     defaultQuotaBytes: int = attrs.field(default=5120 * 2**20, validator=intValidator(1))
     retentionDays: int = attrs.field(default=365, validator=intValidator(0))
+    mailDir: str = attrs.field(default="", validator=pathValidator())
 
 
 @attrs.frozen

@@ -471,6 +471,7 @@ SETTINGS = (
     Setting("limits", "max_sessions", "maxSessions", wholeNumberParser(0)),
     Setting("mailbox", "default_quota_mb", "defaultQuotaBytes", lambda t: parsePositiveSize(t, "M")),
     Setting("mailbox", "retention_days", "retentionDays", wholeNumberParser(0)),
+    Setting("mailbox", "mail_dir", "mailDir", parseText, isPath=True),
     Setting("inbound", "checks", "checks", parseBoolean),
     Setting("inbound", "spf_fail", "spfFail", choiceParser("reject", "tag")),
     Setting("inbound", "dmarc_reject", "dmarcReject", choiceParser("reject", "quarantine")),

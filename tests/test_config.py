@@ -47,7 +47,7 @@ ALL_KEYS = [
     ("tls", "cert"), ("tls", "key"),
     ("limits", "messages_per_ip_hour"), ("limits", "messages_per_user_hour"),
     ("limits", "connections_per_ip"), ("limits", "max_sessions"),
-    ("mailbox", "default_quota_mb"), ("mailbox", "retention_days"),
+    ("mailbox", "default_quota_mb"), ("mailbox", "retention_days"), ("mailbox", "mail_dir"),
     ("inbound", "checks"), ("inbound", "spf_fail"), ("inbound", "dmarc_reject"), ("inbound", "dns_timeout"),
     ("content", "rspamd_url"), ("content", "rspamd_password"), ("content", "clamd_socket"),
     ("content", "max_scan_size"), ("content", "on_error"), ("content", "timeout"), ("content", "scan_submission"),
@@ -98,6 +98,7 @@ max_sessions = 0
 [mailbox]
 default_quota_mb = 100
 retention_days = 0
+mail_dir = /srv/shared/mail
 [inbound]
 checks = no
 spf_fail = Tag
@@ -249,7 +250,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
             pop3=POP3Config(port=2110, tlsPort=0),
             tls=TLSConfig(cert="/etc/ssl/mail.pem", key="/etc/ssl/mail.key"),
             limits=LimitsConfig(messagesPerIpHour=0, messagesPerUserHour=50, connectionsPerIp=3, maxSessions=0),
-            mailbox=MailboxConfig(defaultQuotaBytes=100 * 2**20, retentionDays=0),
+            mailbox=MailboxConfig(defaultQuotaBytes=100 * 2**20, retentionDays=0, mailDir="/srv/shared/mail"),
             inbound=InboundConfig(checks=False, spfFail="tag", dmarcReject="quarantine", dnsTimeoutSeconds=3.0),
             content=ContentConfig(rspamdUrl="http://127.0.0.1:11333", rspamdPasswordFile="/etc/qutemail/rspamd-password",
                                   clamdSocket="/run/clamav/clamd.ctl", maxScanBytes=10 * 2**20, onError="accept",

@@ -18,6 +18,40 @@ import attrs
 
 from qutemail.durable import PRIVATE_FILE_MODE, writeAll
 
+class MailDirError(Exception):
+    """
+    C{[mailbox] mail_dir} cannot be put in place; C{str()} is one line.
+    """
+
+
+def linkMailDir(dataDir: str, mailDir: str) -> None:
+    """
+    Make C{data_dir/mail} lead to C{[mailbox] mail_dir} (a symbolic link,
+    made at start), so that every reader and writer of mailboxes finds
+    them on the shared storage.  Blocking: call it before the reactor runs.
+
+    @param mailDir: the directory, absolute; C{""} leaves C{data_dir/mail}
+        as it is.
+    @raise MailDirError: C{data_dir/mail} holds mailboxes of its own, or
+        leads elsewhere: moving mail is the administrator's decision.
+    """
+    if not mailDir:
+        return
+    link = os.path.join(dataDir, "mail")
+    os.makedirs(mailDir, mode=0o700, exist_ok=True)
+    if os.path.islink(link):
+        if os.path.realpath(link) == os.path.realpath(mailDir):
+            return
+        raise MailDirError(f"[mailbox] mail_dir: {link} already leads to {os.readlink(link)}, not {mailDir}")
+    if os.path.isdir(link):
+        if os.listdir(link):
+            raise MailDirError(f"[mailbox] mail_dir: {link} holds mailboxes; move them to {mailDir} "
+                               f"and remove it first")
+        os.rmdir(link)
+    os.makedirs(dataDir, mode=0o700, exist_ok=True)
+    os.symlink(mailDir, link)
+
+
 # Maildir++: a maildirsize file past 5120 bytes is recalculated.
 MAILDIRSIZE_MAX_BYTES = 5120
 

@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from qutemail.backends.userfile import hashPassword
+from qutemail.backends.passwordhash import hashPassword
 from tests.integration.support import (
     CLIENT_TIMEOUT,
     ServerProcess,

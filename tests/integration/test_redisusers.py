@@ -1,12 +1,16 @@
 """
-The user directory in Redis (issue 17): two real server nodes with data
-directories of their own share one redis-server; an account the command
-line adds or changes through one node's configuration is the same on both
-at once, and C{qutemail user import} copies a users file into Redis once.
+Two nodes (issue 17): two real server nodes with data directories of their
+own share one redis-server (users, key vault), one Maildir directory
+(C{[mailbox] mail_dir}) and one master key; an account the command line
+adds or changes through one node's configuration is the same on both at
+once, C{qutemail user import} copies a users file into Redis once, and
+internal mail submitted on one node is read decrypted on the other.
 """
 
+import glob
 import imaplib
 import os
+import smtplib
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -14,7 +18,9 @@ from twisted.trial.unittest import TestCase
 from qutemail.backends.passwordhash import hashPassword
 from qutemail.backends.userrecords import UserRecord, serialiseUserFile
 from tests.backends.test_redislimiter import startRedis
-from tests.integration.support import CLIENT_TIMEOUT, ServerProcess, freePort, insecureContext, runCLI, writeConfig
+from tests.integration.support import (
+    CLIENT_TIMEOUT, ServerProcess, freePort, insecureContext, runCLI, waitFor, writeConfig,
+)
 
 
 class TwoNodesTests(TestCase):
@@ -31,15 +37,24 @@ class TwoNodesTests(TestCase):
         redis = startRedis(self)
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
+        self.shared = os.path.join(base, "shared-mail")
+        masterKey = os.urandom(32)
         self.nodes = []
         for name in ("node1", "node2"):
-            mta, imap = freePort(), freePort()
-            config = writeConfig(os.path.join(base, f"{name}.ini"), os.path.join(base, name), mtaPort=mta,
-                                 extra=f"\n[redis]\nurl = redis://127.0.0.1:{redis}/0\n")
+            mta, imap, submission = freePort(), freePort(), freePort()
+            dataDir = os.path.join(base, name)
+            # The same master key on every node, before it first starts.
+            os.makedirs(os.path.join(dataDir, "keys"), mode=0o700)
+            with open(os.open(os.path.join(dataDir, "keys", "master.key"), os.O_WRONLY | os.O_CREAT, 0o600),
+                      "wb") as f:
+                f.write(masterKey)
+            config = writeConfig(os.path.join(base, f"{name}.ini"), dataDir, mtaPort=mta, submissionPort=submission,
+                                 extra=f"\n[redis]\nurl = redis://127.0.0.1:{redis}/0\n"
+                                       f"[mailbox]\nmail_dir = {self.shared}\n")
             env = dict(os.environ, QUTEMAIL_IMAP_PORT=str(imap))
             server = ServerProcess(config, os.path.join(base, f"{name}.log"), mta, env=env)
             self.addCleanup(server.kill)
-            self.nodes.append((config, imap, env))
+            self.nodes.append((config, imap, env, submission))
             await deferToThread(server.start)
         self.base = base
 
@@ -63,7 +78,7 @@ class TwoNodesTests(TestCase):
         """
         Run the command line with a node's configuration.
         """
-        config, _, env = self.nodes[node]
+        config, _, env, _ = self.nodes[node]
         return deferToThread(runCLI, config, *args, stdin=stdin, env=env)
 
     async def test_sharedAccounts(self) -> None:
@@ -105,3 +120,40 @@ class TwoNodesTests(TestCase):
         self.assertTrue(await deferToThread(self.login, 0, "dave@example.test", "dd"))
         listed = await self.cli(1, "user", "list")
         self.assertIn("carol@example.test", listed.stdout)
+
+    async def test_internalMailAcrossNodes(self) -> None:
+        """
+        Bob submits to alice on node 1; the copy lands encrypted in the
+        shared Maildir, and alice reads it decrypted over IMAP on node 2
+        (the key from the shared vault, unwrapped with the shared master
+        key).
+        """
+        for user in ("alice", "bob"):
+            added = await self.cli(0, "user", "add", f"{user}@example.test", "--password-stdin", stdin=f"pw-{user}\n")
+            self.assertEqual(added.returncode, 0, added.stderr)
+        body = b"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: shared\r\n\r\nAcross the nodes.\r\n"
+
+        def submit():
+            client = smtplib.SMTP("127.0.0.1", self.nodes[0][3], local_hostname="c.test", timeout=CLIENT_TIMEOUT)
+            client.starttls(context=insecureContext())
+            client.login("bob@example.test", "pw-bob")
+            client.sendmail("bob@example.test", ["alice@example.test"], body)
+            client.quit()
+
+        await deferToThread(submit)
+        [stored] = await waitFor(lambda: glob.glob(os.path.join(self.shared, "example.test", "alice", "new", "*")))
+        with open(stored, "rb") as f:
+            self.assertNotIn(b"Across the nodes", f.read())
+
+        def read():
+            client = imaplib.IMAP4("127.0.0.1", self.nodes[1][1], timeout=CLIENT_TIMEOUT)
+            try:
+                client.starttls(ssl_context=insecureContext())
+                client.login("alice@example.test", "pw-alice")
+                client.select("INBOX")
+                _, data = client.fetch("1", "(BODY[TEXT])")
+                return data[0][1]
+            finally:
+                client.shutdown()
+
+        self.assertEqual(await deferToThread(read), b"Across the nodes.\r\n")

@@ -10,7 +10,7 @@ import os
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.store.mailbox import MAILDIRSIZE_MAX_BYTES, readUsage, readUsageFrom, recordUsage
+from qutemail.store.mailbox import MAILDIRSIZE_MAX_BYTES, MailDirError, linkMailDir, readUsage, readUsageFrom, recordUsage
 
 
 class ReadUsageTests(SynchronousTestCase):
@@ -146,3 +146,57 @@ def _wholeLines(sizeFile):
     finally:
         os.unlink(os.path.join(copy, "maildirsize"))
         os.rmdir(copy)
+
+
+class LinkMailDirTests(SynchronousTestCase):
+    """
+    L{linkMailDir}: C{data_dir/mail} leads to C{[mailbox] mail_dir}.
+    """
+
+    def setUp(self) -> None:
+        """
+        A data directory and a shared directory, both new.
+        """
+        base = os.path.abspath(self.mktemp())
+        self.dataDir, self.shared = os.path.join(base, "var"), os.path.join(base, "shared", "mail")
+        os.makedirs(self.dataDir)
+
+    def test_linked(self) -> None:
+        """
+        The link is made (and the shared directory); a second start finds
+        it in place.
+        """
+        linkMailDir(self.dataDir, self.shared)
+        linkMailDir(self.dataDir, self.shared)
+        link = os.path.join(self.dataDir, "mail")
+        self.assertEqual(os.readlink(link), self.shared)
+        self.assertTrue(os.path.isdir(self.shared))
+
+    def test_emptyDirectoryReplaced(self) -> None:
+        """
+        An empty C{data_dir/mail} gives way to the link.
+        """
+        os.makedirs(os.path.join(self.dataDir, "mail"))
+        linkMailDir(self.dataDir, self.shared)
+        self.assertTrue(os.path.islink(os.path.join(self.dataDir, "mail")))
+
+    def test_mailboxesKept(self) -> None:
+        """
+        A C{data_dir/mail} with mailboxes, or a link elsewhere, is refused
+        in one line and left as it is.
+        """
+        os.makedirs(os.path.join(self.dataDir, "mail", "example.test", "bob"))
+        error = self.assertRaises(MailDirError, linkMailDir, self.dataDir, self.shared)
+        self.assertIn("holds mailboxes", str(error))
+        self.assertFalse(os.path.islink(os.path.join(self.dataDir, "mail")))
+        other = os.path.join(self.dataDir, "other")
+        linkMailDir(other, self.shared)
+        error = self.assertRaises(MailDirError, linkMailDir, other, self.shared + "2")
+        self.assertIn("already leads to", str(error))
+
+    def test_unset(self) -> None:
+        """
+        Without C{mail_dir}, nothing changes.
+        """
+        linkMailDir(self.dataDir, "")
+        self.assertFalse(os.path.exists(os.path.join(self.dataDir, "mail")))
