@@ -81,7 +81,12 @@ class Router:
                 outcomes.append(f"{address}: delivered" + (f" encrypted (key {keyId})" if keyId else ""))
                 continue
             reply = result if ok else replyFor(result)
-            if not ok:
+            if not ok and result.check(OSError):
+                # The disk or the delivery process failed: known, temporary,
+                # and logged where it happened; one line here.
+                self._log.warn("delivery of {queueId} to {recipient} failed: {reason}", queueId=message.queueId,
+                               recipient=address, reason=result.getErrorMessage())
+            elif not ok:
                 self._log.failure("delivery of {queueId} to {recipient} failed", result,
                                   queueId=message.queueId, recipient=address)
             if metrics is not None:
