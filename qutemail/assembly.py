@@ -54,12 +54,14 @@ class Backends:
     @ivar vault: the L{qutemail.interfaces.IKeyVault}.
     @ivar close: closes what the backends hold open (a Redis connection);
         may return a Deferred.
+    @ivar redis: the server's txredisapi connection, or C{None}.
     """
 
     users: Any
     queue: Any
     vault: Any
     close: Any = lambda: None
+    redis: Any = None
 
 
 def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, withVault: bool = True) -> Backends:
@@ -102,14 +104,14 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
                                            vaultDirectory=None if config.redis.url else os.path.join(keys, "vault")),
                           sealIf=partial(isInternal, domains=config.server.domains) if config.qkd.encrypt else None)
     if not withVault:
-        return Backends(users, queue, None, close)
+        return Backends(users, queue, None, close, connection)
     if not config.redis.url:
         return Backends(users, queue, FileKeyVault(os.path.join(keys, "vault"), masterKey, runner))
     if reactor is None:
         return Backends(users, queue, BlockingRedisKeys(config.redis.url, masterKey))
     checkVaultPersistence(config.redis.url, config.redis.allowVolatileVault)
     vault = RedisKeyVault(connection, reactor, masterKey, runner)
-    return Backends(users, queue, vault, close)
+    return Backends(users, queue, vault, close, connection)
 
 
 class ServiceConfigError(Exception):

@@ -114,6 +114,31 @@ class IUserDirectory(Interface):
         """
 
 
+class IMailboxNotifier(Interface):
+    """
+    Tells the sessions watching a mailbox (IMAP IDLE) that it changed, on
+    this node or, through Redis, on every node.
+    """
+
+    def publish(address: str):
+        """
+        Say that an account's mailbox changed (a delivery, a flag change).
+
+        @param address: the account's normalised address.
+        @return: a Deferred firing with C{None} once it is sent; it never
+            fails (a notice that cannot be sent is logged: watchers still
+            poll).
+        """
+
+    def subscribe(address: str, callback):
+        """
+        Call C{callback()} whenever C{address}'s mailbox changes, until the
+        returned unsubscribe function is called.
+
+        @return: a function of no arguments that ends the subscription.
+        """
+
+
 class IMessageStore(Interface):
     """
     Local mailboxes.

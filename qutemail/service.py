@@ -32,7 +32,9 @@ from qutemail.access.imapaccount import imapPortal
 from qutemail.access.imapseal import AppendSealer
 from qutemail.access.imapserver import IMAPFactory
 from qutemail.access.pop3 import POP3Factory, pop3Portal
+from qutemail.backends.localnotify import LocalMailboxNotifier
 from qutemail.backends.redislimiter import RedisRateLimiter
+from qutemail.backends.redisnotify import RedisMailboxNotifier
 from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.assembly import ClosingService, buildBackends, buildContent, buildInbound, buildRelay
 from qutemail.pipeline.transitin import TransitReceiver
@@ -344,8 +346,12 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     if config.redis.url:
         # The users' and the vault's Redis connection.
         ClosingService("redis-backends", backends.close).setServiceParent(root)
+        notifier: Any = RedisMailboxNotifier(reactor, config.redis.url, backends.redis)
+        notifier.setServiceParent(root)
+    else:
+        notifier = LocalMailboxNotifier()
     store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor,
-                         batchDelaySeconds=BATCH_DELAY_SECONDS, writer=deliveryWriter)
+                         batchDelaySeconds=BATCH_DELAY_SECONDS, writer=deliveryWriter, notifier=notifier)
     queueIds = QueueIds(reactor)
 
     encryptor = None
@@ -474,7 +480,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             factory = IMAPFactory(args["portal"], runner, reactor, throttle, tlsContext,
                                   implicitTLS=args["implicitTLS"], hostname=server.hostname,
                                   defaultQuotaBytes=config.mailbox.defaultQuotaBytes,
-                                  maxAppendBytes=config.smtp.maxMessageBytes, limits=sessionLimits)
+                                  maxAppendBytes=config.smtp.maxMessageBytes, limits=sessionLimits,
+                                  notifier=notifier)
         else:
             factory = SMTPServerFactory(**dict(args, settings=attrs.evolve(args["settings"], listenerName=name)))
         factory.listenerName = name

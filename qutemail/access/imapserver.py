@@ -416,9 +416,15 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
         done = self._nextLine()
         self.sendLine(b"+ idling")
         self._scheduleIdlePoll()
+        notifier = self.factory.notifier
+        # A notice of a change wakes the poll at once; polling stays the
+        # fallback for notices that never come.
+        unsubscribe = notifier.subscribe(self._address(), self._idleWake) if notifier is not None else None
         try:
             line = await done
         finally:
+            if unsubscribe is not None:
+                unsubscribe()
             self._stopIdle()
         if self._idleRefresh is not None:
             await self._idleRefresh
@@ -432,6 +438,20 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
         """
         if getattr(self, "_idling", False) and not self._lost:
             self._idleCall = self.factory.clock.callLater(self.factory.pollSeconds, self._idlePoll)
+
+    def _idleWake(self) -> None:
+        """
+        The mailbox changed: poll now instead of at the next interval (or,
+        while a poll is running, right after it: it may have looked first).
+        """
+        if not getattr(self, "_idling", False):
+            return
+        call = getattr(self, "_idleCall", None)
+        if call is not None and call.active():
+            call.cancel()
+            self._idlePoll()
+        else:
+            self._wakeAgain = True
 
     def _stopIdle(self) -> None:
         """
@@ -456,6 +476,10 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
             """
             if self._idleRefresh is polling:
                 self._idleRefresh = None
+            if getattr(self, "_wakeAgain", False) and getattr(self, "_idling", False) and not self._lost:
+                self._wakeAgain = False
+                self._idlePoll()
+                return
             self._scheduleIdlePoll()
 
         polling.addBoth(polled)
@@ -492,6 +516,8 @@ class IMAPFactory(ServerFactory):
     @ivar implicitTLS: sessions are TLS from the first byte (the lead wraps
         this factory in a C{TLSMemoryBIOFactory}).
     @ivar pollSeconds: how often IDLE looks for changes.
+    @ivar notifier: the L{qutemail.interfaces.IMailboxNotifier} whose
+        notices wake IDLE at once, or C{None} (polling only).
     @ivar defaultQuotaBytes: the quota of accounts without their own
         (C{[mailbox] default_quota_mb}).
     @ivar hostname: used in the names of messages the sessions store.
@@ -510,6 +536,7 @@ class IMAPFactory(ServerFactory):
     contextFactory: Any = None
     implicitTLS: bool = False
     pollSeconds: float = attrs.field(default=2.0, kw_only=True)
+    notifier: Any = attrs.field(default=None, kw_only=True)
     defaultQuotaBytes: int = attrs.field(default=DEFAULT_QUOTA_BYTES, kw_only=True)
     hostname: str = attrs.field(default="localhost", kw_only=True)
     maxAppendBytes: int = attrs.field(default=DEFAULT_MAX_APPEND_BYTES, kw_only=True)

@@ -99,7 +99,8 @@ class MaildirStore:
     _log = Logger()
 
     def __init__(self, dataDir: str, runner: Any, hostname: str, defaultQuotaBytes: int,
-                 clock: Any = None, batchDelaySeconds: float = 0.0, writer: Any = None) -> None:
+                 clock: Any = None, batchDelaySeconds: float = 0.0, writer: Any = None,
+                 notifier: Any = None) -> None:
         """
         @param dataDir: the server's C{data_dir}.
         @param runner: the L{qutemail.blocking.BlockingRunner}.
@@ -117,7 +118,10 @@ class MaildirStore:
             L{MaildirWriter.writeBatch}, such as the delivery process
             (L{qutemail.store.deliveryprocess.DeliveryProcess}); by default
             a L{ThreadWriter} on C{runner}.
+        @param notifier: the L{qutemail.interfaces.IMailboxNotifier} told of
+            each stored copy (IMAP IDLE wakes on it), or C{None}.
         """
+        self.notifier = notifier
         self._clock = clock
         self._batchDelay = batchDelaySeconds if clock is not None else 0.0
         self._batchTimer: Any = None
@@ -226,6 +230,8 @@ class MaildirStore:
                 else:
                     name, size = result
                     self._addCachedUsage(job.account.address, size)
+                    if self.notifier is not None and size:
+                        self.notifier.publish(job.account.address)
                     job.deferred.callback(name)
             self._flush()
 

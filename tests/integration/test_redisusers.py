@@ -11,6 +11,7 @@ import glob
 import imaplib
 import os
 import smtplib
+import time
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -157,3 +158,48 @@ class TwoNodesTests(TestCase):
                 client.shutdown()
 
         self.assertEqual(await deferToThread(read), b"Across the nodes.\r\n")
+
+    async def test_idleWokenAcrossNodes(self) -> None:
+        """
+        An IDLE session on node 2 hears of a delivery made by node 1 within
+        500 ms of the copy landing in the shared Maildir (IDLE would poll
+        only every 2 s): the notice came through Redis.
+        """
+        added = await self.cli(0, "user", "add", "alice@example.test", "--password-stdin", stdin="pw-alice\n")
+        self.assertEqual(added.returncode, 0, added.stderr)
+        client = imaplib.IMAP4("127.0.0.1", self.nodes[1][1], timeout=CLIENT_TIMEOUT)
+        self.addCleanup(client.shutdown)
+
+        def idle():
+            client.starttls(ssl_context=insecureContext())
+            client.login("alice@example.test", "pw-alice")
+            client.select("INBOX")
+            client.send(b"i1 IDLE\r\n")
+            self.assertTrue(client.readline().startswith(b"+"))
+
+        await deferToThread(idle)
+
+        def waitForExists() -> float:
+            while True:
+                line = client.readline()
+                if line.endswith(b"EXISTS\r\n"):
+                    return time.monotonic()
+
+        mta = int(open(self.nodes[0][0]).read().split("mta_port = ")[1].split()[0])
+
+        def send(n: int):
+            smtp = smtplib.SMTP("127.0.0.1", mta, local_hostname="c.remote.test", timeout=CLIENT_TIMEOUT)
+            smtp.sendmail("x@remote.test", ["alice@example.test"], b"Subject: wake %d\r\n\r\nup\r\n" % n)
+            smtp.quit()
+
+        # Three deliveries, so that polling alone (every 2 s) could not be
+        # this quick each time by chance.
+        for n in range(1, 4):
+            heard = deferToThread(waitForExists)
+            await deferToThread(send, n)
+            # new/ or cur/: the IDLE session moves what it has seen.
+            await waitFor(lambda: len(glob.glob(os.path.join(self.shared, "example.test", "alice", "*", "*.*"))) == n,
+                          interval=0.005)
+            landed = time.monotonic()
+            self.assertLess(await heard - landed, 0.5, f"delivery {n}")
+        client.send(b"DONE\r\n")
