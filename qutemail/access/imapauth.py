@@ -105,6 +105,11 @@ class AuthCommands:
             self._log.info("IMAP login failed from {peer} for {user}", peer=self._peer, user=name)
             await deferLater(clock, delay, lambda: None)
             raise no(b"[AUTHENTICATIONFAILED] Authentication failed") from None
+        except Exception as e:
+            # The user directory cannot say (Redis down): fail closed, for now.
+            self._log.warn("IMAP login from {peer} for {user} not checked: {reason}", peer=self._peer, user=name,
+                           reason=str(e) or type(e).__name__)
+            raise no(b"[UNAVAILABLE] Authentication temporarily unavailable; try again later") from None
         finally:
             attempt.release()
         if self._lost:

@@ -52,6 +52,8 @@ NOT_SECURE = b"[AUTH] use STLS first: no passwords in the clear"
 AUTH_FAILED = b"[AUTH] authentication failed"
 LOCKED_OUT = b"[AUTH] too many failed logins: try again later"
 TEMPORARY = b"[SYS/TEMP] temporary failure: try again later"
+# RFC 3206: the directory cannot check the password now (Redis down).
+AUTH_UNAVAILABLE = b"[SYS/TEMP] authentication temporarily unavailable: try again later"
 TOO_MANY_FROM_ADDRESS = b"[SYS/TEMP] Too many connections from your address"
 TOO_MANY_SESSIONS = b"[SYS/TEMP] Too many connections, try again later"
 
@@ -228,6 +230,12 @@ class POP3Server(POP3):
             # Slow guessing down; later commands wait meanwhile.
             await deferLater(clock, delay, lambda: None)
             self.failResponse(AUTH_FAILED)
+            return
+        except Exception as e:
+            # The user directory cannot say (Redis down): fail closed, for now.
+            self._log.warn("POP3 login from {peer} for {user} not checked: {reason}", peer=self._peer, user=name,
+                           reason=str(e) or type(e).__name__)
+            self.failResponse(AUTH_UNAVAILABLE)
             return
         finally:
             attempt.release()

@@ -176,6 +176,13 @@ class AuthMixin:
             await deferLater(clock, delay, lambda: None)
             self.reply(replies.AUTH_FAILED)
             return
+        except Exception as e:
+            # The user directory cannot say (Redis down): fail closed, for
+            # now.  No guess was made, so none is counted.
+            self._log.warn("AUTH from {peer} for {user} not checked: {reason}", peer=self._peer, user=user,
+                           reason=str(e) or type(e).__name__)
+            self.reply(replies.AUTH_TEMPFAIL)
+            return
         finally:
             # Frees the slot unless an outcome did: an error other than a
             # wrong password (a backend down) is no guess.

@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from qutemail.backends.passwordhash import hashPassword
 from qutemail.backends.userrecords import UserRecord, serialiseUserFile
-from tests.backends.test_redislimiter import startRedis
+from tests.backends.test_redislimiter import RedisServer
 from tests.integration.support import (
     CLIENT_TIMEOUT, ServerProcess, freePort, insecureContext, runCLI, waitFor, writeConfig,
 )
@@ -35,7 +35,8 @@ class TwoNodesTests(TestCase):
         """
         Start redis-server and two nodes using it, each with an IMAP port.
         """
-        redis = startRedis(self)
+        self.redis = RedisServer(self)
+        redis = self.redis.start()
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
         self.shared = os.path.join(base, "shared-mail")
@@ -51,7 +52,7 @@ class TwoNodesTests(TestCase):
                 f.write(masterKey)
             config = writeConfig(os.path.join(base, f"{name}.ini"), dataDir, mtaPort=mta, submissionPort=submission,
                                  extra=f"\n[redis]\nurl = redis://127.0.0.1:{redis}/0\n"
-                                       f"[mailbox]\nmail_dir = {self.shared}\n")
+                                       f"[mailbox]\nmail_dir = {self.shared}\n[limits]\nmessages_per_user_hour = 4\n")
             env = dict(os.environ, QUTEMAIL_IMAP_PORT=str(imap))
             server = ServerProcess(config, os.path.join(base, f"{name}.log"), mta, env=env)
             self.addCleanup(server.kill)
@@ -203,3 +204,81 @@ class TwoNodesTests(TestCase):
             landed = time.monotonic()
             self.assertLess(await heard - landed, 0.5, f"delivery {n}")
         client.send(b"DONE\r\n")
+
+    async def test_redisDown(self) -> None:
+        """
+        With Redis stopped, new logins fail closed for now (IMAP C{NO
+        [UNAVAILABLE]}, SMTP AUTH C{454 4.7.0}) while an open session goes
+        on; once Redis is back, logins work again.
+        """
+        added = await self.cli(0, "user", "add", "bob@example.test", "--password-stdin", stdin="pw-bob\n")
+        self.assertEqual(added.returncode, 0, added.stderr)
+        open_ = imaplib.IMAP4("127.0.0.1", self.nodes[0][1], timeout=CLIENT_TIMEOUT)
+        self.addCleanup(open_.shutdown)
+
+        def logIn():
+            open_.starttls(ssl_context=insecureContext())
+            open_.login("bob@example.test", "pw-bob")
+
+        await deferToThread(logIn)
+        await deferToThread(self.redis.kill)
+
+        def imapAnswer(node: int) -> str:
+            client = imaplib.IMAP4("127.0.0.1", self.nodes[node][1], timeout=CLIENT_TIMEOUT)
+            try:
+                client.starttls(ssl_context=insecureContext())
+                client.login("bob@example.test", "pw-bob")
+                return "OK"
+            except imaplib.IMAP4.error as e:
+                return str(e)
+            finally:
+                client.shutdown()
+
+        def smtpAuth() -> tuple[int, bytes]:
+            client = smtplib.SMTP("127.0.0.1", self.nodes[0][3], local_hostname="c.test", timeout=CLIENT_TIMEOUT)
+            try:
+                client.starttls(context=insecureContext())
+                try:
+                    client.login("bob@example.test", "pw-bob")
+                    return 235, b""
+                except smtplib.SMTPAuthenticationError as e:
+                    return e.smtp_code, e.smtp_error
+            finally:
+                client.close()
+
+        self.assertIn("[UNAVAILABLE]", await deferToThread(imapAnswer, 1))
+        self.assertEqual(await deferToThread(smtpAuth), (454, b"4.7.0 Temporary authentication failure"))
+        self.assertEqual((await deferToThread(open_.noop))[0], "OK")
+        await deferToThread(self.redis.start)
+        deadline = time.monotonic() + 30
+        while await deferToThread(imapAnswer, 1) != "OK":
+            self.assertLess(time.monotonic(), deadline, "logins did not come back with Redis")
+            await deferToThread(time.sleep, 0.5)
+
+    async def test_rateLimitAcrossNodes(self) -> None:
+        """
+        C{messages_per_user_hour = 4} counts bob's mail on both nodes
+        together: two through each are accepted, the fifth (on either) is
+        refused with 451 4.7.0.
+        """
+        for user in ("alice", "bob"):
+            await self.cli(0, "user", "add", f"{user}@example.test", "--password-stdin", stdin=f"pw-{user}\n")
+
+        def submit(node: int) -> int:
+            client = smtplib.SMTP("127.0.0.1", self.nodes[node][3], local_hostname="c.test", timeout=CLIENT_TIMEOUT)
+            try:
+                client.starttls(context=insecureContext())
+                client.login("bob@example.test", "pw-bob")
+                try:
+                    client.sendmail("bob@example.test", ["alice@example.test"],
+                                    b"From: bob@example.test\r\nSubject: n\r\n\r\nx\r\n")
+                    return 250
+                except smtplib.SMTPSenderRefused as e:
+                    return e.smtp_code
+                except smtplib.SMTPRecipientsRefused as e:
+                    return list(e.recipients.values())[0][0]
+            finally:
+                client.close()
+
+        codes = [await deferToThread(submit, node) for node in (0, 1, 0, 1, 0, 1)]
+        self.assertEqual(codes, [250, 250, 250, 250, 451, 451])
