@@ -467,6 +467,7 @@ class FolderCommands:
             append = await self._sealAppend(append, path)
         uidValidity, newUid = await account.runner.run(finishAppend, append, path, flags, mtime, account.root,
                                                        account.quotaBytes, account.now())
+        self._announce()
         if self.view is not None and self.view.name == name:
             await self._refresh()
         self._tagged(tag, b"OK", b"[APPENDUID %d %d] APPEND completed" % (uidValidity, newUid))

@@ -136,6 +136,7 @@ class SelectedCommands:
             return []
         removed = await account.runner.run(expunge, view.path, [s.asFolderMessage() for s in doomed],
                                            account.root, account.quotaBytes)
+        self._announce()
         for baseName in removed:
             account.cache.forget(view.path, baseName)
         return view.remove(removed)
@@ -282,6 +283,7 @@ class SelectedCommands:
             if not silent:
                 uidPart = b" UID %d" % (slot.uid,) if uid else b""
                 self._untagged(b"%d FETCH (FLAGS %b%b)" % (seq, flagList(slot.allFlags()), uidPart))
+        self._announce()
         if gone:
             raise no(b"Some messages were expunged by another session")
         self._tagged(tag, b"OK", b"STORE completed")

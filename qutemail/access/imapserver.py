@@ -439,6 +439,15 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
         if getattr(self, "_idling", False) and not self._lost:
             self._idleCall = self.factory.clock.callLater(self.factory.pollSeconds, self._idlePoll)
 
+    def _announce(self) -> None:
+        """
+        This session changed the mailbox (flags, expunge, append): tell the
+        sessions watching it, on every node.
+        """
+        notifier = self.factory.notifier
+        if notifier is not None and self.account is not None:
+            notifier.publish(self.account.address)
+
     def _idleWake(self) -> None:
         """
         The mailbox changed: poll now instead of at the next interval (or,

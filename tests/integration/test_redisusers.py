@@ -163,8 +163,9 @@ class TwoNodesTests(TestCase):
     async def test_idleWokenAcrossNodes(self) -> None:
         """
         An IDLE session on node 2 hears of a delivery made by node 1 within
-        500 ms of the copy landing in the shared Maildir (IDLE would poll
-        only every 2 s): the notice came through Redis.
+        500 ms of the copy landing in the shared Maildir, and of a flag
+        changed by a session on node 1 within 500 ms of the STORE (IDLE
+        would poll only every 2 s): the notices came through Redis.
         """
         added = await self.cli(0, "user", "add", "alice@example.test", "--password-stdin", stdin="pw-alice\n")
         self.assertEqual(added.returncode, 0, added.stderr)
@@ -203,6 +204,28 @@ class TwoNodesTests(TestCase):
                           interval=0.005)
             landed = time.monotonic()
             self.assertLess(await heard - landed, 0.5, f"delivery {n}")
+
+        # Flag changes on node 1 are heard the same way.
+        other = imaplib.IMAP4("127.0.0.1", self.nodes[0][1], timeout=CLIENT_TIMEOUT)
+        self.addCleanup(other.shutdown)
+
+        def openOther():
+            other.starttls(ssl_context=insecureContext())
+            other.login("alice@example.test", "pw-alice")
+            other.select("INBOX")
+
+        await deferToThread(openOther)
+
+        def waitForFlags() -> float:
+            while True:
+                if b"FETCH (FLAGS" in client.readline():
+                    return time.monotonic()
+
+        for n in range(1, 4):
+            heard = deferToThread(waitForFlags)
+            stored = time.monotonic()
+            await deferToThread(other.store, str(n), "+FLAGS", "(\\Flagged)")
+            self.assertLess(await heard - stored, 0.5, f"flag change {n}")
         client.send(b"DONE\r\n")
 
     async def test_redisDown(self) -> None:
