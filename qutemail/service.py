@@ -68,7 +68,9 @@ from qutemail.workers import WorkerPool
 from qutemail.metrics.registry import processGone
 from qutemail.metricssetup import buildMetrics, metricsDirectory, serveMetrics
 from qutemail.store.deliveryprocess import DeliveryProcess
-from qutemail.store.maildir import BATCH_DELAY_SECONDS, MaildirStore
+from qutemail.store.maildir import (
+    BATCH_DELAY_SECONDS, SHARED_USAGE_CACHE_SECONDS, USAGE_CACHE_SECONDS, MaildirStore,
+)
 
 
 _log = Logger()
@@ -351,7 +353,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     else:
         notifier = LocalMailboxNotifier()
     store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor,
-                         batchDelaySeconds=BATCH_DELAY_SECONDS, writer=deliveryWriter, notifier=notifier)
+                         batchDelaySeconds=BATCH_DELAY_SECONDS, writer=deliveryWriter, notifier=notifier,
+                         usageCacheSeconds=SHARED_USAGE_CACHE_SECONDS if config.mailbox.mailDir
+                         else USAGE_CACHE_SECONDS)
     queueIds = QueueIds(reactor)
 
     encryptor = None

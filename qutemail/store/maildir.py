@@ -33,6 +33,10 @@ from qutemail.store.maildirwrite import MaildirWriter, WriteJob
 # How long usage read from maildirsize is trusted before it is read again
 # (other processes, such as an IMAP server on another node, may change it).
 USAGE_CACHE_SECONDS = 60.0
+# With the Maildirs shared by several nodes ([mailbox] mail_dir), the other
+# nodes' deliveries reach maildirsize unseen by this node's cache: it is
+# kept for this long only.
+SHARED_USAGE_CACHE_SECONDS = 1.0
 # Delivery batches written at once (each in its own worker thread, in the
 # delivery process or in this one).
 MAX_BATCHES = 4
@@ -100,7 +104,7 @@ class MaildirStore:
 
     def __init__(self, dataDir: str, runner: Any, hostname: str, defaultQuotaBytes: int,
                  clock: Any = None, batchDelaySeconds: float = 0.0, writer: Any = None,
-                 notifier: Any = None) -> None:
+                 notifier: Any = None, usageCacheSeconds: float = USAGE_CACHE_SECONDS) -> None:
         """
         @param dataDir: the server's C{data_dir}.
         @param runner: the L{qutemail.blocking.BlockingRunner}.
@@ -120,7 +124,11 @@ class MaildirStore:
             a L{ThreadWriter} on C{runner}.
         @param notifier: the L{qutemail.interfaces.IMailboxNotifier} told of
             each stored copy (IMAP IDLE wakes on it), or C{None}.
+        @param usageCacheSeconds: how long usage read from C{maildirsize}
+            is trusted (L{SHARED_USAGE_CACHE_SECONDS} when other nodes
+            deliver to the same Maildirs).
         """
+        self._usageCacheSeconds = usageCacheSeconds
         self.notifier = notifier
         self._clock = clock
         self._batchDelay = batchDelaySeconds if clock is not None else 0.0
@@ -176,7 +184,7 @@ class MaildirStore:
         if self._clock is not None:
             cached = self._usage.get(address)
             now = self._clock.seconds()
-            if cached is not None and now - cached[2] < USAGE_CACHE_SECONDS:
+            if cached is not None and now - cached[2] < self._usageCacheSeconds:
                 return succeed(cached[:2])
 
         def remember(usage):

@@ -305,3 +305,37 @@ class TwoNodesTests(TestCase):
 
         codes = [await deferToThread(submit, node) for node in (0, 1, 0, 1, 0, 1)]
         self.assertEqual(codes, [250, 250, 250, 250, 451, 451])
+
+    async def test_quotaAcrossNodes(self) -> None:
+        """
+        Node 2 sees node 1's deliveries in alice's usage within a couple of
+        seconds: after node 1 filled most of her quota, RCPT on node 2
+        with a SIZE that no longer fits gets 452 4.2.2, though node 2 had
+        read her usage (empty) just before.
+        """
+        await self.cli(0, "user", "add", "alice@example.test", "--password-stdin", stdin="pw-alice\n")
+        await self.cli(0, "user", "quota", "alice@example.test", "3000")
+
+        def mtaPort(node: int) -> int:
+            return int(open(self.nodes[node][0]).read().split("mta_port = ")[1].split()[0])
+
+        def rcpt(node: int, size: int) -> int:
+            client = smtplib.SMTP("127.0.0.1", mtaPort(node), local_hostname="c.remote.test", timeout=CLIENT_TIMEOUT)
+            try:
+                client.ehlo()
+                self.assertEqual(client.mail("x@remote.test", [f"SIZE={size}"])[0], 250)
+                return client.rcpt("alice@example.test")[0]
+            finally:
+                client.close()
+
+        self.assertEqual(await deferToThread(rcpt, 1, 2000), 250)
+
+        def send():
+            client = smtplib.SMTP("127.0.0.1", mtaPort(0), local_hostname="c.remote.test", timeout=CLIENT_TIMEOUT)
+            client.sendmail("x@remote.test", ["alice@example.test"], b"Subject: big\r\n\r\n" + (b"x" * 98 + b"\r\n") * 20)
+            client.quit()
+
+        await deferToThread(send)
+        await waitFor(lambda: glob.glob(os.path.join(self.shared, "example.test", "alice", "new", "*")))
+        await deferToThread(time.sleep, 1.5)
+        self.assertEqual(await deferToThread(rcpt, 1, 2000), 452)
