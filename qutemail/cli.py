@@ -53,7 +53,6 @@ import attrs
 from twisted.internet.task import Clock
 
 from qutemail.address import AddressInvalid, parseAccountAddress
-from qutemail.backends.redisusers import UserDirectoryUnavailable
 from qutemail.backends.userfile import UserFileError
 from qutemail.backends.userrecords import parseUserFile
 from qutemail.assembly import Backends, ServiceConfigError, buildBackends
@@ -64,7 +63,7 @@ from qutemail.climail import addMailCommands, addQKDCommands, addRetentionComman
 from qutemail.cliqueue import CommandError, addDKIMCommands, addDNSCommands, addQueueCommands
 from qutemail.config import Config, ConfigError, loadConfig
 from qutemail.configvalues import formatSize, parseSize
-from qutemail.interfaces import NoSuchUser, UserExists
+from qutemail.interfaces import NoSuchUser, UserDirectoryUnavailable, UserExists
 from qutemail.queue.control import ControlError
 from qutemail.store.mailbox import mailboxPath, readUsage
 

@@ -50,6 +50,13 @@ class NoSuchUser(Exception):
     """
 
 
+class UserDirectoryUnavailable(Exception):
+    """
+    The user directory could not answer (Redis down, slow, or refusing):
+    the caller's failure is temporary.  C{str()} is one line.
+    """
+
+
 class IUserDirectory(Interface):
     """
     The local accounts: who exists, and their password.

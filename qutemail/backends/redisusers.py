@@ -31,20 +31,13 @@ from qutemail.backends.passwordhash import (
 from qutemail.backends.redisblocking import RedisReadError, askRedis
 from qutemail.backends.redislimiter import REDIS_TIMEOUT_SECONDS
 from qutemail.backends.userrecords import checkAddress
-from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
+from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserDirectoryUnavailable, UserExists
 
 USER_PREFIX = "qutemail:user:"
 USERS_SET = "qutemail:users"
 # Set one field of a hash that exists; 0 when it does not.
 _SET_IF_EXISTS = ("if redis.call('exists', KEYS[1]) == 1 then "
                   "redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) return 1 else return 0 end")
-
-
-class UserDirectoryUnavailable(Exception):
-    """
-    Redis did not answer a user directory call (down, slow, or refusing):
-    the caller's failure is temporary.
-    """
 
 
 def txredisCaller(connection: Any, clock: Any, timeoutSeconds: float = REDIS_TIMEOUT_SECONDS) -> Callable:
@@ -61,8 +54,9 @@ def txredisCaller(connection: Any, clock: Any, timeoutSeconds: float = REDIS_TIM
 
         def unavailable(failure: Any) -> None:
             failure.trap(txredisapi.RedisError, ConnectionError, ConnectError, TimeoutError, CancelledError)
-            raise UserDirectoryUnavailable(f"the Redis user directory failed ({args[0]}): "
-                                           f"{failure.getErrorMessage() or failure.type.__name__}")
+            reason = (f"no answer within {timeoutSeconds:g}s" if failure.check(TimeoutError, CancelledError)
+                      else failure.getErrorMessage() or failure.type.__name__)
+            raise UserDirectoryUnavailable(f"the Redis user directory failed ({args[0]}): {reason}")
 
         return d.addErrback(unavailable)
 

@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from qutemail.interfaces import UserDirectoryUnavailable
 from qutemail.message import FailedRecipient
 from qutemail.replies import replyFor
 from qutemail.message import BOUNCED, DEFERRED, PENDING, SENT, QueueEntry, RecipientState, retryDelay
@@ -270,7 +271,12 @@ class RetryScheduler(Service):
                     remote[r.address.rpartition("@")[2].lower()].append(r)
         results, _ = await self.local.deliver(message, [(r.index, r.address) for r in local], True)
         for r, (ok, result) in zip(local, results):
-            if not ok:
+            if not ok and result.check(OSError, UserDirectoryUnavailable):
+                # Known and temporary (disk, delivery process, directory).
+                self._log.warn("retry of {queueId} to {recipient} failed: {reason}", queueId=entry.queueId,
+                               recipient=r.address, reason=result.getErrorMessage())
+                result = replyFor(result)
+            elif not ok:
                 self._log.failure("retry of {queueId} to {recipient} failed", result,
                                   queueId=entry.queueId, recipient=r.address)
                 result = replyFor(result)

@@ -52,7 +52,8 @@ class TwoNodesTests(TestCase):
                 f.write(masterKey)
             config = writeConfig(os.path.join(base, f"{name}.ini"), dataDir, mtaPort=mta, submissionPort=submission,
                                  extra=f"\n[redis]\nurl = redis://127.0.0.1:{redis}/0\n"
-                                       f"[mailbox]\nmail_dir = {self.shared}\n[limits]\nmessages_per_user_hour = 4\n")
+                                       f"[mailbox]\nmail_dir = {self.shared}\n[limits]\nmessages_per_user_hour = 4\n"
+                                       f"[relay]\nretry_schedule = 1s\n")
             env = dict(os.environ, QUTEMAIL_IMAP_PORT=str(imap))
             server = ServerProcess(config, os.path.join(base, f"{name}.log"), mta, env=env)
             self.addCleanup(server.kill)
@@ -339,3 +340,40 @@ class TwoNodesTests(TestCase):
         await waitFor(lambda: glob.glob(os.path.join(self.shared, "example.test", "alice", "new", "*")))
         await deferToThread(time.sleep, 1.5)
         self.assertEqual(await deferToThread(rcpt, 1, 2000), 452)
+
+    async def test_acceptedMailSurvivesRedisOutage(self) -> None:
+        """
+        A message accepted (250) but not yet deliverable (alice's mailbox
+        is full, 452 4.2.2 at delivery) waits in node 1's queue through a
+        Redis outage, retried every second, and is delivered once, once
+        Redis is back and her quota is raised.
+        """
+        await self.cli(0, "user", "add", "alice@example.test", "--password-stdin", stdin="pw-alice\n")
+        await self.cli(0, "user", "quota", "alice@example.test", "1000")
+        mta = int(open(self.nodes[0][0]).read().split("mta_port = ")[1].split()[0])
+
+        def send():
+            client = smtplib.SMTP("127.0.0.1", mta, local_hostname="c.remote.test", timeout=CLIENT_TIMEOUT)
+            try:
+                client.ehlo()
+                # No SIZE: RCPT sees an empty mailbox; the delivery finds it full.
+                self.assertEqual(client.mail("x@remote.test")[0], 250)
+                self.assertEqual(client.rcpt("alice@example.test")[0], 250)
+                return client.data(b"Subject: kept\r\n\r\n" + (b"y" * 98 + b"\r\n") * 20)[0]
+            finally:
+                client.close()
+
+        self.assertEqual(await deferToThread(send), 250)
+        log = os.path.join(self.base, "node1.log")
+        await waitFor(lambda: "deferred (452 4.2.2" in open(log).read())
+        await deferToThread(self.redis.kill)
+        await deferToThread(time.sleep, 3)
+        await deferToThread(self.redis.start)
+        deadline = time.monotonic() + 30
+        while (await self.cli(0, "user", "quota", "alice@example.test", "100000")).returncode != 0:
+            self.assertLess(time.monotonic(), deadline, "Redis did not come back")
+            await deferToThread(time.sleep, 0.5)
+        stored = await waitFor(lambda: glob.glob(os.path.join(self.shared, "example.test", "alice", "*", "*.*")),
+                               timeout=60)
+        await deferToThread(time.sleep, 2)
+        self.assertEqual(len(glob.glob(os.path.join(self.shared, "example.test", "alice", "*", "*.*"))), 1, stored)
