@@ -30,7 +30,7 @@ from qutemail.backends.passwordhash import (
 )
 from qutemail.backends.redisblocking import RedisReadError, askRedis
 from qutemail.backends.redislimiter import REDIS_TIMEOUT_SECONDS
-from qutemail.backends.userrecords import checkAddress
+from qutemail.backends.userrecords import checkAddress, isQuota
 from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserDirectoryUnavailable, UserExists
 
 USER_PREFIX = "qutemail:user:"
@@ -236,8 +236,8 @@ class RedisUserDirectory:
         """
         See L{setQuota}.
         """
-        if quotaBytes is not None and (type(quotaBytes) is not int or quotaBytes < 0):
-            raise ValueError(f"quota {quotaBytes!r} is not a byte count")
+        if not isQuota(quotaBytes):
+            raise ValueError(f"{quotaBytes!r} is not a quota in bytes")
         await self._setIfExists(address, "quota", "" if quotaBytes is None else str(quotaBytes))
         return Account(address, quotaBytes)
 
