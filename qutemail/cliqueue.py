@@ -30,11 +30,14 @@ C{main} catches.
 import argparse
 import datetime
 import importlib.util
+import json
 import os
 import shutil
 import time
 from typing import Any, BinaryIO, TextIO
 
+from qutemail.backends.redisusers import blockingCaller
+from qutemail.blocking import wait
 from qutemail.durable import removeFile, replaceFile, syncDirectory
 from qutemail.pipeline.dkim import (
     DEFAULT_TTL,
@@ -52,6 +55,7 @@ from qutemail.queue.control import QUEUE_ID, ControlError, ServerNotRunning, con
 from qutemail.message import DEFERRED, PENDING, RecipientState
 from qutemail.qkd.vault import KeyVaultError
 from qutemail.queue.journal import unfinished
+from qutemail.queue.nodes import NODE_PREFIX
 from qutemail.queue.sealedbody import SealedBodyError
 
 DEFAULT_RSA_BITS = 2048
@@ -105,6 +109,8 @@ def _queueList(context: Any, arguments: argparse.Namespace) -> int:
     C{queue list}: like C{mailq}, one block per message: id, age, size,
     sender, then each recipient with its state and last reply.
     """
+    if getattr(arguments, "all", False):
+        return _queueListAll(context)
     now = time.time()
     queueDir = _queueDir(context)
     entries = context.backends().queue.snapshot()
@@ -127,6 +133,41 @@ def _queueList(context: Any, arguments: argparse.Namespace) -> int:
             print(f"    {r.address}  {r.state}  attempts={r.attempts}{when}  {r.lastReply}", file=out)
     total = len(entries) + len(inFlight)
     print(f"-- {total} message{'s' if total != 1 else ''} in the queue", file=out)
+    return 0
+
+
+def _queueListAll(context: Any) -> int:
+    """
+    C{queue list --all}: every live node's queue, as each node last
+    announced it in Redis (L{qutemail.queue.nodes}).
+    """
+    url = context.config.redis.url
+    if not url:
+        raise CommandError("--all needs [redis] url: nodes announce their queues there")
+    call = blockingCaller(url)
+    keys: list[str] = []
+    cursor = "0"
+    while True:
+        reply = wait(call("SCAN", cursor, "MATCH", NODE_PREFIX + "*", "COUNT", "100"))
+        cursor = reply[0].decode("ascii")
+        keys += [k.decode("utf-8") for k in reply[1]]
+        if cursor == "0":
+            break
+    out, now = context.stdout, time.time()
+    nodes = [json.loads(raw) for raw in (wait(call("GET", key)) for key in sorted(set(keys))) if raw]
+    if not nodes:
+        print("no live node has announced itself", file=out)
+        return 0
+    for node in sorted(nodes, key=lambda n: (n["hostname"], n["dataDir"])):
+        print(f"== node {node['hostname']} ({node['dataDir']}), seen {_age(now - node['at'])} ago: "
+              f"{node['total']} message{'s' if node['total'] != 1 else ''}", file=out)
+        for entry in node["queue"]:
+            print(f"{entry['id']}  {_age(now - entry['receivedAt'])}  {entry['size']}  <{entry['sender']}>", file=out)
+            for r in entry["recipients"]:
+                when = f"  next in {_age(r['nextAttempt'] - now)}" if r["state"] == "deferred" else ""
+                print(f"    {r['address']}  {r['state']}  attempts={r['attempts']}{when}  {r['lastReply']}", file=out)
+        if node["total"] > len(node["queue"]):
+            print(f"    ... and {node['total'] - len(node['queue'])} more", file=out)
     return 0
 
 
@@ -304,6 +345,9 @@ def addQueueCommands(commands: Any) -> None:
         action = actions.add_parser(name, help=text)
         if takesId:
             action.add_argument("queue_id", metavar="ID")
+        if name == "list":
+            action.add_argument("--all", action="store_true",
+                                help="every live node's queue, as announced in Redis ([redis] url)")
         action.set_defaults(run=run)
 
 

@@ -35,6 +35,7 @@ from qutemail.access.pop3 import POP3Factory, pop3Portal
 from qutemail.backends.localnotify import LocalMailboxNotifier
 from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redisnotify import RedisMailboxNotifier
+from qutemail.backends.redisusers import txredisCaller
 from qutemail.backends.redislimiter import connect as connectRedis
 from qutemail.assembly import ClosingService, buildBackends, buildContent, buildInbound, buildRelay
 from qutemail.pipeline.transitin import TransitReceiver
@@ -62,6 +63,7 @@ from qutemail.pipeline.signing import OutboundSigner, ensureKey
 from qutemail.queue.control import ControlService, controlPath
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
+from qutemail.queue.nodes import NodeHeartbeat
 from qutemail.queue.scheduler import RetryScheduler
 from qutemail.relay.tlsrpt import TLSReporter
 from qutemail.workers import WorkerPool
@@ -416,6 +418,10 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                                            submit=intake.originate)
             root.tlsReporter.setServiceParent(root)
         ControlService(reactor, controlPath(dataDir), scheduler).setServiceParent(root)
+        if backends.redis is not None:
+            # Nodes sharing Redis announce their queues (queue list --all).
+            NodeHeartbeat(call=txredisCaller(backends.redis, reactor), clock=reactor, hostname=server.hostname,
+                          dataDir=os.path.abspath(dataDir), queue=queue).setServiceParent(root)
 
     now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
     credentials = serverCredentials(config.tls.cert, config.tls.key, server.hostname, dataDir, now)

@@ -42,6 +42,7 @@ class TwoNodesTests(TestCase):
         self.shared = os.path.join(base, "shared-mail")
         masterKey = os.urandom(32)
         self.nodes = []
+        self.servers = []
         for name in ("node1", "node2"):
             mta, imap, submission = freePort(), freePort(), freePort()
             dataDir = os.path.join(base, name)
@@ -53,10 +54,13 @@ class TwoNodesTests(TestCase):
             config = writeConfig(os.path.join(base, f"{name}.ini"), dataDir, mtaPort=mta, submissionPort=submission,
                                  extra=f"\n[redis]\nurl = redis://127.0.0.1:{redis}/0\n"
                                        f"[mailbox]\nmail_dir = {self.shared}\n[limits]\nmessages_per_user_hour = 4\n"
-                                       f"[relay]\nretry_schedule = 1s\n")
+                                       f"[relay]\nretry_schedule = 1s\nnameservers = 127.0.0.1:9\n"
+                                       # No DNS here: no SPF, DKIM or DMARC either.
+                                       f"[inbound]\nchecks = no\n")
             env = dict(os.environ, QUTEMAIL_IMAP_PORT=str(imap))
             server = ServerProcess(config, os.path.join(base, f"{name}.log"), mta, env=env)
             self.addCleanup(server.kill)
+            self.servers.append(server)
             self.nodes.append((config, imap, env, submission))
             await deferToThread(server.start)
         self.base = base
@@ -377,3 +381,38 @@ class TwoNodesTests(TestCase):
                                timeout=60)
         await deferToThread(time.sleep, 2)
         self.assertEqual(len(glob.glob(os.path.join(self.shared, "example.test", "alice", "*", "*.*"))), 1, stored)
+
+    async def test_queueListAll(self) -> None:
+        """
+        C{queue list --all} on one node shows each live node's queue (a
+        message to an unreachable domain on each); a node that stops is
+        gone from it.
+        """
+        await self.cli(0, "user", "add", "bob@example.test", "--password-stdin", stdin="pw-bob\n")
+
+        def submit(node: int, to: str):
+            client = smtplib.SMTP("127.0.0.1", self.nodes[node][3], local_hostname="c.test", timeout=CLIENT_TIMEOUT)
+            client.starttls(context=insecureContext())
+            client.login("bob@example.test", "pw-bob")
+            client.sendmail("bob@example.test", [to], b"From: bob@example.test\r\nSubject: q\r\n\r\nx\r\n")
+            client.quit()
+
+        await deferToThread(submit, 0, "dave@one.test")
+        await deferToThread(submit, 1, "erin@two.test")
+        deadline = time.monotonic() + 20
+        while True:
+            listed = await self.cli(0, "queue", "list", "--all")
+            self.assertEqual(listed.returncode, 0, listed.stderr)
+            if "dave@one.test" in listed.stdout and "erin@two.test" in listed.stdout:
+                break
+            self.assertLess(time.monotonic(), deadline, listed.stdout)
+            await deferToThread(time.sleep, 0.5)
+        self.assertEqual(listed.stdout.count("== node mail.example.test ("), 2, listed.stdout)
+        node2 = os.path.join(self.base, "node2")
+        [block] = [b for b in listed.stdout.split("== node ")[1:] if b.startswith(f"mail.example.test ({node2})")]
+        self.assertIn("erin@two.test", block)
+        self.assertNotIn("dave@one.test", block)
+        await deferToThread(self.servers[1].stop)
+        listed = await self.cli(0, "queue", "list", "--all")
+        self.assertNotIn(node2, listed.stdout)
+        self.assertIn("dave@one.test", listed.stdout)
