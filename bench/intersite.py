@@ -45,11 +45,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from qkd_throughput import (
-    BenchError, Message, Server, Session, addUser, checkStored, freePort, maildirCount, parseSize, positive,
+    BenchError, Message, Server, addUser, checkStored, freePort, maildirCount, parseSize, positive, runSessions,
     serverEnvironment, waitForMaildir, writeFromBase,
 )
 
@@ -173,25 +172,12 @@ def oneRun(args: argparse.Namespace, scratch: str, pair: KMEPair, number: int, m
     try:
         for server in servers.values():
             server.start()
-        times: dict[str, float] = {}
         cpu: dict[str, float | None] = {}
 
         def go() -> None:
-            times["start"] = time.monotonic()
             cpu.update({site: server.cpuSeconds() for site, server in servers.items()}, kme=pair.cpuSeconds())
 
-        barrier = threading.Barrier(args.sessions, action=go)
-        sessions = [Session(i, ports["a"][1], args.messages, message, barrier) for i in range(args.sessions)]
-        for session in sessions:
-            session.start()
-        for session in sessions:
-            session.join()
-        errors = sorted((s.error for s in sessions if s.error is not None),
-                        key=lambda e: isinstance(e, threading.BrokenBarrierError))
-        if errors:
-            raise BenchError(f"a session failed: {type(errors[0]).__name__}: {errors[0]}")
-        started = times["start"]
-        accepted = max(s.finished for s in sessions)
+        started, accepted = runSessions(args.sessions, ports["a"][1], args.messages, message, go)
         done, _ = waitForMaildir(mailbox, expected, started)
         used = {site: server.cpuSeconds() for site, server in servers.items()} | {"kme": pair.cpuSeconds()}
         used = {k: None if v is None or cpu.get(k) is None else v - cpu[k] for k, v in used.items()}

@@ -67,6 +67,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from typing import Any
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -300,6 +301,35 @@ class Session(threading.Thread):
                     pass
 
 
+def runSessions(count: int, port: int, messages: int, message: "Message", onStart: Any) -> tuple[float, float]:
+    """
+    Run C{count} submission sessions that start together (C{onStart()}
+    runs at the start, as the barrier opens) and wait for them all.
+
+    @return: when they started and when the last one was answered
+        (C{time.monotonic()}).
+    @raise BenchError: a session failed.
+    """
+    times: dict[str, float] = {}
+
+    def go() -> None:
+        times["start"] = time.monotonic()
+        onStart()
+
+    barrier = threading.Barrier(count, action=go)
+    sessions = [Session(i, port, messages, message, barrier) for i in range(count)]
+    for session in sessions:
+        session.start()
+    for session in sessions:
+        session.join()
+    # The session that broke the barrier says why; the others only that it broke.
+    errors = sorted((s.error for s in sessions if s.error is not None),
+                    key=lambda e: isinstance(e, threading.BrokenBarrierError))
+    if errors:
+        raise BenchError(f"a session failed: {type(errors[0]).__name__}: {errors[0]}")
+    return times["start"], max(s.finished for s in sessions)
+
+
 def maildirCount(mailbox: str) -> int:
     """
     @return: how many messages are in a Maildir's new/ and cur/.
@@ -487,23 +517,10 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
         times: dict[str, float] = {}
 
         def go() -> None:
-            times["start"] = time.monotonic()
             times["serverCPU"] = server.cpuSeconds()
             times["clientCPU"] = time.process_time()
 
-        barrier = threading.Barrier(args.sessions, action=go)
-        sessions = [Session(i, submissionPort, args.messages, message, barrier) for i in range(args.sessions)]
-        for session in sessions:
-            session.start()
-        for session in sessions:
-            session.join()
-        # The session that broke the barrier says why; the others only that it broke.
-        errors = sorted((s.error for s in sessions if s.error is not None),
-                        key=lambda e: isinstance(e, threading.BrokenBarrierError))
-        if errors:
-            raise BenchError(f"a session failed: {type(errors[0]).__name__}: {errors[0]}")
-        started = times["start"]
-        accepted = max(s.finished for s in sessions)
+        started, accepted = runSessions(args.sessions, submissionPort, args.messages, message, go)
         done, count = waitForMaildir(mailbox, expected, started)
         serverCPU = server.cpuSeconds()
         if serverCPU is not None and times["serverCPU"] is not None:
