@@ -55,7 +55,7 @@ from qutemail.queue.control import QUEUE_ID, ControlError, ServerNotRunning, con
 from qutemail.message import DEFERRED, PENDING, RecipientState
 from qutemail.qkd.vault import KeyVaultError
 from qutemail.queue.journal import unfinished
-from qutemail.queue.nodes import NODE_PREFIX
+from qutemail.queue.nodes import NODE_PREFIX, queueSummary
 from qutemail.queue.sealedbody import SealedBodyError
 
 DEFAULT_RSA_BITS = 2048
@@ -124,16 +124,25 @@ def _queueList(context: Any, arguments: argparse.Namespace) -> int:
         print(f"{message.queueId}  {_age(now - envelope.receivedAt)}  {message.size}  <{envelope.sender}>", file=out)
         for recipient in envelope.recipients:
             print(f"    {recipient}  active", file=out)
-    for entry in entries:
-        envelope = entry.message.envelope
-        print(f"{entry.queueId}  {_age(now - envelope.receivedAt)}  {entry.message.size}  <{envelope.sender}>",
-              file=out)
-        for r in entry.recipients:
-            when = f"  next in {_age(r.nextAttempt - now)}" if r.state == "deferred" else ""
-            print(f"    {r.address}  {r.state}  attempts={r.attempts}{when}  {r.lastReply}", file=out)
+    _printEntries(out, queueSummary(entries), now)
     total = len(entries) + len(inFlight)
     print(f"-- {total} message{'s' if total != 1 else ''} in the queue", file=out)
     return 0
+
+
+def _printEntries(out: TextIO, summaries: list[dict], now: float) -> None:
+    """
+    Print queued messages as C{queue list} shows them: id, age, size,
+    sender, then each recipient with its state and last reply.
+
+    @param summaries: from L{qutemail.queue.nodes.queueSummary} (this
+        node's entries, or another node's announcement).
+    """
+    for entry in summaries:
+        print(f"{entry['id']}  {_age(now - entry['receivedAt'])}  {entry['size']}  <{entry['sender']}>", file=out)
+        for r in entry["recipients"]:
+            when = f"  next in {_age(r['nextAttempt'] - now)}" if r["state"] == DEFERRED else ""
+            print(f"    {r['address']}  {r['state']}  attempts={r['attempts']}{when}  {r['lastReply']}", file=out)
 
 
 def _queueListAll(context: Any) -> int:
@@ -161,11 +170,7 @@ def _queueListAll(context: Any) -> int:
     for node in sorted(nodes, key=lambda n: (n["hostname"], n["dataDir"])):
         print(f"== node {node['hostname']} ({node['dataDir']}), seen {_age(now - node['at'])} ago: "
               f"{node['total']} message{'s' if node['total'] != 1 else ''}", file=out)
-        for entry in node["queue"]:
-            print(f"{entry['id']}  {_age(now - entry['receivedAt'])}  {entry['size']}  <{entry['sender']}>", file=out)
-            for r in entry["recipients"]:
-                when = f"  next in {_age(r['nextAttempt'] - now)}" if r["state"] == "deferred" else ""
-                print(f"    {r['address']}  {r['state']}  attempts={r['attempts']}{when}  {r['lastReply']}", file=out)
+        _printEntries(out, node["queue"], now)
         if node["total"] > len(node["queue"]):
             print(f"    ... and {node['total'] - len(node['queue'])} more", file=out)
     return 0

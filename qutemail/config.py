@@ -21,9 +21,9 @@ import attrs
 
 from qutemail.configsections import ContentConfig, MetricsConfig
 from qutemail.configvalues import (
-    ENV_PREFIX, MAX_WORKERS, SETTINGS, Setting, intValidator, isDuration, isKeySize, isNameserver,
-    parseDnsLabel, parseDnsName, parseDomains, parseIpLiteral, parserValidator, parseSmarthost, parseText,
-    parseTlsDomains, pathValidator, predicateValidator, urlParser,
+    DURATION_FIELD, ENV_PREFIX, MAX_WORKERS, PORT_FIELD, SETTINGS, Setting, intValidator, isDuration, isKeySize,
+    isNameserver, parseDnsLabel, parseDnsName, parseDomains, parseIpLiteral, parserValidator, parseSmarthost,
+    parseText, parseTlsDomains, pathValidator, predicateValidator, urlParser,
 )
 
 # formatSize and parseSize are qutemail.configvalues's, listed here so that
@@ -64,8 +64,6 @@ def _section(cls: type) -> Any:
     return attrs.field(factory=cls, validator=attrs.validators.instance_of(cls))
 
 
-_PORT = intValidator(0, 65535)
-_DURATION_FIELD = predicateValidator(isDuration, "a duration > 0")
 
 
 @attrs.frozen
@@ -106,13 +104,13 @@ class SMTPConfig:
     @ivar idleTimeoutSeconds: how long a session may idle (C{idle_timeout}).
     """
 
-    mtaPort: int = attrs.field(default=25, validator=_PORT)
-    submissionPort: int = attrs.field(default=587, validator=_PORT)
-    smtpsPort: int = attrs.field(default=465, validator=_PORT)
+    mtaPort: int = attrs.field(default=25, validator=PORT_FIELD)
+    submissionPort: int = attrs.field(default=587, validator=PORT_FIELD)
+    smtpsPort: int = attrs.field(default=465, validator=PORT_FIELD)
     maxMessageBytes: int = attrs.field(default=26214400, validator=intValidator(1))
     maxRecipients: int = attrs.field(default=100, validator=intValidator(1))
     # RFC 5321 §4.5.3.2.7: the server timeout should be at least 5 minutes.
-    idleTimeoutSeconds: float = attrs.field(default=300.0, validator=_DURATION_FIELD)
+    idleTimeoutSeconds: float = attrs.field(default=300.0, validator=DURATION_FIELD)
 
 
 def _defaultPort(which: int) -> Any:
@@ -136,8 +134,8 @@ class MailAccessConfig:
 
     DEFAULT_PORTS: ClassVar[tuple[int, int]]
 
-    port: int = attrs.field(default=_defaultPort(0), validator=_PORT)
-    tlsPort: int = attrs.field(default=_defaultPort(1), validator=_PORT)
+    port: int = attrs.field(default=_defaultPort(0), validator=PORT_FIELD)
+    tlsPort: int = attrs.field(default=_defaultPort(1), validator=PORT_FIELD)
 
 
 @attrs.frozen
@@ -235,7 +233,7 @@ class InboundConfig:
     checks: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     spfFail: str = attrs.field(default="reject", validator=attrs.validators.in_(("reject", "tag")))
     dmarcReject: str = attrs.field(default="reject", validator=attrs.validators.in_(("reject", "quarantine")))
-    dnsTimeoutSeconds: float = attrs.field(default=10.0, validator=_DURATION_FIELD)
+    dnsTimeoutSeconds: float = attrs.field(default=10.0, validator=DURATION_FIELD)
 
 
 @attrs.frozen
@@ -350,7 +348,7 @@ class RelayConfig:
         default=(300.0, 600.0, 1200.0, 2400.0, 4800.0),
         validator=predicateValidator(lambda v: type(v) is tuple and v and all(map(isDuration, v)), "durations > 0"),
     )
-    queueLifetimeSeconds: float = attrs.field(default=5 * 86400.0, validator=_DURATION_FIELD)
+    queueLifetimeSeconds: float = attrs.field(default=5 * 86400.0, validator=DURATION_FIELD)
     requireVerifiedTls: tuple[str, ...] = attrs.field(
         default=(), validator=parserValidator(parseTlsDomains, "DNS names or *")
     )

@@ -8,12 +8,9 @@ imports them into its L{qutemail.config.Config} tree.
 import attrs
 
 from qutemail.configvalues import (
-    intValidator, isDuration, parseClamdSocket, parseIpLiteral, parserValidator, pathValidator, predicateValidator,
+    DURATION_FIELD, PORT_FIELD, intValidator, parseClamdSocket, parseIpLiteral, parserValidator, pathValidator,
     urlParser,
 )
-
-_PORT = intValidator(0, 65535)
-_DURATION_FIELD = predicateValidator(isDuration, "a duration > 0")
 
 
 @attrs.frozen
@@ -38,7 +35,7 @@ class ContentConfig:
     clamdSocket: str = attrs.field(default="", validator=parserValidator(parseClamdSocket, "a socket"))
     maxScanBytes: int = attrs.field(default=25 * 2**20, validator=intValidator(1))
     onError: str = attrs.field(default="tempfail", validator=attrs.validators.in_(("tempfail", "accept")))
-    timeoutSeconds: float = attrs.field(default=30.0, validator=_DURATION_FIELD)
+    timeoutSeconds: float = attrs.field(default=30.0, validator=DURATION_FIELD)
     scanSubmission: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
     @property
@@ -61,6 +58,6 @@ class MetricsConfig:
         C{/.well-known/mta-sts.txt} (C{mta_sts_mode}).
     """
 
-    port: int = attrs.field(default=0, validator=_PORT)
+    port: int = attrs.field(default=0, validator=PORT_FIELD)
     bind: str = attrs.field(default="127.0.0.1", validator=parserValidator(parseIpLiteral, "an IP address"))
     mtaStsMode: str = attrs.field(default="testing", validator=attrs.validators.in_(("testing", "enforce", "none")))

@@ -412,6 +412,11 @@ def isDuration(value: Any) -> bool:
     return type(value) in (int, float) and 0 < value < math.inf
 
 
+# Validators of the config classes' fields, shared by every section.
+PORT_FIELD = intValidator(0, 65535)
+DURATION_FIELD = predicateValidator(isDuration, "a duration > 0")
+
+
 def isNameserver(value: Any) -> bool:
     """Whether C{value} is an C{(ip, port)} pair as L{parseNameservers} gives."""
     address, port = value

@@ -14,8 +14,11 @@ through Twisted's phase-specific exceptions.
 import base64
 import errno
 import re
+from typing import Any
 
 import attrs
+
+from qutemail.interfaces import UserDirectoryUnavailable
 
 
 @attrs.frozen
@@ -250,6 +253,23 @@ class ReplyError(Exception):
     def __init__(self, reply: Reply) -> None:
         Exception.__init__(self, str(reply))
         self.reply = reply
+
+
+def logDeliveryFailure(log: Any, failure: Any, what: str, **fields: Any) -> None:
+    """
+    Log a failed delivery attempt: one warning line for a known, temporary
+    fault (the disk, the delivery process, the user directory), which is
+    logged where it happened too; the traceback for anything else.
+
+    @param log: the caller's C{Logger}.
+    @param what: the event's format, e.g. C{"delivery of {queueId} to
+        {recipient} failed"}.
+    @param fields: its fields.
+    """
+    if failure.check(OSError, UserDirectoryUnavailable):
+        log.warn(what + ": {reason}", reason=failure.getErrorMessage(), **fields)
+    else:
+        log.failure(what, failure, **fields)
 
 
 def replyFor(failure) -> Reply:

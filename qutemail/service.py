@@ -485,16 +485,15 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             continue
         if args.get("pop3"):
             factory = POP3Factory(args["portal"], runner, reactor, throttle, tlsContext,
-                                  implicitTLS=args["implicitTLS"], limits=sessionLimits)
+                                  implicitTLS=args["implicitTLS"], limits=sessionLimits, listenerName=name)
         elif args.get("imap"):
             factory = IMAPFactory(args["portal"], runner, reactor, throttle, tlsContext,
                                   implicitTLS=args["implicitTLS"], hostname=server.hostname,
                                   defaultQuotaBytes=config.mailbox.defaultQuotaBytes,
                                   maxAppendBytes=config.smtp.maxMessageBytes, limits=sessionLimits,
-                                  notifier=notifier)
+                                  notifier=notifier, listenerName=name)
         else:
             factory = SMTPServerFactory(**dict(args, settings=attrs.evolve(args["settings"], listenerName=name)))
-        factory.listenerName = name
         listening = factory
         if args.get("implicitTLS") or ("settings" in args and args["settings"].implicitTLS):
             # RFC 8314: TLS from the first byte on the submissions port.

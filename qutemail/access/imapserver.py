@@ -546,6 +546,7 @@ class IMAPFactory(ServerFactory):
     implicitTLS: bool = False
     pollSeconds: float = attrs.field(default=2.0, kw_only=True)
     notifier: Any = attrs.field(default=None, kw_only=True)
+    listenerName: str = attrs.field(default="imap", kw_only=True)
     defaultQuotaBytes: int = attrs.field(default=DEFAULT_QUOTA_BYTES, kw_only=True)
     hostname: str = attrs.field(default="localhost", kw_only=True)
     maxAppendBytes: int = attrs.field(default=DEFAULT_MAX_APPEND_BYTES, kw_only=True)
@@ -553,7 +554,6 @@ class IMAPFactory(ServerFactory):
     authenticatedTimeoutSeconds: float = attrs.field(default=1800.0, kw_only=True)
     limits: SessionLimits = attrs.field(factory=SessionLimits, kw_only=True)
     noisy = False
-    listenerName = "imap"
 
     @property
     def clock(self) -> Any:

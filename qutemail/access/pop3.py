@@ -451,8 +451,8 @@ class POP3Factory(ServerFactory):
     implicitTLS: bool = False
     timeoutSeconds: float = IDLE_TIMEOUT_SECONDS
     limits: SessionLimits = attrs.field(factory=SessionLimits, kw_only=True)
+    listenerName: str = attrs.field(default="pop3", kw_only=True)
     noisy = False
-    listenerName = "pop3"
 
     def buildProtocol(self, addr: Any) -> POP3Server:
         """

@@ -17,8 +17,7 @@ from twisted.logger import Logger
 
 from qutemail.address import domainOf
 from qutemail.message import DEFERRED, PENDING, FailedRecipient, RecipientState, SpooledMessage, retryDelay
-from qutemail.interfaces import UserDirectoryUnavailable
-from qutemail.replies import MAILBOX_FULL, replyFor
+from qutemail.replies import MAILBOX_FULL, logDeliveryFailure, replyFor
 
 
 class Router:
@@ -82,14 +81,9 @@ class Router:
                 outcomes.append(f"{address}: delivered" + (f" encrypted (key {keyId})" if keyId else ""))
                 continue
             reply = result if ok else replyFor(result)
-            if not ok and result.check(OSError, UserDirectoryUnavailable):
-                # The disk, the delivery process or the directory failed:
-                # known, temporary, logged where it happened; one line here.
-                self._log.warn("delivery of {queueId} to {recipient} failed: {reason}", queueId=message.queueId,
-                               recipient=address, reason=result.getErrorMessage())
-            elif not ok:
-                self._log.failure("delivery of {queueId} to {recipient} failed", result,
-                                  queueId=message.queueId, recipient=address)
+            if not ok:
+                logDeliveryFailure(self._log, result, "delivery of {queueId} to {recipient} failed",
+                                   queueId=message.queueId, recipient=address)
             if metrics is not None:
                 metrics.recipientOutcome("deferred" if reply.isTemporary else "bounced")
                 if reply.enhanced == MAILBOX_FULL.enhanced:

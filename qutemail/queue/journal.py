@@ -347,7 +347,7 @@ class Journal:
         segment = self._segment
         deletable = self._takeDeletable(segment)
         spills, self._spillsToRemove = self._spillsToRemove, []
-        started = self._clock.seconds()
+        started = self._clock.seconds() if self.metrics is not None else 0.0
         self._flushing = self._runner.run(self._writeBatch, segment, [r for r, _ in batch], deletable, spills)
 
         def finished(result):

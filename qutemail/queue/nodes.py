@@ -44,7 +44,7 @@ def queueSummary(entries: list[Any]) -> list[dict]:
              "sender": e.message.envelope.sender,
              "recipients": [{"address": r.address, "state": r.state, "attempts": r.attempts,
                              "nextAttempt": r.nextAttempt, "lastReply": r.lastReply} for r in e.recipients]}
-            for e in entries[:MAX_LISTED]]
+            for e in entries]
 
 
 class NodeHeartbeat(Service):
@@ -96,7 +96,7 @@ class NodeHeartbeat(Service):
         try:
             entries = sorted(await self.queue.waiting(), key=lambda e: e.queueId)
             document = {"hostname": self.hostname, "dataDir": self.dataDir, "at": self.clock.seconds(),
-                        "total": len(entries), "queue": queueSummary(entries)}
+                        "total": len(entries), "queue": queueSummary(entries[:MAX_LISTED])}
             await self.call("SET", self.key, json.dumps(document), "EX", NODE_TTL_SECONDS)
         except Exception as e:
             self._log.warn("node announcement not written: {reason}", reason=str(e) or type(e).__name__)

@@ -24,9 +24,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from qutemail.interfaces import UserDirectoryUnavailable
 from qutemail.message import FailedRecipient
-from qutemail.replies import replyFor
+from qutemail.replies import logDeliveryFailure, replyFor
 from qutemail.message import BOUNCED, DEFERRED, PENDING, SENT, QueueEntry, RecipientState, retryDelay
 from qutemail.serial import SerialQueue
 from qutemail.replies import DELETED_BY_ADMIN, LOCAL_ERROR, QUEUE_EXPIRED, Reply, ReplyError, enhancedOf
@@ -271,14 +270,9 @@ class RetryScheduler(Service):
                     remote[r.address.rpartition("@")[2].lower()].append(r)
         results, _ = await self.local.deliver(message, [(r.index, r.address) for r in local], True)
         for r, (ok, result) in zip(local, results):
-            if not ok and result.check(OSError, UserDirectoryUnavailable):
-                # Known and temporary (disk, delivery process, directory).
-                self._log.warn("retry of {queueId} to {recipient} failed: {reason}", queueId=entry.queueId,
-                               recipient=r.address, reason=result.getErrorMessage())
-                result = replyFor(result)
-            elif not ok:
-                self._log.failure("retry of {queueId} to {recipient} failed", result,
-                                  queueId=entry.queueId, recipient=r.address)
+            if not ok:
+                logDeliveryFailure(self._log, result, "retry of {queueId} to {recipient} failed",
+                                   queueId=entry.queueId, recipient=r.address)
                 result = replyFor(result)
             self._record(entry, r, result, now, expired, bounced)
         if local:

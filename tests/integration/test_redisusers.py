@@ -13,6 +13,8 @@ import os
 import smtplib
 import time
 
+import attrs
+
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -22,6 +24,19 @@ from tests.backends.test_redislimiter import RedisServer
 from tests.integration.support import (
     CLIENT_TIMEOUT, ServerProcess, freePort, insecureContext, runCLI, waitFor, writeConfig,
 )
+
+
+@attrs.frozen
+class Node:
+    """
+    One node of the test: its configuration, environment and ports.
+    """
+
+    config: str
+    env: dict
+    mta: int
+    submission: int
+    imap: int
 
 
 class TwoNodesTests(TestCase):
@@ -61,7 +76,7 @@ class TwoNodesTests(TestCase):
             server = ServerProcess(config, os.path.join(base, f"{name}.log"), mta, env=env)
             self.addCleanup(server.kill)
             self.servers.append(server)
-            self.nodes.append((config, imap, env, submission))
+            self.nodes.append(Node(config, env, mta, submission, imap))
             await deferToThread(server.start)
         self.base = base
 
@@ -71,7 +86,7 @@ class TwoNodesTests(TestCase):
 
         @return: whether the login was accepted.
         """
-        client = imaplib.IMAP4("127.0.0.1", self.nodes[node][1], timeout=CLIENT_TIMEOUT)
+        client = imaplib.IMAP4("127.0.0.1", self.nodes[node].imap, timeout=CLIENT_TIMEOUT)
         try:
             client.starttls(ssl_context=insecureContext())
             client.login(address, password)
@@ -85,8 +100,25 @@ class TwoNodesTests(TestCase):
         """
         Run the command line with a node's configuration.
         """
-        config, _, env, _ = self.nodes[node]
-        return deferToThread(runCLI, config, *args, stdin=stdin, env=env)
+        return deferToThread(runCLI, self.nodes[node].config, *args, stdin=stdin, env=self.nodes[node].env)
+
+    def mtaClient(self, node: int) -> smtplib.SMTP:
+        """
+        @return: an SMTP client of a node's MTA port, from outside (blocking).
+        """
+        return smtplib.SMTP("127.0.0.1", self.nodes[node].mta, local_hostname="c.remote.test",
+                            timeout=CLIENT_TIMEOUT)
+
+    def submitter(self, node: int, user: str) -> smtplib.SMTP:
+        """
+        @return: an SMTP client of a node's submission port, after STARTTLS
+            and AUTH as C{user@example.test} (password C{pw-<user>}).
+        """
+        client = smtplib.SMTP("127.0.0.1", self.nodes[node].submission, local_hostname="c.test",
+                              timeout=CLIENT_TIMEOUT)
+        client.starttls(context=insecureContext())
+        client.login(f"{user}@example.test", f"pw-{user}")
+        return client
 
     async def test_sharedAccounts(self) -> None:
         """
@@ -141,9 +173,7 @@ class TwoNodesTests(TestCase):
         body = b"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: shared\r\n\r\nAcross the nodes.\r\n"
 
         def submit():
-            client = smtplib.SMTP("127.0.0.1", self.nodes[0][3], local_hostname="c.test", timeout=CLIENT_TIMEOUT)
-            client.starttls(context=insecureContext())
-            client.login("bob@example.test", "pw-bob")
+            client = self.submitter(0, "bob")
             client.sendmail("bob@example.test", ["alice@example.test"], body)
             client.quit()
 
@@ -153,7 +183,7 @@ class TwoNodesTests(TestCase):
             self.assertNotIn(b"Across the nodes", f.read())
 
         def read():
-            client = imaplib.IMAP4("127.0.0.1", self.nodes[1][1], timeout=CLIENT_TIMEOUT)
+            client = imaplib.IMAP4("127.0.0.1", self.nodes[1].imap, timeout=CLIENT_TIMEOUT)
             try:
                 client.starttls(ssl_context=insecureContext())
                 client.login("alice@example.test", "pw-alice")
@@ -174,7 +204,7 @@ class TwoNodesTests(TestCase):
         """
         added = await self.cli(0, "user", "add", "alice@example.test", "--password-stdin", stdin="pw-alice\n")
         self.assertEqual(added.returncode, 0, added.stderr)
-        client = imaplib.IMAP4("127.0.0.1", self.nodes[1][1], timeout=CLIENT_TIMEOUT)
+        client = imaplib.IMAP4("127.0.0.1", self.nodes[1].imap, timeout=CLIENT_TIMEOUT)
         self.addCleanup(client.shutdown)
 
         def idle():
@@ -192,10 +222,8 @@ class TwoNodesTests(TestCase):
                 if line.endswith(b"EXISTS\r\n"):
                     return time.monotonic()
 
-        mta = int(open(self.nodes[0][0]).read().split("mta_port = ")[1].split()[0])
-
         def send(n: int):
-            smtp = smtplib.SMTP("127.0.0.1", mta, local_hostname="c.remote.test", timeout=CLIENT_TIMEOUT)
+            smtp = self.mtaClient(0)
             smtp.sendmail("x@remote.test", ["alice@example.test"], b"Subject: wake %d\r\n\r\nup\r\n" % n)
             smtp.quit()
 
@@ -211,7 +239,7 @@ class TwoNodesTests(TestCase):
             self.assertLess(await heard - landed, 0.5, f"delivery {n}")
 
         # Flag changes on node 1 are heard the same way.
-        other = imaplib.IMAP4("127.0.0.1", self.nodes[0][1], timeout=CLIENT_TIMEOUT)
+        other = imaplib.IMAP4("127.0.0.1", self.nodes[0].imap, timeout=CLIENT_TIMEOUT)
         self.addCleanup(other.shutdown)
 
         def openOther():
@@ -241,7 +269,7 @@ class TwoNodesTests(TestCase):
         """
         added = await self.cli(0, "user", "add", "bob@example.test", "--password-stdin", stdin="pw-bob\n")
         self.assertEqual(added.returncode, 0, added.stderr)
-        open_ = imaplib.IMAP4("127.0.0.1", self.nodes[0][1], timeout=CLIENT_TIMEOUT)
+        open_ = imaplib.IMAP4("127.0.0.1", self.nodes[0].imap, timeout=CLIENT_TIMEOUT)
         self.addCleanup(open_.shutdown)
 
         def logIn():
@@ -252,7 +280,7 @@ class TwoNodesTests(TestCase):
         await deferToThread(self.redis.kill)
 
         def imapAnswer(node: int) -> str:
-            client = imaplib.IMAP4("127.0.0.1", self.nodes[node][1], timeout=CLIENT_TIMEOUT)
+            client = imaplib.IMAP4("127.0.0.1", self.nodes[node].imap, timeout=CLIENT_TIMEOUT)
             try:
                 client.starttls(ssl_context=insecureContext())
                 client.login("bob@example.test", "pw-bob")
@@ -263,7 +291,8 @@ class TwoNodesTests(TestCase):
                 client.shutdown()
 
         def smtpAuth() -> tuple[int, bytes]:
-            client = smtplib.SMTP("127.0.0.1", self.nodes[0][3], local_hostname="c.test", timeout=CLIENT_TIMEOUT)
+            client = smtplib.SMTP("127.0.0.1", self.nodes[0].submission, local_hostname="c.test",
+                                  timeout=CLIENT_TIMEOUT)
             try:
                 client.starttls(context=insecureContext())
                 try:
@@ -293,10 +322,8 @@ class TwoNodesTests(TestCase):
             await self.cli(0, "user", "add", f"{user}@example.test", "--password-stdin", stdin=f"pw-{user}\n")
 
         def submit(node: int) -> int:
-            client = smtplib.SMTP("127.0.0.1", self.nodes[node][3], local_hostname="c.test", timeout=CLIENT_TIMEOUT)
+            client = self.submitter(node, "bob")
             try:
-                client.starttls(context=insecureContext())
-                client.login("bob@example.test", "pw-bob")
                 try:
                     client.sendmail("bob@example.test", ["alice@example.test"],
                                     b"From: bob@example.test\r\nSubject: n\r\n\r\nx\r\n")
@@ -321,11 +348,8 @@ class TwoNodesTests(TestCase):
         await self.cli(0, "user", "add", "alice@example.test", "--password-stdin", stdin="pw-alice\n")
         await self.cli(0, "user", "quota", "alice@example.test", "3000")
 
-        def mtaPort(node: int) -> int:
-            return int(open(self.nodes[node][0]).read().split("mta_port = ")[1].split()[0])
-
         def rcpt(node: int, size: int) -> int:
-            client = smtplib.SMTP("127.0.0.1", mtaPort(node), local_hostname="c.remote.test", timeout=CLIENT_TIMEOUT)
+            client = self.mtaClient(node)
             try:
                 client.ehlo()
                 self.assertEqual(client.mail("x@remote.test", [f"SIZE={size}"])[0], 250)
@@ -336,7 +360,7 @@ class TwoNodesTests(TestCase):
         self.assertEqual(await deferToThread(rcpt, 1, 2000), 250)
 
         def send():
-            client = smtplib.SMTP("127.0.0.1", mtaPort(0), local_hostname="c.remote.test", timeout=CLIENT_TIMEOUT)
+            client = self.mtaClient(0)
             client.sendmail("x@remote.test", ["alice@example.test"], b"Subject: big\r\n\r\n" + (b"x" * 98 + b"\r\n") * 20)
             client.quit()
 
@@ -354,10 +378,8 @@ class TwoNodesTests(TestCase):
         """
         await self.cli(0, "user", "add", "alice@example.test", "--password-stdin", stdin="pw-alice\n")
         await self.cli(0, "user", "quota", "alice@example.test", "1000")
-        mta = int(open(self.nodes[0][0]).read().split("mta_port = ")[1].split()[0])
-
         def send():
-            client = smtplib.SMTP("127.0.0.1", mta, local_hostname="c.remote.test", timeout=CLIENT_TIMEOUT)
+            client = self.mtaClient(0)
             try:
                 client.ehlo()
                 # No SIZE: RCPT sees an empty mailbox; the delivery finds it full.
@@ -391,9 +413,7 @@ class TwoNodesTests(TestCase):
         await self.cli(0, "user", "add", "bob@example.test", "--password-stdin", stdin="pw-bob\n")
 
         def submit(node: int, to: str):
-            client = smtplib.SMTP("127.0.0.1", self.nodes[node][3], local_hostname="c.test", timeout=CLIENT_TIMEOUT)
-            client.starttls(context=insecureContext())
-            client.login("bob@example.test", "pw-bob")
+            client = self.submitter(node, "bob")
             client.sendmail("bob@example.test", [to], b"From: bob@example.test\r\nSubject: q\r\n\r\nx\r\n")
             client.quit()
 
