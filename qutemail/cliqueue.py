@@ -8,6 +8,7 @@ for the command line as a whole)::
     qutemail --config PATH queue flush
     qutemail --config PATH queue delete ID
     qutemail --config PATH queue bounce ID
+    qutemail --config PATH queue adopt DIR
     qutemail --config PATH dkim keygen [--domain D] [--algorithm rsa|ed25519] [--bits N] [--force]
     qutemail --config PATH dns-records [--domain D]
 
@@ -15,7 +16,9 @@ C{queue list} and C{queue show} only read the queue's files, so they work
 whether or not the server runs.  C{queue flush}, C{queue delete} and C{queue
 bounce} ask the running server over its control socket (see
 L{qutemail.queue.control}); with no server running, C{queue delete} removes
-the entry's files itself and the other two say the server must run.
+the entry's files itself and the other two say the server must run.  C{queue
+adopt DIR} asks this node's running server to take in the queue of a
+stopped node whose C{data_dir} is C{DIR} (see L{qutemail.queue.adopt}).
 
 Each command is a function C{(context, arguments) -> int}, C{context} being
 a L{qutemail.cli.Context}; each group is added by one C{add...Commands}
@@ -51,7 +54,9 @@ from qutemail.pipeline.dkim import (
 )
 from qutemail.message import SpooledMessage
 from qutemail.stspolicy import stsRecords
-from qutemail.queue.control import QUEUE_ID, ControlError, ServerNotRunning, controlPath, sendCommand
+from qutemail.queue.control import (
+    DEFAULT_TIMEOUT_SECONDS, QUEUE_ID, ControlError, ServerNotRunning, controlPath, sendCommand,
+)
 from qutemail.message import DEFERRED, PENDING, RecipientState
 from qutemail.qkd.vault import KeyVaultError
 from qutemail.queue.journal import unfinished
@@ -188,7 +193,11 @@ def _queueId(text: str) -> str:
     return text.upper()
 
 
-def _ask(context: Any, request: str) -> str:
+# How long 'queue adopt' waits for the server (a large queue is copied).
+ADOPT_TIMEOUT_SECONDS = 1800.0
+
+
+def _ask(context: Any, request: str, timeoutSeconds: float = DEFAULT_TIMEOUT_SECONDS) -> str:
     """
     Send a request to the running server over the control socket.
 
@@ -197,7 +206,7 @@ def _ask(context: Any, request: str) -> str:
     @raise CommandError: it refused, or could not be asked.
     """
     try:
-        return sendCommand(controlPath(context.config.server.dataDir), request)
+        return sendCommand(controlPath(context.config.server.dataDir), request, timeoutSeconds)
     except ServerNotRunning:
         raise
     except ControlError as e:
@@ -332,6 +341,22 @@ def _queueBounce(context: Any, arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _queueAdopt(context: Any, arguments: argparse.Namespace) -> int:
+    """
+    C{queue adopt DIR}: ask the running server to take in a stopped
+    node's queue.
+    """
+    directory = os.path.abspath(arguments.directory)
+    if not os.path.isdir(os.path.join(directory, "queue")):
+        raise CommandError(f"{directory} has no queue/ directory: give the stopped node's data_dir")
+    try:
+        print(_ask(context, f"adopt {directory}", ADOPT_TIMEOUT_SECONDS), file=context.stdout)
+    except ServerNotRunning:
+        raise CommandError("this node's server is not running: it takes the adopted messages in, "
+                           "so start it, then adopt") from None
+    return 0
+
+
 def addQueueCommands(commands: Any) -> None:
     """
     Add the C{queue} command group.
@@ -354,6 +379,9 @@ def addQueueCommands(commands: Any) -> None:
             action.add_argument("--all", action="store_true",
                                 help="every live node's queue, as announced in Redis ([redis] url)")
         action.set_defaults(run=run)
+    adopt = actions.add_parser("adopt", help="move a stopped node's queue to this node's running server")
+    adopt.add_argument("directory", metavar="DIR", help="the stopped node's data_dir")
+    adopt.set_defaults(run=_queueAdopt)
 
 
 def _domainsFor(context: Any, domain: str | None) -> tuple[str, ...]:

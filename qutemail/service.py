@@ -37,7 +37,7 @@ from qutemail.backends.redislimiter import RedisRateLimiter
 from qutemail.backends.redisnotify import RedisMailboxNotifier
 from qutemail.backends.redisusers import txredisCaller
 from qutemail.backends.redislimiter import connect as connectRedis
-from qutemail.assembly import ClosingService, buildBackends, buildContent, buildInbound, buildRelay
+from qutemail.assembly import ClosingService, ServiceConfigError, buildBackends, buildContent, buildInbound, buildRelay
 from qutemail.pipeline.transitin import TransitReceiver
 from qutemail.pipeline.transitkeys import TransitKeySweep
 from qutemail.qkdsetup import buildEncryptor, buildKeyPools, buildTransit
@@ -60,6 +60,7 @@ from qutemail.policy.session import SessionPolicy
 from qutemail.store.delivery import LocalDelivery
 from qutemail.message import QueueIds
 from qutemail.pipeline.signing import OutboundSigner, ensureKey
+from qutemail.queue.adopt import QueueAdopter, QueueInUse, QueueLock, takeQueueLock
 from qutemail.queue.control import ControlService, controlPath
 from qutemail.queue.deferred import DeferredQueue
 from qutemail.queue.journal import Journal
@@ -335,6 +336,14 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     root = SequentialMultiService()
     root.setName("qutemail" if workerIndex == 0 else f"qutemail-worker-{workerIndex}")
 
+    if workerIndex == 0:
+        # One server per data_dir: the lock is checked now, for a clear
+        # error, and held from start to stop (queue adopt looks for it).
+        try:
+            os.close(takeQueueLock(queueDir))
+        except QueueInUse as e:
+            raise ServiceConfigError(str(e)) from None
+        QueueLock(queueDir).setServiceParent(root)
     metrics = buildMetrics(config, workerIndex)
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
@@ -417,7 +426,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                                            submitter=server.hostname, sender=f"postmaster@{server.domains[0]}",
                                            submit=intake.originate)
             root.tlsReporter.setServiceParent(root)
-        ControlService(reactor, controlPath(dataDir), scheduler).setServiceParent(root)
+        adopter = QueueAdopter(intake=intake, queue=queue, runner=runner, clock=reactor, dataDir=dataDir,
+                               hostname=server.hostname, masterKeyPath=os.path.join(dataDir, "keys", "master.key"))
+        ControlService(reactor, controlPath(dataDir), scheduler, adopter).setServiceParent(root)
         if backends.redis is not None:
             # Nodes sharing Redis announce their queues (queue list --all).
             NodeHeartbeat(call=txredisCaller(backends.redis, reactor), clock=reactor, hostname=server.hostname,

@@ -54,8 +54,8 @@ class TapTests(TestCase):
 
     def test_serviceTree(self):
         """
-        The service tree starts the thread pool, the delivery process, the
-        free-space loop, the
+        The service tree takes the queue lock, then starts the thread pool,
+        the delivery process, the free-space loop, the
         embedded KME (on loopback, any port) and its client, the spool, the
         retention sweep, the scheduler and the MTA listener, in that order,
         and listens on the configured port and address.
@@ -72,13 +72,18 @@ class TapTests(TestCase):
         root = makeService(options, reactor)
         self.assertEqual(
             [child.name for child in root],
-            ["blocking", "delivery-process", "disk-space", "kme", "qkd-client", "spool", "retention", "retry-scheduler",
-             "tls-reports", "queue-control", "listener-mta"],
+            ["queue-lock", "blocking", "delivery-process", "disk-space", "kme", "qkd-client", "spool", "retention",
+             "retry-scheduler", "tls-reports", "queue-control", "listener-mta"],
         )
         root.startService()
         # A memory reactor never delivers thread results, so the whole tree
         # cannot stop through it: stop the pieces that own real resources.
         self.addCleanup(root.getServiceNamed("blocking").stopService)
+        self.addCleanup(root.getServiceNamed("queue-lock").stopService)
+        # A second server on this data_dir stops with one line.
+        with self.assertRaises(SystemExit):
+            makeService(options, MemoryReactorClock())
+        self.assertIn("is in use by a running server", self.stderr.getvalue())
         self.assertEqual([args[1:] for args in spawned], [["-m", "qutemail.store.deliveryworker"]])
         [kme, (port, factory, backlog, interface)] = reactor.tcpServers
         self.assertEqual((kme[0], kme[3]), (0, "127.0.0.1"))

@@ -4,7 +4,8 @@ The intake: the one way a message enters the system.
 
 Every way in goes through it: SMTP on every port (L{submit}), bounces
 (L{bounce}, for the router's permanent failures and the retry scheduler's),
-and journal recovery after a restart (L{recover}); later ways in (JMAP
+journal recovery after a restart (L{recover}) and a stopped node's
+journal moved here by C{queue adopt} (L{adopt}); later ways in (JMAP
 submission) plug in here too.  For each message it owns the whole sequence:
 
   1. the body is made durable in the spool (L{SpoolWriter.finish});
@@ -242,6 +243,20 @@ class Intake:
         Route a message found in the journal after a restart (some copies
         may already be stored).
         """
+        self._route(message, recovering=True)
+
+    async def adopt(self, message: SpooledMessage) -> None:
+        """
+        Take in an unfinished message from a stopped node's journal
+        (C{qutemail queue adopt}): it was checked and scanned there, so it
+        is only made durable in this journal, then routed as a recovered
+        message (copies already stored are found, not stored again).
+
+        @param message: held inline, or spilled into L{spoolDirectory}.
+        @return: once it is durable here; routing goes on in the
+            background.
+        """
+        await self.journal.commit(message)
         self._route(message, recovering=True)
 
     async def bounce(self, message: SpooledMessage, failed: list[FailedRecipient],

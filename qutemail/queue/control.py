@@ -10,6 +10,7 @@ is one request line, one reply line, each ending in LF::
     flush               ok flushed 3 messages
     delete <ID>         ok deleted <ID>          error no message <ID> in the queue
     bounce <ID>         ok bounced <ID>          error no message <ID> in the queue
+    adopt <DIR>         ok adopted ...           error <why>   (see L{qutemail.queue.adopt})
 
 A reply is C{ok <text>} or C{error <text>}.  Queue ids are checked against
 L{QUEUE_ID} before anything is done with them.  Several requests on one
@@ -45,8 +46,8 @@ from qutemail.durable import makeDirectories
 # Queue ids are upper-case hex (see qutemail.message.QueueIds),
 # about 22 digits today.
 QUEUE_ID = re.compile(r"[0-9A-F]{1,40}", re.ASCII)
-# The longest request: "delete " and an id, with room to spare.
-MAX_REQUEST_BYTES = 128
+# The longest request: "adopt " and a path (PATH_MAX), with room to spare.
+MAX_REQUEST_BYTES = 4200
 # The longest reply the client reads.
 MAX_REPLY_BYTES = 4096
 # Requests one connection may have waiting for an answer.
@@ -99,9 +100,12 @@ class ControlCommands:
     @ivar scheduler: the L{qutemail.queue.scheduler.RetryScheduler}: its
         C{flush() -> Deferred[int]}, C{async delete(queueId) -> bool} and
         C{async bounceNow(queueId) -> bool}.
+    @ivar adopter: the L{qutemail.queue.adopt.QueueAdopter}, or C{None}:
+        C{adopt} is refused.
     """
 
     scheduler: Any
+    adopter: Any = None
 
     _log = Logger()
 
@@ -116,6 +120,10 @@ class ControlCommands:
         words = line.decode("ascii", "replace").split()
         command = words[0] if words else ""
         queueId = words[1] if len(words) > 1 else ""
+        if command == "adopt":
+            # One argument, a path: it may hold spaces and any UTF-8.
+            queueId = line.decode("utf-8", "surrogateescape").strip().partition(" ")[2].strip()
+            words = [command, queueId] if queueId else [command]
         try:
             reply = await self._dispatch(command, words[1:])
         except Exception:
@@ -143,7 +151,11 @@ class ControlCommands:
             if not found:
                 return f"error no message {queueId} in the queue"
             return f"ok {_DONE[command]} {queueId}"
-        return "error unknown request; expected 'flush', 'delete ID' or 'bounce ID'"
+        if command == "adopt" and len(arguments) == 1:
+            if self.adopter is None:
+                return "error this server cannot adopt a queue"
+            return await self.adopter.adopt(arguments[0])
+        return "error unknown request; expected 'flush', 'delete ID', 'bounce ID' or 'adopt DIR'"
 
 
 class ControlProtocol(LineOnlyReceiver):
@@ -247,15 +259,17 @@ class ControlService(Service):
     name = "queue-control"
     _log = Logger()
 
-    def __init__(self, reactor: Any, path: str, scheduler: Any) -> None:
+    def __init__(self, reactor: Any, path: str, scheduler: Any, adopter: Any = None) -> None:
         """
         @param reactor: an C{IReactorUNIX}.
         @param path: the socket's path (L{controlPath}).
         @param scheduler: the L{qutemail.queue.scheduler.RetryScheduler}.
+        @param adopter: the L{qutemail.queue.adopt.QueueAdopter}, or
+            C{None}.
         """
         self._reactor = reactor
         self.path = path
-        self._factory = ControlFactory(ControlCommands(scheduler))
+        self._factory = ControlFactory(ControlCommands(scheduler, adopter))
         self._listening: Deferred | None = None
         self._directoryFd: int | None = None
         self.port: Any = None
@@ -358,7 +372,7 @@ def sendCommand(path: str, line: str, timeoutSeconds: float = DEFAULT_TIMEOUT_SE
     @param timeoutSeconds: how long connecting and waiting for the reply
         may take, in all.
     @return: the text of an C{ok} reply, e.g. C{"flushed 3 messages"}.
-    @raise ValueError: the request holds a line end or is not ASCII.
+    @raise ValueError: the request holds a line end.
     @raise ServerNotRunning: no server listens on C{path}.
     @raise RequestRefused: the server answered C{error <text>}.
     @raise ControlError: no reply in time, a malformed reply, or the
@@ -366,7 +380,9 @@ def sendCommand(path: str, line: str, timeoutSeconds: float = DEFAULT_TIMEOUT_SE
     """
     if "\n" in line or "\r" in line:
         raise ValueError("a control request is one line")
-    request = line.encode("ascii") + b"\n"
+    # UTF-8 (with the bytes of an undecodable file name kept as they were):
+    # an adopted directory's path may be any file name.
+    request = line.encode("utf-8", "surrogateescape") + b"\n"
     # connect() on a path that is too long fails before looking, so check
     # that something is there first.
     if not os.path.lexists(path):

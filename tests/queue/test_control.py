@@ -169,7 +169,7 @@ class ControlCommandsTests(SynchronousTestCase):
         """
         for line in [b"", b"frob", b"flush now", b"delete", b"bounce A B", b"\xff\xfe"]:
             self.assertEqual(
-                self.answer(line), "error unknown request; expected 'flush', 'delete ID' or 'bounce ID'"
+                self.answer(line), "error unknown request; expected 'flush', 'delete ID', 'bounce ID' or 'adopt DIR'"
             )
         self.assertEqual(self.scheduler.calls, [])
 
