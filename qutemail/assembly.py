@@ -110,8 +110,13 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
     if reactor is None:
         return Backends(users, queue, BlockingRedisKeys(config.redis.url, masterKey))
     checkVaultPersistence(config.redis.url, config.redis.allowVolatileVault)
-    vault = RedisKeyVault(connection, reactor, masterKey, runner)
-    return Backends(users, queue, vault, close, connection)
+    if not config.redis.url.startswith("redis-sentinel://"):
+        return Backends(users, queue, RedisKeyVault(connection, reactor, masterKey, runner), close, connection)
+    # Through Sentinel the vault's writes wait for a replica (WAIT), on a
+    # connection of their own.
+    writes = connectRedis(config.redis.url)
+    vault = RedisKeyVault(connection, reactor, masterKey, runner, writes=writes)
+    return Backends(users, queue, vault, vault.disconnect, connection)
 
 
 class ServiceConfigError(Exception):

@@ -22,8 +22,8 @@ import attrs
 from qutemail.configsections import ContentConfig, MetricsConfig
 from qutemail.configvalues import (
     DURATION_FIELD, ENV_PREFIX, MAX_WORKERS, PORT_FIELD, SETTINGS, Setting, intValidator, isDuration, isKeySize,
-    isNameserver, parseDnsLabel, parseDnsName, parseDomains, parseIpLiteral, parserValidator, parseSmarthost,
-    parseText, parseTlsDomains, pathValidator, predicateValidator, urlParser,
+    isNameserver, parseDnsLabel, parseDnsName, parseDomains, parseIpLiteral, parseRedisURL, parserValidator,
+    parseSmarthost, parseText, parseTlsDomains, pathValidator, predicateValidator, urlParser,
 )
 
 # formatSize and parseSize are qutemail.configvalues's, listed here so that
@@ -378,15 +378,20 @@ class RedisConfig:
     C{[redis]}.
 
     @ivar url: a C{redis://}, C{rediss://} or C{unix://} URL, or empty for
-        in-process state (C{url}).
+        in-process state (C{url}); or, for a master and its replicas that
+        Redis Sentinel fails over,
+        C{redis-sentinel://[:password@]host[:port],host[:port]/mastername[?db=N]}:
+        the sentinels to ask (port 26379 by default), the name they know
+        the master by, and its database.  The password is the Redis
+        servers'; the sentinels are asked without one.  Each connection
+        follows the master through a failover; see
+        L{qutemail.backends.redissentinel}.
     @ivar allowVolatileVault: keep the key vault in a Redis that would lose
         it in a crash (no C{appendonly}), or that cannot say
         (C{allow_volatile_vault}).
     """
 
-    url: str = attrs.field(
-        default="", validator=parserValidator(urlParser("redis://", "rediss://", "unix://"), "a Redis URL")
-    )
+    url: str = attrs.field(default="", validator=parserValidator(parseRedisURL, "a Redis URL"))
     allowVolatileVault: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_configvalues -*-
+# -*- test-case-name: tests.test_configvalues,tests.backends.test_redissentinel -*-
 """
 How each setting of the configuration file is read: the table L{SETTINGS} of
 every C{[section] key}, with the attribute it sets and the parser of its
@@ -364,6 +364,75 @@ def urlParser(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+# Redis Sentinel's own port, when a redis-sentinel:// URL names none.
+SENTINEL_PORT = 26379
+_REDIS_URL = urlParser("redis://", "rediss://", "unix://", "redis-sentinel://")
+
+
+@attrs.frozen
+class SentinelURL:
+    """
+    A parsed C{redis-sentinel://} URL (L{parseSentinelURL}).
+
+    @ivar sentinels: each sentinel's C{(host, port)}, in the URL's order.
+    @ivar masterName: the name the sentinels know the master by.
+    @ivar db: the database to C{SELECT} on the master.
+    @ivar password: the Redis servers' password, or C{None}.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    masterName: str
+    db: int = 0
+    password: str | None = None
+
+
+def parseSentinelURL(text: str) -> SentinelURL:
+    """
+    Parse C{redis-sentinel://[:password@]host[:port],host[:port]/mastername[?db=N]}:
+    the sentinels (C{host}, C{host:port} or C{[ipv6]:port}, port 26379 by
+    default), the name they know the master by, and its database (0 by
+    default).  The password (percent-encoded) is the Redis servers'; the
+    sentinels are asked without one.
+
+    @raise ValueError: not such a URL; the message hides the password.
+    """
+    parts = urllib.parse.urlsplit(text)
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    user, _, password = credentials.partition(":")
+    name, (key, _, db) = urllib.parse.unquote(parts.path[1:]), parts.query.partition("=")
+    try:
+        # An empty item is no sentinel: "?" is no host.
+        sentinels = tuple(splitHostPort(parseSmarthost(item or "?"), SENTINEL_PORT) for item in hosts.split(","))
+    except ValueError:
+        sentinels = ()
+    problem = None
+    if not text.startswith("redis-sentinel://") or not text.isprintable() or " " in text or parts.fragment:
+        problem = "not a redis-sentinel:// URL"
+    elif user or (at and not password):
+        problem = "give only a password, as :password@"
+    elif not sentinels:
+        problem = "each sentinel must be host, host:port or [ipv6]:port"
+    elif not name or "/" in name or not name.isprintable() or " " in name:
+        problem = "the path must be /mastername"
+    elif parts.query and (key != "db" or not _DIGITS.fullmatch(db)):
+        problem = "the only query is ?db=N"
+    if problem:
+        shown = text.replace(credentials + "@", "***@", 1) if at else text
+        raise ValueError(f"{shown!r} is not redis-sentinel://[:password@]host:port,.../mastername: {problem}")
+    return SentinelURL(sentinels, name, int(db or 0), urllib.parse.unquote(password) if at else None)
+
+
+def parseRedisURL(text: str) -> str:
+    """
+    Check C{[redis] url}: empty, or a C{redis://}, C{rediss://},
+    C{unix://} or C{redis-sentinel://} URL (L{parseSentinelURL}).
+    """
+    if text.startswith("redis-sentinel://"):
+        parseSentinelURL(text)
+        return text
+    return _REDIS_URL(text)
+
+
 def predicateValidator(predicate: Callable[[Any], Any], what: str) -> Callable[[Any, Any, Any], None]:
     """Make an attrs validator that raises C{ValueError} unless C{predicate(value)}."""
 
@@ -518,7 +587,7 @@ SETTINGS = (
     Setting("content", "on_error", "onError", choiceParser("tempfail", "accept")),
     Setting("content", "timeout", "timeoutSeconds", parseDuration),
     Setting("content", "scan_submission", "scanSubmission", parseBoolean),
-    Setting("redis", "url", "url", urlParser("redis://", "rediss://", "unix://")),
+    Setting("redis", "url", "url", parseRedisURL),
     Setting("redis", "allow_volatile_vault", "allowVolatileVault", parseBoolean),
     Setting("metrics", "port", "port", parsePort),
     Setting("metrics", "bind", "bind", parseIpLiteral),

@@ -517,13 +517,14 @@ class BadValueTests(ConfigFileMixin, SynchronousTestCase):
     def test_urlSchemes(self) -> None:
         """
         C{kme_url} must be an C{https://} URL with a host; C{[redis] url} a
-        C{redis://}, C{rediss://} or C{unix://} one.
+        C{redis://}, C{rediss://}, C{unix://} or C{redis-sentinel://} one.
         """
         for value in ["http://kme.test", "https://", "kme.test", "https://kme.test:99999", "HTTPS://kme.test"]:
             self.assertBad("qkd", "kme_url", value, f"{value!r} is not a URL starting with https://")
-        for value in ["http://redis.test", "redis://", "unix://", "redis.test:6379"]:
+        for value in ["http://redis.test", "redis://", "unix://", "redis.test:6379", "redis-sentinel:/s1/m"]:
             self.assertBad("redis", "url", value,
-                           f"{value!r} is not a URL starting with redis:// or rediss:// or unix://")
+                           f"{value!r} is not a URL starting with redis:// or rediss:// or unix:// or "
+                           "redis-sentinel://")
 
     def test_certWithoutKey(self) -> None:
         """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.backends.test_redislimiter,tests.backends.test_redisbreaker -*-
+# -*- test-case-name: tests.backends.test_redislimiter,tests.backends.test_redisbreaker,tests.backends.test_redissentinel -*-
 """
 L{RedisRateLimiter}: rate-limit counters shared by several nodes through
 Redis (C{[redis] url}), with txredisapi.
@@ -41,6 +41,8 @@ from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from qutemail.backends.redissentinel import connectMaster
+from qutemail.configvalues import parseSentinelURL
 from qutemail.interfaces import IRateLimiter
 
 # How long a connection attempt or a vault call may take.
@@ -87,22 +89,45 @@ class RedisURLError(ValueError):
 
 def checkURL(url: str) -> SplitResult:
     """
-    @return: the parts of a C{redis://} or C{unix://} URL.
-    @raise RedisURLError: another scheme (txredisapi has no TLS here).
+    Check a C{[redis] url} this backend can use:
+     - C{redis://[:password@]host[:port][/db]};
+     - C{unix:///path};
+     - C{redis-sentinel://[:password@]host[:port],host[:port]/mastername[?db=N]}:
+       a master and its replicas that Redis Sentinel fails over, found
+       through the sentinels listed (one is enough; port 26379 by
+       default), which know it as C{mastername}.  The password (percent
+       encoded) is the Redis servers'; the sentinels are asked without
+       one.  Every connection follows the master through a failover (see
+       L{qutemail.backends.redissentinel}), and the key vault's writes wait
+       for a replica (L{qutemail.backends.redisvault}).
+
+    @return: the parts of the URL.
+    @raise RedisURLError: another scheme (txredisapi has no TLS here), or a
+        bad C{redis-sentinel://} URL.
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "unix"):
-        raise RedisURLError(f"[redis] url: {parts.scheme}:// is not supported (use redis:// or unix://)")
+    if parts.scheme == "redis-sentinel":
+        try:
+            parseSentinelURL(url)
+        except ValueError as e:
+            raise RedisURLError(f"[redis] url: {e}") from None
+    elif parts.scheme not in ("redis", "unix"):
+        raise RedisURLError(f"[redis] url: {parts.scheme}:// is not supported "
+                            "(use redis://, unix:// or redis-sentinel://)")
     return parts
 
 
 def connect(url: str) -> Any:
     """
-    Open a lazy txredisapi connection for a C{redis://} or C{unix://} URL.
+    Open a lazy txredisapi connection for a C{[redis] url} (see
+    L{checkURL}); with C{redis-sentinel://}, to whichever server is the
+    master.
 
-    @raise RedisURLError: another scheme (txredisapi has no TLS here).
+    @raise RedisURLError: a URL this backend cannot use.
     """
     parts = checkURL(url)
+    if parts.scheme == "redis-sentinel":
+        return connectMaster(parseSentinelURL(url), REDIS_TIMEOUT_SECONDS)
     if parts.scheme == "redis":
         db = int(parts.path.strip("/") or 0)
         return txredisapi.lazyConnection(parts.hostname or "localhost", parts.port or 6379, dbid=db,

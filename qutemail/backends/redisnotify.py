@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_interfaces,tests.integration.test_redisusers -*-
+# -*- test-case-name: tests.test_interfaces,tests.integration.test_redisusers,tests.backends.test_redissentinel -*-
 """
 L{RedisMailboxNotifier}: mailbox change notices shared by every node
 through Redis publish/subscribe, so an IMAP IDLE session on one node hears
@@ -10,6 +10,11 @@ pattern C{qutemail:mailbox:*} (subscribed again on every reconnection),
 and hands what arrives to its L{LocalMailboxNotifier}.  Notices are hints:
 one lost while Redis is away costs the watcher at most its polling
 interval, since IDLE still polls.
+
+Through Sentinel (C{redis-sentinel://}) the subscriber connects to the
+master the sentinels name, and, like every connection, finds it again
+after a failover (L{qutemail.backends.redissentinel}); Sentinel drops the
+subscribers of a server it reconfigures, so none stays on the old master.
 """
 
 from typing import Any, Callable
@@ -24,6 +29,8 @@ from zope.interface import implementer
 
 from qutemail.backends.localnotify import LocalMailboxNotifier
 from qutemail.backends.redislimiter import REDIS_TIMEOUT_SECONDS, checkURL
+from qutemail.backends.redissentinel import connectMaster
+from qutemail.configvalues import parseSentinelURL
 from qutemail.interfaces import IMailboxNotifier
 
 CHANNEL_PREFIX = "qutemail:mailbox:"
@@ -54,6 +61,23 @@ class _Subscriber(txredisapi.SubscriberProtocol):
             self.factory.notifier.local.dispatch(channel[len(CHANNEL_PREFIX):])
 
 
+class _SentinelSubscribers(txredisapi.SentinelConnectionFactory):
+    """
+    The subscriber connection through Sentinel: to whichever server is the
+    master.
+    """
+
+    protocol = _Subscriber
+    maxDelay = 5
+
+    def __init__(self, *args: Any, notifier: Any, **kwargs: Any) -> None:
+        """
+        @param notifier: the L{RedisMailboxNotifier} to hand notices to.
+        """
+        super().__init__(*args, **kwargs)
+        self.notifier = notifier
+
+
 @implementer(IMailboxNotifier)
 class RedisMailboxNotifier(Service):
     """
@@ -77,7 +101,7 @@ class RedisMailboxNotifier(Service):
         self.connection = connection
         self.timeoutSeconds = timeoutSeconds
         self.local = LocalMailboxNotifier()
-        self._factory: Any = None
+        self._subscriber: Any = None
 
     def startService(self) -> None:
         """
@@ -85,13 +109,18 @@ class RedisMailboxNotifier(Service):
         """
         Service.startService(self)
         parts = checkURL(self.url)
+        if parts.scheme == "redis-sentinel":
+            # Channels are not in a database: no SELECT, only AUTH.
+            self._subscriber = connectMaster(parseSentinelURL(self.url), REDIS_TIMEOUT_SECONDS, _SentinelSubscribers,
+                                             dbid=None, notifier=self)
+            return
         factory = txredisapi.SubscriberFactory()
         # Channels are not in a database: no SELECT, only AUTH.
         factory.password = unquote(parts.password) if parts.password else None
         factory.protocol = _Subscriber
         factory.notifier = self
         factory.maxDelay = 5
-        self._factory = factory
+        self._subscriber = factory
         if parts.scheme == "redis":
             endpoint: Any = TCP4ClientEndpoint(self.reactor, parts.hostname or "localhost", parts.port or 6379,
                                                timeout=REDIS_TIMEOUT_SECONDS)
@@ -102,13 +131,14 @@ class RedisMailboxNotifier(Service):
 
     def stopService(self) -> Any:
         """
-        Drop the subscriber for good.
+        Drop the subscriber for good (and, through Sentinel, the
+        connections to the sentinels).
 
         @return: a Deferred that fires once it is closed.
         """
         Service.stopService(self)
-        if self._factory is not None:
-            return self._factory.disconnect()
+        if self._subscriber is not None:
+            return self._subscriber.disconnect()
         return None
 
     def publish(self, address: str) -> Deferred:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_interfaces,tests.backends.test_redisvault -*-
+# -*- test-case-name: tests.test_interfaces,tests.backends.test_redisvault,tests.backends.test_redissentinel -*-
 """
 L{RedisKeyVault}: the key vault shared by several nodes through Redis
 (C{[redis] url}), with txredisapi.
@@ -22,6 +22,16 @@ is set.  A call that fails or takes longer than
 L{REDIS_TIMEOUT_SECONDS} fails with L{KeyVaultError}; the delivery that
 needed the key is deferred and retried.
 
+Through Sentinel (C{redis-sentinel://}) an acknowledged C{SET} is not
+enough: replication is asynchronous, and a failover promotes a replica that
+may lack a key the old master acknowledged.  There each C{SET} is followed
+by C{WAIT 1} (up to L{REPLICA_WAIT_MILLISECONDS}), and a store that no
+replica acknowledged fails: the delivery is deferred and retried, with
+another key.  C{WAIT} holds up the connection it is sent on (for the whole
+wait while no replica is up), so these writes get a connection of their
+own (L{RedisKeyVault.writes}): the users' lookups and the vault's reads do
+not wait behind them.
+
 txredisapi uses the global reactor for its connection; that is why this
 backend is tested against a real redis-server only.
 """
@@ -33,7 +43,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import txredisapi
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, fail, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -44,6 +54,9 @@ from qutemail.interfaces import IKeyVault, KeyGone
 from qutemail.qkd.vault import KeyVaultError, KeyWrapper, checkKey, checkKeyId
 
 KEY_PREFIX = "qutemail:vault:"
+# How long a store through Sentinel waits for a replica to acknowledge its
+# key (well within the call's timeout, L{REDIS_TIMEOUT_SECONDS}).
+REPLICA_WAIT_MILLISECONDS = 1000
 
 _log = Logger()
 
@@ -61,6 +74,10 @@ class RedisKeyVault:
     @ivar masterKeyPath: the master key file, the same on every node.
     @ivar runner: runs the blocking read of the master key.
     @ivar timeoutSeconds: how long one Redis call may take.
+    @ivar writes: the connection of the stores that wait for a replica, or
+        C{None} when they do not.
+    @ivar replicas: how many replicas a store waits for (C{WAIT}), when
+        C{writes} is set.
     """
 
     _log = Logger()
@@ -70,6 +87,8 @@ class RedisKeyVault:
     masterKeyPath: str
     runner: Any
     timeoutSeconds: float = REDIS_TIMEOUT_SECONDS
+    writes: Any = None
+    replicas: int = 1
     _wrapper: KeyWrapper = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -78,14 +97,16 @@ class RedisKeyVault:
         """
         self._wrapper = KeyWrapper(self.masterKeyPath, self.runner)
 
-    async def _call(self, command: str, *args: Any) -> Any:
+    async def _call(self, command: str, *args: Any, connection: Any = None) -> Any:
         """
         Run one Redis command with the timeout.
 
+        @param connection: the connection to send it on (C{connection} by
+            default).
         @return: its reply.
         @raise KeyVaultError: Redis failed or did not answer in time.
         """
-        d = getattr(self.connection, command)(*args)
+        d = getattr(connection or self.connection, command)(*args)
         d.addTimeout(self.timeoutSeconds, self.clock)
         try:
             return await d
@@ -99,7 +120,23 @@ class RedisKeyVault:
         checkKeyId(keyId)
         checkKey(key)
         wrapped = await self._wrapper.wrap(keyId, key)
-        await self._call("set", KEY_PREFIX + keyId, base64.b64encode(wrapped).decode("ascii"))
+        value = base64.b64encode(wrapped).decode("ascii")
+        if self.writes is None:
+            await self._call("set", KEY_PREFIX + keyId, value)
+            return
+        # WAIT counts the replicas that have every write of its connection
+        # so far; both are sent at once, in this order, on the one
+        # connection (a lost connection fails both).
+        stored = Deferred.fromCoroutine(self._call("set", KEY_PREFIX + keyId, value, connection=self.writes))
+        waited = Deferred.fromCoroutine(self._call("execute_command", "WAIT", self.replicas,
+                                                   REPLICA_WAIT_MILLISECONDS, connection=self.writes))
+        results = await DeferredList([stored, waited], consumeErrors=True)
+        for ok, result in results:
+            if not ok:
+                result.raiseException()
+        if results[1][1] < self.replicas:
+            raise KeyVaultError(f"the Redis key vault failed (WAIT): no replica took key {keyId} within "
+                                f"{REPLICA_WAIT_MILLISECONDS} ms, and a failover now would lose it")
 
     async def _fetch(self, keyId: str) -> bytes:
         """
@@ -153,11 +190,13 @@ class RedisKeyVault:
 
     def disconnect(self) -> Deferred:
         """
-        Close the connection.
+        Close the connection (and that of the writes).
 
-        @return: a Deferred that fires when it is closed.
+        @return: a Deferred that fires when they are closed.
         """
-        return self.connection.disconnect()
+        if self.writes is None:
+            return self.connection.disconnect()
+        return gatherResults([self.connection.disconnect(), self.writes.disconnect()], consumeErrors=True)
 
 
 @implementer(IKeyVault)
@@ -170,7 +209,8 @@ class BlockingRedisKeys:
 
     def __init__(self, url: str, masterKeyPath: str, timeoutSeconds: float = REDIS_TIMEOUT_SECONDS) -> None:
         """
-        @param url: C{[redis] url} (C{redis://} or C{unix://}).
+        @param url: C{[redis] url} (C{redis://}, C{unix://} or
+            C{redis-sentinel://}).
         @param masterKeyPath: the master key file, the same on every node.
         """
         from qutemail.blocking import InlineRunner
@@ -263,6 +303,9 @@ def redisPersistence(url: str, timeoutSeconds: float = REDIS_TIMEOUT_SECONDS) ->
     read again.  The AOF is written before Redis replies, so a crash of
     Redis loses nothing acknowledged whatever C{appendfsync} says; only
     C{appendfsync always} also survives a power loss.
+
+    Through Sentinel, the master it finds is asked; a replica that a
+    failover promotes is not, so give the replicas the same settings.
 
     @param url: C{[redis] url}.
     @raise RedisURLError: a scheme this backend cannot use.
