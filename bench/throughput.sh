@@ -69,7 +69,7 @@ start_qutemail() {
         -e "s|^workers = .*|workers = $WORKERS|" \
         -e "s|^messages_per_ip_hour = .*|messages_per_ip_hour = 0|" \
         -e "s|^checks = .*|checks = $CHECKS|" \
-        -e "s|^\(submission_port\|smtps_port\|port\|tls_port\) = .*|\1 = 0|" \
+        -e "s#^\(submission_port\|smtps_port\|port\|tls_port\) = .*#\1 = 0#" \
         "$here/etc/qutemail.ini" > "$cfg"
     # smtp-source's own sender address must be acceptable; the recipient exists
     echo benchpass | qutemail --config "$cfg" user add bench@example.test --password-stdin
