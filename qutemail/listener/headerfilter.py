@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.listener.test_headerfilter -*-
 """
-Removing forged C{Authentication-Results} fields from a message as it
-streams in.
+Removing forged C{Authentication-Results} fields, and content scanners'
+verdict fields, from a message as it streams in.
 
 RFC 8601 §5: a receiver removes (or renames) every
 C{Authentication-Results} field that claims its own C{authserv-id} before
@@ -10,31 +10,47 @@ The body arrives in chunks of whole lines; only the header section is
 looked at, one field at a time: a field with another name passes at once,
 an C{Authentication-Results} field is held until its last continuation line
 has arrived and is then dropped or passed on whole.
+
+When the content scanners see a message from outside
+(L{qutemail.content}), every field whose name starts with one of
+L{SCAN_FIELD_PREFIXES} (C{X-Spam-Status}, C{X-Spamd-Result}, C{X-Spam-Flag},
+C{X-Virus-Scanned}, ...) is dropped too: the scanners add their own, and a
+sender must not be able to hand our users' mail filters a verdict of its
+own making (rspamd's C{milter_headers} removes them for the same reason).
 """
 
 from typing import Callable
 
 _NAME = b"authentication-results"
+# Names (lower case) of the verdict fields of spam and virus scanners.
+SCAN_FIELD_PREFIXES = (b"x-spam", b"x-virus")
 # A held field longer than this is not a real one: it is dropped.
 MAX_FIELD_BYTES = 64 * 1024
 
 
 class SpoofedResultsFilter:
     """
-    Drops the C{Authentication-Results} fields a predicate calls forged.
+    Drops the C{Authentication-Results} fields a predicate calls forged,
+    and, when asked, every scanner verdict field.
 
     @ivar _isForged: C{isForged(field)}, with the whole field, continuation
         lines included.
+    @ivar dropped: how many fields were dropped.
     """
 
-    def __init__(self, isForged: Callable[[bytes], bool]) -> None:
+    def __init__(self, isForged: Callable[[bytes], bool] | None, dropScanFields: bool = False) -> None:
         """
         @param isForged: says whether a whole C{Authentication-Results}
-            field (bytes, LF line ends) is to be dropped.
+            field (bytes, LF line ends) is to be dropped; C{None} keeps
+            them all.
+        @param dropScanFields: drop every field named with a prefix of
+            L{SCAN_FIELD_PREFIXES}.
         """
         self._isForged = isForged
+        self._dropScanFields = dropScanFields
         self._inHeader = True
         self._held: bytearray | None = None
+        self._heldIsScan = False
         self._oversized = False
         self.dropped = 0
 
@@ -69,8 +85,11 @@ class SpoofedResultsFilter:
                 kept += line + lines[position:]
                 return bytes(kept)
             name = line.split(b":", 1)[0].rstrip(b" \t").lower()
-            if name == _NAME:
+            if name == _NAME and self._isForged is not None:
                 self._held = bytearray(line)
+            elif self._dropScanFields and name.startswith(SCAN_FIELD_PREFIXES):
+                self._held = bytearray(line)
+                self._heldIsScan = True
             else:
                 kept += line
         return bytes(kept)
@@ -91,7 +110,8 @@ class SpoofedResultsFilter:
         """
         field, self._held = bytes(self._held), None
         oversized, self._oversized = self._oversized, False
-        if oversized or self._isForged(field):
+        scan, self._heldIsScan = self._heldIsScan, False
+        if scan or oversized or self._isForged(field):
             self.dropped += 1
             return b""
         return field

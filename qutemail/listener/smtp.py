@@ -471,10 +471,15 @@ class SMTPServer(SessionCommands, AuthMixin, ESMTP):
         self._queueId, writer = self.intake.newMessage()
         self._receivedAt = self.clock.seconds()
         headerFilter = None
+        # Mail from outside gets the content scanners' verdict fields: any
+        # it brings with it go (see headerfilter).
+        scanned = not self.authenticatedAs and self.intake.content is not None
         if self._spf is not None:
             # RFC 7208 §9.1: above the Received field of this hop
             writer.write(self.policy.traceHeader(self._spf, self._peer, self._sender, self._heloName or ""))
-            headerFilter = SpoofedResultsFilter(self.policy.isForged)
+            headerFilter = SpoofedResultsFilter(self.policy.isForged, scanned)
+        elif scanned:
+            headerFilter = SpoofedResultsFilter(None, True)
         writer.write(self._receivedHeader())
         writer.traceBytes = writer.size
         # The header is kept for the From check of authenticated mail and

@@ -154,6 +154,25 @@ class VerdictTests(ContentSetup):
         self.assertIn(b"\nX-Virus-Scanned: clamd; clean\n", stored)
         self.assertIn("rspamd=no action", self.log())
 
+    async def test_forgedVerdictsDropped(self) -> None:
+        """
+        Verdict fields a sender from outside wrote itself (a spam message
+        calling itself clean) are dropped; only the scanners' own remain.
+        """
+        forged = message("spam").replace(b"MIME-Version:", b"X-Spam-Status: No, score=-50.00\r\n\tforged=1\r\n"
+                                                           b"X-Spam-Flag: NO\r\nX-Virus-Scanned: clamd; clean\r\n"
+                                                           b"MIME-Version:")
+        code, text = await self.send(forged)
+        self.assertEqual(code, 250, text)
+        await waitFor(lambda: self.stored("Junk"))
+        with open(self.stored("Junk")[0], "rb") as f:
+            stored = f.read()
+        self.assertNotIn(b"forged=1", stored)
+        self.assertNotIn(b"X-Spam-Flag", stored)
+        self.assertEqual(stored.count(b"\nX-Spam-Status: "), 1)
+        self.assertIn(b"\nX-Spam-Status: Yes, score=8.00", stored)
+        self.assertEqual(stored.count(b"\nX-Virus-Scanned: "), 1)
+
     async def test_rejected(self) -> None:
         """
         A message rspamd rejects gets 550 5.7.1; nothing is stored.

@@ -85,3 +85,43 @@ class SpoofedResultsFilterTests(SynchronousTestCase):
         """
         out, _ = run([b"just text\nAuthentication-Results: mx.example.test; x\n"])
         self.assertEqual(out, b"just text\nAuthentication-Results: mx.example.test; x\n")
+
+
+class ScanFieldsTests(SynchronousTestCase):
+    """
+    With C{dropScanFields}, spam and virus scanners' verdict fields from
+    outside are dropped whole; nothing else is.
+    """
+
+    MESSAGE = (b"From: a@b.test\n"
+               b"X-Spam-Status: No, score=-100\n\ttests=FORGED\n"
+               b"x-spamd-result: default: False [-100.00 / 15.00]\n"
+               b"X-Spam-Flag: NO\n"
+               b"X-Virus-Scanned: clamd; clean\n"
+               b"X-Mailer: mutt\n"
+               b"Authentication-Results: mx.example.test; dkim=pass\n"
+               b"Subject: hi\n\nX-Spam-Status: No, in the body\n")
+
+    def test_dropped(self) -> None:
+        """
+        Every C{X-Spam*} and C{X-Virus*} field goes, continuation lines
+        included, as do forged results; other fields and the body stay.
+        """
+        f = SpoofedResultsFilter(ours, True)
+        out = b"".join(f.feed(line + b"\n") for line in self.MESSAGE.split(b"\n")[:-1]) + f.finish()
+        self.assertEqual(out, b"From: a@b.test\nX-Mailer: mutt\nSubject: hi\n\nX-Spam-Status: No, in the body\n")
+        self.assertEqual(f.dropped, 5)
+
+    def test_onlyScanFields(self) -> None:
+        """
+        Without a results predicate, C{Authentication-Results} fields are
+        all kept; without C{dropScanFields}, verdict fields are.
+        """
+        f = SpoofedResultsFilter(None, True)
+        out = f.feed(self.MESSAGE) + f.finish()
+        self.assertIn(b"\nAuthentication-Results: mx.example.test; dkim=pass\n", out)
+        self.assertNotIn(b"X-Virus-Scanned", out)
+        f = SpoofedResultsFilter(ours)
+        out = f.feed(self.MESSAGE) + f.finish()
+        self.assertIn(b"\nX-Spam-Status: No, score=-100\n\ttests=FORGED\n", out)
+        self.assertNotIn(b"Authentication-Results", out)
