@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
+import attrs
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -266,3 +268,47 @@ async def readAsOwner(dataDir: str, path: str) -> bytes:
     body, _ = await readMessage(path, vault, InlineRunner())
     with body:
         return body.read()
+
+
+@attrs.frozen
+class Node:
+    """
+    One node of a test of several (issue 17): its configuration,
+    environment and ports.
+    """
+
+    config: str
+    env: dict
+    mta: int
+    submission: int
+    imap: int
+
+
+def sharedNode(testCase: Any, base: str, name: str, masterKey: bytes, redisURL: str, sharedMail: str,
+               extra: str = "") -> tuple[Node, "ServerProcess"]:
+    """
+    Write the configuration of one node sharing Redis, a Maildir directory
+    and the master key with the others (killed when the test ends; not
+    started yet).
+
+    @param base: the test's directory: the node's C{data_dir}, its
+        configuration and log go under it, named after C{name}.
+    @param masterKey: the master key every node has before it first starts.
+    @param extra: more configuration lines (a C{[limits]} section, say).
+    @return: the node, and its server process.
+    """
+    mta, imap, submission = freePort(), freePort(), freePort()
+    dataDir = os.path.join(base, name)
+    os.makedirs(os.path.join(dataDir, "keys"), mode=0o700)
+    with open(os.open(os.path.join(dataDir, "keys", "master.key"), os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+        f.write(masterKey)
+    config = writeConfig(os.path.join(base, f"{name}.ini"), dataDir, mtaPort=mta, submissionPort=submission,
+                         extra=f"\n[redis]\nurl = {redisURL}\n[mailbox]\nmail_dir = {sharedMail}\n"
+                               # Deferred deliveries are retried every second; no
+                               # DNS here, so no SPF, DKIM or DMARC either.
+                               f"[relay]\nretry_schedule = 1s\nnameservers = 127.0.0.1:9\n"
+                               f"[inbound]\nchecks = no\n{extra}")
+    env = dict(os.environ, QUTEMAIL_IMAP_PORT=str(imap))
+    server = ServerProcess(config, os.path.join(base, f"{name}.log"), mta, env=env)
+    testCase.addCleanup(server.kill)
+    return Node(config, env, mta, submission, imap), server

@@ -23,9 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.backends.test_redissentinel import SentinelGroup, ask
-from tests.integration.support import (
-    CLIENT_TIMEOUT, ServerProcess, freePort, insecureContext, runCLI, waitFor, writeConfig,
-)
+from tests.integration.support import CLIENT_TIMEOUT, insecureContext, runCLI, sharedNode, waitFor
 
 # Each message's body names it: node, then number.
 _TOKEN = re.compile(rb"failover (n[01]-[0-9]+)")
@@ -50,32 +48,15 @@ class FailoverTests(TestCase):
         os.makedirs(base)
         self.shared = os.path.join(base, "shared-mail")
         masterKey = os.urandom(32)
-        self.servers, self.configs, self.envs, self.submission, self.imap = [], [], [], [], []
+        self.servers, self.nodes = [], []
         for name in ("node1", "node2"):
-            mta, imap, submission = freePort(), freePort(), freePort()
-            dataDir = os.path.join(base, name)
-            os.makedirs(os.path.join(dataDir, "keys"), mode=0o700)
-            with open(os.open(os.path.join(dataDir, "keys", "master.key"), os.O_WRONLY | os.O_CREAT, 0o600),
-                      "wb") as f:
-                f.write(masterKey)
-            config = writeConfig(os.path.join(base, f"{name}.ini"), dataDir, mtaPort=mta, submissionPort=submission,
-                                 extra=f"\n[redis]\nurl = {self.group.url()}\n"
-                                       f"[mailbox]\nmail_dir = {self.shared}\n"
-                                       f"[limits]\nmessages_per_user_hour = 0\n"
-                                       # Deferred deliveries are retried every second.
-                                       f"[relay]\nretry_schedule = 1s\nnameservers = 127.0.0.1:9\n"
-                                       f"[inbound]\nchecks = no\n")
-            env = dict(os.environ, QUTEMAIL_IMAP_PORT=str(imap))
-            server = ServerProcess(config, os.path.join(base, f"{name}.log"), mta, env=env)
-            self.addCleanup(server.kill)
+            node, server = sharedNode(self, base, name, masterKey, self.group.url(), self.shared,
+                                      "[limits]\nmessages_per_user_hour = 0\n")
             self.servers.append(server)
-            self.configs.append(config)
-            self.envs.append(env)
-            self.submission.append(submission)
-            self.imap.append(imap)
+            self.nodes.append(node)
         for user in ("alice", "bob"):
-            added = await deferToThread(runCLI, self.configs[0], "user", "add", f"{user}@example.test",
-                                        "--password-stdin", stdin=f"pw-{user}\n", env=self.envs[0])
+            added = await deferToThread(runCLI, self.nodes[0].config, "user", "add", f"{user}@example.test",
+                                        "--password-stdin", stdin=f"pw-{user}\n", env=self.nodes[0].env)
             self.assertEqual(added.returncode, 0, added.stderr)
         await gatherResults([deferToThread(server.start) for server in self.servers], consumeErrors=True)
 
@@ -95,7 +76,7 @@ class FailoverTests(TestCase):
             token = f"n{node}-{number}"
             try:
                 if client is None:
-                    client = smtplib.SMTP("127.0.0.1", self.submission[node], local_hostname="c.test",
+                    client = smtplib.SMTP("127.0.0.1", self.nodes[node].submission, local_hostname="c.test",
                                           timeout=CLIENT_TIMEOUT)
                     client.starttls(context=insecureContext())
                     client.login("bob@example.test", "pw-bob")
@@ -117,7 +98,7 @@ class FailoverTests(TestCase):
 
         @return: whether the login was accepted.
         """
-        client = imaplib.IMAP4("127.0.0.1", self.imap[node], timeout=CLIENT_TIMEOUT)
+        client = imaplib.IMAP4("127.0.0.1", self.nodes[node].imap, timeout=CLIENT_TIMEOUT)
         try:
             client.starttls(ssl_context=insecureContext())
             client.login("alice@example.test", "pw-alice")
@@ -133,7 +114,7 @@ class FailoverTests(TestCase):
 
         @return: the names of the messages read.
         """
-        client = imaplib.IMAP4("127.0.0.1", self.imap[node], timeout=CLIENT_TIMEOUT)
+        client = imaplib.IMAP4("127.0.0.1", self.nodes[node].imap, timeout=CLIENT_TIMEOUT)
         try:
             client.starttls(ssl_context=insecureContext())
             client.login("alice@example.test", "pw-alice")

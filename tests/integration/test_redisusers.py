@@ -13,30 +13,13 @@ import os
 import smtplib
 import time
 
-import attrs
-
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from qutemail.backends.passwordhash import hashPassword
 from qutemail.backends.userrecords import UserRecord, serialiseUserFile
 from tests.backends.test_redislimiter import RedisServer
-from tests.integration.support import (
-    CLIENT_TIMEOUT, ServerProcess, freePort, insecureContext, runCLI, waitFor, writeConfig,
-)
-
-
-@attrs.frozen
-class Node:
-    """
-    One node of the test: its configuration, environment and ports.
-    """
-
-    config: str
-    env: dict
-    mta: int
-    submission: int
-    imap: int
+from tests.integration.support import CLIENT_TIMEOUT, insecureContext, runCLI, sharedNode, waitFor
 
 
 class TwoNodesTests(TestCase):
@@ -59,24 +42,10 @@ class TwoNodesTests(TestCase):
         self.nodes = []
         self.servers = []
         for name in ("node1", "node2"):
-            mta, imap, submission = freePort(), freePort(), freePort()
-            dataDir = os.path.join(base, name)
-            # The same master key on every node, before it first starts.
-            os.makedirs(os.path.join(dataDir, "keys"), mode=0o700)
-            with open(os.open(os.path.join(dataDir, "keys", "master.key"), os.O_WRONLY | os.O_CREAT, 0o600),
-                      "wb") as f:
-                f.write(masterKey)
-            config = writeConfig(os.path.join(base, f"{name}.ini"), dataDir, mtaPort=mta, submissionPort=submission,
-                                 extra=f"\n[redis]\nurl = redis://127.0.0.1:{redis}/0\n"
-                                       f"[mailbox]\nmail_dir = {self.shared}\n[limits]\nmessages_per_user_hour = 4\n"
-                                       f"[relay]\nretry_schedule = 1s\nnameservers = 127.0.0.1:9\n"
-                                       # No DNS here: no SPF, DKIM or DMARC either.
-                                       f"[inbound]\nchecks = no\n")
-            env = dict(os.environ, QUTEMAIL_IMAP_PORT=str(imap))
-            server = ServerProcess(config, os.path.join(base, f"{name}.log"), mta, env=env)
-            self.addCleanup(server.kill)
+            node, server = sharedNode(self, base, name, masterKey, f"redis://127.0.0.1:{redis}/0", self.shared,
+                                      "[limits]\nmessages_per_user_hour = 4\n")
             self.servers.append(server)
-            self.nodes.append(Node(config, env, mta, submission, imap))
+            self.nodes.append(node)
             await deferToThread(server.start)
         self.base = base
 
