@@ -19,6 +19,7 @@ only the part asked for; header fields are sent as they are (folded,
 repeated fields kept); strings are 8-bit clean.
 """
 
+import io
 from typing import Any, BinaryIO
 
 import attrs
@@ -247,7 +248,12 @@ async def streamLiteral(literal: Literal, transport: Any, flow: WriteFlow, runne
     rawEnd = literal.end.raw
     while remaining > 0 and not flow.stopped:
         chunkStart = (converted, raw)
-        data, raw = await runner.run(readConverted, literal.file, raw, rawEnd, CHUNK_BYTES)
+        if isinstance(literal.file, io.BytesIO):
+            # Read ahead into memory (MessageCache.prefetchFiles): no file
+            # call, so no thread round trip.
+            data, raw = readConverted(literal.file, raw, rawEnd, CHUNK_BYTES)
+        else:
+            data, raw = await runner.run(readConverted, literal.file, raw, rawEnd, CHUNK_BYTES)
         if not data:
             # The file is shorter than when it was scanned: keep the
             # protocol in step.

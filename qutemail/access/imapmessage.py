@@ -33,6 +33,9 @@ from qutemail.store.reader import MessageUnreadable, openStored, readMessage
 
 # Bytes read from a message file per worker-thread call.
 CHUNK_BYTES = 128 * 1024
+# At most how many bytes of small messages one FETCH of bodies reads ahead
+# into memory (MessageCache.prefetchFiles).
+PREFETCH_BYTES = 4 * 1024 * 1024
 
 
 class MessageGone(Exception):
@@ -114,6 +117,29 @@ def _scanPlain(paths: list[str]) -> list[Entity | None]:
     return roots
 
 
+def _readPlain(paths: list[str], maxBytes: int) -> list[tuple[bytes, Entity] | None]:
+    """
+    The whole content and structure of each plain stored message, while
+    their sizes add up to at most C{maxBytes}; C{None} for one that is
+    encrypted, gone, unreadable or past the budget.  Blocking.
+    """
+    found: list[tuple[bytes, Entity] | None] = []
+    for path in paths:
+        try:
+            f, envelope, _, size = openStored(path)
+        except (OSError, MessageUnreadable):
+            found.append(None)
+            continue
+        with f:
+            if envelope is not None or size > maxBytes:
+                found.append(None)
+                continue
+            data = f.read()
+        maxBytes -= len(data)
+        found.append((data, scanMessage(io.BytesIO(data))))
+    return found
+
+
 def _close(f: BinaryIO) -> None:
     """
     Close a file.  Blocking.
@@ -153,6 +179,8 @@ class MessageCache:
     _scans: OrderedDict = attrs.field(factory=OrderedDict)
     _files: OrderedDict = attrs.field(factory=OrderedDict)
     _headerBytes: int = 0
+    # Messages read whole by prefetchFiles, not yet opened.
+    _prefetched: dict = attrs.field(factory=dict)
 
     async def open(self, folderPath: str, baseName: str, path: str, needFile: bool = True
                    ) -> tuple[Entity, BinaryIO | None]:
@@ -177,7 +205,12 @@ class MessageCache:
                 self._files.move_to_end(key)
             return root, f
         if f is None:
-            f = await self._read(folderPath, baseName, path)
+            prefetched = self._prefetched.pop(key, None)
+            if prefetched is not None:
+                f, root = prefetched
+                self._keepScan(key, root)
+            else:
+                f = await self._read(folderPath, baseName, path)
             await self._keepFile(key, f)
         else:
             self._files.move_to_end(key)
@@ -204,6 +237,26 @@ class MessageCache:
         for (baseName, _), root in zip(missing, roots):
             if root is not None:
                 self._keepScan((folderPath, baseName), root)
+
+    async def prefetchFiles(self, folderPath: str, entries: list[tuple[str, str]]) -> None:
+        """
+        Read whole, with their structure, in one worker-thread call, the
+        small plain messages among C{entries} (up to L{PREFETCH_BYTES} in
+        all), so that a FETCH of bodies sends them from memory rather than
+        paying several thread round trips per message.  The others (large,
+        encrypted, vanished, unreadable) are left to L{open}.
+
+        @param entries: C{(baseName, path)} of the messages about to be
+            fetched; what an earlier call read and was not used is dropped.
+        """
+        self._prefetched.clear()
+        missing = [(baseName, path) for baseName, path in entries if (folderPath, baseName) not in self._files]
+        if not missing:
+            return
+        found = await self.runner.run(_readPlain, [path for _, path in missing], PREFETCH_BYTES)
+        for (baseName, _), read in zip(missing, found):
+            if read is not None:
+                self._prefetched[(folderPath, baseName)] = (io.BytesIO(read[0]), read[1])
 
     async def _read(self, folderPath: str, baseName: str, path: str) -> BinaryIO:
         """
@@ -235,7 +288,10 @@ class MessageCache:
         self._files[key] = f
         while len(self._files) > max(self.maxOpenFiles, 1):
             _, old = self._files.popitem(last=False)
-            await self.runner.run(_close, old)
+            if isinstance(old, io.BytesIO):
+                old.close()
+            else:
+                await self.runner.run(_close, old)
 
     def _keepScan(self, key: tuple, root: Entity) -> None:
         """
@@ -262,6 +318,7 @@ class MessageCache:
         files = list(self._files.values())
         self._files.clear()
         self._scans.clear()
+        self._prefetched.clear()
         self._headerBytes = 0
         if files:
             try:

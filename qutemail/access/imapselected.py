@@ -37,7 +37,8 @@ from qutemail.access.imapcommands import parseFlags
 from qutemail.access.uids import keywordsIn
 
 # A FETCH that needs structures but not files (ENVELOPE, BODYSTRUCTURE)
-# scans this many uncached plain messages in one worker-thread call.
+# scans this many uncached plain messages in one worker-thread call; one
+# that needs files (BODY[]) reads as many small ones whole.
 PREFETCH_MESSAGES = 64
 
 
@@ -197,9 +198,12 @@ class SelectedCommands:
             for position, (seq, slot) in enumerate(selected):
                 these = items
                 root = f = None
-                if wantStructure and not wantFile and position % PREFETCH_MESSAGES == 0:
-                    await account.cache.prefetchScans(
-                        view.path, [(s.baseName, s.path) for _, s in selected[position:position + PREFETCH_MESSAGES]])
+                if wantStructure and position % PREFETCH_MESSAGES == 0:
+                    batch = [(s.baseName, s.path) for _, s in selected[position:position + PREFETCH_MESSAGES]]
+                    if wantFile:
+                        await account.cache.prefetchFiles(view.path, batch)
+                    else:
+                        await account.cache.prefetchScans(view.path, batch)
                 if wantStructure:
                     try:
                         root, f = await account.cache.open(view.path, slot.baseName, slot.path, wantFile)

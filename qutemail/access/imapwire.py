@@ -410,16 +410,29 @@ class CRLFConverter:
             return chunk
         if self._lastCR and chunk[:1] == b"\n":
             # The CR ended the previous chunk; what follows the LF is
-            # preceded by that LF, so the regular expression sees it right.
-            out = b"\n" + _BARE_LF.sub(b"\r\n", chunk[1:])
+            # preceded by that LF, so the conversion sees it right.
+            out = b"\n" + _toCRLF(chunk[1:])
         else:
-            out = _BARE_LF.sub(b"\r\n", chunk)
+            out = _toCRLF(chunk)
         self._lastCR = chunk.endswith(b"\r")
         return out
+
+
+def _toCRLF(data: bytes) -> bytes:
+    """
+    @return: C{data} with its bare LFs made CRLF.
+    """
+    if b"\r" not in data:
+        # Every LF is bare (stored mail has LF line ends): one C call
+        # rather than the regular expression.
+        return data.replace(b"\n", b"\r\n")
+    return _BARE_LF.sub(b"\r\n", data)
 
 
 def convertedSize(data: bytes) -> int:
     """
     @return: the size of C{data} once its bare LFs are CRLF.
     """
+    if b"\r" not in data:
+        return len(data) + data.count(b"\n")
     return len(data) + len(_BARE_LF.findall(data))

@@ -3,6 +3,8 @@
 Tests for L{qutemail.access.imapwire}.
 """
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -147,6 +149,8 @@ class CRLFConverterTests(SynchronousTestCase):
         self.assertEqual(len(out), convertedSize(data))
         self.assertEqual(out.replace(b"\r\n", b"").count(b"\n"), 0)
         self.assertEqual(out.replace(b"\r\n", b"\n"), data.replace(b"\r\n", b"\n"))
+        # Exactly the bare LFs, and nothing else, gain a CR.
+        self.assertEqual(out, re.sub(rb"(?<!\r)\n", b"\r\n", data))
 
 
 class SequenceMembershipTests(SynchronousTestCase):
