@@ -7,12 +7,16 @@ L{qutemail.access.imapmime.Entity}.  Pure computation on kept headers.
 """
 
 import email.utils
+import functools
 import re
 from typing import Any
 
 from qutemail.access.imapmime import Entity, Mark
+from qutemail.access.imapwire import Atom, formatList
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+# Distinct address fields whose parse is kept (a few MB at most).
+ADDRESS_CACHE_SIZE = 8192
 
 
 class NoSuchSection(Exception):
@@ -37,22 +41,34 @@ def _raw(value: str | None) -> bytes | None:
     return unfold(str(value)).encode("utf-8", "surrogateescape")
 
 
-def _addresses(value: str | None) -> list | None:
+def _addresses(value: str | None) -> Atom | None:
     """
-    @return: an ENVELOPE address list (RFC 3501 §9, C{env-from} ...), or
-        C{None} when the field is missing or holds no address.
+    @return: an ENVELOPE address list (RFC 3501 §9, C{env-from} ...),
+        already in its wire form, or C{None} when the field is missing or
+        holds no address.
     """
     if value is None:
         return None
+    return _parsedAddresses(unfold(str(value)))
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def _parsedAddresses(value: str) -> Atom | None:
+    """
+    L{_addresses} of an unfolded value.  The standard library's address
+    parser is slow, and a folder's messages name the same correspondents
+    again and again (a FETCH of ENVELOPE over a folder parses and formats
+    each field of each message), so results are kept, formatted.
+    """
     result = []
-    for name, address in email.utils.getaddresses([unfold(str(value))]):
+    for name, address in email.utils.getaddresses([value]):
         if not address and not name:
             continue
         mailbox, at, host = address.rpartition("@")
         if not at:
             mailbox, host = address, None
-        result.append([name or None, None, mailbox or None, host or None])
-    return result or None
+        result.append((name or None, None, mailbox or None, host or None))
+    return Atom(formatList(result)) if result else None
 
 
 def envelope(entity: Entity) -> list:

@@ -223,7 +223,8 @@ def string(value: bytes) -> bytes:
     """
     @return: C{value} as a quoted string when it can be one, else a literal.
     """
-    if len(value) > MAX_QUOTED_BYTES or any(b in value for b in (b"\r", b"\n", b"\x00")) or not value.isascii():
+    if (len(value) > MAX_QUOTED_BYTES or b"\r" in value or b"\n" in value or b"\x00" in value
+            or not value.isascii()):
         return b"{%d}\r\n%b" % (len(value), value)
     return quoted(value)
 
