@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import attrs
 from twisted.logger import Logger
 
+from qutemail.access.fetchindex import Indexed
 from qutemail.access.flow import WriteFlow
 from qutemail.access.imapmailbox import Slot, flagList
 from qutemail.access.imapmessage import CHUNK_BYTES, readConverted
@@ -36,6 +37,8 @@ from qutemail.access.imapwire import formatInternalDate, formatList
 
 _log = Logger()
 _STRUCTURE_TYPES = {"envelope", "rfc822header", "rfc822text", "rfc822size", "rfc822", "bodystructure", "body"}
+# FETCH items a fetch index entry can answer (besides BODY without a section).
+_INDEXED_TYPES = {"flags", "uid", "internaldate", "rfc822size", "envelope", "bodystructure"}
 # How many partial-fetch resume points a session keeps.
 MAX_RESUME_POINTS = 16
 
@@ -160,16 +163,38 @@ def _section(item: Any, root: Entity, f: BinaryIO) -> list:
         return [b"NIL"]
 
 
-def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO | None, uid: bool) -> list:
+def indexable(items: list) -> bool:
+    """
+    @return: whether a message's L{Indexed} entry (with its slot) is all
+        rendering C{items} needs.
+    """
+    return all(i.type in _INDEXED_TYPES or (i.type == "body" and not hasSection(i)) for i in items)
+
+
+def indexEntry(root: Entity) -> Indexed:
+    """
+    @return: the fetch index entry of a message's structure.
+    """
+    return Indexed(root.size, formatList(envelope(root)), formatList(bodyStructure(root, True)),
+                   formatList(bodyStructure(root, False)))
+
+
+def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO | None, uid: bool,
+           indexed: Indexed | None = None) -> list:
     """
     The untagged FETCH response for one message.
 
     @param items: the parsed FETCH items.
-    @param root: the message's structure, if L{needsStructure}.
+    @param root: the message's structure, if L{needsStructure} and it
+        is not C{indexed}.
     @param f: its file, if L{needsFile}.
     @param uid: a UID FETCH (the UID is always sent).
+    @param indexed: the message's fetch index entry, which then stands for
+        C{root} (only for L{indexable} items).
     @return: its pieces (without the final CRLF).
     """
+    if indexed is not None and root is None:
+        return _renderIndexed(items, seq, slot, indexed, uid)
     out: list = [b"* %d FETCH (" % (seq,)]
     sentUid = False
     for index, item in enumerate(items):
@@ -201,6 +226,35 @@ def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO |
             out += [sectionLabel(item) + b" "] + _section(item, root, f)
     if uid and not sentUid:
         out.append(b" UID %d" % (slot.uid,))
+    out.append(b")")
+    return out
+
+
+def _renderIndexed(items: list, seq: int, slot: Slot, indexed: Indexed, uid: bool) -> list:
+    """
+    L{render} from a fetch index entry.
+    """
+    out: list = [b"* %d FETCH (" % (seq,)]
+    parts = []
+    for item in items:
+        kind = item.type
+        if kind == "flags":
+            parts.append(b"FLAGS " + flagList(slot.allFlags()))
+        elif kind == "uid":
+            parts.append(b"UID %d" % (slot.uid,))
+        elif kind == "internaldate":
+            parts.append(b"INTERNALDATE " + formatInternalDate(slot.mtime))
+        elif kind == "rfc822size":
+            parts.append(b"RFC822.SIZE %d" % (indexed.size,))
+        elif kind == "envelope":
+            parts.append(b"ENVELOPE " + indexed.envelope)
+        elif kind == "bodystructure":
+            parts.append(b"BODYSTRUCTURE " + indexed.bodyStructure)
+        else:
+            parts.append(b"BODY " + indexed.body)
+    if uid and not any(item.type == "uid" for item in items):
+        parts.append(b"UID %d" % (slot.uid,))
+    out.append(b" ".join(parts))
     out.append(b")")
     return out
 

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import attrs
 from twisted.logger import Logger
 
+from qutemail.access.fetchindex import FetchIndex
 from qutemail.access.imapmime import Entity, scanMessage
 from qutemail.access.imapstore import locate
 from qutemail.access.imapwire import CRLFConverter
@@ -181,6 +182,10 @@ class MessageCache:
     _headerBytes: int = 0
     # Messages read whole by prefetchFiles, not yet opened.
     _prefetched: dict = attrs.field(factory=dict)
+    # Keys of cached structures read from plain (not encrypted) files.
+    _plain: set = attrs.field(factory=set)
+    # The folders' fetch indexes, by folder path.
+    _indexes: dict = attrs.field(factory=dict)
 
     async def open(self, folderPath: str, baseName: str, path: str, needFile: bool = True
                    ) -> tuple[Entity, BinaryIO | None]:
@@ -237,6 +242,7 @@ class MessageCache:
         for (baseName, _), root in zip(missing, roots):
             if root is not None:
                 self._keepScan((folderPath, baseName), root)
+                self._plain.add((folderPath, baseName))
 
     async def prefetchFiles(self, folderPath: str, entries: list[tuple[str, str]]) -> None:
         """
@@ -257,6 +263,23 @@ class MessageCache:
         for (baseName, _), read in zip(missing, found):
             if read is not None:
                 self._prefetched[(folderPath, baseName)] = (io.BytesIO(read[0]), read[1])
+                self._plain.add((folderPath, baseName))
+
+    def isPlain(self, folderPath: str, baseName: str) -> bool:
+        """
+        @return: whether a message's cached structure was read from a
+            plain file (one stored as it came, not encrypted).
+        """
+        return (folderPath, baseName) in self._plain
+
+    def indexFor(self, folderPath: str) -> FetchIndex:
+        """
+        @return: this session's view of a folder's fetch index.
+        """
+        index = self._indexes.get(folderPath)
+        if index is None:
+            index = self._indexes[folderPath] = FetchIndex(folderPath, self.runner)
+        return index
 
     async def _read(self, folderPath: str, baseName: str, path: str) -> BinaryIO:
         """
@@ -300,7 +323,8 @@ class MessageCache:
         self._scans[key] = root
         self._headerBytes += _headerBytes(root)
         while self._headerBytes > self.maxHeaderBytes and len(self._scans) > 1:
-            _, old = self._scans.popitem(last=False)
+            oldKey, old = self._scans.popitem(last=False)
+            self._plain.discard(oldKey)
             self._headerBytes -= _headerBytes(old)
 
     def forget(self, folderPath: str, baseName: str) -> None:
@@ -319,6 +343,8 @@ class MessageCache:
         self._files.clear()
         self._scans.clear()
         self._prefetched.clear()
+        self._plain.clear()
+        self._indexes.clear()
         self._headerBytes = 0
         if files:
             try:

@@ -25,7 +25,7 @@ from qutemail.store.folders import NoSuchFolder
 from qutemail.access.imapaccount import IMAPAccount
 from qutemail.access.keywords import KeywordMap, ensureKeywords, readKeywords
 from qutemail.access.imapfetch import (
-    ResumePoints, WriteFlow, needsFile, needsStructure, render, sendPieces, setsSeen,
+    ResumePoints, WriteFlow, indexable, indexEntry, needsFile, needsStructure, render, sendPieces, setsSeen,
 )
 from qutemail.access.imapmailbox import flagList
 from qutemail.access.imapmessage import MessageGone, MessageUnavailable, fileContains
@@ -193,18 +193,25 @@ class SelectedCommands:
             self._resume = ResumePoints()
         flow = WriteFlow()
         gone = unavailable = 0
+        # A listing of structures (ENVELOPE, BODYSTRUCTURE, RFC822.SIZE)
+        # is answered from the folder's fetch index where it can be.
+        index = account.cache.indexFor(view.path) if wantStructure and indexable(items) else None
+        if index is not None:
+            await index.refresh({s.baseName for s in view.slots})
         self.transport.registerProducer(flow, True)
         try:
             for position, (seq, slot) in enumerate(selected):
                 these = items
                 root = f = None
+                indexed = index.get(slot.baseName) if index is not None else None
                 if wantStructure and position % PREFETCH_MESSAGES == 0:
-                    batch = [(s.baseName, s.path) for _, s in selected[position:position + PREFETCH_MESSAGES]]
+                    batch = [(s.baseName, s.path) for _, s in selected[position:position + PREFETCH_MESSAGES]
+                             if index is None or index.get(s.baseName) is None]
                     if wantFile:
                         await account.cache.prefetchFiles(view.path, batch)
-                    else:
+                    elif batch:
                         await account.cache.prefetchScans(view.path, batch)
-                if wantStructure:
+                if wantStructure and indexed is None:
                     try:
                         root, f = await account.cache.open(view.path, slot.baseName, slot.path, wantFile)
                     except MessageGone:
@@ -213,6 +220,8 @@ class SelectedCommands:
                     except MessageUnavailable:
                         unavailable += 1
                         continue
+                    if index is not None and account.cache.isPlain(view.path, slot.baseName):
+                        index.add(slot.baseName, indexEntry(root))
                 if seen and "\\Seen" not in slot.flags:
                     try:
                         await self._setFlags(slot, slot.flags | {"\\Seen"})
@@ -221,7 +230,7 @@ class SelectedCommands:
                         continue
                     if not any(i.type == "flags" for i in items):
                         these = items + [_FetchParser.Flags()]
-                pieces = render(these, seq, slot, root, f, uid)
+                pieces = render(these, seq, slot, root, f, uid, indexed)
                 await sendPieces(pieces, self.transport, flow, account.runner, self._resume, self.resetTimeout)
                 # Long listings wait for the client too.
                 await flow.whenWritable()
@@ -229,6 +238,8 @@ class SelectedCommands:
                     return
         finally:
             self.transport.unregisterProducer()
+            if index is not None:
+                await index.flush()
         if unavailable:
             raise no(b"[UNAVAILABLE] Some messages cannot be read now; try again later")
         if gone:

@@ -16,13 +16,14 @@ from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
+from qutemail.access.fetchindex import INDEX_NAME, parseLines
 from qutemail.access.imapaccount import imapPortal
 from qutemail.access.imapserver import IMAPFactory
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.tlsserver import ServerCredentials, contextFactory, generateSelfSigned
 from qutemail.policy.throttle import AuthThrottle
-from tests.access.test_imapserver import ENCRYPTED_NAME, ORIGINAL, deliver, makeMailbox
+from tests.access.test_imapserver import ENCRYPTED_NAME, ORIGINAL, PLAIN, PLAIN_NAME, deliver, makeMailbox
 from tests.integration.support import CLIENT_TIMEOUT, waitFor
 
 
@@ -200,6 +201,44 @@ class LoopbackTests(TestCase):
             stored = f.read()
         self.assertNotIn(b"the plan", stored)
         self.assertIn(b"multipart/encrypted", stored)
+
+    async def test_fetchIndex(self) -> None:
+        """
+        A listing of structures is answered the same from the folder's
+        fetch index as from the messages: the first session writes the
+        index (plain mail only: nothing of the encrypted message), the
+        next answers from it without reading the messages again.
+        """
+        deliver(self.inbox, "1700000003.M3Q3R0.host,S=3",
+                b"From: \"Carol, C.\" <carol@remote.test>, dave@remote.test\nTo: alice@example.test\n"
+                b"Subject: =?utf-8?q?caf=C3=A9?=\nContent-Type: multipart/mixed; boundary=B\n\n"
+                b"--B\nContent-Type: text/plain\n\nhi\n--B\nContent-Type: image/png\n"
+                b"Content-Transfer-Encoding: base64\n\niVBORw0K\n--B--\n", 1700000003, "cur")
+        items = "(UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY)"
+
+        def session(client):
+            client.select("INBOX")
+            return client.fetch("1:*", items)[1]
+
+        first = await self.imap(session)
+        index = os.path.join(self.inbox, INDEX_NAME)
+        with open(index, "rb") as f:
+            entries = parseLines(f.read())
+        self.assertEqual(sorted(entries), ["1700000002.M2Q2R0.host,S=2", "1700000003.M3Q3R0.host,S=3"])
+        self.assertFalse(any(b"plan" in e.envelope for e in entries.values()))
+        self.assertEqual(os.stat(index).st_mode & 0o777, 0o600)
+        # The content under a unique name never changes; were it to, the
+        # index would still answer: proof that it is what answers.
+        deliver(self.inbox, PLAIN_NAME + ":2,S", PLAIN.replace(b"from outside", b"changed"), 1700000002, "cur")
+        second = await self.imap(session)
+
+        def flat(response):
+            # \\Recent is the first session's only.
+            return b"".join(x if isinstance(x, bytes) else b"".join(x) for x in response).replace(b"\\Recent", b"")
+
+        self.assertEqual(flat(second), flat(first))
+        self.assertIn(b'"from outside"', flat(second))
+        self.assertIn(b'(("Carol, C." NIL "carol" "remote.test") (NIL NIL "dave" "remote.test"))', flat(second))
 
     async def test_keyGoneNotice(self) -> None:
         """

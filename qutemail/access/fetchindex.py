@@ -1,0 +1,217 @@
+# -*- test-case-name: tests.access.test_fetchindex -*-
+"""
+A per-folder index of what a FETCH of a message's structure sends
+(issue 14): its C{RFC822.SIZE}, C{ENVELOPE}, C{BODYSTRUCTURE} and C{BODY},
+already in their wire form, so that a client listing a folder (C{FETCH 1:*
+(UID FLAGS RFC822.SIZE ENVELOPE)}) does not make the server open and parse
+every message in every session, as Dovecot's C{dovecot.index.cache} spares
+it.
+
+The index is C{qutemail-fetch.idx} in the folder's directory (beside
+C{cur/}, C{new/} and C{tmp/}; other Maildir tools ignore it), mode 0600,
+one line per message::
+
+    <base name> SP <size> SP <b64 ENVELOPE> SP <b64 BODYSTRUCTURE> SP <b64 BODY> LF
+
+A message's base name (its unique name without flags) never changes while
+it exists, nor does its content, so an entry never goes stale; entries of
+messages no longer in the folder are dropped when the file is rewritten
+(L{FetchIndex.refresh}, once they outnumber the live ones).  Lines are
+appended, and the file rewritten, under an exclusive C{flock} on it, so
+sessions and processes sharing a folder keep one file; a line that cannot
+be read (a torn append after a crash) is skipped, and its message is
+simply scanned again.
+
+Only plain messages are indexed (mail from outside, stored as it came):
+the envelope of internal mail, stored encrypted, must never be written
+anywhere in clear.
+"""
+
+import base64
+import binascii
+import fcntl
+import os
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from qutemail.durable import PRIVATE_FILE_MODE
+
+INDEX_NAME = "qutemail-fetch.idx"
+# A rewrite drops dead entries once there are more than this many and more
+# dead than live ones.
+MIN_DEAD_FOR_REWRITE = 1000
+
+
+@attrs.frozen
+class Indexed:
+    """
+    What FETCH sends about one message's structure, in wire form.
+
+    @ivar size: C{RFC822.SIZE}.
+    @ivar envelope: the C{ENVELOPE} list.
+    @ivar bodyStructure: the C{BODYSTRUCTURE} list.
+    @ivar body: the C{BODY} list (no extension data).
+    """
+
+    size: int
+    envelope: bytes
+    bodyStructure: bytes
+    body: bytes
+
+    def line(self, baseName: str) -> bytes:
+        """
+        @return: this entry's line in the index file.
+        """
+        parts = [base64.b64encode(v) for v in (self.envelope, self.bodyStructure, self.body)]
+        return b" ".join([baseName.encode("utf-8", "surrogateescape"), b"%d" % (self.size,)] + parts) + b"\n"
+
+
+def parseLines(data: bytes) -> dict[str, Indexed]:
+    """
+    Read index lines; damaged ones are skipped.
+
+    @param data: whole lines.
+    @return: the entries by base name (the last line of a name wins).
+    """
+    entries: dict[str, Indexed] = {}
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        if len(fields) != 5 or not fields[1].isdigit():
+            continue
+        try:
+            values = [base64.b64decode(v, validate=True) for v in fields[2:]]
+        except (binascii.Error, ValueError):
+            continue
+        entries[fields[0].decode("utf-8", "surrogateescape")] = Indexed(int(fields[1]), *values)
+    return entries
+
+
+def _open(path: str) -> int:
+    """
+    Open (creating) an index file and lock it exclusively.  Blocking.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _readFrom(path: str, offset: int) -> tuple[bytes, int, bool]:
+    """
+    Read what an index holds past C{offset} (whole lines).  Blocking.
+
+    @return: the bytes, the new offset, and whether the file was rewritten
+        (shorter than C{offset}: it is read from its start).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", 0, offset > 0
+    with open(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        rewritten = size < offset
+        start = 0 if rewritten else offset
+        f.seek(start)
+        data = f.read(size - start)
+    end = data.rfind(b"\n") + 1
+    return data[:end], start + end, rewritten
+
+
+def _append(path: str, data: bytes) -> None:
+    """
+    Append lines under the lock.  Blocking.
+    """
+    fd = _open(path)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _rewrite(path: str, keep: set[str]) -> None:
+    """
+    Rewrite an index with only the entries of C{keep}, under the lock (the
+    lines other sessions appended meanwhile included).  Blocking.
+    """
+    fd = _open(path)
+    try:
+        with open(os.dup(fd), "rb") as f:
+            f.seek(0)
+            entries = parseLines(f.read())
+        data = b"".join(entry.line(name) for name, entry in entries.items() if name in keep)
+        temporary = path + ".tmp"
+        out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        try:
+            os.write(out, data)
+        finally:
+            os.close(out)
+        os.rename(temporary, path)
+    finally:
+        os.close(fd)
+
+
+class FetchIndex:
+    """
+    One session's view of one folder's index.  The index only saves work:
+    a file that cannot be read or written is logged, and the messages are
+    scanned as they would be without it.
+    """
+
+    _log = Logger()
+
+    def __init__(self, folderPath: str, runner: Any) -> None:
+        """
+        @param folderPath: the folder's directory.
+        @param runner: the L{qutemail.blocking.BlockingRunner}.
+        """
+        self.path = os.path.join(folderPath, INDEX_NAME)
+        self.runner = runner
+        self.entries: dict[str, Indexed] = {}
+        self._offset = 0
+        self._pending: list[bytes] = []
+
+    def get(self, baseName: str) -> Indexed | None:
+        """
+        @return: a message's entry, if indexed.
+        """
+        return self.entries.get(baseName)
+
+    async def refresh(self, live: set[str]) -> None:
+        """
+        Read what was added since the last look (all of it the first
+        time); rewrite the file without the dead entries when they have
+        come to outnumber the live ones.
+
+        @param live: the base names of the folder's messages now.
+        """
+        try:
+            data, self._offset, rewritten = await self.runner.run(_readFrom, self.path, self._offset)
+            if rewritten:
+                self.entries = {}
+            self.entries.update(parseLines(data))
+            dead = len(self.entries) - len(live & self.entries.keys())
+            if dead > MIN_DEAD_FOR_REWRITE and dead > len(live):
+                await self.runner.run(_rewrite, self.path, live)
+                data, self._offset, _ = await self.runner.run(_readFrom, self.path, 0)
+                self.entries = parseLines(data)
+        except OSError as e:
+            self._log.warn("IMAP fetch index {path}: {error}", path=self.path, error=str(e))
+
+    def add(self, baseName: str, entry: Indexed) -> None:
+        """
+        Index a message (written by L{flush}).
+        """
+        self.entries[baseName] = entry
+        self._pending.append(entry.line(baseName))
+
+    async def flush(self) -> None:
+        """
+        Append the entries added since the last flush, in one write.
+        """
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            try:
+                await self.runner.run(_append, self.path, data)
+            except OSError as e:
+                self._log.warn("IMAP fetch index {path}: {error}", path=self.path, error=str(e))

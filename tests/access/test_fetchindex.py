@@ -1,0 +1,105 @@
+"""
+Tests for L{qutemail.access.fetchindex}: the per-folder file of what FETCH
+sends about messages' structure.
+"""
+
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from qutemail.access import fetchindex
+from qutemail.access.fetchindex import INDEX_NAME, FetchIndex, Indexed, parseLines
+from qutemail.blocking import InlineRunner
+
+
+def entry(n: int) -> Indexed:
+    """
+    A distinct entry, with 8-bit and space-holding values.
+    """
+    return Indexed(100 + n, b'("date" "caf\xc3\xa9 %d")' % (n,), b'("text" "plain")', b"(%d)" % (n,))
+
+
+class FetchIndexTests(SynchronousTestCase):
+    """
+    Sessions share one index file through appends; dead entries go once
+    they outnumber the live ones.
+    """
+
+    def setUp(self) -> None:
+        self.folder = self.mktemp()
+        os.makedirs(self.folder)
+        self.runner = InlineRunner()
+
+    def index(self) -> FetchIndex:
+        return FetchIndex(self.folder, self.runner)
+
+    def refresh(self, index: FetchIndex, live) -> None:
+        self.successResultOf(Deferred.fromCoroutine(index.refresh(set(live))))
+
+    def flush(self, index: FetchIndex) -> None:
+        self.successResultOf(Deferred.fromCoroutine(index.flush()))
+
+    def test_roundTrip(self) -> None:
+        """
+        What one session adds and flushes, another reads back exactly; and
+        the first sees later additions of the second on its next refresh.
+        """
+        first, second = self.index(), self.index()
+        self.refresh(first, ["a"])
+        first.add("a", entry(1))
+        self.flush(first)
+        self.refresh(second, ["a", "b"])
+        self.assertEqual(second.get("a"), entry(1))
+        second.add("b", entry(2))
+        self.flush(second)
+        self.refresh(first, ["a", "b"])
+        self.assertEqual((first.get("a"), first.get("b")), (entry(1), entry(2)))
+        self.assertEqual(os.stat(os.path.join(self.folder, INDEX_NAME)).st_mode & 0o777, 0o600)
+
+    def test_damagedLinesSkipped(self) -> None:
+        """
+        A torn last line, or a line that is not an entry, is skipped; the
+        others are read.
+        """
+        good = entry(1).line("a") + entry(2).line("b")
+        self.assertEqual(parseLines(good + b"c 12 e30= bm90IGI2NA"), {"a": entry(1), "b": entry(2)})
+        self.assertEqual(parseLines(b"junk\nd x AA== AA== AA==\n" + good), {"a": entry(1), "b": entry(2)})
+
+    def test_deadEntriesDropped(self) -> None:
+        """
+        Once the entries of messages no longer in the folder outnumber the
+        live ones (and a minimum), the file is rewritten with the live
+        ones only.
+        """
+        self.patch(fetchindex, "MIN_DEAD_FOR_REWRITE", 2)
+        writer = self.index()
+        self.refresh(writer, [])
+        for n in range(5):
+            writer.add(f"m{n}", entry(n))
+        self.flush(writer)
+        path = os.path.join(self.folder, INDEX_NAME)
+        size = os.path.getsize(path)
+        reader = self.index()
+        self.refresh(reader, ["m0", "m1", "m2"])
+        self.assertEqual(os.path.getsize(path), size)
+        self.refresh(reader, ["m4"])
+        with open(path, "rb") as f:
+            self.assertEqual(parseLines(f.read()), {"m4": entry(4)})
+        self.assertEqual(reader.entries, {"m4": entry(4)})
+        # A session that had read the old file starts again from the new.
+        writer.add("m5", entry(5))
+        self.flush(writer)
+        self.refresh(writer, ["m4", "m5"])
+        self.assertEqual(sorted(writer.entries), ["m4", "m5"])
+
+    def test_unwritableLogged(self) -> None:
+        """
+        An index that cannot be written only costs the saving: the flush
+        logs and returns.
+        """
+        index = FetchIndex(os.path.join(self.folder, "missing"), self.runner)
+        index.add("a", entry(1))
+        self.flush(index)
+        self.refresh(index, ["a"])
+        self.assertEqual(index.get("a"), entry(1))
