@@ -248,6 +248,16 @@ def _membership(ranges: list, largest: int) -> SequenceMembership:
     return hit[1]
 
 
+def searchNeedsStructure(key: Key) -> bool:
+    """
+    @return: whether matching C{key} may need messages' structures (a
+        header, the sent date, the size).
+    """
+    if key.op in ("and", "or", "not"):
+        return any(searchNeedsStructure(sub) for sub in key.args)
+    return key.op in ("larger", "smaller", "header") or (key.op == "date" and key.args[0].startswith("SENT"))
+
+
 async def matches(key: Key, c: Candidate) -> bool:
     """
     @return: whether a message matches a key.

@@ -29,7 +29,7 @@ from qutemail.access.imapfetch import (
 )
 from qutemail.access.imapmailbox import flagList
 from qutemail.access.imapmessage import MessageGone, MessageUnavailable, fileContains
-from qutemail.access.imapsearch import CHARSETS, Candidate, Key, matches, parseKeys
+from qutemail.access.imapsearch import CHARSETS, Candidate, Key, matches, parseKeys, searchNeedsStructure
 from qutemail.access.imapstore import expunge, storeFlags, transfer
 from qutemail.access.imapstructure import region
 from qutemail.access.imapwire import Atom, ParseError, astring, bad, no, parseSequenceSet
@@ -160,7 +160,12 @@ class SelectedCommands:
         slots = list(view.slots)
         lastUid = slots[-1].uid if slots else 0
         found = []
+        prefetch = searchNeedsStructure(query)
         for seq, slot in enumerate(slots, 1):
+            if prefetch and (seq - 1) % PREFETCH_MESSAGES == 0:
+                # Many thread round trips per message otherwise, as in FETCH.
+                await account.cache.prefetchScans(
+                    view.path, [(s.baseName, s.path) for s in slots[seq - 1:seq - 1 + PREFETCH_MESSAGES]])
             candidate = Candidate(seq, slot, len(slots), lastUid, _structureOf(account, view.path, slot),
                                   _containsIn(account, view.path, slot))
             try:
