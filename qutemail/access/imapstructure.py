@@ -68,7 +68,9 @@ def _parsedAddresses(value: str) -> Atom | None:
         if not at:
             mailbox, host = address, None
         result.append((name or None, None, mailbox or None, host or None))
-    return Atom(formatList(result)) if result else None
+    # RFC 3501 §9 env-from and the others: "(" 1*address ")", no space
+    # between the addresses.
+    return Atom(b"(" + b"".join(formatList(a) for a in result) + b")") if result else None
 
 
 def envelope(entity: Entity) -> list:
@@ -138,8 +140,10 @@ def bodyStructure(entity: Entity, extended: bool) -> list:
     @return: the entity's body structure, for L{formatList}.
     """
     if entity.mainType == "multipart" and entity.parts:
-        result: list = [bodyStructure(part, extended) for part in entity.parts]
-        result.append(entity.subType)
+        # RFC 3501 §9 body-type-mpart: the parts follow one another with
+        # no space between them.
+        result: list = [Atom(b"".join(formatList(bodyStructure(part, extended)) for part in entity.parts)),
+                        entity.subType]
         if extended:
             result += [_parameters(entity, "content-type"), _disposition(entity), _language(entity),
                        _field(entity, "content-location")]

@@ -238,7 +238,7 @@ class LoopbackTests(TestCase):
 
         self.assertEqual(flat(second), flat(first))
         self.assertIn(b'"from outside"', flat(second))
-        self.assertIn(b'(("Carol, C." NIL "carol" "remote.test") (NIL NIL "dave" "remote.test"))', flat(second))
+        self.assertIn(b'(("Carol, C." NIL "carol" "remote.test")(NIL NIL "dave" "remote.test"))', flat(second))
 
     async def test_keyGoneNotice(self) -> None:
         """

@@ -141,14 +141,15 @@ class StructureTests(SynchronousTestCase):
 
     def test_envelope(self) -> None:
         """
-        Raw values (RFC 2047 words kept, folding removed), address lists;
-        Sender and Reply-To default to From.
+        Raw values (RFC 2047 words kept, folding removed), address lists
+        (addresses one after another with no space, RFC 3501 §9); Sender
+        and Reply-To default to From.
         """
         root = scanMessage(io.BytesIO(NESTED))
         self.assertEqual(
             formatList(envelope(root)),
             b'(NIL "hi =?utf-8?q?there?=" (("A" NIL "a" "x.test")) (("A" NIL "a" "x.test"))'
-            b' (("A" NIL "a" "x.test")) ((NIL NIL "b" "y.test") ("C" NIL "c" "z.test")) NIL NIL NIL NIL)')
+            b' (("A" NIL "a" "x.test")) ((NIL NIL "b" "y.test")("C" NIL "c" "z.test")) NIL NIL NIL NIL)')
 
     def test_eightBitHeader(self) -> None:
         """
@@ -159,16 +160,17 @@ class StructureTests(SynchronousTestCase):
 
     def test_bodyStructure(self) -> None:
         """
-        Multipart, text (with line counts), message/rfc822 (with its
-        envelope and structure) and extension data.
+        Multipart (its parts one after another with no space, RFC 3501
+        §9 body-type-mpart), text (with line counts), message/rfc822 (with
+        its envelope and structure) and extension data.
         """
         root = scanMessage(io.BytesIO(NESTED))
         self.assertEqual(
             formatList(bodyStructure(root, True)),
             b'(("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 12 2 NIL ("inline" NIL) NIL NIL)'
-            b' ("message" "rfc822" NIL NIL NIL "7bit" 139 (NIL "inner" NIL NIL NIL NIL NIL NIL NIL NIL)'
+            b'("message" "rfc822" NIL NIL NIL "7bit" 139 (NIL "inner" NIL NIL NIL NIL NIL NIL NIL NIL)'
             b' (("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 1 NIL NIL NIL NIL)'
-            b' ("text" "html" NIL NIL NIL "7bit" 8 1 NIL NIL NIL NIL) "alternative" ("boundary" "YY") NIL NIL NIL)'
+            b'("text" "html" NIL NIL NIL "7bit" 8 1 NIL NIL NIL NIL) "alternative" ("boundary" "YY") NIL NIL NIL)'
             b' 11 NIL NIL NIL NIL) "mixed" ("boundary" "XX") NIL NIL NIL)')
         self.assertEqual(formatList(bodyStructure(resolvePart(root, (0,)), False)),
                          b'("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 12 2)')
