@@ -18,9 +18,11 @@ it exists, nor does its content, so an entry never goes stale; entries of
 messages no longer in the folder are dropped when the file is rewritten
 (L{FetchIndex.refresh}, once they outnumber the live ones).  Lines are
 appended, and the file rewritten, under an exclusive C{flock} on it, so
-sessions and processes sharing a folder keep one file; a line that cannot
-be read (a torn append after a crash) is skipped, and its message is
-simply scanned again.
+sessions and processes sharing a folder keep one file; a reader notices a
+rewrite by the file's inode and reads it again from its start.  A line
+that cannot be read (a torn append after a crash) is skipped, and its
+message is simply scanned again; an append that lands in a file just
+replaced by a rewrite is lost the same way.
 
 Only plain messages are indexed (mail from outside, stored as it came):
 the envelope of internal mail, stored encrypted, must never be written
@@ -97,25 +99,27 @@ def _open(path: str) -> int:
     return fd
 
 
-def _readFrom(path: str, offset: int) -> tuple[bytes, int, bool]:
+def _readFrom(path: str, offset: int, inode: int | None) -> tuple[bytes, int, int | None, bool]:
     """
     Read what an index holds past C{offset} (whole lines).  Blocking.
 
-    @return: the bytes, the new offset, and whether the file was rewritten
-        (shorter than C{offset}: it is read from its start).
+    @param inode: the file's inode when C{offset} was reached.
+    @return: the bytes, the new offset, the file's inode, and whether the
+        file was rewritten (another inode, or shorter than C{offset}: it is
+        read from its start).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return b"", 0, offset > 0
+        return b"", 0, None, offset > 0
     with open(fd, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        rewritten = size < offset
+        status = os.fstat(f.fileno())
+        rewritten = status.st_ino != inode or status.st_size < offset
         start = 0 if rewritten else offset
         f.seek(start)
-        data = f.read(size - start)
+        data = f.read(status.st_size - start)
     end = data.rfind(b"\n") + 1
-    return data[:end], start + end, rewritten
+    return data[:end], start + end, status.st_ino, rewritten
 
 
 def _append(path: str, data: bytes) -> None:
@@ -169,6 +173,7 @@ class FetchIndex:
         self.runner = runner
         self.entries: dict[str, Indexed] = {}
         self._offset = 0
+        self._inode: int | None = None
         self._pending: list[bytes] = []
 
     def get(self, baseName: str) -> Indexed | None:
@@ -186,14 +191,15 @@ class FetchIndex:
         @param live: the base names of the folder's messages now.
         """
         try:
-            data, self._offset, rewritten = await self.runner.run(_readFrom, self.path, self._offset)
+            data, self._offset, self._inode, rewritten = await self.runner.run(
+                _readFrom, self.path, self._offset, self._inode)
             if rewritten:
                 self.entries = {}
             self.entries.update(parseLines(data))
             dead = len(self.entries) - len(live & self.entries.keys())
             if dead > MIN_DEAD_FOR_REWRITE and dead > len(live):
                 await self.runner.run(_rewrite, self.path, live)
-                data, self._offset, _ = await self.runner.run(_readFrom, self.path, 0)
+                data, self._offset, self._inode, _ = await self.runner.run(_readFrom, self.path, 0, None)
                 self.entries = parseLines(data)
         except OSError as e:
             self._log.warn("IMAP fetch index {path}: {error}", path=self.path, error=str(e))

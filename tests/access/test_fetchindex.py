@@ -93,6 +93,29 @@ class FetchIndexTests(SynchronousTestCase):
         self.refresh(writer, ["m4", "m5"])
         self.assertEqual(sorted(writer.entries), ["m4", "m5"])
 
+    def test_rewriteSeenByInode(self) -> None:
+        """
+        A session that read the file before another rewrote it (and the
+        new file grew past where the first had read) reads the new file
+        from its start, not from its old offset.
+        """
+        self.patch(fetchindex, "MIN_DEAD_FOR_REWRITE", 0)
+        reader = self.index()
+        self.refresh(reader, [])
+        writer = self.index()
+        writer.add("m1", entry(1))
+        self.flush(writer)
+        self.refresh(reader, ["m1"])
+        self.assertEqual(reader.get("m1"), entry(1))
+        rewriter = self.index()
+        self.refresh(rewriter, [])
+        self.assertEqual(rewriter.entries, {})
+        for n in range(2, 6):
+            writer.add(f"m{n}", entry(n))
+        self.flush(writer)
+        self.refresh(reader, [f"m{n}" for n in range(2, 6)])
+        self.assertEqual(sorted(reader.entries), ["m2", "m3", "m4", "m5"])
+
     def test_unwritableLogged(self) -> None:
         """
         An index that cannot be written only costs the saving: the flush
