@@ -118,6 +118,11 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
     _waitingLine: Deferred | None = None
     _peer = "?"
     _ticket: SessionTicket | None = None
+    # IDLE: whether it runs, its next poll, and a notice that came while a
+    # poll was running.
+    _idling = False
+    _idleCall: Any = None
+    _wakeAgain = False
 
     def connectionMade(self) -> None:
         """
@@ -436,7 +441,7 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
         """
         Poll again after C{pollSeconds}, while idling.
         """
-        if getattr(self, "_idling", False) and not self._lost:
+        if self._idling and not self._lost:
             self._idleCall = self.factory.clock.callLater(self.factory.pollSeconds, self._idlePoll)
 
     def _announce(self) -> None:
@@ -453,9 +458,9 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
         The mailbox changed: poll now instead of at the next interval (or,
         while a poll is running, right after it: it may have looked first).
         """
-        if not getattr(self, "_idling", False):
+        if not self._idling:
             return
-        call = getattr(self, "_idleCall", None)
+        call = self._idleCall
         if call is not None and call.active():
             call.cancel()
             self._idlePoll()
@@ -467,7 +472,7 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
         Stop polling.
         """
         self._idling = False
-        call, self._idleCall = getattr(self, "_idleCall", None), None
+        call, self._idleCall = self._idleCall, None
         if call is not None and call.active():
             call.cancel()
 
@@ -485,7 +490,7 @@ class IMAPServer(AuthCommands, SelectedCommands, FolderCommands, NegotiationComm
             """
             if self._idleRefresh is polling:
                 self._idleRefresh = None
-            if getattr(self, "_wakeAgain", False) and getattr(self, "_idling", False) and not self._lost:
+            if self._wakeAgain and self._idling and not self._lost:
                 self._wakeAgain = False
                 self._idlePoll()
                 return

@@ -173,3 +173,19 @@ async def hashInThread(runner: Any, password: bytes, workFactor: int) -> str:
     """
     checkPasswordValue(password)
     return await runner.run(hashPassword, password, workFactor)
+
+
+async def verifyInThread(runner: Any, passwordHash: str | None, password: bytes, workFactor: int) -> bool:
+    """
+    Check a password against an account's hash in a worker thread; with no
+    account (C{passwordHash} C{None}), spend the same scrypt work and say
+    no, so that a login does not tell which addresses exist.
+
+    @param runner: the L{qutemail.blocking.BlockingRunner}.
+    @param workFactor: the directory's cost, for the dummy work.
+    @return: whether the password is right.
+    """
+    if passwordHash is None:
+        await runner.run(dummyVerify, password, workFactor)
+        return False
+    return await runner.run(verifyPassword, passwordHash, password)

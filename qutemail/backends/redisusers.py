@@ -25,12 +25,10 @@ from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from qutemail.backends.passwordhash import (
-    DEFAULT_WORK_FACTOR, dummyVerify, hashInThread, verifyPassword,
-)
+from qutemail.backends.passwordhash import DEFAULT_WORK_FACTOR, hashInThread, verifyInThread
 from qutemail.backends.redisblocking import RedisReadError, askRedis
 from qutemail.backends.redislimiter import REDIS_TIMEOUT_SECONDS
-from qutemail.backends.userrecords import checkAddress, isQuota
+from qutemail.backends.userrecords import checkAddress, checkQuota
 from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserDirectoryUnavailable, UserExists
 
 USER_PREFIX = "qutemail:user:"
@@ -149,10 +147,8 @@ class RedisUserDirectory:
         """
         fields = _fields(await self.call("HGETALL", USER_PREFIX + address))
         account = _account(address, fields)
-        if account is None:
-            await self.runner.run(dummyVerify, password, self.workFactor)
-            return None
-        if not await self.runner.run(verifyPassword, fields["password"], password):
+        passwordHash = None if account is None else fields["password"]
+        if not await verifyInThread(self.runner, passwordHash, password, self.workFactor):
             return None
         return account
 
@@ -171,13 +167,8 @@ class RedisUserDirectory:
         """
         checkAddress(address)
         passwordHash = await hashInThread(self.runner, password, self.workFactor)
-        key = USER_PREFIX + address
-        # HSETNX makes the account, or finds it there already, atomically.
-        if not int(await self.call("HSETNX", key, "password", passwordHash)):
+        if not await self._create(address, passwordHash, None):
             raise UserExists(address)
-        await self.call("HSET", key, "quota", "")
-        await self.call("HSET", key, "enabled", "1")
-        await self.call("SADD", USERS_SET, address)
         self._log.info("added user {address}", address=address)
         return Account(address)
 
@@ -195,7 +186,16 @@ class RedisUserDirectory:
         """
         See L{importRecord}.
         """
+        return await self._create(address, passwordHash, quotaBytes)
+
+    async def _create(self, address: str, passwordHash: str, quotaBytes: int | None) -> bool:
+        """
+        Make an account, unless the address has one.
+
+        @return: whether it was made.
+        """
         key = USER_PREFIX + address
+        # HSETNX makes the account, or finds it there already, atomically.
         if not int(await self.call("HSETNX", key, "password", passwordHash)):
             return False
         await self.call("HSET", key, "quota", "" if quotaBytes is None else str(quotaBytes))
@@ -236,8 +236,7 @@ class RedisUserDirectory:
         """
         See L{setQuota}.
         """
-        if not isQuota(quotaBytes):
-            raise ValueError(f"{quotaBytes!r} is not a quota in bytes")
+        checkQuota(quotaBytes)
         await self._setIfExists(address, "quota", "" if quotaBytes is None else str(quotaBytes))
         return Account(address, quotaBytes)
 

@@ -38,10 +38,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qutemail.backends.passwordhash import (
-    DEFAULT_WORK_FACTOR, MAX_WORK_FACTOR, dummyVerify, hashInThread, verifyPassword,
+    DEFAULT_WORK_FACTOR, MAX_WORK_FACTOR, hashInThread, verifyInThread,
 )
 from qutemail.backends.userrecords import (
-    UserFileError, UserRecord, checkAddress, isQuota, parseUserFile, serialiseUserFile,
+    UserFileError, UserRecord, checkAddress, checkQuota, parseUserFile, serialiseUserFile,
 )
 from qutemail.durable import replaceFile
 from qutemail.interfaces import Account, IUserDirectory, NoSuchUser, UserExists
@@ -325,10 +325,8 @@ class FileUserDirectory:
         See L{checkPassword}.
         """
         record = (await self._users()).get(address)
-        if record is None:
-            await self.runner.run(dummyVerify, password, self.workFactor)
-            return None
-        if not await self.runner.run(verifyPassword, record.passwordHash, password):
+        passwordHash = None if record is None else record.passwordHash
+        if not await verifyInThread(self.runner, passwordHash, password, self.workFactor):
             return None
         return Account(address, record.quotaBytes)
 
@@ -399,8 +397,7 @@ class FileUserDirectory:
         """
         See L{setQuota}.
         """
-        if not isQuota(quotaBytes):
-            raise ValueError(f"{quotaBytes!r} is not a quota in bytes")
+        checkQuota(quotaBytes)
 
         def setQuota(users: dict[str, UserRecord]) -> None:
             """

@@ -56,6 +56,16 @@ def isQuota(value: Any) -> bool:
     return value is None or (type(value) is int and value >= 0)
 
 
+def checkQuota(value: Any) -> None:
+    """
+    Refuse a quota that cannot be stored.
+
+    @raise ValueError: C{value} is neither C{None} nor an C{int >= 0}.
+    """
+    if not isQuota(value):
+        raise ValueError(f"{value!r} is not a quota in bytes")
+
+
 def checkAddress(address: str) -> None:
     """
     Refuse an address that is not normalised.

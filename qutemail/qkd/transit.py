@@ -66,6 +66,10 @@ def isTransit(head: bytes) -> bool:
 
     @param head: the start of the message (its header block, at least).
     """
+    # Every message from outside comes here: most are not encrypted at
+    # all, which one pass in C tells before any header is parsed.
+    if b"encrypted" not in head.lower():
+        return False
     lines = firstSane(headerFields(head, False), "content-type")
     if lines is None:
         return False

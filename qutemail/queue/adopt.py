@@ -35,7 +35,6 @@ its queue, and that node, started again, finds nothing to deliver.
 
 import fcntl
 import os
-import shutil
 import socket
 import time
 from functools import partial
@@ -49,12 +48,11 @@ from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile, syn
 from qutemail.message import QueueEntry
 from qutemail.qkd.vault import loadQueueKey
 from qutemail.queue.control import controlPath, shortSocketPath
-from qutemail.queue.deferred import DeferredQueue
+from qutemail.queue.deferred import DeferredQueue, copyPrivately
 from qutemail.queue.journal import unfinished
 
 LOCK_NAME = "lock"
 ADOPTED_NOTE = "adopted"
-_COPY_BYTES = 1024 * 1024
 
 
 class QueueInUse(Exception):
@@ -140,14 +138,11 @@ def _controlAnswers(dataDir: str) -> bool:
 
 def _copyDurably(source: str, destination: str) -> None:
     """
-    Copy a spill file, mode 0600, and fsync it and its directory
-    (blocking).
+    Copy a spill file (mode 0600, fsynced) and sync its new directory.
+    Blocking.
     """
-    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    with open(fd, "wb") as out, open(source, "rb") as src:
-        shutil.copyfileobj(src, out, _COPY_BYTES)
-        out.flush()
-        os.fsync(out.fileno())
+    with open(source, "rb") as f:
+        copyPrivately(f, destination)
     syncDirectory(os.path.dirname(destination))
 
 

@@ -48,7 +48,7 @@ _COPY_BYTES = 1024 * 1024
 _REMEMBER_REMOVED = 10000
 
 
-def _copyPrivately(source: BinaryIO, destination: str, queueKey: bytes | None = None) -> None:
+def copyPrivately(source: BinaryIO, destination: str, queueKey: bytes | None = None) -> None:
     """
     Copy a body into a new file, mode 0600 (C{shutil.copyfile} would make it
     0644 under the usual umask: it may hold a message in plaintext), sealed
@@ -314,7 +314,7 @@ class DeferredQueue:
             # before any file is written (the journal keeps the message).
             key = self._loadKey(True) if entry.sealedBody else None
             with message.openBody() as source:
-                _copyPrivately(source, bodyPath + ".tmp", key)
+                copyPrivately(source, bodyPath + ".tmp", key)
             os.rename(bodyPath + ".tmp", bodyPath)
             syncDirectory(self._directory)
         replaceFile(metaPath, entry.toJSON())
