@@ -42,6 +42,7 @@ L{qutemail.blocking.BlockingRunner.run}.
 
 import email.message
 import os
+import re
 from typing import BinaryIO, Callable
 
 from qutemail.durable import PRIVATE_FILE_MODE, removeFile, syncDirectory
@@ -58,6 +59,21 @@ TRANSIT = Format(
 )
 
 
+_ENCRYPTED = re.compile(rb"encrypted", re.IGNORECASE)
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def _headerEnd(head: bytes) -> int:
+    """
+    @return: where the header block of C{head} ends (at its blank line),
+        or C{len(head)} when there is none within C{head}.
+    """
+    if head.startswith((b"\n", b"\r\n")):
+        return 0
+    blank = _BLANK_LINE.search(head)
+    return len(head) if blank is None else blank.start() + 1
+
+
 def isTransit(head: bytes) -> bool:
     """
     Whether a message says it is in the transit form (its top-level
@@ -67,8 +83,10 @@ def isTransit(head: bytes) -> bool:
     @param head: the start of the message (its header block, at least).
     """
     # Every message from outside comes here: most are not encrypted at
-    # all, which one pass in C tells before any header is parsed.
-    if b"encrypted" not in head.lower():
+    # all, which one pass in C over the header block tells before any
+    # header is parsed (the body, up to 64 KiB of it here, is not looked at).
+    end = _headerEnd(head)
+    if _ENCRYPTED.search(head, 0, end) is None:
         return False
     lines = firstSane(headerFields(head, False), "content-type")
     if lines is None:
