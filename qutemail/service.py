@@ -72,7 +72,7 @@ from qutemail.metrics.registry import processGone
 from qutemail.metricssetup import buildMetrics, metricsDirectory, serveMetrics
 from qutemail.store.deliveryprocess import DeliveryProcess
 from qutemail.store.maildir import (
-    BATCH_DELAY_SECONDS, SHARED_USAGE_CACHE_SECONDS, USAGE_CACHE_SECONDS, MaildirStore,
+    BATCH_DELAY_SECONDS, SHARED_USAGE_CACHE_SECONDS, USAGE_CACHE_SECONDS, MaildirStore, SplitWriter, ThreadWriter,
 )
 
 
@@ -350,8 +350,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     deliveryWriter = None
     if server.deliveryProcess:
         # Stopped after everything that delivers (children stop in reverse).
-        deliveryWriter = DeliveryProcess(reactor)
-        deliveryWriter.setServiceParent(root)
+        deliveryProcess = DeliveryProcess(reactor)
+        deliveryProcess.setServiceParent(root)
+        deliveryWriter = SplitWriter(deliveryProcess, ThreadWriter(runner))
     diskSpace = watchDiskSpace(dataDir, runner, reactor, config.smtp.maxMessageBytes, root)
 
     backends = buildBackends(config, runner, reactor, reactor, withVault=workerIndex == 0)

@@ -21,7 +21,7 @@ read and recorded).
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -285,3 +285,51 @@ class ThreadWriter:
         @return: a Deferred firing with L{MaildirWriter.writeBatch}'s results.
         """
         return self.runner.run(self.writer.writeBatch, jobs)
+
+
+# Copies of messages held in memory from this size on are written in this
+# process's threads even when a delivery process writes the rest.
+LARGE_INLINE_BYTES = 32 * 1024
+
+
+@attrs.define
+class SplitWriter:
+    """
+    Hands the copies of big messages held in memory to one writer and the
+    rest to another: the delivery process takes the many small copies
+    (whose system calls would fight the reactor for the GIL), while a
+    100 KiB body costs more to pickle and push through its pipe, on the
+    reactor thread, than a worker thread's write of it costs (the write and
+    the fsync release the GIL).
+
+    @ivar small: the writer of most copies (the delivery process).
+    @ivar large: the writer of big inline copies (a L{ThreadWriter}).
+    @ivar thresholdBytes: what counts as big.
+    """
+
+    small: Any
+    large: Any
+    thresholdBytes: int = LARGE_INLINE_BYTES
+
+    def write(self, jobs: list[WriteJob]) -> Deferred:
+        """
+        @return: a Deferred firing with L{MaildirWriter.writeBatch}'s
+            results, in the order of C{jobs}; a part that failed as a whole
+            gives its exception as each of its copies' result.
+        """
+        big = [job.inline is not None and len(job.inline) >= self.thresholdBytes for job in jobs]
+        if not any(big):
+            return self.small.write(jobs)
+        if all(big):
+            return self.large.write(jobs)
+        parts = [(writer, [job for job, isBig in zip(jobs, big) if isBig is wanted])
+                 for writer, wanted in ((self.small, False), (self.large, True))]
+
+        def each(writer: Any, part: list[WriteJob]) -> Deferred:
+            return writer.write(part).addErrback(lambda failure: [failure.value] * len(part))
+
+        def merge(results: list[list]) -> list:
+            smallResults, largeResults = iter(results[0]), iter(results[1])
+            return [next(largeResults) if isBig else next(smallResults) for isBig in big]
+
+        return gatherResults([each(writer, part) for writer, part in parts]).addCallback(merge)

@@ -154,6 +154,34 @@ class MemoryTests(ProcessTestsMixin, TestCase):
         self.assertEqual(len(stored), 1)
         self.assertGreater(os.path.getsize(stored[0]), len(body) - lines)
 
+    async def test_inlineSizesDelivered(self):
+        """
+        With the default delivery process, a small message (written by the
+        child) and a 100 KB one (held in memory, written by this process's
+        threads: L{qutemail.store.maildir.SplitWriter}) in one session both
+        land in the Maildir with their bodies intact.
+        """
+        await deferToThread(self.server.start)
+        line = b"0123456789" * 7 + b"abcdef\r\n"
+        bodies = {b"small": line * 10, b"medium": line * 1300}
+
+        def send():
+            client = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=CLIENT_TIMEOUT)
+            for name, body in bodies.items():
+                client.sendmail("x@remote.test", ["alice@example.test"], b"Subject: " + name + b"\r\n\r\n" + body)
+            client.quit()
+
+        await deferToThread(send)
+        await waitFor(lambda: len(maildirFiles(self.dataDir, "alice@example.test")) == 2)
+        stored = {}
+        for path in maildirFiles(self.dataDir, "alice@example.test"):
+            with open(path, "rb") as f:
+                text = f.read()
+            stored[text.split(b"Subject: ", 1)[1].split(b"\n", 1)[0]] = text.split(b"\n\n", 1)[1]
+        self.assertEqual(set(stored), set(bodies))
+        for name, body in bodies.items():
+            self.assertEqual(stored[name], body.replace(b"\r\n", b"\n"), name)
+
     async def test_sigtermStopsCleanly(self):
         """
         SIGTERM stops the server with exit status 0 and the journal holds

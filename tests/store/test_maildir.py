@@ -8,6 +8,7 @@ import os
 import re
 
 from hypothesis import given, strategies as st
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -19,6 +20,7 @@ from qutemail.replies import ReplyError
 from qutemail.store import maildir
 from qutemail.store.mailbox import mailboxPath, readUsage
 from qutemail.store.maildir import MaildirStore, messageFileName, returnPath
+from qutemail.store.maildirwrite import WriteJob
 from tests.support import QueuedRunner
 
 HOSTNAME = "mail.example.test"
@@ -518,3 +520,70 @@ class UsageTests(MaildirTestsMixin, SynchronousTestCase):
         self.successResultOf(self.store.deliver(message(), Account("alice@example.test", 5000)))
         with open(os.path.join(mailboxPath(self.dataDir, ALICE.address), "maildirsize"), "rb") as f:
             self.assertEqual(f.read().split(b"\n")[0], b"5000S")
+
+
+class _RecordingWriter:
+    """
+    A writer that remembers each batch and answers it as told.
+    """
+
+    def __init__(self, failWith: BaseException | None = None) -> None:
+        self.batches: list[list] = []
+        self.failWith = failWith
+
+    def write(self, jobs: list) -> Deferred:
+        self.batches.append(list(jobs))
+        if self.failWith is not None:
+            return fail(self.failWith)
+        return succeed([(job.name, job.size) for job in jobs])
+
+
+def _job(name: str, inline: bytes | None, source: str | None = None) -> WriteJob:
+    """
+    A copy to write, as the store makes them.
+    """
+    size = len(inline) if inline is not None else 10
+    return WriteJob("/mail/a", "", name, b"", inline, source, size, 0, False)
+
+
+class SplitWriterTests(SynchronousTestCase):
+    """
+    L{maildir.SplitWriter} gives big bodies held in memory to its large
+    writer and the rest to its small one, and answers in the batch's order.
+    """
+
+    def test_routesBySize(self) -> None:
+        """
+        Inline bodies from the threshold on go to the large writer; smaller
+        ones and spilled messages (only a path crosses) to the small one;
+        the results come back in the order of the batch.
+        """
+        small, large = _RecordingWriter(), _RecordingWriter()
+        writer = maildir.SplitWriter(small, large, thresholdBytes=100)
+        jobs = [_job("a", b"x" * 99), _job("b", b"x" * 100), _job("c", None, "/spool/c"), _job("d", b"x" * 500)]
+        results = self.successResultOf(writer.write(jobs))
+        self.assertEqual([[j.name for j in batch] for batch in small.batches], [["a", "c"]])
+        self.assertEqual([[j.name for j in batch] for batch in large.batches], [["b", "d"]])
+        self.assertEqual(results, [("a", 99), ("b", 100), ("c", 10), ("d", 500)])
+
+    def test_oneWriterOnly(self) -> None:
+        """
+        A batch that is all small or all big goes whole to one writer.
+        """
+        small, large = _RecordingWriter(), _RecordingWriter()
+        writer = maildir.SplitWriter(small, large, thresholdBytes=100)
+        self.successResultOf(writer.write([_job("a", b"x"), _job("b", None, "/spool/b")]))
+        self.successResultOf(writer.write([_job("c", b"x" * 200)]))
+        self.assertEqual([[j.name for j in batch] for batch in small.batches], [["a", "b"]])
+        self.assertEqual([[j.name for j in batch] for batch in large.batches], [["c"]])
+
+    def test_partFails(self) -> None:
+        """
+        When one writer fails its part, each of that part's copies gets the
+        error as its result and the other part's copies are still reported
+        written.
+        """
+        error = OSError(5, "disk")
+        writer = maildir.SplitWriter(_RecordingWriter(), _RecordingWriter(failWith=error), thresholdBytes=100)
+        results = self.successResultOf(writer.write([_job("a", b"x" * 200), _job("b", b"x"), _job("c", b"x" * 300)]))
+        self.assertEqual(results, [error, ("b", 1), error])
