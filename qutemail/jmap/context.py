@@ -13,7 +13,6 @@ notice (L{qutemail.access.maildrop.notice}).
 """
 
 import hashlib
-import io
 import os
 from typing import Any, BinaryIO
 

@@ -4,7 +4,6 @@ download of a message and of a part, the upload limit, and overQuota.
 """
 
 import json
-import os
 
 from twisted.trial.unittest import TestCase
 
