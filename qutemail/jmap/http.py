@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.jmap.test_api -*-
+# -*- test-case-name: tests.jmap.test_api,tests.jmap.test_security -*-
 """
 The JMAP listener's resources (twisted.web, served over TLS):
 
