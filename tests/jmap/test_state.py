@@ -32,9 +32,9 @@ class KeywordTests(SynchronousTestCase):
                                     "\\Answered"}))
 
 
-class SnapshotTests(SynchronousTestCase):
+class MailboxMixin:
     """
-    L{takeSnapshot} and L{changesSince}.
+    A Maildir++ mailbox to take snapshots of.
     """
 
     def setUp(self):
@@ -54,6 +54,12 @@ class SnapshotTests(SynchronousTestCase):
         with open(path, "wb") as f:
             f.write(b"Subject: x\n\nbody\n")
         return path
+
+
+class SnapshotTests(MailboxMixin, SynchronousTestCase):
+    """
+    L{takeSnapshot} and L{changesSince}.
+    """
 
     def test_snapshotAndChanges(self):
         """
@@ -87,6 +93,44 @@ class SnapshotTests(SynchronousTestCase):
                          [ids.emailId("1001.M2P1.host,S=10")])
         self.assertRaises(CannotCalculateChanges, changesSince, self.states, "email", "sUnknown", current)
         self.assertRaises(CannotCalculateChanges, changesSince, self.states, "email", "../../etc", current)
+
+
+class FolderCacheTests(MailboxMixin, SynchronousTestCase):
+    """
+    Folder readings kept between snapshots.
+    """
+
+    def age(self) -> None:
+        """
+        Make every folder directory look a minute old.
+        """
+        for directory, subdirs, _ in os.walk(self.root):
+            os.utime(directory, (900.0, 900.0))
+
+    def test_keptUntilChanged(self):
+        """
+        An unchanged folder older than the racy window is not read again;
+        a flag change (a rename in cur/) is seen at once.
+        """
+        cache: dict = {}
+        self.age()
+        first = takeSnapshot(self.root, 1000.0, self.states, cache)
+        self.assertIn(self.root, cache)
+        [email] = first.emails
+        cache[self.root] = (cache[self.root][0], ([], 0, 0))
+        self.assertEqual(takeSnapshot(self.root, 1000.0, self.states, cache).emails, ())
+        os.rename(email.path, os.path.join(self.root, "cur", "1000.M1P1.host,S=10:2,S"))
+        later = takeSnapshot(self.root, os.stat(os.path.join(self.root, "cur")).st_mtime + 5, self.states, cache)
+        self.assertEqual([e.keywords for e in later.emails], [{"$seen": True}])
+
+    def test_racyNotKept(self):
+        """
+        A folder changed within the racy window is read, not kept.
+        """
+        cache: dict = {}
+        now = os.stat(os.path.join(self.root, "new")).st_mtime
+        takeSnapshot(self.root, now, self.states, cache)
+        self.assertNotIn(self.root, cache)
 
 
 class IdTests(SynchronousTestCase):
