@@ -78,7 +78,7 @@ def respond(request: Request, status: int, body: bytes, contentType: bytes = b"a
     """
     Write a whole response (unless the client has gone).
     """
-    if request.finished or request._disconnected:
+    if request.finished or getattr(request, "_disconnected", False):
         return
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", contentType)
