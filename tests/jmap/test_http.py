@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from qutemail.jmap.context import Services
+from qutemail.jmap.context import AccountContext, Services
 from qutemail.jmap.dispatch import Limits
 from qutemail.jmap.http import APIResource, JMAPService, RootResource, SessionResource
 
@@ -106,3 +106,23 @@ class ConcurrencyTests(SynchronousTestCase):
         self.assertEqual(first.written, [b"done"])
         jmap.serve(third, lambda request, context: slow(request, context), counted="requests")
         self.assertEqual(third.written, [b"done"])
+
+
+class QkdPropertyTests(SynchronousTestCase):
+    """
+    The C{qutemailQkd} value of encrypted mail.
+    """
+
+    def test_modes(self):
+        """
+        Encrypted mail is C{at-rest}, or C{inter-site} when its
+        Return-Path is at a QKD peer's domain; plain mail has none.
+        """
+        services = Services(None, Clock(), "/nonexistent", Limits(), peerDomains=frozenset({"peer.test"}))
+        context = AccountContext(FakeAvatar(), services)
+        self.assertEqual(context._qkd("k1", b"Return-Path: <carol@Peer.Test>\n"),
+                         {"keyId": "k1", "mode": "inter-site"})
+        self.assertEqual(context._qkd("k2", b"Return-Path: <bob@example.test>\n"),
+                         {"keyId": "k2", "mode": "at-rest"})
+        self.assertEqual(context._qkd("k3", None), {"keyId": "k3", "mode": "at-rest"})
+        self.assertIsNone(context._qkd(None, b"Return-Path: <carol@peer.test>\n"))

@@ -8,11 +8,16 @@ onSuccess* changes apply.
 
 import os
 
+import dkim
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from qutemail.pipeline.dkim import defaultKeyPath, dnsFunction, publicTXTValue
 from qutemail.qkd.cipher import readEnvelope
-from tests.integration.support import maildirFiles, readAsOwner, waitFor
+from tests.dnsserver import startDNSServer
+from tests.integration.support import REMOTE_ZONE, maildirFiles, readAsOwner, relaySection, waitFor
 from tests.jmap.support import JMAPServerMixin
+from tests.relay.remote import selfSignedContext, startRemote
 
 SECRET = (b"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: internal secret\r\n\r\n"
           b"The plaintext body of an internal message.\r\n")
@@ -155,3 +160,41 @@ class RateLimitTests(JMAPServerMixin, TestCase):
                                                                           "emailId": emailId}}})
         self.assertEqual(result["notCreated"]["s"]["type"], "forbiddenToSend")
         self.assertIn("Rate limit", result["notCreated"]["s"]["description"])
+
+
+class RemoteSubmissionTests(JMAPServerMixin, TestCase):
+    """
+    Mail to another domain, sent over JMAP, leaves DKIM-signed as SMTP
+    submission's does.
+    """
+
+    async def setUp(self):
+        """
+        A loopback DNS server and exchanger for remote.test, then the
+        server relaying through them.
+        """
+        self.dns = await startDNSServer(self, REMOTE_ZONE)
+        self.remote = await startRemote(self, tlsContext=selfSignedContext())
+        self.configExtra = relaySection(self.dns, self.remote)
+        await JMAPServerMixin.setUp(self)
+
+    async def test_relayedSigned(self):
+        """
+        The remote exchanger gets the message once, with a DKIM signature
+        for example.test that verifies, and without its Bcc field.
+        """
+        with open(defaultKeyPath(self.dataDir, "mail"), "rb") as f:
+            self.dns.add("mail._domainkey.example.test", "TXT", publicTXTValue(f.read()))
+        emailId, _ = await SubmissionTests.draft(self, to="dave@remote.test", body="To the outside")
+        identity = (await self.call("Identity/get", {}))["list"][0]["id"]
+        result = await self.call("EmailSubmission/set", {"create": {"s": {
+            "identityId": identity, "emailId": emailId, "envelope": {
+                "mailFrom": {"email": "alice@example.test"}, "rcptTo": [{"email": "dave@remote.test"}]}}}})
+        self.assertIn("s", result["created"], result)
+        [received] = await waitFor(lambda: self.remote.received, timeout=20)
+        self.assertEqual((received.sender, received.recipients), ("alice@example.test", ["dave@remote.test"]))
+        self.assertTrue(received.data.startswith(b"DKIM-Signature: "), received.data[:200])
+        self.assertNotIn(b"\r\nBcc:", received.data.split(b"\r\n\r\n")[0])
+        lookup = dnsFunction(self.dns.nameservers, 2.0)
+        self.assertTrue(await deferToThread(dkim.verify, received.data, dnsfunc=lookup))
+        await waitFor(lambda: not self.root.queue.entries)
