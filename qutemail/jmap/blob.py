@@ -2,7 +2,7 @@
 """
 Blobs (RFC 8620 §6): uploads, kept under C{data_dir/jmap/<accountId>/
 uploads/} (mode 0600, per account, so one account's id names nothing in
-another's), and the blobs of stored messages: a whole message, as its
+another's; removed after a day), and the blobs of stored messages: a whole message, as its
 owner reads it (decrypted), or one decoded body part.
 
 Uploads are written and read in worker threads.
@@ -17,6 +17,9 @@ from qutemail.jmap import ids
 from qutemail.jmap.state import EmailEntry
 
 UPLOADS = "uploads"
+# RFC 8620 §6.1: an upload not used by then may be deleted (at least an
+# hour); a day leaves time for a slow composer.
+UPLOAD_LIFETIME_SECONDS = 24 * 3600.0
 _COPY_BYTES = 1024 * 1024
 
 
@@ -27,13 +30,38 @@ def uploadDirectory(context: Any) -> str:
     return os.path.join(context.stateDirectory, UPLOADS)
 
 
-def storeUpload(directory: str, source: BinaryIO, size: int, mediaType: str) -> str:
+def expireUploads(directory: str, now: float) -> int:
     """
-    Copy an upload's body into the account's uploads.  Blocking.
+    Remove the account's uploads older than L{UPLOAD_LIFETIME_SECONDS}.
+    Blocking.
+
+    @return: how many were removed.
+    """
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            if os.stat(path).st_mtime < now - UPLOAD_LIFETIME_SECONDS:
+                os.unlink(path)
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def storeUpload(directory: str, source: BinaryIO, size: int, mediaType: str, now: float) -> str:
+    """
+    Copy an upload's body into the account's uploads (first removing the
+    expired ones).  Blocking.
 
     @return: its blob id.
     """
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    expireUploads(directory, now)
     blobId = "u" + secrets.token_hex(16)
     path = os.path.join(directory, blobId)
     fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -21,7 +21,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 MIN_PING_SECONDS = 5
-_TYPES = ("Email", "Mailbox", "Thread", "EmailDelivery")
 
 
 def parseTypes(value: str) -> frozenset[str] | None:
@@ -59,6 +58,7 @@ class StateStream:
     closeAfterState: bool
     pingSeconds: int
     _last: dict | None = None
+    _lastIds: set | None = None
     _busy: bool = False
     _again: bool = False
     _closed: bool = False
@@ -108,6 +108,13 @@ class StateStream:
                 snapshot = await context.snapshot()
                 states = {"Email": snapshot.emailState, "Thread": snapshot.emailState,
                           "Mailbox": snapshot.mailboxState}
+                emailIds = {e.id for e in snapshot.emails}
+                # RFC 8621 §1.5: EmailDelivery changes only when new mail
+                # arrives (not for flag changes or moves).
+                arrived = self._lastIds is not None and bool(emailIds - self._lastIds)
+                previous = (self._last or {}).get("EmailDelivery")
+                states["EmailDelivery"] = snapshot.emailState if arrived or previous is None else previous
+                self._lastIds = emailIds
                 if self._closed:
                     return
                 changed = {k: v for k, v in states.items()

@@ -117,7 +117,8 @@ class UploadResource(Resource):
         mediaType = (request.getHeader(b"content-type") or b"").decode("latin-1").split(";")[0].strip()
         if not _MEDIA_TYPE.fullmatch(mediaType):
             mediaType = "application/octet-stream"
-        blobId = await context.runner.run(storeUpload, uploadDirectory(context), request.content, size, mediaType)
+        blobId = await context.runner.run(storeUpload, uploadDirectory(context), request.content, size, mediaType,
+                                         context.now())
         respond(request, 201, json.dumps({"accountId": context.accountId, "blobId": blobId, "type": mediaType,
                                           "size": size}).encode())
 

@@ -6,7 +6,12 @@ download of a message and of a part, the upload limit, and overQuota.
 
 import json
 
-from twisted.trial.unittest import TestCase
+import io
+import os
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from qutemail.jmap.blob import UPLOAD_LIFETIME_SECONDS, readUpload, storeUpload
 
 from tests.jmap.support import JMAPServerMixin
 
@@ -160,3 +165,24 @@ class QuotaTests(JMAPServerMixin, TestCase):
         second = await self.call("Email/import", {"emails": {"b": {"blobId": blobId,
                                                                    "mailboxIds": {boxes["inbox"]: True}}}})
         self.assertEqual(second["notCreated"]["b"]["type"], "overQuota")
+
+
+class UploadStoreTests(SynchronousTestCase):
+    """
+    The upload directory, without sockets.
+    """
+
+    def test_expiry(self):
+        """
+        Storing an upload removes those older than a day (data and type),
+        and keeps the younger.
+        """
+        directory = self.mktemp()
+        old = storeUpload(directory, io.BytesIO(b"old"), 3, "text/plain", 1000.0)
+        for name in (old, old + ".type"):
+            os.utime(os.path.join(directory, name), (1000.0, 1000.0))
+        young = storeUpload(directory, io.BytesIO(b"young"), 5, "text/plain", 1000.0 + UPLOAD_LIFETIME_SECONDS)
+        self.assertEqual(readUpload(directory, young, 100), (b"young", "text/plain"))
+        newest = storeUpload(directory, io.BytesIO(b"x"), 1, "a/b", 1001.0 + UPLOAD_LIFETIME_SECONDS)
+        self.assertIsNone(readUpload(directory, old, 100))
+        self.assertEqual(sorted(os.listdir(directory)), sorted([young, young + ".type", newest, newest + ".type"]))

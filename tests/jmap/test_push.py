@@ -75,6 +75,7 @@ class EventSourceTests(JMAPServerMixin, TestCase):
         self.assertLess(when - delivered, 2.0)
         self.assertNotEqual(change["changed"][accountId]["Email"], first["changed"][accountId]["Email"])
         self.assertIn("Mailbox", change["changed"][accountId])
+        self.assertEqual(change["changed"][accountId]["EmailDelivery"], change["changed"][accountId]["Email"])
         jmap = self.root.listeners["jmap"].smtpFactory.jmap
         await waitFor(lambda: not jmap.streams, timeout=10)
 
