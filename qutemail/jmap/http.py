@@ -32,6 +32,10 @@ from qutemail.jmap.web import JMAPRequest, baseUrl, respond, respondProblem
 
 _log = Logger()
 
+# Open EventSource streams per account (our own limit: each holds a
+# connection and wakes on every change of the account).
+MAX_STREAMS_PER_ACCOUNT = 8
+
 
 @attrs.define(eq=False)
 class JMAPService:
@@ -63,7 +67,8 @@ class JMAPService:
         Authenticate, then run C{handler(request, context)}; answer any
         failure without a traceback.
 
-        @param counted: C{"requests"} or C{"uploads"}: count it against
+        @param counted: C{"requests"}, C{"uploads"} or C{"streams"}
+            (EventSource): count it against
             the account's concurrency limit of that kind.
         @return: C{NOT_DONE_YET}.
         """
@@ -86,9 +91,10 @@ class JMAPService:
         try:
             if counted is not None:
                 limits = self.services.limits
-                limit = limits.maxConcurrentRequests if counted == "requests" else limits.maxConcurrentUpload
+                limit, name = {"requests": (limits.maxConcurrentRequests, "maxConcurrentRequests"),
+                               "uploads": (limits.maxConcurrentUpload, "maxConcurrentUpload"),
+                               "streams": (MAX_STREAMS_PER_ACCOUNT, "maxConcurrentStreams")}[counted]
                 if self._inFlight.get(key, 0) >= limit:
-                    name = "maxConcurrentRequests" if counted == "requests" else "maxConcurrentUpload"
                     raise RequestError("limit", f"too many {counted} at once", limit=name)
                 self._inFlight[key] = self._inFlight.get(key, 0) + 1
             try:

@@ -28,7 +28,8 @@ def mailboxObject(box: MailboxEntry, properties: tuple) -> dict:
     @return: a Mailbox object.
     """
     rights = dict(_RIGHTS)
-    if box.name == INBOX:
+    if box.role is not None:
+        # The INBOX and the special folders stay (see mailboxSet).
         rights.update(mayRename=False, mayDelete=False)
     values = {
         "id": box.id, "name": box.name.rpartition(SEPARATOR)[2], "parentId": box.parentId, "role": box.role,
@@ -185,8 +186,8 @@ async def mailboxSet(context: Any, args: dict) -> dict:
             parentId = context.resolveId(props.get("parentId", parentId))
             newName = _folderName(snapshot, name, parentId)
             if newName != box.name:
-                if box.name == INBOX:
-                    raise SetError("forbidden", "the inbox cannot be renamed")
+                if box.role is not None:
+                    raise SetError("forbidden", "mailboxes with a role cannot be renamed or moved")
                 await context.runner.run(folders.rename, box.name, newName)
                 context.modified()
         except SetError as e:

@@ -180,7 +180,7 @@ class EventSourceResource(Resource):
         """
         Open a push stream.
         """
-        return self.jmap.serve(request, self._handle)
+        return self.jmap.serve(request, self._handle, counted="streams")
 
     async def _handle(self, request: Request, context: AccountContext) -> None:
         """

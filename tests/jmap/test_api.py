@@ -63,8 +63,9 @@ class MailboxTests(JMAPServerMixin, TestCase):
 
     async def test_setAndChanges(self):
         """
-        Mailbox/set creates, renames and destroys a folder that IMAP sees;
-        Mailbox/changes reports each step.
+        Mailbox/set creates, renames and destroys a folder that IMAP sees
+        (but not the folders with a role); Mailbox/changes reports the
+        creation.
         """
         state = (await self.call("Mailbox/get", {"ids": []}))["state"]
         created = await self.call("Mailbox/set", {"create": {"k1": {"name": "Projects", "parentId": None}}})
@@ -75,8 +76,21 @@ class MailboxTests(JMAPServerMixin, TestCase):
         self.assertTrue(any(b'"Projects"' in line or line.endswith(b" Projects") for line in listed), listed)
         query = await self.call("Mailbox/query", {"filter": {"role": "inbox"}})
         self.assertEqual(len(query["ids"]), 1)
-        destroyed = await self.call("Mailbox/set", {"destroy": [newId]})
-        self.assertEqual(destroyed["destroyed"], [newId])
+        renamed = await self.call("Mailbox/set", {"update": {newId: {"name": "Work"}}})
+        self.assertEqual(renamed["updated"], {newId: None})
+        boxes = await self.mailboxes()
+        self.assertNotIn("Projects", boxes)
+        workId = boxes["Work"]
+        listed = await self.imap(lambda c: c.list()[1])
+        self.assertTrue(any(line.endswith(b" Work") or b'"Work"' in line for line in listed), listed)
+        refused = await self.call("Mailbox/set", {"update": {boxes["sent"]: {"name": "Elsewhere"}},
+                                                  "destroy": [boxes["inbox"], boxes["trash"]]})
+        self.assertEqual(refused["notUpdated"][boxes["sent"]]["type"], "forbidden")
+        self.assertEqual({v["type"] for v in refused["notDestroyed"].values()}, {"forbidden"})
+        rights = (await self.call("Mailbox/get", {"ids": [boxes["sent"]], "properties": ["myRights"]}))["list"][0]
+        self.assertFalse(rights["myRights"]["mayDelete"])
+        destroyed = await self.call("Mailbox/set", {"destroy": [workId]})
+        self.assertEqual(destroyed["destroyed"], [workId])
 
 
 class EmailTests(JMAPServerMixin, TestCase):
