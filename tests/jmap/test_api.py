@@ -6,10 +6,15 @@ the request-level and method-level errors of RFC 8620.
 """
 
 import json
+import os
 
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from qutemail.config import loadConfig
 from qutemail.jmap.dispatch import CORE, MAIL, SUBMISSION
+from qutemail.service import buildService
+from tests.integration.support import freePort
 from tests.jmap.support import USING, JMAPServerMixin
 
 PLAIN = (b"From: Carol <carol@outside.test>\r\nTo: alice@example.test\r\nSubject: Hello there\r\n"
@@ -38,6 +43,41 @@ class SessionTests(JMAPServerMixin, TestCase):
         self.assertEqual(session["apiUrl"], f"https://127.0.0.1:{self.ports['jmap']}/api/")
         self.assertIn("{accountId}", session["uploadUrl"])
         self.assertIn("{blobId}", session["downloadUrl"])
+
+
+class ConfiguredPortTests(JMAPServerMixin, TestCase):
+    """
+    The listener comes from C{[jmap] port}, on C{[server] bind}.
+    """
+
+    async def startServer(self) -> None:
+        """
+        Start the service tree with the JMAP port from the configuration
+        (no listen override), the others as usual.
+        """
+        port = freePort()
+        with open(self.configPath, "a") as f:
+            f.write(f"\n[jmap]\nport = {port}\n")
+        config = loadConfig(self.configPath, environ={})
+        self.assertEqual(config.jmap.port, port)
+        self.root = buildService(config, reactor, listen={"mta": "tcp:0:interface=127.0.0.1"})
+        self.root.startService()
+        self.addCleanup(lambda: self.root.stopService() if self.root.running else None)
+        listening = await self.root.listeners["jmap"].whenListening()
+        self.assertEqual((listening.getHost().host, listening.getHost().port), ("127.0.0.1", port))
+        self.ports = {"jmap": port}
+
+    async def test_servesSession(self):
+        """
+        The configured port serves the session over TLS; the development
+        configuration turns JMAP on at 8443 (the default, 0, is in
+        tests.test_config).
+        """
+        status, _, data = await self.request("GET", "/.well-known/jmap")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(data)["username"], "alice@example.test")
+        development = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "qutemail.ini")
+        self.assertEqual(loadConfig(development, environ={}).jmap.port, 8443)
 
 
 class MailboxTests(JMAPServerMixin, TestCase):
