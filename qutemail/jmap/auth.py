@@ -43,6 +43,10 @@ class NotAuthenticated(Exception):
     """
 
     def __init__(self, status: int, detail: str) -> None:
+        """
+        @param status: the HTTP status.
+        @param detail: what the client is told.
+        """
         super().__init__(detail)
         self.status = status
         self.detail = detail

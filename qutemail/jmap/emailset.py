@@ -183,6 +183,9 @@ def buildDraft(props: dict, uploads: dict, address: str, hostname: str, now: flo
     message = email.message.EmailMessage(policy=email.policy.default)
 
     def addresses(name: str) -> None:
+        """
+        Set an address field from its EmailAddress list.
+        """
         value = props.get(name)
         if value:
             if not isinstance(value, list) or not all(isinstance(a, dict) and a.get("email") for a in value):
@@ -207,6 +210,9 @@ def buildDraft(props: dict, uploads: dict, address: str, hostname: str, now: flo
     values = props.get("bodyValues") or {}
 
     def bodyText(kind: str) -> str | None:
+        """
+        @return: the text of the first part of C{textBody} or C{htmlBody}.
+        """
         parts = props.get(kind) or []
         if not parts:
             return None

@@ -34,6 +34,9 @@ class SessionResource(Resource):
     isLeaf = True
 
     def __init__(self, jmap: Any) -> None:
+        """
+        @param jmap: the L{qutemail.jmap.http.JMAPService}.
+        """
         super().__init__()
         self.jmap = jmap
 
@@ -42,6 +45,9 @@ class SessionResource(Resource):
         The Session object.
         """
         async def handle(request: Request, context: AccountContext) -> None:
+            """
+            Answer with the Session object.
+            """
             respond(request, 200, json.dumps(self.jmap.sessionObject(request, context)).encode())
 
         return self.jmap.serve(request, handle)
@@ -55,6 +61,9 @@ class APIResource(Resource):
     isLeaf = True
 
     def __init__(self, jmap: Any) -> None:
+        """
+        @param jmap: the L{qutemail.jmap.http.JMAPService}.
+        """
         super().__init__()
         self.jmap = jmap
 
@@ -91,6 +100,9 @@ class UploadResource(Resource):
     isLeaf = True
 
     def __init__(self, jmap: Any) -> None:
+        """
+        @param jmap: the L{qutemail.jmap.http.JMAPService}.
+        """
         super().__init__()
         self.jmap = jmap
 
@@ -131,6 +143,9 @@ class DownloadResource(Resource):
     isLeaf = True
 
     def __init__(self, jmap: Any) -> None:
+        """
+        @param jmap: the L{qutemail.jmap.http.JMAPService}.
+        """
         super().__init__()
         self.jmap = jmap
 
@@ -173,6 +188,9 @@ class EventSourceResource(Resource):
     isLeaf = True
 
     def __init__(self, jmap: Any) -> None:
+        """
+        @param jmap: the L{qutemail.jmap.http.JMAPService}.
+        """
         super().__init__()
         self.jmap = jmap
 
@@ -187,6 +205,9 @@ class EventSourceResource(Resource):
         See L{render_GET}; returns when the stream ends.
         """
         def arg(name: bytes) -> str:
+            """
+            @return: a query argument as text (C{""} when absent).
+            """
             return (request.args.get(name) or [b""])[0].decode("utf-8", "replace")
 
         ping = arg(b"ping")
