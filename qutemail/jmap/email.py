@@ -147,6 +147,8 @@ async def emailGet(context: Any, args: dict) -> dict:
         if len(byId) > context.limits.maxObjectsInGet:
             raise MethodError("requestTooLarge", "ask for ids: there are too many emails")
         wanted = list(byId)
+    if any(p not in META for p in properties):
+        await context.prefetch([byId[i] for i in wanted if i in byId])
     found, notFound = [], []
     for emailId in wanted:
         entry = byId.get(emailId)
@@ -249,6 +251,17 @@ async def matches(context: Any, entry: EmailEntry, filter_: Any) -> bool:
     return await _condition(context, entry, filter_)
 
 
+def _needsReading(filter_: Any) -> bool:
+    """
+    @return: whether a filter has a condition on the messages' contents.
+    """
+    if isinstance(filter_, dict):
+        if "operator" in filter_:
+            return any(_needsReading(c) for c in filter_.get("conditions") or [])
+        return any(k in filter_ for k in ("text", "from", "to", "cc", "bcc", "subject", "body"))
+    return False
+
+
 _SORT_KEYS = {"receivedAt": lambda e: (e.receivedAt, e.uid), "size": lambda e: e.size, "id": lambda e: e.id}
 
 
@@ -258,6 +271,8 @@ async def emailQuery(context: Any, args: dict) -> dict:
     (or C{size}), paged by C{position} or C{anchor} and C{limit}.
     """
     snapshot = await context.snapshot()
+    if _needsReading(args.get("filter")):
+        await context.prefetch(list(snapshot.emails))
     emails = [e for e in snapshot.emails if await matches(context, e, args.get("filter"))]
     sort = args.get("sort") or [{"property": "receivedAt", "isAscending": False}]
     if not isinstance(sort, list):
