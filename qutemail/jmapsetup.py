@@ -9,13 +9,11 @@ submission listeners use.
 import os
 from typing import Any
 
-from twisted.web.server import Site
-
 from qutemail.jmap import email, emailset, mailbox, submission
 from qutemail.jmap.auth import BasicAuthenticator
 from qutemail.jmap.context import Services
 from qutemail.jmap.dispatch import Dispatcher, Limits
-from qutemail.jmap.http import JMAPService, jmapSite, loadWebmail
+from qutemail.jmap.http import CountedConnections, JMAPService, jmapSite, loadWebmail
 from qutemail.jmap.submission import Submitter
 
 
@@ -26,8 +24,8 @@ def allMethods() -> dict:
     return {**mailbox.METHODS, **email.METHODS, **emailset.METHODS, **submission.METHODS}
 
 
-def buildJMAPSite(config: Any, reactor: Any, runner: Any, portal: Any, throttle: Any, notifier: Any, intake: Any,
-                  policy: Any) -> Site:
+def buildJMAPFactory(config: Any, reactor: Any, runner: Any, portal: Any, throttle: Any, notifier: Any,
+                     intake: Any, policy: Any, sessionLimits: Any) -> CountedConnections:
     """
     @param config: the L{qutemail.config.Config}.
     @param portal: the IMAP portal (L{qutemail.access.imapaccount.imapPortal}).
@@ -35,7 +33,10 @@ def buildJMAPSite(config: Any, reactor: Any, runner: Any, portal: Any, throttle:
     @param notifier: the mailbox notifier (IMAP IDLE's).
     @param intake: the intake.
     @param policy: the submission listener's session policy.
-    @return: the site to serve over TLS.
+    @param sessionLimits: the process's
+        L{qutemail.policy.sessions.SessionLimits}.
+    @return: the site's factory (its connections counted), to serve over
+        TLS.
     """
     server = config.server
     limits = Limits(maxSizeUpload=config.smtp.maxMessageBytes)
@@ -43,4 +44,5 @@ def buildJMAPSite(config: Any, reactor: Any, runner: Any, portal: Any, throttle:
                         Submitter(intake, policy, reactor, server.hostname, config.smtp.maxRecipients),
                         frozenset(domain for domain, _ in config.qkd.peers), server.hostname)
     authenticator = BasicAuthenticator(portal, throttle, reactor, config.mailbox.defaultQuotaBytes, server.hostname)
-    return jmapSite(JMAPService(authenticator, Dispatcher(allMethods()), services), reactor, loadWebmail())
+    site = jmapSite(JMAPService(authenticator, Dispatcher(allMethods()), services), reactor, loadWebmail())
+    return CountedConnections(site, sessionLimits)

@@ -17,9 +17,12 @@ from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from qutemail.jmap.auth import NotAuthenticated
 from qutemail.jmap.context import AccountContext
@@ -32,6 +35,9 @@ from qutemail.jmap.web import JMAPRequest, baseUrl, respond, respondProblem
 
 _log = Logger()
 
+# The protocol JMAP's connections are counted as, per client IP
+# ([limits] connections_per_ip) and in the process's total (max_sessions).
+SESSION_KIND = "jmap"
 # Open EventSource streams per account (our own limit: each holds a
 # connection and wakes on every change of the account).
 MAX_STREAMS_PER_ACCOUNT = 8
@@ -198,3 +204,68 @@ def jmapSite(jmap: JMAPService, reactor: Any, webmail: Any = None) -> Site:
     site.jmap = jmap
     site.shutdown = jmap.shutdown
     return site
+
+
+@implementer(IProtocolNegotiationFactory)
+class CountedConnections(WrappingFactory):
+    """
+    The JMAP site's connections, counted in the process's
+    L{qutemail.policy.sessions.SessionLimits} as every listener's sessions
+    are: one over C{[limits] connections_per_ip} from one address, or over
+    C{max_sessions} in all, is closed at once.
+
+    @ivar jmap: the site's L{JMAPService}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, site: Site, limits: Any, listenerName: str = "jmap") -> None:
+        """
+        @param site: the JMAP site.
+        @param limits: the L{qutemail.policy.sessions.SessionLimits}.
+        @param listenerName: the listener's name in the metrics.
+        """
+        WrappingFactory.__init__(self, site)
+        self.limits = limits
+        self.listenerName = listenerName
+        self.jmap = site.jmap
+        self._tickets: dict = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        Admit a connection, or refuse it (C{None}: it is closed).
+        """
+        ticket = self.limits.admit(SESSION_KIND, getattr(addr, "host", ""), self.listenerName)
+        if ticket.refused is not None:
+            self._log.info("JMAP refused {peer}: too many connections ({why})", peer=getattr(addr, "host", ""),
+                           why=ticket.refused)
+            return None
+        protocol = WrappingFactory.buildProtocol(self, addr)
+        if protocol is None:
+            ticket.release()
+            return None
+        self._tickets[protocol] = ticket
+        return protocol
+
+    def unregisterProtocol(self, protocol: Any) -> None:
+        """
+        A connection ended: uncount it.
+        """
+        WrappingFactory.unregisterProtocol(self, protocol)
+        ticket = self._tickets.pop(protocol, None)
+        if ticket is not None:
+            ticket.release()
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        ALPN (through TLS): HTTP/1.1, which every JMAP client speaks (a
+        client offering ALPN would otherwise be refused: the TLS layer
+        asks the factory it wraps, which is this one).
+        """
+        return [b"http/1.1"]
+
+    def shutdown(self) -> None:
+        """
+        The listener stops: see L{JMAPService.shutdown}.
+        """
+        self.jmap.shutdown()

@@ -7,8 +7,10 @@ the request-level and method-level errors of RFC 8620.
 
 import json
 import os
+import socket
 
 from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from qutemail.config import loadConfig
@@ -43,6 +45,21 @@ class SessionTests(JMAPServerMixin, TestCase):
         self.assertEqual(session["apiUrl"], f"https://127.0.0.1:{self.ports['jmap']}/api/")
         self.assertIn("{accountId}", session["uploadUrl"])
         self.assertIn("{blobId}", session["downloadUrl"])
+
+
+    async def test_alpn(self):
+        """
+        A client offering ALPN (as requests and browsers do) gets
+        HTTP/1.1.
+        """
+        def connect():
+            context = self.clientContext()
+            context.set_alpn_protocols(["h2", "http/1.1"])
+            with socket.create_connection(("127.0.0.1", self.ports["jmap"]), timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    return tls.selected_alpn_protocol()
+
+        self.assertEqual(await deferToThread(connect), "http/1.1")
 
 
 class ConfiguredPortTests(JMAPServerMixin, TestCase):

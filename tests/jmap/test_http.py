@@ -6,15 +6,18 @@ Unit tests of L{qutemail.jmap.http} without sockets: the root resource
 
 import json
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from qutemail.jmap.context import AccountContext, Services
 from qutemail.jmap.dispatch import Limits
-from qutemail.jmap.http import APIResource, JMAPService, RootResource, SessionResource
+from qutemail.jmap.http import APIResource, CountedConnections, JMAPService, RootResource, SessionResource, jmapSite
+from qutemail.policy.sessions import SessionLimits
 
 
 class FakeAvatar:
@@ -126,3 +129,27 @@ class QkdPropertyTests(SynchronousTestCase):
                          {"keyId": "k2", "mode": "at-rest"})
         self.assertEqual(context._qkd("k3", None), {"keyId": "k3", "mode": "at-rest"})
         self.assertIsNone(context._qkd(None, b"Return-Path: <carol@peer.test>\n"))
+
+
+class ConnectionCountTests(SynchronousTestCase):
+    """
+    L{CountedConnections}.
+    """
+
+    def test_perAddress(self):
+        """
+        Connections count per client address, in the process's session
+        limits: one past C{connections_per_ip} is refused; one that ends
+        frees its place.
+        """
+        limits = SessionLimits(connectionsPerIp=1)
+        factory = CountedConnections(jmapSite(service(), Clock()), limits)
+        first = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1000))
+        self.assertIsNotNone(first)
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1001)))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.2", 1000)))
+        self.assertEqual(limits.openFrom("jmap", "192.0.2.1"), 1)
+        first.makeConnection(StringTransport())
+        first.connectionLost(None)
+        self.assertEqual(limits.openFrom("jmap", "192.0.2.1"), 0)
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1002)))
