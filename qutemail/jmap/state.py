@@ -29,6 +29,7 @@ import attrs
 
 from qutemail.access.imapstore import storedSize
 from qutemail.access.uids import sync
+from qutemail.durable import PRIVATE_FILE_MODE
 from qutemail.jmap import ids
 from qutemail.store.folders import INBOX, KEYWORDS_FILE, SEPARATOR, SPECIAL_FOLDERS, MaildirFolders
 
@@ -283,7 +284,8 @@ def _keep(directory: str, kind: str, state: str, signatures: dict[str, str]) -> 
     os.makedirs(directory, mode=0o700, exist_ok=True)
     # Two requests may keep the same state at once: each its own file.
     temp = f"{path}.{secrets.token_hex(8)}.tmp"
-    with open(temp, "w", encoding="utf-8", errors="surrogatepass") as f:
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    with open(fd, "w", encoding="utf-8", errors="surrogatepass") as f:
         json.dump(signatures, f, separators=(",", ":"))
     os.replace(temp, path)
     kept = []

@@ -93,6 +93,8 @@ class SnapshotTests(MailboxMixin, SynchronousTestCase):
                          [ids.emailId("1001.M2P1.host,S=10")])
         self.assertRaises(CannotCalculateChanges, changesSince, self.states, "email", "sUnknown", current)
         self.assertRaises(CannotCalculateChanges, changesSince, self.states, "email", "../../etc", current)
+        for name in os.listdir(self.states):
+            self.assertEqual(os.stat(os.path.join(self.states, name)).st_mode & 0o777, 0o600, name)
 
 
 class FolderCacheTests(MailboxMixin, SynchronousTestCase):
