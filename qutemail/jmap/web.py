@@ -69,7 +69,11 @@ def respondProblem(request: Request, status: int, title: str, detail: str) -> No
     Answer with RFC 7807 problem details.
     """
     if status == 401:
-        request.setHeader(b"WWW-Authenticate", b'Basic realm="QutEmail JMAP", charset="UTF-8"')
+        # A page with its own login form (the webmail) says so with
+        # X-Requested-With: it gets a scheme browsers do not prompt for,
+        # rather than their password dialog over the page.
+        scheme = b"X-Basic" if request.getHeader(b"x-requested-with") == b"XMLHttpRequest" else b"Basic"
+        request.setHeader(b"WWW-Authenticate", scheme + b' realm="QutEmail JMAP", charset="UTF-8"')
     respond(request, status, problem(status, title, detail), b"application/problem+json")
 
 

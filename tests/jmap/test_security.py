@@ -51,6 +51,11 @@ class SecurityTests(JMAPServerMixin, TestCase):
             if status == 401:
                 self.assertTrue(headers["www-authenticate"].startswith("Basic realm="))
             self.assertNotIn("set-cookie", headers)
+        status, headers, _ = await self.request("GET", "/.well-known/jmap", password="wrong",
+                                                headers={"X-Requested-With": "XMLHttpRequest"})
+        self.assertEqual(status, 401)
+        self.assertTrue(headers["www-authenticate"].startswith("X-Basic realm="))
+        self.assertSecurityHeaders(headers)
 
     async def test_throttledAsImap(self):
         """
