@@ -165,14 +165,15 @@ class StaticFilesTests(SynchronousTestCase):
         """
         C{index.html} has no inline script, no C{style} element or
         attribute and no C{on*=} handler (the policy would block them),
-        and loads only its own script and style sheet by relative URL.
+        and loads only its own script and style sheet by relative URL (and
+        an empty C{data:} icon, so no favicon request).
         """
         html = staticBytes("index.html").decode("utf-8")
         self.assertEqual(re.findall(r"<script\b[^>]*>", html), ['<script src="app.js" defer>'])
         self.assertIn("</script>", html)
         self.assertNotRegex(html, r"<script[^>]*>[^<]")
         self.assertNotRegex(html, r"(?i)<style\b|\sstyle=|\son\w+=")
-        self.assertEqual(re.findall(r'(?:src|href)="([^"]*)"', html), ["app.css", "app.js"])
+        self.assertEqual(re.findall(r'(?:src|href)="([^"]*)"', html), ["data:,", "app.css", "app.js"])
 
     def test_scriptNeverWritesHtml(self):
         """
