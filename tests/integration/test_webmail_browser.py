@@ -1,0 +1,357 @@
+"""
+The webmail in a real browser (issue 16, acceptance item 4): Debian's
+C{chromium}, headless, driven by selenium through Debian's
+C{chromium-driver}, against the whole server on loopback with JMAP over
+TLS.  Alice logs in, opens bob's internal message (encrypted at rest), sees
+its plaintext and the QKD badge with the key id the stored file carries,
+and replies with an attachment; the reply lands in bob's Maildir,
+encrypted, with the reply's headers and the attachment inside.
+
+The browser trusts exactly the test server's certificate: its SPKI hash is
+passed in C{--ignore-certificate-errors-spki-list} (no blanket
+C{--ignore-certificate-errors}), and the server's host name is mapped to
+127.0.0.1, so the name in the certificate matches too.
+
+A screenshot of the message view is saved in the test's directory under
+C{_trial_temp} and its path logged (C{test.log}).
+"""
+
+import base64
+import email
+import email.policy
+import hashlib
+import os
+import re
+import shutil
+import smtplib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.trial.unittest import TestCase
+
+from qutemail.assembly import buildBackends
+from qutemail.blocking import InlineRunner, wait
+from qutemail.config import loadConfig
+from qutemail.service import buildService
+from tests.integration.support import (
+    CLIENT_TIMEOUT,
+    insecureContext,
+    maildirFiles,
+    readAsOwner,
+    waitFor,
+    writeConfig,
+)
+from tests.support import requireCommand, requireInstalled
+
+HOSTNAME = "mail.example.test"
+SUBJECT = "Quarterly keys"
+BODY_LINE = "The new QKD link to the second site is up."
+REPLY_LINE = "Thanks, reading it in the webmail."
+ATTACHMENT_BYTES = b"key rotation log\nline 2\n"
+ORIGINAL = (
+    "From: Bob <bob@example.test>\r\nTo: Alice <alice@example.test>\r\n"
+    f"Subject: {SUBJECT}\r\nMessage-ID: <webmail-original@example.test>\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+    f"Hello Alice,\r\n\r\n{BODY_LINE}\r\n\r\nBob\r\n"
+).encode("utf-8")
+# How long the browser waits for one step (the server answers each JMAP
+# call in well under a second on loopback).
+STEP_SECONDS = 20
+# The listeners the test starts, each on a free loopback port.
+LISTENERS = ("mta", "submission", "jmap")
+
+
+def spkiHash(certificatePath: str) -> str:
+    """
+    @return: the base64 SHA-256 of a PEM certificate's SubjectPublicKeyInfo,
+        as chromium's C{--ignore-certificate-errors-spki-list} takes it.
+    """
+    with open(certificatePath, "rb") as f:
+        certificate = x509.load_pem_x509_certificate(f.read())
+    spki = certificate.public_key().public_bytes(serialization.Encoding.DER,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
+
+
+def storedKeyId(path: str) -> str:
+    """
+    @return: the QKD key id in a stored (encrypted) message's control part.
+    """
+    with open(path, "rb") as f:
+        found = re.search(rb"Key-Id: ([A-Za-z0-9_-]+)", f.read())
+    if found is None:
+        raise AssertionError(f"{path} has no Key-Id")
+    return found.group(1).decode("ascii")
+
+
+class Browser:
+    """
+    Headless chromium under selenium; every method blocks, so the test runs
+    them in a thread while the reactor serves.
+
+    @ivar driver: the selenium WebDriver.
+    """
+
+    def __init__(self, chromium: str, chromedriver: str, profile: str, spki: str, port: int) -> None:
+        """
+        Start the browser.
+
+        @param profile: an empty directory for its profile (chromium honours
+            the SPKI list only with an explicit profile directory).
+        @param spki: the server certificate's SPKI hash.
+        @param port: the JMAP listener's port.
+        """
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for argument in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                         "--disable-extensions", "--disable-background-networking", "--window-size=1280,900",
+                         f"--user-data-dir={profile}", f"--ignore-certificate-errors-spki-list={spki}",
+                         f"--host-resolver-rules=MAP {HOSTNAME} 127.0.0.1"):
+            options.add_argument(argument)
+        if os.geteuid() == 0:
+            # Chromium refuses to start as root with its own process
+            # sandbox; CI runs as root.  The page's iframe sandbox is the
+            # renderer's and stays on.
+            options.add_argument("--no-sandbox")
+        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+        self.driver.set_page_load_timeout(STEP_SECONDS)
+        self.base = f"https://{HOSTNAME}:{port}/"
+
+    def quit(self) -> None:
+        """
+        Close the browser.
+        """
+        self.driver.quit()
+
+    def wait(self, condition, what: str):
+        """
+        Wait until C{condition(driver)} is true, failing with the page's
+        status line and browser log.
+
+        @return: what the condition returned.
+        """
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            return WebDriverWait(self.driver, STEP_SECONDS).until(condition)
+        except TimeoutException:
+            raise AssertionError(f"timed out waiting for {what}; status {self.status()!r}; "
+                                 f"console {self.console()!r}") from None
+
+    def element(self, selector: str):
+        """
+        @return: the first element that matches a CSS selector.
+        """
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.CSS_SELECTOR, selector)
+
+    def visible(self, selector: str):
+        """
+        Wait for an element to be shown.
+
+        @return: the element.
+        """
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions
+
+        return self.wait(expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, selector)),
+                         selector)
+
+    def status(self) -> str:
+        """
+        @return: the page's C{#status} line.
+        """
+        from selenium.common.exceptions import WebDriverException
+
+        try:
+            return self.element("#status").text
+        except WebDriverException as e:
+            return f"(no status: {e.msg})"
+
+    def console(self) -> list:
+        """
+        @return: what the page logged (errors, CSP violations).
+        """
+        from selenium.common.exceptions import WebDriverException
+
+        try:
+            return [entry["message"] for entry in self.driver.get_log("browser")]
+        except WebDriverException as e:
+            return [f"(no log: {e.msg})"]
+
+    def logIn(self, user: str, password: str) -> None:
+        """
+        Open the page and log in.
+        """
+        self.driver.get(self.base)
+        self.visible("#login-user").send_keys(user)
+        self.element("#login-password").send_keys(password)
+        self.element("#login-submit").click()
+        self.visible(".mailbox[data-role=inbox]")
+
+    def openMessage(self, subject: str) -> None:
+        """
+        Open the message with C{subject} from the inbox's list.
+        """
+        self.element(".mailbox[data-role=inbox]").click()
+        row = self.wait(lambda d: next((r for r in d.find_elements("css selector", ".message-row")
+                                        if subject in r.text), False), f"a row for {subject!r}")
+        row.click()
+        self.visible("#message-body pre, #message-body iframe")
+
+    def reply(self, text: str, attachment: str) -> tuple[str, str]:
+        """
+        Reply to the open message with C{text} above the quote and a file
+        attached, and wait until the page says it was sent.
+
+        @return: the prefilled C{To} and C{Subject}.
+        """
+        self.element("#reply").click()
+        to = self.visible("#compose-to").get_attribute("value")
+        subject = self.element("#compose-subject").get_attribute("value")
+        body = self.element("#compose-body")
+        body.send_keys(text)
+        self.element("#compose-attachment").send_keys(attachment)
+        self.element("#send").click()
+        self.wait(lambda d: "sent" in self.status().lower() or "error" in self.status().lower(), "sending")
+        if "error" in self.status().lower():
+            raise AssertionError(f"sending failed: {self.status()!r}; console {self.console()!r}")
+        return to, subject
+
+
+class WebmailBrowserTests(TestCase):
+    """
+    Acceptance item 4 of issue 16.
+    """
+
+    timeout = 240
+    _log = Logger()
+
+    async def setUp(self):
+        """
+        Find chromium, its driver and selenium; create alice and bob; start
+        the server with the MTA, submission and JMAP listeners on free
+        loopback ports; and have bob send alice an internal message.
+        """
+        self.chromium = requireCommand(self, "chromium")
+        self.chromedriver = requireCommand(self, "chromedriver")
+        try:
+            import selenium  # noqa: F401
+        except ImportError:
+            requireInstalled(self, False, "selenium", "pip install -e '.[test]'")
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+        self.dataDir = os.path.join(self.base, "var")
+        os.makedirs(self.dataDir)
+        # The JMAP listener is on in the file (a port of its own); the test
+        # still listens on port 0 through buildService's listen argument.
+        self.configPath = writeConfig(os.path.join(self.base, "qutemail.ini"), self.dataDir,
+                                      extra="\n[jmap]\nport = 8443\n")
+        users = buildBackends(loadConfig(self.configPath, environ={}), InlineRunner(), Clock()).users
+        users.workFactor = 4
+        for name in ("alice", "bob"):
+            wait(users.addUser(f"{name}@example.test", b"pw-" + name.encode()))
+        config = loadConfig(self.configPath, environ={})
+        root = buildService(config, reactor, listen={name: "tcp:0:interface=127.0.0.1" for name in LISTENERS})
+        root.startService()
+        self.addCleanup(lambda: root.stopService() if root.running else None)
+        self.ports = {}
+
+        def listening(port, name):
+            self.ports[name] = port.getHost().port
+
+        await gatherResults([root.listeners[name].whenListening().addCallback(listening, name)
+                             for name in LISTENERS])
+        await deferToThread(self.submitOriginal)
+        [self.originalPath] = await waitFor(lambda: maildirFiles(self.dataDir, "alice@example.test"))
+
+    def submitOriginal(self) -> None:
+        """
+        Bob submits the original message to alice (STARTTLS, AUTH).
+        """
+        client = smtplib.SMTP("127.0.0.1", self.ports["submission"], local_hostname="client.test",
+                              timeout=CLIENT_TIMEOUT)
+        try:
+            client.starttls(context=insecureContext())
+            client.login("bob@example.test", "pw-bob")
+            client.sendmail("bob@example.test", ["alice@example.test"], ORIGINAL)
+        finally:
+            client.quit()
+
+    def startBrowser(self) -> Browser:
+        """
+        Start chromium, trusting the server's certificate only; closed when
+        the test ends.
+        """
+        spki = spkiHash(os.path.join(self.dataDir, "keys", "tls-cert.pem"))
+        profile = os.path.join(self.base, "chromium-profile")
+        os.makedirs(profile)
+        browser = Browser(self.chromium, self.chromedriver, profile, spki, self.ports["jmap"])
+        self.addCleanup(deferToThread, browser.quit)
+        self.addCleanup(shutil.rmtree, profile, True)
+        return browser
+
+    async def test_readAndReply(self):
+        """
+        Alice reads bob's internal message in the webmail, in plain text
+        with the QKD badge naming the key the stored file was encrypted
+        with, and replies with an attachment; the reply reaches bob's
+        Maildir encrypted, addressed and threaded as a reply.
+        """
+        with open(self.originalPath, "rb") as f:
+            stored = f.read()
+        self.assertIn(b"multipart/encrypted", stored)
+        self.assertNotIn(BODY_LINE.encode(), stored)
+        keyId = storedKeyId(self.originalPath)
+        attachment = os.path.join(self.base, "rotation.log")
+        with open(attachment, "wb") as f:
+            f.write(ATTACHMENT_BYTES)
+        screenshot = os.path.join(self.base, "webmail-message.png")
+        browser = await deferToThread(self.startBrowser)
+
+        def read():
+            browser.logIn("alice@example.test", "pw-alice")
+            browser.openMessage(SUBJECT)
+            badge = browser.visible(".qkd-badge")
+            shown = browser.element("#message-body").text, badge.text, badge.get_attribute("data-key-id")
+            browser.driver.save_screenshot(screenshot)
+            return shown
+
+        text, badgeText, badgeKeyId = await deferToThread(read)
+        self._log.info("webmail screenshot of the message view: {path}", path=screenshot)
+        self.assertIn(BODY_LINE, text)
+        self.assertIn("QKD protected", badgeText)
+        self.assertIn(keyId, badgeText)
+        self.assertEqual(badgeKeyId, keyId)
+        self.assertTrue(os.path.getsize(screenshot) > 0)
+
+        to, subject = await deferToThread(browser.reply, REPLY_LINE, attachment)
+        self.assertEqual(to, "bob@example.test")
+        self.assertEqual(subject, f"Re: {SUBJECT}")
+
+        [replyPath] = await waitFor(lambda: maildirFiles(self.dataDir, "bob@example.test"))
+        with open(replyPath, "rb") as f:
+            storedReply = f.read()
+        self.assertIn(b"multipart/encrypted", storedReply)
+        self.assertNotIn(REPLY_LINE.encode(), storedReply)
+        reply = email.message_from_bytes(await readAsOwner(self.dataDir, replyPath), policy=email.policy.default)
+        self.assertEqual(reply["Subject"], f"Re: {SUBJECT}")
+        self.assertIn("alice@example.test", reply["From"])
+        self.assertIn("bob@example.test", reply["To"])
+        self.assertEqual(reply["In-Reply-To"].strip(), "<webmail-original@example.test>")
+        self.assertIn("<webmail-original@example.test>", reply["References"])
+        self.assertIn(REPLY_LINE, reply.get_body(("plain",)).get_content())
+        [part] = list(reply.iter_attachments())
+        self.assertEqual(part.get_filename(), "rotation.log")
+        self.assertEqual(part.get_content() if isinstance(part.get_content(), bytes)
+                         else part.get_content().encode(), ATTACHMENT_BYTES)
