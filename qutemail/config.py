@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Mapping
 
 import attrs
 
-from qutemail.configsections import ContentConfig, MetricsConfig
+from qutemail.configsections import ContentConfig, JMAPConfig, MetricsConfig
 from qutemail.configvalues import (
     DURATION_FIELD, ENV_PREFIX, MAX_WORKERS, PORT_FIELD, SETTINGS, Setting, intValidator, isDuration, isKeySize,
     isNameserver, parseDnsLabel, parseDnsName, parseDomains, parseIpLiteral, parseRedisURL, parserValidator,
@@ -418,6 +418,7 @@ class Config:
     relay: RelayConfig = _section(RelayConfig)
     redis: RedisConfig = _section(RedisConfig)
     metrics: MetricsConfig = _section(MetricsConfig)
+    jmap: JMAPConfig = _section(JMAPConfig)
 
 
 _SECTIONS: dict[str, type] = {f.name: f.type for f in attrs.fields(Config) if f.name != "path"}

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_config -*-
 """
-The sections of the configuration that issues 15 and 18 added (content
-scanning, metrics): attrs classes like those of L{qutemail.config}, which
+The sections of the configuration that issues 15, 16 and 18 added (content
+scanning, JMAP, metrics): attrs classes like those of L{qutemail.config}, which
 imports them into its L{qutemail.config.Config} tree.
 """
 
@@ -61,3 +61,15 @@ class MetricsConfig:
     port: int = attrs.field(default=0, validator=PORT_FIELD)
     bind: str = attrs.field(default="127.0.0.1", validator=parserValidator(parseIpLiteral, "an IP address"))
     mtaStsMode: str = attrs.field(default="testing", validator=attrs.validators.in_(("testing", "enforce", "none")))
+
+
+@attrs.frozen
+class JMAPConfig:
+    """
+    C{[jmap]}: the JMAP API (RFC 8620, RFC 8621) over HTTPS, on C{[server]
+    bind}.
+
+    @ivar port: its port, 0 for none (C{port}).
+    """
+
+    port: int = attrs.field(default=0, validator=PORT_FIELD)

@@ -592,4 +592,5 @@ SETTINGS = (
     Setting("metrics", "port", "port", parsePort),
     Setting("metrics", "bind", "bind", parseIpLiteral),
     Setting("metrics", "mta_sts_mode", "mtaStsMode", choiceParser("testing", "enforce", "none")),
+    Setting("jmap", "port", "port", parsePort),
 )

@@ -45,6 +45,7 @@ from qutemail.blocking import BlockingRunner
 from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
 from qutemail.listener.factory import SMTPServerFactory
 from qutemail.listener.settings import SessionSettings
+from qutemail.jmapsetup import buildJMAPSite
 from qutemail.store.diskspace import watchDiskSpace
 from qutemail.store.retention import RetentionService, RetentionSweep
 from qutemail.tlsserver import contextFactory, serverCredentials
@@ -490,11 +491,17 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             mailPortal = imapPortal(users, dataDir, vault, runner, sealer=sealer)
             for name, port, implicit in (("imap", config.imap.port, False), ("imaps", config.imap.tlsPort, True)):
                 wanted.append((name, port, dict(imap=True, implicitTLS=implicit, portal=mailPortal)))
+            if config.jmap.port or "jmap" in listen:
+                site = buildJMAPSite(config, reactor, runner, mailPortal, throttle, notifier, intake,
+                                     submissionArgs["policy"])
+                wanted.append(("jmap", config.jmap.port, dict(jmap=site, implicitTLS=True)))
     for name, port, args in wanted:
         description = listen.get(name) or (endpointFor(server.bind, port) if port else None)
         if description is None:
             continue
-        if args.get("pop3"):
+        if args.get("jmap"):
+            factory = args["jmap"]
+        elif args.get("pop3"):
             factory = POP3Factory(args["portal"], runner, reactor, throttle, tlsContext,
                                   implicitTLS=args["implicitTLS"], limits=sessionLimits, listenerName=name)
         elif args.get("imap"):
