@@ -138,11 +138,14 @@ class Browser:
 
         @return: what the condition returned.
         """
-        from selenium.common.exceptions import TimeoutException
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
 
         try:
-            return WebDriverWait(self.driver, STEP_SECONDS).until(condition)
+            # The page redraws its lists whole: an element found a moment
+            # ago may be gone; look again.
+            return WebDriverWait(self.driver, STEP_SECONDS,
+                                 ignored_exceptions=(StaleElementReferenceException,)).until(condition)
         except TimeoutException:
             raise AssertionError(f"timed out waiting for {what}; status {self.status()!r}; "
                                  f"console {self.console()!r}") from None
@@ -197,13 +200,13 @@ class Browser:
         self.visible("#login-user").send_keys(user)
         self.element("#login-password").send_keys(password)
         self.element("#login-submit").click()
-        self.visible(".mailbox[data-role=inbox]")
+        self.visible(".mailbox[data-role=inbox].selected")
 
     def openMessage(self, subject: str) -> None:
         """
-        Open the message with C{subject} from the inbox's list.
+        Open the message with C{subject} from the list shown (the inbox's,
+        after logging in).
         """
-        self.element(".mailbox[data-role=inbox]").click()
         row = self.wait(lambda d: next((r for r in d.find_elements("css selector", ".message-row")
                                         if subject in r.text), False), f"a row for {subject!r}")
         row.click()
@@ -355,3 +358,20 @@ class WebmailBrowserTests(TestCase):
         self.assertEqual(part.get_filename(), "rotation.log")
         self.assertEqual(part.get_content() if isinstance(part.get_content(), bytes)
                          else part.get_content().encode(), ATTACHMENT_BYTES)
+
+        # Opening the message marked it read (the Maildir S flag), and the
+        # sent draft moved from Drafts to Sent.
+        [original] = maildirFiles(self.dataDir, "alice@example.test")
+        self.assertIn("S", original.rpartition(":2,")[2])
+        self.assertEqual(self.folderFiles("alice@example.test", "Drafts"), [])
+        self.assertEqual(len(self.folderFiles("alice@example.test", "Sent")), 1)
+
+    def folderFiles(self, address: str, folder: str) -> list[str]:
+        """
+        @return: the messages of a Maildir++ folder (C{.Folder/new} and
+            C{cur}) of an account.
+        """
+        local, _, domain = address.partition("@")
+        base = os.path.join(self.dataDir, "mail", domain, local, "." + folder)
+        return [os.path.join(base, sub, name) for sub in ("new", "cur")
+                if os.path.isdir(os.path.join(base, sub)) for name in sorted(os.listdir(os.path.join(base, sub)))]
