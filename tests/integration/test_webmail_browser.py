@@ -309,7 +309,8 @@ class WebmailBrowserTests(TestCase):
         Alice reads bob's internal message in the webmail, in plain text
         with the QKD badge naming the key the stored file was encrypted
         with, and replies with an attachment; the reply reaches bob's
-        Maildir encrypted, addressed and threaded as a reply.
+        Maildir encrypted, addressed and threaded as a reply; the message
+        is marked read and alice's copy of the reply is filed in Sent.
         """
         with open(self.originalPath, "rb") as f:
             stored = f.read()
