@@ -29,10 +29,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from qutemail.assembly import buildBackends
 from qutemail.blocking import InlineRunner, wait
@@ -59,6 +62,21 @@ ORIGINAL = (
     "Content-Type: text/plain; charset=utf-8\r\n\r\n"
     f"Hello Alice,\r\n\r\n{BODY_LINE}\r\n\r\nBob\r\n"
 ).encode("utf-8")
+# An HTML newsletter with everything the sanitiser must take out; TRACKER
+# is replaced by the URL of a loopback server that counts requests.
+HTML_SUBJECT = "Newsletter in HTML"
+HTML_MESSAGE = (
+    "From: Bob <bob@example.test>\r\nTo: Alice <alice@example.test>\r\n"
+    f"Subject: {HTML_SUBJECT}\r\nMessage-ID: <webmail-html@example.test>\r\n"
+    "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    "<html><head><style>p { color: red }</style></head><body>\r\n"
+    "<p>Hello <b>in bold</b> from the newsletter.</p>\r\n"
+    "<script>parent.document.title = 'script ran'; document.title = 'script ran';</script>\r\n"
+    "<img src=\"TRACKER/pixel.gif\" onerror=\"document.title = 'onerror ran'\" alt=\"pixel\">\r\n"
+    "<a href=\"javascript:document.title = 'link ran'\">a link</a>\r\n"
+    "<div style=\"background: url(TRACKER/css.gif)\">styled</div>\r\n"
+    "</body></html>\r\n"
+)
 # How long the browser waits for one step (the server answers each JMAP
 # call in well under a second on loopback).
 STEP_SECONDS = 20
@@ -232,6 +250,30 @@ class Browser:
         return to, subject
 
 
+class Tracker(Resource):
+    """
+    A remote image server: records every request it gets.
+
+    @ivar requests: the paths asked for.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        """
+        Nothing asked for yet.
+        """
+        super().__init__()
+        self.requests: list[bytes] = []
+
+    def render_GET(self, request) -> bytes:
+        """
+        Record the request.
+        """
+        self.requests.append(request.path)
+        return b""
+
+
 class WebmailBrowserTests(TestCase):
     """
     Acceptance item 4 of issue 16.
@@ -278,16 +320,17 @@ class WebmailBrowserTests(TestCase):
         await deferToThread(self.submitOriginal)
         [self.originalPath] = await waitFor(lambda: maildirFiles(self.dataDir, "alice@example.test"))
 
-    def submitOriginal(self) -> None:
+    def submitOriginal(self, message: bytes = ORIGINAL) -> None:
         """
-        Bob submits the original message to alice (STARTTLS, AUTH).
+        Bob submits a message (the original by default) to alice
+        (STARTTLS, AUTH).
         """
         client = smtplib.SMTP("127.0.0.1", self.ports["submission"], local_hostname="client.test",
                               timeout=CLIENT_TIMEOUT)
         try:
             client.starttls(context=insecureContext())
             client.login("bob@example.test", "pw-bob")
-            client.sendmail("bob@example.test", ["alice@example.test"], ORIGINAL)
+            client.sendmail("bob@example.test", ["alice@example.test"], message)
         finally:
             client.quit()
 
@@ -366,6 +409,54 @@ class WebmailBrowserTests(TestCase):
         self.assertIn("S", original.rpartition(":2,")[2])
         self.assertEqual(self.folderFiles("alice@example.test", "Drafts"), [])
         self.assertEqual(len(self.folderFiles("alice@example.test", "Sent")), 1)
+
+    async def test_htmlMailSandboxed(self):
+        """
+        An HTML message is shown sanitised in an iframe with an empty
+        sandbox: its formatting stays, no script, handler or
+        C{javascript:} link of it runs or remains, and neither its remote
+        image nor its CSS background is fetched.
+        """
+        tracker = Tracker()
+        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(tracker))
+        self.addCleanup(listening.stopListening)
+        trackerURL = f"http://127.0.0.1:{listening.getHost().port}"
+        await deferToThread(self.submitOriginal, HTML_MESSAGE.replace("TRACKER", trackerURL).encode("utf-8"))
+        await waitFor(lambda: len(maildirFiles(self.dataDir, "alice@example.test")) == 2)
+        browser = await deferToThread(self.startBrowser)
+
+        def read():
+            from selenium.webdriver.common.by import By
+
+            browser.logIn("alice@example.test", "pw-alice")
+            browser.openMessage(HTML_SUBJECT)
+            frame = browser.visible("#message-html")
+            sandbox = frame.get_attribute("sandbox")
+            browser.driver.switch_to.frame(frame)
+            try:
+                text = browser.driver.find_element(By.TAG_NAME, "body").text
+                bold = [b.text for b in browser.driver.find_elements(By.TAG_NAME, "b")]
+                scripts = browser.driver.find_elements(By.TAG_NAME, "script")
+                images = [(i.get_attribute("src"), i.get_attribute("onerror"))
+                          for i in browser.driver.find_elements(By.TAG_NAME, "img")]
+                links = [a.get_attribute("href") for a in browser.driver.find_elements(By.TAG_NAME, "a")]
+                browser.driver.find_element(By.TAG_NAME, "a").click()
+                inner = browser.driver.title
+            finally:
+                browser.driver.switch_to.default_content()
+            return sandbox, text, bold, len(scripts), images, links, inner, browser.driver.title
+
+        sandbox, text, bold, scripts, images, links, innerTitle, title = await deferToThread(read)
+        self.assertEqual(sandbox, "")
+        self.assertIn("Hello in bold from the newsletter.", text)
+        self.assertIn("styled", text)
+        self.assertEqual(bold, ["in bold"])
+        self.assertEqual(scripts, 0)
+        self.assertEqual(images, [(None, None)])
+        self.assertEqual(links, [None])
+        self.assertNotIn("ran", innerTitle)
+        self.assertEqual(title, "QutEmail")
+        self.assertEqual(tracker.requests, [])
 
     def folderFiles(self, address: str, folder: str) -> list[str]:
         """
