@@ -37,22 +37,20 @@
 
   function emptyState() {
     return {
-      auth: null,
-      session: null,
-      accountId: null,
-      submissionAccountId: null,
-      apiUrl: null,
-      identity: null,
-      mailboxes: [],
-      current: null,
-      position: 0,
-      total: 0,
-      email: null,
-      reply: null,
+      auth: null, session: null, accountId: null, submissionAccountId: null, apiUrl: null, identity: null,
+      mailboxes: [], current: null, position: 0, total: 0, email: null, reply: null,
     };
   }
 
   const $ = (id) => document.getElementById(id);
+
+  // A new element with properties (textContent, className...: never
+  // markup) and children.
+  function make(tag, properties, ...children) {
+    const node = Object.assign(document.createElement(tag), properties || {});
+    node.append(...children);
+    return node;
+  }
 
   class AuthError extends Error {}
 
@@ -73,11 +71,7 @@
   // RFC 7617: user-id ":" password, UTF-8, base64.
   function basicAuth(user, password) {
     const bytes = new TextEncoder().encode(user + ":" + password);
-    let binary = "";
-    for (const b of bytes) {
-      binary += String.fromCharCode(b);
-    }
-    return "Basic " + btoa(binary);
+    return "Basic " + btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(""));
   }
 
   // The session names its URLs with the server's host name; the page
@@ -217,33 +211,23 @@
     return state.mailboxes.find((m) => m.role === role) || null;
   }
 
+  function roleRank(mailbox) {
+    const rank = ROLE_ORDER.indexOf(mailbox.role);
+    return rank === -1 ? ROLE_ORDER.length : rank;
+  }
+
   function mailboxOrder(a, b) {
-    const ra = a.role ? ROLE_ORDER.indexOf(a.role) : -1;
-    const rb = b.role ? ROLE_ORDER.indexOf(b.role) : -1;
-    const ka = ra === -1 ? ROLE_ORDER.length : ra;
-    const kb = rb === -1 ? ROLE_ORDER.length : rb;
-    return ka - kb || (a.sortOrder || 0) - (b.sortOrder || 0) || a.name.localeCompare(b.name);
+    return roleRank(a) - roleRank(b) || (a.sortOrder || 0) - (b.sortOrder || 0) || a.name.localeCompare(b.name);
   }
 
   async function loadMailboxes() {
     const results = await api([["Mailbox/get", { accountId: state.accountId, ids: null }, "m"]]);
     state.mailboxes = results.m.list.slice().sort(mailboxOrder);
     const items = state.mailboxes.map((mailbox) => {
-      const item = document.createElement("li");
-      item.className = "mailbox";
-      item.dataset.id = mailbox.id;
-      item.dataset.name = mailbox.name;
-      if (mailbox.role) {
-        item.dataset.role = mailbox.role;
-      }
-      item.classList.toggle("selected", mailbox.id === state.current);
-      const name = document.createElement("span");
-      name.className = "mailbox-name";
-      name.textContent = mailbox.name;
-      const count = document.createElement("span");
-      count.className = "unread-count";
-      count.textContent = mailbox.unreadEmails ? String(mailbox.unreadEmails) : "";
-      item.append(name, count);
+      const item = make("li", { className: mailbox.id === state.current ? "mailbox selected" : "mailbox" },
+        make("span", { className: "mailbox-name", textContent: mailbox.name }),
+        make("span", { className: "unread-count", textContent: mailbox.unreadEmails ? String(mailbox.unreadEmails) : "" }));
+      Object.assign(item.dataset, { id: mailbox.id, name: mailbox.name, role: mailbox.role || "" });
       item.addEventListener("click", () => openMailbox(mailbox.id).catch(reportError));
       return item;
     });
@@ -303,24 +287,14 @@
   }
 
   function messageRow(email) {
-    const row = document.createElement("tr");
-    row.className = "message-row";
+    const row = make("tr", { className: isSeen(email) ? "message-row" : "message-row unread" });
     row.dataset.id = email.id;
-    row.classList.toggle("unread", !(email.keywords && email.keywords.$seen));
-    const from = document.createElement("td");
-    from.textContent = shortAddress(email.from);
-    const subject = document.createElement("td");
-    subject.className = "subject";
-    subject.textContent = email.subject || "(no subject)";
+    const subject = make("td", { className: "subject", textContent: email.subject || "(no subject)" });
     if (email.qutemailQkd) {
-      const mark = document.createElement("span");
-      mark.className = "qkd-mark";
-      mark.textContent = "QKD";
-      subject.append(mark);
+      subject.append(make("span", { className: "qkd-mark", textContent: "QKD" }));
     }
-    const received = document.createElement("td");
-    received.textContent = email.receivedAt ? new Date(email.receivedAt).toLocaleString() : "";
-    row.append(from, subject, received);
+    row.append(make("td", { textContent: shortAddress(email.from) }), subject,
+      make("td", { textContent: email.receivedAt ? new Date(email.receivedAt).toLocaleString() : "" }));
     row.addEventListener("click", () => openMessage(email.id).catch(reportError));
     return row;
   }
@@ -353,11 +327,7 @@
     showAttachments(email.attachments || []);
     $("trash").disabled = !mailboxByRole("trash") || Boolean(email.mailboxIds[mailboxByRole("trash").id]);
     show("message-view");
-    if (!(email.keywords && email.keywords.$seen)) {
-      await setSeen(true);
-    } else {
-      updateSeenButton();
-    }
+    await (isSeen(email) ? updateSeenButton() : setSeen(true));
   }
 
   function showQkd(qkd) {
@@ -380,9 +350,7 @@
 
   function showBody(email) {
     const container = $("message-body");
-    const text = document.createElement("pre");
-    text.id = "message-text";
-    text.textContent = plainText(email);
+    const text = make("pre", { id: "message-text", textContent: plainText(email) });
     const safe = email.qutemailSafeHtml;
     const html = typeof safe === "string" ? safe : null;
     const isHtmlMail = (email.htmlBody || []).some((part) => part.type === "text/html");
@@ -392,29 +360,22 @@
     }
     // Sanitised by the server; shown with no script, in an opaque origin,
     // under this page's policy (an about:srcdoc document inherits it).
-    const frame = document.createElement("iframe");
-    frame.id = "message-html";
-    frame.title = "Message";
+    const frame = make("iframe", { id: "message-html", title: "Message" });
     frame.setAttribute("sandbox", "");
     frame.setAttribute("referrerpolicy", "no-referrer");
     frame.srcdoc = "<!DOCTYPE html><meta charset=\"utf-8\">" + html;
-    const details = document.createElement("details");
-    const summary = document.createElement("summary");
-    summary.textContent = "Plain text";
-    details.append(summary, text);
-    container.replaceChildren(frame, details);
+    container.replaceChildren(frame, make("details", null, make("summary", { textContent: "Plain text" }), text));
   }
 
   function showAttachments(attachments) {
     const items = attachments.map((part) => {
-      const item = document.createElement("li");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "attachment";
-      button.textContent = (part.name || "attachment") + " (" + (part.size || 0) + " bytes)";
+      const button = make("button", {
+        type: "button",
+        className: "attachment",
+        textContent: (part.name || "attachment") + " (" + (part.size || 0) + " bytes)",
+      });
       button.addEventListener("click", () => download(part).catch(reportError));
-      item.append(button);
-      return item;
+      return make("li", null, button);
     });
     $("message-attachments").replaceChildren(...items);
   }
@@ -429,25 +390,24 @@
       type: part.type || "application/octet-stream",
     });
     const blob = await (await http(url, { method: "GET" })).blob();
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(blob);
-    link.download = part.name || "attachment";
+    const link = make("a", { href: URL.createObjectURL(blob), download: part.name || "attachment" });
     link.click();
     setTimeout(() => URL.revokeObjectURL(link.href), 10000);
   }
 
+  function isSeen(email) {
+    return Boolean(email.keywords && email.keywords.$seen);
+  }
+
   function updateSeenButton() {
-    const seen = Boolean(state.email.keywords && state.email.keywords.$seen);
-    $("toggle-seen").textContent = seen ? "Mark unread" : "Mark read";
+    $("toggle-seen").textContent = isSeen(state.email) ? "Mark unread" : "Mark read";
   }
 
   async function setSeen(seen) {
     const email = state.email;
-    const patch = {};
-    patch["keywords/$seen"] = seen ? true : null;
     const results = await api([["Email/set", {
       accountId: state.accountId,
-      update: { [email.id]: patch },
+      update: { [email.id]: { "keywords/$seen": seen ? true : null } },
     }, "s"]]);
     checkSet(results.s);
     email.keywords = Object.assign({}, email.keywords);
@@ -531,15 +491,11 @@
     try {
       const drafts = mailboxByRole("drafts");
       const sent = mailboxByRole("sent");
-      if (!drafts) {
-        throw new Error("this account has no Drafts mailbox");
-      }
-      if (!state.identity) {
-        throw new Error("this account has no identity to send as");
-      }
       const to = parseAddresses($("compose-to").value);
-      if (!to.length) {
-        throw new Error("no recipient");
+      const missing = !drafts ? "a Drafts mailbox" : !state.identity ? "an identity to send as"
+        : !to.length ? "a recipient" : null;
+      if (missing) {
+        throw new Error("there is no " + missing);
       }
       const file = $("compose-attachment").files[0];
       let blob = null;
@@ -628,7 +584,7 @@
     await loadMessages();
   });
   on("reply", "click", startReply);
-  on("toggle-seen", "click", () => setSeen(!(state.email.keywords && state.email.keywords.$seen)));
+  on("toggle-seen", "click", () => setSeen(!isSeen(state.email)));
   on("trash", "click", moveToTrash);
   on("compose-form", "submit", send);
   on("compose-cancel", "click", () => {
