@@ -122,6 +122,15 @@ class JMAPService:
     dispatcher: Any
     services: Any
     _inFlight: dict = attrs.field(factory=dict)
+    streams: set = attrs.field(factory=set)
+
+    def shutdown(self) -> None:
+        """
+        The listener stops: end the open EventSource streams (a client
+        reconnects elsewhere or later).
+        """
+        for stream in list(self.streams):
+            stream.end()
 
     def serve(self, request: Request, handler: Callable[[Request, Any], Any], counted: str | None = None) -> int:
         """
@@ -370,9 +379,13 @@ class EventSourceResource(Resource):
         services = self.jmap.services
         stream = StateStream(request, lambda: AccountContext(context.account, services, context.peer),
                              services.notifier, services.clock, parseTypes(arg(b"types")),
-                             arg(b"closeafter") == "state", int(ping or 0), lambda: None)
-        await stream.start()
-        await stream.done
+                             arg(b"closeafter") == "state", int(ping or 0))
+        self.jmap.streams.add(stream)
+        try:
+            await stream.start()
+            await stream.done
+        finally:
+            self.jmap.streams.discard(stream)
 
 
 class RootResource(Resource):
@@ -425,4 +438,6 @@ def jmapSite(jmap: JMAPService, reactor: Any, webmail: Any = None) -> Site:
     site.requestFactory = JMAPRequest
     site.maxBodyBytes = max(jmap.services.limits.maxSizeUpload, jmap.services.limits.maxSizeRequest)
     site.displayTracebacks = False
+    site.jmap = jmap
+    site.shutdown = jmap.shutdown
     return site

@@ -46,7 +46,7 @@ class StateStream:
     @ivar types: the types to announce (C{None}: all).
     @ivar closeAfterState: end after the first change.
     @ivar pingSeconds: 0 for no pings.
-    @ivar onClose: called once when the stream ends.
+    @ivar done: fires once the stream has ended.
     """
 
     _log = Logger()
@@ -58,7 +58,6 @@ class StateStream:
     types: frozenset | None
     closeAfterState: bool
     pingSeconds: int
-    onClose: Callable[[], None]
     _last: dict | None = None
     _busy: bool = False
     _again: bool = False
@@ -119,8 +118,7 @@ class StateStream:
                     event = {"@type": "StateChange", "changed": {context.accountId: changed}}
                     self.request.write(b"event: state\ndata: " + json.dumps(event).encode() + b"\n\n")
                     if self.closeAfterState and not first:
-                        self.request.finish()
-                        self.close()
+                        self.end()
                         return
                 if not self._again:
                     return
@@ -135,6 +133,15 @@ class StateStream:
             self.request.write(b"event: ping\ndata: " + json.dumps({"interval": self._ping.interval}).encode()
                                + b"\n\n")
 
+    def end(self) -> None:
+        """
+        End the stream from our side.
+        """
+        if not self._closed:
+            self.close()
+            if not self.request.finished and not self.request._disconnected:
+                self.request.finish()
+
     def close(self) -> None:
         """
         Stop listening (once).
@@ -146,5 +153,4 @@ class StateStream:
             self._unsubscribe()
         if self._ping is not None and self._ping.running:
             self._ping.stop()
-        self.onClose()
         self.done.callback(None)
