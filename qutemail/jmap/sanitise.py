@@ -117,7 +117,7 @@ def _sanitiseStyle(value: str) -> str | None:
     return "; ".join(kept) or None
 
 
-def _remoteImagesFilter(remoteImages: bool):
+def _attributeFilter(remoteImages: bool):
     """
     @param remoteImages: whether an C{img} keeps a remote C{src}.
     @return: the C{attribute_filter} for L{nh3.clean}: it checks every
@@ -161,7 +161,7 @@ def sanitiseHtml(html: str, *, remoteImages: bool = False) -> str:
         tags=set(ALLOWED_TAGS),
         clean_content_tags=set(DROPPED_WITH_CONTENT),
         attributes={tag: set(names) for tag, names in ALLOWED_ATTRIBUTES.items()},
-        attribute_filter=_remoteImagesFilter(remoteImages),
+        attribute_filter=_attributeFilter(remoteImages),
         strip_comments=True,
         link_rel="noopener noreferrer",
         set_tag_attribute_values={"a": {"target": "_blank"}},

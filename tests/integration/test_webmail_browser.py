@@ -298,10 +298,9 @@ class WebmailBrowserTests(TestCase):
         os.makedirs(self.base)
         self.dataDir = os.path.join(self.base, "var")
         os.makedirs(self.dataDir)
-        # The JMAP listener is on in the file (a port of its own); the test
-        # still listens on port 0 through buildService's listen argument.
-        self.configPath = writeConfig(os.path.join(self.base, "qutemail.ini"), self.dataDir,
-                                      extra="\n[jmap]\nport = 8443\n")
+        # Every listener, JMAP's too, is on port 0 through buildService's
+        # listen argument; the file's ports stay off.
+        self.configPath = writeConfig(os.path.join(self.base, "qutemail.ini"), self.dataDir)
         users = buildBackends(loadConfig(self.configPath, environ={}), InlineRunner(), Clock()).users
         users.workFactor = 4
         for name in ("alice", "bob"):
