@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.jmap.test_service -*-
+# -*- test-case-name: tests.jmap.test_api -*-
 """
 Assembly of the JMAP listener (issue 16) for L{qutemail.service}: its
 methods, limits, authenticator and submitter, around the same portal,

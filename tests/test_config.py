@@ -19,6 +19,7 @@ from qutemail.config import (
     LimitsConfig,
     InboundConfig,
     MailboxConfig,
+    JMAPConfig,
     MetricsConfig,
     POP3Config,
     QKDConfig,
@@ -63,6 +64,7 @@ ALL_KEYS = [
     ("relay", "mta_sts_port"),
     ("redis", "url"), ("redis", "allow_volatile_vault"),
     ("metrics", "port"), ("metrics", "bind"), ("metrics", "mta_sts_mode"),
+    ("jmap", "port"),
 ]
 
 FULL = """\
@@ -153,6 +155,8 @@ allow_volatile_vault = yes
 port = 9154
 bind = ::1
 mta_sts_mode = Enforce
+[jmap]
+port = 8443
 """
 
 MINIMAL_SERVER = ServerConfig(hostname="mail.example.test", domains=("example.test",), dataDir="/srv/qutemail")
@@ -275,6 +279,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
             ),
             redis=RedisConfig(url="rediss://redis.example.test:6380/0", allowVolatileVault=True),
             metrics=MetricsConfig(port=9154, bind="::1", mtaStsMode="enforce"),
+            jmap=JMAPConfig(port=8443),
         )
         self.assertEqual(loadConfig(path, {}), expected)
 
@@ -322,6 +327,7 @@ class LoadConfigTests(ConfigFileMixin, SynchronousTestCase):
                                                        timeoutSeconds=30.0, scanSubmission=True))
         self.assertFalse(config.content.enabled)
         self.assertEqual(config.metrics, MetricsConfig(port=0, bind="127.0.0.1", mtaStsMode="testing"))
+        self.assertEqual(config.jmap, JMAPConfig(port=0))
         self.assertEqual(
             (config.tls, config.dkim, config.qkd, config.relay, config.redis),
             (
@@ -547,7 +553,7 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
         known ones.
         """
         path, problems = self.problems(MINIMAL + "[smpt]\nmta_port = 25\n[DEFAULT]\nx = 1\n")
-        known = "server, smtp, imap, pop3, tls, limits, mailbox, inbound, content, dkim, qkd, relay, redis, metrics"
+        known = "server, smtp, imap, pop3, tls, limits, mailbox, inbound, content, dkim, qkd, relay, redis, metrics, jmap"
         self.assertEqual(problems, [f"{path}: [smpt]: unknown section (known: {known})",
                                     f"{path}: [DEFAULT]: unknown section (known: {known})"])
 
@@ -663,7 +669,7 @@ class ErrorReportingTests(ConfigFileMixin, SynchronousTestCase):
         error = self.assertRaises(ConfigError, loadConfig, path, {"QUTEMAIL_NOPE": "1"})
         expected = [
             f"{path}: [bogus]: unknown section (known: server, smtp, imap, pop3, tls, limits, mailbox, inbound, "
-            "content, dkim, qkd, relay, redis, metrics)",
+            "content, dkim, qkd, relay, redis, metrics, jmap)",
             f"{path}: [server] hostname: '-x' is not a valid DNS name",
             f"{path}: [server] data_dir: required but missing (set it in the file or as QUTEMAIL_SERVER_DATA_DIR)",
             f"{path}: [smtp] mta_port: 'abc' is not a port number (0-65535)",

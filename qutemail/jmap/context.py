@@ -13,8 +13,8 @@ notice (L{qutemail.access.maildrop.notice}).
 """
 
 import hashlib
-import io
 import os
+from collections import OrderedDict
 from typing import Any, BinaryIO
 
 import attrs
@@ -47,6 +47,7 @@ class Services:
     @ivar peerDomains: the domains of C{[qkd] peers}: encrypted mail from
         them came over the inter-site QKD link.
     @ivar hostname: this server's name.
+    @ivar maxCachedAccounts: how many accounts' folder readings are kept.
     """
 
     runner: Any
@@ -57,6 +58,22 @@ class Services:
     submitter: Any = None
     peerDomains: frozenset = frozenset()
     hostname: str = "localhost"
+    maxCachedAccounts: int = 64
+    _folderCaches: OrderedDict = attrs.field(factory=OrderedDict)
+
+    def folderCache(self, root: str) -> dict:
+        """
+        @return: the kept folder readings of an account (see
+            L{qutemail.jmap.state.takeSnapshot}), for the most recently
+            used L{maxCachedAccounts} accounts.
+        """
+        cache = self._folderCaches.pop(root, None)
+        if cache is None:
+            cache = {}
+        self._folderCaches[root] = cache
+        while len(self._folderCaches) > self.maxCachedAccounts:
+            self._folderCaches.popitem(last=False)
+        return cache
 
 
 def _readAll(f: BinaryIO, maxBytes: int) -> bytes:
@@ -154,7 +171,9 @@ class AccountContext:
             after a change).
         """
         if self._snapshot is None:
-            self._snapshot = await self.runner.run(takeSnapshot, self.account.root, self.now(), self.stateDirectory)
+            root = self.account.root
+            self._snapshot = await self.runner.run(takeSnapshot, root, self.now(), self.stateDirectory,
+                                                   self.services.folderCache(root))
         return self._snapshot
 
     def modified(self) -> None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.jmap.test_email -*-
+# -*- test-case-name: tests.jmap.test_api -*-
 """
 C{Email/get}, C{Email/changes} and C{Email/query} (RFC 8621 §4.2-4.4) over
 the account's folders: each email is one Maildir file (one mailbox), its

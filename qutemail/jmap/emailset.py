@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.jmap.test_emailset -*-
+# -*- test-case-name: tests.jmap.test_api -*-
 """
 C{Email/set} and C{Email/import} (RFC 8621 §4.6, §4.8) on the Maildir++
 folders, with the file operations IMAP uses:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.jmap.test_ids -*-
+# -*- test-case-name: tests.jmap.test_state -*-
 """
 JMAP ids (RFC 8620 §1.2: 1-255 characters of C{A-Za-z0-9-_}) derived from
 what the Maildir++ store already names, so that they survive restarts and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.jmap.test_mailbox -*-
+# -*- test-case-name: tests.jmap.test_api -*-
 """
 C{Mailbox/get}, C{/changes}, C{/query} and C{/set} (RFC 8621 §2): the
 account's Maildir++ folders, as IMAP LISTs them (the same names, the same

@@ -139,7 +139,7 @@ class StateStream:
         """
         if not self._closed:
             self.close()
-            if not self.request.finished and not self.request._disconnected:
+            if not self.request.finished and not getattr(self.request, "_disconnected", False):
                 self.request.finish()
 
     def close(self) -> None:

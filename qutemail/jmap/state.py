@@ -23,13 +23,14 @@ Every function here blocks: callers run them through the runner.
 import hashlib
 import json
 import os
+import secrets
 
 import attrs
 
 from qutemail.access.imapstore import storedSize
 from qutemail.access.uids import sync
 from qutemail.jmap import ids
-from qutemail.store.folders import INBOX, SEPARATOR, SPECIAL_FOLDERS, MaildirFolders
+from qutemail.store.folders import INBOX, KEYWORDS_FILE, SEPARATOR, SPECIAL_FOLDERS, MaildirFolders
 
 # How many states of each kind are kept on disk for */changes.
 KEEP_STATES = 64
@@ -182,7 +183,51 @@ def _digest(signatures: dict[str, str]) -> str:
     return "s" + h.hexdigest()[:20]
 
 
-def takeSnapshot(root: str, now: float, stateDirectory: str) -> Snapshot:
+# A folder's directories must be older than this for a cached reading of
+# it to be trusted: a change made within the file system's timestamp
+# granularity of the reading could otherwise leave them unchanged.
+RACY_SECONDS = 1.0
+
+
+def _stamp(path: str, now: float) -> tuple | None:
+    """
+    @return: what changes whenever a folder's messages, flags or keywords
+        change (the modification times of C{new/}, C{cur/} and its
+        keywords file), or C{None} when one is too recent to rely on.
+    """
+    times = []
+    for name in ("new", "cur", KEYWORDS_FILE):
+        try:
+            times.append(os.stat(os.path.join(path, name)).st_mtime_ns)
+        except FileNotFoundError:
+            times.append(0)
+    if max(times) > (now - RACY_SECONDS) * 1e9:
+        return None
+    return tuple(times)
+
+
+def _readFolder(path: str, boxId: str, now: float) -> tuple[list[EmailEntry], int, int]:
+    """
+    Sync a folder and list its emails.
+
+    @return: its emails, its message count, its unread count.
+    @raise FileNotFoundError: it is gone.
+    """
+    state = sync(path, now)
+    emails, unread = [], 0
+    for message in state.messages:
+        if "\\Seen" not in message.flags:
+            unread += 1
+        try:
+            size = storedSize(message.path)
+        except FileNotFoundError:
+            continue
+        emails.append(EmailEntry(ids.emailId(message.baseName), boxId, path, message.baseName,
+                                 message.path, message.flags, message.mtime, size, message.uid))
+    return emails, len(state.messages), unread
+
+
+def takeSnapshot(root: str, now: float, stateDirectory: str, cache: dict | None = None) -> Snapshot:
     """
     Read an account's folders (see the module docstring) and keep its
     states for */changes.  Blocking.
@@ -190,33 +235,35 @@ def takeSnapshot(root: str, now: float, stateDirectory: str) -> Snapshot:
     @param root: the account's mailbox directory.
     @param now: the time, for a new UIDVALIDITY.
     @param stateDirectory: the account's directory of kept states.
+    @param cache: readings of folders by path, kept between calls: a folder
+        whose L{_stamp} is unchanged is not read again.
     @return: the snapshot.
     """
+    cache = {} if cache is None else cache
     folders = MaildirFolders(root)
     folders.ensureSpecialFolders()
     entries = folders.listFolders()
     names = {e.name for e in entries}
     mailboxes, emails = [], []
     for entry in entries:
-        try:
-            state = sync(entry.path, now)
-        except FileNotFoundError:
-            continue
         boxId = ids.mailboxId(entry.name)
-        unread = 0
-        for message in state.messages:
-            if "\\Seen" not in message.flags:
-                unread += 1
+        stamp = _stamp(entry.path, now)
+        cached = cache.get(entry.path)
+        if stamp is not None and cached is not None and cached[0] == (stamp, boxId):
+            found, total, unread = cached[1]
+        else:
             try:
-                size = storedSize(message.path)
+                found, total, unread = _readFolder(entry.path, boxId, now)
             except FileNotFoundError:
+                cache.pop(entry.path, None)
                 continue
-            emails.append(EmailEntry(ids.emailId(message.baseName), boxId, entry.path, message.baseName,
-                                     message.path, message.flags, message.mtime, size, message.uid))
+            if stamp is not None:
+                cache[entry.path] = ((stamp, boxId), (found, total, unread))
+        emails.extend(found)
         parent, _, _ = entry.name.rpartition(SEPARATOR)
         mailboxes.append(MailboxEntry(boxId, entry.name, entry.path,
                                       ids.mailboxId(parent) if parent in names else None,
-                                      ROLES.get(entry.name), len(state.messages), unread))
+                                      ROLES.get(entry.name), total, unread))
     emailSigs = {e.id: e.signature() for e in emails}
     boxSigs = {m.id: m.signature() for m in mailboxes}
     snapshot = Snapshot(tuple(mailboxes), tuple(emails), _digest(boxSigs), _digest(emailSigs))
@@ -234,7 +281,8 @@ def _keep(directory: str, kind: str, state: str, signatures: dict[str, str]) -> 
     if os.path.exists(path):
         return
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    temp = path + ".tmp"
+    # Two requests may keep the same state at once: each its own file.
+    temp = f"{path}.{secrets.token_hex(8)}.tmp"
     with open(temp, "w", encoding="utf-8", errors="surrogatepass") as f:
         json.dump(signatures, f, separators=(",", ":"))
     os.replace(temp, path)

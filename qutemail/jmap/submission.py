@@ -19,7 +19,6 @@ as an implicit C{Email/set} (RFC 8621 §7.5).
 """
 
 import email.utils
-import re
 import secrets
 from typing import Any
 
@@ -32,7 +31,6 @@ from qutemail.jmap import ids
 from qutemail.jmap.emailset import destroyEmail, updateEmail
 from qutemail.jmap.errors import MethodError, SetError, invalidArguments
 from qutemail.jmap.parse import addresses, parseBytes
-from qutemail.listener.data import receivedHeader
 from qutemail.message import Envelope
 from qutemail.replies import ReplyError
 
@@ -60,6 +58,16 @@ def withoutBcc(data: bytes) -> bytes:
         if not skipping:
             kept.append(line)
     return b"\n".join(kept) + sep + body
+
+
+def receivedField(peer: str, hostname: str, queueId: str, recipients: list[str], when: float) -> bytes:
+    """
+    @return: the C{Received} field of our hop (RFC 5321 §4.4), as SMTP
+        submission writes it, with C{HTTPSA} as the protocol; LF line ends.
+    """
+    forClause = f"\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    return (f"Received: from jmap ([{peer}])\n\tby {hostname} (QutEmail) with HTTPSA id {queueId}"
+            f"{forClause};\n\t{email.utils.formatdate(when)}\n").encode("utf-8", "replace")
 
 
 def _refused(reply: replies.Reply) -> SetError:
@@ -129,7 +137,7 @@ class Submitter:
             raise SetError("forbiddenFrom", "the From header must be your own address")
         queueId, writer = self.intake.newMessage()
         now = self.clock.seconds()
-        writer.write(receivedHeader("jmap", peer, self.hostname, "HTTPSA", queueId, accepted, now))
+        writer.write(receivedField(peer, self.hostname, queueId, accepted, now))
         writer.traceBytes = writer.size
         writer.write(withoutBcc(data))
         envelope = Envelope(sender, tuple(accepted), "jmap", peer, now, address)

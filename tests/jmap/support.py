@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.jmap -*-
 """
 The JMAP tests' server and clients: the whole service tree of
 L{qutemail.service.buildService} on loopback, with a certificate from a

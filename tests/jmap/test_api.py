@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.jmap.test_api -*-
 """
 JMAP over a real HTTPS socket against the whole server: the session,
 mailboxes, emails, back-references, */changes after IMAP and SMTP, and

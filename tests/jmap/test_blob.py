@@ -1,10 +1,10 @@
+# -*- test-case-name: tests.jmap.test_blob -*-
 """
 Blobs over HTTPS: upload, Email/import of an upload, byte-exact
 download of a message and of a part, the upload limit, and overQuota.
 """
 
 import json
-import os
 
 from twisted.trial.unittest import TestCase
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.jmap.test_jmapc -*-
 """
 Acceptance of issue 16 with a third-party client: jmapc (PyPI), run in a
 thread against the whole server over HTTPS, trusting the test CA (no

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.jmap.test_push -*-
 """
 Push over EventSource: a real HTTPS stream announces an SMTP delivery
 within 2 seconds.

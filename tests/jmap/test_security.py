@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.jmap.test_security -*-
 """
 Security of the JMAP listener: HTTP Basic through the IMAP portal with
 IMAP's throttle, no access to another account's data by id, and the

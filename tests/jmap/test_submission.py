@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.jmap.test_submission -*-
 """
 Internal (encrypted at rest) mail read through JMAP, and sending with
 EmailSubmission/set through the intake: the recipient's copy is
