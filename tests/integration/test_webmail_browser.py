@@ -341,9 +341,10 @@ class WebmailBrowserTests(TestCase):
         spki = spkiHash(os.path.join(self.dataDir, "keys", "tls-cert.pem"))
         profile = os.path.join(self.base, "chromium-profile")
         os.makedirs(profile)
+        # Cleanups run last first: the browser quits, then its profile goes.
+        self.addCleanup(shutil.rmtree, profile, True)
         browser = Browser(self.chromium, self.chromedriver, profile, spki, self.ports["jmap"])
         self.addCleanup(deferToThread, browser.quit)
-        self.addCleanup(shutil.rmtree, profile, True)
         return browser
 
     async def test_readAndReply(self):
