@@ -139,6 +139,9 @@ class Browser:
             # sandbox; CI runs as root.  The page's iframe sandbox is the
             # renderer's and stays on.
             options.add_argument("--no-sandbox")
+        # Keep the page's console, where Content-Security-Policy violations
+        # are reported.
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         self.driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
         self.driver.set_page_load_timeout(STEP_SECONDS)
         self.base = f"https://{HOSTNAME}:{port}/"
@@ -209,6 +212,13 @@ class Browser:
             return [entry["message"] for entry in self.driver.get_log("browser")]
         except WebDriverException as e:
             return [f"(no log: {e.msg})"]
+
+    def policyViolations(self) -> list[str]:
+        """
+        @return: the Content-Security-Policy violations the page logged
+            (an inline script or style, a load from elsewhere).
+        """
+        return [line for line in self.console() if "Content Security Policy" in line]
 
     def logIn(self, user: str, password: str) -> None:
         """
@@ -385,6 +395,7 @@ class WebmailBrowserTests(TestCase):
         to, subject = await deferToThread(browser.reply, REPLY_LINE, attachment)
         self.assertEqual(to, "bob@example.test")
         self.assertEqual(subject, f"Re: {SUBJECT}")
+        self.assertEqual(await deferToThread(browser.policyViolations), [])
 
         [replyPath] = await waitFor(lambda: maildirFiles(self.dataDir, "bob@example.test"))
         with open(replyPath, "rb") as f:
@@ -409,6 +420,42 @@ class WebmailBrowserTests(TestCase):
         self.assertIn("S", original.rpartition(":2,")[2])
         self.assertEqual(self.folderFiles("alice@example.test", "Drafts"), [])
         self.assertEqual(len(self.folderFiles("alice@example.test", "Sent")), 1)
+
+    async def test_markUnreadAndTrash(self):
+        """
+        "Mark unread" takes the Maildir S flag off the message that opening
+        it set, "Mark read" puts it back, and "Move to Trash" moves the
+        file into the Trash folder and out of the list.
+        """
+        browser = await deferToThread(self.startBrowser)
+
+        def flags() -> str:
+            [path] = maildirFiles(self.dataDir, "alice@example.test")
+            return path.rpartition(":2,")[2]
+
+        def openAndToggle():
+            browser.logIn("alice@example.test", "pw-alice")
+            browser.openMessage(SUBJECT)
+            browser.wait(lambda d: browser.element("#toggle-seen").text == "Mark unread", "marked read")
+            afterOpen = flags()
+            browser.element("#toggle-seen").click()
+            browser.wait(lambda d: browser.element("#toggle-seen").text == "Mark read", "marked unread")
+            afterUnread = flags()
+            browser.element("#toggle-seen").click()
+            browser.wait(lambda d: browser.element("#toggle-seen").text == "Mark unread", "marked read again")
+            afterRead = flags()
+            browser.element("#trash").click()
+            browser.wait(lambda d: "Trash" in browser.status(), "the move to Trash")
+            rows = browser.driver.find_elements("css selector", ".message-row")
+            return afterOpen, afterUnread, afterRead, len(rows)
+
+        afterOpen, afterUnread, afterRead, rowsLeft = await deferToThread(openAndToggle)
+        self.assertIn("S", afterOpen)
+        self.assertNotIn("S", afterUnread)
+        self.assertIn("S", afterRead)
+        self.assertEqual(rowsLeft, 0)
+        self.assertEqual(maildirFiles(self.dataDir, "alice@example.test"), [])
+        self.assertEqual(len(self.folderFiles("alice@example.test", "Trash")), 1)
 
     async def test_htmlMailSandboxed(self):
         """

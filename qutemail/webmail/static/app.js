@@ -427,11 +427,11 @@
       update: { [state.email.id]: { mailboxIds: { [trash.id]: true } } },
     }, "s"]]);
     checkSet(results.s);
-    setStatus("Moved to " + trash.name + ".");
     state.email = null;
     await loadMailboxes();
     await loadMessages();
     show("list-view");
+    setStatus("Moved to " + trash.name + ".");
   }
 
   // ---- composing and sending ----
