@@ -15,6 +15,8 @@ import datetime
 import re
 from typing import Any
 
+from twisted.logger import Logger
+
 from qutemail.jmap.common import changes, getIds, getProperties, positiveInt
 from qutemail.jmap.dispatch import MAIL
 from qutemail.jmap import ids
@@ -23,6 +25,8 @@ from qutemail.jmap.parse import (
     DEFAULT_BODY_PROPERTIES, bodyValue, headerValue, parseHeaderProperty, partObject, preview,
 )
 from qutemail.jmap.state import EmailEntry
+
+_log = Logger()
 
 # Known without reading the message.
 META = ("id", "blobId", "threadId", "mailboxIds", "keywords", "size", "receivedAt")
@@ -64,9 +68,14 @@ def parseUtcDate(value: Any, name: str) -> float:
 
 def safeHtml(parsed: Any) -> str | None:
     """
-    @return: the HTML body, sanitised, or C{None} without one.
+    @return: the HTML body, sanitised, or C{None} without one (or without
+        the sanitiser, which comes with the webmail).
     """
-    from qutemail.jmap.sanitise import sanitiseHtml  # the webmail's module
+    try:
+        from qutemail.jmap.sanitise import sanitiseHtml  # the webmail's module
+    except ImportError:
+        _log.warn("qutemailSafeHtml asked for, but qutemail.jmap.sanitise is not installed")
+        return None
 
     parts = [p for p in parsed.htmlBody if p.type == "text/html"]
     if not parts:

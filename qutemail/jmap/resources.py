@@ -21,7 +21,7 @@ from qutemail.jmap.context import AccountContext
 from qutemail.jmap.dispatch import parseRequest
 from qutemail.jmap.errors import RequestError
 from qutemail.jmap.push import StateStream, parseTypes
-from qutemail.jmap.web import respond, respondProblem
+from qutemail.jmap.web import DOWNLOAD_CONTENT_SECURITY_POLICY, respond, respondProblem
 
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+")
 
@@ -156,6 +156,9 @@ class DownloadResource(Resource):
         if _MEDIA_TYPE.fullmatch(asked.split(";")[0].strip()):
             mediaType = asked.split(";")[0].strip()
         name = path[2] if len(path) > 2 and path[2] else "blob"
+        # A blob is never a page of ours: nothing in it may run or load,
+        # whatever type the client asked for.
+        request.setHeader(b"Content-Security-Policy", DOWNLOAD_CONTENT_SECURITY_POLICY)
         request.setHeader(b"Content-Disposition",
                           b"attachment; filename*=UTF-8''" + urllib.parse.quote(name, safe="").encode("ascii"))
         respond(request, 200, data, mediaType.encode("ascii"))

@@ -16,6 +16,7 @@ from qutemail.jmap.errors import problem
 CONTENT_SECURITY_POLICY = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                            b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
                            b"frame-ancestors 'none'")
+DOWNLOAD_CONTENT_SECURITY_POLICY = b"default-src 'none'; sandbox; frame-ancestors 'none'"
 _HOST = re.compile(rb"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 

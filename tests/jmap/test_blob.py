@@ -75,7 +75,36 @@ class BlobTests(JMAPServerMixin, TestCase):
         """
         status, blob = await self.upload(ATTACHMENT, mediaType="application/octet-stream")
         accountId = await self.accountId()
-        status, _, data = await self.request("GET", f"/download/{accountId}/{blob['blobId']}/x.bin")
+        status, headers, data = await self.request(
+            "GET", f"/download/{accountId}/{blob['blobId']}/x.bin?type=text/html")
+        self.assertEqual((status, data), (200, ATTACHMENT))
+        # Even as text/html, a blob can run nothing on our origin.
+        self.assertEqual(headers["content-type"], "text/html")
+        self.assertIn("sandbox", headers["content-security-policy"])
+        self.assertIn("default-src 'none'", headers["content-security-policy"])
+        self.assertEqual(headers["x-content-type-options"], "nosniff")
+        self.assertTrue(headers["content-disposition"].startswith("attachment;"))
+
+    async def test_draftWithAttachment(self):
+        """
+        A draft created with an uploaded blob as its attachment (as the
+        webmail composes) carries it, byte for byte.
+        """
+        status, blob = await self.upload(ATTACHMENT, mediaType="application/octet-stream")
+        boxes = await self.mailboxes()
+        created = await self.call("Email/set", {"create": {"d": {
+            "mailboxIds": {boxes["drafts"]: True}, "keywords": {"$draft": True},
+            "to": [{"email": "bob@example.test"}], "subject": "with a file",
+            "textBody": [{"partId": "t", "type": "text/plain"}], "bodyValues": {"t": {"value": "see file"}},
+            "attachments": [{"blobId": blob["blobId"], "type": "application/pdf", "name": "r\u00e9sum\u00e9.pdf"}]}}})
+        emailId = created["created"]["d"]["id"]
+        [email] = (await self.call("Email/get", {"ids": [emailId], "properties": ["attachments", "from"]}))["list"]
+        self.assertEqual(email["from"], [{"name": None, "email": "alice@example.test"}])
+        [attachment] = email["attachments"]
+        self.assertEqual((attachment["type"], attachment["name"], attachment["size"]),
+                         ("application/pdf", "r\u00e9sum\u00e9.pdf", len(ATTACHMENT)))
+        accountId = await self.accountId()
+        status, _, data = await self.request("GET", f"/download/{accountId}/{attachment['blobId']}/r.pdf")
         self.assertEqual((status, data), (200, ATTACHMENT))
 
     async def test_uploadLimit(self):
