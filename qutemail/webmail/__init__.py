@@ -1,0 +1,1 @@
+"""The webmail: a single page that reads and sends mail through JMAP."""
