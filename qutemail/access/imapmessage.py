@@ -20,7 +20,7 @@ L{MessageUnavailable}; one expunged by another session is L{MessageGone}.
 
 import io
 from collections import OrderedDict
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import attrs
 from twisted.logger import Logger
@@ -118,13 +118,17 @@ def _scanPlain(paths: list[str]) -> list[Entity | None]:
     return roots
 
 
-def _readPlain(paths: list[str], maxBytes: int) -> list[tuple[bytes, Entity] | None]:
+def readPlainFiles(paths: list[str], maxBytes: int, parse: Callable[[bytes], Any] | None = None) -> list:
     """
-    The whole content and structure of each plain stored message, while
-    their sizes add up to at most C{maxBytes}; C{None} for one that is
-    encrypted, gone, unreadable or past the budget.  Blocking.
+    The whole content of each plain stored message, and what C{parse}
+    makes of it (by default its structure, L{scanMessage}), while their
+    sizes add up to at most C{maxBytes}; C{None} for one that is
+    encrypted, gone, unreadable or past the budget (the caller reads those
+    one by one).  One worker-thread call for many messages.  Blocking.
+
+    @return: C{(data, parsed)} or C{None} for each of C{paths}.
     """
-    found: list[tuple[bytes, Entity] | None] = []
+    found: list[tuple[bytes, Any] | None] = []
     for path in paths:
         try:
             f, envelope, _, size = openStored(path)
@@ -135,9 +139,9 @@ def _readPlain(paths: list[str], maxBytes: int) -> list[tuple[bytes, Entity] | N
             if envelope is not None or size > maxBytes:
                 found.append(None)
                 continue
-            data = f.read()
+            data = f.read(size + 1)
         maxBytes -= len(data)
-        found.append((data, scanMessage(io.BytesIO(data))))
+        found.append((data, scanMessage(io.BytesIO(data)) if parse is None else parse(data)))
     return found
 
 
@@ -259,7 +263,7 @@ class MessageCache:
         missing = [(baseName, path) for baseName, path in entries if (folderPath, baseName) not in self._files]
         if not missing:
             return
-        found = await self.runner.run(_readPlain, [path for _, path in missing], PREFETCH_BYTES)
+        found = await self.runner.run(readPlainFiles, [path for _, path in missing], PREFETCH_BYTES)
         for (baseName, _), read in zip(missing, found):
             if read is not None:
                 self._prefetched[(folderPath, baseName)] = (io.BytesIO(read[0]), read[1])

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import attrs
 from twisted.logger import Logger
 
+from qutemail.access.imapmessage import readPlainFiles
 from qutemail.access.imapstore import locate
 from qutemail.access.maildrop import notice
 from qutemail.address import domainOf
@@ -98,29 +99,6 @@ def _keyIdOf(path: str) -> str | None:
     f.close()
     return envelope.keyId if envelope is not None else None
 
-
-def _readPlain(paths: list[str], maxBytes: int) -> list[tuple[bytes, ParsedEmail] | None]:
-    """
-    Read and break down, in one worker-thread call, the plain (not
-    encrypted) messages among C{paths} while their sizes add up to at
-    most C{maxBytes}; C{None} for the others (encrypted, gone,
-    unreadable, past the budget), which are read one by one.  Blocking.
-    """
-    found: list[tuple[bytes, ParsedEmail] | None] = []
-    for path in paths:
-        try:
-            f, envelope, _, size = openStored(path)
-        except (OSError, MessageUnreadable):
-            found.append(None)
-            continue
-        with f:
-            if envelope is not None or size > maxBytes:
-                found.append(None)
-                continue
-            data = f.read(size + 1)
-        maxBytes -= len(data)
-        found.append((data, breakDown(data)))
-    return found
 
 
 @attrs.define(eq=False)
@@ -282,7 +260,7 @@ class AccountContext:
         missing = [e for e in entries if e.id not in self._read]
         if not missing:
             return
-        found = await self.runner.run(_readPlain, [e.path for e in missing], PREFETCH_BYTES)
+        found = await self.runner.run(readPlainFiles, [e.path for e in missing], PREFETCH_BYTES, breakDown)
         for entry, read in zip(missing, found):
             if read is not None:
                 self._read[entry.id] = (read[1], None, read[0])

@@ -48,11 +48,12 @@ def problem(status: int, title: str, detail: str) -> bytes:
     return json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
 
 
-class MethodError(Exception):
+class _ErrorObject(Exception):
     """
-    One method call fails (RFC 8620 §3.6.2).
+    An error that JMAP answers with an object: its type, an optional
+    description and any more members.
 
-    @ivar type: the error type (C{unknownMethod}, C{invalidArguments} ...).
+    @ivar type: the error type.
     @ivar description: for the developer, or C{None}.
     @ivar extra: more members of the error object.
     """
@@ -73,29 +74,19 @@ class MethodError(Exception):
         return body
 
 
-class SetError(Exception):
+class MethodError(_ErrorObject):
+    """
+    One method call fails (RFC 8620 §3.6.2): C{unknownMethod},
+    C{invalidArguments} ...
+    """
+
+
+class SetError(_ErrorObject):
     """
     One object of a /set or /import cannot be created, updated or destroyed
-    (RFC 8620 §5.3, RFC 8621 §4.6, §4.8, §7.5).
-
-    @ivar type: C{notFound}, C{invalidProperties}, C{overQuota},
-        C{forbiddenFrom} ...
+    (RFC 8620 §5.3, RFC 8621 §4.6, §4.8, §7.5): C{notFound},
+    C{invalidProperties}, C{overQuota}, C{forbiddenFrom} ...
     """
-
-    def __init__(self, type: str, description: str | None = None, **extra: object) -> None:
-        super().__init__(description or type)
-        self.type = type
-        self.description = description
-        self.extra = extra
-
-    def asJSON(self) -> dict:
-        """
-        @return: the SetError object.
-        """
-        body: dict = {"type": self.type, **self.extra}
-        if self.description:
-            body["description"] = self.description
-        return body
 
 
 def invalidArguments(description: str) -> MethodError:

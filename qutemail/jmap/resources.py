@@ -26,9 +26,10 @@ from qutemail.jmap.web import DOWNLOAD_CONTENT_SECURITY_POLICY, respond, respond
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+")
 
 
-class SessionResource(Resource):
+class _JMAPResource(Resource):
     """
-    C{/.well-known/jmap}.
+    A resource of the JMAP listener: a leaf, serving through the
+    L{qutemail.jmap.http.JMAPService}.
     """
 
     isLeaf = True
@@ -39,6 +40,12 @@ class SessionResource(Resource):
         """
         super().__init__()
         self.jmap = jmap
+
+
+class SessionResource(_JMAPResource):
+    """
+    C{/.well-known/jmap}.
+    """
 
     def render_GET(self, request: Request) -> int:
         """
@@ -53,19 +60,10 @@ class SessionResource(Resource):
         return self.jmap.serve(request, handle)
 
 
-class APIResource(Resource):
+class APIResource(_JMAPResource):
     """
     C{/api/}: JSON POSTs of JMAP requests.
     """
-
-    isLeaf = True
-
-    def __init__(self, jmap: Any) -> None:
-        """
-        @param jmap: the L{qutemail.jmap.http.JMAPService}.
-        """
-        super().__init__()
-        self.jmap = jmap
 
     def render_POST(self, request: Request) -> int:
         """
@@ -92,19 +90,10 @@ class APIResource(Resource):
         respond(request, 200, json.dumps(response).encode())
 
 
-class UploadResource(Resource):
+class UploadResource(_JMAPResource):
     """
     C{/upload/{accountId}/}.
     """
-
-    isLeaf = True
-
-    def __init__(self, jmap: Any) -> None:
-        """
-        @param jmap: the L{qutemail.jmap.http.JMAPService}.
-        """
-        super().__init__()
-        self.jmap = jmap
 
     def render_POST(self, request: Request) -> int:
         """
@@ -135,19 +124,10 @@ class UploadResource(Resource):
                                           "size": size}).encode())
 
 
-class DownloadResource(Resource):
+class DownloadResource(_JMAPResource):
     """
     C{/download/{accountId}/{blobId}/{name}?type=}.
     """
-
-    isLeaf = True
-
-    def __init__(self, jmap: Any) -> None:
-        """
-        @param jmap: the L{qutemail.jmap.http.JMAPService}.
-        """
-        super().__init__()
-        self.jmap = jmap
 
     def render_GET(self, request: Request) -> int:
         """
@@ -180,19 +160,10 @@ class DownloadResource(Resource):
         respond(request, 200, data, mediaType.encode("ascii"))
 
 
-class EventSourceResource(Resource):
+class EventSourceResource(_JMAPResource):
     """
     C{/eventsource/?types=&closeafter=&ping=}.
     """
-
-    isLeaf = True
-
-    def __init__(self, jmap: Any) -> None:
-        """
-        @param jmap: the L{qutemail.jmap.http.JMAPService}.
-        """
-        super().__init__()
-        self.jmap = jmap
 
     def render_GET(self, request: Request) -> int:
         """

@@ -32,7 +32,7 @@ class SecurityTests(JMAPServerMixin, TestCase):
     async def test_headersEverywhere(self):
         """
         Every response has the headers: the session, the API, a 401, a
-        404, an error problem, a download.
+        404, an error problem, the webmail's page at /, a download.
         """
         accountId = await self.accountId()
         body = json.dumps({"using": USING, "methodCalls": []}).encode()
@@ -43,7 +43,7 @@ class SecurityTests(JMAPServerMixin, TestCase):
                 ("POST", "/api/", {"body": body, "headers": {"Content-Type": "application/json"}}, 200),
                 ("POST", "/api/", {"body": body, "headers": {"Content-Type": "text/plain"}}, 400),
                 ("GET", "/nothing-here", {}, 404),
-                ("GET", "/", {}, 404),
+                ("GET", "/", {"user": None}, 200),
                 ("GET", f"/download/{accountId}/bnope/x", {}, 404)):
             got, headers, _ = await self.request(method, path, **kwargs)
             self.assertEqual(got, status, path)
