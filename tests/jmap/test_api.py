@@ -281,6 +281,36 @@ class EmailTests(JMAPServerMixin, TestCase):
         self.assertEqual(gone["notDestroyed"]["enothere"]["type"], "notFound")
         self.assertEqual((await self.call("Email/query", {}))["ids"], [])
 
+    async def test_htmlBodyValues(self):
+        """
+        Of a multipart/alternative email, C{fetchHTMLBodyValues} gives the
+        HTML part's value only, C{fetchTextBodyValues} the plain part's
+        only, and C{fetchAllBodyValues} both; C{maxBodyValueBytes} cuts a
+        value and says so.
+        """
+        await self.deliver(b"From: carol@outside.test\r\nTo: alice@example.test\r\nSubject: both\r\n"
+                           b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b1\r\n\r\n"
+                           b"--b1\r\nContent-Type: text/plain\r\n\r\nplain words\r\n"
+                           b"--b1\r\nContent-Type: text/html\r\n\r\n<p>html words</p>\r\n--b1--\r\n")
+        await self.waitForMessages(1)
+        [emailId] = (await self.call("Email/query", {}))["ids"]
+
+        async def values(**fetch) -> dict:
+            email = (await self.call("Email/get", {"ids": [emailId], "properties": ["htmlBody", "textBody",
+                                                                                    "bodyValues"], **fetch}))
+            email = email["list"][0]
+            parts = {part["partId"]: part["type"] for part in email["htmlBody"] + email["textBody"]}
+            return {parts[partId]: value for partId, value in email["bodyValues"].items()}
+
+        html = await values(fetchHTMLBodyValues=True)
+        self.assertEqual(list(html), ["text/html"])
+        self.assertIn("<p>html words</p>", html["text/html"]["value"])
+        self.assertEqual(list(await values(fetchTextBodyValues=True)), ["text/plain"])
+        self.assertEqual(set(await values(fetchAllBodyValues=True)), {"text/plain", "text/html"})
+        cut = (await values(fetchHTMLBodyValues=True, maxBodyValueBytes=4))["text/html"]
+        self.assertEqual(cut["value"], "<p>h")
+        self.assertTrue(cut["isTruncated"])
+
     async def test_createDraft(self):
         """
         Email/set creates a draft in Drafts with C{$draft}; its body reads
