@@ -82,6 +82,16 @@ start_qutemail() {
         i=$((i + 1)); [ $i -lt 200 ] || { echo "qutemail did not start" >&2; exit 1; }
         sleep 0.1
     done
+    # Measure the running server, not its start (the reference Postfix is
+    # started before its runs too): wait until every SMTP process listens.
+    # The MTA port answers as soon as the main process listens; worker
+    # processes join it about a second later, and a row of 500 messages
+    # lasts less than that.
+    i=0
+    until [ "$(grep -c "starting on $PORT\$" "$dir/twistd.log")" -ge "$WORKERS" ]; do
+        i=$((i + 1)); [ $i -lt 300 ] || { echo "not every SMTP worker listens" >&2; exit 1; }
+        sleep 0.1
+    done
 }
 
 stop_qutemail() {
