@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.webmail.test_resource -*-
 """
-The webmail's three static files, served by the JMAP listener at C{/}.
+The webmail's four static files, served by the JMAP listener at C{/}.
 
 The page is plain HTML, CSS and JavaScript: no build step, nothing fetched
 from elsewhere.  It talks to the JMAP API with the user's credentials in an
@@ -24,6 +24,7 @@ from twisted.web.server import Request
 FILES = {
     b"": ("index.html", b"text/html; charset=utf-8"),
     b"app.js": ("app.js", b"text/javascript; charset=utf-8"),
+    b"push.js": ("push.js", b"text/javascript; charset=utf-8"),
     b"app.css": ("app.css", b"text/css; charset=utf-8"),
 }
 
@@ -59,7 +60,7 @@ def _setSecurityHeaders(request: Request) -> None:
 @attrs.define(eq=False)
 class StaticFile(Resource):
     """
-    One file of the page, held in memory (the three are a few kilobytes).
+    One file of the page, held in memory (the four are a few kilobytes).
 
     @ivar body: the file's bytes.
     @ivar contentType: its C{Content-Type}.
@@ -114,7 +115,7 @@ class NotFound(Resource):
 class WebmailResource(Resource):
     """
     The page at C{/}: C{/} (or the resource's own path) is C{index.html},
-    C{/app.js} and C{/app.css} the script and style, and every other path
+    C{/app.js} and C{/push.js} the scripts, C{/app.css} the style, and every other path
     a 404, whatever C{..} or further segments it has.
 
     @ivar files: name in the URL -> its L{StaticFile}.

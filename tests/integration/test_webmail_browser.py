@@ -457,6 +457,33 @@ class WebmailBrowserTests(TestCase):
         self.assertEqual(maildirFiles(self.dataDir, "alice@example.test"), [])
         self.assertEqual(len(self.folderFiles("alice@example.test", "Trash")), 1)
 
+    async def test_newMailShownLive(self):
+        """
+        Mail that arrives while the list is open appears in it, with the
+        inbox's unread count, without pressing Refresh: the page reads the
+        server's push stream (push.js) with its Authorization header.
+        """
+        browser = await deferToThread(self.startBrowser)
+
+        def logIn():
+            browser.logIn("alice@example.test", "pw-alice")
+            browser.wait(lambda d: len(d.find_elements("css selector", ".message-row")) == 1, "the first row")
+            return browser.element(".mailbox[data-role=inbox] .unread-count").text
+
+        self.assertEqual(await deferToThread(logIn), "1")
+        await deferToThread(self.submitOriginal, ORIGINAL.replace(SUBJECT.encode(), b"Arrived live"))
+
+        def seeIt():
+            row = browser.wait(lambda d: next((r for r in d.find_elements("css selector", ".message-row")
+                                               if "Arrived live" in r.text), False), "the new mail's row")
+            return row.text, browser.element(".mailbox[data-role=inbox] .unread-count").text, \
+                browser.policyViolations()
+
+        rowText, unread, violations = await deferToThread(seeIt)
+        self.assertIn("Arrived live", rowText)
+        self.assertEqual(unread, "2")
+        self.assertEqual(violations, [])
+
     async def test_htmlMailSandboxed(self):
         """
         An HTML message is shown sanitised in an iframe with an empty

@@ -1,5 +1,5 @@
 """
-Tests for L{qutemail.webmail.resource}: the page's three files, with the
+Tests for L{qutemail.webmail.resource}: the page's four files, with the
 security headers, over a real loopback socket, and nothing else.
 """
 
@@ -89,15 +89,17 @@ class WebmailResourceTests(TestCase):
         self.assertSecurityHeaders(headers)
         self.assertEqual(body, staticBytes("index.html"))
 
-    async def test_script(self):
+    async def test_scripts(self):
         """
-        C{/app.js} is the script, as JavaScript, with the security headers.
+        C{/app.js} and C{/push.js} are the scripts, as JavaScript, with the
+        security headers.
         """
-        status, headers, body = await self.request("GET", "/app.js")
-        self.assertEqual(status, 200)
-        self.assertEqual(headers["content-type"], "text/javascript; charset=utf-8")
-        self.assertSecurityHeaders(headers)
-        self.assertEqual(body, staticBytes("app.js"))
+        for name in ("app.js", "push.js"):
+            status, headers, body = await self.request("GET", "/" + name)
+            self.assertEqual(status, 200, name)
+            self.assertEqual(headers["content-type"], "text/javascript; charset=utf-8")
+            self.assertSecurityHeaders(headers)
+            self.assertEqual(body, staticBytes(name))
 
     async def test_stylesheet(self):
         """
@@ -169,11 +171,12 @@ class StaticFilesTests(SynchronousTestCase):
         an empty C{data:} icon, so no favicon request).
         """
         html = staticBytes("index.html").decode("utf-8")
-        self.assertEqual(re.findall(r"<script\b[^>]*>", html), ['<script src="app.js" defer>'])
+        self.assertEqual(re.findall(r"<script\b[^>]*>", html),
+                         ['<script src="push.js" defer>', '<script src="app.js" defer>'])
         self.assertIn("</script>", html)
         self.assertNotRegex(html, r"<script[^>]*>[^<]")
         self.assertNotRegex(html, r"(?i)<style\b|\sstyle=|\son\w+=")
-        self.assertEqual(re.findall(r'(?:src|href)="([^"]*)"', html), ["data:,", "app.css", "app.js"])
+        self.assertEqual(re.findall(r'(?:src|href)="([^"]*)"', html), ["data:,", "app.css", "push.js", "app.js"])
 
     def test_scriptNeverWritesHtml(self):
         """
@@ -184,7 +187,8 @@ class StaticFilesTests(SynchronousTestCase):
         """
         # The code without its whole-line comments (which name what it
         # does not do).
-        js = "\n".join(line for line in staticBytes("app.js").decode("utf-8").splitlines()
+        js = "\n".join(line for name in ("app.js", "push.js")
+                       for line in staticBytes(name).decode("utf-8").splitlines()
                        if not line.lstrip().startswith("//"))
         for forbidden in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
                           "new Function", "localStorage", "sessionStorage", "document.cookie", "indexedDB"):
@@ -197,7 +201,7 @@ class StaticFilesTests(SynchronousTestCase):
         No static file names another origin (nothing is fetched at run
         time from anywhere but the server itself).
         """
-        for name in ("index.html", "app.js", "app.css"):
+        for name in ("index.html", "app.js", "push.js", "app.css"):
             self.assertNotRegex(staticBytes(name).decode("utf-8"), r"(?i)(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", name)
 
     def test_packageData(self):

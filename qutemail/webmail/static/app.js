@@ -38,7 +38,7 @@
   function emptyState() {
     return {
       auth: null, session: null, accountId: null, submissionAccountId: null, apiUrl: null, identity: null,
-      mailboxes: [], current: null, position: 0, total: 0, email: null, reply: null,
+      mailboxes: [], current: null, position: 0, total: 0, email: null, reply: null, stopPush: null,
     };
   }
 
@@ -183,6 +183,8 @@
       if (inbox) {
         await openMailbox(inbox.id);
       }
+      state.stopPush = window.QutEmailPush.watch(expand(session.eventSourceUrl,
+        { types: "Email,Mailbox", closeafter: "no", ping: "60" }), state.auth, () => reload().catch(reportError));
       setStatus("");
     } catch (error) {
       state = emptyState();
@@ -193,6 +195,7 @@
   }
 
   function logOut() {
+    state.stopPush?.();
     state = emptyState();
     $("mailbox-list").replaceChildren();
     $("message-rows").replaceChildren();
@@ -572,17 +575,18 @@
   on("login-form", "submit", logIn);
   on("logout", "click", logOut);
   on("compose", "click", startCompose);
-  on("refresh", "click", async () => {
+  // The Refresh button and each change the server pushes (push.js).
+  async function reload() {
     await loadMailboxes();
-    await loadMessages();
-    setStatus("");
-  });
+    if (!$("list-view").hidden) {
+      await loadMessages();
+    }
+  }
+
+  on("refresh", "click", () => reload().then(() => setStatus("")));
   on("page-newer", "click", () => page(-PAGE_SIZE));
   on("page-older", "click", () => page(PAGE_SIZE));
-  on("back", "click", async () => {
-    show("list-view");
-    await loadMessages();
-  });
+  on("back", "click", () => { show("list-view"); return reload(); });
   on("reply", "click", startReply);
   on("toggle-seen", "click", () => setSeen(!isSeen(state.email)));
   on("trash", "click", moveToTrash);
