@@ -234,6 +234,51 @@ async def _condition(context: Any, entry: EmailEntry, condition: dict) -> bool:
     return True
 
 
+_TEXT_KEYS = ("text", "from", "to", "cc", "bcc", "subject", "body")
+_KEYWORD_KEYS = ("hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword", "notKeyword",
+                 "noneInThreadHaveKeyword")
+# A FilterOperator nested deeper than this is refused (a client needs a few).
+MAX_FILTER_DEPTH = 16
+
+
+def checkFilter(filter_: Any, depth: int = 0) -> None:
+    """
+    Check a whole filter before any email is looked at, so that a bad one
+    is refused however many emails there are (none included).
+
+    @raise MethodError: C{invalidArguments} for a malformed operator or a
+        value of the wrong type, C{unsupportedFilter} for an unknown
+        condition.
+    """
+    if filter_ is None:
+        return
+    if not isinstance(filter_, dict):
+        raise invalidArguments("filter must be an object")
+    if depth > MAX_FILTER_DEPTH:
+        raise invalidArguments(f"filter operators nest at most {MAX_FILTER_DEPTH} deep")
+    if "operator" in filter_:
+        op, conditions = filter_.get("operator"), filter_.get("conditions")
+        if op not in ("AND", "OR", "NOT") or not isinstance(conditions, list):
+            raise invalidArguments("a FilterOperator has operator AND, OR or NOT and a list of conditions")
+        for condition in conditions:
+            checkFilter(condition, depth + 1)
+        return
+    for key, value in filter_.items():
+        if key in ("before", "after"):
+            parseUtcDate(value, key)
+        elif key in ("minSize", "maxSize"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise invalidArguments(f"{key} must be an UnsignedInt")
+        elif key == "inMailboxOtherThan":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise invalidArguments(f"{key} must be a list of ids")
+        elif key in ("inMailbox",) + _TEXT_KEYS + _KEYWORD_KEYS:
+            if not isinstance(value, str):
+                raise invalidArguments(f"{key} must be a string")
+        else:
+            raise MethodError("unsupportedFilter", f"cannot filter by {key}")
+
+
 async def matches(context: Any, entry: EmailEntry, filter_: Any) -> bool:
     """
     @return: whether an email passes a filter (conditions and operators).
@@ -270,6 +315,7 @@ async def emailQuery(context: Any, args: dict) -> dict:
     C{Email/query} (RFC 8621 §4.4): filtered, sorted by C{receivedAt}
     (or C{size}), paged by C{position} or C{anchor} and C{limit}.
     """
+    checkFilter(args.get("filter"))
     snapshot = await context.snapshot()
     if _needsReading(args.get("filter")):
         await context.prefetch(list(snapshot.emails))

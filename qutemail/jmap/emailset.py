@@ -237,12 +237,30 @@ def buildDraft(props: dict, uploads: dict, address: str, hostname: str, now: flo
     return message.as_bytes(policy=email.policy.default)
 
 
+# The JSON type of each property of an email to create, when given.
+_CREATE_TYPES = {"mailboxIds": dict, "keywords": dict, "attachments": list, "textBody": list, "htmlBody": list,
+                 "bodyValues": dict, "messageId": list, "inReplyTo": list, "references": list, "subject": str,
+                 "receivedAt": str}
+
+
+def _checkTypes(props: dict) -> None:
+    """
+    @raise SetError: C{invalidProperties}, naming each property of the
+        wrong type.
+    """
+    wrong = sorted(name for name, kind in _CREATE_TYPES.items()
+                   if props.get(name) is not None and not isinstance(props[name], kind))
+    if wrong:
+        raise SetError("invalidProperties", "wrong type: " + ", ".join(wrong), properties=wrong)
+
+
 async def _create(context: Any, props: dict) -> dict:
     """
     Create one email (a draft) in its mailbox.
 
     @return: its id, blobId, threadId and size.
     """
+    _checkTypes(props)
     snapshot = await context.snapshot()
     boxes = [context.resolveId(k) for k, v in (props.get("mailboxIds") or {}).items() if v is True]
     if len(boxes) != 1 or snapshot.mailbox(boxes[0]) is None:

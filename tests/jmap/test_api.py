@@ -311,6 +311,20 @@ class EmailTests(JMAPServerMixin, TestCase):
         self.assertEqual(cut["value"], "<p>h")
         self.assertTrue(cut["isTruncated"])
 
+    async def test_createWrongTypes(self):
+        """
+        An Email/set create whose properties have the wrong JSON types is
+        not created (C{invalidProperties}, naming them), not a server
+        failure.
+        """
+        created = await self.call("Email/set", {"create": {
+            "x": {"mailboxIds": "nope"},
+            "y": {"mailboxIds": {}, "subject": 5, "bodyValues": [], "textBody": {"partId": "t"}}}})
+        self.assertEqual(created["created"], {})
+        self.assertEqual(created["notCreated"]["x"]["type"], "invalidProperties")
+        self.assertEqual(created["notCreated"]["x"]["properties"], ["mailboxIds"])
+        self.assertEqual(created["notCreated"]["y"]["properties"], ["bodyValues", "subject", "textBody"])
+
     async def test_createDraft(self):
         """
         Email/set creates a draft in Drafts with C{$draft}; its body reads
@@ -362,6 +376,32 @@ class ErrorTests(JMAPServerMixin, TestCase):
         self.assertEqual(results["d"][1]["notFound"], ["e0000"])
         self.assertEqual(results["e"][1]["type"], "forbidden")
         self.assertEqual(results["f"][0], "Mailbox/get")
+
+    async def test_badFiltersRefused(self):
+        """
+        A malformed Email/query filter is refused even when the mailbox is
+        empty (nothing to match it against): an unknown operator, a date
+        that is none, a size that is no number, a text that is no string
+        and a filter nested too deep are C{invalidArguments}; an unknown
+        condition is C{unsupportedFilter}.
+        """
+        accountId = await self.accountId()
+        deep: dict = {"subject": "x"}
+        for _ in range(40):
+            deep = {"operator": "NOT", "conditions": [deep]}
+        filters = {
+            "a": {"operator": "XOR", "conditions": []},
+            "b": {"before": "garbage"},
+            "c": {"minSize": "big"},
+            "d": {"operator": "OR", "conditions": [{"subject": 5}]},
+            "e": deep,
+            "f": {"colour": "blue"},
+        }
+        response = await self.api([["Email/query", {"accountId": accountId, "filter": f}, callId]
+                                   for callId, f in filters.items()])
+        types = {r[2]: (r[0], r[1].get("type")) for r in response["methodResponses"]}
+        self.assertEqual(types, {**{callId: ("error", "invalidArguments") for callId in "abcde"},
+                                 "f": ("error", "unsupportedFilter")})
 
     async def test_requestTooLarge(self):
         """
