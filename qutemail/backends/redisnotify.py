@@ -41,6 +41,8 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     The node's subscriber connection: every mailbox notice, handed on.
     """
 
+    _log = Logger()
+
     def connectionMade(self) -> Deferred:
         """
         Once connected (after C{AUTH} and C{SELECT}), subscribe.
@@ -50,7 +52,16 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         def subscribe(_: Any) -> Any:
             return self.psubscribe(CHANNEL_PREFIX + "*")
 
-        return d.addCallback(subscribe) if isinstance(d, Deferred) else subscribe(None)
+        def lost(failure: Any) -> None:
+            # Nobody waits on connectionMade's result: a connection lost
+            # before the subscription was answered (a master dying, a
+            # failover) would otherwise be an unhandled error.  The factory
+            # connects again and subscribes anew.
+            self._log.info("mailbox notices: the subscriber connection was lost while subscribing ({reason})",
+                           reason=failure.getErrorMessage())
+
+        d = d.addCallback(subscribe) if isinstance(d, Deferred) else subscribe(None)
+        return d.addErrback(lost) if isinstance(d, Deferred) else d
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         """

@@ -4,6 +4,7 @@ blocking and reactor-side connections through real redis-sentinel
 processes watching a real master and replica on loopback.
 """
 
+import gc
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from txredisapi import ResponseError
+from txredisapi import ConnectionError as RedisConnectionError, ResponseError
 
 from qutemail.backends.redisblocking import RedisReadError, _command, _Replies, askRedis
 from qutemail.backends.redislimiter import REDIS_FAILURES, RedisURLError, checkURL, connect
@@ -484,6 +485,14 @@ class ReactorSentinelTests(TestCase):
             await deferLater(reactor, 0.2, lambda: None)
         self.assertEqual(ask(self.group.replica.port, "GET", "after"), b"1")
         self.assertEqual(askRedis(urlsplit(self.group.url()), 2.0, [b"GET", b"before"]), [b"1"])
+        # A command txredisapi itself had under way on a connection to the
+        # killed master (its own handshake's AUTH, SELECT or ROLE, whose
+        # Deferreds nobody is given) fails with "Lost connection"
+        # unobserved; under load that happened once in a whole-suite run.
+        # The failover is what this test checks, and it happened.  (Collect
+        # first: an unhandled Deferred is reported when it is collected.)
+        gc.collect()
+        self.flushLoggedErrors(RedisConnectionError)
 
 
 class SentinelKeyVaultTests(KeyVaultContractMixin, TestCase):
