@@ -195,9 +195,17 @@ async def _textMatch(context: Any, entry: EmailEntry, key: str, value: str) -> b
     return False
 
 
+_TEXT_KEYS = ("text", "from", "to", "cc", "bcc", "subject", "body")
+_KEYWORD_KEYS = ("hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword", "notKeyword",
+                 "noneInThreadHaveKeyword")
+# A FilterOperator nested deeper than this is refused (a client needs a few).
+MAX_FILTER_DEPTH = 16
+
+
 async def _condition(context: Any, entry: EmailEntry, condition: dict) -> bool:
     """
-    @return: whether an email matches a FilterCondition (RFC 8621 §4.4.1).
+    @return: whether an email matches a FilterCondition (RFC 8621 §4.4.1)
+        that L{checkFilter} has passed.
     """
     for key, value in condition.items():
         if key == "inMailbox":
@@ -224,21 +232,10 @@ async def _condition(context: Any, entry: EmailEntry, condition: dict) -> bool:
         elif key in ("notKeyword", "noneInThreadHaveKeyword"):
             if str(value).lower() in entry.keywords:
                 return False
-        elif key in ("text", "from", "to", "cc", "bcc", "subject", "body"):
-            if not isinstance(value, str):
-                raise invalidArguments(f"{key} must be a string")
+        elif key in _TEXT_KEYS:
             if not await _textMatch(context, entry, key, value):
                 return False
-        else:
-            raise MethodError("unsupportedFilter", f"cannot filter by {key}")
     return True
-
-
-_TEXT_KEYS = ("text", "from", "to", "cc", "bcc", "subject", "body")
-_KEYWORD_KEYS = ("hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword", "notKeyword",
-                 "noneInThreadHaveKeyword")
-# A FilterOperator nested deeper than this is refused (a client needs a few).
-MAX_FILTER_DEPTH = 16
 
 
 def checkFilter(filter_: Any, depth: int = 0) -> None:
@@ -281,16 +278,13 @@ def checkFilter(filter_: Any, depth: int = 0) -> None:
 
 async def matches(context: Any, entry: EmailEntry, filter_: Any) -> bool:
     """
-    @return: whether an email passes a filter (conditions and operators).
+    @param filter_: a filter L{checkFilter} has passed.
+    @return: whether an email passes it (conditions and operators).
     """
     if filter_ is None:
         return True
-    if not isinstance(filter_, dict):
-        raise invalidArguments("filter must be an object")
     if "operator" in filter_:
-        op, conditions = filter_.get("operator"), filter_.get("conditions")
-        if op not in ("AND", "OR", "NOT") or not isinstance(conditions, list):
-            raise invalidArguments("a FilterOperator has operator AND, OR or NOT and a list of conditions")
+        op, conditions = filter_["operator"], filter_["conditions"]
         results = [await matches(context, entry, c) for c in conditions]
         return all(results) if op == "AND" else any(results) if op == "OR" else not any(results)
     return await _condition(context, entry, filter_)
@@ -303,7 +297,7 @@ def _needsReading(filter_: Any) -> bool:
     if isinstance(filter_, dict):
         if "operator" in filter_:
             return any(_needsReading(c) for c in filter_.get("conditions") or [])
-        return any(k in filter_ for k in ("text", "from", "to", "cc", "bcc", "subject", "body"))
+        return any(k in filter_ for k in _TEXT_KEYS)
     return False
 
 

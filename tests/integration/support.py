@@ -14,7 +14,11 @@ from typing import Any
 
 import attrs
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+
+from qutemail.assembly import buildBackends
+from qutemail.blocking import InlineRunner, wait
+from qutemail.config import loadConfig
 
 # Socket timeout for every client (STYLE: 10 s or less).
 CLIENT_TIMEOUT = 10
@@ -74,6 +78,18 @@ def writeConfig(path: str, dataDir: str, mtaPort: int = 0, maxMessageSize: str =
     with open(path, "w") as f:
         f.write(text + extra)
     return path
+
+
+def addTestUsers(configPath: str, names: tuple[str, ...] = ("alice", "bob")) -> None:
+    """
+    Create C{name@example.test} with password C{pw-name} for each name, in
+    the user directory the configuration names (a file, or Redis), as the
+    command line reaches it, with a cheap password hash.
+    """
+    users = buildBackends(loadConfig(configPath, environ={}), InlineRunner(), Clock()).users
+    users.workFactor = 4
+    for name in names:
+        wait(users.addUser(f"{name}@example.test", b"pw-" + name.encode()))
 
 
 def relaySection(dns, remote, extra: str = "") -> str:

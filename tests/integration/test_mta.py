@@ -11,18 +11,16 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from qutemail.assembly import buildBackends
-from qutemail.blocking import InlineRunner, wait
 from qutemail.config import loadConfig
 from qutemail.service import buildService
 from tests.dnsserver import startDNSServer
 from tests.integration.support import (
     CLIENT_TIMEOUT,
     REMOTE_ZONE,
+    addTestUsers,
     insecureContext,
     maildirFiles,
     relaySection,
@@ -55,12 +53,7 @@ class RunningServerMixin:
         self.configPath = writeConfig(os.path.join(base, "qutemail.ini"), self.dataDir,
                                       maxMessageSize=self.maxMessageSize, extra=extra)
         os.makedirs(self.dataDir, exist_ok=True)
-        # The directory the configuration names (a file, or Redis), as the
-        # command line reaches it.
-        users = buildBackends(loadConfig(self.configPath, environ={}), InlineRunner(), Clock()).users
-        users.workFactor = 4
-        for name in ("alice", "bob"):
-            wait(users.addUser(f"{name}@example.test", b"pw-" + name.encode()))
+        addTestUsers(self.configPath)
         await self.startServer()
 
     async def startServer(self) -> None:

@@ -30,19 +30,17 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from qutemail.assembly import buildBackends
-from qutemail.blocking import InlineRunner, wait
 from qutemail.config import loadConfig
 from qutemail.service import buildService
 from tests.integration.support import (
     CLIENT_TIMEOUT,
+    addTestUsers,
     insecureContext,
     maildirFiles,
     readAsOwner,
@@ -311,10 +309,7 @@ class WebmailBrowserTests(TestCase):
         # Every listener, JMAP's too, is on port 0 through buildService's
         # listen argument; the file's ports stay off.
         self.configPath = writeConfig(os.path.join(self.base, "qutemail.ini"), self.dataDir)
-        users = buildBackends(loadConfig(self.configPath, environ={}), InlineRunner(), Clock()).users
-        users.workFactor = 4
-        for name in ("alice", "bob"):
-            wait(users.addUser(f"{name}@example.test", b"pw-" + name.encode()))
+        addTestUsers(self.configPath)
         config = loadConfig(self.configPath, environ={})
         root = buildService(config, reactor, listen={name: "tcp:0:interface=127.0.0.1" for name in LISTENERS})
         root.startService()

@@ -21,15 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
-from qutemail.assembly import buildBackends
-from qutemail.blocking import InlineRunner, wait
 from qutemail.config import loadConfig
 from qutemail.jmap.dispatch import CORE, MAIL, SUBMISSION
 from qutemail.service import buildService
-from tests.integration.support import CLIENT_TIMEOUT, maildirFiles, waitFor, writeConfig
+from tests.integration.support import CLIENT_TIMEOUT, addTestUsers, maildirFiles, waitFor, writeConfig
 
 USING = [CORE, MAIL, SUBMISSION]
 LISTENERS = ("jmap", "mta", "submission", "imaps")
@@ -101,10 +98,7 @@ class JMAPServerMixin:
         extra = f"\n[tls]\ncert = {cert}\nkey = {key}\n[inbound]\nchecks = no\n" + self.configExtra
         self.configPath = writeConfig(os.path.join(base, "qutemail.ini"), self.dataDir,
                                       maxMessageSize=self.maxMessageSize, extra=extra)
-        users = buildBackends(loadConfig(self.configPath, environ={}), InlineRunner(), Clock()).users
-        users.workFactor = 4
-        for name in ("alice", "bob"):
-            wait(users.addUser(f"{name}@example.test", b"pw-" + name.encode()))
+        addTestUsers(self.configPath)
         await self.startServer()
 
     async def startServer(self) -> None:
