@@ -107,8 +107,9 @@ def syncFolder(folderPath: str, now: float, claim: bool) -> tuple[FolderState, f
     state = sync(folderPath, now)
     recent = set()
     messages = []
+    inNew = os.path.join(folderPath, "new", "")
     for message in state.messages:
-        if os.path.basename(os.path.dirname(message.path)) == "new":
+        if message.path.startswith(inNew):
             recent.add(message.baseName)
             if claim:
                 try:
@@ -116,7 +117,9 @@ def syncFolder(folderPath: str, now: float, claim: bool) -> tuple[FolderState, f
                 except FileNotFoundError:
                     message = attrs.evolve(message, path=locate(folderPath, message.baseName) or message.path)
         messages.append(message)
-    return attrs.evolve(state, messages=tuple(messages)), frozenset(recent)
+    if claim and recent:
+        state = attrs.evolve(state, messages=tuple(messages))
+    return state, frozenset(recent)
 
 
 def storeFlags(folderPath: str, baseName: str, path: str, flags: frozenset[str]) -> str:

@@ -38,8 +38,10 @@ import attrs
 from twisted.logger import Logger
 
 from qutemail.access.keywords import EMPTY, KeywordMap, ensureKeywords, readKeywords
+from qutemail.access.listingcache import ListingCache, folderStamps
 from qutemail.store.dirlock import DirectoryLock
 from qutemail.durable import replaceFile
+from qutemail.store.folders import KEYWORDS_FILE
 from qutemail.store.mailbox import messageEntries
 from qutemail.store.reader import storedId
 
@@ -61,6 +63,10 @@ LETTER_TO_FLAG = {
 }
 FLAG_TO_LETTER = {flag.lower(): letter for letter, flag in LETTER_TO_FLAG.items()}
 INFO_PREFIX = ":2,"
+# The files a folder's state is read from (see L{listingcache}).
+_STATE_FILES = ("new", "cur", UIDLIST_FILE, KEYWORDS_FILE)
+# Every process's memory of its folders' last states.
+LISTINGS = ListingCache()
 
 
 class CorruptUidList(Exception):
@@ -303,7 +309,7 @@ def _newValidity(now: float, previous: int | None) -> int:
     return min(uidValidity, MAX_UID)
 
 
-def sync(folderPath: str, now: float) -> FolderState:
+def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> FolderState:
     """
     Bring a folder's C{uidlist} up to date and return its messages with
     their UIDs.  Blocking.
@@ -311,6 +317,8 @@ def sync(folderPath: str, now: float) -> FolderState:
     @param folderPath: the folder's directory (with C{cur/ new/ tmp/}).
     @param now: the current time in seconds (C{clock.seconds()}), used for
         a new UIDVALIDITY.
+    @param listings: where the folder's last state is remembered, reused
+        while none of its files has changed (see L{listingcache}).
     @return: the folder's state.
     @raise FileNotFoundError: the folder does not exist.
     @raise OverflowError: the folder ran out of UIDs (more than 2**32 - 1
@@ -318,6 +326,10 @@ def sync(folderPath: str, now: float) -> FolderState:
     """
     listPath = os.path.join(folderPath, UIDLIST_FILE)
     with DirectoryLock(folderPath):
+        stamps = folderStamps(folderPath, _STATE_FILES)
+        remembered = listings.get(folderPath, stamps)
+        if remembered is not None:
+            return remembered
         uidValidity, uidNext, entries, changed = _readUidList(listPath, now)
         files = _scan(folderPath)
         kept = [(uid, name) for uid, name in entries if name in files]
@@ -331,11 +343,28 @@ def sync(folderPath: str, now: float) -> FolderState:
             uidNext += 1
         if changed or arrived:
             replaceFile(listPath, formatUidList(uidValidity, uidNext, kept))
-    # After the scan: a keyword letter on a file was given before it was set.
-    keywords = readKeywords(folderPath)
-    messages = tuple(
-        FolderMessage(uid, name, files[name][0],
-                      flagsOfLetters(infoLetters(os.path.basename(files[name][0])), keywords), files[name][1])
-        for uid, name in kept
-    )
-    return FolderState(uidValidity, uidNext, messages, keywords)
+            stamps = stamps[:2] + folderStamps(folderPath, (UIDLIST_FILE,)) + stamps[3:]
+        # After the scan: a keyword letter on a file was given before it
+        # was set.
+        keywords = readKeywords(folderPath)
+        state = FolderState(uidValidity, uidNext, _messages(kept, files, keywords), keywords)
+        listings.put(folderPath, stamps, state, len(kept), now)
+    return state
+
+
+def _messages(kept: list[tuple[int, str]], files: dict[str, tuple[str, float]],
+              keywords: KeywordMap) -> tuple[FolderMessage, ...]:
+    """
+    @return: the messages of a folder's C{uidlist} entries, with the paths
+        and modification times L{_scan} found and the flags of their names.
+    """
+    flagsOf: dict[str, frozenset[str]] = {}
+    messages = []
+    for uid, name in kept:
+        path, mtime = files[name]
+        letters = infoLetters(path[path.rfind("/") + 1:])
+        flags = flagsOf.get(letters)
+        if flags is None:
+            flags = flagsOf[letters] = flagsOfLetters(letters, keywords)
+        messages.append(FolderMessage(uid, name, path, flags, mtime))
+    return tuple(messages)

@@ -1,0 +1,118 @@
+# -*- test-case-name: tests.access.test_listingcache -*-
+"""
+A process-wide memory of folders' last L{qutemail.access.uids.sync}, so
+that opening an unchanged folder does not list and C{stat} every message
+file and parse its C{uidlist} again (issue 14: on a 10,000-message INBOX
+that was most of a SELECT).  Dovecot spares itself the same work by
+keeping C{new/} and C{cur/}'s modification times in its index.
+
+A folder's state is reused only while the C{stat} of each file it was
+read from (C{new/}, C{cur/}, C{uidlist}, C{dovecot-keywords}: inode,
+modification time in nanoseconds, size) is the same as when it was read.
+Every delivery, expunge, move or flag change renames or creates a file in
+C{new/} or C{cur/}, which updates that directory's modification time.  A
+file system's clock ticks coarsely, though (a few milliseconds), so a
+change within the same tick as the look would leave the times equal: a
+state is only remembered when every one of those times is at least
+L{SETTLED_SECONDS} older than the look, the rule Dovecot follows for the
+same reason.  A folder that keeps changing is simply read each time, as
+before.
+
+Everything here is called from worker threads; one lock guards the table.
+"""
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+# How old a folder's newest change must be before its state is remembered.
+SETTLED_SECONDS = 2.0
+# How many messages' states are kept in all (each costs a few hundred
+# bytes); the least recently used folders go first.
+MAX_MESSAGES = 200_000
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """
+    @return: a file's inode, modification time (ns) and size, or C{None}
+        when it does not exist.  Blocking.
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (status.st_ino, status.st_mtime_ns, status.st_size)
+
+
+def folderStamps(folderPath: str, names: tuple[str, ...]) -> tuple:
+    """
+    @return: the stamps of C{names} in a folder's directory.  Blocking.
+    """
+    return tuple(_stamp(os.path.join(folderPath, name)) for name in names)
+
+
+def settled(stamps: tuple, now: float) -> bool:
+    """
+    @return: whether every stamped file last changed at least
+        L{SETTLED_SECONDS} before C{now}.
+    """
+    limit = int((now - SETTLED_SECONDS) * 1_000_000_000)
+    return all(stamp is None or stamp[1] < limit for stamp in stamps)
+
+
+class ListingCache:
+    """
+    The last state read of each folder, by folder path, with the stamps
+    it was read under.
+    """
+
+    def __init__(self, maxMessages: int = MAX_MESSAGES) -> None:
+        """
+        @param maxMessages: how many messages' states to keep in all.
+        """
+        self.maxMessages = maxMessages
+        self._lock = threading.Lock()
+        self._states: OrderedDict[str, tuple[tuple, Any, int]] = OrderedDict()
+        self._held = 0
+
+    def get(self, folderPath: str, stamps: tuple) -> Any:
+        """
+        @return: the state remembered for a folder if it was read under
+            the same C{stamps}, else C{None}.
+        """
+        with self._lock:
+            hit = self._states.get(folderPath)
+            if hit is None or hit[0] != stamps:
+                return None
+            self._states.move_to_end(folderPath)
+            return hit[1]
+
+    def put(self, folderPath: str, stamps: tuple, state: Any, size: int, now: float) -> None:
+        """
+        Remember a folder's state, if its files have settled (see
+        L{settled}); otherwise forget any older one.
+
+        @param stamps: the stamps taken before the state was read.
+        @param size: its number of messages (what the bound counts).
+        @param now: the time of the look, in seconds.
+        """
+        with self._lock:
+            old = self._states.pop(folderPath, None)
+            if old is not None:
+                self._held -= old[2]
+            if not settled(stamps, now) or size > self.maxMessages:
+                return
+            self._states[folderPath] = (stamps, state, size)
+            self._held += size
+            while self._held > self.maxMessages:
+                _, (_, _, dropped) = self._states.popitem(last=False)
+                self._held -= dropped
+
+    def clear(self) -> None:
+        """
+        Forget every folder.
+        """
+        with self._lock:
+            self._states.clear()
+            self._held = 0
