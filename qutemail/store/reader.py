@@ -129,6 +129,10 @@ def listMessages(dataDir: str, address: str) -> list[StoredMessage]:
     return sorted(found.values(), key=lambda m: (m.mtime, m.id))
 
 
+# How much of a message is read at a time looking for its header's end.
+_SNIFF_BYTES = 16 * 1024
+
+
 def _claimsOurFormat(source: BinaryIO) -> bool:
     """
     Whether a file's header says it is a sealed message of ours (read from
@@ -145,6 +149,29 @@ def _claimsOurFormat(source: BinaryIO) -> bool:
     return header.get_content_type() == "multipart/encrypted" and header.get_param("protocol") == PROTOCOL
 
 
+def _mayBeOurs(source: BinaryIO) -> bool:
+    """
+    Whether a message's header section (within L{HEADER_CAP_BYTES}) could
+    declare it C{multipart/encrypted}: it names "encrypted" somewhere.
+    Most mail does not, and is then known to be plain without parsing its
+    header twice (L{readEnvelope}, L{_claimsOurFormat}), which was most of
+    the cost of opening a small message.  Blocking.
+    """
+    seen = b""
+    while len(seen) <= HEADER_CAP_BYTES:
+        chunk = source.read(_SNIFF_BYTES)
+        if not chunk:
+            break
+        seen += chunk
+        ends = [i for i in (seen.find(b"\n\n"), seen.find(b"\n\r\n")) if i >= 0]
+        if seen.startswith((b"\n", b"\r\n")):
+            return False
+        if ends:
+            seen = seen[:min(ends)]
+            break
+    return b"encrypted" in seen.lower()
+
+
 def openStored(path: str) -> tuple[BinaryIO, Envelope | None, bytes | None, int]:
     """
     Open a stored message and see whether it is one of ours.  Blocking.
@@ -159,6 +186,10 @@ def openStored(path: str) -> tuple[BinaryIO, Envelope | None, bytes | None, int]
     try:
         first = source.readline(_MAX_RETURN_PATH_BYTES)
         returnPath = first if first.lower().startswith(b"return-path:") and first.endswith(b"\n") else None
+        source.seek(0)
+        if not _mayBeOurs(source):
+            source.seek(0)
+            return source, None, None, os.fstat(source.fileno()).st_size
         source.seek(0)
         try:
             envelope = readEnvelope(source)

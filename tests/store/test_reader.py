@@ -267,6 +267,31 @@ class ReadMessageTests(ReaderTestsMixin, SynchronousTestCase):
         error = self.unreadable(path)
         self.assertIn("is damaged", str(error))
 
+    def test_plainNamingEncryptedInBody(self):
+        """
+        A plain message whose body (not header) says "multipart/encrypted"
+        is returned as it is; so is one with an empty header section.
+        """
+        for text in (b"Subject: hi\n\nContent-Type: multipart/encrypted; protocol=x\n",
+                     b"\nContent-Type: multipart/encrypted\n"):
+            path = self.deliver(self.message(body=text, authenticated=None), seal=False)
+            with open(path, "rb") as f:
+                stored = f.read()
+            self.assertEqual(self.read(path), (stored, MessageInfo(encrypted=False, size=len(stored))))
+
+    def test_damagedHeaderPastFirstChunk(self):
+        """
+        A damaged file in our format whose header section runs past the
+        first chunk read while looking for it is still reported damaged.
+        """
+        path = self.deliver(self.message(), seal=True)
+        with open(path, "rb") as f:
+            stored = f.read()
+        padding = b"".join(b"Received: from relay%d.example.test\n" % (i,) for i in range(1000))
+        with open(path, "wb") as f:
+            f.write(padding + stored.replace(b"Key-Id: ", b"Key-Ix: "))
+        self.assertIn("is damaged", str(self.unreadable(path)))
+
     def test_imitation(self):
         """
         Mail from outside that imitates the format, with a made-up key id,
