@@ -1,0 +1,103 @@
+"""
+Tests for L{qutemail.access.listingcache} and its use by
+L{qutemail.access.uids.sync}: an unchanged folder's state is reused, a
+changed one read again, and a state is only remembered once its files
+have settled.
+"""
+
+import os
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from qutemail.access.listingcache import SETTLED_SECONDS, ListingCache, folderStamps, settled
+from qutemail.access.uids import setFlags, sync
+from qutemail.store.folders import MaildirFolders
+from tests.access.test_uids import _deliver, _uids
+
+
+class ListingCacheTests(SynchronousTestCase):
+    """
+    L{sync} with a L{ListingCache}.
+    """
+
+    def setUp(self) -> None:
+        self.folders = MaildirFolders(os.path.join(self.mktemp(), "alice"))
+        self.folders.ensureSpecialFolders()
+        self.inbox = self.folders.pathOf("INBOX")
+        self.listings = ListingCache()
+        for n in range(3):
+            _deliver(self.inbox, f"{n}.M{n}Q1R0.host,S=20", 1_700_000_000 + n)
+
+    def later(self) -> float:
+        """
+        @return: a time by which every file written so far has settled.
+        """
+        return time.time() + SETTLED_SECONDS + 1
+
+    def test_unchangedReused(self) -> None:
+        """
+        Once its files have settled, an unchanged folder's state is the
+        one remembered, without reading the folder again.
+        """
+        first = sync(self.inbox, self.later(), self.listings)
+        second = sync(self.inbox, self.later(), self.listings)
+        self.assertIs(second, first)
+        self.assertEqual(len(first.messages), 3)
+
+    def test_notSettledNotRemembered(self) -> None:
+        """
+        A folder changed less than L{SETTLED_SECONDS} before the look is
+        read again next time (a change in the same tick of the file
+        system's clock would not show in its times).
+        """
+        now = time.time()
+        first = sync(self.inbox, now, self.listings)
+        second = sync(self.inbox, now, self.listings)
+        self.assertIsNot(second, first)
+        self.assertEqual(second, first)
+
+    def test_changesSeen(self) -> None:
+        """
+        A delivery, a flag change and an expunge each give a new state.
+        """
+        state = sync(self.inbox, self.later(), self.listings)
+        self.assertIs(sync(self.inbox, self.later(), self.listings), state)
+        _deliver(self.inbox, "9.M9Q1R0.host,S=20")
+        state = sync(self.inbox, self.later(), self.listings)
+        self.assertEqual(sorted(_uids(state).values()), [1, 2, 3, 4])
+        message = state.messages[0]
+        setFlags(message.path, frozenset({"\\Seen"}), state.keywords)
+        state = sync(self.inbox, self.later(), self.listings)
+        self.assertEqual(state.messages[0].flags, frozenset({"\\Seen"}))
+        os.unlink(state.messages[0].path)
+        state = sync(self.inbox, self.later(), self.listings)
+        self.assertEqual(sorted(_uids(state).values()), [2, 3, 4])
+        self.assertIs(sync(self.inbox, self.later(), self.listings), state)
+
+    def test_bounded(self) -> None:
+        """
+        States beyond the bound on messages are forgotten, least recently
+        used first.
+        """
+        listings = ListingCache(maxMessages=4)
+        sent = self.folders.pathOf("Sent")
+        _deliver(sent, "5.M5Q1R0.host,S=20", 1_700_000_000)
+        inbox = sync(self.inbox, self.later(), listings)
+        self.assertIsNotNone(listings.get(self.inbox, folderStamps(self.inbox, ("new", "cur", "uidlist",
+                                                                                "dovecot-keywords"))))
+        sync(sent, self.later(), listings)
+        self.assertIs(sync(self.inbox, self.later(), listings), inbox)
+        _deliver(sent, "6.M6Q1R0.host,S=20", 1_700_000_000)
+        sync(sent, self.later(), listings)
+        # Three and two messages: the inbox, least recently used, went.
+        self.assertIsNot(sync(self.inbox, self.later(), listings), inbox)
+
+    def test_settled(self) -> None:
+        """
+        L{settled} holds when every stamped file changed at least
+        L{SETTLED_SECONDS} before; missing files count as settled.
+        """
+        stamps = ((1, 10_000_000_000, 0), None)
+        self.assertTrue(settled(stamps, 10 + SETTLED_SECONDS + 0.001))
+        self.assertFalse(settled(stamps, 10 + SETTLED_SECONDS))
