@@ -31,6 +31,7 @@ from qutemail.store.folders import (
     SEPARATOR, FolderEntry, InvalidFolderName, MaildirFolders, NoSuchFolder, canonicalName,
     decodeMailboxName, isInbox, validateMailboxName,
 )
+from qutemail.access.fetchindex import SharedIndexes
 from qutemail.access.imapmailbox import FolderGone, FolderView
 from qutemail.access.imapmessage import MessageCache
 from qutemail.access.imapstore import deleteFolder, syncFolder, usage
@@ -92,6 +93,8 @@ class IMAPAccount:
     @ivar tempDirectory: where decrypted copies live.
     @ivar sealer: an L{qutemail.access.imapseal.AppendSealer} that APPEND
         stores messages encrypted with, or C{None} to store them as sent.
+    @ivar indexes: the server's L{SharedIndexes}, or C{None}: the
+        session's own.
     """
 
     _log = Logger()
@@ -105,6 +108,7 @@ class IMAPAccount:
     hostname: str = "localhost"
     tempDirectory: str | None = None
     sealer: Any = None
+    indexes: SharedIndexes | None = None
     folders: MaildirFolders = attrs.field(init=False)
     cache: MessageCache = attrs.field(init=False)
 
@@ -113,7 +117,7 @@ class IMAPAccount:
         The folders and the message cache of this session.
         """
         self.folders = MaildirFolders(self.root)
-        self.cache = MessageCache(self.address, self.runner, self.vault, self.tempDirectory)
+        self.cache = MessageCache(self.address, self.runner, self.vault, self.tempDirectory, indexes=self.indexes)
 
     def now(self) -> float:
         """
@@ -356,6 +360,13 @@ class IMAPRealm:
     tempDirectory: str | None = None
     clock: Any = None
     sealer: Any = None
+    indexes: SharedIndexes = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        """
+        The fetch indexes the realm's sessions share.
+        """
+        self.indexes = SharedIndexes(self.runner)
 
     def requestAvatar(self, avatarId: str, mind: Any, *interfaces: Any) -> Deferred:
         """
@@ -384,7 +395,8 @@ class IMAPRealm:
             self._log.info("created folders {folders} for {address}", folders=", ".join(created),
                            address=account.address)
         avatar = IMAPAccount(account.address, root, self.runner, self.vault, clock, quota or 0,
-                             mind.hostname if mind else "localhost", self.tempDirectory, self.sealer)
+                             mind.hostname if mind else "localhost", self.tempDirectory, self.sealer,
+                             self.indexes)
         return IAccount, avatar, avatar.logout
 
 

@@ -34,11 +34,14 @@ from qutemail.access.imapstructure import (
     NoSuchSection, bodyStructure, envelope, headerFields, messageOf, resolvePart,
 )
 from qutemail.access.imapwire import formatInternalDate, formatList
+from qutemail.access.searchfields import indexedFields
 
 _log = Logger()
 _STRUCTURE_TYPES = {"envelope", "rfc822header", "rfc822text", "rfc822size", "rfc822", "bodystructure", "body"}
 # FETCH items a fetch index entry can answer (besides BODY without a section).
 _INDEXED_TYPES = {"flags", "uid", "internaldate", "rfc822size", "envelope", "bodystructure"}
+# FETCH items L{renderWhole} answers (besides BODY[]).
+_WHOLE_TYPES = {"flags", "uid", "internaldate", "rfc822size", "rfc822"}
 # How many partial-fetch resume points a session keeps.
 MAX_RESUME_POINTS = 16
 
@@ -83,6 +86,18 @@ def needsFile(items: list) -> bool:
     """
     return any(i.type in ("rfc822", "rfc822header", "rfc822text") or (i.type == "body" and hasSection(i))
                for i in items)
+
+
+def wholeOnly(items: list) -> bool:
+    """
+    @return: whether C{items} ask for the whole message (C{RFC822},
+        C{BODY[]}, maybe partial) and otherwise only for what its bytes
+        or the view tell (L{renderWhole}), so no structure is needed.
+    """
+    return any(i.type in ("rfc822", "body") for i in items) and all(
+        i.type in _WHOLE_TYPES or (i.type == "body" and i.empty and not i.part and i.header is None
+                                   and i.text is None and i.mime is None)
+        for i in items)
 
 
 def setsSeen(items: list) -> bool:
@@ -176,7 +191,7 @@ def indexEntry(root: Entity) -> Indexed:
     @return: the fetch index entry of a message's structure.
     """
     return Indexed(root.size, formatList(envelope(root)), formatList(bodyStructure(root, True)),
-                   formatList(bodyStructure(root, False)))
+                   formatList(bodyStructure(root, False)), indexedFields(root))
 
 
 def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO | None, uid: bool,
@@ -226,6 +241,35 @@ def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO |
             out += [sectionLabel(item) + b" "] + _section(item, root, f)
     if uid and not sentUid:
         out.append(b" UID %d" % (slot.uid,))
+    out.append(b")")
+    return out
+
+
+def renderWhole(items: list, seq: int, slot: Slot, data: bytes, uid: bool) -> list:
+    """
+    L{render} for L{wholeOnly} items from the whole message, with CRLF
+    line ends, in memory.
+    """
+    out: list = [b"* %d FETCH (" % (seq,)]
+    parts = []
+    for item in items:
+        kind = item.type
+        if kind == "flags":
+            parts.append(b"FLAGS " + flagList(slot.allFlags()))
+        elif kind == "uid":
+            parts.append(b"UID %d" % (slot.uid,))
+        elif kind == "internaldate":
+            parts.append(b"INTERNALDATE " + formatInternalDate(slot.mtime))
+        elif kind == "rfc822size":
+            parts.append(b"RFC822.SIZE %d" % (len(data),))
+        elif kind == "rfc822":
+            parts.append(b"RFC822 {%d}\r\n%b" % (len(data), data))
+        else:
+            skip, length = _partial(item, len(data))
+            parts.append(sectionLabel(item) + b" {%d}\r\n%b" % (length, data[skip:skip + length]))
+    if uid and not any(item.type == "uid" for item in items):
+        parts.append(b"UID %d" % (slot.uid,))
+    out.append(b" ".join(parts))
     out.append(b")")
     return out
 

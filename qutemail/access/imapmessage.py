@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Callable
 import attrs
 from twisted.logger import Logger
 
-from qutemail.access.fetchindex import FetchIndex
+from qutemail.access.fetchindex import FetchIndex, SharedIndexes
 from qutemail.access.imapmime import Entity, scanMessage
 from qutemail.access.imapstore import locate
 from qutemail.access.imapwire import CRLFConverter
@@ -145,6 +145,13 @@ def readPlainFiles(paths: list[str], maxBytes: int, parse: Callable[[bytes], Any
     return found
 
 
+def _convertedWhole(data: bytes) -> bytes:
+    """
+    @return: a whole message with CRLF line ends.
+    """
+    return CRLFConverter().feed(data)
+
+
 def _close(f: BinaryIO) -> None:
     """
     Close a file.  Blocking.
@@ -171,6 +178,8 @@ class MessageCache:
     @ivar tempDirectory: where decrypted copies live.
     @ivar maxOpenFiles: how many message files stay open.
     @ivar maxHeaderBytes: how many header bytes of scanned messages stay.
+    @ivar indexes: the folders' fetch indexes, shared by the server's
+        sessions; by default, this session's own.
     """
 
     _log = Logger()
@@ -188,8 +197,14 @@ class MessageCache:
     _prefetched: dict = attrs.field(factory=dict)
     # Keys of cached structures read from plain (not encrypted) files.
     _plain: set = attrs.field(factory=set)
-    # The folders' fetch indexes, by folder path.
-    _indexes: dict = attrs.field(factory=dict)
+    indexes: SharedIndexes | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        """
+        Fetch indexes of this session's own, unless shared ones are given.
+        """
+        if self.indexes is None:
+            self.indexes = SharedIndexes(self.runner)
 
     async def open(self, folderPath: str, baseName: str, path: str, needFile: bool = True
                    ) -> tuple[Entity, BinaryIO | None]:
@@ -269,6 +284,21 @@ class MessageCache:
                 self._prefetched[(folderPath, baseName)] = (io.BytesIO(read[0]), read[1])
                 self._plain.add((folderPath, baseName))
 
+    async def readWhole(self, entries: list[tuple[str, str]]) -> dict[str, bytes]:
+        """
+        Read whole, with CRLF line ends, in one worker-thread call, the
+        small plain messages among C{entries} (up to L{PREFETCH_BYTES} in
+        all), for a FETCH of whole messages, which needs no structure.
+
+        @param entries: C{(baseName, path)} of the messages about to be
+            fetched.
+        @return: their bytes by base name; the others (large, encrypted,
+            vanished, unreadable) are left to L{open}.
+        """
+        found = await self.runner.run(readPlainFiles, [path for _, path in entries], PREFETCH_BYTES,
+                                      _convertedWhole)
+        return {baseName: read[1] for (baseName, _), read in zip(entries, found) if read is not None}
+
     def isPlain(self, folderPath: str, baseName: str) -> bool:
         """
         @return: whether a message's cached structure was read from a
@@ -280,10 +310,7 @@ class MessageCache:
         """
         @return: this session's view of a folder's fetch index.
         """
-        index = self._indexes.get(folderPath)
-        if index is None:
-            index = self._indexes[folderPath] = FetchIndex(folderPath, self.runner)
-        return index
+        return self.indexes.indexFor(folderPath)
 
     async def _read(self, folderPath: str, baseName: str, path: str) -> BinaryIO:
         """
@@ -348,7 +375,6 @@ class MessageCache:
         self._scans.clear()
         self._prefetched.clear()
         self._plain.clear()
-        self._indexes.clear()
         self._headerBytes = 0
         if files:
             try:

@@ -5,7 +5,9 @@ a tree, then matched against each message.
 
 Flags, sequence numbers, UIDs and INTERNALDATE need nothing but the
 session's view; sizes, header fields and the sent date need the message's
-scanned structure; BODY and TEXT read the message (decrypted) in chunks.
+scanned structure, or for the fields the folder's fetch index keeps
+(L{qutemail.access.searchfields}), its index entry; BODY and TEXT read
+the message (decrypted) in chunks.
 Header fields match their raw form or their RFC 2047 decoded form; BODY
 and TEXT match the message's bytes as stored (a base64 or
 quoted-printable part is not decoded); matching ignores case (Unicode
@@ -17,8 +19,6 @@ L{qutemail.access.imapwire.TooDeep} (C{BAD}) before anything is matched.
 """
 
 import datetime
-import email.errors
-import email.header
 import email.utils
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable
@@ -27,6 +27,7 @@ import attrs
 
 from qutemail.access.imapmailbox import Slot
 from qutemail.access.imapmime import Entity
+from qutemail.access.searchfields import INDEXED_FIELDS, IndexedHeader, fieldMatches
 from qutemail.access.imapstructure import unfold
 from qutemail.access.imapwire import (
     Atom, ParseError, SequenceMembership, TooDeep, parseDate, parseSequenceSet,
@@ -69,7 +70,8 @@ class Candidate:
     @ivar slot: its slot in the view.
     @ivar lastSeq: the largest sequence number (C{*}).
     @ivar lastUid: the largest UID (C{*} in a UID set).
-    @ivar structure: gives its scanned structure (a coroutine function).
+    @ivar structure: gives its scanned structure, or its index entry when
+        L{searchIndexable} (a coroutine function).
     @ivar contains: tells whether a region (C{"body"} or C{"all"}) holds
         some lower-case bytes (a coroutine function).
     """
@@ -78,7 +80,7 @@ class Candidate:
     slot: Slot
     lastSeq: int
     lastUid: int
-    structure: Callable[[], Awaitable[Entity]]
+    structure: Callable[[], Awaitable[Entity | IndexedHeader]]
     contains: Callable[[str, bytes], Awaitable[bool]]
 
 
@@ -184,25 +186,7 @@ def parseKeys(tokens: list, charset: str = "US-ASCII", depth: int = 0) -> list[K
     return keys
 
 
-def _headerValues(structure: Entity, name: str) -> list[str]:
-    """
-    @return: a field's values, each raw, read as UTF-8, and RFC 2047
-        decoded.
-    """
-    values = []
-    for value in structure.rawFields(name):
-        raw = unfold(str(value))
-        values.append(raw)
-        # Raw 8-bit bytes (surrogate escapes) read as UTF-8.
-        values.append(raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
-        try:
-            values.append(str(email.header.make_header(email.header.decode_header(raw))))
-        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
-            pass
-    return values
-
-
-def _sentDate(structure: Entity, slot: Slot) -> datetime.date:
+def _sentDate(structure: Entity | IndexedHeader, slot: Slot) -> datetime.date:
     """
     @return: the date of the Date field in its own zone, else the
         INTERNALDATE's.
@@ -258,6 +242,17 @@ def searchNeedsStructure(key: Key) -> bool:
     return key.op in ("larger", "smaller", "header") or (key.op == "date" and key.args[0].startswith("SENT"))
 
 
+def searchIndexable(key: Key) -> bool:
+    """
+    @return: whether a message's fetch index entry (L{IndexedHeader}) can
+        stand for its structure in matching C{key}: every header field it
+        tests is one of L{INDEXED_FIELDS}.
+    """
+    if key.op in ("and", "or", "not"):
+        return all(searchIndexable(sub) for sub in key.args)
+    return key.op != "header" or key.args[0].lower() in INDEXED_FIELDS
+
+
 async def matches(key: Key, c: Candidate) -> bool:
     """
     @return: whether a message matches a key.
@@ -298,10 +293,7 @@ async def matches(key: Key, c: Candidate) -> bool:
     if op == "smaller":
         return structure.size < args[0]
     if op == "header":
-        name, needle = args
-        values = _headerValues(structure, name)
-        folded = needle.casefold()
-        return any(folded in v.casefold() for v in values) if needle else bool(values)
+        return fieldMatches(structure, args[0], args[1])
     if op == "contains":
         return await c.contains(args[0], args[1])
     raise AssertionError(f"unknown search key {op}")

@@ -22,14 +22,18 @@ COPY and MOVE do the same in the target folder.
 from twisted.mail.imap4 import _FetchParser
 
 from qutemail.store.folders import NoSuchFolder
+from qutemail.access.fetchindex import FetchIndex
 from qutemail.access.imapaccount import IMAPAccount
 from qutemail.access.keywords import KeywordMap, ensureKeywords, readKeywords
 from qutemail.access.imapfetch import (
-    ResumePoints, WriteFlow, indexable, indexEntry, needsFile, needsStructure, render, sendPieces, setsSeen,
+    ResumePoints, WriteFlow, indexable, indexEntry, needsFile, needsStructure, render, renderWhole, sendPieces,
+    setsSeen, wholeOnly,
 )
 from qutemail.access.imapmailbox import flagList
 from qutemail.access.imapmessage import MessageGone, MessageUnavailable, fileContains
-from qutemail.access.imapsearch import CHARSETS, Candidate, Key, matches, parseKeys, searchNeedsStructure
+from qutemail.access.imapsearch import (
+    CHARSETS, Candidate, Key, matches, parseKeys, searchIndexable, searchNeedsStructure,
+)
 from qutemail.access.imapstore import expunge, storeFlags, transfer
 from qutemail.access.imapstructure import region
 from qutemail.access.imapwire import Atom, ParseError, astring, bad, no, parseSequenceSet
@@ -161,18 +165,25 @@ class SelectedCommands:
         lastUid = slots[-1].uid if slots else 0
         found = []
         prefetch = searchNeedsStructure(query)
+        # Header fields the folder's fetch index keeps are matched there.
+        index = account.cache.indexFor(view.path) if prefetch and searchIndexable(query) else None
+        if index is not None:
+            await index.refresh({s.baseName for s in slots})
         for seq, slot in enumerate(slots, 1):
             if prefetch and (seq - 1) % PREFETCH_MESSAGES == 0:
                 # Many thread round trips per message otherwise, as in FETCH.
                 await account.cache.prefetchScans(
-                    view.path, [(s.baseName, s.path) for s in slots[seq - 1:seq - 1 + PREFETCH_MESSAGES]])
-            candidate = Candidate(seq, slot, len(slots), lastUid, _structureOf(account, view.path, slot),
+                    view.path, [(s.baseName, s.path) for s in slots[seq - 1:seq - 1 + PREFETCH_MESSAGES]
+                                if index is None or index.header(s.baseName) is None])
+            candidate = Candidate(seq, slot, len(slots), lastUid, _structureOf(account, view.path, slot, index),
                                   _containsIn(account, view.path, slot))
             try:
                 if await matches(query, candidate):
                     found.append(slot.uid if uid else seq)
             except (MessageGone, MessageUnavailable):
                 continue
+        if index is not None:
+            await index.flush()
         self._untagged(b"SEARCH" + b"".join(b" %d" % (n,) for n in found))
         self._tagged(tag, b"OK", b"SEARCH completed")
 
@@ -203,20 +214,28 @@ class SelectedCommands:
         index = account.cache.indexFor(view.path) if wantStructure and indexable(items) else None
         if index is not None:
             await index.refresh({s.baseName for s in view.slots})
+        # Whole messages (BODY[], RFC822) need no structure: small plain
+        # ones are read and sent as they are, with CRLF line ends.
+        whole = wholeOnly(items)
+        loaded: dict[str, bytes] = {}
         self.transport.registerProducer(flow, True)
         try:
             for position, (seq, slot) in enumerate(selected):
                 these = items
                 root = f = None
                 indexed = index.get(slot.baseName) if index is not None else None
-                if wantStructure and position % PREFETCH_MESSAGES == 0:
-                    batch = [(s.baseName, s.path) for _, s in selected[position:position + PREFETCH_MESSAGES]
-                             if index is None or index.get(s.baseName) is None]
-                    if wantFile:
+                if position % PREFETCH_MESSAGES == 0:
+                    upcoming = [(s.baseName, s.path) for _, s in selected[position:position + PREFETCH_MESSAGES]]
+                    if whole:
+                        loaded = await account.cache.readWhole(upcoming)
+                    batch = [(name, path) for name, path in upcoming
+                             if name not in loaded and (index is None or index.get(name) is None)]
+                    if wantStructure and wantFile:
                         await account.cache.prefetchFiles(view.path, batch)
-                    elif batch:
+                    elif wantStructure and batch:
                         await account.cache.prefetchScans(view.path, batch)
-                if wantStructure and indexed is None:
+                data = loaded.get(slot.baseName)
+                if wantStructure and indexed is None and data is None:
                     try:
                         root, f = await account.cache.open(view.path, slot.baseName, slot.path, wantFile)
                     except MessageGone:
@@ -235,7 +254,10 @@ class SelectedCommands:
                         continue
                     if not any(i.type == "flags" for i in items):
                         these = items + [_FetchParser.Flags()]
-                pieces = render(these, seq, slot, root, f, uid, indexed)
+                if data is not None:
+                    pieces = renderWhole(these, seq, slot, data, uid)
+                else:
+                    pieces = render(these, seq, slot, root, f, uid, indexed)
                 await sendPieces(pieces, self.transport, flow, account.runner, self._resume, self.resetTimeout)
                 # Long listings wait for the client too.
                 await flow.whenWritable()
@@ -361,16 +383,26 @@ class SelectedCommands:
         self._tagged(tag, b"OK", code + command + b" completed")
 
 
-def _structureOf(account: IMAPAccount, folderPath: str, slot: object):
+def _structureOf(account: IMAPAccount, folderPath: str, slot: object, index: FetchIndex | None = None):
     """
-    @return: a coroutine function giving a message's structure.
+    @param index: the folder's fetch index, when its entries can stand for
+        the structure (L{searchIndexable}).
+    @return: a coroutine function giving a message's structure, or its
+        L{IndexedHeader}.
     """
 
     async def structure():
         """
-        @return: the message's structure.
+        @return: the message's structure, or its index entry; a plain
+            message scanned for want of one is indexed.
         """
+        if index is not None:
+            indexed = index.header(slot.baseName)
+            if indexed is not None:
+                return indexed
         root, _ = await account.cache.open(folderPath, slot.baseName, slot.path, False)
+        if index is not None and account.cache.isPlain(folderPath, slot.baseName):
+            index.add(slot.baseName, indexEntry(root))
         return root
 
     return structure

@@ -5,11 +5,13 @@ sends about messages' structure.
 
 import os
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access import fetchindex
-from qutemail.access.fetchindex import INDEX_NAME, FetchIndex, Indexed, parseLines
+from qutemail.access.fetchindex import INDEX_NAME, FetchIndex, Indexed, SharedIndexes, parseLines
+from qutemail.access.searchfields import IndexedHeader
 from qutemail.blocking import InlineRunner
 
 
@@ -126,3 +128,56 @@ class FetchIndexTests(SynchronousTestCase):
         self.flush(index)
         self.refresh(index, ["a"])
         self.assertEqual(index.get("a"), entry(1))
+
+    def test_searchFields(self) -> None:
+        """
+        An entry's header record comes back as an L{IndexedHeader}; a line
+        written before records were kept (five fields) still serves FETCH
+        but has none, and a later line of the same name replaces it.
+        """
+        old = entry(1).line("a")
+        self.assertEqual(old.count(b" "), 4)
+        with open(os.path.join(self.folder, INDEX_NAME), "wb") as f:
+            f.write(old)
+        index = self.index()
+        self.refresh(index, ["a"])
+        self.assertEqual(index.get("a"), entry(1))
+        self.assertIsNone(index.header("a"))
+        self.assertIsNone(index.header("missing"))
+        record = "subject\x01Caf\u00e9\x01caf\u00e9".encode()
+        index.add("a", attrs.evolve(entry(1), fields=record))
+        self.flush(index)
+        again = self.index()
+        self.refresh(again, ["a"])
+        header = again.header("a")
+        self.assertIsInstance(header, IndexedHeader)
+        self.assertTrue(header.fieldMatches("Subject", "caf\u00e9"))
+        self.assertEqual((header.rawField("subject"), header.size), ("Caf\u00e9", 101))
+
+
+class SharedIndexesTests(SynchronousTestCase):
+    """
+    L{SharedIndexes}: one index per folder for a server's sessions, within
+    bounds.
+    """
+
+    def test_sharedAndBounded(self) -> None:
+        """
+        Sessions asking for a folder get the same index; the least recently
+        used folders go past the bounds on folders and on entries.
+        """
+        shared = SharedIndexes(InlineRunner(), maxFolders=2, maxEntries=3)
+        first = shared.indexFor("/f1")
+        self.assertIs(shared.indexFor("/f1"), first)
+        second = shared.indexFor("/f2")
+        shared.indexFor("/f1")
+        third = shared.indexFor("/f3")
+        # /f2 was the least recently used of three folders.
+        self.assertIs(shared.indexFor("/f1"), first)
+        self.assertIs(shared.indexFor("/f3"), third)
+        for n in range(4):
+            first.add(f"m{n}", entry(n))
+        # Four entries in all: /f1, now the least recently used, goes.
+        self.assertIs(shared.indexFor("/f3"), third)
+        self.assertIsNot(shared.indexFor("/f1"), first)
+        self.assertIsNot(shared.indexFor("/f2"), second)

@@ -240,6 +240,37 @@ class LoopbackTests(TestCase):
         self.assertIn(b'"from outside"', flat(second))
         self.assertIn(b'(("Carol, C." NIL "carol" "remote.test")(NIL NIL "dave" "remote.test"))', flat(second))
 
+    async def test_searchFromIndex(self) -> None:
+        """
+        A SEARCH of the header fields the fetch index keeps is answered
+        from it once a session has written it (plain mail only), gives the
+        same results as from the messages, and a search of another field
+        still reads the messages.
+        """
+        deliver(self.inbox, "1700000003.M3Q3R0.host,S=3",
+                b"From: Carol <carol@remote.test>\nSubject: =?utf-8?q?caf=C3=A9?= menu\nX-Tag: blue\n\nhi\n",
+                1700000003, "cur")
+        searches = [("SUBJECT", "CAF\u00c9"), ("SUBJECT", "plan"), ("FROM", "remote.test"),
+                    ("HEADER", "Message-ID", "m1@"), ("HEADER", "X-Tag", "blue"), ("OR", "FROM", "bob", "TO", "x")]
+
+        def session(client):
+            client.select("INBOX")
+            return [client.uid("SEARCH", "CHARSET", "UTF-8", *[c.encode() for c in criteria])[1][0]
+                    for criteria in searches]
+
+        first = await self.imap(session)
+        self.assertEqual(first, [b"3", b"1", b"2 3", b"1", b"3", b"1"])
+        with open(os.path.join(self.inbox, INDEX_NAME), "rb") as f:
+            entries = parseLines(f.read())
+        self.assertEqual(sorted(entries), [PLAIN_NAME, "1700000003.M3Q3R0.host,S=3"])
+        self.assertFalse(any(b"plan" in (e.fields or b"") for e in entries.values()))
+        # Proof the index answers: a change under the same unique name
+        # (which never happens) shows only for the field it does not keep.
+        deliver(self.inbox, "1700000003.M3Q3R0.host,S=3",
+                b"From: Dan <dan@elsewhere.test>\nSubject: tea\nX-Tag: red\n\nhi\n", 1700000003, "cur")
+        second = await self.imap(session)
+        self.assertEqual(second, [b"3", b"1", b"2 3", b"1", b"", b"1"])
+
     async def test_keyGoneNotice(self) -> None:
         """
         A message whose key is gone is fetched as the notice.

@@ -1,0 +1,120 @@
+# -*- test-case-name: tests.access.test_searchfields -*-
+"""
+What SEARCH matches in a message's header fields, and the same kept in
+the folder's fetch index (L{qutemail.access.fetchindex}) for the fields
+clients search most, so that a C{SEARCH FROM}, C{SUBJECT} or C{HEADER
+Message-ID} of a whole folder reads no message file (issue 14; Dovecot
+answers these from its cache of header fields).
+
+A field matches a needle when the needle, case folded, is in one of its
+values, taken raw (folding removed), read as UTF-8, or RFC 2047 decoded.
+The index keeps, for each of L{INDEXED_FIELDS} a message has, exactly
+those forms, case folded, joined by NUL (which a search string cannot
+hold), so the match there is one substring test per field.
+"""
+
+import email.errors
+import email.header
+from typing import Any
+
+from qutemail.access.imapstructure import unfold
+
+# The fields the index keeps for SEARCH: the address fields, the subject,
+# the sent date, and those threading clients look messages up by.
+INDEXED_FIELDS = ("bcc", "cc", "date", "from", "in-reply-to", "list-id", "message-id", "references",
+                  "reply-to", "sender", "subject", "to")
+_FIELD_SEP = "\x01"
+_ENTRY_SEP = "\x02"
+
+
+def headerValues(structure: Any, name: str) -> list[str]:
+    """
+    @param structure: a scanned L{qutemail.access.imapmime.Entity}.
+    @return: a field's values, each raw, read as UTF-8, and RFC 2047
+        decoded.
+    """
+    values = []
+    for value in structure.rawFields(name):
+        raw = unfold(str(value))
+        values.append(raw)
+        # Raw 8-bit bytes (surrogate escapes) read as UTF-8.
+        values.append(raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        try:
+            values.append(str(email.header.make_header(email.header.decode_header(raw))))
+        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+            pass
+    return values
+
+
+def _haystack(values: list[str]) -> str:
+    """
+    @return: a field's forms, case folded, in one string.
+    """
+    return "\x00".join(v.casefold().replace("\x00", " ") for v in values)
+
+
+def indexedFields(structure: Any) -> bytes:
+    """
+    @return: the index's record of a message's L{INDEXED_FIELDS}: for each
+        it has, its name, its first raw value (the sent date is read from
+        C{date}'s) and its case folded forms.
+    """
+    entries = []
+    for name in INDEXED_FIELDS:
+        values = headerValues(structure, name)
+        if values:
+            entries.append(_FIELD_SEP.join((name, values[0].replace(_ENTRY_SEP, " ").replace(_FIELD_SEP, " "),
+                                            _haystack(values).replace(_ENTRY_SEP, " ").replace(_FIELD_SEP, " "))))
+    return _ENTRY_SEP.join(entries).encode("utf-8", "surrogatepass")
+
+
+class IndexedHeader:
+    """
+    A message as SEARCH sees it from its index entry: its size and its
+    L{INDEXED_FIELDS}.  It stands for the message's scanned structure in
+    L{qutemail.access.imapsearch.matches} for searches of those fields.
+
+    @ivar size: C{RFC822.SIZE}.
+    """
+
+    def __init__(self, size: int, record: bytes) -> None:
+        """
+        @param record: what L{indexedFields} made.
+        """
+        self.size = size
+        self._fields: dict[str, tuple[str, str]] = {}
+        if record:
+            for entry in record.decode("utf-8", "surrogatepass").split(_ENTRY_SEP):
+                name, _, rest = entry.partition(_FIELD_SEP)
+                first, _, haystack = rest.partition(_FIELD_SEP)
+                self._fields[name] = (first, haystack)
+
+    def rawField(self, name: str) -> str | None:
+        """
+        @return: the first value of an indexed field, unfolded, or
+            C{None}.
+        """
+        found = self._fields.get(name.lower())
+        return found[0] if found is not None else None
+
+    def fieldMatches(self, name: str, folded: str) -> bool:
+        """
+        @param folded: the needle, case folded (C{""}: any value).
+        @return: whether an indexed field has a value holding it.
+        """
+        found = self._fields.get(name.lower())
+        return found is not None and folded in found[1]
+
+
+def fieldMatches(structure: Any, name: str, needle: str) -> bool:
+    """
+    @param structure: a scanned message or an L{IndexedHeader} (for one of
+        L{INDEXED_FIELDS}).
+    @return: whether the field has a value holding C{needle} (C{""}: any
+        value), ignoring case.
+    """
+    folded = needle.casefold()
+    if isinstance(structure, IndexedHeader):
+        return structure.fieldMatches(name, folded)
+    values = headerValues(structure, name)
+    return any(folded in v.casefold() for v in values) if needle else bool(values)
