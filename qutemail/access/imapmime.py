@@ -295,6 +295,8 @@ class Entity:
     parts: list["Entity"] | None = None
     message: "Entity | None" = None
     _parsed: email.message.Message | None = None
+    # The raw values of each field, by lower-case name (see rawFields).
+    _byName: dict[str, list[str]] | None = None
 
     @property
     def headerSize(self) -> int:
@@ -338,8 +340,14 @@ class Entity:
         @return: every value of a field as it is (8-bit bytes as surrogate
             escapes, folding kept), in order.
         """
-        name = name.lower()
-        return [value for key, value in self.headers().raw_items() if key.lower() == name]
+        if self._byName is None:
+            # ENVELOPE, BODYSTRUCTURE and the index ask for thirty-odd
+            # fields of each message: group them once.
+            byName: dict[str, list[str]] = {}
+            for key, value in self.headers().raw_items():
+                byName.setdefault(key.lower(), []).append(value)
+            self._byName = byName
+        return list(self._byName.get(name.lower(), ()))
 
     def rawField(self, name: str) -> str | None:
         """
