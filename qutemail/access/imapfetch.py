@@ -40,7 +40,7 @@ _log = Logger()
 _STRUCTURE_TYPES = {"envelope", "rfc822header", "rfc822text", "rfc822size", "rfc822", "bodystructure", "body"}
 # FETCH items a fetch index entry can answer (besides BODY without a section).
 _INDEXED_TYPES = {"flags", "uid", "internaldate", "rfc822size", "envelope", "bodystructure"}
-# FETCH items L{renderWhole} answers (besides BODY[]).
+# FETCH items L{WholeRenderer} answers (besides BODY[]).
 _WHOLE_TYPES = {"flags", "uid", "internaldate", "rfc822size", "rfc822"}
 # How many partial-fetch resume points a session keeps.
 MAX_RESUME_POINTS = 16
@@ -92,7 +92,7 @@ def wholeOnly(items: list) -> bool:
     """
     @return: whether C{items} ask for the whole message (C{RFC822},
         C{BODY[]}, maybe partial) and otherwise only for what its bytes
-        or the view tell (L{renderWhole}), so no structure is needed.
+        or the view tell (L{WholeRenderer}), so no structure is needed.
     """
     return any(i.type in ("rfc822", "body") for i in items) and all(
         i.type in _WHOLE_TYPES or (i.type == "body" and i.empty and not i.part and i.header is None
@@ -245,33 +245,46 @@ def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO |
     return out
 
 
-def renderWhole(items: list, seq: int, slot: Slot, data: bytes, uid: bool) -> list:
+class WholeRenderer:
     """
-    L{render} for L{wholeOnly} items from the whole message, with CRLF
-    line ends, in memory.
+    L{render} for L{wholeOnly} items, from the whole message with CRLF
+    line ends in memory; what does not depend on the message is worked
+    out once per FETCH.
     """
-    out: list = [b"* %d FETCH (" % (seq,)]
-    parts = []
-    for item in items:
-        kind = item.type
-        if kind == "flags":
-            parts.append(b"FLAGS " + flagList(slot.allFlags()))
-        elif kind == "uid":
+
+    def __init__(self, items: list, uid: bool) -> None:
+        """
+        @param items: the parsed FETCH items (L{wholeOnly}).
+        @param uid: a UID FETCH (the UID is always sent).
+        """
+        self._plan = [(item.type, sectionLabel(item) if item.type == "body" else b"", item) for item in items]
+        self._addUid = uid and not any(item.type == "uid" for item in items)
+
+    def render(self, seq: int, slot: Slot, data: bytes) -> list:
+        """
+        @return: the untagged FETCH response for one message (without the
+            final CRLF).
+        """
+        parts = []
+        for kind, label, item in self._plan:
+            if kind == "flags":
+                parts.append(b"FLAGS " + flagList(slot.allFlags()))
+            elif kind == "uid":
+                parts.append(b"UID %d" % (slot.uid,))
+            elif kind == "internaldate":
+                parts.append(b"INTERNALDATE " + formatInternalDate(slot.mtime))
+            elif kind == "rfc822size":
+                parts.append(b"RFC822.SIZE %d" % (len(data),))
+            elif kind == "rfc822":
+                parts.append(b"RFC822 {%d}\r\n%b" % (len(data), data))
+            elif item.partialBegin is None:
+                parts.append(label + b" {%d}\r\n%b" % (len(data), data))
+            else:
+                skip, length = _partial(item, len(data))
+                parts.append(label + b" {%d}\r\n%b" % (length, data[skip:skip + length]))
+        if self._addUid:
             parts.append(b"UID %d" % (slot.uid,))
-        elif kind == "internaldate":
-            parts.append(b"INTERNALDATE " + formatInternalDate(slot.mtime))
-        elif kind == "rfc822size":
-            parts.append(b"RFC822.SIZE %d" % (len(data),))
-        elif kind == "rfc822":
-            parts.append(b"RFC822 {%d}\r\n%b" % (len(data), data))
-        else:
-            skip, length = _partial(item, len(data))
-            parts.append(sectionLabel(item) + b" {%d}\r\n%b" % (length, data[skip:skip + length]))
-    if uid and not any(item.type == "uid" for item in items):
-        parts.append(b"UID %d" % (slot.uid,))
-    out.append(b" ".join(parts))
-    out.append(b")")
-    return out
+        return [b"* %d FETCH (%b)" % (seq, b" ".join(parts))]
 
 
 def _renderIndexed(items: list, seq: int, slot: Slot, indexed: Indexed, uid: bool) -> list:

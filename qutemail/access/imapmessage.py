@@ -19,6 +19,7 @@ L{MessageUnavailable}; one expunged by another session is L{MessageGone}.
 """
 
 import io
+import os
 from collections import OrderedDict
 from typing import Any, BinaryIO, Callable
 
@@ -30,7 +31,7 @@ from qutemail.access.imapmime import Entity, scanMessage
 from qutemail.access.imapstore import locate
 from qutemail.access.imapwire import CRLFConverter
 from qutemail.access.maildrop import notice
-from qutemail.store.reader import MessageUnreadable, openStored, readMessage
+from qutemail.store.reader import MessageUnreadable, mayBeOurs, openStored, readMessage
 
 # Bytes read from a message file per worker-thread call.
 CHUNK_BYTES = 128 * 1024
@@ -123,23 +124,25 @@ def readPlainFiles(paths: list[str], maxBytes: int, parse: Callable[[bytes], Any
     The whole content of each plain stored message, and what C{parse}
     makes of it (by default its structure, L{scanMessage}), while their
     sizes add up to at most C{maxBytes}; C{None} for one that is
-    encrypted, gone, unreadable or past the budget (the caller reads those
-    one by one).  One worker-thread call for many messages.  Blocking.
+    encrypted (or whose header names "encrypted": see
+    L{qutemail.store.reader.mayBeOurs}), gone, unreadable or past the
+    budget (the caller reads those one by one, through
+    L{qutemail.store.reader.readMessage}).  One worker-thread call for
+    many messages.  Blocking.
 
     @return: C{(data, parsed)} or C{None} for each of C{paths}.
     """
     found: list[tuple[bytes, Any] | None] = []
     for path in paths:
         try:
-            f, envelope, _, size = openStored(path)
-        except (OSError, MessageUnreadable):
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(size + 1) if size <= maxBytes else None
+        except OSError:
+            data = None
+        if data is None or len(data) > maxBytes or mayBeOurs(io.BytesIO(data)):
             found.append(None)
             continue
-        with f:
-            if envelope is not None or size > maxBytes:
-                found.append(None)
-                continue
-            data = f.read(size + 1)
         maxBytes -= len(data)
         found.append((data, scanMessage(io.BytesIO(data)) if parse is None else parse(data)))
     return found

@@ -253,10 +253,43 @@ def searchIndexable(key: Key) -> bool:
     return key.op != "header" or key.args[0].lower() in INDEXED_FIELDS
 
 
+def readsBodies(key: Key) -> bool:
+    """
+    @return: whether matching C{key} may read message bodies (BODY, TEXT).
+    """
+    if key.op in ("and", "or", "not"):
+        return any(readsBodies(sub) for sub in key.args)
+    return key.op == "contains"
+
+
+def matcher(key: Key) -> Callable[[Candidate], Awaitable[bool]]:
+    """
+    @return: a coroutine function telling whether a message matches
+        C{key}, with what the search needs worked out once, not per
+        message.
+    """
+    if readsBodies(key):
+        return lambda c: matches(key, c)
+    needsStructure = searchNeedsStructure(key)
+
+    async def match(c: Candidate) -> bool:
+        """
+        @return: whether the message matches.
+        """
+        return matchesNow(key, c, await c.structure() if needsStructure else None)
+
+    return match
+
+
 async def matches(key: Key, c: Candidate) -> bool:
     """
-    @return: whether a message matches a key.
+    @return: whether a message matches a key.  A search that reads no
+        bodies takes the message's structure (when it needs it) once and
+        is matched without further waits; one that does reads a body only
+        when the keys before it have not decided.
     """
+    if not readsBodies(key):
+        return matchesNow(key, c, await c.structure() if searchNeedsStructure(key) else None)
     op, args = key.op, key.args
     if op == "and":
         for sub in args:
@@ -267,6 +300,25 @@ async def matches(key: Key, c: Candidate) -> bool:
         return await matches(args[0], c) or await matches(args[1], c)
     if op == "not":
         return not await matches(args[0], c)
+    return await c.contains(args[0], args[1])
+
+
+def matchesNow(key: Key, c: Candidate, structure: Any) -> bool:
+    """
+    @param structure: the message's structure or L{IndexedHeader}, if
+        L{searchNeedsStructure}.
+    @return: whether a message matches a key that reads no bodies.
+    """
+    op, args = key.op, key.args
+    if op == "and":
+        for sub in args:
+            if not matchesNow(sub, c, structure):
+                return False
+        return True
+    if op == "or":
+        return matchesNow(args[0], c, structure) or matchesNow(args[1], c, structure)
+    if op == "not":
+        return not matchesNow(args[0], c, structure)
     if op == "all":
         return True
     if op == "flag":
@@ -285,7 +337,6 @@ async def matches(key: Key, c: Candidate) -> bool:
     if op == "date" and not args[0].startswith("SENT"):
         internal = datetime.datetime.fromtimestamp(c.slot.mtime, datetime.timezone.utc).date()
         return _compare(args[0], internal, args[1])
-    structure = await c.structure()
     if op == "date":
         return _compare(args[0], _sentDate(structure, c.slot), args[1])
     if op == "larger":
@@ -294,6 +345,4 @@ async def matches(key: Key, c: Candidate) -> bool:
         return structure.size < args[0]
     if op == "header":
         return fieldMatches(structure, args[0], args[1])
-    if op == "contains":
-        return await c.contains(args[0], args[1])
     raise AssertionError(f"unknown search key {op}")

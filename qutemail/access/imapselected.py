@@ -26,13 +26,13 @@ from qutemail.access.fetchindex import FetchIndex
 from qutemail.access.imapaccount import IMAPAccount
 from qutemail.access.keywords import KeywordMap, ensureKeywords, readKeywords
 from qutemail.access.imapfetch import (
-    ResumePoints, WriteFlow, indexable, indexEntry, needsFile, needsStructure, render, renderWhole, sendPieces,
+    ResumePoints, WholeRenderer, WriteFlow, indexable, indexEntry, needsFile, needsStructure, render, sendPieces,
     setsSeen, wholeOnly,
 )
 from qutemail.access.imapmailbox import flagList
 from qutemail.access.imapmessage import MessageGone, MessageUnavailable, fileContains
 from qutemail.access.imapsearch import (
-    CHARSETS, Candidate, Key, matches, parseKeys, searchIndexable, searchNeedsStructure,
+    CHARSETS, Candidate, Key, matcher, matchesNow, parseKeys, readsBodies, searchIndexable, searchNeedsStructure,
 )
 from qutemail.access.imapstore import expunge, storeFlags, transfer
 from qutemail.access.imapstructure import region
@@ -164,21 +164,33 @@ class SelectedCommands:
         slots = list(view.slots)
         lastUid = slots[-1].uid if slots else 0
         found = []
+        match = matcher(query)
         prefetch = searchNeedsStructure(query)
         # Header fields the folder's fetch index keeps are matched there.
         index = account.cache.indexFor(view.path) if prefetch and searchIndexable(query) else None
         if index is not None:
             await index.refresh({s.baseName for s in slots})
+        # A search that reads no bodies is matched at once for a message
+        # whose structure it does not need or the index holds.
+        quick = not readsBodies(query)
+        reused = Candidate(0, slots[0] if slots else None, len(slots), lastUid, None, None)
         for seq, slot in enumerate(slots, 1):
             if prefetch and (seq - 1) % PREFETCH_MESSAGES == 0:
                 # Many thread round trips per message otherwise, as in FETCH.
                 await account.cache.prefetchScans(
                     view.path, [(s.baseName, s.path) for s in slots[seq - 1:seq - 1 + PREFETCH_MESSAGES]
                                 if index is None or index.header(s.baseName) is None])
+            if quick:
+                header = index.header(slot.baseName) if index is not None else None
+                if header is not None or not prefetch:
+                    reused.seq, reused.slot = seq, slot
+                    if matchesNow(query, reused, header):
+                        found.append(slot.uid if uid else seq)
+                    continue
             candidate = Candidate(seq, slot, len(slots), lastUid, _structureOf(account, view.path, slot, index),
                                   _containsIn(account, view.path, slot))
             try:
-                if await matches(query, candidate):
+                if await match(candidate):
                     found.append(slot.uid if uid else seq)
             except (MessageGone, MessageUnavailable):
                 continue
@@ -217,6 +229,7 @@ class SelectedCommands:
         # Whole messages (BODY[], RFC822) need no structure: small plain
         # ones are read and sent as they are, with CRLF line ends.
         whole = wholeOnly(items)
+        wholeRenderer = WholeRenderer(items, uid) if whole else None
         loaded: dict[str, bytes] = {}
         self.transport.registerProducer(flow, True)
         try:
@@ -255,7 +268,7 @@ class SelectedCommands:
                     if not any(i.type == "flags" for i in items):
                         these = items + [_FetchParser.Flags()]
                 if data is not None:
-                    pieces = renderWhole(these, seq, slot, data, uid)
+                    pieces = (wholeRenderer if these is items else WholeRenderer(these, uid)).render(seq, slot, data)
                 else:
                     pieces = render(these, seq, slot, root, f, uid, indexed)
                 await sendPieces(pieces, self.transport, flow, account.runner, self._resume, self.resetTimeout)

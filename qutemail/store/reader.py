@@ -149,7 +149,7 @@ def _claimsOurFormat(source: BinaryIO) -> bool:
     return header.get_content_type() == "multipart/encrypted" and header.get_param("protocol") == PROTOCOL
 
 
-def _mayBeOurs(source: BinaryIO) -> bool:
+def mayBeOurs(source: BinaryIO) -> bool:
     """
     Whether a message's header section (within L{HEADER_CAP_BYTES}) could
     declare it C{multipart/encrypted}: it names "encrypted" somewhere.
@@ -187,7 +187,7 @@ def openStored(path: str) -> tuple[BinaryIO, Envelope | None, bytes | None, int]
         first = source.readline(_MAX_RETURN_PATH_BYTES)
         returnPath = first if first.lower().startswith(b"return-path:") and first.endswith(b"\n") else None
         source.seek(0)
-        if not _mayBeOurs(source):
+        if not mayBeOurs(source):
             source.seek(0)
             return source, None, None, os.fstat(source.fileno()).st_size
         source.seek(0)

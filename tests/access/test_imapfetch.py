@@ -1,6 +1,6 @@
 """
 Tests for L{qutemail.access.imapfetch}: the FETCH of whole messages from
-memory (L{renderWhole}) answers exactly as the general path (L{render})
+memory (L{WholeRenderer}) answers exactly as the general path (L{render})
 does from the message's structure and file.
 """
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.mail.imap4 import _FetchParser
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.access.imapfetch import Literal, render, renderWhole, wholeOnly
+from qutemail.access.imapfetch import Literal, WholeRenderer, render, wholeOnly
 from qutemail.access.imapmailbox import Slot
 from qutemail.access.imapmessage import _convertedWhole, readConverted
 from qutemail.access.imapmime import scanMessage
@@ -50,7 +50,7 @@ LINES = st.lists(st.sampled_from([b"Subject: hi", b"From: a@b.test", b"", b"text
 
 class RenderWholeTests(SynchronousTestCase):
     """
-    L{wholeOnly} and L{renderWhole}.
+    L{wholeOnly} and L{WholeRenderer}.
     """
 
     def test_wholeOnly(self):
@@ -69,7 +69,7 @@ class RenderWholeTests(SynchronousTestCase):
            uid=st.booleans())
     def test_sameAsRender(self, lines, ending, which, uid):
         """
-        For any message and whole-message items, L{renderWhole} sends the
+        For any message and whole-message items, L{WholeRenderer} sends the
         same bytes as L{render} does from the scanned structure and file.
         """
         message = ending.join(lines) + (ending if lines else b"")
@@ -77,4 +77,5 @@ class RenderWholeTests(SynchronousTestCase):
         f = io.BytesIO(message)
         root = scanMessage(f)
         expected = flatten(render(items, 3, SLOT, root, f, uid))
-        self.assertEqual(b"".join(renderWhole(items, 3, SLOT, _convertedWhole(message), uid)), expected)
+        rendered = WholeRenderer(items, uid).render(3, SLOT, _convertedWhole(message))
+        self.assertEqual(b"".join(rendered), expected)
