@@ -40,9 +40,13 @@ class Fixed:
         self.asked.append(data)
         return succeed(self.result)
 
-    def evaluate(self, *args):
+    def policyFor(self, fromDomain):
+        """DMARC policy discovery: nothing to find."""
+        return succeed(None)
+
+    def evaluate(self, fromDomain, spf, dkim, found=None):
         """DMARC."""
-        self.asked.append(args)
+        self.asked.append((fromDomain, spf, dkim))
         return succeed(self.result)
 
 
