@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.policy.test_dmarc -*-
+# -*- test-case-name: tests.policy.test_dmarc,tests.policy.test_checkcaches -*-
 """
 DMARC (RFC 7489): whether a message's RFC5322.From domain stands behind
 it, and what that domain asks receivers to do when it does not.

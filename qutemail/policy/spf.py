@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.policy.test_spf -*-
+# -*- test-case-name: tests.policy.test_spf,tests.policy.test_checkcaches -*-
 """
 SPF (RFC 7208): is the connecting client allowed to send mail for the
 MAIL FROM domain, or for the HELO name when the sender is null?
