@@ -123,14 +123,19 @@ class InboundChecks:
         result = await self.spf.check(clientIp, sender, helo)
         if self.metrics is not None:
             self.metrics.inboundResult("spf", result.result)
-        _log.info("SPF {result} for {scope} {domain} from {ip}", result=result.result, scope=result.scope,
-                  domain=result.domain, ip=clientIp)
+        refused = None
         if result.result == "temperror":
-            raise ReplyError(replies.DNS_TEMPFAIL.withText(
-                f"Temporary DNS failure checking SPF for {_printable(result.domain)}, try again later"))
-        if result.result == "fail" and self.spfFail == "reject":
+            refused = replies.DNS_TEMPFAIL.withText(
+                f"Temporary DNS failure checking SPF for {_printable(result.domain)}, try again later")
+        elif result.result == "fail" and self.spfFail == "reject":
             detail = f"SPF validation failed for {_printable(result.domain)}: {_printable(result.explanation)}"
-            raise ReplyError(replies.SPF_FAILED.withText(detail[:400]))
+            refused = replies.SPF_FAILED.withText(detail[:400])
+        if refused is not None:
+            # A result that lets the mail go on is logged with the message's
+            # other results (checkMessage): one line a message, not two.
+            _log.info("SPF {result} for {scope} {domain} from {ip}", result=result.result, scope=result.scope,
+                      domain=result.domain, ip=clientIp)
+            raise ReplyError(refused)
         return result
 
     def isForged(self, field: bytes) -> bool:
@@ -190,8 +195,8 @@ class InboundChecks:
             self.metrics.inboundResult("dmarc", dmarcResult.result if dmarcResult is not None else "none")
         if folder and verdict.reject is None:
             verdict = attrs.evolve(verdict, folder=folder)
-        _log.info("message {queueId}: {results}; {action}", queueId=message.queueId,
-                  results="; ".join(parts),
+        _log.info("message {queueId} from {peer}: {results}; {action}", queueId=message.queueId,
+                  peer=message.envelope.peer, results="; ".join(parts),
                   action=str(verdict.reject) if verdict.reject else (verdict.folder or "INBOX"))
         return verdict
 
