@@ -22,7 +22,11 @@ What each verdict gets, by default:
 
 Mail from our own authenticated users never comes here: it is signed on the
 way out instead.  The DNS work runs in worker threads of the runner given to
-the checkers, never on the reactor.
+the checkers, never on the reactor.  What depends on DNS alone is kept on the
+reactor thread for as long as the answers hold (whole SPF results, DMARC
+policies; see L{qutemail.ttlcache}), so mail from a sender seen a moment ago
+is checked without a thread; so is a message without DKIM signatures.  A
+message's DMARC lookup runs while its DKIM signatures are verified.
 """
 
 from collections import OrderedDict
