@@ -6,6 +6,8 @@
 #
 # usage: bench/throughput.sh SESSIONS MESSAGES SIZE
 #        bench/throughput.sh compare     all rows of issue 2 against Postfix
+#        bench/throughput.sh pair SESSIONS MESSAGES SIZE
+#                                        one row: Postfix, then QutEmail
 # environment:
 #   BENCH_DIR   scratch directory (default: ${TMPDIR:-/tmp}/qutemail-bench)
 #   PORT        MTA port for QutEmail (default 2525)
@@ -125,5 +127,13 @@ if [ "${1:-}" = compare ]; then
     "$SHARED/bench/postfix_setup.sh" stop >/dev/null 2>&1 || true
     exit 0
 fi
-[ $# -eq 3 ] || { sed -n '2,14p' "$0" >&2; exit 2; }
+if [ "${1:-}" = pair ] && [ $# -eq 4 ]; then
+    shift
+    printf 'postfix  '; run_postfix "$1" "$2" "$3"
+    sleep 5
+    printf 'qutemail '; run_qutemail "$1" "$2" "$3"
+    "$SHARED/bench/postfix_setup.sh" stop >/dev/null 2>&1 || true
+    exit 0
+fi
+[ $# -eq 3 ] || { sed -n '2,16p' "$0" >&2; exit 2; }
 run_qutemail "$1" "$2" "$3"

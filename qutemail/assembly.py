@@ -42,6 +42,7 @@ from qutemail.relay.mx import MXResolver
 from qutemail.relay.sender import Relay
 from qutemail.store.encrypted import isInternal
 from qutemail.store.mailbox import MailDirError, linkMailDir
+from qutemail.ttlcache import ExpiringCache
 
 
 @attrs.frozen
@@ -188,6 +189,11 @@ def buildRelay(config: Any, reactor: Any, runner: Any) -> Relay:
 
 # How many DNS answers the inbound checks keep (least recently used go).
 INBOUND_DNS_CACHE_ENTRIES = 50_000
+# How many whole SPF results (by client, HELO and sender domain) and DMARC
+# policies (by From domain) they keep, and for at most how long, whatever
+# the TTLs: an hour, as long as the longest TTL commonly published for SPF.
+INBOUND_RESULTS_KEPT = 20_000
+INBOUND_RESULTS_MAX_SECONDS = 3600.0
 
 
 def buildInbound(config: Any, reactor: Any, parent: MultiService, metrics: Any = None) -> InboundChecks | None:
@@ -206,11 +212,15 @@ def buildInbound(config: Any, reactor: Any, parent: MultiService, metrics: Any =
     # One cache for the checks' answers, kept for their TTLs (NXDOMAIN
     # too): mail from one domain asks DNS once, not three times a message.
     cache = ResolverCache(INBOUND_DNS_CACHE_ENTRIES)
+    # And whole results on the reactor thread, so that mail from a sender
+    # seen moments ago needs neither DNS nor a worker thread.
+    spfResults = ExpiringCache(reactor, INBOUND_RESULTS_KEPT, INBOUND_RESULTS_MAX_SECONDS)
+    dmarcPolicies = ExpiringCache(reactor, INBOUND_RESULTS_KEPT, INBOUND_RESULTS_MAX_SECONDS)
     return InboundChecks(
         hostname=config.server.hostname,
-        spf=SPFChecker(nameservers, timeout, runner, cache),
+        spf=SPFChecker(nameservers, timeout, runner, cache, spfResults),
         dkim=DKIMVerifier(nameservers, timeout, config.smtp.maxMessageBytes, runner, cache),
-        dmarc=DMARCEvaluator(nameservers, timeout, runner, cache=cache),
+        dmarc=DMARCEvaluator(nameservers, timeout, runner, cache=cache, policies=dmarcPolicies),
         spfFail=inbound.spfFail, dmarcReject=inbound.dmarcReject, metrics=metrics,
     )
 

@@ -8,6 +8,7 @@ every answer into plain values (a L{DNSAnswer}) before it leaves the
 thread, so callers run it through a L{qutemail.blocking.BlockingRunner}.
 """
 
+import time
 from typing import Any
 
 import attrs
@@ -15,6 +16,7 @@ import dns.exception
 import dns.name
 import dns.nameserver
 import dns.rdatatype
+import dns.rdataclass
 import dns.resolver
 
 # Answer statuses of L{DNSAnswer}.
@@ -26,6 +28,11 @@ FAILED = "failed"
 # dnspython's per-try timeout: a lost UDP packet is retried within the
 # lifetime instead of using all of it.
 _TRY_SECONDS = 2.0
+
+# How long a negative answer whose lifetime cannot be read holds: a missing
+# record then costs one question a minute, and a record just published is
+# seen within that minute.
+NEGATIVE_FALLBACK_SECONDS = 60.0
 
 
 @attrs.frozen
@@ -41,11 +48,50 @@ class DNSAnswer:
         A and AAAA as address strings; TXT as C{bytes}, the
         character-strings of each record joined; other types as text.
     @ivar detail: for L{FAILED} and for an invalid name, a short reason.
+    @ivar ttlSeconds: how much longer the answer holds (what is left of
+        its TTL, or of its negative-caching time for L{NXDOMAIN} and
+        L{NODATA}; RFC 2308); C{None} for L{FAILED}, which never holds.
     """
 
     status: str
     records: tuple = ()
     detail: str = ""
+    ttlSeconds: float | None = attrs.field(default=None, eq=False)
+
+
+def answerSeconds(answer: dns.resolver.Answer) -> float:
+    """
+    @return: how much longer a dnspython answer holds (what is left of
+        the smallest TTL along its CNAME chain, or of its negative-caching
+        time), by the wall clock dnspython's cache uses.
+    """
+    return max(0.0, answer.expiration - time.time())
+
+
+def nxdomainSeconds(resolver: dns.resolver.Resolver, qname: dns.name.Name,
+                    error: dns.resolver.NXDOMAIN) -> float:
+    """
+    How much longer an NXDOMAIN holds (RFC 2308 §5): the entry dnspython's
+    cache keeps for it, else the negative TTL of the response, else
+    L{NEGATIVE_FALLBACK_SECONDS}.
+
+    @param resolver: the resolver that answered (its cache, if any, holds
+        what is left of the lifetime: a response read from the cache
+        carries the lifetime it had when it was first received).
+    @param qname: the name asked about.
+    @param error: the resolver's exception.
+    """
+    cache = resolver.cache
+    if cache is not None:
+        cached = cache.get((qname, dns.rdatatype.ANY, dns.rdataclass.IN))
+        if cached is not None:
+            return answerSeconds(cached)
+        # no entry: this response is fresh from the server
+    try:
+        responses = error.responses()
+        return float(min(response.resolve_chaining().minimum_ttl for response in responses.values()))
+    except (dns.exception.DNSException, ValueError, AttributeError, KeyError):
+        return NEGATIVE_FALLBACK_SECONDS
 
 
 class ResolverCache(dns.resolver.LRUCache):
@@ -145,8 +191,8 @@ def queryBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     try:
         resolver = makeResolver(nameservers, timeoutSeconds, cache)
         answer = resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
-    except dns.resolver.NXDOMAIN:
-        return DNSAnswer(NXDOMAIN)
+    except dns.resolver.NXDOMAIN as e:
+        return DNSAnswer(NXDOMAIN, ttlSeconds=nxdomainSeconds(resolver, qname, e))
     except dns.exception.Timeout:
         return DNSAnswer(FAILED, detail="timeout")
     except dns.resolver.NoNameservers:
@@ -156,5 +202,5 @@ def queryBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     except dns.exception.DNSException as e:
         return DNSAnswer(FAILED, detail=type(e).__name__)
     if answer.rrset is None:
-        return DNSAnswer(NODATA)
-    return DNSAnswer(FOUND, tuple(_recordValue(rdata) for rdata in answer.rrset))
+        return DNSAnswer(NODATA, ttlSeconds=answerSeconds(answer))
+    return DNSAnswer(FOUND, tuple(_recordValue(rdata) for rdata in answer.rrset), ttlSeconds=answerSeconds(answer))

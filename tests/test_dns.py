@@ -6,8 +6,8 @@ import dns.resolver
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from qutemail.dns import FOUND, NXDOMAIN, ResolverCache, makeResolver, queryBlocking
-from tests.dnsserver import startDNSServer
+from qutemail.dns import FAILED, FOUND, NODATA, NXDOMAIN, ResolverCache, makeResolver, queryBlocking
+from tests.dnsserver import SERVFAIL, startDNSServer
 
 
 def byHostDescending(group: list) -> None:
@@ -63,3 +63,34 @@ class ResolverCacheTests(SynchronousTestCase):
         self.assertIsNot(makeResolver(servers, 3.0, cache), first)
         plain = dns.resolver.LRUCache(10)
         self.assertIsNot(makeResolver(servers, 2.0, plain), makeResolver(servers, 2.0, plain))
+
+
+class HoldsTests(TestCase):
+    """
+    L{DNSAnswer.ttlSeconds}: how much longer an answer holds.
+    """
+
+    async def test_remainingTTL(self):
+        """
+        An answer, a negative answer and an NXDOMAIN hold for what is left
+        of their TTL (or negative TTL), read from the cache the second
+        time; a failure holds for no time.
+        """
+        server = await startDNSServer(self, [("a.test", "TXT", "v=spf1 -all")])
+        server.ttl = 30
+        cache = dns.resolver.LRUCache(100)
+
+        def ask():
+            return [queryBlocking(server.nameservers, 2.0, name, rtype, cache)
+                    for _ in range(2) for name, rtype in [("a.test", "TXT"), ("a.test", "MX"), ("gone.test", "TXT")]]
+
+        answers = await deferToThread(ask)
+        self.assertEqual([a.status for a in answers[:3]], [FOUND, NODATA, NXDOMAIN])
+        self.assertEqual(len(server.queries), 3)
+        for answer in answers:
+            self.assertTrue(28 < answer.ttlSeconds <= 30, answer)
+        for first, again in zip(answers[:3], answers[3:]):
+            self.assertLessEqual(again.ttlSeconds, first.ttlSeconds)
+        server.setMode(SERVFAIL)
+        failed = await deferToThread(queryBlocking, server.nameservers, 2.0, "b.test", "TXT")
+        self.assertEqual((failed.status, failed.ttlSeconds), (FAILED, None))

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.policy.test_dmarc -*-
+# -*- test-case-name: tests.policy.test_dmarc,tests.policy.test_checkcaches -*-
 """
 DMARC (RFC 7489): whether a message's RFC5322.From domain stands behind
 it, and what that domain asks receivers to do when it does not.
@@ -55,7 +55,7 @@ import re
 from typing import Any, Callable
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from qutemail.policy.authresults import comment, quotedValue
 from qutemail.dns import FAILED, FOUND, queryBlocking
@@ -292,6 +292,17 @@ def headerFromDomain(headerBytes: bytes) -> str | None:
         literal).  The caller then treats the message as unevaluable:
         C{dmarc=permerror}, see L{DMARCResult.unevaluable}.
     """
+    values = fromFields(headerBytes)
+    if len(values) != 1:
+        return None
+    return fromFieldDomain(values[0])
+
+
+def fromFields(headerBytes: bytes) -> list[bytes]:
+    """
+    @return: the value of every From field of a header section (see
+        L{headerFromDomain}), continuation lines joined, line ends kept.
+    """
     values = []
     current: list[bytes] | None = None
     for line in re.split(rb"(?<=\n)", headerBytes):
@@ -306,9 +317,17 @@ def headerFromDomain(headerBytes: bytes) -> str | None:
         if colon and name.rstrip(b" \t").lower() == b"from":
             current = [value]
             values.append(current)
-    if len(values) != 1:
-        return None
-    text = b"".join(values[0]).decode("utf-8", "replace")
+    return [b"".join(value) for value in values]
+
+
+def fromFieldDomain(value: bytes) -> str | None:
+    """
+    The author domain of one From field's value (see L{headerFromDomain}).
+    It depends on the value alone, so callers may keep it.
+
+    @return: the domain, normalised, or C{None}.
+    """
+    text = value.decode("utf-8", "replace")
     text = text.replace("\r", "").replace("\n", "")
     try:
         field = email.policy.default.header_factory("From", text)
@@ -339,20 +358,112 @@ def _aligned(identifier: str, fromDomain: str, mode: str) -> bool:
 
 
 def _discover(name: str, nameservers: tuple[tuple[str, int], ...],
-              timeoutSeconds: float, cache: Any = None) -> tuple[str, list[str]]:
+              timeoutSeconds: float, cache: Any = None) -> tuple[str, list[str], float]:
     """
     Fetch the DMARC records published at one name.
 
-    @return: C{(status, records)}: C{"found"} with the records starting
-        with C{v=DMARC1} (possibly none), or C{"failed"} with C{[detail]}.
+    @return: C{(status, records, holdsSeconds)}: C{"found"} with the
+        records starting with C{v=DMARC1} (possibly none), or C{"failed"}
+        with C{[detail]}; and how much longer the answer holds (0 for a
+        failure).
     """
     answer = queryBlocking(nameservers, timeoutSeconds, f"_dmarc.{name}", "TXT", cache)
+    holds = answer.ttlSeconds if answer.ttlSeconds is not None else 0.0
     if answer.status == FAILED:
-        return FAILED, [answer.detail or "DNS failure"]
+        return FAILED, [answer.detail or "DNS failure"], 0.0
     if answer.status != FOUND:
-        return FOUND, []
+        return FOUND, [], holds
     texts = [record.decode("utf-8", "replace") for record in answer.records]
-    return FOUND, [text for text in texts if isDMARCRecord(text)]
+    return FOUND, [text for text in texts if isDMARCRecord(text)], holds
+
+
+@attrs.frozen
+class DMARCPolicy:
+    """
+    What policy discovery (RFC 7489 §6.6.3) found for a From domain: the
+    part of an evaluation that depends on DNS only, and so may be kept for
+    as long as the answers hold.
+
+    @ivar fromDomain: the From domain, normalised.
+    @ivar foundAt: where the record was looked for last (the From domain
+        or its Organizational Domain).
+    @ivar record: the usable record, or C{None}.
+    @ivar outcome: without a usable record, the result every message from
+        the domain gets (C{none}, C{permerror} or C{temperror}); else
+        C{None}.
+    """
+
+    fromDomain: str
+    foundAt: str
+    record: DMARCRecord | None
+    outcome: DMARCResult | None
+
+
+def discoverPolicyBlocking(fromDomain: str, nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float,
+                           cache: Any = None) -> tuple[DMARCPolicy, float]:
+    """
+    Find a From domain's DMARC policy (RFC 7489 §6.6.3).  Blocking: call
+    it in a worker thread.
+
+    @param fromDomain: the RFC5322.From domain (L{headerFromDomain}).
+    @param nameservers: see L{evaluateBlocking}, as are the others.
+    @return: the L{DMARCPolicy}, and how much longer it holds: what is
+        left of the TTLs of the answers it was made from; 0 after a DNS
+        failure (a C{temperror} is never kept).
+    """
+    fromDomain = _normalise(fromDomain)
+    status, records, holds = _discover(fromDomain, nameservers, timeoutSeconds, cache)
+    foundAt = fromDomain
+    orgDomain = organisationalDomain(fromDomain)
+    if status == FOUND and not records and orgDomain != fromDomain:
+        status, records, orgHolds = _discover(orgDomain, nameservers, timeoutSeconds, cache)
+        foundAt, holds = orgDomain, min(holds, orgHolds)
+
+    def fixed(result: str, reason: str) -> DMARCPolicy:
+        """
+        @return: a policy without a usable record.
+        """
+        return DMARCPolicy(fromDomain, foundAt, None, DMARCResult(result, "none", fromDomain, reason))
+
+    if status == FAILED:
+        return fixed(TEMPERROR, f"DNS lookup of _dmarc.{foundAt} failed: {records[0]}"), 0.0
+    if not records:
+        return fixed(NONE, "no DMARC record"), holds
+    if len(records) > 1:
+        return fixed(NONE, f"several DMARC records at _dmarc.{foundAt}"), holds
+    record = parseRecord(records[0])
+    if record is None:
+        return fixed(PERMERROR, f"invalid DMARC record at _dmarc.{foundAt}"), holds
+    return DMARCPolicy(fromDomain, foundAt, record, None), holds
+
+
+def applyPolicy(found: DMARCPolicy, spf: tuple[str, str], dkim: tuple[tuple[str, str], ...],
+                sample: float | None = None) -> DMARCResult:
+    """
+    Evaluate DMARC for one message from a discovered policy: identifier
+    alignment, then the policy (see the module docstring).  It does no
+    I/O.
+
+    @param found: what L{discoverPolicyBlocking} found.
+    @param spf: see L{evaluateBlocking}, as are C{dkim} and C{sample}.
+    @return: the L{DMARCResult}.
+    """
+    if found.outcome is not None:
+        return found.outcome
+    record, fromDomain = found.record, found.fromDomain
+    policy = record.policy if found.foundAt == fromDomain else record.subdomainPolicy
+    spfResult, spfDomain = spf
+    if spfResult == PASS and _aligned(spfDomain, fromDomain, record.aspf):
+        return DMARCResult(PASS, policy, fromDomain, "")
+    for dkimResult, dkimDomain in dkim:
+        if dkimResult == PASS and _aligned(dkimDomain, fromDomain, record.adkim):
+            return DMARCResult(PASS, policy, fromDomain, "")
+    reason = "no aligned SPF or DKIM pass"
+    if sample is not None and record.percent < 100 and sample >= record.percent:
+        weaker = _WEAKER[policy]
+        reason += f"; outside pct={record.percent}: {weaker} instead of {policy}"
+        policy = weaker
+    return DMARCResult(FAIL, policy, fromDomain, reason)
 
 
 def evaluateBlocking(fromDomain: str, spf: tuple[str, str], dkim: tuple[tuple[str, str], ...],
@@ -377,35 +488,8 @@ def evaluateBlocking(fromDomain: str, spf: tuple[str, str], dkim: tuple[tuple[st
         §6.6.4); C{None} applies the policy in full.
     @return: the L{DMARCResult}.  Never raises for DNS or record trouble.
     """
-    fromDomain = _normalise(fromDomain)
-    status, records = _discover(fromDomain, nameservers, timeoutSeconds, cache)
-    foundAt = fromDomain
-    orgDomain = organisationalDomain(fromDomain)
-    if status == FOUND and not records and orgDomain != fromDomain:
-        status, records = _discover(orgDomain, nameservers, timeoutSeconds, cache)
-        foundAt = orgDomain
-    if status == FAILED:
-        return DMARCResult(TEMPERROR, "none", fromDomain, f"DNS lookup of _dmarc.{foundAt} failed: {records[0]}")
-    if not records:
-        return DMARCResult(NONE, "none", fromDomain, "no DMARC record")
-    if len(records) > 1:
-        return DMARCResult(NONE, "none", fromDomain, f"several DMARC records at _dmarc.{foundAt}")
-    record = parseRecord(records[0])
-    if record is None:
-        return DMARCResult(PERMERROR, "none", fromDomain, f"invalid DMARC record at _dmarc.{foundAt}")
-    policy = record.policy if foundAt == fromDomain else record.subdomainPolicy
-    spfResult, spfDomain = spf
-    if spfResult == PASS and _aligned(spfDomain, fromDomain, record.aspf):
-        return DMARCResult(PASS, policy, fromDomain, "")
-    for dkimResult, dkimDomain in dkim:
-        if dkimResult == PASS and _aligned(dkimDomain, fromDomain, record.adkim):
-            return DMARCResult(PASS, policy, fromDomain, "")
-    reason = "no aligned SPF or DKIM pass"
-    if sample is not None and record.percent < 100 and sample >= record.percent:
-        weaker = _WEAKER[policy]
-        reason += f"; outside pct={record.percent}: {weaker} instead of {policy}"
-        policy = weaker
-    return DMARCResult(FAIL, policy, fromDomain, reason)
+    found, _ = discoverPolicyBlocking(fromDomain, nameservers, timeoutSeconds, cache)
+    return applyPolicy(found, spf, dkim, sample)
 
 
 def _randomFactory() -> Callable[[], float]:
@@ -428,6 +512,12 @@ class DMARCEvaluator:
         tests pass their own.
     @ivar cache: a DNS cache shared by the evaluations, or C{None} (see
         L{qutemail.dns.makeResolver}).
+    @ivar policies: an L{qutemail.ttlcache.ExpiringCache} of discovered
+        policies (L{DMARCPolicy}) by From domain, each kept for as long as
+        the answers it was made from hold (a C{temperror} never), or
+        C{None} for none.  A kept policy is applied at once, without a
+        worker thread, and lookups of one domain under way at the same
+        time are shared.
     """
 
     nameservers: tuple[tuple[str, int], ...]
@@ -435,13 +525,40 @@ class DMARCEvaluator:
     runner: Any
     random: Callable[[], float] = attrs.field(factory=_randomFactory)
     cache: Any = None
+    policies: Any = None
 
-    def evaluate(self, fromDomain: str, spf: tuple[str, str], dkim: tuple[tuple[str, str], ...]) -> Deferred:
+    def policyFor(self, fromDomain: str) -> Deferred:
+        """
+        Discover a From domain's policy (L{discoverPolicyBlocking}), or
+        take the one kept.  Start it early to overlap it with other work.
+
+        @return: a Deferred firing with the L{DMARCPolicy}; it fails only
+            when the runner does (not running).
+        """
+        fromDomain = _normalise(fromDomain)
+
+        def discover() -> Deferred:
+            """
+            Ask DNS in a worker thread.
+            """
+            return self.runner.run(discoverPolicyBlocking, fromDomain, tuple(self.nameservers),
+                                   self.timeoutSeconds, self.cache)
+
+        if self.policies is None:
+            return discover().addCallback(lambda outcome: outcome[0])
+        return self.policies.fetch(fromDomain, discover)
+
+    def evaluate(self, fromDomain: str, spf: tuple[str, str], dkim: tuple[tuple[str, str], ...],
+                 found: Any = None) -> Deferred:
         """
         Evaluate DMARC for one message; see L{evaluateBlocking}.
 
+        @param found: the L{DMARCPolicy} of L{policyFor} for C{fromDomain},
+            or C{None} to discover it now.
         @return: a Deferred firing with the L{DMARCResult}.
         """
         sample = self.random() * 100.0
-        return self.runner.run(evaluateBlocking, fromDomain, tuple(spf), tuple(tuple(d) for d in dkim),
-                               tuple(self.nameservers), self.timeoutSeconds, sample, self.cache)
+        spf, dkim = tuple(spf), tuple(tuple(d) for d in dkim)
+        if found is not None:
+            return succeed(applyPolicy(found, spf, dkim, sample))
+        return self.policyFor(fromDomain).addCallback(applyPolicy, spf, dkim, sample)

@@ -22,9 +22,14 @@ What each verdict gets, by default:
 
 Mail from our own authenticated users never comes here: it is signed on the
 way out instead.  The DNS work runs in worker threads of the runner given to
-the checkers, never on the reactor.
+the checkers, never on the reactor.  What depends on DNS alone is kept on the
+reactor thread for as long as the answers hold (whole SPF results, DMARC
+policies; see L{qutemail.ttlcache}), so mail from a sender seen a moment ago
+is checked without a thread; so is a message without DKIM signatures.  A
+message's DMARC lookup runs while its DKIM signatures are verified.
 """
 
+from collections import OrderedDict
 from typing import Any
 
 import attrs
@@ -33,11 +38,19 @@ from twisted.logger import Logger
 from qutemail import replies
 from qutemail.policy.authresults import authenticationResults, isSpoofedAuthResults
 from qutemail.message import SpooledMessage
-from qutemail.policy.dmarc import DMARCResult, headerFromDomain
+from qutemail.policy.dmarc import DMARCResult, fromFieldDomain, fromFields
 from qutemail.replies import Reply, ReplyError
 
 # The folder quarantined mail goes to (RFC 6154 \Junk).
 JUNK_FOLDER = "Junk"
+
+# How many From field values keep their parsed author domain: parsing one
+# with the stdlib's address parser costs more than all the rest of the
+# checks of a message whose results are kept, and mail names the same
+# authors again and again.
+FROM_DOMAINS_KEPT = 4096
+# Longer values are parsed each time (a field is at most a few lines).
+_FROM_VALUE_KEPT_BYTES = 1024
 
 _log = Logger()
 
@@ -79,6 +92,28 @@ class InboundChecks:
     spfFail: str = "reject"
     dmarcReject: str = "reject"
     metrics: Any = None
+    _fromDomains: OrderedDict = attrs.field(factory=OrderedDict, init=False)
+
+    def _fromDomain(self, header: bytes) -> str | None:
+        """
+        The From domain of a header section, as
+        L{qutemail.policy.dmarc.headerFromDomain} finds it, each distinct
+        field value parsed once (the L{FROM_DOMAINS_KEPT} last used).
+        """
+        values = fromFields(header)
+        if len(values) != 1:
+            return None
+        value = values[0]
+        if len(value) > _FROM_VALUE_KEPT_BYTES:
+            return fromFieldDomain(value)
+        kept = self._fromDomains
+        if value in kept:
+            kept.move_to_end(value)
+            return kept[value]
+        domain = kept[value] = fromFieldDomain(value)
+        if len(kept) > FROM_DOMAINS_KEPT:
+            kept.popitem(last=False)
+        return domain
 
     async def checkSender(self, clientIp: str, sender: str, helo: str):
         """
@@ -92,14 +127,19 @@ class InboundChecks:
         result = await self.spf.check(clientIp, sender, helo)
         if self.metrics is not None:
             self.metrics.inboundResult("spf", result.result)
-        _log.info("SPF {result} for {scope} {domain} from {ip}", result=result.result, scope=result.scope,
-                  domain=result.domain, ip=clientIp)
+        refused = None
         if result.result == "temperror":
-            raise ReplyError(replies.DNS_TEMPFAIL.withText(
-                f"Temporary DNS failure checking SPF for {_printable(result.domain)}, try again later"))
-        if result.result == "fail" and self.spfFail == "reject":
+            refused = replies.DNS_TEMPFAIL.withText(
+                f"Temporary DNS failure checking SPF for {_printable(result.domain)}, try again later")
+        elif result.result == "fail" and self.spfFail == "reject":
             detail = f"SPF validation failed for {_printable(result.domain)}: {_printable(result.explanation)}"
-            raise ReplyError(replies.SPF_FAILED.withText(detail[:400]))
+            refused = replies.SPF_FAILED.withText(detail[:400])
+        if refused is not None:
+            # A result that lets the mail go on is logged with the message's
+            # other results (checkMessage): one line a message, not two.
+            _log.info("SPF {result} for {scope} {domain} from {ip}", result=result.result, scope=result.scope,
+                      domain=result.domain, ip=clientIp)
+            raise ReplyError(refused)
         return result
 
     def isForged(self, field: bytes) -> bool:
@@ -125,12 +165,18 @@ class InboundChecks:
         @param header: its header section as received (for the From field).
         @return: the L{MessageVerdict}.
         """
+        fromDomain = self._fromDomain(header)
+        # the DMARC policy's lookup and the DKIM keys' go on at once
+        policy = self.dmarc.policyFor(fromDomain) if fromDomain is not None else None
         if message.path is not None:
-            dkimResults = await self.dkim.verify(message.path)
+            verifying = self.dkim.verify(message.path)
         else:
-            dkimResults = await self.dkim.verifyBytes(message.inline)
+            verifying = self.dkim.verifyBytes(message.inline)
+        try:
+            dkimResults = await verifying
+        finally:
+            found = await policy if policy is not None else None
         parts = [spfResult.authResultsPart()] + [r.authResultsPart() for r in dkimResults]
-        fromDomain = headerFromDomain(header)
         dmarcResult = None
         folder = ""
         if fromDomain is None:
@@ -143,7 +189,7 @@ class InboundChecks:
             spfDomain = spfResult.domain if spfResult.scope == "mailfrom" else ""
             dmarcResult = await self.dmarc.evaluate(
                 fromDomain, (spfResult.result, spfDomain),
-                tuple((r.result, r.domain) for r in dkimResults if r.domain))
+                tuple((r.result, r.domain) for r in dkimResults if r.domain), found)
             parts.append(dmarcResult.authResultsPart())
         added = authenticationResults(self.hostname, parts, lineEnd=b"\n").decode("utf-8", "replace")
         verdict = self._decide(dmarcResult, dkimResults, added)
@@ -153,8 +199,8 @@ class InboundChecks:
             self.metrics.inboundResult("dmarc", dmarcResult.result if dmarcResult is not None else "none")
         if folder and verdict.reject is None:
             verdict = attrs.evolve(verdict, folder=folder)
-        _log.info("message {queueId}: {results}; {action}", queueId=message.queueId,
-                  results="; ".join(parts),
+        _log.info("message {queueId} from {peer}: {results}; {action}", queueId=message.queueId,
+                  peer=message.envelope.peer, results="; ".join(parts),
                   action=str(verdict.reject) if verdict.reject else (verdict.folder or "INBOX"))
         return verdict
 

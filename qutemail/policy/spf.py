@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.policy.test_spf -*-
+# -*- test-case-name: tests.policy.test_spf,tests.policy.test_checkcaches -*-
 """
 SPF (RFC 7208): is the connecting client allowed to send mail for the
 MAIL FROM domain, or for the HELO name when the sender is null?
@@ -39,10 +39,10 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 import spf
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from qutemail.dns import makeResolver
+from qutemail.dns import NEGATIVE_FALLBACK_SECONDS, answerSeconds, makeResolver, nxdomainSeconds
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
@@ -51,6 +51,12 @@ HELO = "helo"
 
 # pyspf's names from before RFC 7208 (its C{spf.check} still uses them).
 _OLD_NAMES = {"unknown": "permerror", "error": "temperror"}
+
+# Macros (RFC 7208 §7.3) whose expansion depends on the sender's local
+# part (C{%{l}}, C{%{s}}) or the time (C{%{t}}, in explanations), matched
+# in lower case (upper case only adds URL escaping).
+_LOCAL_PART_MACROS = (b"%{l", b"%{s")
+_TIME_MACRO = b"%{t"
 
 # Attacker-controlled text in a header is cut to this many characters, so
 # the field stays well under RFC 5322's 998-character line limit.
@@ -218,6 +224,8 @@ class _Query(spf.query):
         spf.query.__init__(self, **kwargs)
         self._resolver = resolver
         self._deadline = deadline
+        # how much longer every answer this check used holds
+        self.holdsSeconds = float("inf")
 
     def dns(self, name: str, qtype: str, cnames: Any = None, ignore_void: bool = False) -> list:
         """
@@ -268,7 +276,11 @@ class _Query(spf.query):
         try:
             answer = self._resolver.resolve(qname, qtype, search=False, raise_on_no_answer=False,
                                             lifetime=remaining)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        except dns.resolver.NXDOMAIN as e:
+            self._holds(nxdomainSeconds(self._resolver, qname, e))
+            return []
+        except dns.resolver.NoAnswer:
+            self._holds(NEGATIVE_FALLBACK_SECONDS)
             return []
         except dns.exception.Timeout:
             raise spf.TempError(f"DNS timeout looking up {qtype} {name}")
@@ -276,6 +288,7 @@ class _Query(spf.query):
             raise spf.TempError(f"DNS failure looking up {qtype} {name}")
         except dns.exception.DNSException as e:
             raise spf.TempError(f"DNS error looking up {qtype} {name}: {type(e).__name__}")
+        self._holds(answerSeconds(answer))
         if answer.rrset is None:
             return []
         rdtype = answer.rrset.rdtype
@@ -286,6 +299,25 @@ class _Query(spf.query):
         if rdtype == dns.rdatatype.PTR:
             return [_nameText(rdata.target) for rdata in answer.rrset]
         return [tuple(rdata.strings) for rdata in answer.rrset]
+
+    def _holds(self, seconds: float) -> None:
+        """
+        Note how much longer one answer the check used holds.
+        """
+        self.holdsSeconds = min(self.holdsSeconds, seconds)
+
+    def textMentions(self, needles: tuple[bytes, ...]) -> bool:
+        """
+        @return: whether any TXT or SPF record the check read holds one of
+            C{needles} (lower case), in any case.
+        """
+        for (_, qtype), records in self.cache.items():
+            if qtype in ("TXT", "SPF"):
+                for strings in records:
+                    text = b"".join(strings).lower()
+                    if any(needle in text for needle in needles):
+                        return True
+        return False
 
     def validated_ptrs(self) -> list[str]:
         """
@@ -311,11 +343,32 @@ class _Query(spf.query):
         return validated
 
 
+def identityOf(sender: str, helo: str) -> tuple[str, str, str]:
+    """
+    The identity SPF checks for a transaction: the MAIL FROM address; for
+    a null sender C{postmaster@<helo>} (RFC 7208 §2.3, §2.4); a sender
+    without C{@} is taken as C{postmaster@<sender>}.
+
+    @return: C{(scope, identity, localPart, domain)}, the domain in
+        lower case.
+    """
+    if sender:
+        scope = MAILFROM
+        identity = sender if "@" in sender else "postmaster@" + sender
+    else:
+        scope = HELO
+        identity = "postmaster@" + helo
+    # RFC 5321 §4.1.2: a quoted local part may hold "@"; the domain follows the last
+    localPart, _, domain = identity.rpartition("@")
+    return scope, identity, localPart, domain.lower()
+
+
 def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float, clientIp: str, sender: str,
                   helo: str, cache: Any = None) -> SPFResult:
     """
     Check SPF for one transaction.  Blocking: call it only in a worker
-    thread.  It never raises.
+    thread.  It never raises.  See L{checkTimedBlocking}, which also says
+    how long the result holds.
 
     The identity is the MAIL FROM address; for a null sender it is
     C{postmaster@<helo>} (RFC 7208 §2.3, §2.4).  A sender without C{@} is
@@ -331,24 +384,41 @@ def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     @param cache: a shared DNS cache (L{qutemail.dns.makeResolver}).
     @return: the L{SPFResult}.
     """
-    if sender:
-        scope = MAILFROM
-        identity = sender if "@" in sender else "postmaster@" + sender
-    else:
-        scope = HELO
-        identity = "postmaster@" + helo
-    # RFC 5321 §4.1.2: a quoted local part may hold "@"; the domain follows the last
-    localPart, _, domain = identity.rpartition("@")
-    domain = domain.lower()
+    return checkTimedBlocking(nameservers, timeoutSeconds, clientIp, sender, helo, cache)[0]
 
-    def result(name: str, explanation: str) -> SPFResult:
+
+def checkTimedBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: float, clientIp: str,
+                       sender: str, helo: str, cache: Any = None) -> tuple[SPFResult, float, bool]:
+    """
+    Check SPF for one transaction, and say how long the result holds.
+    Blocking: call it only in a worker thread.  It never raises.
+
+    @param nameservers: see L{checkBlocking}, as are the other parameters.
+    @return: C{(result, holdsSeconds, byLocalPart)}: the L{SPFResult}; how
+        much longer the DNS answers it was made from hold (the least of
+        what is left of their TTLs; 0 for a C{temperror}, or when an
+        explanation expands C{%{t}}; infinite when no DNS was needed); and
+        whether the records read expand the local part (C{%{l}},
+        C{%{s}}), so that the result holds only for this sender and not
+        for the whole domain.
+    """
+    scope, identity, localPart, domain = identityOf(sender, helo)
+
+    def result(name: str, explanation: str, query: _Query | None = None) -> tuple[SPFResult, float, bool]:
         """
-        @return: the check's result, with a name from L{RESULTS}.
+        @param query: the evaluation, if one ran (for its DNS answers).
+        @return: the check's result, with a name from L{RESULTS}, and how
+            it holds.
         """
         name = _OLD_NAMES.get(name, name)
         if name not in RESULTS:
             name, explanation = "temperror", f"unexpected SPF result {name!r}"
-        return SPFResult(name, explanation, domain, scope)
+        outcome = SPFResult(name, explanation, domain, scope)
+        if query is None:
+            return outcome, (0.0 if name == "temperror" else float("inf")), False
+        if name == "temperror" or query.textMentions((_TIME_MACRO,)):
+            return outcome, 0.0, False
+        return outcome, query.holdsSeconds, query.textMentions(_LOCAL_PART_MACROS)
 
     try:
         ipaddress.ip_address(clientIp)
@@ -359,6 +429,7 @@ def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     # A worker thread's deadline for blocking calls, which measure time
     # themselves: no reactor clock is involved
     deadline = time.monotonic() + timeoutSeconds
+    query = None
     try:
         resolver = makeResolver(nameservers, timeoutSeconds, cache)
         query = _Query(resolver, deadline, i=clientIp, s=identity, h=helo, strict=True)
@@ -368,7 +439,7 @@ def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
     except spf.TempError as e:
         return result("temperror", f"SPF Temporary Error: {e}")
     except spf.PermError as e:
-        return result("permerror", f"SPF Permanent Error: {e}")
+        return result("permerror", f"SPF Permanent Error: {e}", query)
     except dns.exception.DNSException as e:
         return result("temperror", f"DNS error: {type(e).__name__}")
     except Exception as e:
@@ -376,7 +447,7 @@ def checkBlocking(nameservers: tuple[tuple[str, int], ...], timeoutSeconds: floa
         # in it is our fault, so temporary (the sender retries).
         _log.failure("SPF check of {domain} from {clientIp} failed", domain=domain, clientIp=clientIp)
         return result("temperror", f"internal error in SPF evaluation ({type(e).__name__})")
-    return result(name, str(explanation or ""))
+    return result(name, str(explanation or ""), query)
 
 
 @attrs.define
@@ -394,6 +465,13 @@ class SPFChecker:
     @ivar runner: the L{qutemail.blocking.BlockingRunner}.
     @ivar cache: a DNS cache shared by the checks, or C{None} (see
         L{qutemail.dns.makeResolver}).
+    @ivar results: an L{qutemail.ttlcache.ExpiringCache} of whole
+        results, or C{None} for none.  A result holds for the same client
+        address, HELO name and MAIL FROM domain (and local part, when the
+        domain's records expand it) for as long as the DNS answers it was
+        made from (see L{checkTimedBlocking}); a C{temperror} is never
+        kept.  A result found there is given at once, without a worker
+        thread.
     """
 
     nameservers: tuple[tuple[str, int], ...] = attrs.field(
@@ -401,6 +479,7 @@ class SPFChecker:
     timeoutSeconds: float
     runner: Any
     cache: Any = None
+    results: Any = None
 
     def check(self, clientIp: str, sender: str, helo: str) -> Deferred:
         """
@@ -411,5 +490,23 @@ class SPFChecker:
         @param helo: the HELO/EHLO name.
         @return: a L{Deferred} firing with the L{SPFResult}.
         """
-        return self.runner.run(checkBlocking, self.nameservers, self.timeoutSeconds, clientIp, sender, helo,
-                               self.cache)
+        if self.results is None:
+            return self.runner.run(checkBlocking, self.nameservers, self.timeoutSeconds, clientIp, sender, helo,
+                                   self.cache)
+        scope, _, localPart, domain = identityOf(sender, helo)
+        domainKey = (clientIp, helo, scope, domain)
+        senderKey = domainKey + (localPart,)
+        kept = self.results.get(domainKey) or self.results.get(senderKey)
+        if kept is not None:
+            return succeed(kept)
+
+        def keep(outcome: tuple[SPFResult, float, bool]) -> SPFResult:
+            """
+            Keep a result for as long as it holds.
+            """
+            result, holdsSeconds, byLocalPart = outcome
+            self.results.put(senderKey if byLocalPart else domainKey, result, holdsSeconds)
+            return result
+
+        return self.runner.run(checkTimedBlocking, self.nameservers, self.timeoutSeconds, clientIp, sender, helo,
+                               self.cache).addCallback(keep)

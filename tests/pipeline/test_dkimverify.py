@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from qutemail.blocking import BlockingRunner, InlineRunner
 from qutemail.pipeline.dkim import RSA_SHA256, SigningKey, generateKey, signHeader
 from qutemail.pipeline.dkimverify import (
-    MAX_SIGNATURES, DKIMResult, DKIMVerifier, verifyBlocking, verifyMessageBlocking,
+    MAX_SIGNATURES, DKIMResult, DKIMVerifier, isUnsigned, verifyBlocking, verifyMessageBlocking,
 )
 from tests.dnsserver import SERVFAIL, SILENT, startDNSServer
 
@@ -307,3 +307,45 @@ class VerifyTests(TestCase):
         # each new signature covers the ones below it only through h=,
         # which does not list DKIM-Signature: they all pass
         self.assertEqual({r.result for r in results}, {"pass"})
+
+
+class NoThreadRunner:
+    """
+    A runner that must not be used.
+    """
+
+    def run(self, f, *args):
+        """
+        Fail the test that got here.
+        """
+        raise AssertionError(f"{f.__name__} was sent to a worker thread")
+
+
+class UnsignedTests(SynchronousTestCase):
+    """
+    A message without signatures is settled on the reactor thread.
+    """
+
+    def test_isUnsigned(self):
+        """
+        Only a header section that names no C{DKIM-Signature} field, in any
+        case, is unsigned; the name in the body does not count; without
+        an empty line the whole message is the header.
+        """
+        self.assertTrue(isUnsigned(MESSAGE))
+        self.assertTrue(isUnsigned(MESSAGE + b"DKIM-Signature: in the body\n"))
+        self.assertTrue(isUnsigned(MESSAGE.replace(b"\n", b"\r\n") + b"dkim-signature: x\r\n"))
+        self.assertFalse(isUnsigned(sign(MESSAGE)))
+        self.assertFalse(isUnsigned(b"dKiM-SiGnAtUrE : v=1\n" + MESSAGE))
+        self.assertFalse(isUnsigned(b"Subject: x\nDKIM-Signature: v=1"))
+        self.assertFalse(isUnsigned(b"Subject: x\r\n\tDKIM-Signature: folded\r\n\r\nbody"))
+
+    def test_noThreadForUnsigned(self):
+        """
+        L{DKIMVerifier.verifyBytes} answers C{none} for an unsigned message
+        at once, without its runner.
+        """
+        verifier = DKIMVerifier((), DNS_TIMEOUT_SECONDS, 100000, NoThreadRunner())
+        self.assertEqual(self.successResultOf(verifier.verifyBytes(MESSAGE)), (DKIMResult("none", "", "", ""),))
+        self.assertRaises(AssertionError, verifier.verifyBytes, sign(MESSAGE))
+

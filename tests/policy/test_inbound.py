@@ -6,12 +6,15 @@ L{tests.integration.test_inbound}.
 """
 
 import attrs
-from twisted.internet.defer import ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.pipeline.dkimverify import DKIMResult
 from qutemail.message import Envelope, SpooledMessage
-from qutemail.policy.dmarc import DMARCResult
+from qutemail.policy import inbound
+from qutemail.policy.dmarc import DMARCResult, fromFieldDomain, headerFromDomain
 from qutemail.policy.inbound import JUNK_FOLDER, InboundChecks
 from qutemail.policy.spf import SPFResult
 from qutemail.replies import ReplyError
@@ -38,12 +41,38 @@ class Fixed:
     def verifyBytes(self, data):
         """DKIM."""
         self.asked.append(data)
+        return self.result if isinstance(self.result, Deferred) else succeed(self.result)
+
+    def policyFor(self, fromDomain):
+        """DMARC policy discovery: nothing to find."""
+        return succeed(None)
+
+    def evaluate(self, fromDomain, spf, dkim, found=None):
+        """DMARC."""
+        self.asked.append((fromDomain, spf, dkim))
         return succeed(self.result)
 
-    def evaluate(self, *args):
-        """DMARC."""
-        self.asked.append(args)
-        return succeed(self.result)
+
+@attrs.define
+class PolicyDMARC:
+    """
+    A DMARC evaluator noting the policy lookups and what evaluations are
+    given.
+    """
+
+    policy: object = attrs.Factory(object)
+    asked: list = attrs.Factory(list)
+    given: list = attrs.Factory(list)
+
+    def policyFor(self, fromDomain):
+        """Note the lookup."""
+        self.asked.append(fromDomain)
+        return succeed(self.policy)
+
+    def evaluate(self, fromDomain, spf, dkim, found=None):
+        """Note the policy given; pass."""
+        self.given.append(found)
+        return succeed(DMARCResult("pass", "none", fromDomain))
 
 
 def checks(spf="pass", dkim=("none", ""), dmarc=("pass", "none"), **kwargs) -> InboundChecks:
@@ -177,3 +206,70 @@ class MessageTests(SynchronousTestCase):
         verdict = self.verdict(c, b"Subject: no author\n\n")
         self.assertEqual((verdict.reject, verdict.folder), (None, ""))
         self.assertIn("dmarc=permerror", verdict.addedHeaders)
+
+
+class ReuseTests(SynchronousTestCase):
+    """
+    Work shared between messages, and lookups of one message overlapped.
+    """
+
+    def test_fromParsedOnce(self) -> None:
+        """
+        Each distinct From value is parsed once, the last
+        L{inbound.FROM_DOMAINS_KEPT} of them kept; the domain found is the
+        same as L{headerFromDomain}'s.
+        """
+        parsed = []
+
+        def counting(value):
+            """
+            Parse, noting the value.
+            """
+            parsed.append(value)
+            return fromFieldDomain(value)
+
+        self.patch(inbound, "fromFieldDomain", counting)
+        self.patch(inbound, "FROM_DOMAINS_KEPT", 2)
+        c = checks()
+        first = [b"From: Ceo <ceo@A.test>\nSubject: 1\n\n", b"Subject: 2\nFrom: Ceo <ceo@A.test>\n\n"]
+        for header in first:
+            run(c.checkMessage(SPFResult("pass", "", "b.test", "mailfrom"), MESSAGE, header))
+        self.assertEqual(len(parsed), 1)
+        self.assertEqual([args[0] for args in c.dmarc.asked], [headerFromDomain(first[0])] * 2)
+        for header in (b"From: x@b.test\n\n", b"From: y@c.test\n\n", first[0]):
+            run(c.checkMessage(SPFResult("pass", "", "b.test", "mailfrom"), MESSAGE, header))
+        self.assertEqual(len(parsed), 4)
+
+    def test_dmarcLookupOverlapsDKIM(self) -> None:
+        """
+        The DMARC policy is looked up while DKIM still verifies, and the
+        policy found is what the evaluation gets.
+        """
+        verifying = Deferred()
+        c = checks()
+        c.dkim.result = verifying
+        c.dmarc = PolicyDMARC()
+        d = ensureDeferred(c.checkMessage(SPFResult("pass", "", "b.test", "mailfrom"), MESSAGE, HEADER))
+        self.assertEqual(c.dmarc.asked, ["a.test"])
+        self.assertNoResult(d)
+        verifying.callback((DKIMResult("none", "", "", ""),))
+        self.assertIsNone(self.successResultOf(d).reject)
+        self.assertEqual(c.dmarc.given, [c.dmarc.policy])
+
+    def test_spfLoggedWithTheMessage(self) -> None:
+        """
+        An SPF result that lets the mail go on is logged with the message's
+        other results, one line a message; one that refuses it at MAIL on
+        its own line.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        run(checks().checkSender("192.0.2.9", "x@b.test", "h.test"))
+        self.assertEqual(len(events), 0)
+        run(checks().checkMessage(SPFResult("pass", "", "b.test", "mailfrom"), MESSAGE, HEADER))
+        self.assertEqual(len(events), 1)
+        text = formatEvent(events[0])
+        self.assertIn("spf=pass", text)
+        self.assertIn("dmarc=pass", text)
+        self.failureResultOf(ensureDeferred(checks(spf="fail").checkSender("192.0.2.9", "x@b.test", "h")))
+        self.assertIn("SPF fail", formatEvent(events[1]))
+
