@@ -15,7 +15,10 @@ file system's clock ticks coarsely, though (a few milliseconds), so a
 change within the same tick as the look would leave the times equal: a
 state is only remembered when every one of those times is at least
 L{SETTLED_SECONDS} older than the look, the rule Dovecot follows for the
-same reason.  A folder that keeps changing is simply read each time, as
+same reason.  The C{uidlist} is the exception: only a look writes it, by
+replacing it under the folder's lock, and it changes only when the
+directories did (or when it is rebuilt), so the state the look wrote into
+it is remembered at once.  A folder that keeps changing is simply read each time, as
 before.
 
 Everything here is called from worker threads; one lock guards the table.
@@ -26,8 +29,10 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-# How old a folder's newest change must be before its state is remembered.
-SETTLED_SECONDS = 2.0
+# How old a folder's newest change must be before its state is remembered
+# (Dovecot's MAILDIR_SYNC_SECS is 1 too): far more than a local file
+# system's clock tick.
+SETTLED_SECONDS = 1.0
 # How many messages' states are kept in all (each costs a few hundred
 # bytes); the least recently used folders go first.
 MAX_MESSAGES = 200_000
@@ -88,20 +93,27 @@ class ListingCache:
             self._states.move_to_end(folderPath)
             return hit[1]
 
-    def put(self, folderPath: str, stamps: tuple, state: Any, size: int, now: float) -> None:
+    def put(self, folderPath: str, stamps: tuple, state: Any, size: int, now: float,
+            written: tuple[int, ...] = ()) -> None:
         """
         Remember a folder's state, if its files have settled (see
         L{settled}); otherwise forget any older one.
 
-        @param stamps: the stamps taken before the state was read.
+        @param stamps: the stamps taken before the state was read (after
+            writing, for the files the look wrote itself).
         @param size: its number of messages (what the bound counts).
         @param now: the time of the look, in seconds.
+        @param written: the places in C{stamps} of files only ever
+            replaced (renamed over, so a new inode) under the folder's
+            lock, by a look that then puts the state it wrote: they need
+            not have settled.
         """
+        mustSettle = tuple(stamp for i, stamp in enumerate(stamps) if i not in written)
         with self._lock:
             old = self._states.pop(folderPath, None)
             if old is not None:
                 self._held -= old[2]
-            if not settled(stamps, now) or size > self.maxMessages:
+            if not settled(mustSettle, now) or size > self.maxMessages:
                 return
             self._states[folderPath] = (stamps, state, size)
             self._held += size

@@ -63,7 +63,8 @@ LETTER_TO_FLAG = {
 }
 FLAG_TO_LETTER = {flag.lower(): letter for letter, flag in LETTER_TO_FLAG.items()}
 INFO_PREFIX = ":2,"
-# The files a folder's state is read from (see L{listingcache}).
+# The files a folder's state is read from (see L{listingcache}); the
+# uidlist is the third.
 _STATE_FILES = ("new", "cur", UIDLIST_FILE, KEYWORDS_FILE)
 # Every process's memory of its folders' last states.
 LISTINGS = ListingCache()
@@ -348,7 +349,7 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
         # was set.
         keywords = readKeywords(folderPath)
         state = FolderState(uidValidity, uidNext, _messages(kept, files, keywords), keywords)
-        listings.put(folderPath, stamps, state, len(kept), now)
+        listings.put(folderPath, stamps, state, len(kept), now, written=(2,))
     return state
 
 

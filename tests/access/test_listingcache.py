@@ -57,6 +57,19 @@ class ListingCacheTests(SynchronousTestCase):
         self.assertIsNot(second, first)
         self.assertEqual(second, first)
 
+    def test_ownUidListNeedNotSettle(self) -> None:
+        """
+        The C{uidlist} a look has just written does not keep its state
+        from being remembered when the directories have settled.
+        """
+        old = time.time() - 60
+        for sub in ("new", "cur"):
+            os.utime(os.path.join(self.inbox, sub), (old, old))
+        now = time.time()
+        first = sync(self.inbox, now, self.listings)
+        self.assertGreater(os.stat(os.path.join(self.inbox, "uidlist")).st_mtime, now - SETTLED_SECONDS)
+        self.assertIs(sync(self.inbox, now, self.listings), first)
+
     def test_changesSeen(self) -> None:
         """
         A delivery, a flag change and an expunge each give a new state.
