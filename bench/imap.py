@@ -131,7 +131,10 @@ def yescrypt(password: str) -> str:
         warnings.simplefilter("ignore", DeprecationWarning)
         import crypt
     alphabet = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    hashed = crypt.crypt(password, "$y$j9T$" + "".join(random.SystemRandom().choice(alphabet) for _ in range(22)))
+    # 16 random bytes in crypt's base 64: 21 characters and one whose
+    # spare low bits are zero.
+    salt = "".join(random.SystemRandom().choice(alphabet) for _ in range(21)) + random.SystemRandom().choice("./01")
+    hashed = crypt.crypt(password, "$y$j9T$" + salt)
     if not hashed or not hashed.startswith("$y$"):
         raise BenchError("this system's crypt(3) has no yescrypt")
     return hashed
