@@ -149,6 +149,10 @@ def writeConfig(path: str, dataDir: str, mtaPort: int, submissionPort: int, encr
         "smtp": {"mta_port": str(mtaPort), "submission_port": str(submissionPort), "smtps_port": "0"},
         "imap": {"port": "0", "tls_port": "0"},
         "pop3": {"port": "0", "tls_port": "0"},
+        # Off: the development configuration's fixed ports may be taken by
+        # another server on the machine, and they are not measured.
+        "jmap": {"port": "0"},
+        "metrics": {"port": "0"},
         "tls": {"cert": "", "key": ""},
         "limits": {"messages_per_ip_hour": "0", "messages_per_user_hour": "0", "connections_per_ip": "1000"},
         "qkd": {"kme_url": "", "pool_keys": str(poolKeys), "refill_per_second": "100000",
