@@ -245,6 +245,20 @@ def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO |
     return out
 
 
+def _viewItem(kind: str, slot: Slot) -> bytes | None:
+    """
+    @return: a FETCH item the session's view answers (C{FLAGS}, C{UID},
+        C{INTERNALDATE}), or C{None} for another kind.
+    """
+    if kind == "flags":
+        return b"FLAGS " + flagList(slot.allFlags())
+    if kind == "uid":
+        return b"UID %d" % (slot.uid,)
+    if kind == "internaldate":
+        return b"INTERNALDATE " + formatInternalDate(slot.mtime)
+    return None
+
+
 class WholeRenderer:
     """
     L{render} for L{wholeOnly} items, from the whole message with CRLF
@@ -267,12 +281,9 @@ class WholeRenderer:
         """
         parts = []
         for kind, label, item in self._plan:
-            if kind == "flags":
-                parts.append(b"FLAGS " + flagList(slot.allFlags()))
-            elif kind == "uid":
-                parts.append(b"UID %d" % (slot.uid,))
-            elif kind == "internaldate":
-                parts.append(b"INTERNALDATE " + formatInternalDate(slot.mtime))
+            viewed = _viewItem(kind, slot)
+            if viewed is not None:
+                parts.append(viewed)
             elif kind == "rfc822size":
                 parts.append(b"RFC822.SIZE %d" % (len(data),))
             elif kind == "rfc822":
@@ -295,12 +306,9 @@ def _renderIndexed(items: list, seq: int, slot: Slot, indexed: Indexed, uid: boo
     parts = []
     for item in items:
         kind = item.type
-        if kind == "flags":
-            parts.append(b"FLAGS " + flagList(slot.allFlags()))
-        elif kind == "uid":
-            parts.append(b"UID %d" % (slot.uid,))
-        elif kind == "internaldate":
-            parts.append(b"INTERNALDATE " + formatInternalDate(slot.mtime))
+        viewed = _viewItem(kind, slot)
+        if viewed is not None:
+            parts.append(viewed)
         elif kind == "rfc822size":
             parts.append(b"RFC822.SIZE %d" % (indexed.size,))
         elif kind == "envelope":
