@@ -12,7 +12,7 @@ import uuid
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from qutemail.backends.memory import MemoryKeyVault, MemoryUserDirectory

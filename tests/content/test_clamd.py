@@ -5,7 +5,6 @@ writes) over TCP and its Unix socket.
 """
 
 import base64
-import os
 import struct
 
 from twisted.internet import reactor

@@ -3,7 +3,6 @@ Tests for L{qutemail.content.feed}: a message goes to its consumer a chunk
 at a time, waiting while the consumer is paused.
 """
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import UNKNOWN_LENGTH
 
