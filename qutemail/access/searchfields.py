@@ -37,12 +37,17 @@ def headerValues(structure: Any, name: str) -> list[str]:
     for value in structure.rawFields(name):
         raw = unfold(str(value))
         values.append(raw)
-        # Raw 8-bit bytes (surrogate escapes) read as UTF-8.
-        values.append(raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
-        try:
-            values.append(str(email.header.make_header(email.header.decode_header(raw))))
-        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
-            pass
+        if not raw.isascii():
+            # Raw 8-bit bytes (surrogate escapes) read as UTF-8 (an ASCII
+            # value reads as itself).
+            values.append(raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        if "=?" in raw:
+            # Without an encoded word, decoding gives the value itself
+            # (or fails): the stdlib's decoder is worth calling only here.
+            try:
+                values.append(str(email.header.make_header(email.header.decode_header(raw))))
+            except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+                pass
     return values
 
 
