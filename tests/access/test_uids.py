@@ -7,6 +7,8 @@ import multiprocessing
 import os
 import threading
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.store.folders import MaildirFolders
@@ -274,6 +276,53 @@ class UidListFormatTests(SynchronousTestCase):
         for data, validity in cases.items():
             e = self.assertRaises(CorruptUidList, parseUidList, data)
             self.assertEqual(e.uidValidity, validity, data)
+
+
+    @settings(max_examples=400, deadline=None)
+    @given(lines=st.lists(st.tuples(st.sampled_from(["1", "2", "3", "9", "10", "0", "x", "", "\u0663"]),
+                                    st.sampled_from([" ", "", "  "]),
+                                    st.sampled_from(["a", "b", "a b", "", "1.M1Q2R0.host,S=9", "\r"])),
+                          max_size=5),
+           uidNext=st.sampled_from(["4", "11", "1"]), end=st.sampled_from(["\n", ""]))
+    def test_sameAsLineByLine(self, lines, uidNext, end) -> None:
+        """
+        L{parseUidList} accepts exactly the files a line-by-line reading
+        of the format accepts, with the same entries, and refuses the
+        others with the same UIDVALIDITY.
+        """
+        text = "7 " + uidNext + "\n" + "".join(u + sp + n + "\n" for u, sp, n in lines)
+        data = (text[:-1] + end).encode("utf-8")
+        try:
+            expected = _lineByLine(data)
+        except CorruptUidList as e:
+            self.assertEqual(self.assertRaises(CorruptUidList, parseUidList, data).uidValidity, e.uidValidity)
+        else:
+            self.assertEqual(parseUidList(data), expected)
+
+
+def _lineByLine(data: bytes) -> tuple[int, int, list[tuple[int, str]]]:
+    """
+    The C{uidlist} format read one line at a time (the reading before
+    L{parseUidList} was made faster), for comparison.
+    """
+    text = data.decode("utf-8")
+    if not text.endswith("\n"):
+        raise CorruptUidList("truncated")
+    lines = text[:-1].split("\n")
+    header = lines[0].split(" ")
+    uidValidity, uidNext = int(header[0]), int(header[1])
+    entries, seen, last = [], set(), 0
+    for line in lines[1:]:
+        uidText, space, name = line.partition(" ")
+        if not (space and uidText.isdigit() and uidText.isascii() and name) or name in seen:
+            raise CorruptUidList("bad message line", uidValidity)
+        uid = int(uidText)
+        if not last < uid < uidNext:
+            raise CorruptUidList("UIDs out of order or past UIDNEXT", uidValidity)
+        last = uid
+        seen.add(name)
+        entries.append((uid, name))
+    return uidValidity, uidNext, entries
 
 
 class FlagTests(SynchronousTestCase):
