@@ -15,7 +15,10 @@ file system's clock ticks coarsely, though (a few milliseconds), so a
 change within the same tick as the look would leave the times equal: a
 state is only remembered when every one of those times is at least
 L{SETTLED_SECONDS} older than the look, the rule Dovecot follows for the
-same reason.  The C{uidlist} is the exception: only a look writes it, by
+same reason; an unsettled state is kept only to lend its messages'
+modification times to the next look (L{ListingCache.previous}), which
+then C{stat}s only the files it has not seen under their names.  The
+C{uidlist} is the exception: only a look writes it, by
 replacing it under the folder's lock, and it changes only when the
 directories did (or when it is rebuilt), so the state the look wrote into
 it is remembered at once.  A folder that keeps changing is simply read each time, as
@@ -78,26 +81,38 @@ class ListingCache:
         """
         self.maxMessages = maxMessages
         self._lock = threading.Lock()
-        self._states: OrderedDict[str, tuple[tuple, Any, int]] = OrderedDict()
+        # By folder path: (stamps, state, messages, settled).
+        self._states: OrderedDict[str, tuple[tuple, Any, int, bool]] = OrderedDict()
         self._held = 0
 
     def get(self, folderPath: str, stamps: tuple) -> Any:
         """
-        @return: the state remembered for a folder if it was read under
-            the same C{stamps}, else C{None}.
+        @return: the state remembered for a folder if its files had
+            settled and it was read under the same C{stamps}, else
+            C{None}.
         """
         with self._lock:
             hit = self._states.get(folderPath)
-            if hit is None or hit[0] != stamps:
+            if hit is None or not hit[3] or hit[0] != stamps:
                 return None
             self._states.move_to_end(folderPath)
             return hit[1]
 
+    def previous(self, folderPath: str) -> Any:
+        """
+        @return: the last state read of a folder, settled or not, changed
+            since or not (for what does not change while a file keeps its
+            name, such as its modification time), or C{None}.
+        """
+        with self._lock:
+            hit = self._states.get(folderPath)
+            return hit[1] if hit is not None else None
+
     def put(self, folderPath: str, stamps: tuple, state: Any, size: int, now: float,
             written: tuple[int, ...] = ()) -> None:
         """
-        Remember a folder's state, if its files have settled (see
-        L{settled}); otherwise forget any older one.
+        Remember a folder's state: for L{get} if its files have settled
+        (see L{settled}), else only for L{previous}.
 
         @param stamps: the stamps taken before the state was read (after
             writing, for the files the look wrote itself).
@@ -113,12 +128,12 @@ class ListingCache:
             old = self._states.pop(folderPath, None)
             if old is not None:
                 self._held -= old[2]
-            if not settled(mustSettle, now) or size > self.maxMessages:
+            if size > self.maxMessages:
                 return
-            self._states[folderPath] = (stamps, state, size)
+            self._states[folderPath] = (stamps, state, size, settled(mustSettle, now))
             self._held += size
             while self._held > self.maxMessages:
-                _, (_, _, dropped) = self._states.popitem(last=False)
+                _, (_, _, dropped, _) = self._states.popitem(last=False)
                 self._held -= dropped
 
     def clear(self) -> None:

@@ -255,15 +255,19 @@ def formatUidList(uidValidity: int, uidNext: int, entries: Iterable[tuple[int, s
     return "".join(lines).encode("utf-8")
 
 
-def _scan(folderPath: str) -> dict[str, tuple[str, float]]:
+def _scan(folderPath: str, known: dict[str, float] | None = None) -> dict[str, tuple[str, float]]:
     """
     The message files of a folder by base name: C{new/} then C{cur/} (a
     message moving meanwhile is seen at least once; the C{cur/} entry
     wins).  Dot files, non-files and names that cannot be listed in a
     C{uidlist} (holding a newline or not UTF-8) are skipped.
 
+    @param known: modification times of files by path, from an earlier
+        look: a message file keeps its content and time while it keeps its
+        name, so only the others are C{stat}ed.
     @return: C{{baseName: (path, mtime)}}.
     """
+    known = known or {}
     found: dict[str, tuple[str, float]] = {}
     for entry in messageEntries(folderPath):
         name = entry.name
@@ -273,7 +277,9 @@ def _scan(folderPath: str) -> dict[str, tuple[str, float]]:
             name.encode("utf-8")
             if not entry.is_file(follow_symlinks=False):
                 continue
-            mtime = entry.stat(follow_symlinks=False).st_mtime
+            mtime = known.get(entry.path)
+            if mtime is None:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
         except (UnicodeEncodeError, FileNotFoundError):
             continue
         found[storedId(name)] = (entry.path, mtime)
@@ -335,7 +341,8 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
         if remembered is not None:
             return remembered
         uidValidity, uidNext, entries, changed = _readUidList(listPath, now)
-        files = _scan(folderPath)
+        previous = listings.previous(folderPath)
+        files = _scan(folderPath, {m.path: m.mtime for m in previous.messages} if previous is not None else None)
         kept = [(uid, name) for uid, name in entries if name in files]
         changed = changed or len(kept) != len(entries)
         known = {name for _, name in kept}

@@ -70,6 +70,26 @@ class ListingCacheTests(SynchronousTestCase):
         self.assertGreater(os.stat(os.path.join(self.inbox, "uidlist")).st_mtime, now - SETTLED_SECONDS)
         self.assertIs(sync(self.inbox, now, self.listings), first)
 
+    def test_timesLent(self) -> None:
+        """
+        After a change, the next look takes the modification times of the
+        files it saw before under the same names from the last state
+        (settled or not) and C{stat}s only the others: a file's time
+        changed behind the folder's back (which Maildir never does) shows
+        the time first seen, the new file its own.
+        """
+        first = sync(self.inbox, time.time(), self.listings)
+        path = first.messages[0].path
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+        _deliver(self.inbox, "9.M9Q1R0.host,S=20", 1_650_000_000)
+        second = sync(self.inbox, time.time(), self.listings)
+        times = {m.baseName: m.mtime for m in second.messages}
+        self.assertEqual(times[first.messages[0].baseName], first.messages[0].mtime)
+        self.assertEqual(times["9.M9Q1R0.host,S=20"], 1_650_000_000)
+        # Without a last state every file is stat'ed.
+        third = sync(self.inbox, time.time(), ListingCache())
+        self.assertEqual({m.baseName: m.mtime for m in third.messages}[first.messages[0].baseName], 1_600_000_000)
+
     def test_changesSeen(self) -> None:
         """
         A delivery, a flag change and an expunge each give a new state.
