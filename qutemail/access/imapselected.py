@@ -44,6 +44,8 @@ from qutemail.access.uids import keywordsIn
 # scans this many uncached plain messages in one worker-thread call; one
 # that needs files (BODY[]) reads as many small ones whole.
 PREFETCH_MESSAGES = 64
+# How many bytes of FETCH responses made in memory are written at once.
+OUTPUT_BATCH_BYTES = 128 * 1024
 
 
 def spelledAs(flags: frozenset[str], keywords: KeywordMap) -> frozenset[str]:
@@ -231,6 +233,8 @@ class SelectedCommands:
         whole = wholeOnly(items)
         wholeRenderer = WholeRenderer(items, uid) if whole else None
         loaded: dict[str, bytes] = {}
+        pending: list[bytes] = []
+        pendingBytes = 0
         self.transport.registerProducer(flow, True)
         try:
             for position, (seq, slot) in enumerate(selected):
@@ -271,11 +275,29 @@ class SelectedCommands:
                     pieces = (wholeRenderer if these is items else WholeRenderer(these, uid)).render(seq, slot, data)
                 else:
                     pieces = render(these, seq, slot, root, f, uid, indexed)
-                await sendPieces(pieces, self.transport, flow, account.runner, self._resume, self.resetTimeout)
+                if data is not None or not wantFile:
+                    # Responses made in memory go out together, up to
+                    # OUTPUT_BATCH_BYTES at a time: one write (and TLS
+                    # record run) and one wait for the client per batch.
+                    pending += pieces
+                    pending.append(b"\r\n")
+                    pendingBytes += sum(map(len, pieces))
+                    if pendingBytes < OUTPUT_BATCH_BYTES:
+                        continue
+                    self.transport.writeSequence(pending)
+                    pending, pendingBytes = [], 0
+                    self.resetTimeout()
+                else:
+                    if pending:
+                        self.transport.writeSequence(pending)
+                        pending, pendingBytes = [], 0
+                    await sendPieces(pieces, self.transport, flow, account.runner, self._resume, self.resetTimeout)
                 # Long listings wait for the client too.
                 await flow.whenWritable()
                 if flow.stopped:
                     return
+            if pending:
+                self.transport.writeSequence(pending)
         finally:
             self.transport.unregisterProducer()
             if index is not None:

@@ -271,6 +271,34 @@ class LoopbackTests(TestCase):
         second = await self.imap(session)
         self.assertEqual(second, [b"3", b"1", b"2 3", b"1", b"", b"1"])
 
+    async def test_manyBodies(self) -> None:
+        """
+        A FETCH of many whole messages, far past one batch of output, with
+        the encrypted one (read from its file) among them and a message
+        too large to be read in memory, sends every message whole and in
+        order, as the messages are with CRLF line ends.
+        """
+        bodies = {}
+        for n in range(3, 153):
+            text = b"Subject: m%d\n\n" % (n,) + b"".join(b"line %d of %d\n" % (i, n) for i in range(150))
+            if n == 80:
+                text += b"x" * (5 * 1024 * 1024) + b"\n"
+            name = "1700000%03d.M%dQ%dR0.host,S=%d" % (n, n, n, n)
+            deliver(self.inbox, name + ":2,S", text, 1700000000 + n, "cur")
+            bodies[name] = text.replace(b"\n", b"\r\n")
+
+        def session(client):
+            client.select("INBOX", readonly=True)
+            status, data = client.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
+            return [item for item in data if isinstance(item, tuple)]
+
+        fetched = await self.imap(session)
+        self.assertEqual(len(fetched), 2 + len(bodies))
+        self.assertEqual(fetched[0][1], ORIGINAL)
+        self.assertEqual(fetched[1][1], PLAIN.replace(b"\n", b"\r\n"))
+        self.assertEqual([item[1] for item in fetched[2:]], list(bodies.values()))
+        self.assertEqual([int(item[0].split(b"UID ")[1].split()[0]) for item in fetched], list(range(1, 153)))
+
     async def test_keyGoneNotice(self) -> None:
         """
         A message whose key is gone is fetched as the notice.
