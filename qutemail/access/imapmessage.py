@@ -266,6 +266,19 @@ class MessageCache:
                 self._keepScan((folderPath, baseName), root)
                 self._plain.add((folderPath, baseName))
 
+    async def scanPlain(self, entries: list[tuple[str, str]]) -> dict[str, Entity]:
+        """
+        Scan, in one worker-thread call, the plain messages among
+        C{entries}, without keeping them: for a caller that uses each
+        structure once (to index it).
+
+        @param entries: C{(baseName, path)} of the messages.
+        @return: the structures by base name; encrypted, vanished or
+            unreadable messages are left out (for L{open}).
+        """
+        roots = await self.runner.run(_scanPlain, [path for _, path in entries])
+        return {baseName: root for (baseName, _), root in zip(entries, roots) if root is not None}
+
     async def prefetchFiles(self, folderPath: str, entries: list[tuple[str, str]]) -> None:
         """
         Read whole, with their structure, in one worker-thread call, the

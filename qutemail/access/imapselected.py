@@ -19,6 +19,8 @@ announces the new FLAGS and PERMANENTFLAGS before its FETCH responses.
 COPY and MOVE do the same in the target folder.
 """
 
+from typing import Any
+
 from twisted.mail.imap4 import _FetchParser
 
 from qutemail.store.folders import NoSuchFolder
@@ -233,6 +235,7 @@ class SelectedCommands:
         whole = wholeOnly(items)
         wholeRenderer = WholeRenderer(items, uid) if whole else None
         loaded: dict[str, bytes] = {}
+        scanned: dict[str, Any] = {}
         pending: list[bytes] = []
         pendingBytes = 0
         self.transport.registerProducer(flow, True)
@@ -249,10 +252,20 @@ class SelectedCommands:
                              if name not in loaded and (index is None or index.get(name) is None)]
                     if wantStructure and wantFile:
                         await account.cache.prefetchFiles(view.path, batch)
+                    elif index is not None and batch:
+                        # Indexed at once and answered from the entry:
+                        # such scans are not kept (a first listing of a
+                        # large folder would fill the cache with them, and
+                        # the garbage collector would walk them all).
+                        scanned = await account.cache.scanPlain(batch)
                     elif wantStructure and batch:
                         await account.cache.prefetchScans(view.path, batch)
                 data = loaded.get(slot.baseName)
-                if wantStructure and indexed is None and data is None:
+                fresh = scanned.pop(slot.baseName, None) if indexed is None else None
+                if fresh is not None:
+                    indexed = indexEntry(fresh)
+                    index.add(slot.baseName, indexed)
+                elif wantStructure and indexed is None and data is None:
                     try:
                         root, f = await account.cache.open(view.path, slot.baseName, slot.path, wantFile)
                     except MessageGone:
