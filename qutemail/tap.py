@@ -35,7 +35,9 @@ def makeService(options: Options, reactor=None):
     file, section and key, and exit status 1.
 
     In the real process (no C{reactor} given) the soft open-file limit is
-    first raised to the hard limit, so C{[limits] max_sessions} fits.
+    first raised to the hard limit, so C{[limits] max_sessions} fits, and
+    start-up's objects are kept out of later full garbage collections
+    (L{qutemail.gcstartup}).
 
     @param options: the parsed L{Options}.
     @param reactor: the reactor; the global one when not given.
@@ -51,7 +53,9 @@ def makeService(options: Options, reactor=None):
     openFileLimit = None
     if reactor is None:
         from twisted.internet import reactor
+        from qutemail.gcstartup import freezeWhenRunning
         openFileLimit = raiseOpenFileLimit()[1]
+        freezeWhenRunning(reactor)
     try:
         config = loadConfig(options["config"])
         if openFileLimit is not None:

@@ -13,6 +13,7 @@ import sys
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from qutemail.config import loadConfig
+from qutemail.gcstartup import freezeWhenRunning
 from qutemail.parentdeath import dieWithParent
 from qutemail.policy.sessions import checkHeadroom, raiseOpenFileLimit
 from qutemail.service import buildService
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     checkHeadroom(config.limits.maxSessions, openFileLimit)
     root = buildService(config, reactor, workerIndex=options.index, adoptFd=LISTEN_FD)
     root.startService()
+    freezeWhenRunning(reactor)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()
     return 0

@@ -3,6 +3,7 @@ Tests of C{[server] workers}: extra SMTP processes sharing the MTA port.
 """
 
 import os
+import re
 import signal
 import smtplib
 import time
@@ -111,6 +112,9 @@ class WorkerProcessTests(TestCase):
             log = f.read()
         self.assertIn("started SMTP worker 1", log)
         self.assertNotIn("Traceback", log)
+        # Both processes kept their start-up objects out of full
+        # collections (qutemail.gcstartup).
+        self.assertEqual(len(re.findall(r"froze \d+ start-up objects", log)), 2)
 
     async def test_workerDiesWithMain(self):
         """
