@@ -82,6 +82,8 @@ class IndexedHeader:
     @ivar size: C{RFC822.SIZE}.
     """
 
+    __slots__ = ("size", "_fields")
+
     def __init__(self, size: int, record: bytes) -> None:
         """
         @param record: what L{indexedFields} made.
