@@ -260,11 +260,9 @@ class MessageCache:
         missing = [(baseName, path) for baseName, path in entries if (folderPath, baseName) not in self._scans]
         if not missing:
             return
-        roots = await self.runner.run(_scanPlain, [path for _, path in missing])
-        for (baseName, _), root in zip(missing, roots):
-            if root is not None:
-                self._keepScan((folderPath, baseName), root)
-                self._plain.add((folderPath, baseName))
+        for baseName, root in (await self.scanPlain(missing)).items():
+            self._keepScan((folderPath, baseName), root)
+            self._plain.add((folderPath, baseName))
 
     async def scanPlain(self, entries: list[tuple[str, str]]) -> dict[str, Entity]:
         """

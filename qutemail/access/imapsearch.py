@@ -21,7 +21,7 @@ L{qutemail.access.imapwire.TooDeep} (C{BAD}) before anything is matched.
 import datetime
 import email.utils
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import attrs
 
@@ -232,14 +232,25 @@ def _membership(ranges: list, largest: int) -> SequenceMembership:
     return hit[1]
 
 
+def _leaves(key: Key) -> Iterator[Key]:
+    """
+    @return: the keys of a search that test something (all but C{and},
+        C{or} and C{not}).
+    """
+    if key.op in ("and", "or", "not"):
+        for sub in key.args:
+            yield from _leaves(sub)
+    else:
+        yield key
+
+
 def searchNeedsStructure(key: Key) -> bool:
     """
     @return: whether matching C{key} may need messages' structures (a
         header, the sent date, the size).
     """
-    if key.op in ("and", "or", "not"):
-        return any(searchNeedsStructure(sub) for sub in key.args)
-    return key.op in ("larger", "smaller", "header") or (key.op == "date" and key.args[0].startswith("SENT"))
+    return any(k.op in ("larger", "smaller", "header") or (k.op == "date" and k.args[0].startswith("SENT"))
+               for k in _leaves(key))
 
 
 def searchIndexable(key: Key) -> bool:
@@ -248,18 +259,14 @@ def searchIndexable(key: Key) -> bool:
         stand for its structure in matching C{key}: every header field it
         tests is one of L{INDEXED_FIELDS}.
     """
-    if key.op in ("and", "or", "not"):
-        return all(searchIndexable(sub) for sub in key.args)
-    return key.op != "header" or key.args[0].lower() in INDEXED_FIELDS
+    return all(k.op != "header" or k.args[0].lower() in INDEXED_FIELDS for k in _leaves(key))
 
 
 def readsBodies(key: Key) -> bool:
     """
     @return: whether matching C{key} may read message bodies (BODY, TEXT).
     """
-    if key.op in ("and", "or", "not"):
-        return any(readsBodies(sub) for sub in key.args)
-    return key.op == "contains"
+    return any(k.op == "contains" for k in _leaves(key))
 
 
 def matcher(key: Key) -> Callable[[Candidate], Awaitable[bool]]:

@@ -43,6 +43,7 @@ import dkim
 import dkim.util
 from twisted.internet.defer import Deferred, succeed
 
+from qutemail.headerblock import headerEnd
 from qutemail.policy.authresults import quotedValue
 from qutemail.pipeline.dkim import MIN_RSA_BITS, KeyLookupError, dnsFunction
 
@@ -323,6 +324,9 @@ def verifyMessageBlocking(message: bytes, nameservers: tuple[tuple[str, int], ..
     return tuple(results)
 
 
+_DKIM_SIGNATURE = re.compile(rb"dkim-signature", re.IGNORECASE)
+
+
 def isUnsigned(message: bytes) -> bool:
     """
     Whether a message certainly has no C{DKIM-Signature} field: the name
@@ -330,9 +334,7 @@ def isUnsigned(message: bytes) -> bool:
     the whole message when it has none).  Cheap enough for the reactor
     thread.
     """
-    end = re.search(rb"\r?\n\r?\n", message)
-    header = message if end is None else message[:end.start()]
-    return re.search(rb"(?i)dkim-signature", header) is None
+    return _DKIM_SIGNATURE.search(message, 0, headerEnd(message)) is None
 
 
 def _headerOnly(prefix: bytes) -> bytes:

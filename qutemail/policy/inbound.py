@@ -29,8 +29,8 @@ is checked without a thread; so is a message without DKIM signatures.  A
 message's DMARC lookup runs while its DKIM signatures are verified.
 """
 
-from collections import OrderedDict
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import attrs
 from twisted.logger import Logger
@@ -92,7 +92,13 @@ class InboundChecks:
     spfFail: str = "reject"
     dmarcReject: str = "reject"
     metrics: Any = None
-    _fromDomains: OrderedDict = attrs.field(factory=OrderedDict, init=False)
+    _fromDomains: Callable[[str], str | None] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        """
+        This checker's memory of From values parsed.
+        """
+        self._fromDomains = functools.lru_cache(maxsize=FROM_DOMAINS_KEPT)(lambda value: fromFieldDomain(value))
 
     def _fromDomain(self, header: bytes) -> str | None:
         """
@@ -106,14 +112,7 @@ class InboundChecks:
         value = values[0]
         if len(value) > _FROM_VALUE_KEPT_BYTES:
             return fromFieldDomain(value)
-        kept = self._fromDomains
-        if value in kept:
-            kept.move_to_end(value)
-            return kept[value]
-        domain = kept[value] = fromFieldDomain(value)
-        if len(kept) > FROM_DOMAINS_KEPT:
-            kept.popitem(last=False)
-        return domain
+        return self._fromDomains(value)
 
     async def checkSender(self, clientIp: str, sender: str, helo: str):
         """

@@ -42,10 +42,10 @@ L{qutemail.blocking.BlockingRunner.run}.
 
 import email.message
 import os
-import re
 from typing import BinaryIO, Callable
 
 from qutemail.durable import PRIVATE_FILE_MODE, removeFile, syncDirectory
+from qutemail.headerblock import namesEncrypted
 from qutemail.qkd.cipher import (
     PLACEHOLDER_SUBJECT, DecryptionError, Envelope, Format, SealedMessage, decryptInto, encryptStream, readEnvelope,
 )
@@ -59,21 +59,6 @@ TRANSIT = Format(
 )
 
 
-_ENCRYPTED = re.compile(rb"encrypted", re.IGNORECASE)
-_BLANK_LINE = re.compile(rb"\n\r?\n")
-
-
-def _headerEnd(head: bytes) -> int:
-    """
-    @return: where the header block of C{head} ends (at its blank line),
-        or C{len(head)} when there is none within C{head}.
-    """
-    if head.startswith((b"\n", b"\r\n")):
-        return 0
-    blank = _BLANK_LINE.search(head)
-    return len(head) if blank is None else blank.start() + 1
-
-
 def isTransit(head: bytes) -> bool:
     """
     Whether a message says it is in the transit form (its top-level
@@ -85,8 +70,7 @@ def isTransit(head: bytes) -> bool:
     # Every message from outside comes here: most are not encrypted at
     # all, which one pass in C over the header block tells before any
     # header is parsed (the body, up to 64 KiB of it here, is not looked at).
-    end = _headerEnd(head)
-    if _ENCRYPTED.search(head, 0, end) is None:
+    if not namesEncrypted(head):
         return False
     lines = firstSane(headerFields(head, False), "content-type")
     if lines is None:

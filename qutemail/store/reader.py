@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import attrs
 
+from qutemail.headerblock import headerEnd, namesEncrypted
 from qutemail.interfaces import KeyGone
 from qutemail.qkd.cipher import HEADER_CAP_BYTES, PROTOCOL, DecryptionError, Envelope, decryptStream, readEnvelope
 from qutemail.qkd.vault import KeyVaultError
@@ -163,13 +164,9 @@ def mayBeOurs(source: BinaryIO) -> bool:
         if not chunk:
             break
         seen += chunk
-        ends = [i for i in (seen.find(b"\n\n"), seen.find(b"\n\r\n")) if i >= 0]
-        if seen.startswith((b"\n", b"\r\n")):
-            return False
-        if ends:
-            seen = seen[:min(ends)]
+        if headerEnd(seen) < len(seen):
             break
-    return b"encrypted" in seen.lower()
+    return namesEncrypted(seen)
 
 
 def openStored(path: str) -> tuple[BinaryIO, Envelope | None, bytes | None, int]:
