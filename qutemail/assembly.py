@@ -65,7 +65,8 @@ class Backends:
     redis: Any = None
 
 
-def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, withVault: bool = True) -> Backends:
+def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, withVault: bool = True,
+                  keyFiles: Any = None) -> Backends:
     """
     Build the backends of a configuration.
 
@@ -76,6 +77,8 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
     @param reactor: the running reactor, in the server; C{None} in the
         command-line tool, which then gets a blocking Redis vault.
     @param withVault: build the vault (an extra SMTP worker has none).
+    @param keyFiles: what writes the file vault's new key files (see
+        L{FileKeyVault.keyFiles}), or C{None} for the runner.
     @return: the L{Backends}.
     @raise qutemail.backends.redisvault.VolatileVaultError: the server's
         vault would be in a Redis that may lose it (asked with a short
@@ -107,7 +110,8 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
     if not withVault:
         return Backends(users, queue, None, close, connection)
     if not config.redis.url:
-        return Backends(users, queue, FileKeyVault(os.path.join(keys, "vault"), masterKey, runner))
+        return Backends(users, queue, FileKeyVault(os.path.join(keys, "vault"), masterKey, runner,
+                                                      keyFiles=keyFiles))
     if reactor is None:
         return Backends(users, queue, BlockingRedisKeys(config.redis.url, masterKey))
     checkVaultPersistence(config.redis.url, config.redis.allowVolatileVault)

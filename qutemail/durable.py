@@ -10,7 +10,10 @@ to the umask; the one exception is a public certificate (C{*-cert.pem}
 under C{keys/}, 0644).
 """
 
+import ctypes
+import errno
 import os
+import sys
 import tempfile
 from typing import BinaryIO
 
@@ -45,6 +48,53 @@ def syncDirectory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _findSyncfs():
+    """
+    @return: Linux's C{syncfs(2)} from the C library, or C{None}.  Python's
+        C{os} module has no binding for it.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNCFS = _findSyncfs()
+
+
+def canSyncFileSystem() -> bool:
+    """
+    @return: whether L{syncFileSystem} works here.
+    """
+    return _SYNCFS is not None
+
+
+def syncFileSystem(fd: int) -> None:
+    """
+    Make everything written to a file system durable in one call (Linux's
+    C{syncfs(2)}): the data and metadata of every file, with one journal
+    commit and one flush of the disk's cache, where an fsync of each of
+    many new files costs a commit and a flush each.  Writeback errors of
+    the file system since C{fd} was opened are raised (Linux 5.8 and
+    later), so open C{fd} before writing.
+
+    @param fd: an open file descriptor on the file system (such as the
+        directory the new files are in).
+    @raise OSError: the sync failed, or L{canSyncFileSystem} is false.
+    """
+    if _SYNCFS is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available here")
+    if _SYNCFS(fd) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
 
 
 def makeDirectories(path: str, sync: bool = False) -> str:

@@ -348,7 +348,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     metrics = buildMetrics(config, workerIndex)
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
-    deliveryWriter = None
+    deliveryWriter = deliveryProcess = None
     if server.deliveryProcess:
         # Stopped after everything that delivers (children stop in reverse).
         deliveryProcess = DeliveryProcess(reactor)
@@ -356,7 +356,10 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         deliveryWriter = SplitWriter(deliveryProcess, ThreadWriter(runner))
     diskSpace = watchDiskSpace(dataDir, runner, reactor, config.smtp.maxMessageBytes, root)
 
-    backends = buildBackends(config, runner, reactor, reactor, withVault=workerIndex == 0)
+    # The delivery process writes the vault's key files too: as many
+    # system calls per internal message as its delivery.
+    backends = buildBackends(config, runner, reactor, reactor, withVault=workerIndex == 0,
+                             keyFiles=deliveryProcess)
     users, queue, vault = backends.users, backends.queue, backends.vault
     if config.redis.url:
         # The users' and the vault's Redis connection.

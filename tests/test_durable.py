@@ -2,14 +2,16 @@
 Tests of the durable-write primitives.
 """
 
+import errno
 import os
 import stat
+import sys
 
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail import durable
-from qutemail.durable import replaceFile, syncDirectory, writeAll
+from qutemail.durable import canSyncFileSystem, replaceFile, syncDirectory, syncFileSystem, writeAll
 
 
 class DurableTests(SynchronousTestCase):
@@ -47,6 +49,27 @@ class DurableTests(SynchronousTestCase):
         self.assertEqual(os.path.getsize(path), 1_000_000)
         syncDirectory(os.path.dirname(os.path.abspath(path)))
         self.assertRaises(FileNotFoundError, syncDirectory, path + ".missing")
+
+    def test_syncFileSystem(self):
+        """
+        On Linux (where the server runs and CI tests) L{syncFileSystem} is
+        C{syncfs(2)}: it syncs through any descriptor on the file system,
+        and a bad descriptor is an C{OSError}.  Elsewhere it refuses with
+        C{ENOSYS}.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if not sys.platform.startswith("linux"):
+                self.assertFalse(canSyncFileSystem())
+                self.assertEqual(self.assertRaises(OSError, syncFileSystem, fd).errno, errno.ENOSYS)
+                return
+            self.assertTrue(canSyncFileSystem())
+            self.assertIsNone(syncFileSystem(fd))
+        finally:
+            os.close(fd)
+        self.assertEqual(self.assertRaises(OSError, syncFileSystem, fd).errno, errno.EBADF)
 
 
 def _umask() -> int:

@@ -8,7 +8,10 @@ fsync, close, rename), and each return from one takes the GIL back from the
 reactor.  Postfix keeps C{smtpd} and C{local} in separate processes for the
 same reason.  With C{[server] delivery_process = yes} (the default) each
 SMTP process starts one child (L{qutemail.store.deliveryworker}) and hands
-it the batches of L{qutemail.store.maildir.MaildirStore} over a pipe.
+it the batches of L{qutemail.store.maildir.MaildirStore} over a pipe.  The
+key files of the file vault go the same way (L{DeliveryProcess.addKeyFiles}):
+one per message key, each created, written and fsynced, they cost internal
+mail as many system calls as its delivery does.
 
 Nothing that got a 250 depends on the child: the message is in the journal
 until its delivery is reported.  If the child dies, the batches it had fail
@@ -29,7 +32,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
-from qutemail.store.deliveryworker import decodeFrames, encodeFrame
+from qutemail.store.deliveryworker import DELIVER, VAULT_KEYS, decodeFrames, encodeFrame
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -114,14 +117,30 @@ class DeliveryProcess(Service):
             L{qutemail.store.maildirwrite.MaildirWriter.writeBatch}, or
             failing with C{OSError(EIO)} if the child cannot write it.
         """
+        return self._request(DELIVER, jobs, len(jobs))
+
+    def addKeyFiles(self, directory: str, wrapped: list[tuple[str, bytes]]) -> Deferred:
+        """
+        Write the key files of wrapped message keys in the child (see
+        L{qutemail.qkd.vault.addKeyFiles}).
+
+        @return: a Deferred firing with that function's results, or failing
+            with C{OSError(EIO)} if the child cannot write them.
+        """
+        return self._request(VAULT_KEYS, (directory, wrapped), len(wrapped))
+
+    def _request(self, kind: str, payload: object, count: int) -> Deferred:
+        """
+        Hand the child a request whose answer has C{count} results.
+        """
         if not self.running:
             return fail(OSError(errno.EIO, "the delivery process is stopped"))
         if self._protocol is None:
             self._spawn()
         requestId = next(self._ids)
         d: Deferred = Deferred()
-        self._waiting[requestId] = (d, len(jobs))
-        self._protocol.transport.write(encodeFrame((requestId, jobs)))
+        self._waiting[requestId] = (d, count)
+        self._protocol.transport.write(encodeFrame((requestId, kind, payload)))
         return d
 
     def answered(self, requestId: int, results: list | None, error: str | None) -> None:

@@ -3,17 +3,22 @@
 The delivery process (C{python -m qutemail.store.deliveryworker}), started
 by L{qutemail.store.deliveryprocess.DeliveryProcess}, never by hand.
 
-It reads framed requests on its standard input, each a batch of
-L{qutemail.store.maildirwrite.WriteJob}, writes them with a
-L{MaildirWriter} in a few threads (an fsync mostly waits on the disk, which
-serves several at once) and answers each on its standard output.  It has
-no reactor and no state but the writer's caches: at the end of its input
-(its parent stopped, or died) it finishes the batches it has and exits.
-Diagnostics go to the standard error it shares with its parent.
+It reads framed requests on its standard input, does each in one of a few
+threads (an fsync mostly waits on the disk, which serves several at once)
+and answers each on its standard output.  A request is either
+- C{DELIVER}: a batch of L{qutemail.store.maildirwrite.WriteJob}, written
+  with a L{MaildirWriter}; or
+- C{VAULT_KEYS}: the key files of a batch of message keys, already wrapped
+  under the master key by the parent (which alone reads that key), written
+  by L{qutemail.qkd.vault.addKeyFiles}.
+It has no reactor and no state but the writer's caches: at the end of its
+input (its parent stopped, or died) it finishes the requests it has and
+exits.  Diagnostics go to the standard error it shares with its parent.
 
-A frame is a 4-byte big-endian length and a pickle: C{(requestId, jobs)}
-in, C{(requestId, results, error)} out.  Pickle is safe here because both
-ends are this program, started by its own parent over private pipes.
+A frame is a 4-byte big-endian length and a pickle: C{(requestId, kind,
+payload)} in, C{(requestId, results, error)} out.  Pickle is safe here
+because both ends are this program, started by its own parent over private
+pipes.
 """
 
 import os
@@ -26,10 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from qutemail.parentdeath import dieWithParent
+from qutemail.qkd.vault import addKeyFiles
 from qutemail.store.maildirwrite import MaildirWriter
 
-# How many batches are written at once.
+# How many requests are done at once.
 THREADS = 4
+# The kinds of request.
+DELIVER = "deliver"
+VAULT_KEYS = "vault-keys"
 _LENGTH = struct.Struct(">I")
 
 
@@ -80,9 +89,16 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
     """
     lock = threading.Lock()
 
-    def answer(requestId: int, jobs: list) -> None:
+    def answer(requestId: int, kind: str, payload: object) -> None:
         try:
-            frame = encodeFrame((requestId, writer.writeBatch(jobs), None))
+            if kind == DELIVER:
+                results = writer.writeBatch(payload)
+            elif kind == VAULT_KEYS:
+                directory, wrapped = payload
+                results = addKeyFiles(directory, wrapped)
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+            frame = encodeFrame((requestId, results, None))
         except Exception as e:
             # A bug, not a disk error (those are in the results): the
             # parent fails the batch with this text.
@@ -91,7 +107,11 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
             sink.write(frame)
             sink.flush()
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-delivery") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-delivery") as pool, \
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-vault") as keyPool:
+        # Key files have threads of their own: a seal waits for its keys,
+        # and its delivery after it, so they never queue behind deliveries.
+        pools = {VAULT_KEYS: keyPool}
         while True:
             header = _readExactly(source, _LENGTH.size)
             if header is None:
@@ -99,8 +119,8 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
             payload = _readExactly(source, _LENGTH.unpack(header)[0])
             if payload is None:
                 break
-            requestId, jobs = pickle.loads(payload)
-            pool.submit(answer, requestId, jobs)
+            requestId, kind, request = pickle.loads(payload)
+            pools.get(kind, pool).submit(answer, requestId, kind, request)
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from qutemail.blocking import InlineRunner
 from qutemail.interfaces import KeyGone
 from qutemail.qkd import vault as vaultModule
 from qutemail.qkd.vault import (
-    KEYS_PER_JOB, MASTER_KEY_BYTES, FileKeyVault, InvalidKeyId, KeyExists, KeyVaultError, MasterKeyError, checkKeyId,
+    KEYS_PER_JOB, MASTER_KEY_BYTES, FileKeyVault, addKeyFiles, InvalidKeyId, KeyExists, KeyVaultError, MasterKeyError, checkKeyId,
     loadMasterKey,
 )
 from tests.backends.test_redislimiter import startRedis
@@ -255,17 +255,16 @@ class FileKeyVaultTests(TestCase):
     async def test_addKeys(self):
         """
         C{addKeys} stores fresh keys with one worker-thread job and one
-        directory fsync for all of them; each is wrapped on disk, mode
-        0600, and fetched back as stored.
+        C{syncfs} for all of them; each is wrapped on disk, mode 0600, and
+        fetched back as stored.
         """
         runner = _CountingRunner()
-        synced = []
-        self.patch(vaultModule, "syncDirectory", lambda path: synced.append(path))
+        synced = self.countSyncs()
         vault = self.vault(runner)
         keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(4)]
         self.assertEqual(await vault.addKeys(keys), [None] * 4)
-        self.assertEqual(runner.calls, ["loadMasterKey", "_addKeyFiles"])
-        self.assertEqual(synced.count(self.directory), 1)
+        self.assertEqual(runner.calls, ["loadMasterKey", "addKeyFiles"])
+        self.assertEqual(synced, [self.directory])
         self.assertEqual(sorted(os.listdir(self.directory)), sorted(k + ".key" for k, _ in keys))
         for keyId, key in keys:
             path = os.path.join(self.directory, keyId + ".key")
@@ -277,11 +276,10 @@ class FileKeyVaultTests(TestCase):
     async def test_addKeysSeveralJobs(self):
         """
         More than L{KEYS_PER_JOB} keys are written by several jobs, each
-        syncing the directory; the results keep the keys' order.
+        syncing once; the results keep the keys' order.
         """
         runner = _CountingRunner()
-        synced = []
-        self.patch(vaultModule, "syncDirectory", lambda path: synced.append(path))
+        synced = self.countSyncs()
         vault = self.vault(runner)
         held = str(uuid.uuid4())
         await vault.store(held, os.urandom(32))
@@ -289,8 +287,8 @@ class FileKeyVaultTests(TestCase):
         keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2 * KEYS_PER_JOB + 1)]
         keys[KEYS_PER_JOB + 3] = (held, os.urandom(32))
         results = await vault.addKeys(keys)
-        self.assertEqual(runner.calls, ["_addKeyFiles"] * 3)
-        self.assertEqual(synced.count(self.directory), 3)
+        self.assertEqual(runner.calls, ["addKeyFiles"] * 3)
+        self.assertEqual(len(synced), 3)
         self.assertEqual([i for i, r in enumerate(results) if r is not None], [KEYS_PER_JOB + 3])
         self.assertIsInstance(results[KEYS_PER_JOB + 3], KeyExists)
         for keyId, key in keys[:KEYS_PER_JOB + 3] + keys[KEYS_PER_JOB + 4:]:
@@ -316,8 +314,8 @@ class FileKeyVaultTests(TestCase):
     async def test_addKeysWriteFails(self):
         """
         A key whose file cannot be written gets its C{OSError} and leaves
-        no file; the others are stored.  A failed directory fsync fails
-        every key of the call and removes their files.
+        no file; the others are stored.  A failed sync fails every key of
+        the call and removes their files.
         """
         vault = self.vault()
         await vault.store(str(uuid.uuid4()), os.urandom(32))
@@ -338,15 +336,62 @@ class FileKeyVaultTests(TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.directory, bad + ".key")))
         self.assertTrue(os.path.exists(os.path.join(self.directory, good + ".key")))
 
-        def syncDirectory(path):
+        def syncFileSystem(fd):
             raise OSError(errno.EIO, "I/O error")
 
-        self.patch(vaultModule, "syncDirectory", syncDirectory)
+        self.patch(vaultModule, "syncFileSystem", syncFileSystem)
         more = [str(uuid.uuid4()), str(uuid.uuid4())]
         results = await vault.addKeys([(keyId, os.urandom(32)) for keyId in more])
         self.assertEqual([r.errno for r in results], [errno.EIO, errno.EIO])
         for keyId in more:
             self.assertFalse(os.path.exists(os.path.join(self.directory, keyId + ".key")))
+
+    def countSyncs(self) -> list[str]:
+        """
+        Have the vault's C{syncfs} calls (still made) recorded.
+
+        @return: the list that gets, per call, the directory the file
+            descriptor is open on.
+        """
+        synced: list[str] = []
+        realSync = vaultModule.syncFileSystem
+
+        def syncFileSystem(fd):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            realSync(fd)
+
+        self.patch(vaultModule, "syncFileSystem", syncFileSystem)
+        return synced
+
+    def test_addKeyFilesOneByOne(self):
+        """
+        Where C{syncfs} is not to be had, each key file is fsynced and then
+        the directory, once; a failed directory sync fails every key of
+        the call and removes their files.
+        """
+        synced, fsynced = [], []
+        realFsync = os.fsync
+        self.assertEqual(addKeyFiles(self.directory, []), [])
+
+        def fsync(fd):
+            fsynced.append(fd)
+            realFsync(fd)
+
+        self.patch(vaultModule, "syncDirectory", synced.append)
+        self.patch(vaultModule, "syncFileSystem", lambda fd: self.fail("syncfs used"))
+        self.patch(vaultModule.os, "fsync", fsync)
+        keys = [(str(uuid.uuid4()), b"w" * 60) for _ in range(3)]
+        self.assertEqual(addKeyFiles(self.directory, keys, wholeSync=False), [None] * 3)
+        self.assertEqual((len(fsynced), synced), (3, [self.directory]))
+        self.assertEqual(sorted(os.listdir(self.directory)), sorted(k + ".key" for k, _ in keys))
+
+        def broken(path):
+            raise OSError(errno.EIO, "I/O error")
+
+        self.patch(vaultModule, "syncDirectory", broken)
+        more = [(str(uuid.uuid4()), b"w" * 60) for _ in range(2)]
+        self.assertEqual([r.errno for r in addKeyFiles(self.directory, more, wholeSync=False)], [errno.EIO] * 2)
+        self.assertEqual(len(os.listdir(self.directory)), 3)
 
     async def test_addKeysChecked(self):
         """

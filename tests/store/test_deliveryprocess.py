@@ -12,13 +12,15 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from qutemail.interfaces import Account
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.replies import MAILBOX_FULL, ReplyError
 from qutemail.store.deliveryprocess import DeliveryProcess
-from qutemail.store.deliveryworker import decodeFrames, encodeFrame, serve
+from qutemail.qkd.vault import FileKeyVault, KeyExists
+from qutemail.store.deliveryworker import DELIVER, VAULT_KEYS, decodeFrames, encodeFrame, serve
 from qutemail.store.maildir import MaildirStore
 from qutemail.store.maildirwrite import MaildirWriter, WriteJob
 from tests.integration.support import waitFor
@@ -101,8 +103,8 @@ class ServeTests(SynchronousTestCase):
         with open(blocked, "w") as f:
             f.write("a file where a mailbox should be")
         [first, second] = self.answers(
-            (1, [job(mailbox, "m1"), job(mailbox, "m2")]),
-            (2, [job(blocked, "m3")]),
+            (1, DELIVER, [job(mailbox, "m1"), job(mailbox, "m2")]),
+            (2, DELIVER, [job(blocked, "m3")]),
         )
         self.assertEqual(first, (1, [("m1", STORED), ("m2", STORED)], None))
         self.assertEqual(sorted(os.listdir(os.path.join(mailbox, "new"))), ["m1", "m2"])
@@ -117,7 +119,7 @@ class ServeTests(SynchronousTestCase):
         A full mailbox comes back as the L{ReplyError} the store raises.
         """
         mailbox = os.path.join(os.path.abspath(self.mktemp()), "alice")
-        [(_, [result], _)] = self.answers((7, [job(mailbox, "big", b"x" * 100, quotaBytes=50)]))
+        [(_, [result], _)] = self.answers((7, DELIVER, [job(mailbox, "big", b"x" * 100, quotaBytes=50)]))
         self.assertIsInstance(result, ReplyError)
         self.assertEqual(result.reply, MAILBOX_FULL)
 
@@ -127,10 +129,28 @@ class ServeTests(SynchronousTestCase):
         text, and the loop goes on with the next one.
         """
         mailbox = os.path.join(os.path.abspath(self.mktemp()), "alice")
-        [bad, good] = self.answers((1, [None]), (2, [job(mailbox, "ok")]))
+        [bad, unknown, good] = self.answers((1, DELIVER, [None]), (2, "format-disk", None),
+                                            (3, DELIVER, [job(mailbox, "ok")]))
         self.assertEqual(bad[:2], (1, None))
         self.assertIn("AttributeError", bad[2])
-        self.assertEqual(good, (2, [("ok", STORED)], None))
+        self.assertEqual(unknown, (2, None, "ValueError: unknown request 'format-disk'"))
+        self.assertEqual(good, (3, [("ok", STORED)], None))
+
+    def test_vaultKeys(self):
+        """
+        Key files are written as given, mode 0600; an id already held is
+        answered with L{KeyExists} (it pickles), and its file is kept.
+        """
+        directory = os.path.join(os.path.abspath(self.mktemp()), "vault")
+        [(requestId, results, error)] = self.answers((4, VAULT_KEYS, (directory, [("k1", b"one"), ("k2", b"two")])))
+        self.assertEqual((requestId, results, error), (4, [None, None], None))
+        [(_, [again], _)] = self.answers((5, VAULT_KEYS, (directory, [("k1", b"other")])))
+        self.assertIsInstance(again, KeyExists)
+        for name, content in (("k1.key", b"one"), ("k2.key", b"two")):
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), content)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
 
 
 class DeliveryProcessTests(TestCase):
@@ -174,6 +194,53 @@ class DeliveryProcessTests(TestCase):
         self.assertNotEqual(pid, os.getpid())
         names = [await self.store.deliver(message(f"Q{i}"), ALICE, 0) for i in range(3)]
         self.assertEqual(self.newFiles(), sorted(names))
+
+    async def test_vaultThroughChild(self):
+        """
+        A file vault given the process as its C{keyFiles} has its new key
+        files written by the child (not by its runner, which here refuses
+        any file work): they are there when C{addKeys} fires, and the keys
+        fetch back.
+        """
+        keys = os.path.join(self.dataDir, "keys")
+
+        class NoAddKeyFiles:
+            """
+            Runs the vault's other blocking work inline, refuses its key
+            files.
+            """
+
+            def run(self, f, *args):
+                """
+                Run C{f} now, unless it writes key files.
+                """
+                assert f.__name__ != "addKeyFiles", "written by the runner"
+                return maybeDeferred(f, *args)
+
+        vault = FileKeyVault(os.path.join(keys, "vault"), os.path.join(keys, "master.key"), NoAddKeyFiles(),
+                             keyFiles=self.process)
+        pairs = [(f"key-{n}", os.urandom(32)) for n in range(20)]
+        self.assertEqual(await vault.addKeys(pairs), [None] * 20)
+        self.assertEqual(len(os.listdir(os.path.join(keys, "vault"))), 20)
+        for keyId, key in pairs:
+            self.assertEqual(await vault.fetch(keyId), key)
+        [held] = await vault.addKeys([("key-3", os.urandom(32))])
+        self.assertIsInstance(held, KeyExists)
+        self.assertEqual(await vault.fetch("key-3"), pairs[3][1])
+
+    async def test_vaultChildKilled(self):
+        """
+        Key files under way when the child dies fail with EIO, so their
+        seals fail (and are retried with other keys).
+        """
+        first = self.process._child.pid
+        os.kill(first, signal.SIGSTOP)
+        pending = self.process.addKeyFiles(os.path.join(self.dataDir, "vault"), [("k", b"wrapped")])
+        os.kill(first, signal.SIGKILL)
+        with self.assertRaises(OSError) as caught:
+            await pending
+        self.assertEqual(caught.exception.errno, errno.EIO)
+        self.flushLoggedErrors()
 
     async def test_quotaFromChild(self):
         """
@@ -228,7 +295,7 @@ class DeliveryProcessTests(TestCase):
                 "buf = b''\n"
                 "while chunk := sys.stdin.buffer.read1(65536):\n"
                 "    values, buf = decodeFrames(buf + chunk)\n"
-                "    for rid, jobs in values:\n"
+                "    for rid, kind, jobs in values:\n"
                 "        sys.stdout.buffer.write(encodeFrame((rid, [], None))); sys.stdout.flush()\n")
         self.process = DeliveryProcess(reactor, [sys.executable, "-c", echo])
         self.process.startService()

@@ -1080,7 +1080,7 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
         self.source.answer(0)
         self.source.asked[1][1].callback([(held, os.urandom(32))] + [(str(uuid.uuid4()), os.urandom(32))
                                                                      for _ in range(2)])
-        self.assertEqual(self.runner.jobs, ["_sealInMemory", "_addKeyFiles", "_sealInMemory", "_addKeyFiles"])
+        self.assertEqual(self.runner.jobs, ["_sealInMemory", "addKeyFiles", "_sealInMemory", "addKeyFiles"])
         self.assertIn(f"key id {held} again", self.failureResultOf(sealing[1], ReplyError).value.reply.text)
         self.assertEqual(self.successResultOf(self.vault.fetch(held)), old)
         for d in (sealing[0],) + tuple(sealing[2:]):
