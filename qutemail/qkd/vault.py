@@ -70,15 +70,17 @@ from twisted.python.failure import Failure
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from qutemail.durable import canSyncFileSystem, makeDirectories, replaceFile, syncDirectory, syncFileSystem, writeAll
+from qutemail.durable import makeDirectories, replaceFile, syncDirectory, writeAll
 from qutemail.interfaces import IKeyVault, KeyGone
+# The key files' names and errors, and how new ones are written, are in a
+# module of their own, light enough for the delivery process to import.
+from qutemail.qkd.keyfiles import KEY_FILE_SUFFIX, KeyVaultError, addKeyFiles
 
 MASTER_KEY_BYTES = 32
 WRAP_MAGIC = b"QKV1"
 WRAP_NONCE_BYTES = 12
 # Keys longer than this are not message keys.
 MAX_KEY_BYTES = 1024
-KEY_FILE_SUFFIX = ".key"
 # The most keys addKeys writes in one worker job (their fsyncs are serial).
 KEYS_PER_JOB = 16
 
@@ -91,20 +93,6 @@ QUEUE_KEY_INFO = b"qutemail-queue/1"
 class InvalidKeyId(ValueError):
     """
     A key id that is not of the safe form (see L{checkKeyId}).
-    """
-
-
-class KeyVaultError(Exception):
-    """
-    The vault cannot do its work: a damaged wrapped key, or a backend that
-    failed.  C{str()} is one line and never holds key material.
-    """
-
-
-class KeyExists(KeyVaultError):
-    """
-    L{FileKeyVault.addKeys} was given a key id the vault already holds; the
-    key it holds is kept.
     """
 
 
@@ -343,79 +331,6 @@ def _firstError(failure: Failure) -> Failure:
     @return: the failure inside a L{FirstError} of C{gatherResults}.
     """
     return failure.value.subFailure if failure.check(FirstError) else failure
-
-
-def _unlinkQuietly(path: str) -> None:
-    """
-    Remove a file, if it is there and can be removed.  Blocking.
-    """
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def addKeyFiles(directory: str, keys: list[tuple[str, bytes]],
-                wholeSync: bool | None = None) -> list[BaseException | None]:
-    """
-    Write new wrapped keys, each under its final name, created with
-    C{O_EXCL}, and make them durable: with one C{syncfs} of the file
-    system where it is available (one journal commit and one disk flush
-    for all of them), else an fsync of each file and then of the
-    directory.  Blocking.
-
-    @param keys: C{(keyId, wrapped)} pairs.
-    @param wholeSync: use C{syncfs} (C{None}: where it is available, see
-        L{canSyncFileSystem}).
-    @return: per key, in order: C{None} when it is durable, L{KeyExists}
-        when the directory already holds its id, or the C{OSError} that
-        kept it out (its file is removed then).
-    """
-    if wholeSync is None:
-        wholeSync = canSyncFileSystem()
-    _makeDirectory(directory)
-    # Opened first: syncfs reports the writeback errors since this open.
-    directoryFd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        results: list[BaseException | None] = []
-        written: list[tuple[int, str]] = []
-        for keyId, wrapped in keys:
-            path = os.path.join(directory, keyId + KEY_FILE_SUFFIX)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                results.append(KeyExists(f"the key vault already holds key {keyId}"))
-                continue
-            except OSError as e:
-                results.append(e)
-                continue
-            try:
-                writeAll(fd, wrapped)
-                if not wholeSync:
-                    os.fsync(fd)
-            except OSError as e:
-                results.append(e)
-                _unlinkQuietly(path)
-                continue
-            finally:
-                os.close(fd)
-            written.append((len(results), path))
-            results.append(None)
-        if written:
-            try:
-                if wholeSync:
-                    syncFileSystem(directoryFd)
-                else:
-                    syncDirectory(directory)
-            except OSError as e:
-                # The files may not survive a crash, whole or by name:
-                # none of these keys may be used.
-                for index, path in written:
-                    _unlinkQuietly(path)
-                    results[index] = e
-        return results
-    finally:
-        os.close(directoryFd)
 
 
 def _readKeyFile(directory: str, keyId: str) -> bytes | None:

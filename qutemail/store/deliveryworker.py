@@ -10,7 +10,7 @@ and answers each on its standard output.  A request is either
   with a L{MaildirWriter}; or
 - C{VAULT_KEYS}: the key files of a batch of message keys, already wrapped
   under the master key by the parent (which alone reads that key), written
-  by L{qutemail.qkd.vault.addKeyFiles}.
+  by L{qutemail.qkd.keyfiles.addKeyFiles}.
 It has no reactor and no state but the writer's caches: at the end of its
 input (its parent stopped, or died) it finishes the requests it has and
 exits.  Diagnostics go to the standard error it shares with its parent.
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from qutemail.parentdeath import dieWithParent
-from qutemail.qkd.vault import addKeyFiles
+from qutemail.qkd.keyfiles import addKeyFiles
 from qutemail.store.maildirwrite import MaildirWriter
 
 # How many requests are done at once.

@@ -87,7 +87,8 @@ from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile
 from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceError
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import MIN_KEY_BYTES, PLACEHOLDER_SUBJECT, SealedMessage, encryptStream
-from qutemail.qkd.vault import InvalidKeyId, KeyExists, KeyVaultError, checkKeyId
+from qutemail.qkd.keyfiles import KeyExists
+from qutemail.qkd.vault import InvalidKeyId, KeyVaultError, checkKeyId
 from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, STORAGE_FULL, Reply, ReplyError, oneLine
 
 SEALED_SUFFIX = ".sealed"

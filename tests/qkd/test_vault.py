@@ -20,9 +20,10 @@ from qutemail.backends.redislimiter import connect
 from qutemail.backends.redisvault import KEY_PREFIX, RedisKeyVault
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import KeyGone
-from qutemail.qkd import vault as vaultModule
+from qutemail.qkd import keyfiles as keyfilesModule
+from qutemail.qkd.keyfiles import KeyExists, addKeyFiles
 from qutemail.qkd.vault import (
-    KEYS_PER_JOB, MASTER_KEY_BYTES, FileKeyVault, addKeyFiles, InvalidKeyId, KeyExists, KeyVaultError, MasterKeyError, checkKeyId,
+    KEYS_PER_JOB, MASTER_KEY_BYTES, FileKeyVault, InvalidKeyId, KeyVaultError, MasterKeyError, checkKeyId,
     loadMasterKey,
 )
 from tests.backends.test_redislimiter import startRedis
@@ -320,7 +321,7 @@ class FileKeyVaultTests(TestCase):
         vault = self.vault()
         await vault.store(str(uuid.uuid4()), os.urandom(32))
         bad, good = str(uuid.uuid4()), str(uuid.uuid4())
-        realWriteAll = vaultModule.writeAll
+        realWriteAll = keyfilesModule.writeAll
         calls = []
 
         def writeAll(fd, data):
@@ -329,7 +330,7 @@ class FileKeyVaultTests(TestCase):
                 raise OSError(errno.EIO, "I/O error")
             realWriteAll(fd, data)
 
-        self.patch(vaultModule, "writeAll", writeAll)
+        self.patch(keyfilesModule, "writeAll", writeAll)
         [first, second] = await vault.addKeys([(bad, os.urandom(32)), (good, os.urandom(32))])
         self.assertEqual(first.errno, errno.EIO)
         self.assertIsNone(second)
@@ -339,7 +340,7 @@ class FileKeyVaultTests(TestCase):
         def syncFileSystem(fd):
             raise OSError(errno.EIO, "I/O error")
 
-        self.patch(vaultModule, "syncFileSystem", syncFileSystem)
+        self.patch(keyfilesModule, "syncFileSystem", syncFileSystem)
         more = [str(uuid.uuid4()), str(uuid.uuid4())]
         results = await vault.addKeys([(keyId, os.urandom(32)) for keyId in more])
         self.assertEqual([r.errno for r in results], [errno.EIO, errno.EIO])
@@ -354,13 +355,13 @@ class FileKeyVaultTests(TestCase):
             descriptor is open on.
         """
         synced: list[str] = []
-        realSync = vaultModule.syncFileSystem
+        realSync = keyfilesModule.syncFileSystem
 
         def syncFileSystem(fd):
             synced.append(os.readlink(f"/proc/self/fd/{fd}"))
             realSync(fd)
 
-        self.patch(vaultModule, "syncFileSystem", syncFileSystem)
+        self.patch(keyfilesModule, "syncFileSystem", syncFileSystem)
         return synced
 
     def test_addKeyFilesOneByOne(self):
@@ -377,9 +378,9 @@ class FileKeyVaultTests(TestCase):
             fsynced.append(fd)
             realFsync(fd)
 
-        self.patch(vaultModule, "syncDirectory", synced.append)
-        self.patch(vaultModule, "syncFileSystem", lambda fd: self.fail("syncfs used"))
-        self.patch(vaultModule.os, "fsync", fsync)
+        self.patch(keyfilesModule, "syncDirectory", synced.append)
+        self.patch(keyfilesModule, "syncFileSystem", lambda fd: self.fail("syncfs used"))
+        self.patch(keyfilesModule.os, "fsync", fsync)
         keys = [(str(uuid.uuid4()), b"w" * 60) for _ in range(3)]
         self.assertEqual(addKeyFiles(self.directory, keys, wholeSync=False), [None] * 3)
         self.assertEqual((len(fsynced), synced), (3, [self.directory]))
@@ -388,7 +389,7 @@ class FileKeyVaultTests(TestCase):
         def broken(path):
             raise OSError(errno.EIO, "I/O error")
 
-        self.patch(vaultModule, "syncDirectory", broken)
+        self.patch(keyfilesModule, "syncDirectory", broken)
         more = [(str(uuid.uuid4()), b"w" * 60) for _ in range(2)]
         self.assertEqual([r.errno for r in addKeyFiles(self.directory, more, wholeSync=False)], [errno.EIO] * 2)
         self.assertEqual(len(os.listdir(self.directory)), 3)

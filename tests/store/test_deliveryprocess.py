@@ -19,7 +19,8 @@ from qutemail.interfaces import Account
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.replies import MAILBOX_FULL, ReplyError
 from qutemail.store.deliveryprocess import DeliveryProcess
-from qutemail.qkd.vault import FileKeyVault, KeyExists
+from qutemail.qkd.keyfiles import KeyExists
+from qutemail.qkd.vault import FileKeyVault
 from qutemail.store.deliveryworker import DELIVER, VAULT_KEYS, decodeFrames, encodeFrame, serve
 from qutemail.store.maildir import MaildirStore
 from qutemail.store.maildirwrite import MaildirWriter, WriteJob
