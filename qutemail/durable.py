@@ -69,11 +69,50 @@ def _findSyncfs():
 _SYNCFS = _findSyncfs()
 
 
-def canSyncFileSystem() -> bool:
+# File systems whose syncfs(2) writes out every dirty file's data and
+# metadata, commits the journal and flushes the disk's cache (their
+# sync_fs does).  On others (network and FUSE file systems, whose sync_fs
+# may do little) each file is fsynced instead.
+SYNCFS_FILE_SYSTEMS = frozenset({"ext3", "ext4", "xfs", "btrfs"})
+# Whether syncfs may stand in for fsyncs, by device number.
+_wholeSyncByDevice: dict[int, bool] = {}
+
+
+def fileSystemType(device: int) -> str | None:
     """
-    @return: whether L{syncFileSystem} works here.
+    @param device: a device number (C{st_dev}).
+    @return: the type of the file system mounted from it, from
+        C{/proc/self/mountinfo}, or C{None} when it cannot be told.
     """
-    return _SYNCFS is not None
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 3 and fields[2] == wanted and " - " in line:
+                    return line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def canSyncFileSystem(path: str | None = None) -> bool:
+    """
+    @param path: a file or directory, or C{None}.
+    @return: whether L{syncFileSystem} works here; with C{path}, also
+        whether it makes files under C{path} as durable as an fsync of
+        each would (the file system is one of L{SYNCFS_FILE_SYSTEMS}).
+    @raise OSError: C{path} cannot be looked at.
+    """
+    if _SYNCFS is None:
+        return False
+    if path is None:
+        return True
+    device = os.stat(path).st_dev
+    whole = _wholeSyncByDevice.get(device)
+    if whole is None:
+        whole = _wholeSyncByDevice[device] = fileSystemType(device) in SYNCFS_FILE_SYSTEMS
+    return whole
 
 
 def syncFileSystem(fd: int) -> None:

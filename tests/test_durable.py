@@ -5,13 +5,16 @@ Tests of the durable-write primitives.
 import errno
 import os
 import stat
+import subprocess
 import sys
 
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail import durable
-from qutemail.durable import canSyncFileSystem, replaceFile, syncDirectory, syncFileSystem, writeAll
+from qutemail.durable import (
+    SYNCFS_FILE_SYSTEMS, canSyncFileSystem, fileSystemType, replaceFile, syncDirectory, syncFileSystem, writeAll,
+)
 
 
 class DurableTests(SynchronousTestCase):
@@ -70,6 +73,23 @@ class DurableTests(SynchronousTestCase):
         finally:
             os.close(fd)
         self.assertEqual(self.assertRaises(OSError, syncFileSystem, fd).errno, errno.EBADF)
+
+    def test_fileSystemType(self):
+        """
+        The type of a directory's file system is what util-linux's
+        C{findmnt} says; syncfs stands in for fsyncs only on the file
+        systems listed, never on C{/proc}.
+        """
+        if not sys.platform.startswith("linux"):
+            raise self.skipTest("/proc/self/mountinfo is Linux's")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        told = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", directory],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        self.assertEqual(fileSystemType(os.stat(directory).st_dev), told)
+        self.assertEqual(canSyncFileSystem(directory), told in SYNCFS_FILE_SYSTEMS)
+        self.assertEqual(fileSystemType(os.stat("/proc").st_dev), "proc")
+        self.assertFalse(canSyncFileSystem("/proc"))
 
 
 def _umask() -> int:

@@ -43,20 +43,21 @@ def addKeyFiles(directory: str, keys: list[tuple[str, bytes]],
     """
     Write new wrapped keys, each under its final name, created with
     C{O_EXCL}, and make them durable: with one C{syncfs} of the file
-    system where it is available (one journal commit and one disk flush
-    for all of them), else an fsync of each file and then of the
-    directory.  Blocking.
+    system where that is known to be enough (one journal commit and one
+    disk flush for all of them), else an fsync of each file and then of
+    the directory.  Blocking.
 
     @param keys: C{(keyId, wrapped)} pairs.
-    @param wholeSync: use C{syncfs} (C{None}: where it is available, see
+    @param wholeSync: use C{syncfs} (C{None}: where it is available and
+        the file system is one it makes files durable on, see
         L{canSyncFileSystem}).
     @return: per key, in order: C{None} when it is durable, L{KeyExists}
         when the directory already holds its id, or the C{OSError} that
         kept it out (its file is removed then).
     """
-    if wholeSync is None:
-        wholeSync = canSyncFileSystem()
     makeDirectories(directory, sync=True)
+    if wholeSync is None:
+        wholeSync = canSyncFileSystem(directory)
     # Opened first: syncfs reports the writeback errors since this open.
     directoryFd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

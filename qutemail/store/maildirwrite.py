@@ -11,11 +11,13 @@ work of delivery does not contend with the SMTP dialogue for one GIL.
 Each copy is written to C{tmp/<name>}; the batch's copies are made durable
 together, then renamed into C{new/}; each mailbox touched by the batch gets
 one C{maildirsize} line, the new names are made durable, and the batch is
-reported.  On Linux both syncs are one C{syncfs} of each file system the
-batch wrote to (one journal commit and one disk flush each, where an fsync
-per copy cost one each: the disk of the development machine takes about
-3,600 such fsyncs a second, whatever the number of threads); elsewhere each
-copy is fsynced before its rename and each C{new/} directory after.
+reported.  On Linux, on the file systems whose C{syncfs} is known to make
+files durable (L{qutemail.durable.SYNCFS_FILE_SYSTEMS}), both syncs are one
+C{syncfs} of each file system the batch wrote to (one journal commit and
+one disk flush each, where an fsync per copy cost one each: the disk of the
+development machine takes about 3,600 such fsyncs a second, whatever the
+number of threads); elsewhere each copy is fsynced before its rename and
+each C{new/} directory after.
 """
 
 import os
@@ -92,6 +94,8 @@ class _Written:
     @ivar temp: its file in C{tmp/}.
     @ivar final: its name in C{new/}.
     @ivar device: the file system it is on.
+    @ivar whole: whether that file system is synced whole (C{syncfs}),
+        else the copy was fsynced and its directory will be.
     @ivar tally: its mailbox's usage in the batch (which counts it).
     @ivar size: its stored size.
     """
@@ -100,6 +104,7 @@ class _Written:
     temp: str
     final: str
     device: int
+    whole: bool
     tally: _Tally
     size: int
 
@@ -123,10 +128,11 @@ class MaildirWriter:
 
     def __init__(self, wholeSync: bool | None = None) -> None:
         """
-        @param wholeSync: sync with C{syncfs} (C{None}: where it is
-            available, see L{canSyncFileSystem}).
+        @param wholeSync: sync with C{syncfs} (C{None}: on each file
+            system where it is available and known to be enough, see
+            L{canSyncFileSystem}).
         """
-        self.wholeSync = canSyncFileSystem() if wholeSync is None else wholeSync
+        self.wholeSync = wholeSync if wholeSync is not None or canSyncFileSystem() else False
         # One lock per mailbox for maildirsize: batches run in parallel.
         self._sizeLocks: dict[str, threading.Lock] = {}
         # What each mailbox's maildirsize said when last read (under that
@@ -146,17 +152,17 @@ class MaildirWriter:
         results: list = [None] * len(jobs)
         tallies: dict[str, _Tally] = {}
         written: list[_Written] = []
-        # An open directory per file system written to (whole syncs only):
-        # opened before the writes, so that syncfs reports their errors.
-        devices: dict[str, tuple[int, int]] = {}
+        # Per mailbox directory written to: an open directory on its file
+        # system (opened before the writes, so that syncfs reports their
+        # errors), the device, and whether it is synced whole.
+        devices: dict[str, tuple[int, int, bool]] = {}
         try:
             for index, job in enumerate(jobs):
                 try:
                     results[index] = self._writeOne(index, job, tallies, written, devices)
                 except (OSError, ReplyError) as e:
                     results[index] = e
-            if self.wholeSync:
-                self._syncDevices(devices, written, results, named=False)
+            self._syncDevices(devices, [w for w in written if w.whole], results, named=False)
             written = [w for w in written if not isinstance(results[w.index], OSError)]
             named = []
             for w in written:
@@ -171,23 +177,22 @@ class MaildirWriter:
                 if tally.addedMessages:
                     with self._sizeLock(root):
                         recordUsage(root, tally.quotaBytes, tally.addedBytes, tally.addedMessages)
-            if self.wholeSync:
-                self._syncDevices(devices, named, results, named=True)
-            else:
-                self._syncDirectories(named, results)
+            self._syncDevices(devices, [w for w in named if w.whole], results, named=True)
+            self._syncDirectories([w for w in named if not w.whole], results)
         finally:
-            for fd, _ in devices.values():
-                os.close(fd)
+            for fd, _, _ in devices.values():
+                if fd >= 0:
+                    os.close(fd)
         return results
 
-    def _syncDevices(self, devices: dict[str, tuple[int, int]], written: list[_Written], results: list,
+    def _syncDevices(self, devices: dict[str, tuple[int, int, bool]], written: list[_Written], results: list,
                      named: bool) -> None:
         """
-        C{syncfs} each file system the batch wrote to; the copies on one
+        C{syncfs} each file system C{written} are on; the copies on one
         whose sync failed get its C{OSError} (and, not yet named, are
         dropped).
         """
-        for fd, device in {device: (fd, device) for fd, device in devices.values()}.values():
+        for fd, device in {device: (fd, device) for fd, device, whole in devices.values() if whole}.values():
             if not any(w.device == device for w in written):
                 continue
             try:
@@ -232,8 +237,8 @@ class MaildirWriter:
         @param index: the job's place in the batch.
         @param tallies: the batch's usage per mailbox; gets this copy.
         @param written: gets the copy written.
-        @param devices: the batch's open directory and file system per
-            mailbox (whole syncs only); gets this mailbox's.
+        @param devices: the batch's open directory, device and way of
+            syncing per mailbox directory; gets this one's.
         @return: the job's result if it succeeds.
         @raise ReplyError: the quota would be exceeded.
         """
@@ -255,13 +260,10 @@ class MaildirWriter:
                     (tally.usedBytes, _), self._tails[path] = readUsageFrom(path, self._tails.get(path))
         if tally.quotaBytes and tally.usedBytes + tally.addedBytes + job.size > tally.quotaBytes:
             raise ReplyError(MAILBOX_FULL)
-        device = 0
-        if self.wholeSync:
-            opened = devices.get(box)
-            if opened is None:
-                fd = os.open(os.path.join(box, "tmp"), os.O_RDONLY | os.O_DIRECTORY)
-                opened = devices[box] = (fd, os.fstat(fd).st_dev)
-            device = opened[1]
+        opened = devices.get(box)
+        if opened is None:
+            opened = devices[box] = self._openDevice(os.path.join(box, "tmp"))
+        _, device, whole = opened
         temp = os.path.join(box, "tmp", job.name)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
         try:
@@ -272,7 +274,7 @@ class MaildirWriter:
                 with open(job.source, "rb") as src:
                     while chunk := src.read(_COPY_BYTES):
                         writeAll(fd, chunk)
-            if not self.wholeSync:
+            if not whole:
                 os.fsync(fd)
         except OSError:
             os.close(fd)
@@ -284,8 +286,28 @@ class MaildirWriter:
         os.close(fd)
         tally.addedBytes += job.size
         tally.addedMessages += 1
-        written.append(_Written(index, temp, os.path.join(box, "new", job.name), device, tally, job.size))
+        written.append(_Written(index, temp, os.path.join(box, "new", job.name), device, whole, tally, job.size))
         return job.name, job.size
+
+    def _openDevice(self, path: str) -> tuple[int, int, bool]:
+        """
+        @param path: a mailbox's C{tmp/}.
+        @return: a directory open on its file system (-1 if it is not
+            synced whole), its device, and whether it is synced whole.
+        """
+        if self.wholeSync is False:
+            return -1, 0, False
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            device = os.fstat(fd).st_dev
+            whole = self.wholeSync is True or canSyncFileSystem(path)
+        except OSError:
+            os.close(fd)
+            raise
+        if not whole:
+            os.close(fd)
+            return -1, device, False
+        return fd, device, True
 
     def _sizeLock(self, path: str) -> threading.Lock:
         """

@@ -62,7 +62,7 @@ class WholeSyncTests(SynchronousTestCase):
         """
         jobs = [job(self.alice, "a1"), job(self.alice, "a2"), job(self.bob, "b1"),
                 job(self.alice, "f1", folder="Lists")]
-        self.assertEqual(MaildirWriter().writeBatch(jobs), [(j.name, j.size) for j in jobs])
+        self.assertEqual(MaildirWriter(wholeSync=True).writeBatch(jobs), [(j.name, j.size) for j in jobs])
         self.assertEqual(self.syncs, [(["a1", "a2"], []), ([], ["a1", "a2"])])
         self.assertEqual(sorted(os.listdir(os.path.join(self.bob, "new"))), ["b1"])
         self.assertEqual(os.listdir(os.path.join(self.alice, ".Lists", "new")), ["f1"])
@@ -76,7 +76,7 @@ class WholeSyncTests(SynchronousTestCase):
         the error, C{tmp/} is emptied and no usage is recorded.
         """
         self.failAt = 1
-        results = MaildirWriter().writeBatch([job(self.alice, "a1"), job(self.alice, "a2", quotaBytes=10_000)])
+        results = MaildirWriter(wholeSync=True).writeBatch([job(self.alice, "a1"), job(self.alice, "a2", quotaBytes=10_000)])
         self.assertEqual([r.errno for r in results], [errno.EIO, errno.EIO])
         self.assertEqual(len(self.syncs), 1)
         self.assertEqual(os.listdir(os.path.join(self.alice, "tmp")), [])
@@ -89,7 +89,7 @@ class WholeSyncTests(SynchronousTestCase):
         failed (its delivery is retried, finding the copy if it survived).
         """
         self.failAt = 2
-        results = MaildirWriter().writeBatch([job(self.alice, "a1"), job(self.alice, "a2")])
+        results = MaildirWriter(wholeSync=True).writeBatch([job(self.alice, "a1"), job(self.alice, "a2")])
         self.assertEqual([r.errno for r in results], [errno.EIO, errno.EIO])
 
     def test_refusedCopyNotCounted(self):
@@ -97,12 +97,62 @@ class WholeSyncTests(SynchronousTestCase):
         A copy over quota is refused before it is written; the others of
         the batch are stored.
         """
-        results = MaildirWriter().writeBatch([job(self.alice, "a1", quotaBytes=60),
+        results = MaildirWriter(wholeSync=True).writeBatch([job(self.alice, "a1", quotaBytes=60),
                                               job(self.alice, "a2", quotaBytes=60)])
         self.assertEqual(results[0], ("a1", len(HEADER) + 5))
         self.assertIsInstance(results[1], ReplyError)
         self.assertEqual(results[1].reply, MAILBOX_FULL)
         self.assertEqual(self.syncs, [(["a1"], []), ([], ["a1"])])
+
+
+class DecidedPerFileSystemTests(SynchronousTestCase):
+    """
+    By default each mailbox's file system decides: C{syncfs} where it is
+    known to make files durable, an fsync of each copy elsewhere.
+    """
+
+    def deliverTwo(self, whole: bool) -> tuple[int, int]:
+        """
+        Deliver two copies with the file system taken for one synced
+        whole (or not).
+
+        @return: how many C{syncfs} and how many fsyncs were made.
+        """
+        if not canSyncFileSystem():
+            raise self.skipTest("syncfs is Linux's")
+        alice = os.path.join(os.path.abspath(self.mktemp()), "alice")
+        asked, syncs, fsyncs = [], [], []
+        realFsync = os.fsync
+
+        def canSync(path=None):
+            # syncfs is there; the file system decides.
+            asked.append(path)
+            return whole if path is not None else True
+
+        def fsync(fd):
+            fsyncs.append(fd)
+            realFsync(fd)
+
+        self.patch(maildirwrite, "canSyncFileSystem", canSync)
+        self.patch(maildirwrite, "syncFileSystem", syncs.append)
+        self.patch(maildirwrite.os, "fsync", fsync)
+        writer = MaildirWriter()
+        results = writer.writeBatch([job(alice, "a1"), job(alice, "a2")])
+        self.assertEqual(results, [("a1", len(HEADER) + 5), ("a2", len(HEADER) + 5)])
+        self.assertEqual(asked[-1], os.path.join(alice, "tmp"))
+        return len(syncs), len(fsyncs)
+
+    def test_wholeWhereKnown(self):
+        """
+        On a file system synced whole: two C{syncfs}, no fsync.
+        """
+        self.assertEqual(self.deliverTwo(True), (2, 0))
+
+    def test_eachElsewhere(self):
+        """
+        Elsewhere: an fsync per copy and one of C{new/}, no C{syncfs}.
+        """
+        self.assertEqual(self.deliverTwo(False), (0, 3))
 
 
 class OneByOneTests(SynchronousTestCase):
