@@ -135,7 +135,6 @@ def syncFileSystem(fd: int) -> None:
         raise OSError(error, os.strerror(error))
 
 
-
 def makeDirectories(path: str, sync: bool = False) -> str:
     """
     Create a directory and any missing parents, each mode 0700.  Unlike

@@ -10,8 +10,8 @@ same reason.  With C{[server] delivery_process = yes} (the default) each
 SMTP process starts one child (L{qutemail.store.deliveryworker}) and hands
 it the batches of L{qutemail.store.maildir.MaildirStore} over a pipe.  The
 key files of the file vault go the same way (L{DeliveryProcess.addKeyFiles}):
-one per message key, each created, written and fsynced, they cost internal
-mail as many system calls as its delivery does.
+one per message key, each created and written, they cost internal mail
+about as many system calls as its delivery does.
 
 Nothing that got a 250 depends on the child: the message is in the journal
 until its delivery is reported.  If the child dies, the batches it had fail
@@ -122,7 +122,7 @@ class DeliveryProcess(Service):
     def addKeyFiles(self, directory: str, wrapped: list[tuple[str, bytes]]) -> Deferred:
         """
         Write the key files of wrapped message keys in the child (see
-        L{qutemail.qkd.vault.addKeyFiles}).
+        L{qutemail.qkd.keyfiles.addKeyFiles}).
 
         @return: a Deferred firing with that function's results, or failing
             with C{OSError(EIO)} if the child cannot write them.

@@ -230,7 +230,7 @@ class MaildirWriter:
         self._known.add(path)
 
     def _writeOne(self, index: int, job: WriteJob, tallies: dict[str, _Tally], written: list[_Written],
-                  devices: dict[str, tuple[int, int]]) -> tuple[str, int]:
+                  devices: dict[str, tuple[int, int, bool]]) -> tuple[str, int]:
         """
         Write one copy into C{tmp/}.
 
@@ -276,7 +276,7 @@ class MaildirWriter:
                         writeAll(fd, chunk)
             if not whole:
                 os.fsync(fd)
-        except OSError:
+        except BaseException:
             os.close(fd)
             try:
                 os.unlink(temp)
