@@ -36,6 +36,18 @@ def writeAll(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def writeAllAt(fd: int, data: bytes, offset: int) -> None:
+    """
+    Write all of C{data} at C{offset} of a file, however many calls it
+    takes (C{pwrite}: the file's own position is not used).
+    """
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 def syncDirectory(path: str) -> None:
     """
     fsync a directory, so that names created or renamed in it survive a

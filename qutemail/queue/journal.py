@@ -22,6 +22,15 @@ is no longer the one being written and every message in it is done.  After a
 crash, L{Journal.recover} returns the messages without a C{D} record; a torn
 record at the end of the last segment (a batch that never got its sync, so
 no 250) is ignored.
+
+Small batches are written over zeros laid down ahead of them
+(L{ZERO_AHEAD_BYTES} at a time, with the batch that needs them): an
+C{fdatasync} that only overwrites blocks a file already has changes none of
+its metadata, so the file system commits no journal transaction for it.
+On the development machine's ext4 that made the sync of a 2.6 KB record
+94 µs instead of 165-180 µs.  A segment may therefore end in zeros, which
+reading takes as its end.  Batches of L{ZERO_AHEAD_MAX_BATCH_BYTES} or more
+are only appended (zeroing ahead of them would write as much again).
 """
 
 import json
@@ -33,10 +42,14 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile, syncDirectory, writeAll
+from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories, removeFile, syncDirectory, writeAllAt
 from qutemail.message import Envelope, SpooledMessage
 
 DEFAULT_SEGMENT_BYTES = 32 * 1024 * 1024
+# Zeros laid down ahead of small batches (see the module docstring).
+ZERO_AHEAD_BYTES = 1024 * 1024
+ZERO_AHEAD_MAX_BATCH_BYTES = 64 * 1024
+_ZEROS = bytes(ZERO_AHEAD_BYTES)
 # Rounds of flushing close() tries before it gives up on pending records.
 CLOSE_ATTEMPTS = 3
 _SEGMENT_SUFFIX = ".log"
@@ -121,7 +134,8 @@ def parseSegment(data: bytes) -> tuple[list[SpooledMessage], set[str], list[tupl
     @param data: the whole segment.
     @return: the messages in order, the queue ids marked done, and the
         C{(offset, length)} of every unreadable stretch (at the very end:
-        a torn last record, from a batch that never synced).
+        a torn last record, from a batch that never synced).  Zeros at the
+        end are no stretch: they were laid down ahead of the records.
     """
     messages: list[SpooledMessage] = []
     done: set[str] = set()
@@ -130,6 +144,9 @@ def parseSegment(data: bytes) -> tuple[list[SpooledMessage], set[str], list[tupl
     end = len(data)
     while pos < end:
         parsed = _parseRecord(data, pos)
+        if parsed is None and data.count(0, pos) == end - pos:
+            # Only the zeros laid down ahead of the records are left.
+            break
         if parsed is None:
             resume = pos
             while True:
@@ -206,6 +223,10 @@ class Journal:
         self._written = 0
         self._fd: int | None = None
         self._fdSegment = -1
+        # Where the open segment's next record goes, and where the zeros
+        # laid down ahead of it end (worker thread only).
+        self._fdOffset = 0
+        self._fdZeroed = 0
         self._pending: list[tuple[bytes, Deferred | None]] = []
         self._flushing: Deferred | None = None
         self._lazyFlush = None
@@ -383,9 +404,11 @@ class Journal:
 
     def _writeBatch(self, segment: int, records: list[bytes], deletable: list[int], spills: list[str]) -> None:
         """
-        Append records to the segment and sync it (worker thread).  Switch
-        to a new segment first when asked; then delete finished segments and
-        the spill files of messages whose C{D} record is now durable.
+        Append records to the segment and sync it (worker thread), with
+        zeros ahead of a small batch when it passes the zeros laid down
+        before (see the module docstring).  Switch to a new segment first
+        when asked; then delete finished segments and the spill files of
+        messages whose C{D} record is now durable.
         """
         if self._fdSegment != segment:
             if self._fd is not None:
@@ -395,11 +418,20 @@ class Journal:
                 finally:
                     os.close(fd)
             path = os.path.join(self._directory, _segmentName(segment))
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE)
             self._fdSegment = segment
+            # A segment that is there already (it should not be) is
+            # written after what it holds.
+            self._fdOffset = self._fdZeroed = os.fstat(self._fd).st_size
             syncDirectory(self._directory)
-        writeAll(self._fd, b"".join(records))
+        data = b"".join(records)
+        end = self._fdOffset + len(data)
+        writeAllAt(self._fd, data, self._fdOffset)
+        if end > self._fdZeroed and len(data) < ZERO_AHEAD_MAX_BATCH_BYTES:
+            writeAllAt(self._fd, _ZEROS, end)
+            self._fdZeroed = end + ZERO_AHEAD_BYTES
         os.fdatasync(self._fd)
+        self._fdOffset = end
         paths = [os.path.join(self._directory, _segmentName(n)) for n in deletable] + spills
         for path in paths:
             removeFile(path)

@@ -14,10 +14,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.blocking import InlineRunner
-from qutemail.durable import writeAll
+from qutemail.durable import writeAllAt
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.queue import journal as journalModule
-from qutemail.queue.journal import Journal, encodeDone, encodeMessage, parseSegment
+from qutemail.queue.journal import ZERO_AHEAD_BYTES, ZERO_AHEAD_MAX_BATCH_BYTES, Journal, encodeDone, encodeMessage, parseSegment
 from tests.support import QueuedRunner
 
 
@@ -212,7 +212,8 @@ class CommitRecoverTests(JournalTestsMixin, SynchronousTestCase):
     def test_recordLayout(self):
         """
         The segment holds exactly the C{M} records, then the C{D} records,
-        as L{encodeMessage} and L{encodeDone} build them.
+        as L{encodeMessage} and L{encodeDone} build them, then the zeros
+        laid down ahead of them when the first (small) batch was written.
         """
         message = inlineMessage("Q1")
         self.commit(message)
@@ -220,8 +221,9 @@ class CommitRecoverTests(JournalTestsMixin, SynchronousTestCase):
         self.clock.advance(1)
         [name] = segmentNames(self.directory)
         self.assertEqual(name, "0000000000.log")
+        records = encodeMessage(message) + b"D Q1\n"
         with open(os.path.join(self.directory, name), "rb") as f:
-            self.assertEqual(f.read(), encodeMessage(message) + b"D Q1\n")
+            self.assertEqual(f.read(), records + bytes(len(encodeMessage(message)) + ZERO_AHEAD_BYTES - len(records)))
         self.assertEqual(encodeDone("Q1"), b"D Q1\n")
 
     def test_closeFlushesDone(self):
@@ -331,7 +333,7 @@ class TornRecordTests(JournalTestsMixin, SynchronousTestCase):
         else) recovered.
         """
         with open(self.segment, "rb") as f:
-            whole = f.read()
+            whole = f.read(self.firstLength + len(self.secondRecord))
         for cut in range(self.firstLength, len(whole)):
             messages, done, damaged = parseSegment(whole[:cut])
             expected = [] if cut == self.firstLength else [(self.firstLength, cut - self.firstLength)]
@@ -534,7 +536,10 @@ class RotationTests(JournalTestsMixin, SynchronousTestCase):
         for queueId in ("A", "B", "C", "D", "E"):
             self.commit(inlineMessage(queueId))
         self.assertEqual(segmentNames(self.directory), ["0000000000.log", "0000000001.log", "0000000002.log"])
-        sizes = [os.path.getsize(os.path.join(self.directory, n)) for n in segmentNames(self.directory)]
+        sizes = []
+        for name in segmentNames(self.directory):
+            with open(os.path.join(self.directory, name), "rb") as f:
+                sizes.append(len(f.read().rstrip(b"\0")))
         self.assertEqual(sizes, [2 * recordLength, 2 * recordLength, recordLength])
 
     def test_recoverDeletesFinishedSegments(self):
@@ -547,7 +552,13 @@ class RotationTests(JournalTestsMixin, SynchronousTestCase):
         for queueId in ("A", "B", "C"):
             self.commit(inlineMessage(queueId))
         self.successResultOf(self.journal.close())
-        with open(os.path.join(self.directory, "0000000002.log"), "ab") as f:
+        # Written where the journal would have written it: over the zeros
+        # after the last record.
+        last = os.path.join(self.directory, "0000000002.log")
+        with open(last, "rb") as f:
+            end = len(f.read().rstrip(b"\0"))
+        with open(last, "r+b") as f:
+            f.seek(end)
             f.write(encodeDone("A"))
         self.assertEqual([m.queueId for m in self.recoverFresh()], ["B", "C"])
         self.assertEqual(segmentNames(self.directory), ["0000000001.log", "0000000002.log"])
@@ -571,6 +582,81 @@ class RotationTests(JournalTestsMixin, SynchronousTestCase):
         self.assertEqual([m.queueId for m in self.recoverFresh()], ["A", "D"])
 
 
+class ZerosAheadTests(JournalTestsMixin, SynchronousTestCase):
+    """
+    Small batches are written over zeros laid down ahead of them, so that
+    their syncs change no metadata; reading takes the zeros for the end.
+    """
+
+    def segment(self) -> bytes:
+        """
+        @return: the only segment's bytes.
+        """
+        [name] = segmentNames(self.directory)
+        with open(os.path.join(self.directory, name), "rb") as f:
+            return f.read()
+
+    def test_smallBatchesOverwriteZeros(self):
+        """
+        The first small batch lays down L{ZERO_AHEAD_BYTES} of zeros after
+        itself; the next ones are written over them, so the file keeps its
+        size until they run out; recovery finds every message and no
+        damage.
+        """
+        first = inlineMessage("Z1")
+        self.commit(first)
+        length = len(encodeMessage(first))
+        self.assertEqual(len(self.segment()), length + ZERO_AHEAD_BYTES)
+        messages = [first] + [inlineMessage(f"Z{n}") for n in range(2, 12)]
+        for message in messages[1:]:
+            self.commit(message)
+        data = self.segment()
+        self.assertEqual(len(data), length + ZERO_AHEAD_BYTES)
+        used = sum(len(encodeMessage(m)) for m in messages)
+        self.assertEqual(data[used:], bytes(len(data) - used))
+        self.assertEqual(parseSegment(data), (messages, set(), []))
+        self.assertEqual(self.recoverFresh(), messages)
+
+    def test_runsOutOfZeros(self):
+        """
+        A small batch that passes the zeros lays down more after itself.
+        """
+        self.journal = self.openJournal()
+        body = b"Subject: big\n\n" + b"x" * (ZERO_AHEAD_MAX_BATCH_BYTES // 2) + b"\n"
+        messages = [inlineMessage(f"R{n}", body) for n in range(2 * ZERO_AHEAD_BYTES // len(body) + 2)]
+        for message in messages:
+            self.commit(message)
+        data = self.segment()
+        used = sum(len(encodeMessage(m)) for m in messages)
+        self.assertGreater(used, ZERO_AHEAD_BYTES * 2)
+        self.assertGreater(len(data), used)
+        self.assertEqual(data[used:], bytes(len(data) - used))
+        self.assertEqual(self.recoverFresh(), messages)
+
+    def test_bigBatchAppended(self):
+        """
+        A batch of L{ZERO_AHEAD_MAX_BATCH_BYTES} or more past the zeros is
+        only appended: nothing follows it.
+        """
+        big = inlineMessage("B1", b"Subject: big\n\n" + b"x" * ZERO_AHEAD_MAX_BATCH_BYTES + b"\n")
+        self.commit(big)
+        self.assertEqual(self.segment(), encodeMessage(big))
+        self.assertEqual(self.recoverFresh(), [big])
+
+    def test_zerosAfterTornRecord(self):
+        """
+        A record cut short before the zeros (a batch that never synced) is
+        a torn tail, as at the end of a file.
+        """
+        first = inlineMessage("T1")
+        self.commit(first)
+        record = encodeMessage(inlineMessage("T2"))
+        data = self.segment()
+        length = len(encodeMessage(first))
+        torn = data[:length] + record[:20] + data[length + 20:]
+        self.assertEqual(parseSegment(torn), ([first], set(), [(length, len(torn) - length)]))
+
+
 class FailedBatchTests(JournalTestsMixin, SynchronousTestCase):
     """
     A batch whose write fails fails its commits and is never appended to.
@@ -584,21 +670,21 @@ class FailedBatchTests(JournalTestsMixin, SynchronousTestCase):
         """
         first, failed, third = inlineMessage("Q1"), inlineMessage("Q2"), inlineMessage("Q3")
         self.commit(first)
-        realWriteAll = journalModule.writeAll
+        realWriteAll = journalModule.writeAllAt
 
-        def tornWrite(fd, data):
+        def tornWrite(fd, data, offset):
             """
             Write half, then fail as a dying disk would.
             """
-            realWriteAll(fd, data[: len(data) // 2])
+            realWriteAll(fd, data[: len(data) // 2], offset)
             raise OSError(errno.EIO, "Input/output error")
 
-        self.patch(journalModule, "writeAll", tornWrite)
+        self.patch(journalModule, "writeAllAt", tornWrite)
         reason = self.failureResultOf(self.journal.commit(failed), OSError)
         self.assertEqual(reason.value.errno, errno.EIO)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
-        self.patch(journalModule, "writeAll", realWriteAll)
+        self.patch(journalModule, "writeAllAt", realWriteAll)
         self.assertIs(self.commit(third), third)
         self.assertEqual(segmentNames(self.directory), ["0000000000.log", "0000000001.log"])
         self.assertEqual(self.recoverFresh(), [first, third])
@@ -641,16 +727,16 @@ class FailedBatchTests(JournalTestsMixin, SynchronousTestCase):
         self.commit(inlineMessage("B"))
         self.journal.markDone("A")
 
-        def broken(fd, data):
+        def broken(fd, data, offset):
             """
             Fail every write.
             """
             raise OSError(errno.EIO, "Input/output error")
 
-        self.patch(journalModule, "writeAll", broken)
+        self.patch(journalModule, "writeAllAt", broken)
         self.failureResultOf(self.journal.commit(inlineMessage("C")), OSError)
         self.flushLoggedErrors(OSError)
-        self.patch(journalModule, "writeAll", writeAll)
+        self.patch(journalModule, "writeAllAt", writeAllAt)
         self.journal.markDone("B")
         self.commit(inlineMessage("D"))
         self.clock.advance(1)
