@@ -127,6 +127,42 @@ def canSyncFileSystem(path: str | None = None) -> bool:
     return whole
 
 
+def openSyncTarget(directory: str, wholeSync: bool | None = None) -> tuple[int, int, bool]:
+    """
+    Decide, before writing new files into a directory, how they will be
+    made durable: by one L{syncFileSystem}, or by an fsync of each and then
+    of the directory.
+
+    @param wholeSync: C{True} for L{syncFileSystem}, C{False} for the
+        fsyncs, C{None} for L{syncFileSystem} where that is known to be
+        enough (see L{canSyncFileSystem}).
+    @return: C{(fd, device, whole)}: with C{whole}, a descriptor open on
+        C{directory} for L{syncFileSystem} (opened now, so that it reports
+        the errors of the writes to come; the caller closes it) and its
+        device; else C{(-1, 0, False)}.
+    @raise OSError: C{directory} cannot be opened or looked at.
+    """
+    if wholeSync is False or (wholeSync is None and not canSyncFileSystem(directory)):
+        return -1, 0, False
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return fd, os.fstat(fd).st_dev, True
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def discardFile(path: str) -> None:
+    """
+    Unlink a file, if it is there and can be removed (cleaning up after
+    another failure, which is the one reported).  Blocking.
+    """
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def syncFileSystem(fd: int) -> None:
     """
     Make everything written to a file system durable in one call (Linux's

@@ -11,14 +11,16 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 _ENCRYPTED = re.compile(rb"encrypted", re.IGNORECASE)
 
 
-def headerEnd(head: bytes) -> int:
+def headerEnd(head: bytes, start: int = 0) -> int:
     """
+    @param start: where to look for the blank line from: a caller that
+        adds to C{head} looks again only from just before what it added.
     @return: where the header section of C{head} ends (at its blank line),
         or C{len(head)} when there is none within C{head}.
     """
     if head.startswith((b"\n", b"\r\n")):
         return 0
-    blank = _BLANK_LINE.search(head)
+    blank = _BLANK_LINE.search(head, start)
     return len(head) if blank is None else blank.start() + 1
 
 

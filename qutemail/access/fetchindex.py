@@ -176,9 +176,10 @@ def _rewrite(path: str, keep: set[str]) -> None:
 
 class FetchIndex:
     """
-    One session's view of one folder's index.  The index only saves work:
-    a file that cannot be read or written is logged, and the messages are
-    scanned as they would be without it.
+    One folder's index, shared by the sessions that have it open (see
+    L{SharedIndexes}).  The index only saves work: a file that cannot be
+    read or written is logged, and the messages are scanned as they would
+    be without it.
     """
 
     _log = Logger()

@@ -216,13 +216,10 @@ def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO |
         if index:
             out.append(b" ")
         kind = item.type
-        if kind == "flags":
-            out.append(b"FLAGS " + flagList(slot.allFlags()))
-        elif kind == "uid":
-            out.append(b"UID %d" % (slot.uid,))
-            sentUid = True
-        elif kind == "internaldate":
-            out.append(b"INTERNALDATE " + formatInternalDate(slot.mtime))
+        viewed = _viewItem(kind, slot)
+        if viewed is not None:
+            out.append(viewed)
+            sentUid = sentUid or kind == "uid"
         elif kind == "rfc822size":
             out.append(b"RFC822.SIZE %d" % (root.size,))
         elif kind == "envelope":

@@ -137,10 +137,15 @@ def readPlainFiles(paths: list[str], maxBytes: int, parse: Callable[[bytes], Any
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                data = f.read(size + 1) if size <= maxBytes else None
+                # Only the header is read of one that may be encrypted.
+                if size > maxBytes or mayBeOurs(f):
+                    data = None
+                else:
+                    f.seek(0)
+                    data = f.read(size + 1)
         except OSError:
             data = None
-        if data is None or len(data) > maxBytes or mayBeOurs(io.BytesIO(data)):
+        if data is None or len(data) > maxBytes:
             found.append(None)
             continue
         maxBytes -= len(data)

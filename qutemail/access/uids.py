@@ -353,8 +353,8 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
             kept.append((uidNext, name))
             uidNext += 1
         if changed or arrived:
-            replaceFile(listPath, formatUidList(uidValidity, uidNext, kept))
-            stamps = stamps[:2] + folderStamps(folderPath, (UIDLIST_FILE,)) + stamps[3:]
+            status = replaceFile(listPath, formatUidList(uidValidity, uidNext, kept))
+            stamps = stamps[:2] + ((status.st_ino, status.st_mtime_ns, status.st_size),) + stamps[3:]
         # After the scan: a keyword letter on a file was given before it
         # was set.
         keywords = readKeywords(folderPath)

@@ -28,6 +28,7 @@ import secrets
 import attrs
 
 from qutemail.access.imapstore import storedSize
+from qutemail.access.listingcache import folderStamps, settled
 from qutemail.access.uids import sync
 from qutemail.durable import PRIVATE_FILE_MODE
 from qutemail.jmap import ids
@@ -184,27 +185,16 @@ def _digest(signatures: dict[str, str]) -> str:
     return "s" + h.hexdigest()[:20]
 
 
-# A folder's directories must be older than this for a cached reading of
-# it to be trusted: a change made within the file system's timestamp
-# granularity of the reading could otherwise leave them unchanged.
-RACY_SECONDS = 1.0
-
-
 def _stamp(path: str, now: float) -> tuple | None:
     """
     @return: what changes whenever a folder's messages, flags or keywords
-        change (the modification times of C{new/}, C{cur/} and its
-        keywords file), or C{None} when one is too recent to rely on.
+        change (the stamps of C{new/}, C{cur/} and its keywords file), or
+        C{None} when one is too recent to rely on: a change made within
+        the file system's timestamp granularity of a reading could leave
+        them unchanged (the rule of L{qutemail.access.listingcache}).
     """
-    times = []
-    for name in ("new", "cur", KEYWORDS_FILE):
-        try:
-            times.append(os.stat(os.path.join(path, name)).st_mtime_ns)
-        except FileNotFoundError:
-            times.append(0)
-    if max(times) > (now - RACY_SECONDS) * 1e9:
-        return None
-    return tuple(times)
+    stamps = folderStamps(path, ("new", "cur", KEYWORDS_FILE))
+    return stamps if settled(stamps, now) else None
 
 
 def _readFolder(path: str, boxId: str, now: float) -> tuple[list[EmailEntry], int, int]:

@@ -98,7 +98,7 @@ class InboundChecks:
         """
         This checker's memory of From values parsed.
         """
-        self._fromDomains = functools.lru_cache(maxsize=FROM_DOMAINS_KEPT)(lambda value: fromFieldDomain(value))
+        self._fromDomains = functools.lru_cache(maxsize=FROM_DOMAINS_KEPT)(fromFieldDomain)
 
     def _fromDomain(self, header: bytes) -> str | None:
         """

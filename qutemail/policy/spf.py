@@ -343,7 +343,7 @@ class _Query(spf.query):
         return validated
 
 
-def identityOf(sender: str, helo: str) -> tuple[str, str, str]:
+def identityOf(sender: str, helo: str) -> tuple[str, str, str, str]:
     """
     The identity SPF checks for a transaction: the MAIL FROM address; for
     a null sender C{postmaster@<helo>} (RFC 7208 §2.3, §2.4); a sender

@@ -9,7 +9,7 @@ the server (L{qutemail.store.deliveryworker}), stays small.
 
 import os
 
-from qutemail.durable import canSyncFileSystem, makeDirectories, syncDirectory, syncFileSystem, writeAll
+from qutemail.durable import discardFile, makeDirectories, openSyncTarget, syncDirectory, syncFileSystem, writeAll
 
 KEY_FILE_SUFFIX = ".key"
 
@@ -28,16 +28,6 @@ class KeyExists(KeyVaultError):
     """
 
 
-def _unlinkQuietly(path: str) -> None:
-    """
-    Remove a file, if it is there and can be removed.  Blocking.
-    """
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def addKeyFiles(directory: str, keys: list[tuple[str, bytes]],
                 wholeSync: bool | None = None) -> list[BaseException | None]:
     """
@@ -50,16 +40,13 @@ def addKeyFiles(directory: str, keys: list[tuple[str, bytes]],
     @param keys: C{(keyId, wrapped)} pairs.
     @param wholeSync: use C{syncfs} (C{None}: where it is available and
         the file system is one it makes files durable on, see
-        L{canSyncFileSystem}).
+        L{qutemail.durable.openSyncTarget}).
     @return: per key, in order: C{None} when it is durable, L{KeyExists}
         when the directory already holds its id, or the C{OSError} that
         kept it out (its file is removed then).
     """
     makeDirectories(directory, sync=True)
-    if wholeSync is None:
-        wholeSync = canSyncFileSystem(directory)
-    # Opened first: syncfs reports the writeback errors since this open.
-    directoryFd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    directoryFd, _, whole = openSyncTarget(directory, wholeSync)
     try:
         results: list[BaseException | None] = []
         written: list[tuple[int, str]] = []
@@ -75,11 +62,11 @@ def addKeyFiles(directory: str, keys: list[tuple[str, bytes]],
                 continue
             try:
                 writeAll(fd, wrapped)
-                if not wholeSync:
+                if not whole:
                     os.fsync(fd)
             except OSError as e:
                 results.append(e)
-                _unlinkQuietly(path)
+                discardFile(path)
                 continue
             finally:
                 os.close(fd)
@@ -87,7 +74,7 @@ def addKeyFiles(directory: str, keys: list[tuple[str, bytes]],
             results.append(None)
         if written:
             try:
-                if wholeSync:
+                if whole:
                     syncFileSystem(directoryFd)
                 else:
                     syncDirectory(directory)
@@ -95,8 +82,9 @@ def addKeyFiles(directory: str, keys: list[tuple[str, bytes]],
                 # The files may not survive a crash, whole or by name:
                 # none of these keys may be used.
                 for index, path in written:
-                    _unlinkQuietly(path)
+                    discardFile(path)
                     results[index] = e
         return results
     finally:
-        os.close(directoryFd)
+        if directoryFd >= 0:
+            os.close(directoryFd)

@@ -9,13 +9,14 @@ copied outside the encryption, and base64 in lines.  No I/O.
 import binascii
 import re
 
+from qutemail.headerblock import headerEnd
+
 MAX_LINE_BYTES = 998  # RFC 5322 §2.1.1
 MAX_FIELD_BYTES = 8192
 MAX_MESSAGE_ID_BYTES = 900
 
 _COPIED = {"return-path": "Return-Path", "received": "Received", "from": "From", "to": "To",
            "cc": "Cc", "date": "Date", "message-id": "Message-ID"}
-_BLANK_LINE = re.compile(rb"\n\r?\n")
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+(?=:)")
 _SANE_LINE = re.compile(rb"[\t\x20-\x7e]*")
 
@@ -49,9 +50,9 @@ def headerFields(block: bytes, complete: bool) -> list[tuple[str, list[bytes]]]:
     """
     # The header ends at the first empty line at the latest: split no
     # further (the block may be a whole large message).
-    blank = _BLANK_LINE.search(block)
-    if blank is not None:
-        block, complete = block[:blank.start() + 1], True
+    end = headerEnd(block)
+    if end < len(block):
+        block, complete = block[:end], True
     lines = block.split(b"\n")
     if not complete or not lines[-1]:
         lines.pop()

@@ -25,7 +25,9 @@ import threading
 
 import attrs
 
-from qutemail.durable import PRIVATE_FILE_MODE, canSyncFileSystem, syncDirectory, syncFileSystem, writeAll
+from qutemail.durable import (
+    PRIVATE_FILE_MODE, discardFile, openSyncTarget, syncDirectory, syncFileSystem, writeAll,
+)
 from qutemail.replies import MAILBOX_FULL, ReplyError
 from qutemail.store.folders import ensureMaildir
 from qutemail.store.mailbox import UsageTail, readUsageFrom, recordUsage
@@ -114,10 +116,7 @@ class _Written:
         """
         self.tally.addedBytes -= self.size
         self.tally.addedMessages -= 1
-        try:
-            os.unlink(self.temp)
-        except OSError:
-            pass
+        discardFile(self.temp)
 
 
 class MaildirWriter:
@@ -129,10 +128,10 @@ class MaildirWriter:
     def __init__(self, wholeSync: bool | None = None) -> None:
         """
         @param wholeSync: sync with C{syncfs} (C{None}: on each file
-            system where it is available and known to be enough, see
-            L{canSyncFileSystem}).
+            system where it is known to be enough, see
+            L{qutemail.durable.openSyncTarget}).
         """
-        self.wholeSync = wholeSync if wholeSync is not None or canSyncFileSystem() else False
+        self.wholeSync = wholeSync
         # One lock per mailbox for maildirsize: batches run in parallel.
         self._sizeLocks: dict[str, threading.Lock] = {}
         # What each mailbox's maildirsize said when last read (under that
@@ -262,7 +261,7 @@ class MaildirWriter:
             raise ReplyError(MAILBOX_FULL)
         opened = devices.get(box)
         if opened is None:
-            opened = devices[box] = self._openDevice(os.path.join(box, "tmp"))
+            opened = devices[box] = openSyncTarget(os.path.join(box, "tmp"), self.wholeSync)
         _, device, whole = opened
         temp = os.path.join(box, "tmp", job.name)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
@@ -278,36 +277,13 @@ class MaildirWriter:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
+            discardFile(temp)
             raise
         os.close(fd)
         tally.addedBytes += job.size
         tally.addedMessages += 1
         written.append(_Written(index, temp, os.path.join(box, "new", job.name), device, whole, tally, job.size))
         return job.name, job.size
-
-    def _openDevice(self, path: str) -> tuple[int, int, bool]:
-        """
-        @param path: a mailbox's C{tmp/}.
-        @return: a directory open on its file system (-1 if it is not
-            synced whole), its device, and whether it is synced whole.
-        """
-        if self.wholeSync is False:
-            return -1, 0, False
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            device = os.fstat(fd).st_dev
-            whole = self.wholeSync is True or canSyncFileSystem(path)
-        except OSError:
-            os.close(fd)
-            raise
-        if not whole:
-            os.close(fd)
-            return -1, device, False
-        return fd, device, True
 
     def _sizeLock(self, path: str) -> threading.Lock:
         """

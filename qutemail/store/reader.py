@@ -158,13 +158,15 @@ def mayBeOurs(source: BinaryIO) -> bool:
     header twice (L{readEnvelope}, L{_claimsOurFormat}), which was most of
     the cost of opening a small message.  Blocking.
     """
-    seen = b""
+    seen = bytearray()
     while len(seen) <= HEADER_CAP_BYTES:
         chunk = source.read(_SNIFF_BYTES)
         if not chunk:
             break
+        # A blank line may begin in the last two bytes already seen.
+        again = max(len(seen) - 2, 0)
         seen += chunk
-        if headerEnd(seen) < len(seen):
+        if headerEnd(seen, again) < len(seen):
             break
     return namesEncrypted(seen)
 
@@ -181,12 +183,12 @@ def openStored(path: str) -> tuple[BinaryIO, Envelope | None, bytes | None, int]
     """
     source = open(path, "rb")
     try:
+        ours = mayBeOurs(source)
+        source.seek(0)
+        if not ours:
+            return source, None, None, os.fstat(source.fileno()).st_size
         first = source.readline(_MAX_RETURN_PATH_BYTES)
         returnPath = first if first.lower().startswith(b"return-path:") and first.endswith(b"\n") else None
-        source.seek(0)
-        if not mayBeOurs(source):
-            source.seek(0)
-            return source, None, None, os.fstat(source.fileno()).st_size
         source.seek(0)
         try:
             envelope = readEnvelope(source)

@@ -20,6 +20,7 @@ from qutemail.backends.redislimiter import connect
 from qutemail.backends.redisvault import KEY_PREFIX, RedisKeyVault
 from qutemail.blocking import InlineRunner
 from qutemail.interfaces import KeyGone
+from qutemail import durable
 from qutemail.qkd import keyfiles as keyfilesModule
 from qutemail.qkd.keyfiles import KeyExists, addKeyFiles
 from qutemail.qkd.vault import (
@@ -358,7 +359,7 @@ class FileKeyVaultTests(TestCase):
         synced: list[str] = []
         realSync = keyfilesModule.syncFileSystem
         # Whatever file system the test runs on.
-        self.patch(keyfilesModule, "canSyncFileSystem", lambda path=None: True)
+        self.patch(durable, "canSyncFileSystem", lambda path=None: True)
 
         def syncFileSystem(fd):
             synced.append(os.readlink(f"/proc/self/fd/{fd}"))

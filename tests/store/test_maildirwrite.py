@@ -8,6 +8,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from qutemail import durable
 from qutemail.durable import canSyncFileSystem
 from qutemail.replies import MAILBOX_FULL, ReplyError
 from qutemail.store import maildirwrite
@@ -133,7 +134,7 @@ class DecidedPerFileSystemTests(SynchronousTestCase):
             fsyncs.append(fd)
             realFsync(fd)
 
-        self.patch(maildirwrite, "canSyncFileSystem", canSync)
+        self.patch(durable, "canSyncFileSystem", canSync)
         self.patch(maildirwrite, "syncFileSystem", syncs.append)
         self.patch(maildirwrite.os, "fsync", fsync)
         writer = MaildirWriter()
