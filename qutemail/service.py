@@ -73,7 +73,8 @@ from qutemail.metrics.registry import processGone
 from qutemail.metricssetup import buildMetrics, metricsDirectory, serveMetrics
 from qutemail.store.deliveryprocess import DeliveryProcess
 from qutemail.store.maildir import (
-    BATCH_DELAY_SECONDS, SHARED_USAGE_CACHE_SECONDS, USAGE_CACHE_SECONDS, MaildirStore, SplitWriter, ThreadWriter,
+    BATCH_DELAY_SECONDS, BATCH_IDLE_SECONDS, SHARED_USAGE_CACHE_SECONDS, USAGE_CACHE_SECONDS, MaildirStore,
+    SplitWriter, ThreadWriter,
 )
 
 
@@ -369,7 +370,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     else:
         notifier = LocalMailboxNotifier()
     store = MaildirStore(dataDir, runner, server.hostname, config.mailbox.defaultQuotaBytes, reactor,
-                         batchDelaySeconds=BATCH_DELAY_SECONDS, writer=deliveryWriter, notifier=notifier,
+                         batchDelaySeconds=BATCH_DELAY_SECONDS, batchIdleSeconds=BATCH_IDLE_SECONDS,
+                         writer=deliveryWriter, notifier=notifier,
                          usageCacheSeconds=SHARED_USAGE_CACHE_SECONDS if config.mailbox.mailDir
                          else USAGE_CACHE_SECONDS)
     queueIds = QueueIds(reactor)

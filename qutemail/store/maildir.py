@@ -50,6 +50,12 @@ MAX_BATCH_JOBS = 64
 # makes expensive (bench/throughput.sh: one session x 2 KB, 1.17-1.25 of
 # Postfix's end-to-end rate with it, 0.84-1.10 without).
 BATCH_DELAY_SECONDS = 0.05
+# A batch starts sooner when deliveries stop coming for this long
+# (MaildirStore's batchIdleSeconds): the last message of a burst, or a lone
+# one, is not held for the whole delay with nothing left to wait for.
+# Under steady load messages come closer together than this and batches
+# still fill for the whole delay.
+BATCH_IDLE_SECONDS = 0.005
 
 
 def messageFileName(message: SpooledMessage, index: int, hostname: str, size: int) -> str:
@@ -104,7 +110,8 @@ class MaildirStore:
 
     def __init__(self, dataDir: str, runner: Any, hostname: str, defaultQuotaBytes: int,
                  clock: Any = None, batchDelaySeconds: float = 0.0, writer: Any = None,
-                 notifier: Any = None, usageCacheSeconds: float = USAGE_CACHE_SECONDS) -> None:
+                 notifier: Any = None, usageCacheSeconds: float = USAGE_CACHE_SECONDS,
+                 batchIdleSeconds: float = 0.0) -> None:
         """
         @param dataDir: the server's C{data_dir}.
         @param runner: the L{qutemail.blocking.BlockingRunner}.
@@ -127,12 +134,18 @@ class MaildirStore:
         @param usageCacheSeconds: how long usage read from C{maildirsize}
             is trusted (L{SHARED_USAGE_CACHE_SECONDS} when other nodes
             deliver to the same Maildirs).
+        @param batchIdleSeconds: with a batch delay, start the batch
+            earlier once no delivery has come for this long (0: always
+            wait the whole delay; the server uses L{BATCH_IDLE_SECONDS}).
         """
         self._usageCacheSeconds = usageCacheSeconds
         self.notifier = notifier
         self._clock = clock
         self._batchDelay = batchDelaySeconds if clock is not None else 0.0
+        self._batchIdle = batchIdleSeconds
         self._batchTimer: Any = None
+        # When the waiting batch's first and latest deliveries came.
+        self._batchStarted = self._lastArrival = 0.0
         self._usage: dict[str, tuple[int, int, float]] = {}
         self._dataDir = dataDir
         self._runner = runner
@@ -165,14 +178,33 @@ class MaildirStore:
         self._pending.append(_Job(message, account, index, checkExisting, d))
         if not self._batchDelay or len(self._pending) >= MAX_BATCH_JOBS:
             self._flush()
-        elif self._batchTimer is None:
-            self._batchTimer = self._clock.callLater(self._batchDelay, self._batchDue)
+            return d
+        self._lastArrival = self._clock.seconds()
+        if self._batchTimer is None:
+            self._batchStarted = self._lastArrival
+            self._batchTimer = self._clock.callLater(self._nextWait(), self._batchDue)
         return d
+
+    def _nextWait(self) -> float:
+        """
+        @return: how long from now the waiting batch may still wait: until
+            the idle gap after its latest delivery, and never past the
+            delay after its first.
+        """
+        deadline = self._batchStarted + self._batchDelay
+        if self._batchIdle:
+            deadline = min(deadline, self._lastArrival + self._batchIdle)
+        return max(deadline - self._clock.seconds(), 0.0)
 
     def _batchDue(self) -> None:
         """
-        The batch delay is over: write what is pending.
+        The batch's wait may be over: write what is pending, unless
+        deliveries came meanwhile and it may wait a little longer.
         """
+        wait = self._nextWait()
+        if wait > 0:
+            self._batchTimer = self._clock.callLater(wait, self._batchDue)
+            return
         self._batchTimer = None
         self._flush()
 
