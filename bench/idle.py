@@ -38,7 +38,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qkd_throughput import BenchError, Server, addUser, freePort, writeFromBase  # noqa: E402
+from benchserver import BenchError, Server  # noqa: E402
+from qkd_throughput import addUser, freePort, writeFromBase  # noqa: E402
 
 TARGET_SECONDS = 0.100
 TARGET_RSS_MIB = 300

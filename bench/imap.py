@@ -44,7 +44,8 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qkd_throughput import PASSWORD, BenchError, addUser, freePort, serverEnvironment, writeFromBase  # noqa: E402
+from benchserver import BenchError, serverEnvironment  # noqa: E402
+from qkd_throughput import PASSWORD, addUser, freePort, writeFromBase  # noqa: E402
 
 ADDRESS = "bench@example.test"
 TOKEN = "quarterly-zebra"

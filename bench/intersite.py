@@ -47,10 +47,8 @@ import sys
 import tempfile
 import time
 
-from qkd_throughput import (
-    BenchError, Message, Server, addUser, checkStored, freePort, maildirCount, parseSize, positive, runSessions,
-    serverEnvironment, waitForMaildir, writeFromBase,
-)
+from benchserver import BenchError, Server, checkStored, maildirCount, serverEnvironment, waitForMaildir
+from qkd_throughput import Message, addUser, freePort, parseSize, positive, runSessions, writeFromBase
 
 SENDER = "sender@a.example.test"
 RECIPIENT = "recipient@b.example.test"

@@ -1,0 +1,179 @@
+"""
+What the benchmark scripts share about running a server: C{twistd -n
+qutemail} as a child process, its environment, and counting and checking
+what it stored in a Maildir.
+"""
+
+import email.parser
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+# Give up waiting for the Maildir when its count has not moved for this long.
+STALL_TIMEOUT = 60.0
+
+
+class BenchError(Exception):
+    """
+    A run failed: the server did not start, a session failed, a message is
+    missing, or a stored file is not what the mode should store.
+    """
+
+
+def serverEnvironment() -> dict[str, str]:
+    """
+    @return: this environment without QUTEMAIL_* variables.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("QUTEMAIL_")}
+
+
+def maildirCount(mailbox: str) -> int:
+    """
+    @return: how many messages are in a Maildir's new/ and cur/.
+    """
+    count = 0
+    for sub in ("new", "cur"):
+        try:
+            with os.scandir(os.path.join(mailbox, sub)) as entries:
+                count += sum(1 for _ in entries)
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def maildirFiles(mailbox: str) -> list[str]:
+    """
+    @return: the paths of every message in a Maildir's new/ and cur/.
+    """
+    paths = []
+    for sub in ("new", "cur"):
+        directory = os.path.join(mailbox, sub)
+        if os.path.isdir(directory):
+            paths += [os.path.join(directory, name) for name in os.listdir(directory)]
+    return paths
+
+
+class Server:
+    """
+    C{twistd -n qutemail} for one run.
+    """
+
+    def __init__(self, configPath: str, runDir: str, port: int) -> None:
+        self.configPath = configPath
+        self.logPath = os.path.join(runDir, "twistd.log")
+        self.errPath = os.path.join(runDir, "twistd.stderr")
+        self.port = port
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """
+        Start it and wait until the submission port greets.
+        """
+        with open(self.errPath, "wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                 "-n", "--pidfile=", "--logfile", self.logPath, "qutemail", "--config", self.configPath],
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=serverEnvironment(),
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"twistd exited with status {self.process.returncode}: {self.tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(100).startswith(b"220"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise BenchError(f"twistd did not listen on port {self.port} within {START_TIMEOUT:.0f} s")
+
+    def tail(self) -> str:
+        """
+        @return: the end of its stderr and log, for an error message.
+        """
+        text = ""
+        for path in (self.errPath, self.logPath):
+            try:
+                with open(path, errors="replace") as f:
+                    text += f.read()[-1500:]
+            except OSError:
+                pass
+        return text.strip() or "(no output)"
+
+    def cpuSeconds(self) -> float | None:
+        """
+        @return: the CPU time (user and system, all threads) it has used so
+            far, or C{None} where /proc cannot say.
+        """
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+
+    def stop(self) -> None:
+        """
+        SIGTERM it and wait; SIGKILL it if it does not stop in time.  Safe to
+        call more than once, and when it never started.
+        """
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+            raise BenchError(f"twistd (pid {process.pid}) ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killed")
+
+
+def waitForMaildir(mailbox: str, expected: int, started: float) -> tuple[float, int]:
+    """
+    Poll the Maildir until it holds C{expected} messages.
+
+    @return: the monotonic time the count was reached, and the count.
+    @raise BenchError: it stopped growing for L{STALL_TIMEOUT} seconds.
+    """
+    count = maildirCount(mailbox)
+    lastChange = time.monotonic()
+    while count < expected:
+        time.sleep(0.005)
+        now = time.monotonic()
+        current = maildirCount(mailbox)
+        if current != count:
+            count, lastChange = current, now
+        elif now - lastChange > STALL_TIMEOUT:
+            raise BenchError(f"only {count} of {expected} messages delivered after {now - started:.1f} s")
+    return time.monotonic(), count
+
+
+def checkStored(mailbox: str, encrypted: bool, body: bytes, samples: int = 3) -> str:
+    """
+    Check a few stored messages: sealed (multipart/encrypted, no plaintext)
+    or plain (the body as sent), as the mode says.
+
+    @return: the Content-Type seen, for the report.
+    """
+    paths = maildirFiles(mailbox)
+    marker = body[:70]
+    seen = ""
+    for path in random.sample(paths, min(samples, len(paths))):
+        with open(path, "rb") as f:
+            data = f.read()
+        header = email.parser.BytesHeaderParser().parsebytes(data)
+        contentType = header.get_content_type()
+        seen = contentType
+        if encrypted and (contentType != "multipart/encrypted" or marker in data):
+            raise BenchError(f"{path} is not sealed: Content-Type {contentType}")
+        if not encrypted and (contentType == "multipart/encrypted" or marker not in data):
+            raise BenchError(f"{path} is not the plain message: Content-Type {contentType}")
+    return seen
