@@ -59,6 +59,19 @@ def maildirFiles(mailbox: str) -> list[str]:
     return paths
 
 
+def processCPUSeconds(process: subprocess.Popen | None) -> float | None:
+    """
+    @return: the CPU time (user and system, all threads) a child process
+        has used so far, or C{None} where /proc cannot say.
+    """
+    try:
+        with open(f"/proc/{process.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 class Server:
     """
     C{twistd -n qutemail} for one run.
@@ -112,12 +125,7 @@ class Server:
         @return: the CPU time (user and system, all threads) it has used so
             far, or C{None} where /proc cannot say.
         """
-        try:
-            with open(f"/proc/{self.process.pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError, AttributeError):
-            return None
+        return processCPUSeconds(self.process)
 
     def stop(self) -> None:
         """

@@ -47,7 +47,9 @@ import sys
 import tempfile
 import time
 
-from benchserver import BenchError, Server, checkStored, maildirCount, serverEnvironment, waitForMaildir
+from benchserver import (
+    BenchError, Server, checkStored, maildirCount, processCPUSeconds, serverEnvironment, waitForMaildir,
+)
 from qkd_throughput import Message, addUser, freePort, parseSize, positive, runSessions, writeFromBase
 
 SENDER = "sender@a.example.test"
@@ -88,12 +90,7 @@ class KMEPair:
         """
         @return: the CPU time the KME pair has used so far.
         """
-        try:
-            with open(f"/proc/{self.process.pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError, AttributeError):
-            return None
+        return processCPUSeconds(self.process)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
