@@ -26,6 +26,15 @@ class BenchError(Exception):
     """
 
 
+def freePort() -> int:
+    """
+    @return: a TCP port that was free on 127.0.0.1 a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def serverEnvironment() -> dict[str, str]:
     """
     @return: this environment without QUTEMAIL_* variables.
@@ -185,3 +194,72 @@ def checkStored(mailbox: str, encrypted: bool, body: bytes, samples: int = 3) ->
         if not encrypted and (contentType == "multipart/encrypted" or marker not in data):
             raise BenchError(f"{path} is not the plain message: Content-Type {contentType}")
     return seen
+
+
+class KMEPair:
+    """
+    C{qutemail kme} (the real command) in its own process: a KME serving
+    one SAE and, on the same simulated QKD link, a second KME serving
+    another, with a pool large enough for any run and a fast refill.
+    Started once for a whole benchmark.
+    """
+
+    def __init__(self, scratch: str, saes: tuple[str, str], tlsHosts: tuple[str, ...] = ()) -> None:
+        """
+        @param scratch: the benchmark's scratch directory.
+        @param saes: the SAE of the first KME, then of the second.
+        @param tlsHosts: mail host names to issue TLS server certificates
+            for, from the pair's CA.
+        """
+        self.directory = os.path.join(scratch, "kme")
+        self.saes = saes
+        self.tlsHosts = tlsHosts
+        self.ports = (freePort(), freePort())
+        while self.ports[1] == self.ports[0]:
+            self.ports = (self.ports[0], freePort())
+        self.process: subprocess.Popen | None = None
+        self.logPath = os.path.join(scratch, "kme.log")
+
+    def start(self, configPath: str) -> None:
+        """
+        Start it and wait until both KMEs listen.
+        """
+        hosts = [arg for host in self.tlsHosts for arg in ("--tls-host", host)]
+        with open(self.logPath, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "qutemail.cli", "--config", configPath, "kme", "--directory", self.directory,
+                 "--sae", self.saes[0], "--port", str(self.ports[0]), "--link-sae", self.saes[1],
+                 "--link-port", str(self.ports[1]), "--pool-keys", "1000000", "--refill", "1000000", *hosts],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=serverEnvironment())
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            with open(self.logPath, errors="replace") as f:
+                if f.read().count(" listening at ") == 2:
+                    return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise BenchError(f"the KME pair did not start: {open(self.logPath, errors='replace').read()[-800:]}")
+
+    def cpuSeconds(self) -> float | None:
+        """
+        @return: the CPU time the KME pair has used so far.
+        """
+        return processCPUSeconds(self.process)
+
+    def stop(self) -> None:
+        """
+        Stop it (SIGTERM) and wait.
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+    def qkd(self, sae: str) -> dict[str, str]:
+        """
+        @return: the C{[qkd]} keys of a server that is C{sae} at this pair.
+        """
+        return {"kme_url": f"https://localhost:{self.ports[self.saes.index(sae)]}", "sae_id": sae,
+                "client_cert": os.path.join(self.directory, f"sae-{sae}-cert.pem"),
+                "client_key": os.path.join(self.directory, f"sae-{sae}-key.pem"),
+                "ca_cert": os.path.join(self.directory, "ca-cert.pem")}

@@ -42,14 +42,10 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
-from benchserver import (
-    BenchError, Server, checkStored, maildirCount, processCPUSeconds, serverEnvironment, waitForMaildir,
-)
+from benchserver import BenchError, KMEPair, Server, checkStored, maildirCount, waitForMaildir
 from qkd_throughput import Message, addUser, freePort, parseSize, positive, runSessions, writeFromBase
 
 SENDER = "sender@a.example.test"
@@ -57,62 +53,12 @@ RECIPIENT = "recipient@b.example.test"
 MODES = ("plain", "transit")
 
 
-class KMEPair:
-    """
-    `qutemail kme` serving site-a and, on the same link, site-b.
-    """
-
-    def __init__(self, scratch: str) -> None:
-        self.directory = os.path.join(scratch, "kme")
-        self.ports = (freePort(), freePort())
-        self.process: subprocess.Popen | None = None
-        self.logPath = os.path.join(scratch, "kme.log")
-
-    def start(self, configPath: str) -> None:
-        with open(self.logPath, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "qutemail.cli", "--config", configPath, "kme", "--directory", self.directory,
-                 "--sae", "site-a", "--port", str(self.ports[0]), "--link-sae", "site-b",
-                 "--link-port", str(self.ports[1]), "--pool-keys", "1000000", "--refill", "1000000",
-                 "--tls-host", "mail.a.example.test", "--tls-host", "mail.b.example.test"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=serverEnvironment())
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with open(self.logPath, errors="replace") as f:
-                if f.read().count(" listening at ") == 2:
-                    return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise BenchError(f"the KME pair did not start: {open(self.logPath, errors='replace').read()[-800:]}")
-
-    def cpuSeconds(self) -> float | None:
-        """
-        @return: the CPU time the KME pair has used so far.
-        """
-        return processCPUSeconds(self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
-
-    def qkd(self, site: str) -> dict[str, str]:
-        """
-        @return: the [qkd] keys of one site (C{a} or C{b}) for this pair.
-        """
-        return {"kme_url": f"https://localhost:{self.ports[0 if site == 'a' else 1]}", "sae_id": f"site-{site}",
-                "client_cert": os.path.join(self.directory, f"sae-site-{site}-cert.pem"),
-                "client_key": os.path.join(self.directory, f"sae-site-{site}-key.pem"),
-                "ca_cert": os.path.join(self.directory, "ca-cert.pem")}
-
-
 def siteConfig(path: str, site: str, dataDir: str, ports: dict, pair: KMEPair, transit: bool) -> None:
     """
     Write one site's configuration for a run.
     """
     peer = "b" if site == "a" else "a"
-    qkd = pair.qkd(site) | {"encrypt": "yes", "peers": f"{peer}.example.test=site-{peer}" if transit else "",
+    qkd = pair.qkd(f"site-{site}") | {"encrypt": "yes", "peers": f"{peer}.example.test=site-{peer}" if transit else "",
                             "peer_policy": "require"}
     writeFromBase(path, {
         "server": {"hostname": f"mail.{site}.example.test", "domains": f"{site}.example.test", "data_dir": dataDir,
@@ -208,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = args.keep or bool(args.dir)
     print(f"# {args.sessions} sessions x {args.messages} messages of {args.size} bytes, {SENDER} -> {RECIPIENT} "
           f"(A relays to B over a route), {args.rounds} rounds; scratch {scratch}", flush=True)
-    pair = KMEPair(scratch)
+    pair = KMEPair(scratch, ("site-a", "site-b"), ("mail.a.example.test", "mail.b.example.test"))
     results, status = [], 0
     try:
         bootstrap = os.path.join(scratch, "kme.ini")

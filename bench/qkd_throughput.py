@@ -13,6 +13,11 @@ the script:
     submission listeners on free ports (the others off), one process, no
     message or connection limits in the way, the embedded KME with a pool
     large enough for the whole run and a fast refill, and [qkd] encrypt;
+    with --kme separate, the KME is instead `qutemail kme` in its own
+    process, started once for the whole benchmark (a site's KME runs on
+    its own machine): the server is SAE "qutemail" there and takes keys
+    for mail at rest naming SAE "escrow" on the KME's link ([qkd]
+    rest_sae), and each run's line adds the KME's CPU time;
   - creates bob@example.test and alice@example.test with the admin command;
   - starts `twistd -n qutemail` (log in the run directory, no pid file) and
     waits until the submission port answers;
@@ -39,8 +44,8 @@ override the benchmark's configuration).  The scratch directory is deleted
 at the end unless --keep is given or it was given with --dir.
 
     python bench/qkd_throughput.py [--sessions 4] [--messages 250]
-        [--size 2048 | --size 100K] [--rounds 3] [--dir DIR] [--keep]
-        [--before-run COMMAND]
+        [--size 2048 | --size 100K] [--rounds 3] [--kme embedded|separate]
+        [--dir DIR] [--keep] [--before-run COMMAND]
 
 --before-run runs COMMAND PID MODE ROUND once each server listens, before
 the sessions connect; for example a script that starts
@@ -57,7 +62,6 @@ import email.utils
 import os
 import shutil
 import smtplib
-import socket
 import ssl
 import statistics
 import subprocess
@@ -68,7 +72,7 @@ from typing import Any
 import time
 
 from benchserver import (
-    BenchError, Server, checkStored, maildirCount, serverEnvironment, waitForMaildir,
+    BenchError, KMEPair, Server, checkStored, freePort, maildirCount, serverEnvironment, waitForMaildir,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,6 +84,9 @@ SENDER = f"bob@{DOMAIN}"
 RECIPIENT = f"alice@{DOMAIN}"
 PASSWORD = "bench-password"
 MODES = (("plain", "no"), ("encrypted", "yes"))
+# With --kme separate: the server's SAE, and the SAE keys for mail at rest
+# are taken for.
+KME_SAES = ("qutemail", "escrow")
 
 CLIENT_TIMEOUT = 120.0
 
@@ -112,20 +119,13 @@ def positive(text: str) -> int:
     return value
 
 
-def freePort() -> int:
-    """
-    @return: a TCP port that was free on 127.0.0.1 a moment ago.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def writeConfig(path: str, dataDir: str, mtaPort: int, submissionPort: int, encrypt: bool,
-                poolKeys: int) -> None:
+                poolKeys: int, kme: KMEPair | None = None) -> None:
     """
     Write a run's configuration: etc/qutemail.ini with the benchmark's
     values (every other key as there).
+
+    @param kme: a separate KME to use, or C{None} for the embedded one.
     """
     overrides = {
         "server": {"data_dir": dataDir, "bind": "127.0.0.1", "workers": "1"},
@@ -142,6 +142,10 @@ def writeConfig(path: str, dataDir: str, mtaPort: int, submissionPort: int, encr
                 "encrypt": "yes" if encrypt else "no"},
         "redis": {"url": ""},
     }
+    if kme is not None:
+        # Our own SAE is only for the embedded KME: with another, keys for
+        # mail at rest name a second SAE (as a key-escrow service would be).
+        overrides["qkd"] |= kme.qkd(KME_SAES[0]) | {"rest_sae": KME_SAES[1]}
     writeFromBase(path, overrides)
 
 
@@ -329,7 +333,8 @@ def encKeysRequests(logPath: str) -> int | None:
         return None
 
 
-def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encrypt: bool) -> dict:
+def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encrypt: bool,
+           kme: KMEPair | None = None) -> dict:
     """
     One run of one mode on a fresh data directory.
 
@@ -345,7 +350,7 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
         mtaPort = freePort()
     expected = args.sessions * args.messages
     writeConfig(configPath, dataDir, mtaPort, submissionPort, encrypt,
-                poolKeys=max(100000, 2 * expected))
+                poolKeys=max(100000, 2 * expected), kme=kme)
     addUser(configPath, SENDER)
     addUser(configPath, RECIPIENT)
     mailbox = os.path.join(dataDir, "mail", DOMAIN, RECIPIENT.partition("@")[0])
@@ -360,6 +365,7 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
         def go() -> None:
             times["serverCPU"] = server.cpuSeconds()
             times["clientCPU"] = time.process_time()
+            times["kmeCPU"] = kme.cpuSeconds() if kme is not None else None
 
         started, accepted = runSessions(args.sessions, submissionPort, args.messages, message, go)
         done, count = waitForMaildir(mailbox, expected, started)
@@ -369,6 +375,11 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
         else:
             serverCPU = None
         clientCPU = time.process_time() - times["clientCPU"]
+        kmeCPU = kme.cpuSeconds() if kme is not None else None
+        if kmeCPU is not None and times["kmeCPU"] is not None:
+            kmeCPU -= times["kmeCPU"]
+        else:
+            kmeCPU = None
     finally:
         server.stop()
     # Stopped: nothing is being written now.
@@ -386,7 +397,7 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
     seconds = done - started
     return {"mode": mode, "round": number, "messages": count, "seconds": seconds,
             "rate": count / seconds, "accepted": accepted - started, "contentType": contentType,
-            "keys": keys, "requests": requests, "serverCPU": serverCPU, "clientCPU": clientCPU}
+            "keys": keys, "requests": requests, "serverCPU": serverCPU, "clientCPU": clientCPU, "kmeCPU": kmeCPU}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=positive, default=3, help="runs of each mode, alternating (3)")
     parser.add_argument("--dir", help="scratch directory (default: a new one under $TMPDIR, deleted at the end)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--kme", choices=("embedded", "separate"), default="embedded",
+                        help="the server's embedded KME (default), or `qutemail kme` in its own process, "
+                             "as a site's KME is on its own machine")
     parser.add_argument("--before-run", metavar="COMMAND",
                         help="run COMMAND PID MODE ROUND once each server listens (e.g. to attach a profiler)")
     args = parser.parse_args(argv)
@@ -410,15 +424,22 @@ def main(argv: list[str] | None = None) -> int:
         scratch = tempfile.mkdtemp(prefix="qutemail-qkd-bench-")
     keep = args.keep or bool(args.dir)
     print(f"# {args.sessions} sessions x {args.messages} messages of {args.size} bytes, bob -> alice over "
-          f"submission (STARTTLS, AUTH PLAIN), {args.rounds} rounds; scratch {scratch}", flush=True)
+          f"submission (STARTTLS, AUTH PLAIN), {args.rounds} rounds, {args.kme} KME; scratch {scratch}", flush=True)
     results = []
     status = 0
+    kme = KMEPair(scratch, KME_SAES) if args.kme == "separate" else None
     try:
+        if kme is not None:
+            bootstrap = os.path.join(scratch, "kme.ini")
+            writeFromBase(bootstrap, {"server": {"data_dir": os.path.join(scratch, "kme-var")}})
+            kme.start(bootstrap)
         for number in range(1, args.rounds + 1):
             for mode, value in MODES:
-                result = oneRun(args, scratch, number, mode, value == "yes")
+                result = oneRun(args, scratch, number, mode, value == "yes", kme)
                 results.append(result)
                 cpu = "" if result["serverCPU"] is None else f"server CPU {result['serverCPU']:.2f} s, "
+                if result["kmeCPU"] is not None:
+                    cpu += f"KME CPU {result['kmeCPU']:.2f} s, "
                 extra = f", {result['keys']} vault keys" if result["keys"] is not None else ""
                 if result["requests"]:
                     extra += (f" from {result['requests']} enc_keys requests "
@@ -433,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         print("qkd_throughput: interrupted", file=sys.stderr)
         status = 130
     finally:
+        if kme is not None:
+            kme.stop()
         if keep or status:
             print(f"# scratch directory kept: {scratch}", file=sys.stderr if status else sys.stdout)
         else:
