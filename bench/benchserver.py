@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Callable
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
@@ -68,6 +69,31 @@ def maildirFiles(mailbox: str) -> list[str]:
     return paths
 
 
+def waitForGreeting(port: int, process: subprocess.Popen, greeting: bytes, name: str,
+                    exited: Callable[[], str] | None = None, timeout: float = START_TIMEOUT) -> None:
+    """
+    Wait until the server C{process} started greets on C{port} with a line
+    starting with C{greeting}.
+
+    @param name: the server, for the errors.
+    @param exited: the error when C{process} ends first (by default its
+        name and exit status).
+    @raise BenchError: it ended, or did not greet within C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(exited() if exited else f"{name} exited with status {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(100).startswith(greeting):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise BenchError(f"{name} did not greet on port {port} within {timeout:.0f} s")
+
+
 def processCPUSeconds(process: subprocess.Popen | None) -> float | None:
     """
     @return: the CPU time (user and system, all threads) a child process
@@ -103,18 +129,8 @@ class Server:
                  "-n", "--pidfile=", "--logfile", self.logPath, "qutemail", "--config", self.configPath],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=serverEnvironment(),
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"twistd exited with status {self.process.returncode}: {self.tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    if s.recv(100).startswith(b"220"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise BenchError(f"twistd did not listen on port {self.port} within {START_TIMEOUT:.0f} s")
+        waitForGreeting(self.port, self.process, b"220", "twistd",
+                        lambda: f"twistd exited with status {self.process.returncode}: {self.tail()}")
 
     def tail(self) -> str:
         """

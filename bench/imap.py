@@ -44,7 +44,7 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchserver import BenchError, serverEnvironment  # noqa: E402
+from benchserver import BenchError, serverEnvironment, waitForGreeting  # noqa: E402
 from qkd_throughput import PASSWORD, addUser, freePort, writeFromBase  # noqa: E402
 
 ADDRESS = "bench@example.test"
@@ -117,7 +117,7 @@ def startQutEmail(scratch: str) -> tuple[subprocess.Popen, int, str]:
         process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "qutemail", "--config", configPath], stdout=log, stderr=log, env=serverEnvironment())
-    waitForGreeting(imapPort, process)
+    waitForGreeting(imapPort, process, b"* OK", "QutEmail (IMAP)")
     return process, imapPort, dataDir
 
 
@@ -206,27 +206,8 @@ service stats {{
 """)
     process = subprocess.Popen(["dovecot", "-F", "-c", config], stdout=subprocess.DEVNULL,
                                stderr=open(os.path.join(scratch, "dovecot.stderr"), "wb"))
-    waitForGreeting(port, process)
+    waitForGreeting(port, process, b"* OK", "Dovecot")
     return process, port
-
-
-def waitForGreeting(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    """
-    Wait until an IMAP server on C{port} greets.
-    """
-    import socket
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"a server exited with status {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(100).startswith(b"* OK"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise BenchError(f"no IMAP greeting on port {port}")
 
 
 def timeSteps(port: int) -> tuple[dict[str, float], dict[str, int]]:

@@ -81,7 +81,8 @@ WRAP_MAGIC = b"QKV1"
 WRAP_NONCE_BYTES = 12
 # Keys longer than this are not message keys.
 MAX_KEY_BYTES = 1024
-# The most keys addKeys writes in one worker job (their fsyncs are serial).
+# The most keys addKeys writes in one job (one after another, then made
+# durable together).
 KEYS_PER_JOB = 16
 
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -439,8 +440,8 @@ class FileKeyVault:
             checkKeyId(keyId)
             checkKey(key)
         wrapped = [(keyId, await self._wrapper.wrap(keyId, key)) for keyId, key in keys]
-        # fsyncs in several threads overlap on the disk: a large batch is
-        # written by several jobs at once.
+        # A large batch is written by several jobs at once (threads of the
+        # runner, or of the delivery process).
         chunks = [wrapped[i:i + KEYS_PER_JOB] for i in range(0, len(wrapped), KEYS_PER_JOB)]
         if self.keyFiles is not None:
             jobs = [self.keyFiles.addKeyFiles(self.directory, chunk) for chunk in chunks]
@@ -451,9 +452,9 @@ class FileKeyVault:
 
     def addKeys(self, keys: list[tuple[str, bytes]]) -> Deferred:
         """
-        Store fresh keys, never replacing one: one worker-thread job and one
-        directory fsync for up to L{KEYS_PER_JOB} of them, several such
-        jobs at once for more (see the module docstring).
+        Store fresh keys, never replacing one: one job and one sync for up
+        to L{KEYS_PER_JOB} of them, several such jobs at once for more (see
+        the module docstring).
 
         @param keys: C{(keyId, key)} pairs, each id new.
         @return: a Deferred firing, once every key that could be stored is

@@ -191,7 +191,8 @@ class MaildirWriter:
         whose sync failed get its C{OSError} (and, not yet named, are
         dropped).
         """
-        for fd, device in {device: (fd, device) for fd, device, whole in devices.values() if whole}.values():
+        # One open directory per file system is enough for its syncfs.
+        for device, fd in {device: fd for fd, device, whole in devices.values() if whole}.items():
             if not any(w.device == device for w in written):
                 continue
             try:
