@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from qutemail.access.fetchindex import FetchIndex, SharedIndexes
 from qutemail.access.imapmime import Entity, scanMessage
+from qutemail.access.quickscan import WHOLE_READ_BYTES, scanBytes
 from qutemail.access.imapstore import locate
 from qutemail.access.imapwire import CRLFConverter
 from qutemail.access.maildrop import notice
@@ -108,12 +109,17 @@ def _scanPlain(paths: list[str]) -> list[Entity | None]:
     roots: list[Entity | None] = []
     for path in paths:
         try:
-            f, envelope, _, _ = openStored(path)
+            f, envelope, _, size = openStored(path)
         except (OSError, MessageUnreadable):
             roots.append(None)
             continue
         try:
-            roots.append(scanMessage(f) if envelope is None else None)
+            if envelope is not None:
+                roots.append(None)
+            elif size <= WHOLE_READ_BYTES:
+                roots.append(scanBytes(f.read(size + 1)))
+            else:
+                roots.append(scanMessage(f))
         finally:
             f.close()
     return roots
@@ -149,7 +155,7 @@ def readPlainFiles(paths: list[str], maxBytes: int, parse: Callable[[bytes], Any
             found.append(None)
             continue
         maxBytes -= len(data)
-        found.append((data, scanMessage(io.BytesIO(data)) if parse is None else parse(data)))
+        found.append((data, scanBytes(data) if parse is None else parse(data)))
     return found
 
 

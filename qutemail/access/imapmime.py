@@ -32,6 +32,8 @@ MAX_PARTS = 1000
 BLOCK_BYTES = 1024 * 1024
 # Header lines are read in pieces of at most this many bytes.
 PIECE_BYTES = 64 * 1024
+# An entity's Content-Type parameters not split yet.
+NOT_SPLIT = object()
 
 
 class Mark(NamedTuple):
@@ -297,6 +299,9 @@ class Entity:
     _parsed: email.message.Message | None = None
     # The raw values of each field, by lower-case name (see rawFields).
     _byName: dict[str, list[str]] | None = None
+    # The Content-Type parameters as BODYSTRUCTURE lists them, when the
+    # scan split them (see contentTypeParams).
+    _typeParams: list[str] | None | object = NOT_SPLIT
 
     @property
     def headerSize(self) -> int:
@@ -334,6 +339,14 @@ class Entity:
         if self._parsed is None:
             self._parsed = parseHeader(self.header)
         return self._parsed
+
+    def contentTypeParams(self) -> list[str] | None | object:
+        """
+        @return: the C{Content-Type} parameters as a flat C{[name, value,
+            ...]} list (C{None}: none), when the scan split them, else
+            L{NOT_SPLIT}.
+        """
+        return self._typeParams
 
     def rawFields(self, name: str) -> list[str]:
         """

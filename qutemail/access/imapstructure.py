@@ -11,7 +11,7 @@ import functools
 import re
 from typing import Any
 
-from qutemail.access.imapmime import Entity, Mark
+from qutemail.access.imapmime import NOT_SPLIT, Entity, Mark
 from qutemail.access.imapwire import Atom, formatList
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -93,6 +93,10 @@ def _parameters(entity: Entity, header: str) -> list | None:
     @return: a field's parameters as a flat C{[name, value, ...]} list
         (RFC 2231 values decoded), or C{None}.
     """
+    if header == "content-type":
+        split = entity.contentTypeParams()
+        if split is not NOT_SPLIT:
+            return list(split) if split is not None else None
     params = entity.headers().get_params(header=header)
     if not params:
         return None
