@@ -31,7 +31,7 @@ from qutemail.access.imapmailbox import Slot, flagList
 from qutemail.access.imapmessage import CHUNK_BYTES, readConverted
 from qutemail.access.imapmime import Entity, Mark, convertedSpan
 from qutemail.access.imapstructure import (
-    NoSuchSection, bodyStructure, envelope, headerFields, messageOf, resolvePart,
+    NoSuchSection, envelope, headerFields, messageOf, resolvePart, structures,
 )
 from qutemail.access.imapwire import formatInternalDate, formatList
 from qutemail.access.searchfields import indexedFields
@@ -190,8 +190,8 @@ def indexEntry(root: Entity) -> Indexed:
     """
     @return: the fetch index entry of a message's structure.
     """
-    return Indexed(root.size, formatList(envelope(root)), formatList(bodyStructure(root, True)),
-                   formatList(bodyStructure(root, False)), indexedFields(root))
+    body, structure = structures(root)
+    return Indexed(root.size, formatList(envelope(root)), structure, body, indexedFields(root))
 
 
 def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO | None, uid: bool,
@@ -225,7 +225,7 @@ def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO |
         elif kind == "envelope":
             out.append(b"ENVELOPE " + formatList(envelope(root)))
         elif kind == "bodystructure":
-            out.append(b"BODYSTRUCTURE " + formatList(bodyStructure(root, True)))
+            out.append(b"BODYSTRUCTURE " + structures(root)[1])
         elif kind == "rfc822":
             out += [b"RFC822 ", Literal(f, root.start, root.end, 0, root.size)]
         elif kind == "rfc822header":
@@ -233,7 +233,7 @@ def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO |
         elif kind == "rfc822text":
             out += [b"RFC822.TEXT ", Literal(f, root.bodyStart, root.end, 0, root.bodySize)]
         elif kind == "body" and not hasSection(item):
-            out.append(b"BODY " + formatList(bodyStructure(root, False)))
+            out.append(b"BODY " + structures(root)[0])
         else:
             out += [sectionLabel(item) + b" "] + _section(item, root, f)
     if uid and not sentUid:

@@ -353,6 +353,19 @@ class Entity:
         @return: every value of a field as it is (8-bit bytes as surrogate
             escapes, folding kept), in order.
         """
+        return list(self._fields().get(name.lower(), ()))
+
+    def rawField(self, name: str) -> str | None:
+        """
+        @return: the first value of a field as it is, or C{None}.
+        """
+        values = self._fields().get(name.lower())
+        return values[0] if values else None
+
+    def _fields(self) -> dict[str, list[str]]:
+        """
+        @return: the raw values of each field, by lower-case name.
+        """
         if self._byName is None:
             # ENVELOPE, BODYSTRUCTURE and the index ask for thirty-odd
             # fields of each message: group them once.
@@ -360,14 +373,7 @@ class Entity:
             for key, value in self.headers().raw_items():
                 byName.setdefault(key.lower(), []).append(value)
             self._byName = byName
-        return list(self._byName.get(name.lower(), ()))
-
-    def rawField(self, name: str) -> str | None:
-        """
-        @return: the first value of a field as it is, or C{None}.
-        """
-        values = self.rawFields(name)
-        return values[0] if values else None
+        return self._byName
 
 
 def parseHeader(header: bytes, defaultType: str = "text/plain") -> email.message.Message:

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from qutemail.access.imapmime import NOT_SPLIT, Entity, Mark
-from qutemail.access.imapwire import Atom, formatList
+from qutemail.access.imapwire import Atom, formatList, formatValue
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # Distinct address fields whose parse is kept (a few MB at most).
@@ -29,6 +29,8 @@ def unfold(value: str) -> str:
     """
     @return: a header value with its folding line ends removed.
     """
+    if "\n" not in value and "\r" not in value:
+        return value
     return _FOLD.sub("", value).strip("\r\n")
 
 
@@ -138,20 +140,25 @@ def _field(entity: Entity, name: str) -> bytes | None:
     return _raw(entity.rawField(name))
 
 
-def bodyStructure(entity: Entity, extended: bool) -> list:
+def structures(entity: Entity) -> tuple[bytes, bytes]:
     """
-    @param extended: BODYSTRUCTURE (with extension data) rather than BODY.
-    @return: the entity's body structure, for L{formatList}.
+    An entity's C{BODY} and C{BODYSTRUCTURE} (RFC 3501 §7.4.2), in wire
+    form, made in one pass: the first is the second without extension
+    data, so the fields they share are read and formatted once (the fetch
+    index keeps both for every message).
+
+    @return: C{(BODY, BODYSTRUCTURE)}.
     """
     if entity.mainType == "multipart" and entity.parts:
         # RFC 3501 §9 body-type-mpart: the parts follow one another with
         # no space between them.
-        result: list = [Atom(b"".join(formatList(bodyStructure(part, extended)) for part in entity.parts)),
-                        entity.subType]
-        if extended:
-            result += [_parameters(entity, "content-type"), _disposition(entity), _language(entity),
-                       _field(entity, "content-location")]
-        return result
+        forms = [structures(part) for part in entity.parts]
+        subType = formatValue(entity.subType)
+        extension = b" ".join(formatValue(v) for v in (
+            _parameters(entity, "content-type"), _disposition(entity), _language(entity),
+            _field(entity, "content-location")))
+        return (b"(" + b"".join(f[0] for f in forms) + b" " + subType + b")",
+                b"(" + b"".join(f[1] for f in forms) + b" " + subType + b" " + extension + b")")
     mainType, subType = entity.mainType, entity.subType
     params = _parameters(entity, "content-type")
     if mainType == "multipart":
@@ -160,16 +167,23 @@ def bodyStructure(entity: Entity, extended: bool) -> list:
     elif params is None and (mainType, subType) == ("text", "plain"):
         params = ["charset", "us-ascii"]
     encoding = _field(entity, "content-transfer-encoding") or b"7bit"
-    result = [mainType, subType, params, _field(entity, "content-id"), _field(entity, "content-description"),
-              encoding, entity.bodySize]
+    shared = b" ".join(formatValue(v) for v in (
+        mainType, subType, params, _field(entity, "content-id"), _field(entity, "content-description"),
+        encoding, entity.bodySize))
+    body = structure = shared
     if entity.message is not None:
-        result += [envelope(entity.message), bodyStructure(entity.message, extended), entity.bodyLines]
+        inner = structures(entity.message)
+        innerEnvelope = formatList(envelope(entity.message))
+        lines = formatValue(entity.bodyLines)
+        body += b" " + innerEnvelope + b" " + inner[0] + b" " + lines
+        structure += b" " + innerEnvelope + b" " + inner[1] + b" " + lines
     elif mainType == "text":
-        result.append(entity.bodyLines)
-    if extended:
-        result += [_field(entity, "content-md5"), _disposition(entity), _language(entity),
-                   _field(entity, "content-location")]
-    return result
+        lines = b" " + formatValue(entity.bodyLines)
+        body += lines
+        structure += lines
+    structure += b" " + b" ".join(formatValue(v) for v in (
+        _field(entity, "content-md5"), _disposition(entity), _language(entity), _field(entity, "content-location")))
+    return b"(" + body + b")", b"(" + structure + b")"
 
 
 def headerFields(entity: Entity, names: list[bytes], negate: bool) -> bytes:

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qutemail.access import imapmime
 from qutemail.access.imapmime import scanMessage
 from qutemail.access.imapstructure import (
-    NoSuchSection, bodyStructure, envelope, headerFields, messageOf, region, resolvePart,
+    NoSuchSection, envelope, headerFields, messageOf, region, resolvePart, structures,
 )
 from qutemail.access.imapwire import CRLFConverter, formatList
 
@@ -165,15 +165,22 @@ class StructureTests(SynchronousTestCase):
         its envelope and structure) and extension data.
         """
         root = scanMessage(io.BytesIO(NESTED))
+        body, structure = structures(root)
         self.assertEqual(
-            formatList(bodyStructure(root, True)),
+            structure,
             b'(("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 12 2 NIL ("inline" NIL) NIL NIL)'
             b'("message" "rfc822" NIL NIL NIL "7bit" 139 (NIL "inner" NIL NIL NIL NIL NIL NIL NIL NIL)'
             b' (("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 1 NIL NIL NIL NIL)'
             b'("text" "html" NIL NIL NIL "7bit" 8 1 NIL NIL NIL NIL) "alternative" ("boundary" "YY") NIL NIL NIL)'
             b' 11 NIL NIL NIL NIL) "mixed" ("boundary" "XX") NIL NIL NIL)')
-        self.assertEqual(formatList(bodyStructure(resolvePart(root, (0,)), False)),
+        self.assertEqual(structures(resolvePart(root, (0,)))[0],
                          b'("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 12 2)')
+        # BODY: the same without extension data, at every level.
+        self.assertEqual(
+            body,
+            b'(("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 12 2)("message" "rfc822" NIL NIL NIL "7bit" 139'
+            b' (NIL "inner" NIL NIL NIL NIL NIL NIL NIL NIL) (("text" "plain" ("charset" "us-ascii") NIL NIL "7bit"'
+            b' 10 1)("text" "html" NIL NIL NIL "7bit" 8 1) "alternative") 11) "mixed")')
 
     def test_headerFields(self) -> None:
         """
