@@ -32,7 +32,8 @@ from qutemail.access.quickscan import WHOLE_READ_BYTES, scanBytes
 from qutemail.access.imapstore import locate
 from qutemail.access.imapwire import CRLFConverter
 from qutemail.access.maildrop import notice
-from qutemail.store.reader import MessageUnreadable, mayBeOurs, openStored, readMessage
+from qutemail.headerblock import namesEncrypted
+from qutemail.store.reader import MessageUnreadable, openStored, readMessage
 
 # Bytes read from a message file per worker-thread call.
 CHUNK_BYTES = 128 * 1024
@@ -101,6 +102,29 @@ def fileContains(f: BinaryIO, raw: int, rawEnd: int, needle: bytes) -> bool:
     return False
 
 
+def _readWhole(path: str, maxBytes: int) -> bytes | None:
+    """
+    A message file's content in one read, if it is at most C{maxBytes}
+    long and its header does not name "encrypted" (see
+    L{qutemail.store.reader.mayBeOurs}: such a message may be one of ours,
+    which only L{openStored} can tell).  Blocking.
+
+    @return: the content, or C{None} when the file is larger or may be
+        ours.
+    @raise OSError: it cannot be read.
+    """
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > maxBytes:
+            return None
+        # One read: a stored message does not change; one that grew since
+        # the fstat is left to the caller's slower path.
+        data = f.read(size + 1)
+    if len(data) > size or namesEncrypted(data):
+        return None
+    return data
+
+
 def _scanPlain(paths: list[str]) -> list[Entity | None]:
     """
     The structure of each plain stored message, or C{None} for one that is
@@ -109,17 +133,16 @@ def _scanPlain(paths: list[str]) -> list[Entity | None]:
     roots: list[Entity | None] = []
     for path in paths:
         try:
-            f, envelope, _, size = openStored(path)
+            data = _readWhole(path, WHOLE_READ_BYTES)
+            if data is not None:
+                roots.append(scanBytes(data))
+                continue
+            f, envelope, _, _ = openStored(path)
         except (OSError, MessageUnreadable):
             roots.append(None)
             continue
         try:
-            if envelope is not None:
-                roots.append(None)
-            elif size <= WHOLE_READ_BYTES:
-                roots.append(scanBytes(f.read(size + 1)))
-            else:
-                roots.append(scanMessage(f))
+            roots.append(scanMessage(f) if envelope is None else None)
         finally:
             f.close()
     return roots
@@ -128,7 +151,7 @@ def _scanPlain(paths: list[str]) -> list[Entity | None]:
 def readPlainFiles(paths: list[str], maxBytes: int, parse: Callable[[bytes], Any] | None = None) -> list:
     """
     The whole content of each plain stored message, and what C{parse}
-    makes of it (by default its structure, L{scanMessage}), while their
+    makes of it (by default its structure, L{scanBytes}), while their
     sizes add up to at most C{maxBytes}; C{None} for one that is
     encrypted (or whose header names "encrypted": see
     L{qutemail.store.reader.mayBeOurs}), gone, unreadable or past the
@@ -141,17 +164,10 @@ def readPlainFiles(paths: list[str], maxBytes: int, parse: Callable[[bytes], Any
     found: list[tuple[bytes, Any] | None] = []
     for path in paths:
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                # Only the header is read of one that may be encrypted.
-                if size > maxBytes or mayBeOurs(f):
-                    data = None
-                else:
-                    f.seek(0)
-                    data = f.read(size + 1)
+            data = _readWhole(path, maxBytes)
         except OSError:
             data = None
-        if data is None or len(data) > maxBytes:
+        if data is None:
             found.append(None)
             continue
         maxBytes -= len(data)
