@@ -55,7 +55,10 @@ def _haystack(values: list[str]) -> str:
     """
     @return: a field's forms, case folded, in one string.
     """
-    return "\x00".join(v.casefold().replace("\x00", " ") for v in values)
+    joined = "\x00".join(v.replace("\x00", " ") if "\x00" in v else v for v in values)
+    # Case folding maps each character alone (no context, unlike lower()'s
+    # final sigma) and never makes a NUL, so the whole folds as its parts.
+    return joined.casefold()
 
 
 def indexedFields(structure: Any) -> bytes:

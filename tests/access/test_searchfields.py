@@ -70,3 +70,17 @@ class IndexedHeaderTests(SynchronousTestCase):
         self.assertFalse(fieldMatches(indexed, "cc", ""))
         self.assertFalse(fieldMatches(indexed, "subject", "tea"))
         self.assertEqual(indexed.size, root.size)
+
+    def test_caseFolded(self):
+        """
+        The index matches without regard to case, full case folding
+        included (C{ß} is C{ss}), in every field it keeps, as the scanned
+        message does.
+        """
+        root = scanMessage(io.BytesIO(message([("Subject", "Quarterly REPORT"), ("To", "STRASSE <s@x.test>"),
+                                               ("Cc", "=?utf-8?q?Stra=C3=9Fe?= <t@x.test>")])))
+        indexed = IndexedHeader(root.size, indexedFields(root))
+        for name, needle in [("subject", "report"), ("subject", "QUARTERLY"), ("to", "stra\u00dfe"),
+                             ("cc", "STRASSE")]:
+            self.assertTrue(fieldMatches(root, name, needle), (name, needle))
+            self.assertTrue(fieldMatches(indexed, name, needle), (name, needle))
