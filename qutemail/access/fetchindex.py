@@ -44,7 +44,9 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from qutemail.access.searchfields import IndexedHeader
+from qutemail.access.imapstructure import envelope, structures
+from qutemail.access.imapwire import formatList
+from qutemail.access.searchfields import IndexedHeader, indexedFields
 from qutemail.durable import PRIVATE_FILE_MODE
 
 INDEX_NAME = "qutemail-fetch.idx"
@@ -87,6 +89,16 @@ class Indexed:
             values += (self.fields,)
         parts = [base64.b64encode(v) for v in values]
         return b" ".join([baseName.encode("utf-8", "surrogateescape"), b"%d" % (self.size,)] + parts) + b"\n"
+
+
+def indexEntry(root: Any) -> Indexed:
+    """
+    @param root: a message's scanned structure
+        (L{qutemail.access.imapmime.Entity}).
+    @return: its fetch index entry.
+    """
+    body, structure = structures(root)
+    return Indexed(root.size, formatList(envelope(root)), structure, body, indexedFields(root))
 
 
 def parseLines(data: bytes) -> dict[str, Indexed]:

@@ -34,7 +34,6 @@ from qutemail.access.imapstructure import (
     NoSuchSection, envelope, headerFields, messageOf, resolvePart, structures,
 )
 from qutemail.access.imapwire import formatInternalDate, formatList
-from qutemail.access.searchfields import indexedFields
 
 _log = Logger()
 _STRUCTURE_TYPES = {"envelope", "rfc822header", "rfc822text", "rfc822size", "rfc822", "bodystructure", "body"}
@@ -184,14 +183,6 @@ def indexable(items: list) -> bool:
         rendering C{items} needs.
     """
     return all(i.type in _INDEXED_TYPES or (i.type == "body" and not hasSection(i)) for i in items)
-
-
-def indexEntry(root: Entity) -> Indexed:
-    """
-    @return: the fetch index entry of a message's structure.
-    """
-    body, structure = structures(root)
-    return Indexed(root.size, formatList(envelope(root)), structure, body, indexedFields(root))
 
 
 def render(items: list, seq: int, slot: Slot, root: Entity | None, f: BinaryIO | None, uid: bool,

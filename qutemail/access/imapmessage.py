@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Callable
 import attrs
 from twisted.logger import Logger
 
-from qutemail.access.fetchindex import FetchIndex, SharedIndexes
+from qutemail.access.fetchindex import FetchIndex, Indexed, SharedIndexes, indexEntry
 from qutemail.access.imapmime import Entity, scanMessage
 from qutemail.access.quickscan import WHOLE_READ_BYTES, scanBytes
 from qutemail.access.imapstore import locate
@@ -146,6 +146,14 @@ def _scanPlain(paths: list[str]) -> list[Entity | None]:
         finally:
             f.close()
     return roots
+
+
+def _indexPlain(paths: list[str]) -> list[Indexed | None]:
+    """
+    The fetch index entry of each plain stored message, or C{None} (see
+    L{_scanPlain}).  Blocking.
+    """
+    return [None if root is None else indexEntry(root) for root in _scanPlain(paths)]
 
 
 def readPlainFiles(paths: list[str], maxBytes: int, parse: Callable[[bytes], Any] | None = None) -> list:
@@ -287,22 +295,26 @@ class MessageCache:
         missing = [(baseName, path) for baseName, path in entries if (folderPath, baseName) not in self._scans]
         if not missing:
             return
-        for baseName, root in (await self.scanPlain(missing)).items():
-            self._keepScan((folderPath, baseName), root)
-            self._plain.add((folderPath, baseName))
+        roots = await self.runner.run(_scanPlain, [path for _, path in missing])
+        for (baseName, _), root in zip(missing, roots):
+            if root is not None:
+                self._keepScan((folderPath, baseName), root)
+                self._plain.add((folderPath, baseName))
 
-    async def scanPlain(self, entries: list[tuple[str, str]]) -> dict[str, Entity]:
+    async def indexPlain(self, entries: list[tuple[str, str]]) -> dict[str, Indexed]:
         """
-        Scan, in one worker-thread call, the plain messages among
-        C{entries}, without keeping them: for a caller that uses each
-        structure once (to index it).
+        Scan and index, in one worker-thread call, the plain messages among
+        C{entries}, keeping nothing: for a listing that is answered from
+        the fetch index.  The entries are made in the thread too, so that
+        the next batch's file reads overlap the reactor's answers to this
+        one.
 
         @param entries: C{(baseName, path)} of the messages.
-        @return: the structures by base name; encrypted, vanished or
-            unreadable messages are left out (for L{open}).
+        @return: their fetch index entries by base name; encrypted,
+            vanished or unreadable messages are left out (for L{open}).
         """
-        roots = await self.runner.run(_scanPlain, [path for _, path in entries])
-        return {baseName: root for (baseName, _), root in zip(entries, roots) if root is not None}
+        made = await self.runner.run(_indexPlain, [path for _, path in entries])
+        return {baseName: entry for (baseName, _), entry in zip(entries, made) if entry is not None}
 
     async def prefetchFiles(self, folderPath: str, entries: list[tuple[str, str]]) -> None:
         """

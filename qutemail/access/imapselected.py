@@ -21,14 +21,15 @@ COPY and MOVE do the same in the target folder.
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.mail.imap4 import _FetchParser
 
 from qutemail.store.folders import NoSuchFolder
-from qutemail.access.fetchindex import FetchIndex
+from qutemail.access.fetchindex import FetchIndex, indexEntry
 from qutemail.access.imapaccount import IMAPAccount
 from qutemail.access.keywords import KeywordMap, ensureKeywords, readKeywords
 from qutemail.access.imapfetch import (
-    ResumePoints, WholeRenderer, WriteFlow, indexable, indexEntry, needsFile, needsStructure, render, sendPieces,
+    ResumePoints, WholeRenderer, WriteFlow, indexable, needsFile, needsStructure, render, sendPieces,
     setsSeen, wholeOnly,
 )
 from qutemail.access.imapmailbox import flagList
@@ -236,6 +237,9 @@ class SelectedCommands:
         wholeRenderer = WholeRenderer(items, uid) if whole else None
         loaded: dict[str, bytes] = {}
         scanned: dict[str, Any] = {}
+        # The index entries of the next batch of a first listing, being
+        # made (see MessageCache.indexPlain).
+        following: Deferred | None = None
         pending: list[bytes] = []
         pendingBytes = 0
         self.transport.registerProducer(flow, True)
@@ -254,16 +258,24 @@ class SelectedCommands:
                         await account.cache.prefetchFiles(view.path, batch)
                     elif index is not None and batch:
                         # Indexed at once and answered from the entry:
-                        # such scans are not kept (a first listing of a
+                        # the scans are not kept (a first listing of a
                         # large folder would fill the cache with them, and
-                        # the garbage collector would walk them all).
-                        scanned = await account.cache.scanPlain(batch)
+                        # the garbage collector would walk them all).  The
+                        # next batch is indexed while this one is answered.
+                        if following is None:
+                            following = Deferred.fromCoroutine(account.cache.indexPlain(batch))
+                        scanned, following = await following, None
+                        after = [(s.baseName, s.path)
+                                 for _, s in selected[position + PREFETCH_MESSAGES:position + 2 * PREFETCH_MESSAGES]
+                                 if index.get(s.baseName) is None]
+                        if after:
+                            following = Deferred.fromCoroutine(account.cache.indexPlain(after))
                     elif wantStructure and batch:
                         await account.cache.prefetchScans(view.path, batch)
                 data = loaded.get(slot.baseName)
                 fresh = scanned.pop(slot.baseName, None) if indexed is None else None
                 if fresh is not None:
-                    indexed = indexEntry(fresh)
+                    indexed = fresh
                     index.add(slot.baseName, indexed)
                 elif wantStructure and indexed is None and data is None:
                     try:
@@ -313,6 +325,9 @@ class SelectedCommands:
                 self.transport.writeSequence(pending)
         finally:
             self.transport.unregisterProducer()
+            if following is not None:
+                # The listing stopped early: nobody needs that batch.
+                following.addErrback(lambda _: None)
             if index is not None:
                 await index.flush()
         if unavailable:

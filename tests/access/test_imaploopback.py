@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from qutemail.access.fetchindex import INDEX_NAME, parseLines
 from qutemail.access.imapaccount import imapPortal
+from qutemail.access.imapselected import PREFETCH_MESSAGES
 from qutemail.access.imapserver import IMAPFactory
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import BlockingRunner
@@ -239,6 +240,32 @@ class LoopbackTests(TestCase):
         self.assertEqual(flat(second), flat(first))
         self.assertIn(b'"from outside"', flat(second))
         self.assertIn(b'(("Carol, C." NIL "carol" "remote.test")(NIL NIL "dave" "remote.test"))', flat(second))
+
+    async def test_firstListingInBatches(self) -> None:
+        """
+        A first listing of more messages than one indexing batch (the next
+        batch indexed while one is answered) gives every message its own
+        envelope, in order, writes an entry for each plain one, and a
+        later listing from the index is the same.
+        """
+        count = 3 * PREFETCH_MESSAGES + 5
+        for i in range(count):
+            deliver(self.inbox, f"1700001{i:03d}.M{i}Q{i}R0.host,S={i}",
+                    f"From: Sender {i} <s{i}@remote.test>\nSubject: number {i}\n\nbody {i}\n".encode(),
+                    1700001000 + i, "cur")
+
+        def session(client):
+            client.select("INBOX")
+            return client.fetch("1:*", "(UID ENVELOPE)")[1]
+
+        first = await self.imap(session)
+        subjects = [line for line in first if b'"number ' in line]
+        self.assertEqual(len(subjects), count)
+        for i, line in enumerate(subjects):
+            self.assertIn(b'"number %d" (("Sender %d" NIL "s%d" "remote.test"))' % (i, i, i), line)
+        with open(os.path.join(self.inbox, INDEX_NAME), "rb") as f:
+            self.assertEqual(len(parseLines(f.read())), count + 1)
+        self.assertEqual(await self.imap(session), first)
 
     async def test_searchFromIndex(self) -> None:
         """

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access.fetchindex import Indexed
-from qutemail.access.imapfetch import indexEntry
+from qutemail.access.fetchindex import indexEntry
 from qutemail.access.imapmime import HEADER_CAP_BYTES, scanMessage
 from qutemail.access.quickscan import quickScan, scanBytes
 
