@@ -494,7 +494,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             sealer = None
             if encryptor is not None:
                 sealer = AppendSealer(encryptor, runner, os.path.join(dataDir, "queue", "append"))
-            mailPortal = imapPortal(users, dataDir, vault, runner, sealer=sealer)
+            mailPortal = imapPortal(users, dataDir, vault, runner, sealer=sealer, indexer=deliveryProcess)
             for name, port, implicit in (("imap", config.imap.port, False), ("imaps", config.imap.tlsPort, True)):
                 wanted.append((name, port, dict(imap=True, implicitTLS=implicit, portal=mailPortal)))
             if config.jmap.port or "jmap" in listen:

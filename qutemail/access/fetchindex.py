@@ -284,11 +284,18 @@ class SharedIndexes:
     """
 
     def __init__(self, runner: Any, maxFolders: int = MAX_SHARED_FOLDERS,
-                 maxEntries: int = MAX_SHARED_ENTRIES) -> None:
+                 maxEntries: int = MAX_SHARED_ENTRIES, indexer: Any = None) -> None:
         """
         @param runner: the L{qutemail.blocking.BlockingRunner}.
+        @param indexer: what makes index entries in another process, so
+            that a first listing uses another core (its
+            C{indexPlain(paths)} gives what
+            L{qutemail.access.imapmessage.indexPlainFiles} gives, or fails
+            with C{OSError}): the server's
+            L{qutemail.store.deliveryprocess.DeliveryProcess}; or C{None}.
         """
         self.runner = runner
+        self.indexer = indexer
         self.maxFolders = maxFolders
         self.maxEntries = maxEntries
         self._indexes: OrderedDict[str, FetchIndex] = OrderedDict()

@@ -349,6 +349,7 @@ class IMAPRealm:
     @ivar clock: the clock for folder state; C{None}: the session's (from
         the L{LoginContext}).
     @ivar sealer: see L{IMAPAccount.sealer}.
+    @ivar indexer: see L{SharedIndexes}.
     """
 
     _log = Logger()
@@ -360,13 +361,14 @@ class IMAPRealm:
     tempDirectory: str | None = None
     clock: Any = None
     sealer: Any = None
+    indexer: Any = None
     indexes: SharedIndexes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         """
         The fetch indexes the realm's sessions share.
         """
-        self.indexes = SharedIndexes(self.runner)
+        self.indexes = SharedIndexes(self.runner, indexer=self.indexer)
 
     def requestAvatar(self, avatarId: str, mind: Any, *interfaces: Any) -> Deferred:
         """
@@ -401,7 +403,7 @@ class IMAPRealm:
 
 
 def imapPortal(directory: Any, dataDir: str, vault: Any, runner: Any, tempDirectory: str | None = None, *,
-               clock: Any = None, sealer: Any = None) -> Portal:
+               clock: Any = None, sealer: Any = None, indexer: Any = None) -> Portal:
     """
     The portal of the IMAP listeners.
 
@@ -414,6 +416,7 @@ def imapPortal(directory: Any, dataDir: str, vault: Any, runner: Any, tempDirect
     @param clock: the clock for folder state (default: each session's,
         the factory's reactor).
     @param sealer: see L{IMAPAccount.sealer}.
+    @param indexer: see L{SharedIndexes}.
     """
-    return Portal(IMAPRealm(directory, dataDir, vault, runner, tempDirectory, clock, sealer),
+    return Portal(IMAPRealm(directory, dataDir, vault, runner, tempDirectory, clock, sealer, indexer),
                   [UserDirectoryChecker(directory)])

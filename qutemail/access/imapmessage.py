@@ -148,10 +148,11 @@ def _scanPlain(paths: list[str]) -> list[Entity | None]:
     return roots
 
 
-def _indexPlain(paths: list[str]) -> list[Indexed | None]:
+def indexPlainFiles(paths: list[str]) -> list[Indexed | None]:
     """
     The fetch index entry of each plain stored message, or C{None} (see
-    L{_scanPlain}).  Blocking.
+    L{_scanPlain}).  Blocking; run in a worker thread or in the delivery
+    process (L{qutemail.store.deliveryworker}).
     """
     return [None if root is None else indexEntry(root) for root in _scanPlain(paths)]
 
@@ -301,7 +302,7 @@ class MessageCache:
                 self._keepScan((folderPath, baseName), root)
                 self._plain.add((folderPath, baseName))
 
-    async def indexPlain(self, entries: list[tuple[str, str]]) -> dict[str, Indexed]:
+    async def indexPlain(self, entries: list[tuple[str, str]], elsewhere: bool = False) -> dict[str, Indexed]:
         """
         Scan and index, in one worker-thread call, the plain messages among
         C{entries}, keeping nothing: for a listing that is answered from
@@ -310,10 +311,23 @@ class MessageCache:
         one.
 
         @param entries: C{(baseName, path)} of the messages.
+        @param elsewhere: have the shared indexes' C{indexer} (another
+            process, another core) do it, if there is one; if it fails, it
+            is done here.
         @return: their fetch index entries by base name; encrypted,
             vanished or unreadable messages are left out (for L{open}).
         """
-        made = await self.runner.run(_indexPlain, [path for _, path in entries])
+        paths = [path for _, path in entries]
+        made = None
+        indexer = self.indexes.indexer
+        if elsewhere and indexer is not None:
+            try:
+                made = await indexer.indexPlain(paths)
+            except OSError as e:
+                self._log.warn("indexing in the delivery process failed ({error}); indexing here",
+                               error=str(e))
+        if made is None:
+            made = await self.runner.run(indexPlainFiles, paths)
         return {baseName: entry for (baseName, _), entry in zip(entries, made) if entry is not None}
 
     async def prefetchFiles(self, folderPath: str, entries: list[tuple[str, str]]) -> None:

@@ -47,6 +47,8 @@ from qutemail.access.uids import keywordsIn
 # scans this many uncached plain messages in one worker-thread call; one
 # that needs files (BODY[]) reads as many small ones whole.
 PREFETCH_MESSAGES = 64
+# A first listing indexes this many batches ahead of the one it answers.
+INDEX_AHEAD = 2
 # How many bytes of FETCH responses made in memory are written at once.
 OUTPUT_BATCH_BYTES = 128 * 1024
 
@@ -237,9 +239,8 @@ class SelectedCommands:
         wholeRenderer = WholeRenderer(items, uid) if whole else None
         loaded: dict[str, bytes] = {}
         scanned: dict[str, Any] = {}
-        # The index entries of the next batch of a first listing, being
-        # made (see MessageCache.indexPlain).
-        following: Deferred | None = None
+        # A first listing's batches being indexed, by their first position.
+        indexing: dict[int, Deferred] = {}
         pending: list[bytes] = []
         pendingBytes = 0
         self.transport.registerProducer(flow, True)
@@ -260,16 +261,8 @@ class SelectedCommands:
                         # Indexed at once and answered from the entry:
                         # the scans are not kept (a first listing of a
                         # large folder would fill the cache with them, and
-                        # the garbage collector would walk them all).  The
-                        # next batch is indexed while this one is answered.
-                        if following is None:
-                            following = Deferred.fromCoroutine(account.cache.indexPlain(batch))
-                        scanned, following = await following, None
-                        after = [(s.baseName, s.path)
-                                 for _, s in selected[position + PREFETCH_MESSAGES:position + 2 * PREFETCH_MESSAGES]
-                                 if index.get(s.baseName) is None]
-                        if after:
-                            following = Deferred.fromCoroutine(account.cache.indexPlain(after))
+                        # the garbage collector would walk them all).
+                        scanned = await self._indexBatches(indexing, selected, position, index)
                     elif wantStructure and batch:
                         await account.cache.prefetchScans(view.path, batch)
                 data = loaded.get(slot.baseName)
@@ -325,9 +318,9 @@ class SelectedCommands:
                 self.transport.writeSequence(pending)
         finally:
             self.transport.unregisterProducer()
-            if following is not None:
-                # The listing stopped early: nobody needs that batch.
-                following.addErrback(lambda _: None)
+            for unused in indexing.values():
+                # The listing stopped early: nobody needs these batches.
+                unused.addErrback(lambda _: None)
             if index is not None:
                 await index.flush()
         if unavailable:
@@ -335,6 +328,31 @@ class SelectedCommands:
         if gone:
             raise no(b"Some messages were expunged by another session")
         self._tagged(tag, b"OK", b"FETCH completed")
+
+    async def _indexBatches(self, indexing: dict[int, Deferred], selected: list, position: int,
+                            index: FetchIndex) -> dict:
+        """
+        The index entries of a first listing's batch starting at
+        C{position}, with the next L{INDEX_AHEAD} batches set going while
+        this one is answered: two of every three in the delivery process,
+        when the server has one (another core; the reactor has the
+        answers to make besides), the others in a worker thread (whose file
+        reads overlap the reactor's work).
+
+        @param indexing: the batches under way, by first position (updated).
+        @return: the entries by base name (see L{MessageCache.indexPlain}).
+        """
+        for ahead in range(INDEX_AHEAD + 1):
+            start = position + ahead * PREFETCH_MESSAGES
+            if start >= len(selected) or start in indexing:
+                continue
+            entries = [(s.baseName, s.path) for _, s in selected[start:start + PREFETCH_MESSAGES]
+                       if index.get(s.baseName) is None]
+            if entries:
+                elsewhere = (start // PREFETCH_MESSAGES) % 3 != 0
+                indexing[start] = Deferred.fromCoroutine(self.account.cache.indexPlain(entries, elsewhere))
+        under = indexing.pop(position, None)
+        return await under if under is not None else {}
 
     async def _setFlags(self, slot: object, flags: frozenset[str]) -> None:
         """

@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
-from qutemail.store.deliveryworker import DELIVER, VAULT_KEYS, decodeFrames, encodeFrame
+from qutemail.store.deliveryworker import DELIVER, INDEX_PLAIN, VAULT_KEYS, decodeFrames, encodeFrame
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -128,6 +128,17 @@ class DeliveryProcess(Service):
             with C{OSError(EIO)} if the child cannot write them.
         """
         return self._request(VAULT_KEYS, (directory, wrapped), len(wrapped))
+
+    def indexPlain(self, paths: list[str]) -> Deferred:
+        """
+        Make the IMAP fetch index entries of plain stored messages in the
+        child (see L{qutemail.access.imapmessage.indexPlainFiles}), on its
+        core rather than the server's.
+
+        @return: a Deferred firing with that function's results, or failing
+            with C{OSError(EIO)} if the child cannot make them.
+        """
+        return self._request(INDEX_PLAIN, paths, len(paths))
 
     def _request(self, kind: str, payload: object, count: int) -> Deferred:
         """

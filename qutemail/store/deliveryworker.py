@@ -10,7 +10,12 @@ and answers each on its standard output.  A request is either
   with a L{MaildirWriter}; or
 - C{VAULT_KEYS}: the key files of a batch of message keys, already wrapped
   under the master key by the parent (which alone reads that key), written
-  by L{qutemail.qkd.keyfiles.addKeyFiles}.
+  by L{qutemail.qkd.keyfiles.addKeyFiles}; or
+- C{INDEX_PLAIN}: the IMAP fetch index entries of a batch of plain stored
+  messages (L{qutemail.access.imapmessage.indexPlainFiles}), so that a
+  first listing of a large folder uses this process's core beside the
+  server's.  They have one thread of their own: a delivery never waits
+  behind them for a thread, only, briefly, for the interpreter.
 It has no reactor and no state but the writer's caches: at the end of its
 input (its parent stopped, or died) it finishes the requests it has and
 exits.  Diagnostics go to the standard error it shares with its parent.
@@ -30,6 +35,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
+from qutemail.access.imapmessage import indexPlainFiles
 from qutemail.parentdeath import dieWithParent
 from qutemail.qkd.keyfiles import addKeyFiles
 from qutemail.store.maildirwrite import MaildirWriter
@@ -39,6 +45,7 @@ THREADS = 4
 # The kinds of request.
 DELIVER = "deliver"
 VAULT_KEYS = "vault-keys"
+INDEX_PLAIN = "index-plain"
 _LENGTH = struct.Struct(">I")
 
 
@@ -96,6 +103,8 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
             elif kind == VAULT_KEYS:
                 directory, wrapped = payload
                 results = addKeyFiles(directory, wrapped)
+            elif kind == INDEX_PLAIN:
+                results = indexPlainFiles(payload)
             else:
                 raise ValueError(f"unknown request {kind!r}")
             frame = encodeFrame((requestId, results, None))
@@ -108,10 +117,11 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
             sink.flush()
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-delivery") as pool, \
-            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-vault") as keyPool:
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-vault") as keyPool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="qutemail-index") as indexPool:
         # Key files have threads of their own: a seal waits for its keys,
         # and its delivery after it, so they never queue behind deliveries.
-        pools = {VAULT_KEYS: keyPool}
+        pools = {VAULT_KEYS: keyPool, INDEX_PLAIN: indexPool}
         while True:
             header = _readExactly(source, _LENGTH.size)
             if header is None:

@@ -13,6 +13,7 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
@@ -24,6 +25,7 @@ from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import BlockingRunner
 from qutemail.tlsserver import ServerCredentials, contextFactory, generateSelfSigned
 from qutemail.policy.throttle import AuthThrottle
+from qutemail.store.deliveryprocess import DeliveryProcess
 from tests.access.test_imapserver import ENCRYPTED_NAME, ORIGINAL, PLAIN, PLAIN_NAME, deliver, makeMailbox
 from tests.integration.support import CLIENT_TIMEOUT, waitFor
 
@@ -241,12 +243,14 @@ class LoopbackTests(TestCase):
         self.assertIn(b'"from outside"', flat(second))
         self.assertIn(b'(("Carol, C." NIL "carol" "remote.test")(NIL NIL "dave" "remote.test"))', flat(second))
 
-    async def test_firstListingInBatches(self) -> None:
+    async def firstListing(self, port: int | None = None) -> list:
         """
-        A first listing of more messages than one indexing batch (the next
-        batch indexed while one is answered) gives every message its own
-        envelope, in order, writes an entry for each plain one, and a
-        later listing from the index is the same.
+        Deliver more messages than three indexing batches, list them for
+        the first time over C{port} (the implicit-TLS listener by default)
+        and check each envelope and the index; a second listing, from the
+        index, must be the same.
+
+        @return: the first listing.
         """
         count = 3 * PREFETCH_MESSAGES + 5
         for i in range(count):
@@ -258,14 +262,79 @@ class LoopbackTests(TestCase):
             client.select("INBOX")
             return client.fetch("1:*", "(UID ENVELOPE)")[1]
 
-        first = await self.imap(session)
+        first = await self.imap(session, port=port)
         subjects = [line for line in first if b'"number ' in line]
         self.assertEqual(len(subjects), count)
         for i, line in enumerate(subjects):
             self.assertIn(b'"number %d" (("Sender %d" NIL "s%d" "remote.test"))' % (i, i, i), line)
         with open(os.path.join(self.inbox, INDEX_NAME), "rb") as f:
             self.assertEqual(len(parseLines(f.read())), count + 1)
-        self.assertEqual(await self.imap(session), first)
+        self.assertEqual(await self.imap(session, port=port), first)
+        return first
+
+    async def test_firstListingInBatches(self) -> None:
+        """
+        A first listing of more messages than one indexing batch (the next
+        batches indexed while one is answered) gives every message its own
+        envelope, in order, writes an entry for each plain one, and a
+        later listing from the index is the same.
+        """
+        await self.firstListing()
+
+    def indexingChild(self) -> tuple[DeliveryProcess, list]:
+        """
+        A started delivery process that records the batches it is asked to
+        index.
+
+        @return: it, and the list of batch sizes it will fill.
+        """
+        asked: list[int] = []
+
+        class Recording(DeliveryProcess):
+            """
+            The real delivery process, counting index batches.
+            """
+
+            def indexPlain(self, paths):
+                asked.append(len(paths))
+                return DeliveryProcess.indexPlain(self, paths)
+
+        process = Recording(reactor)
+        process.startService()
+        self.addCleanup(lambda: process.stopService() if process.running else None)
+        return process, asked
+
+    async def test_firstListingThroughDeliveryProcess(self) -> None:
+        """
+        With the server's delivery process as its indexer, a first listing
+        has some batches indexed there (another process, another core),
+        with the same result as without.
+        """
+        process, asked = self.indexingChild()
+        portal = imapPortal(self.users, self.dataDir, self.vault, self.runner, indexer=process)
+        await self.firstListing(self.listen(True, portal))
+        self.assertTrue(asked)
+        self.assertGreater(sum(asked), PREFETCH_MESSAGES)
+
+    async def test_firstListingIndexerGone(self) -> None:
+        """
+        When the delivery process cannot index (here: it is stopped), the
+        batches are indexed in the server instead, and the listing is whole.
+        """
+        process, asked = self.indexingChild()
+        await process.stopService()
+        portal = imapPortal(self.users, self.dataDir, self.vault, self.runner, indexer=process)
+        warnings: list[str] = []
+
+        def observe(event):
+            if event.get("log_level") == LogLevel.warn:
+                warnings.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        await self.firstListing(self.listen(True, portal))
+        self.assertTrue(asked)
+        self.assertTrue(any("indexing in the delivery process failed" in w for w in warnings), warnings)
 
     async def test_searchFromIndex(self) -> None:
         """

@@ -21,7 +21,8 @@ from qutemail.replies import MAILBOX_FULL, ReplyError
 from qutemail.store.deliveryprocess import DeliveryProcess
 from qutemail.qkd.keyfiles import KeyExists
 from qutemail.qkd.vault import FileKeyVault
-from qutemail.store.deliveryworker import DELIVER, VAULT_KEYS, decodeFrames, encodeFrame, serve
+from qutemail.access.imapmessage import indexPlainFiles
+from qutemail.store.deliveryworker import DELIVER, INDEX_PLAIN, VAULT_KEYS, decodeFrames, encodeFrame, serve
 from qutemail.store.maildir import MaildirStore
 from qutemail.store.maildirwrite import MaildirWriter, WriteJob
 from tests.integration.support import waitFor
@@ -154,6 +155,31 @@ class ServeTests(SynchronousTestCase):
             self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
 
 
+    def test_indexPlain(self):
+        """
+        The fetch index entries of plain messages are made in the child
+        as the server makes them (one that only claims to be encrypted is
+        plain); a missing message has none.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        paths = []
+        for name, content in (("a", b"From: A <a@x.test>\nSubject: one\n\nbody\n"),
+                              ("b", b"Content-Type: multipart/mixed; boundary=B\n\n--B\n\nx\n--B--\n"),
+                              ("c", b"Content-Type: multipart/encrypted; protocol=x\n\nsealed\n")):
+            paths.append(os.path.join(folder, name))
+            with open(paths[-1], "wb") as f:
+                f.write(content)
+        paths.append(os.path.join(folder, "gone"))
+        [(requestId, results, error)] = self.answers((9, INDEX_PLAIN, paths))
+        self.assertEqual((requestId, error), (9, None))
+        self.assertEqual(results, indexPlainFiles(paths))
+        self.assertIn(b'"one"', results[0].envelope)
+        self.assertIn(b'"mixed"', results[1].bodyStructure)
+        self.assertIn(b'("text" "plain"', results[2].bodyStructure)
+        self.assertIsNone(results[3])
+
+
 class DeliveryProcessTests(TestCase):
     """
     L{MaildirStore} writing through the real child process.
@@ -228,6 +254,20 @@ class DeliveryProcessTests(TestCase):
         [held] = await vault.addKeys([("key-3", os.urandom(32))])
         self.assertIsInstance(held, KeyExists)
         self.assertEqual(await vault.fetch("key-3"), pairs[3][1])
+
+    async def test_indexThroughChild(self):
+        """
+        Fetch index entries made by the child are those the server would
+        make itself.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        paths = []
+        for i in range(5):
+            paths.append(os.path.join(folder, f"m{i}"))
+            with open(paths[-1], "wb") as f:
+                f.write(b"From: S%d <s%d@x.test>\nSubject: number %d\n\nbody\n" % (i, i, i))
+        self.assertEqual(await self.process.indexPlain(paths), indexPlainFiles(paths))
 
     async def test_vaultChildKilled(self):
         """
