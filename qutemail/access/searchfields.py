@@ -69,6 +69,10 @@ def indexedFields(structure: Any) -> bytes:
     """
     entries = []
     for name in INDEXED_FIELDS:
+        if structure.rawField(name) is None:
+            # Most messages have half of these fields: skip the others
+            # without building their (empty) forms.
+            continue
         values = headerValues(structure, name)
         if values:
             entries.append(_FIELD_SEP.join((name, values[0].replace(_ENTRY_SEP, " ").replace(_FIELD_SEP, " "),
