@@ -15,7 +15,11 @@ file system's clock ticks coarsely, though (a few milliseconds), so a
 change within the same tick as the look would leave the times equal: a
 state is only remembered when every one of those times is at least
 L{SETTLED_SECONDS} older than the look, the rule Dovecot follows for the
-same reason; an unsettled state is kept only to lend its messages'
+same reason (it keeps whole seconds).  Where the times have a fraction of
+a second (ext4, XFS, Btrfs, tmpfs: nanoseconds, ticking with the kernel's
+coarse clock every 1-10 ms), L{FINE_SETTLED_SECONDS} is margin enough; a
+time on a whole second, as a file system that keeps whole seconds gives
+every time, is taken for one of those; an unsettled state is kept only to lend its messages'
 modification times to the next look (L{ListingCache.previous}), which
 then C{stat}s only the files it has not seen under their names.  The
 C{uidlist} is the exception: only a look writes it, by
@@ -36,6 +40,9 @@ from typing import Any
 # (Dovecot's MAILDIR_SYNC_SECS is 1 too): far more than a local file
 # system's clock tick.
 SETTLED_SECONDS = 1.0
+# The same where every time has a fraction of a second: ten of the
+# kernel's coarsest timestamp ticks (HZ=100).
+FINE_SETTLED_SECONDS = 0.1
 # How many messages' states are kept in all (each costs a few hundred
 # bytes); the least recently used folders go first.
 MAX_MESSAGES = 200_000
@@ -63,10 +70,13 @@ def folderStamps(folderPath: str, names: tuple[str, ...]) -> tuple:
 def settled(stamps: tuple, now: float) -> bool:
     """
     @return: whether every stamped file last changed at least
-        L{SETTLED_SECONDS} before C{now}.
+        L{SETTLED_SECONDS} before C{now}, or L{FINE_SETTLED_SECONDS} when
+        every time has a fraction of a second.
     """
-    limit = int((now - SETTLED_SECONDS) * 1_000_000_000)
-    return all(stamp is None or stamp[1] < limit for stamp in stamps)
+    present = [stamp for stamp in stamps if stamp is not None]
+    fine = bool(present) and all(stamp[1] % 1_000_000_000 for stamp in present)
+    limit = int((now - (FINE_SETTLED_SECONDS if fine else SETTLED_SECONDS)) * 1_000_000_000)
+    return all(stamp[1] < limit for stamp in present)
 
 
 class ListingCache:

@@ -10,7 +10,9 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.access.listingcache import SETTLED_SECONDS, ListingCache, folderStamps, settled
+from qutemail.access.listingcache import (
+    FINE_SETTLED_SECONDS, SETTLED_SECONDS, ListingCache, folderStamps, settled,
+)
 from qutemail.access.uids import setFlags, sync
 from qutemail.store.folders import MaildirFolders
 from tests.access.test_uids import _deliver, _uids
@@ -47,11 +49,12 @@ class ListingCacheTests(SynchronousTestCase):
 
     def test_notSettledNotRemembered(self) -> None:
         """
-        A folder changed less than L{SETTLED_SECONDS} before the look is
-        read again next time (a change in the same tick of the file
+        A folder changed less than L{FINE_SETTLED_SECONDS} before the
+        look is read again next time (a change in the same tick of the file
         system's clock would not show in its times).
         """
-        now = time.time()
+        stamps = folderStamps(self.inbox, ("new", "cur"))
+        now = max(stamp[1] for stamp in stamps) / 1e9 + FINE_SETTLED_SECONDS / 2
         first = sync(self.inbox, now, self.listings)
         second = sync(self.inbox, now, self.listings)
         self.assertIsNot(second, first)
@@ -67,7 +70,7 @@ class ListingCacheTests(SynchronousTestCase):
             os.utime(os.path.join(self.inbox, sub), (old, old))
         now = time.time()
         first = sync(self.inbox, now, self.listings)
-        self.assertGreater(os.stat(os.path.join(self.inbox, "uidlist")).st_mtime, now - SETTLED_SECONDS)
+        self.assertGreater(os.stat(os.path.join(self.inbox, "uidlist")).st_mtime, now - FINE_SETTLED_SECONDS)
         self.assertIs(sync(self.inbox, now, self.listings), first)
 
     def test_timesLent(self) -> None:
@@ -134,3 +137,17 @@ class ListingCacheTests(SynchronousTestCase):
         stamps = ((1, 10_000_000_000, 0), None)
         self.assertTrue(settled(stamps, 10 + SETTLED_SECONDS + 0.001))
         self.assertFalse(settled(stamps, 10 + SETTLED_SECONDS))
+
+    def test_fineTimesSettleSooner(self) -> None:
+        """
+        When every stamped time has a fraction of a second (a file system
+        keeping nanoseconds), L{FINE_SETTLED_SECONDS} is enough; one time
+        on a whole second (as a file system keeping seconds gives) brings
+        back L{SETTLED_SECONDS} for all.
+        """
+        fine = ((1, 10_004_000_000, 0), (2, 9_500_000_000, 0), None)
+        self.assertTrue(settled(fine, 10.004 + FINE_SETTLED_SECONDS + 0.001))
+        self.assertFalse(settled(fine, 10.004 + FINE_SETTLED_SECONDS - 0.001))
+        coarse = fine[:1] + ((2, 9_000_000_000, 0),)
+        self.assertFalse(settled(coarse, 10.004 + FINE_SETTLED_SECONDS + 0.001))
+        self.assertTrue(settled(coarse, 10.004 + SETTLED_SECONDS + 0.001))
