@@ -352,7 +352,10 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     deliveryWriter = deliveryProcess = None
     if server.deliveryProcess:
         # Stopped after everything that delivers (children stop in reverse).
-        deliveryProcess = DeliveryProcess(reactor)
+        # It indexes first IMAP listings too, where this process serves IMAP.
+        servesIMAP = workerIndex == 0 and not mtaOnly and not msaOnly and bool(
+            config.imap.port or config.imap.tlsPort or {"imap", "imaps"} & set(listen or {}))
+        deliveryProcess = DeliveryProcess(reactor, preloadIndexing=servesIMAP)
         deliveryProcess.setServiceParent(root)
         deliveryWriter = SplitWriter(deliveryProcess, ThreadWriter(runner))
     diskSpace = watchDiskSpace(dataDir, runner, reactor, config.smtp.maxMessageBytes, root)

@@ -91,6 +91,33 @@ class TapTests(TestCase):
         self.assertEqual(type(factory).__name__, "SMTPServerFactory")
         self.assertTrue(os.path.isdir(os.path.join(self.dataDir, "queue", "journal")))
 
+    def test_deliveryProcessPreloadsForIMAP(self):
+        """
+        Where the process serves IMAP, its delivery process is told to load
+        the indexing code of first listings as it starts; with IMAP off, or
+        with C{--mta-only}, it is not (an SMTP-only process never asks it
+        to index).
+        """
+        with open(self.configPath) as f:
+            text = f.read()
+        with open(self.configPath, "w") as f:
+            f.write(text.replace("[imap]\nport = 0\n", "[imap]\nport = 1143\n", 1))
+
+        def spawnedWith(*flags):
+            reactor = MemoryReactorClock()
+            reactor.callFromThread = lambda f, *args, **kwargs: None
+            spawned = []
+            reactor.spawnProcess = lambda protocol, executable, args, **kwargs: (
+                spawned.append(args) or attrs.make_class("Child", {"pid": attrs.field(default=1)})())
+            options = Options()
+            options.parseOptions(["--config", self.configPath, *flags])
+            root = makeService(options, reactor)
+            root.getServiceNamed("delivery-process").startService()
+            return [args[1:] for args in spawned]
+
+        self.assertEqual(spawnedWith(), [["-m", "qutemail.store.deliveryworker", "--preload-indexing"]])
+        self.assertEqual(spawnedWith("--mta-only"), [["-m", "qutemail.store.deliveryworker"]])
+
     def test_inboundChecksAndRetention(self):
         """
         With C{[inbound] checks} on, the checks' own thread pool comes

@@ -46,6 +46,8 @@ THREADS = 4
 DELIVER = "deliver"
 VAULT_KEYS = "vault-keys"
 INDEX_PLAIN = "index-plain"
+# The option that has the process load the IMAP indexing code as it starts.
+PRELOAD_INDEXING = "--preload-indexing"
 _LENGTH = struct.Struct(">I")
 
 
@@ -104,7 +106,9 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
                 directory, wrapped = payload
                 results = addKeyFiles(directory, wrapped)
             elif kind == INDEX_PLAIN:
-                # Imported by then, most likely (see main).
+                # Loaded by now when the parent asked for it (see main),
+                # else at the first such request: a process that never
+                # indexes (an SMTP worker's) never pays its memory.
                 from qutemail.access.imapmessage import indexPlainFiles
                 results = indexPlainFiles(payload)
             else:
@@ -146,11 +150,12 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.umask(0o077)
-    # The IMAP indexing code (0.15 s of imports) is loaded beside the
-    # loop, not before it: a delivery waiting on a restarted process does
-    # not wait for it, and a first listing does not either.
-    threading.Thread(target=importlib.import_module, args=("qutemail.access.imapmessage",),
-                     name="qutemail-preload", daemon=True).start()
+    if PRELOAD_INDEXING in sys.argv[1:]:
+        # The IMAP indexing code (0.15 s of imports) is loaded beside the
+        # loop, not before it: a delivery waiting on a restarted process
+        # does not wait for it, and a first listing does not either.
+        threading.Thread(target=importlib.import_module, args=("qutemail.access.imapmessage",),
+                         name="qutemail-preload", daemon=True).start()
     serve(sys.stdin.buffer, sys.stdout.buffer, MaildirWriter())
     return 0
 
