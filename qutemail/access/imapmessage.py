@@ -19,7 +19,6 @@ L{MessageUnavailable}; one expunged by another session is L{MessageGone}.
 """
 
 import io
-import os
 from collections import OrderedDict
 from typing import Any, BinaryIO, Callable
 
@@ -28,11 +27,11 @@ from twisted.logger import Logger
 
 from qutemail.access.fetchindex import FetchIndex, Indexed, SharedIndexes, indexEntry
 from qutemail.access.imapmime import Entity, scanMessage
+from qutemail.access.plainindex import readWhole
 from qutemail.access.quickscan import WHOLE_READ_BYTES, scanBytes
 from qutemail.access.imapstore import locate
 from qutemail.access.imapwire import CRLFConverter
 from qutemail.access.maildrop import notice
-from qutemail.headerblock import namesEncrypted
 from qutemail.store.reader import MessageUnreadable, openStored, readMessage
 
 # Bytes read from a message file per worker-thread call.
@@ -102,29 +101,6 @@ def fileContains(f: BinaryIO, raw: int, rawEnd: int, needle: bytes) -> bool:
     return False
 
 
-def _readWhole(path: str, maxBytes: int) -> bytes | None:
-    """
-    A message file's content in one read, if it is at most C{maxBytes}
-    long and its header does not name "encrypted" (see
-    L{qutemail.store.reader.mayBeOurs}: such a message may be one of ours,
-    which only L{openStored} can tell).  Blocking.
-
-    @return: the content, or C{None} when the file is larger or may be
-        ours.
-    @raise OSError: it cannot be read.
-    """
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > maxBytes:
-            return None
-        # One read: a stored message does not change; one that grew since
-        # the fstat is left to the caller's slower path.
-        data = f.read(size + 1)
-    if len(data) > size or namesEncrypted(data):
-        return None
-    return data
-
-
 def _scanPlain(paths: list[str]) -> list[Entity | None]:
     """
     The structure of each plain stored message, or C{None} for one that is
@@ -133,7 +109,7 @@ def _scanPlain(paths: list[str]) -> list[Entity | None]:
     roots: list[Entity | None] = []
     for path in paths:
         try:
-            data = _readWhole(path, WHOLE_READ_BYTES)
+            data = readWhole(path, WHOLE_READ_BYTES)
             if data is not None:
                 roots.append(scanBytes(data))
                 continue
@@ -173,7 +149,7 @@ def readPlainFiles(paths: list[str], maxBytes: int, parse: Callable[[bytes], Any
     found: list[tuple[bytes, Any] | None] = []
     for path in paths:
         try:
-            data = _readWhole(path, maxBytes)
+            data = readWhole(path, maxBytes)
         except OSError:
             data = None
         if data is None:
@@ -318,7 +294,7 @@ class MessageCache:
             vanished or unreadable messages are left out (for L{open}).
         """
         paths = [path for _, path in entries]
-        made = None
+        made: list[Indexed | None] = [None] * len(paths)
         indexer = self.indexes.indexer
         if elsewhere and indexer is not None:
             try:
@@ -326,8 +302,12 @@ class MessageCache:
             except OSError as e:
                 self._log.warn("indexing in the delivery process failed ({error}); indexing here",
                                error=str(e))
-        if made is None:
-            made = await self.runner.run(indexPlainFiles, paths)
+        # What the indexer left (large messages, those that may be sealed,
+        # or all of them) is indexed here.
+        left = [i for i, entry in enumerate(made) if entry is None]
+        if left:
+            for i, entry in zip(left, await self.runner.run(indexPlainFiles, [paths[i] for i in left])):
+                made[i] = entry
         return {baseName: entry for (baseName, _), entry in zip(entries, made) if entry is not None}
 
     async def prefetchFiles(self, folderPath: str, entries: list[tuple[str, str]]) -> None:

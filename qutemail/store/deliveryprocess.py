@@ -79,9 +79,9 @@ class DeliveryProcess(Service):
         @param reactor: an C{IReactorProcess}.
         @param argv: the child's command line (tests run other programs).
         @param preloadIndexing: have the child load the IMAP indexing code
-            as it starts (about 15 MiB), for a server whose IMAP sends it
-            first listings to index (L{indexPlain}); without it the first
-            such request loads it (0.15 s).
+            as it starts, for a server whose IMAP sends it first listings
+            to index (L{indexPlain}); without it the first such request
+            loads it.
         """
         self._reactor = reactor
         self._argv = argv or [sys.executable, "-m", "qutemail.store.deliveryworker"] + (
@@ -138,9 +138,9 @@ class DeliveryProcess(Service):
 
     def indexPlain(self, paths: list[str]) -> Deferred:
         """
-        Make the IMAP fetch index entries of plain stored messages in the
-        child (see L{qutemail.access.imapmessage.indexPlainFiles}), on its
-        core rather than the server's.
+        Make the IMAP fetch index entries of small plain stored messages
+        in the child (see L{qutemail.access.plainindex.indexSmallPlain}),
+        on its core rather than the server's.
 
         @return: a Deferred firing with that function's results, or failing
             with C{OSError(EIO)} if the child cannot make them.

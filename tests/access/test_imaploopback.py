@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 from qutemail.access.fetchindex import INDEX_NAME, parseLines
 from qutemail.access.imapaccount import imapPortal
 from qutemail.access.imapselected import PREFETCH_MESSAGES
+from qutemail.access.quickscan import WHOLE_READ_BYTES
 from qutemail.access.imapserver import IMAPFactory
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import BlockingRunner
@@ -245,18 +246,21 @@ class LoopbackTests(TestCase):
 
     async def firstListing(self, port: int | None = None) -> list:
         """
-        Deliver more messages than three indexing batches, list them for
-        the first time over C{port} (the implicit-TLS listener by default)
-        and check each envelope and the index; a second listing, from the
-        index, must be the same.
+        Deliver more messages than three indexing batches (two of them
+        ones the delivery process leaves to the server: larger than it
+        reads whole, and naming "encrypted"), list them for the first time
+        over C{port} (the implicit-TLS listener by default) and check each
+        envelope and the index; a second listing, from the index, must be
+        the same.
 
         @return: the first listing.
         """
         count = 3 * PREFETCH_MESSAGES + 5
+        special = {70: "X-Note: not encrypted\n", 140: "X-Big: " + "x" * WHOLE_READ_BYTES + "\n"}
         for i in range(count):
             deliver(self.inbox, f"1700001{i:03d}.M{i}Q{i}R0.host,S={i}",
-                    f"From: Sender {i} <s{i}@remote.test>\nSubject: number {i}\n\nbody {i}\n".encode(),
-                    1700001000 + i, "cur")
+                    f"From: Sender {i} <s{i}@remote.test>\nSubject: number {i}\n{special.get(i, '')}\n"
+                    f"body {i}\n".encode(), 1700001000 + i, "cur")
 
         def session(client):
             client.select("INBOX")

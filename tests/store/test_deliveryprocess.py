@@ -21,7 +21,7 @@ from qutemail.replies import MAILBOX_FULL, ReplyError
 from qutemail.store.deliveryprocess import DeliveryProcess
 from qutemail.qkd.keyfiles import KeyExists
 from qutemail.qkd.vault import FileKeyVault
-from qutemail.access.imapmessage import indexPlainFiles
+from qutemail.access.plainindex import indexSmallPlain
 from qutemail.store.deliveryworker import DELIVER, INDEX_PLAIN, VAULT_KEYS, decodeFrames, encodeFrame, serve
 from qutemail.store.maildir import MaildirStore
 from qutemail.store.maildirwrite import MaildirWriter, WriteJob
@@ -157,9 +157,9 @@ class ServeTests(SynchronousTestCase):
 
     def test_indexPlain(self):
         """
-        The fetch index entries of plain messages are made in the child
-        as the server makes them (one that only claims to be encrypted is
-        plain); a missing message has none.
+        The fetch index entries of small plain messages are made in the
+        child as the server makes them; one that names "encrypted" (it may
+        be sealed) or is missing has none (the server sees to those).
         """
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
@@ -173,11 +173,10 @@ class ServeTests(SynchronousTestCase):
         paths.append(os.path.join(folder, "gone"))
         [(requestId, results, error)] = self.answers((9, INDEX_PLAIN, paths))
         self.assertEqual((requestId, error), (9, None))
-        self.assertEqual(results, indexPlainFiles(paths))
+        self.assertEqual(results, indexSmallPlain(paths))
         self.assertIn(b'"one"', results[0].envelope)
         self.assertIn(b'"mixed"', results[1].bodyStructure)
-        self.assertIn(b'("text" "plain"', results[2].bodyStructure)
-        self.assertIsNone(results[3])
+        self.assertEqual(results[2:], [None, None])
 
 
 class DeliveryProcessTests(TestCase):
@@ -267,7 +266,7 @@ class DeliveryProcessTests(TestCase):
             paths.append(os.path.join(folder, f"m{i}"))
             with open(paths[-1], "wb") as f:
                 f.write(b"From: S%d <s%d@x.test>\nSubject: number %d\n\nbody\n" % (i, i, i))
-        self.assertEqual(await self.process.indexPlain(paths), indexPlainFiles(paths))
+        self.assertEqual(await self.process.indexPlain(paths), indexSmallPlain(paths))
 
     async def test_vaultChildKilled(self):
         """

@@ -1,0 +1,57 @@
+# -*- test-case-name: tests.access.test_plainindex -*-
+"""
+Fetch index entries of small plain stored messages, for a first IMAP
+listing of a folder (issue 14), made where there is a core to spare: the
+delivery process loads this module, so it imports only what reading,
+scanning and indexing need (no reader of sealed mail, no protocol code:
+the whole of L{qutemail.access.imapmessage} would cost that process 30 MiB).
+
+A message that may be one of ours (its header names "encrypted"), is
+larger than L{WHOLE_READ_BYTES} or cannot be read has no entry here; the
+server indexes those itself (L{qutemail.access.imapmessage.indexPlainFiles}).
+"""
+
+import os
+
+from qutemail.access.fetchindex import Indexed, indexEntry
+from qutemail.access.quickscan import WHOLE_READ_BYTES, scanBytes
+from qutemail.headerblock import namesEncrypted
+
+
+def readWhole(path: str, maxBytes: int) -> bytes | None:
+    """
+    A message file's content in one read, if it is at most C{maxBytes}
+    long and its header does not name "encrypted" (see
+    L{qutemail.store.reader.mayBeOurs}: such a message may be one of ours,
+    which only L{qutemail.store.reader.openStored} can tell).  Blocking.
+
+    @return: the content, or C{None} when the file is larger or may be
+        ours.
+    @raise OSError: it cannot be read.
+    """
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > maxBytes:
+            return None
+        # One read: a stored message does not change; one that grew since
+        # the fstat is left to the caller's slower path.
+        data = f.read(size + 1)
+    if len(data) > size or namesEncrypted(data):
+        return None
+    return data
+
+
+def indexSmallPlain(paths: list[str]) -> list[Indexed | None]:
+    """
+    The fetch index entry of each small plain message among C{paths}, or
+    C{None} for one left to the server (see the module's docstring).
+    Blocking.
+    """
+    entries: list[Indexed | None] = []
+    for path in paths:
+        try:
+            data = readWhole(path, WHOLE_READ_BYTES)
+        except OSError:
+            data = None
+        entries.append(None if data is None else indexEntry(scanBytes(data)))
+    return entries
