@@ -290,8 +290,9 @@ class SharedIndexes:
         @param indexer: what makes index entries in another process, so
             that a first listing uses another core (its
             C{indexPlain(paths)} gives what
-            L{qutemail.access.imapmessage.indexPlainFiles} gives, or fails
-            with C{OSError}): the server's
+            L{qutemail.access.plainindex.indexSmallPlain} gives: an entry,
+            or C{None} for a message left to the server; or fails with
+            C{OSError}): the server's
             L{qutemail.store.deliveryprocess.DeliveryProcess}; or C{None}.
         """
         self.runner = runner
