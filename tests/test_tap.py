@@ -19,6 +19,23 @@ from qutemail.tap import Options, makeService
 from tests.integration.support import writeConfig
 
 
+def recordingReactor() -> tuple[MemoryReactorClock, list]:
+    """
+    A memory reactor for building the whole service tree: results from the
+    thread pool are dropped (it never runs), and processes are not started
+    but their command lines recorded.
+
+    @return: the reactor, and the list it records the delivery process's
+        arguments in.
+    """
+    reactor = MemoryReactorClock()
+    reactor.callFromThread = lambda f, *args, **kwargs: None
+    spawned: list = []
+    reactor.spawnProcess = lambda protocol, executable, args, **kwargs: (
+        spawned.append(args) or attrs.make_class("Child", {"pid": attrs.field(default=1)})())
+    return reactor, spawned
+
+
 class TapTests(TestCase):
     """
     C{twistd qutemail} option parsing and service assembly.
@@ -60,13 +77,7 @@ class TapTests(TestCase):
         retention sweep, the scheduler and the MTA listener, in that order,
         and listens on the configured port and address.
         """
-        reactor = MemoryReactorClock()
-        # Results from the thread pool are dropped: this reactor never runs.
-        reactor.callFromThread = lambda f, *args, **kwargs: None
-        # Nor does it start processes: record the delivery process's start.
-        spawned = []
-        reactor.spawnProcess = lambda protocol, executable, args, **kwargs: (
-            spawned.append(args) or attrs.make_class("Child", {"pid": attrs.field(default=1)})())
+        reactor, spawned = recordingReactor()
         options = Options()
         options.parseOptions(["--config", self.configPath])
         root = makeService(options, reactor)
@@ -104,11 +115,7 @@ class TapTests(TestCase):
             f.write(text.replace("[imap]\nport = 0\n", "[imap]\nport = 1143\n", 1))
 
         def spawnedWith(*flags):
-            reactor = MemoryReactorClock()
-            reactor.callFromThread = lambda f, *args, **kwargs: None
-            spawned = []
-            reactor.spawnProcess = lambda protocol, executable, args, **kwargs: (
-                spawned.append(args) or attrs.make_class("Child", {"pid": attrs.field(default=1)})())
+            reactor, spawned = recordingReactor()
             options = Options()
             options.parseOptions(["--config", self.configPath, *flags])
             root = makeService(options, reactor)
