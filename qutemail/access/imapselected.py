@@ -48,7 +48,7 @@ from qutemail.access.uids import keywordsIn
 # that needs files (BODY[]) reads as many small ones whole.
 PREFETCH_MESSAGES = 64
 # A first listing indexes this many batches ahead of the one it answers.
-INDEX_AHEAD = 2
+INDEX_AHEAD = 3
 # How many bytes of FETCH responses made in memory are written at once.
 OUTPUT_BATCH_BYTES = 128 * 1024
 
