@@ -27,8 +27,8 @@ from twisted.logger import Logger
 
 from qutemail.access.fetchindex import FetchIndex, Indexed, SharedIndexes, indexEntry
 from qutemail.access.imapmime import Entity, scanMessage
-from qutemail.access.plainindex import readWhole
-from qutemail.access.quickscan import WHOLE_READ_BYTES, scanBytes
+from qutemail.access.plainindex import readWhole, scanSmallPlain
+from qutemail.access.quickscan import scanBytes
 from qutemail.access.imapstore import locate
 from qutemail.access.imapwire import CRLFConverter
 from qutemail.access.maildrop import notice
@@ -109,9 +109,9 @@ def _scanPlain(paths: list[str]) -> list[Entity | None]:
     roots: list[Entity | None] = []
     for path in paths:
         try:
-            data = readWhole(path, WHOLE_READ_BYTES)
-            if data is not None:
-                roots.append(scanBytes(data))
+            root = scanSmallPlain(path)
+            if root is not None:
+                roots.append(root)
                 continue
             f, envelope, _, _ = openStored(path)
         except (OSError, MessageUnreadable):

@@ -14,8 +14,13 @@ server indexes those itself (L{qutemail.access.imapmessage.indexPlainFiles}).
 import os
 
 from qutemail.access.fetchindex import Indexed, indexEntry
-from qutemail.access.quickscan import WHOLE_READ_BYTES, scanBytes
+from qutemail.access.imapmime import Entity
+from qutemail.access.quickscan import scanBytes
 from qutemail.headerblock import namesEncrypted
+
+# Messages of at most this many bytes are read whole to be scanned; larger
+# ones are scanned from their file, block by block.
+WHOLE_READ_BYTES = 256 * 1024
 
 
 def readWhole(path: str, maxBytes: int) -> bytes | None:
@@ -41,6 +46,19 @@ def readWhole(path: str, maxBytes: int) -> bytes | None:
     return data
 
 
+def scanSmallPlain(path: str) -> Entity | None:
+    """
+    The structure of a small plain message, from its bytes read whole.
+    Blocking.
+
+    @return: it, or C{None} for a message larger than L{WHOLE_READ_BYTES}
+        or one whose header names "encrypted" (see L{readWhole}).
+    @raise OSError: it cannot be read.
+    """
+    data = readWhole(path, WHOLE_READ_BYTES)
+    return None if data is None else scanBytes(data)
+
+
 def indexSmallPlain(paths: list[str]) -> list[Indexed | None]:
     """
     The fetch index entry of each small plain message among C{paths}, or
@@ -50,8 +68,8 @@ def indexSmallPlain(paths: list[str]) -> list[Indexed | None]:
     entries: list[Indexed | None] = []
     for path in paths:
         try:
-            data = readWhole(path, WHOLE_READ_BYTES)
+            root = scanSmallPlain(path)
         except OSError:
-            data = None
-        entries.append(None if data is None else indexEntry(scanBytes(data)))
+            root = None
+        entries.append(None if root is None else indexEntry(root))
     return entries

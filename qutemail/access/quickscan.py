@@ -25,9 +25,6 @@ import re
 
 from qutemail.access.imapmime import HEADER_CAP_BYTES, Entity, Mark, scanMessage
 
-# Messages of at most this many bytes are read whole to be scanned; larger
-# ones are scanned from their file, block by block.
-WHOLE_READ_BYTES = 256 * 1024
 _START = Mark(0, 0, 0, False)
 # A header block of fields whose names are printable ASCII without a
 # colon, and whose lines, continuation lines included, are printable
@@ -43,9 +40,10 @@ _PARAM_NAME = r"[A-Za-z0-9_-]+"
 # A plain parameter value: a token, or a quoted string of token characters
 # and spaces (no backslash, quote, angle bracket or semicolon, which the
 # standard library unquotes or splits on in ways of its own).
-_PARAM_VALUE = rf'(?:{_TOKEN}|"[A-Za-z0-9!#$&^_.+ -]*")'
+_QUOTED = r"[A-Za-z0-9!#$&^_.+ -]*"
+_PARAM_VALUE = rf'(?:{_TOKEN}|"{_QUOTED}")'
 _CONTENT_TYPE = re.compile(rf"{_WS}({_TOKEN})/({_TOKEN}){_WS}((?:;{_WS}{_PARAM_NAME}{_WS}={_WS}{_PARAM_VALUE}{_WS})*)")
-_PARAMETER = re.compile(rf";{_WS}({_PARAM_NAME}){_WS}={_WS}(?:({_TOKEN})|\"([A-Za-z0-9!#$&^_.+ -]*)\")")
+_PARAMETER = re.compile(rf';{_WS}({_PARAM_NAME}){_WS}={_WS}(?:({_TOKEN})|"({_QUOTED})")')
 
 
 def quickScan(data: bytes) -> Entity | None:

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from qutemail.access.fetchindex import INDEX_NAME, parseLines
 from qutemail.access.imapaccount import imapPortal
 from qutemail.access.imapselected import PREFETCH_MESSAGES
-from qutemail.access.quickscan import WHOLE_READ_BYTES
+from qutemail.access.plainindex import WHOLE_READ_BYTES
 from qutemail.access.imapserver import IMAPFactory
 from qutemail.backends.memory import MemoryUserDirectory
 from qutemail.blocking import BlockingRunner

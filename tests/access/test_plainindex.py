@@ -12,8 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from qutemail.access.fetchindex import indexEntry
 from qutemail.access.imapmessage import indexPlainFiles
 from qutemail.access.imapmime import scanMessage
-from qutemail.access.plainindex import indexSmallPlain, readWhole
-from qutemail.access.quickscan import WHOLE_READ_BYTES
+from qutemail.access.plainindex import WHOLE_READ_BYTES, indexSmallPlain, readWhole
 
 PLAIN = b"From: A <a@x.test>\nSubject: hello\n\nbody\n"
 
