@@ -45,37 +45,38 @@ class FolderGone(Exception):
     """
 
 
-@attrs.define(eq=False)
-class Slot:
+@attrs.frozen
+class RecentMessage(FolderMessage):
     """
-    One message of the view.
-
-    @ivar uid: its UID.
-    @ivar baseName: its base name.
-    @ivar path: its file, as last seen.
-    @ivar flags: its stored flags.
-    @ivar mtime: its INTERNALDATE.
-    @ivar recent: whether it is C{\\Recent} in this session.
+    A message that is C{\\Recent} in this session (it was in C{new/}
+    when the session claimed it).  A view holds its folder state's own
+    L{FolderMessage}s, shared by every session and never copied; only its
+    recent ones are made again as this subclass.  Before, every SELECT made
+    an object per message: 3-4 ms for 10,000 messages, and the objects
+    brought on a full collection of the garbage collector (14 ms with a
+    large folder's index in memory).
     """
 
-    uid: int
-    baseName: str
-    path: str
-    flags: frozenset[str]
-    mtime: float
-    recent: bool = False
 
-    def allFlags(self) -> list[str]:
-        """
-        @return: its flags as FETCH FLAGS shows them, C{\\Recent} included.
-        """
-        return sorted(self.flags) + ([RECENT] if self.recent else [])
+# A message of a view: a FolderMessage, or a RecentMessage.  A flag change
+# replaces it in the view (L{FolderView.replace}); it is never changed in
+# place.
+Slot = FolderMessage
 
-    def asFolderMessage(self) -> FolderMessage:
-        """
-        @return: it, as L{qutemail.access.imapstore} takes messages.
-        """
-        return FolderMessage(self.uid, self.baseName, self.path, self.flags, self.mtime)
+
+def isRecent(slot: Slot) -> bool:
+    """
+    @return: whether a message of the view is C{\\Recent} in its session.
+    """
+    return type(slot) is RecentMessage
+
+
+def allFlags(slot: Slot) -> list[str]:
+    """
+    @return: a message's flags as FETCH FLAGS shows them, C{\\Recent}
+        included.
+    """
+    return sorted(slot.flags) + ([RECENT] if type(slot) is RecentMessage else [])
 
 
 def flagList(flags: Iterable[str]) -> bytes:
@@ -96,12 +97,15 @@ def flagResponses(keywords: KeywordMap, writable: bool) -> list[bytes]:
     return [b"FLAGS " + flagList(flags), b"OK [PERMANENTFLAGS %b] Flags stored" % (flagList(permanent),)]
 
 
-def _slot(message: FolderMessage, recent: frozenset[str]) -> Slot:
+def _slots(messages: Iterable[FolderMessage], recent: frozenset[str]) -> list[Slot]:
     """
-    @return: a slot for a message just found.
+    @return: a view's messages for these messages of a folder state (the
+        same objects unless they are in C{recent}).
     """
-    return Slot(message.uid, message.baseName, message.path, message.flags, message.mtime,
-                message.baseName in recent)
+    if not recent:
+        return list(messages)
+    return [RecentMessage(m.uid, m.baseName, m.path, m.flags, m.mtime) if m.baseName in recent else m
+            for m in messages]
 
 
 @attrs.define(eq=False)
@@ -133,7 +137,7 @@ class FolderView:
         @return: a view of a folder just synced.
         """
         return cls(name, path, writable, state.uidValidity, state.uidNext,
-                   [_slot(m, recent) for m in state.messages], state.keywords)
+                   _slots(state.messages, recent), state.keywords)
 
     def flagResponses(self) -> list[bytes]:
         """
@@ -158,7 +162,7 @@ class FolderView:
         """
         @return: how many messages are C{\\Recent}.
         """
-        return sum(1 for s in self.slots if s.recent)
+        return sum(1 for s in self.slots if type(s) is RecentMessage)
 
     def firstUnseen(self) -> int | None:
         """
@@ -191,6 +195,21 @@ class FolderView:
         members = SequenceMembership(ranges, count)
         return [(seq, s) for seq, s in enumerate(self.slots, 1) if seq in members]
 
+    def replace(self, seq: int, old: Slot, new: Slot) -> None:
+        """
+        Put C{new} (the same message with other flags or path) where C{old}
+        is, at sequence number C{seq} or, if the view changed meanwhile,
+        wherever it now is.
+        """
+        slots = self.slots
+        if 0 < seq <= len(slots) and slots[seq - 1] is old:
+            slots[seq - 1] = new
+            return
+        for position, slot in enumerate(slots):
+            if slot is old:
+                slots[position] = new
+                return
+
     def remove(self, baseNames: Iterable[str]) -> list[bytes]:
         """
         Drop messages the session expunged.
@@ -220,14 +239,19 @@ class FolderView:
         current = {m.uid: m for m in state.messages}
         lines = self.learnKeywords(state.keywords)
         lines += self.remove(s.baseName for s in self.slots if s.uid not in current)
-        for seq, slot in enumerate(self.slots, 1):
+        slots = self.slots
+        for position, slot in enumerate(slots):
             message = current[slot.uid]
-            slot.path = message.path
+            if message is slot or (message.path == slot.path and message.flags == slot.flags):
+                continue
+            if type(slot) is FolderMessage and message.mtime == slot.mtime:
+                slots[position] = message
+            else:
+                slots[position] = attrs.evolve(slot, path=message.path, flags=message.flags)
             if message.flags != slot.flags:
-                slot.flags = message.flags
-                lines.append(b"%d FETCH (FLAGS %b)" % (seq, flagList(slot.allFlags())))
-        largest = self.slots[-1].uid if self.slots else 0
-        arrived = [_slot(m, recent) for m in state.messages if m.uid > largest]
+                lines.append(b"%d FETCH (FLAGS %b)" % (position + 1, flagList(allFlags(slots[position]))))
+        largest = slots[-1].uid if slots else 0
+        arrived = _slots((m for m in state.messages if m.uid > largest), recent)
         self.slots += arrived
         if arrived:
             lines.append(b"%d EXISTS" % (len(self.slots),))

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import attrs
 
-from qutemail.access.imapmailbox import Slot
+from qutemail.access.imapmailbox import Slot, isRecent
 from qutemail.access.imapmime import Entity
 from qutemail.access.searchfields import INDEXED_FIELDS, IndexedHeader, fieldMatches
 from qutemail.access.imapstructure import unfold
@@ -332,11 +332,11 @@ def matchesNow(key: Key, c: Candidate, structure: Any) -> bool:
         flag, present = args
         return (flag.lower() in {f.lower() for f in c.slot.flags}) == present
     if op == "recent":
-        return c.slot.recent
+        return isRecent(c.slot)
     if op == "new":
-        return c.slot.recent and "\\Seen" not in c.slot.flags
+        return isRecent(c.slot) and "\\Seen" not in c.slot.flags
     if op == "old":
-        return not c.slot.recent
+        return not isRecent(c.slot)
     if op == "seq":
         return c.seq in _membership(args[0], c.lastSeq)
     if op == "uid":

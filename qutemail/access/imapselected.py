@@ -21,6 +21,7 @@ COPY and MOVE do the same in the target folder.
 
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.mail.imap4 import _FetchParser
 
@@ -32,7 +33,7 @@ from qutemail.access.imapfetch import (
     ResumePoints, WholeRenderer, WriteFlow, indexable, needsFile, needsStructure, render, sendPieces,
     setsSeen, wholeOnly,
 )
-from qutemail.access.imapmailbox import flagList
+from qutemail.access.imapmailbox import Slot, allFlags, flagList
 from qutemail.access.imapmessage import MessageGone, MessageUnavailable, fileContains
 from qutemail.access.imapsearch import (
     CHARSETS, Candidate, Key, matcher, matchesNow, parseKeys, readsBodies, searchIndexable, searchNeedsStructure,
@@ -146,7 +147,7 @@ class SelectedCommands:
                   if "\\Deleted" in s.flags]
         if not doomed:
             return []
-        removed = await account.runner.run(expunge, view.path, [s.asFolderMessage() for s in doomed],
+        removed = await account.runner.run(expunge, view.path, doomed,
                                            account.root, account.quotaBytes)
         self._announce()
         for baseName in removed:
@@ -283,7 +284,7 @@ class SelectedCommands:
                         index.add(slot.baseName, indexEntry(root))
                 if seen and "\\Seen" not in slot.flags:
                     try:
-                        await self._setFlags(slot, slot.flags | {"\\Seen"})
+                        slot = await self._setFlags(seq, slot, slot.flags | {"\\Seen"})
                     except FileNotFoundError:
                         gone += 1
                         continue
@@ -354,16 +355,19 @@ class SelectedCommands:
         under = indexing.pop(position, None)
         return await under if under is not None else {}
 
-    async def _setFlags(self, slot: object, flags: frozenset[str]) -> None:
+    async def _setFlags(self, seq: int, slot: Slot, flags: frozenset[str]) -> Slot:
         """
         Store a message's flags in its file name.
 
+        @param seq: its sequence number.
+        @return: the message as the view now holds it.
         @raise FileNotFoundError: it is gone.
         """
         account = self.account
-        slot.path = await account.runner.run(storeFlags, self.view.path, slot.baseName, slot.path,
-                                             frozenset(flags))
-        slot.flags = frozenset(flags)
+        path = await account.runner.run(storeFlags, self.view.path, slot.baseName, slot.path, frozenset(flags))
+        changed = attrs.evolve(slot, path=path, flags=frozenset(flags))
+        self.view.replace(seq, slot, changed)
+        return changed
 
     async def imap_STORE(self, tag: bytes, rest: bytes, uid: bool) -> None:
         """
@@ -399,13 +403,13 @@ class SelectedCommands:
                 wanted = flags
             if wanted != slot.flags:
                 try:
-                    await self._setFlags(slot, wanted)
+                    slot = await self._setFlags(seq, slot, wanted)
                 except FileNotFoundError:
                     gone += 1
                     continue
             if not silent:
                 uidPart = b" UID %d" % (slot.uid,) if uid else b""
-                self._untagged(b"%d FETCH (FLAGS %b%b)" % (seq, flagList(slot.allFlags()), uidPart))
+                self._untagged(b"%d FETCH (FLAGS %b%b)" % (seq, flagList(allFlags(slot)), uidPart))
         self._announce()
         if gone:
             raise no(b"Some messages were expunged by another session")
@@ -445,7 +449,7 @@ class SelectedCommands:
             self._tagged(tag, b"OK", command + b" completed (no messages)")
             return
         uidValidity, uids, moved = await account.runner.run(
-            transfer, [s.asFolderMessage() for s in selected], view.path, targetPath, move, account.root,
+            transfer, selected, view.path, targetPath, move, account.root,
             account.quotaBytes, account.now(), account.hostname)
         pairs = [(s.uid, n) for s, n in zip(selected, uids) if n]
         code = b""
