@@ -353,13 +353,15 @@ class Entity:
         @return: every value of a field as it is (8-bit bytes as surrogate
             escapes, folding kept), in order.
         """
-        return list(self._fields().get(name.lower(), ()))
+        byName = self._byName if self._byName is not None else self._fields()
+        return list(byName.get(name.lower(), ()))
 
     def rawField(self, name: str) -> str | None:
         """
         @return: the first value of a field as it is, or C{None}.
         """
-        values = self._fields().get(name.lower())
+        byName = self._byName if self._byName is not None else self._fields()
+        values = byName.get(name.lower())
         return values[0] if values else None
 
     def _fields(self) -> dict[str, list[str]]:

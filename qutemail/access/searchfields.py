@@ -33,8 +33,15 @@ def headerValues(structure: Any, name: str) -> list[str]:
     @return: a field's values, each raw, read as UTF-8, and RFC 2047
         decoded.
     """
+    return _forms(structure.rawFields(name))
+
+
+def _forms(rawValues: list[str]) -> list[str]:
+    """
+    L{headerValues} of a field's raw values.
+    """
     values = []
-    for value in structure.rawFields(name):
+    for value in rawValues:
         raw = unfold(str(value))
         values.append(raw)
         if not raw.isascii():
@@ -69,12 +76,9 @@ def indexedFields(structure: Any) -> bytes:
     """
     entries = []
     for name in INDEXED_FIELDS:
-        if structure.rawField(name) is None:
-            # Most messages have half of these fields: skip the others
-            # without building their (empty) forms.
-            continue
-        values = headerValues(structure, name)
-        if values:
+        raw = structure.rawFields(name)
+        if raw:
+            values = _forms(raw)
             entries.append(_FIELD_SEP.join((name, values[0].replace(_ENTRY_SEP, " ").replace(_FIELD_SEP, " "),
                                             _haystack(values).replace(_ENTRY_SEP, " ").replace(_FIELD_SEP, " "))))
     return _ENTRY_SEP.join(entries).encode("utf-8", "surrogatepass")
