@@ -349,11 +349,14 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     metrics = buildMetrics(config, workerIndex)
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
+    # The mailbox listeners (POP3, IMAP, JMAP) run in the main process,
+    # unless it serves SMTP only.
+    servesMailboxes = workerIndex == 0 and not mtaOnly and not msaOnly
     deliveryWriter = deliveryProcess = None
     if server.deliveryProcess:
         # Stopped after everything that delivers (children stop in reverse).
         # It indexes first IMAP listings too, where this process serves IMAP.
-        servesIMAP = workerIndex == 0 and not mtaOnly and not msaOnly and bool(
+        servesIMAP = servesMailboxes and bool(
             config.imap.port or config.imap.tlsPort or {"imap", "imaps"} & set(listen or {}))
         deliveryProcess = DeliveryProcess(reactor, preloadIndexing=servesIMAP)
         deliveryProcess.setServiceParent(root)
@@ -490,7 +493,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
             wanted.append(("submission", config.smtp.submissionPort, submissionArgs))
             wanted.append(("smtps", config.smtp.smtpsPort, dict(
                 submissionArgs, settings=attrs.evolve(submissionArgs["settings"], implicitTLS=True))))
-        if not mtaOnly and not msaOnly and workerIndex == 0:
+        if servesMailboxes:
             popPortal = pop3Portal(users, dataDir, vault, runner)
             for name, port, implicit in (("pop3", config.pop3.port, False), ("pop3s", config.pop3.tlsPort, True)):
                 wanted.append((name, port, dict(pop3=True, implicitTLS=implicit, portal=popPortal)))
