@@ -13,6 +13,7 @@ from qutemail.access import fetchindex
 from qutemail.access.fetchindex import INDEX_NAME, FetchIndex, Indexed, SharedIndexes, parseLines
 from qutemail.access.searchfields import IndexedHeader
 from qutemail.blocking import InlineRunner
+from tests.support import QueuedRunner
 
 
 def entry(n: int) -> Indexed:
@@ -58,6 +59,48 @@ class FetchIndexTests(SynchronousTestCase):
         self.refresh(first, ["a", "b"])
         self.assertEqual((first.get("a"), first.get("b")), (entry(1), entry(2)))
         self.assertEqual(os.stat(os.path.join(self.folder, INDEX_NAME)).st_mode & 0o777, 0o600)
+
+    def test_ownAppendsNotReadBack(self) -> None:
+        """
+        Lines an index appended right where its last read ended are not
+        read back by its next refresh; lines another appended meanwhile
+        are, with its own.
+        """
+        path = os.path.join(self.folder, INDEX_NAME)
+        first, second = self.index(), self.index()
+        self.refresh(first, [])
+        self.refresh(second, [])
+        first.add("a", entry(1))
+        self.flush(first)
+        self.assertEqual(first._offset, os.path.getsize(path))
+        second.add("b", entry(2))
+        self.flush(second)
+        first.add("c", entry(3))
+        self.flush(first)
+        self.refresh(first, ["a", "b", "c"])
+        self.assertEqual(first.entries, {"a": entry(1), "b": entry(2), "c": entry(3)})
+        self.assertEqual(first._offset, os.path.getsize(path))
+
+    def test_appendsAhead(self) -> None:
+        """
+        Once L{fetchindex.APPEND_AHEAD_BYTES} of lines wait, they are
+        appended in the background, one append at a time and in order;
+        L{FetchIndex.flush} appends the rest and waits for all of them.
+        """
+        self.patch(fetchindex, "APPEND_AHEAD_BYTES", len(entry(1).line("m1")) * 2)
+        runner = QueuedRunner()
+        index = FetchIndex(self.folder, runner)
+        for n in range(1, 6):
+            index.add(f"m{n}", entry(n))
+        # m1-m2 are being appended; m3-m4 wait for that append to finish.
+        self.assertEqual(len(runner.calls), 1)
+        flushed = Deferred.fromCoroutine(index.flush())
+        self.assertNoResult(flushed)
+        while runner.calls:
+            runner.runNext()
+        self.successResultOf(flushed)
+        with open(os.path.join(self.folder, INDEX_NAME), "rb") as f:
+            self.assertEqual(f.read(), b"".join(entry(n).line(f"m{n}") for n in range(1, 6)))
 
     def test_damagedLinesSkipped(self) -> None:
         """
