@@ -39,7 +39,7 @@ import binascii
 import fcntl
 import os
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock
@@ -249,13 +249,17 @@ class FetchIndex:
             made = self._headers[baseName] = (entry, IndexedHeader(entry.size, entry.fields))
         return made[1]
 
-    async def refresh(self, live: set[str]) -> None:
+    async def refresh(self, count: int, live: Callable[[], set[str]]) -> None:
         """
         Read what was added since the last look (all of it the first
         time); rewrite the file without the dead entries when they have
         come to outnumber the live ones.
 
-        @param live: the base names of the folder's messages now.
+        @param count: how many messages the folder has now.
+        @param live: gives their base names; called only when the index
+            has more entries than that and than L{MIN_DEAD_FOR_REWRITE}
+            (else the dead ones cannot be enough), so that a listing or a
+            search of a large folder does not gather every name each time.
         """
         try:
             data, self._offset, self._inode, rewritten = await self.runner.run(
@@ -264,9 +268,12 @@ class FetchIndex:
                 self.entries = {}
                 self._headers = {}
             self.entries.update(parseLines(data))
-            dead = len(self.entries) - len(live & self.entries.keys())
-            if dead > MIN_DEAD_FOR_REWRITE and dead > len(live):
-                await self.runner.run(_rewrite, self.path, live)
+            if len(self.entries) <= max(count, MIN_DEAD_FOR_REWRITE):
+                return
+            names = live()
+            dead = len(self.entries) - len(names & self.entries.keys())
+            if dead > MIN_DEAD_FOR_REWRITE and dead > len(names):
+                await self.runner.run(_rewrite, self.path, names)
                 data, self._offset, self._inode, _ = await self.runner.run(_readFrom, self.path, 0, None)
                 self.entries = parseLines(data)
                 self._headers = {}

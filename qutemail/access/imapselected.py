@@ -167,7 +167,8 @@ class SelectedCommands:
             tokens = tokens[2:]
             if charset not in CHARSETS:
                 raise no(b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
-        query = Key("and", tuple(parseKeys(tokens, charset)))
+        keys = tuple(parseKeys(tokens, charset))
+        query = keys[0] if len(keys) == 1 else Key("and", keys)
         view, account = self.view, self.account
         slots = list(view.slots)
         lastUid = slots[-1].uid if slots else 0
@@ -177,19 +178,23 @@ class SelectedCommands:
         # Header fields the folder's fetch index keeps are matched there.
         index = account.cache.indexFor(view.path) if prefetch and searchIndexable(query) else None
         if index is not None:
-            await index.refresh({s.baseName for s in slots})
+            await index.refresh(len(slots), lambda: {s.baseName for s in slots})
         # A search that reads no bodies is matched at once for a message
         # whose structure it does not need or the index holds.
         quick = not readsBodies(query)
         reused = Candidate(0, slots[0] if slots else None, len(slots), lastUid, None, None)
+        headers: list = []
         for seq, slot in enumerate(slots, 1):
             if prefetch and (seq - 1) % PREFETCH_MESSAGES == 0:
-                # Many thread round trips per message otherwise, as in FETCH.
+                batch = slots[seq - 1:seq - 1 + PREFETCH_MESSAGES]
+                # The batch's indexed headers, looked up once; the others
+                # scanned in one thread round trip (many a message
+                # otherwise, as in FETCH).
+                headers = [index.header(s.baseName) for s in batch] if index is not None else [None] * len(batch)
                 await account.cache.prefetchScans(
-                    view.path, [(s.baseName, s.path) for s in slots[seq - 1:seq - 1 + PREFETCH_MESSAGES]
-                                if index is None or index.header(s.baseName) is None])
+                    view.path, [(s.baseName, s.path) for s, header in zip(batch, headers) if header is None])
             if quick:
-                header = index.header(slot.baseName) if index is not None else None
+                header = headers[(seq - 1) % PREFETCH_MESSAGES] if prefetch else None
                 if header is not None or not prefetch:
                     reused.seq, reused.slot = seq, slot
                     if matchesNow(query, reused, header):
@@ -233,7 +238,7 @@ class SelectedCommands:
         # is answered from the folder's fetch index where it can be.
         index = account.cache.indexFor(view.path) if wantStructure and indexable(items) else None
         if index is not None:
-            await index.refresh({s.baseName for s in view.slots})
+            await index.refresh(len(view.slots), lambda: {s.baseName for s in view.slots})
         # Whole messages (BODY[], RFC822) need no structure: small plain
         # ones are read and sent as they are, with CRLF line ends.
         whole = wholeOnly(items)

@@ -38,7 +38,8 @@ class FetchIndexTests(SynchronousTestCase):
         return FetchIndex(self.folder, self.runner)
 
     def refresh(self, index: FetchIndex, live) -> None:
-        self.successResultOf(Deferred.fromCoroutine(index.refresh(set(live))))
+        live = set(live)
+        self.successResultOf(Deferred.fromCoroutine(index.refresh(len(live), lambda: live)))
 
     def flush(self, index: FetchIndex) -> None:
         self.successResultOf(Deferred.fromCoroutine(index.flush()))
@@ -137,6 +138,30 @@ class FetchIndexTests(SynchronousTestCase):
         self.flush(writer)
         self.refresh(writer, ["m4", "m5"])
         self.assertEqual(sorted(writer.entries), ["m4", "m5"])
+
+    def test_namesGatheredOnlyWhenNeeded(self) -> None:
+        """
+        A refresh asks for the folder's base names only when the index has
+        more entries than the folder has messages and than
+        L{fetchindex.MIN_DEAD_FOR_REWRITE}: with fewer, the dead ones
+        cannot be enough for a rewrite.
+        """
+        self.patch(fetchindex, "MIN_DEAD_FOR_REWRITE", 1)
+        index = self.index()
+        for n in range(3):
+            index.add(f"m{n}", entry(n))
+        self.flush(index)
+        asked = []
+
+        def live() -> set[str]:
+            asked.append(True)
+            return {"m0"}
+
+        self.successResultOf(Deferred.fromCoroutine(index.refresh(3, live)))
+        self.assertEqual(asked, [])
+        self.successResultOf(Deferred.fromCoroutine(index.refresh(1, live)))
+        self.assertEqual(asked, [True])
+        self.assertEqual(index.entries, {"m0": entry(0)})
 
     def test_rewriteSeenByInode(self) -> None:
         """

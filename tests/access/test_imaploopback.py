@@ -371,6 +371,30 @@ class LoopbackTests(TestCase):
         second = await self.imap(session)
         self.assertEqual(second, [b"3", b"1", b"2 3", b"1", b"", b"1"])
 
+    async def test_searchAcrossBatches(self) -> None:
+        """
+        A SEARCH over more messages than one batch, some of them indexed
+        and some not (a batch holds both), finds the same messages as a
+        later one answered wholly from the index.
+        """
+        count = 3 * PREFETCH_MESSAGES + 5
+        for i in range(count):
+            deliver(self.inbox, f"1700001{i:03d}.M{i}Q{i}R0.host,S={i}",
+                    f"From: s{i}@remote.test\nSubject: number {i}\n\nbody {i}\n".encode(), 1700001000 + i, "cur")
+        # The folder's two other messages come first.
+        expected = " ".join(str(i + 3) for i in range(count) if str(i).startswith("1")).encode()
+
+        def session(client):
+            status, data = client.select("INBOX", readonly=True)
+            self.assertEqual(int(data[0]), count + 2)
+            client.fetch(f"3:{PREFETCH_MESSAGES + 40}", "(ENVELOPE)")
+            return client.search(None, "SUBJECT", '"number 1"')[1][0]
+
+        self.assertEqual(await self.imap(session), expected)
+        with open(os.path.join(self.inbox, INDEX_NAME), "rb") as f:
+            self.assertEqual(len(parseLines(f.read())), count + 1)
+        self.assertEqual(await self.imap(session), expected)
+
     async def test_manyBodies(self) -> None:
         """
         A FETCH of many whole messages, far past one batch of output, with
