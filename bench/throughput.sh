@@ -110,11 +110,31 @@ run_qutemail() {  # SESSIONS MESSAGES SIZE
     trap - EXIT
 }
 
+check_postfix_reach() {
+    # Postfix delivers as a user of its own, who must be able to pass
+    # through BENCH_DIR and every directory above it (a mktemp -d directory,
+    # mode 0700, is not: the run would wait 300 s for mail that never comes).
+    case $BENCH_DIR in /*) dir=$BENCH_DIR ;; *) dir=$(pwd)/$BENCH_DIR ;; esac
+    while [ "$dir" != / ] && [ -n "$dir" ]; do
+        if [ -d "$dir" ]; then
+            case $(stat -c %A "$dir") in
+                ?????????[xt]) ;;
+                *) echo "throughput.sh: Postfix cannot deliver under $BENCH_DIR: $dir is not searchable by other users (chmod o+x $dir, or choose another BENCH_DIR)" >&2
+                   exit 2 ;;
+            esac
+        fi
+        dir=$(dirname "$dir")
+    done
+}
+
 run_postfix() {  # SESSIONS MESSAGES SIZE
     BENCH_DIR="$BENCH_DIR/postfix" "$SHARED/bench/postfix_setup.sh" start >/dev/null
     "$driver" 127.0.0.1 25 example.test "$BENCH_DIR/postfix/vmail/example.test" "$1" "$2" "$3"
 }
 
+if [ "${1:-}" = compare ] || [ "${1:-}" = pair ]; then
+    check_postfix_reach
+fi
 if [ "${1:-}" = compare ]; then
     # The rows of issue 2: 10 sessions x 2 KB, 1 session x 2 KB, 10 sessions x 100 KB.
     for row in "10 2000 2048" "1 1000 2048" "10 500 102400"; do
