@@ -22,8 +22,7 @@ from qutemail.qkd.etsi014 import ETSI014KeySource
 from qutemail.qkd.kme import EmbeddedKeySource, EmbeddedKMEService
 from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
 from qutemail.policy.keypool import KeyPoolWatch
-from qutemail.qkd.sparekeys import PREFETCH_KEYS
-from qutemail.relay.transitout import TransitSealer
+from qutemail.relay.transitout import PREFETCH_KEYS, TransitSealer
 from qutemail.replies import KEY_POOL_LOW
 from qutemail.store.encrypted import MessageEncryptor
 
@@ -70,7 +69,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
     # KME allows it); a vendor KME pair wants another SAE ([qkd] rest_sae).
     encryptor = MessageEncryptor(source, vault, runner, qkd.restSae or saeId, sealed,
                                  subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT,
-                                 keySizeBits=qkd.keySizeBits, prefetchKeys=PREFETCH_KEYS, clock=reactor)
+                                 keySizeBits=qkd.keySizeBits)
     makeDirectories(sealed)
     encryptor.cleanup(reactor.seconds())
     return encryptor

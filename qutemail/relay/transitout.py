@@ -34,12 +34,15 @@ from twisted.python.failure import Failure
 from qutemail.durable import makeDirectories, removeFile
 from qutemail.interfaces import KeySourceError
 from qutemail.message import QueueEntry, SpooledMessage
-from qutemail.qkd.sparekeys import SpareKeys
 from qutemail.qkd.transit import sealTransit
 from qutemail.replies import TRANSIT_SEAL_KEY_UNAVAILABLE as TRANSIT_KEY_UNAVAILABLE, ReplyError, oneLine
 from qutemail.serial import Batcher, SerialQueue
 # The most keys one enc_keys request asks for.
 MAX_KEYS_PER_REQUEST = 64
+# How long a key taken ahead (prefetchKeys) may wait for a message.
+SPARE_SECONDS = 60.0
+# What the server asks for ahead, per request.
+PREFETCH_KEYS = 16
 
 
 def _sizeOf(path: str) -> int | None:
@@ -93,7 +96,7 @@ class TransitSealer:
         @param prefetchKeys: how many keys one C{enc_keys} asks for at
             least; the ones no seal is waiting for are kept, in memory
             only, for the next seals of that site, at most
-            L{qutemail.qkd.sparekeys.SPARE_SECONDS} (0: none kept).  A key kept and never used (a
+            L{SPARE_SECONDS} (0: none kept).  A key kept and never used (a
             restart) is one the peer's KME holds for nobody: no harm.
         @param clock: an C{IReactorTime} that ages kept keys (C{None}:
             they never age; tests).
@@ -111,7 +114,7 @@ class TransitSealer:
         self._keys = Batcher(self._encKeys, MAX_KEYS_PER_REQUEST)
         self.prefetchKeys = prefetchKeys
         self.clock = clock
-        self._spare: dict[str, SpareKeys] = {}
+        self._spare: dict[str, list[tuple[float, tuple[str, bytes]]]] = {}
         self._madeDirectory = False
 
     @property
@@ -223,10 +226,11 @@ class TransitSealer:
         @raise KeySourceError: (in the Deferred) no key.
         """
         spare = self._spare.get(sae)
-        if spare:
-            taken = spare.take(1, self.clock.seconds() if self.clock is not None else 0.0)
-            if taken:
-                return succeed(taken[0])
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        while spare:
+            takenAt, key = spare.pop(0)
+            if now - takenAt <= SPARE_SECONDS:
+                return succeed(key)
         return self._keys.add(sae, None)
 
     async def _encKeys(self, sae: str, waiting: list) -> list:
@@ -240,7 +244,7 @@ class TransitSealer:
         keys = [tuple(k) for k in await self.keySource.encKeys(sae, self.keySizeBits, number)]
         if len(keys) > len(waiting):
             takenAt = self.clock.seconds() if self.clock is not None else 0.0
-            self._spare.setdefault(sae, SpareKeys()).keep(keys[len(waiting):], takenAt)
+            self._spare.setdefault(sae, []).extend((takenAt, k) for k in keys[len(waiting):])
         short = Failure(KeySourceError(f"KME enc_keys for SAE {sae}: {len(keys)} keys for {len(waiting)}"))
         return keys[:len(waiting)] + [short] * (len(waiting) - len(keys))
 

@@ -29,20 +29,19 @@ Once every recipient has its copy, L{MessageEncryptor.discard} removes the
 sealed file (nothing to do for one sealed in memory).
 
 Batches.  Seals share the work of their neighbours without waiting for
-anything but work already under way (no timer): one batch is under way at
-a time, from its C{enc_keys} request until its keys are durable in the
-vault, and the seals that ask meanwhile wait together; the next request
-takes as many keys as they need (at most C{maxKeysPerRequest}), like
-Nagle's algorithm waiting for an acknowledgement.  A batch of several
-seals (the server is busy) asks for at least C{prefetchKeys} and keeps the
-others for the next batches (L{qutemail.qkd.sparekeys}); a lone seal
-takes exactly one key, so a quiet server uses one key per message.  The
-busier the server, the bigger the batches, which is what makes encryption
-cheap under load: one HTTPS exchange, one worker-thread job encrypting
-all the batch's inline messages, and one vault call (one directory fsync
-for the file vault) for many messages.  A spilled message is sealed and
-its key stored on its own (its own worker job), so that a large message
-does not hold up the next batch.  Every message still has its own key.
+anything but work already under way (no timer, and no key taken ahead of a
+message, so the KME's pool shrinks by exactly one key per message sealed):
+one batch is under way at a time, from its C{enc_keys} request until its
+keys are durable in the vault, and the seals that ask meanwhile wait
+together; the next request takes exactly as many keys as they need (at
+most C{maxKeysPerRequest}), like Nagle's algorithm waiting for an
+acknowledgement.  The busier the server, the bigger the batches, which is
+what makes encryption cheap under load: one HTTPS exchange, one
+worker-thread job encrypting all the batch's inline messages, and one vault
+call (one directory fsync for the file vault) for many messages.  A spilled
+message is sealed and its key stored on its own (its own worker job), so
+that a large message does not hold up the next batch.  Every message still
+has its own key.
 
 Failures are always temporary replies, so the router defers the delivery
 and retries (never stores plaintext, never drops):
@@ -89,7 +88,6 @@ from qutemail.interfaces import IKeyVault, IQKDKeySource, KeyGone, KeySourceErro
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.qkd.cipher import MIN_KEY_BYTES, PLACEHOLDER_SUBJECT, SealedMessage, encryptStream
 from qutemail.qkd.keyfiles import KeyExists
-from qutemail.qkd.sparekeys import SpareKeys
 from qutemail.qkd.vault import InvalidKeyId, KeyVaultError, checkKeyId
 from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, STORAGE_FULL, Reply, ReplyError, oneLine
 
@@ -235,11 +233,6 @@ class MessageEncryptor:
         the original's (when it is sane; see L{qutemail.qkd.cipher}).
     @ivar keySizeBits: the key size asked for.
     @ivar maxKeysPerRequest: the most keys one C{enc_keys} request takes.
-    @ivar prefetchKeys: how many keys one C{enc_keys} asks for at least;
-        the ones no seal waits for are kept in memory for the next batches
-        (see L{qutemail.qkd.sparekeys}; 0: none kept).
-    @ivar clock: an C{IReactorTime} that ages kept keys (C{None}: they never
-        age; tests).
     """
 
     _log = Logger()
@@ -252,9 +245,6 @@ class MessageEncryptor:
     subject: str | None = attrs.field(default=PLACEHOLDER_SUBJECT)
     keySizeBits: int = KEY_SIZE_BITS
     maxKeysPerRequest: int = MAX_KEYS_PER_REQUEST
-    prefetchKeys: int = 0
-    clock: Any = None
-    _spare: SpareKeys = attrs.field(factory=SpareKeys, init=False)
     _waiting: list[_Waiting] = attrs.field(factory=list, init=False)
     _asking: bool = attrs.field(default=False, init=False)
 
@@ -385,34 +375,22 @@ class MessageEncryptor:
 
     async def _takeKeys(self, number: int) -> list:
         """
-        Take C{number} keys: those kept from an earlier request first, then
-        one C{enc_keys} request when the key source can take several at
-        once (at least L{prefetchKeys}, keeping the others), else one
-        C{encKey} each.
+        Take C{number} keys: one C{enc_keys} request when the key source
+        can take several at once, else one C{encKey} each.
 
         @return: per seal, C{(keyId, key)} or the L{KeySourceError} it
             failed with.
         """
-        now = self.clock.seconds() if self.clock is not None else 0.0
-        # Ahead only under load (a batch of several seals): a quiet
-        # server takes exactly the keys its messages need.
-        ahead = min(self.prefetchKeys, self.maxKeysPerRequest) if number > 1 else 0
-        taken = self._spare.take(number, now)
-        number -= len(taken)
-        if not number:
-            return taken
         encKeys = getattr(self.keySource, "encKeys", None)
-        asking = max(number, ahead)
-        if asking > 1 and encKeys is not None:
+        if number > 1 and encKeys is not None:
             try:
-                keys = list(await encKeys(self.peerSAE, self.keySizeBits, asking))
+                keys = await encKeys(self.peerSAE, self.keySizeBits, number)
             except KeySourceError as e:
-                return taken + [e] * number
-            if len(keys) != asking:
-                return taken + [KeySourceError(f"asked the KME for {asking} keys, got {len(keys)}")] * number
-            self._spare.keep(keys[number:], now)
-            return taken + keys[:number]
-        answers: list = list(taken)
+                return [e] * number
+            if len(keys) != number:
+                return [KeySourceError(f"asked the KME for {number} keys, got {len(keys)}")] * number
+            return list(keys)
+        answers: list = []
         for _ in range(number):
             try:
                 answers.append(await self.keySource.encKey(self.peerSAE, self.keySizeBits))

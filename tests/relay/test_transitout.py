@@ -21,9 +21,8 @@ from qutemail.blocking import InlineRunner
 from qutemail.interfaces import KeySourceError
 from qutemail.message import Envelope, QueueEntry, RecipientState, SpooledMessage
 from qutemail.qkd.cipher import decryptBytes
-from qutemail.qkd.sparekeys import SPARE_SECONDS
 from qutemail.qkd.transit import TRANSIT, readTransitEnvelope
-from qutemail.relay.transitout import MAX_KEYS_PER_REQUEST, Outgoing, TransitSealer
+from qutemail.relay.transitout import MAX_KEYS_PER_REQUEST, SPARE_SECONDS, Outgoing, TransitSealer
 from qutemail.replies import ReplyError
 
 OUR_SAE = "site-a"
