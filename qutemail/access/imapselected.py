@@ -268,7 +268,7 @@ class SelectedCommands:
                         # the scans are not kept (a first listing of a
                         # large folder would fill the cache with them, and
                         # the garbage collector would walk them all).
-                        scanned = await self._indexBatches(indexing, selected, position, index)
+                        scanned = await self._indexBatches(indexing, selected, position, index, batch)
                     elif wantStructure and batch:
                         await account.cache.prefetchScans(view.path, batch)
                 data = loaded.get(slot.baseName)
@@ -336,7 +336,7 @@ class SelectedCommands:
         self._tagged(tag, b"OK", b"FETCH completed")
 
     async def _indexBatches(self, indexing: dict[int, Deferred], selected: list, position: int,
-                            index: FetchIndex) -> dict:
+                            index: FetchIndex, batch: list[tuple[str, str]]) -> dict:
         """
         The index entries of a first listing's batch starting at
         C{position}, with the next L{INDEX_AHEAD} batches set going while
@@ -346,14 +346,17 @@ class SelectedCommands:
         reads overlap the reactor's work).
 
         @param indexing: the batches under way, by first position (updated).
+        @param batch: C{(baseName, path)} of this batch's messages not
+            indexed yet.
         @return: the entries by base name (see L{MessageCache.indexPlain}).
         """
         for ahead in range(INDEX_AHEAD + 1):
             start = position + ahead * PREFETCH_MESSAGES
             if start >= len(selected) or start in indexing:
                 continue
-            entries = [(s.baseName, s.path) for _, s in selected[start:start + PREFETCH_MESSAGES]
-                       if index.get(s.baseName) is None]
+            entries = batch if not ahead else [(s.baseName, s.path) for _, s in
+                                               selected[start:start + PREFETCH_MESSAGES]
+                                               if index.get(s.baseName) is None]
             if entries:
                 elsewhere = (start // PREFETCH_MESSAGES) % 3 != 0
                 indexing[start] = Deferred.fromCoroutine(self.account.cache.indexPlain(entries, elsewhere))
