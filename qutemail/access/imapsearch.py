@@ -262,6 +262,15 @@ def searchIndexable(key: Key) -> bool:
     return all(k.op != "header" or k.args[0].lower() in INDEXED_FIELDS for k in _leaves(key))
 
 
+def searchNeedsTimes(key: Key) -> bool:
+    """
+    @return: whether matching C{key} may need messages' INTERNALDATEs
+        (BEFORE, ON, SINCE; the SENT* keys too, for a message without a
+        Date field).
+    """
+    return any(k.op == "date" for k in _leaves(key))
+
+
 def readsBodies(key: Key) -> bool:
     """
     @return: whether matching C{key} may read message bodies (BODY, TEXT).

@@ -37,12 +37,13 @@ from qutemail.access.imapmailbox import Slot, allFlags, flagList
 from qutemail.access.imapmessage import MessageGone, MessageUnavailable, fileContains
 from qutemail.access.imapsearch import (
     CHARSETS, Candidate, Key, matcher, matchesNow, parseKeys, readsBodies, searchIndexable, searchNeedsStructure,
+    searchNeedsTimes,
 )
 from qutemail.access.imapstore import expunge, storeFlags, transfer
 from qutemail.access.imapstructure import region
 from qutemail.access.imapwire import Atom, ParseError, astring, bad, no, parseSequenceSet
 from qutemail.access.imapcommands import parseFlags
-from qutemail.access.uids import keywordsIn
+from qutemail.access.uids import keywordsIn, withTimes
 
 # A FETCH that needs structures but not files (ENVELOPE, BODYSTRUCTURE)
 # scans this many uncached plain messages in one worker-thread call; one
@@ -171,6 +172,9 @@ class SelectedCommands:
         query = keys[0] if len(keys) == 1 else Key("and", keys)
         view, account = self.view, self.account
         slots = list(view.slots)
+        timed = searchNeedsTimes(query)
+        if timed:
+            slots = [slot for _, slot in await self._timed(list(enumerate(slots, 1)))]
         lastUid = slots[-1].uid if slots else 0
         found = []
         match = matcher(query)
@@ -193,6 +197,9 @@ class SelectedCommands:
                 headers = [index.header(s.baseName) for s in batch] if index is not None else [None] * len(batch)
                 await account.cache.prefetchScans(
                     view.path, [(s.baseName, s.path) for s, header in zip(batch, headers) if header is None])
+            if timed and slot.mtime is None:
+                # Expunged elsewhere since the view was made.
+                continue
             if quick:
                 header = headers[(seq - 1) % PREFETCH_MESSAGES] if prefetch else None
                 if header is not None or not prefetch:
@@ -234,6 +241,10 @@ class SelectedCommands:
             self._resume = ResumePoints()
         flow = WriteFlow()
         gone = unavailable = 0
+        if any(i.type == "internaldate" for i in items):
+            timed = await self._timed(selected)
+            selected = [(seq, slot) for seq, slot in timed if slot.mtime is not None]
+            gone += len(timed) - len(selected)
         # A listing of structures (ENVELOPE, BODYSTRUCTURE, RFC822.SIZE)
         # is answered from the folder's fetch index where it can be.
         index = account.cache.indexFor(view.path) if wantStructure and indexable(items) else None
@@ -334,6 +345,27 @@ class SelectedCommands:
         if gone:
             raise no(b"Some messages were expunged by another session")
         self._tagged(tag, b"OK", b"FETCH completed")
+
+    async def _timed(self, pairs: list[tuple[int, Slot]]) -> list[tuple[int, Slot]]:
+        """
+        Look at the INTERNALDATEs of messages the session has not seen a
+        time of (L{withTimes}), in one worker-thread call, and keep them in
+        the view.
+
+        @param pairs: C{(seq, slot)} of the messages.
+        @return: the same with the slots' times; a message expunged
+            meanwhile keeps its slot, without a time.
+        """
+        missing = [(seq, slot) for seq, slot in pairs if slot.mtime is None]
+        if not missing:
+            return pairs
+        timed = await self.account.runner.run(withTimes, self.view.path, [slot for _, slot in missing])
+        found = {}
+        for (seq, slot), new in zip(missing, timed):
+            if new is not None:
+                self.view.replace(seq, slot, new)
+                found[seq] = new
+        return [(seq, found.get(seq, slot)) for seq, slot in pairs]
 
     async def _indexBatches(self, indexing: dict[int, Deferred], selected: list, position: int,
                             index: FetchIndex, batch: list[tuple[str, str]]) -> dict:

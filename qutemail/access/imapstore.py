@@ -26,7 +26,7 @@ import shutil
 import attrs
 
 from qutemail.store.folders import MaildirFolders
-from qutemail.access.keywords import ensureKeywords, readKeywords
+from qutemail.access.keywords import KeywordMap, ensureKeywords, readKeywords
 from qutemail.access.uids import (
     INFO_PREFIX, FolderMessage, FolderState, flagsOfLetters, infoLetters, keywordsIn, lettersIn, lettersOfFlags,
     setFlags, sync,
@@ -69,13 +69,17 @@ def storedSize(path: str) -> int:
     return os.stat(path).st_size
 
 
-def uniqueName(now: float, hostname: str, size: int) -> str:
+def uniqueName(now: float, hostname: str, size: int, order: int = 0) -> str:
     """
+    @param order: where the message comes among those one command writes
+        at the same C{now}: the random part starts with it, so that their
+        names sort (and a folder gives them UIDs, see
+        L{qutemail.access.uids}) in that order.
     @return: a new message base name (see the module docstring).
     """
     secs = int(now)
     host = hostname.replace("/", r"\057").replace(":", r"\072")
-    return f"{secs}.M{int((now - secs) * 1_000_000):06d}P{os.getpid()}R{os.urandom(8).hex()}.{host},S={size}"
+    return f"{secs}.M{int((now - secs) * 1_000_000):06d}P{os.getpid()}R{order:08x}{os.urandom(8).hex()}.{host},S={size}"
 
 
 def usage(root: str) -> tuple[int, int]:
@@ -112,14 +116,32 @@ def syncFolder(folderPath: str, now: float, claim: bool) -> tuple[FolderState, f
         if message.path.startswith(inNew):
             recent.add(message.baseName)
             if claim:
-                try:
-                    message = attrs.evolve(message, path=setFlags(message.path, message.flags, state.keywords))
-                except FileNotFoundError:
-                    message = attrs.evolve(message, path=locate(folderPath, message.baseName) or message.path)
+                message = _claimed(folderPath, message, state.keywords)
         messages.append(message)
     if claim and recent:
         state = attrs.evolve(state, messages=tuple(messages))
     return state, frozenset(recent)
+
+
+def _claimed(folderPath: str, message: FolderMessage, keywords: KeywordMap) -> FolderMessage:
+    """
+    Move a message from C{new/} into C{cur/} (L{syncFolder}).  A file
+    delivered there has no info yet, so it moves under its own name with
+    an empty C{:2,} (what L{setFlags} makes of it, without working out
+    its letters: a first SELECT may claim a thousand).
+
+    @return: the message at its new place (at its old one if it is gone).
+    """
+    name = os.path.basename(message.path)
+    try:
+        if ":" not in name:
+            path = os.path.join(folderPath, "cur", name + INFO_PREFIX)
+            os.rename(message.path, path)
+        else:
+            path = setFlags(message.path, message.flags, keywords)
+    except FileNotFoundError:
+        path = locate(folderPath, message.baseName) or message.path
+    return FolderMessage(message.uid, message.baseName, path, message.flags, message.mtime)
 
 
 def storeFlags(folderPath: str, baseName: str, path: str, flags: frozenset[str]) -> str:
@@ -285,12 +307,12 @@ def transfer(sources: list[FolderMessage], sourceFolder: str, targetFolder: str,
     # Every keyword gets its letter in the target before anything moves.
     targetKeywords = ensureKeywords(targetFolder, {k for f in flags for k in keywordsIn(f)})
     names, moved, copied = [], [], 0
-    for message, path, messageFlags in zip(sources, paths, flags):
+    for order, (message, path, messageFlags) in enumerate(zip(sources, paths, flags)):
         if path is None:
             names.append(None)
             continue
         size = storedSize(path)
-        baseName = uniqueName(now, hostname, size)
+        baseName = uniqueName(now, hostname, size, order)
         # The flags as the file has them now; other tools' letters are
         # kept, keyword letters are the target's.
         keep = "".join(c for c in infoLetters(os.path.basename(path)) if not "a" <= c <= "z")

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.access.test_listingcache -*-
 """
 A process-wide memory of folders' last L{qutemail.access.uids.sync}, so
-that opening an unchanged folder does not list and C{stat} every message
-file and parse its C{uidlist} again (issue 14: on a 10,000-message INBOX
+that opening an unchanged folder does not list every message file and
+parse its C{uidlist} again (issue 14: on a 10,000-message INBOX
 that was most of a SELECT).  Dovecot spares itself the same work by
 keeping C{new/} and C{cur/}'s modification times in its index.
 
@@ -19,10 +19,7 @@ same reason (it keeps whole seconds).  Where the times have a fraction of
 a second (ext4, XFS, Btrfs, tmpfs: nanoseconds, ticking with the kernel's
 coarse clock every 1-10 ms), L{FINE_SETTLED_SECONDS} is margin enough; a
 time on a whole second, as a file system that keeps whole seconds gives
-every time, is taken for one of those.  An unsettled state is kept only
-to lend its messages' modification times to the next look
-(L{ListingCache.previous}), which then C{stat}s only the files it has not
-seen under their names.  The C{uidlist} is the exception: only a look
+every time, is taken for one of those.  The C{uidlist} is the exception: only a look
 writes it, by replacing it under the folder's lock, and it changes only
 when the directories did (or when it is rebuilt), so the state the look
 wrote into it is remembered at once.  A folder that keeps changing is
@@ -91,8 +88,8 @@ class ListingCache:
         """
         self.maxMessages = maxMessages
         self._lock = threading.Lock()
-        # By folder path: (stamps, state, messages, settled).
-        self._states: OrderedDict[str, tuple[tuple, Any, int, bool]] = OrderedDict()
+        # By folder path: (stamps, state, messages).
+        self._states: OrderedDict[str, tuple[tuple, Any, int]] = OrderedDict()
         self._held = 0
 
     def get(self, folderPath: str, stamps: tuple) -> Any:
@@ -103,26 +100,16 @@ class ListingCache:
         """
         with self._lock:
             hit = self._states.get(folderPath)
-            if hit is None or not hit[3] or hit[0] != stamps:
+            if hit is None or hit[0] != stamps:
                 return None
             self._states.move_to_end(folderPath)
             return hit[1]
 
-    def previous(self, folderPath: str) -> Any:
-        """
-        @return: the last state read of a folder, settled or not, changed
-            since or not (for what does not change while a file keeps its
-            name, such as its modification time), or C{None}.
-        """
-        with self._lock:
-            hit = self._states.get(folderPath)
-            return hit[1] if hit is not None else None
-
     def put(self, folderPath: str, stamps: tuple, state: Any, size: int, now: float,
             written: tuple[int, ...] = ()) -> None:
         """
-        Remember a folder's state: for L{get} if its files have settled
-        (see L{settled}), else only for L{previous}.
+        Remember a folder's state for L{get}, if its files have settled
+        (see L{settled}); an unsettled one is forgotten.
 
         @param stamps: the stamps taken before the state was read (after
             writing, for the files the look wrote itself).
@@ -138,12 +125,12 @@ class ListingCache:
             old = self._states.pop(folderPath, None)
             if old is not None:
                 self._held -= old[2]
-            if size > self.maxMessages:
+            if size > self.maxMessages or not settled(mustSettle, now):
                 return
-            self._states[folderPath] = (stamps, state, size, settled(mustSettle, now))
+            self._states[folderPath] = (stamps, state, size)
             self._held += size
             while self._held > self.maxMessages:
-                _, (_, _, dropped, _) = self._states.popitem(last=False)
+                _, (_, _, dropped) = self._states.popitem(last=False)
                 self._held -= dropped
 
     def clear(self) -> None:

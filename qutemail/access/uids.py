@@ -11,7 +11,8 @@ C{cur/} and its flags change, so it keeps its UID.
 
 L{sync} brings the file up to date with the folder: messages delivered
 since (while nobody was logged in, too) get the next UIDs in delivery order
-(modification time, then name), vanished ones are dropped.  It holds an
+(by name: a Maildir file's name begins with the second it was delivered,
+and ours then the microsecond, zero-padded), vanished ones are dropped.  It holds an
 exclusive C{flock} on the folder directory while it reads and rewrites the
 file (atomically, with L{qutemail.durable.replaceFile}), so two sessions or
 processes never hand out one UID twice.
@@ -44,7 +45,6 @@ from qutemail.access.listingcache import ListingCache, folderStamps
 from qutemail.store.dirlock import DirectoryLock
 from qutemail.durable import replaceFile
 from qutemail.store.folders import KEYWORDS_FILE
-from qutemail.store.mailbox import messageEntries
 from qutemail.store.reader import storedId
 
 _log = Logger()
@@ -97,15 +97,18 @@ class FolderMessage:
     @ivar baseName: its file name up to the info (C{:2,} and flags).
     @ivar path: its file.
     @ivar flags: its IMAP flags (see L{LETTER_TO_FLAG}).
-    @ivar mtime: its file's modification time (its IMAP INTERNALDATE), as
-        L{sync} saw it.
+    @ivar mtime: its file's modification time (its IMAP INTERNALDATE), or
+        C{None} when nobody has looked yet: L{sync} lists the folder without
+        a C{stat} of each file (on a 10,000-message INBOX the C{stat}s were
+        half of a first SELECT, issue 14; Dovecot's first SELECT reads the
+        directories only too).  L{withTimes} looks.
     """
 
     uid: int
     baseName: str
     path: str
     flags: frozenset[str]
-    mtime: float = 0.0
+    mtime: float | None = None
 
 
 @attrs.frozen
@@ -255,35 +258,85 @@ def formatUidList(uidValidity: int, uidNext: int, entries: Iterable[tuple[int, s
     return "".join(lines).encode("utf-8")
 
 
-def _scan(folderPath: str, known: dict[str, float] | None = None) -> dict[str, tuple[str, float]]:
+def _scan(folderPath: str) -> dict[str, str]:
     """
     The message files of a folder by base name: C{new/} then C{cur/} (a
     message moving meanwhile is seen at least once; the C{cur/} entry
     wins).  Dot files, non-files and names that cannot be listed in a
-    C{uidlist} (holding a newline or not UTF-8) are skipped.
+    C{uidlist} (holding a newline or not UTF-8) are skipped.  Each
+    directory is read in a few bulk steps rather than entry by entry: a
+    first look at a large folder lists thousands of files.
 
-    @param known: modification times of files by path, from an earlier
-        look: a message file keeps its content and time while it keeps its
-        name, so only the others are C{stat}ed.
-    @return: C{{baseName: (path, mtime)}}.
+    @return: C{{baseName: path}}.
     """
-    known = known or {}
-    found: dict[str, tuple[str, float]] = {}
-    for entry in messageEntries(folderPath):
-        name = entry.name
-        if "\n" in name or not name.isprintable():
-            continue
-        try:
-            name.encode("utf-8")
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            mtime = known.get(entry.path)
-            if mtime is None:
-                mtime = entry.stat(follow_symlinks=False).st_mtime
-        except (UnicodeEncodeError, FileNotFoundError):
-            continue
-        found[storedId(name)] = (entry.path, mtime)
+    found: dict[str, str] = {}
+    for sub in ("new", "cur"):
+        entries = _messageFiles(os.path.join(folderPath, sub))
+        found.update(zip([storedId(e.name) for e in entries], [e.path for e in entries]))
     return found
+
+
+def _messageFiles(directory: str) -> list[os.DirEntry]:
+    """
+    The entries of a Maildir subdirectory that L{_scan} lists: files whose
+    names are printable (so no newline; a name that is not UTF-8 reads
+    with surrogate escapes, which are not printable either) and do not
+    start with a dot.  A missing directory has none.
+    """
+    try:
+        listing = os.scandir(directory)
+    except FileNotFoundError:
+        return []
+    with listing:
+        entries = [e for e in listing if e.name.isprintable() and e.name[0] != "."]
+    try:
+        # The type comes with the listing on most file systems, no stat.
+        return [e for e in entries if e.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return [e for e in entries if _stillFile(e)]
+
+
+def _stillFile(entry: os.DirEntry) -> bool:
+    """
+    @return: whether an entry is a file; C{False} when it is gone.
+    """
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+
+
+def withTimes(folderPath: str, messages: list[FolderMessage]) -> list[FolderMessage | None]:
+    """
+    The messages with their modification times (see L{FolderMessage}):
+    those already looked at as they are, the others C{stat}ed.  A file not
+    at its path any more has been renamed by a flag change elsewhere, and
+    is looked for by its base name in C{cur/}.  Blocking.
+
+    @param folderPath: the folder's directory.
+    @return: each message with its time and, if it was found elsewhere,
+        its path there; C{None} for one that is gone (expunged).
+    """
+    timed: list[FolderMessage | None] = []
+    moved: dict[str, str] | None = None
+    for message in messages:
+        if message.mtime is not None:
+            timed.append(message)
+            continue
+        path = message.path
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            if moved is None:
+                moved = _scan(folderPath)
+            path = moved.get(message.baseName, path)
+            try:
+                mtime = os.stat(path).st_mtime
+            except FileNotFoundError:
+                timed.append(None)
+                continue
+        timed.append(attrs.evolve(message, path=path, mtime=mtime))
+    return timed
 
 
 def _readUidList(listPath: str, now: float) -> tuple[int, int, list[tuple[int, str]], bool]:
@@ -341,12 +394,11 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
         if remembered is not None:
             return remembered
         uidValidity, uidNext, entries, changed = _readUidList(listPath, now)
-        previous = listings.previous(folderPath)
-        files = _scan(folderPath, {m.path: m.mtime for m in previous.messages} if previous is not None else None)
+        files = _scan(folderPath)
         kept = [(uid, name) for uid, name in entries if name in files]
         changed = changed or len(kept) != len(entries)
         known = {name for _, name in kept}
-        arrived = sorted((n for n in files if n not in known), key=lambda n: (files[n][1], n))
+        arrived = sorted(n for n in files if n not in known)
         if uidNext + len(arrived) > MAX_UID + 1:
             raise OverflowError(f"{folderPath} has run out of UIDs")
         for name in arrived:
@@ -363,19 +415,20 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
     return state
 
 
-def _messages(kept: list[tuple[int, str]], files: dict[str, tuple[str, float]],
-              keywords: KeywordMap) -> tuple[FolderMessage, ...]:
+def _messages(kept: list[tuple[int, str]], files: dict[str, str], keywords: KeywordMap) -> tuple[FolderMessage, ...]:
     """
     @return: the messages of a folder's C{uidlist} entries, with the paths
-        and modification times L{_scan} found and the flags of their names.
+        L{_scan} found and the flags of their names (their times not
+        looked at yet).
     """
     flagsOf: dict[str, frozenset[str]] = {}
     messages = []
     for uid, name in kept:
-        path, mtime = files[name]
-        letters = infoLetters(path[path.rfind("/") + 1:])
+        path = files[name]
+        # The info's letters (C{""} without one): a base name has no "/".
+        letters = path[path.rfind("/") + 1:].partition(INFO_PREFIX)[2]
         flags = flagsOf.get(letters)
         if flags is None:
             flags = flagsOf[letters] = flagsOfLetters(letters, keywords)
-        messages.append(FolderMessage(uid, name, path, flags, mtime))
+        messages.append(FolderMessage(uid, name, path, flags))
     return tuple(messages)

@@ -29,7 +29,7 @@ import attrs
 
 from qutemail.access.imapstore import storedSize
 from qutemail.access.listingcache import folderStamps, settled
-from qutemail.access.uids import sync
+from qutemail.access.uids import sync, withTimes
 from qutemail.durable import PRIVATE_FILE_MODE
 from qutemail.jmap import ids
 from qutemail.store.folders import INBOX, KEYWORDS_FILE, SEPARATOR, SPECIAL_FOLDERS, MaildirFolders
@@ -206,9 +206,11 @@ def _readFolder(path: str, boxId: str, now: float) -> tuple[list[EmailEntry], in
     """
     state = sync(path, now)
     emails, unread = [], 0
-    for message in state.messages:
-        if "\\Seen" not in message.flags:
+    for listed, message in zip(state.messages, withTimes(path, list(state.messages))):
+        if "\\Seen" not in listed.flags:
             unread += 1
+        if message is None:
+            continue
         try:
             size = storedSize(message.path)
         except FileNotFoundError:

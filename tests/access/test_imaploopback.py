@@ -395,6 +395,37 @@ class LoopbackTests(TestCase):
             self.assertEqual(len(parseLines(f.read())), count + 1)
         self.assertEqual(await self.imap(session), expected)
 
+    async def test_internalDatesWhenAsked(self) -> None:
+        """
+        SELECT lists the folder without a C{stat} of each file; a FETCH of
+        INTERNALDATE and a SEARCH by date look then: each message has its
+        file's time, one renamed by another session's flag change is found
+        under its new name, and one expunged by another session is left
+        out (the FETCH then says so).
+        """
+        names = [f"1700003{i:03d}.M{i}Q{i}R0.host,S={i}" for i in range(3)]
+        paths = [deliver(self.inbox, name + ":2,S", b"Subject: t\n\nbody\n", when, "cur")
+                 for name, when in zip(names, (1704153600, 1704240000, 1704326400))]
+
+        def session(client):
+            client.select("INBOX")
+            # Another session sets a flag on the first and expunges the third.
+            os.rename(paths[0], paths[0] + "F")
+            os.remove(paths[2])
+            status, _ = client.fetch("1:*", "(INTERNALDATE)")
+            fetched = [line for line in client.response("FETCH")[1] if line]
+            since = client.search(None, "SINCE", "2-Jan-2024")[1][0]
+            before = client.search(None, "BEFORE", "3-Jan-2024")[1][0]
+            return status, fetched, since, before
+
+        status, fetched, since, before = await self.imap(session)
+        self.assertEqual(status, "NO")
+        self.assertEqual(fetched, [b'1 (INTERNALDATE "14-Nov-2023 22:13:21 +0000")',
+                                   b'2 (INTERNALDATE "14-Nov-2023 22:13:22 +0000")',
+                                   b'3 (INTERNALDATE "02-Jan-2024 00:00:00 +0000")',
+                                   b'4 (INTERNALDATE "03-Jan-2024 00:00:00 +0000")'])
+        self.assertEqual((since, before), (b"3 4", b"1 2 3"))
+
     async def test_manyBodies(self) -> None:
         """
         A FETCH of many whole messages, far past one batch of output, with

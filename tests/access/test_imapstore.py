@@ -13,7 +13,7 @@ from qutemail.access.imapstore import (
     OverQuota, abortAppend, beginAppend, deleteFolder, expunge, finishAppend, storeFlags, syncFolder,
     transfer, usage, writeAppend,
 )
-from qutemail.access.uids import sync
+from qutemail.access.uids import sync, withTimes
 from qutemail.store.mailbox import readUsage, recordUsage
 
 
@@ -55,7 +55,7 @@ class StoreTests(SynchronousTestCase):
         [message] = state.messages
         self.assertEqual(recent, {"1700000000.M1Q1R0.host,S=12"})
         self.assertEqual(message.path, os.path.join(self.root, "cur", "1700000000.M1Q1R0.host,S=12:2,"))
-        self.assertEqual(message.mtime, 1700000000.0)
+        self.assertEqual(withTimes(self.root, [message])[0].mtime, 1700000000.0)
         again, recent = syncFolder(self.root, 1700000200, True)
         self.assertEqual((again.messages[0].uid, recent), (message.uid, frozenset()))
 
@@ -88,7 +88,7 @@ class StoreTests(SynchronousTestCase):
         writeAppend(append, b"ect")
         uidValidity, uid = finishAppend(append, sent, frozenset({"\\Seen"}), 1600000000.0, self.root, 0, 1700000001)
         [name] = os.listdir(os.path.join(sent, "new"))
-        self.assertRegex(name, r"^1700000000\.M500000P\d+R[0-9a-f]{16}\.mail\.example\.test,S=7:2,S$")
+        self.assertRegex(name, r"^1700000000\.M500000P\d+R[0-9a-f]{24}\.mail\.example\.test,S=7:2,S$")
         self.assertEqual(os.stat(os.path.join(sent, "new", name)).st_mtime, 1600000000.0)
         self.assertEqual(os.listdir(os.path.join(sent, "tmp")), [])
         self.assertEqual(readUsage(self.root), (12 + 7, 2))

@@ -8,12 +8,13 @@ have settled.
 import os
 import time
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access.listingcache import (
     FINE_SETTLED_SECONDS, SETTLED_SECONDS, ListingCache, folderStamps, settled,
 )
-from qutemail.access.uids import setFlags, sync
+from qutemail.access.uids import setFlags, sync, withTimes
 from qutemail.store.folders import MaildirFolders
 from tests.access.test_uids import _deliver, _uids
 
@@ -73,25 +74,24 @@ class ListingCacheTests(SynchronousTestCase):
         self.assertGreater(os.stat(os.path.join(self.inbox, "uidlist")).st_mtime, now - FINE_SETTLED_SECONDS)
         self.assertIs(sync(self.inbox, now, self.listings), first)
 
-    def test_timesLent(self) -> None:
+    def test_timesLookedAtLater(self) -> None:
         """
-        After a change, the next look takes the modification times of the
-        files it saw before under the same names from the last state
-        (settled or not) and C{stat}s only the others: a file's time
-        changed behind the folder's back (which Maildir never does) shows
-        the time first seen, the new file its own.
+        A look lists a folder without the files' modification times (no
+        C{stat} each); L{withTimes} looks, keeps times already known, finds
+        a file renamed by a flag change elsewhere by its base name, and
+        gives C{None} for one that is gone.
         """
         first = sync(self.inbox, time.time(), self.listings)
-        path = first.messages[0].path
-        os.utime(path, (1_600_000_000, 1_600_000_000))
-        _deliver(self.inbox, "9.M9Q1R0.host,S=20", 1_650_000_000)
-        second = sync(self.inbox, time.time(), self.listings)
-        times = {m.baseName: m.mtime for m in second.messages}
-        self.assertEqual(times[first.messages[0].baseName], first.messages[0].mtime)
-        self.assertEqual(times["9.M9Q1R0.host,S=20"], 1_650_000_000)
-        # Without a last state every file is stat'ed.
-        third = sync(self.inbox, time.time(), ListingCache())
-        self.assertEqual({m.baseName: m.mtime for m in third.messages}[first.messages[0].baseName], 1_600_000_000)
+        self.assertEqual([m.mtime for m in first.messages], [None, None, None])
+        one, two, three = first.messages
+        os.utime(one.path, (1_600_000_000, 1_600_000_000))
+        moved = setFlags(two.path, {"\\Seen"})
+        os.remove(three.path)
+        known = attrs.evolve(one, mtime=5.0)
+        timed = withTimes(self.inbox, [one, two, three, known])
+        self.assertEqual([(m.path, m.mtime) for m in timed[:2]],
+                         [(one.path, 1_600_000_000), (moved, 1_700_000_001)])
+        self.assertEqual(timed[2:], [None, known])
 
     def test_changesSeen(self) -> None:
         """

@@ -99,20 +99,29 @@ class SyncTests(SynchronousTestCase):
 
     def test_deliveryOrder(self) -> None:
         """
-        New messages get UIDs in delivery order (modification time, then
-        name), from C{new/} and C{cur/}; dot files are skipped.
+        New messages get UIDs in delivery order as their names tell it (a
+        Maildir name begins with its delivery time, our own to the
+        microsecond), whatever the files' modification times (not looked
+        at), from C{new/} and C{cur/}; dot files and names that cannot be
+        listed (a newline, bytes that are not UTF-8) are skipped.
         """
-        _deliver(self.inbox, "b", NOW - 10)
-        _deliver(self.inbox, "a", NOW - 5)
-        _deliver(self.inbox, "c", NOW - 5)
+        _deliver(self.inbox, "1700000001.M000002P1.host", NOW - 10)
+        _deliver(self.inbox, "1700000001.M000010P1.host", NOW - 50)
+        _deliver(self.inbox, "1700000000.M999999P1.host", NOW - 5)
         _deliver(self.inbox, ".hidden", NOW - 20)
-        os.rename(os.path.join(self.inbox, "new", "c"), os.path.join(self.inbox, "cur", "c:2,S"))
+        _deliver(self.inbox, "two\nlines", NOW - 20)
+        with open(os.path.join(os.fsencode(self.inbox), b"new", b"not-utf8-\xff"), "wb") as f:
+            f.write(b"Subject: x\n\nx\n")
+        os.rename(os.path.join(self.inbox, "new", "1700000001.M000002P1.host"),
+                  os.path.join(self.inbox, "cur", "1700000001.M000002P1.host:2,S"))
         state = sync(self.inbox, NOW)
-        self.assertEqual(_uids(state), {"b": 1, "a": 2, "c": 3})
+        self.assertEqual(_uids(state), {"1700000000.M999999P1.host": 1, "1700000001.M000002P1.host": 2,
+                                        "1700000001.M000010P1.host": 3})
         self.assertEqual(state.uidNext, 4)
         self.assertEqual([m.uid for m in state.messages], [1, 2, 3])
-        self.assertEqual(state.messages[2].flags, frozenset({"\\Seen"}))
-        self.assertEqual(state.messages[2].path, os.path.join(self.inbox, "cur", "c:2,S"))
+        self.assertEqual(state.messages[1].flags, frozenset({"\\Seen"}))
+        self.assertEqual(state.messages[1].path, os.path.join(self.inbox, "cur", "1700000001.M000002P1.host:2,S"))
+        self.assertEqual([m.mtime for m in state.messages], [None, None, None])
 
     def test_stableAcrossRestart(self) -> None:
         """
