@@ -24,6 +24,8 @@ _ATOM_END = set(b' ()"') | _CTL
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}$")
 # Longest string we send quoted rather than as a literal.
 MAX_QUOTED_BYTES = 1000
+# Bytes a quoted string cannot hold (RFC 3501 §9, QUOTED-CHAR).
+_NOT_QUOTABLE = re.compile(rb"[\r\n\x00]")
 # Deepest nesting of parenthesised lists in a command's arguments (no
 # command needs more than a few; SEARCH has its own, lower, limit).
 MAX_LIST_DEPTH = 100
@@ -223,10 +225,11 @@ def string(value: bytes) -> bytes:
     """
     @return: C{value} as a quoted string when it can be one, else a literal.
     """
-    if (len(value) > MAX_QUOTED_BYTES or b"\r" in value or b"\n" in value or b"\x00" in value
-            or not value.isascii()):
+    if len(value) > MAX_QUOTED_BYTES or not value.isascii() or _NOT_QUOTABLE.search(value) is not None:
         return b"{%d}\r\n%b" % (len(value), value)
-    return quoted(value)
+    if b"\\" in value or b'"' in value:
+        return quoted(value)
+    return b'"' + value + b'"'
 
 
 def formatValue(value: Any) -> bytes:
@@ -236,8 +239,17 @@ def formatValue(value: Any) -> bytes:
     surrogate escapes of raw header bytes restored), a list or tuple a
     parenthesised list.
     """
+    # The common kinds first, by exact type (an Atom is bytes too; a
+    # bool is an int).
+    kind = type(value)
+    if kind is bytes:
+        return string(value)
     if value is None:
         return b"NIL"
+    if kind is str:
+        return string(value.encode("utf-8", "surrogateescape"))
+    if kind is int:
+        return b"%d" % (value,)
     if isinstance(value, Atom):
         return bytes(value)
     if isinstance(value, bool):
@@ -255,7 +267,7 @@ def formatList(values: Iterable[Any]) -> bytes:
     """
     @return: a parenthesised list of L{formatValue}s.
     """
-    return b"(" + b" ".join(formatValue(v) for v in values) + b")"
+    return b"(" + b" ".join([formatValue(v) for v in values]) + b")"
 
 
 def formatInternalDate(seconds: float) -> bytes:
