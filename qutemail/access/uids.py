@@ -272,7 +272,8 @@ def _scan(folderPath: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for sub in ("new", "cur"):
         entries = _messageFiles(os.path.join(folderPath, sub))
-        found.update(zip([storedId(e.name) for e in entries], [e.path for e in entries]))
+        # storedId, inline: the base name is the name up to its info.
+        found.update(zip([e.name.partition(":")[0] for e in entries], [e.path for e in entries]))
     return found
 
 
@@ -401,9 +402,8 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
         arrived = sorted(n for n in files if n not in known)
         if uidNext + len(arrived) > MAX_UID + 1:
             raise OverflowError(f"{folderPath} has run out of UIDs")
-        for name in arrived:
-            kept.append((uidNext, name))
-            uidNext += 1
+        kept += zip(range(uidNext, uidNext + len(arrived)), arrived)
+        uidNext += len(arrived)
         if changed or arrived:
             status = replaceFile(listPath, formatUidList(uidValidity, uidNext, kept))
             stamps = stamps[:2] + ((status.st_ino, status.st_mtime_ns, status.st_size),) + stamps[3:]
@@ -419,16 +419,12 @@ def _messages(kept: list[tuple[int, str]], files: dict[str, str], keywords: Keyw
     """
     @return: the messages of a folder's C{uidlist} entries, with the paths
         L{_scan} found and the flags of their names (their times not
-        looked at yet).
+        looked at yet).  Made list by list rather than message by message:
+        a first look at a large folder makes thousands.
     """
-    flagsOf: dict[str, frozenset[str]] = {}
-    messages = []
-    for uid, name in kept:
-        path = files[name]
-        # The info's letters (C{""} without one): a base name has no "/".
-        letters = path[path.rfind("/") + 1:].partition(INFO_PREFIX)[2]
-        flags = flagsOf.get(letters)
-        if flags is None:
-            flags = flagsOf[letters] = flagsOfLetters(letters, keywords)
-        messages.append(FolderMessage(uid, name, path, flags))
-    return tuple(messages)
+    names = [name for _, name in kept]
+    paths = [files[name] for name in names]
+    # The info's letters (C{""} without one); a base name has no "/".
+    letters = [path[path.rfind("/") + 1:].partition(INFO_PREFIX)[2] for path in paths]
+    flagsOf = {each: flagsOfLetters(each, keywords) for each in set(letters)}
+    return tuple(map(FolderMessage, [uid for uid, _ in kept], names, paths, [flagsOf[each] for each in letters]))
