@@ -85,6 +85,15 @@ class Indexed:
     body: bytes
     fields: bytes | None = None
 
+    def __reduce__(self) -> tuple:
+        """
+        Pickle as the class and its values: the delivery process sends a
+        first listing's entries by the thousand (L{qutemail.store.deliveryworker}),
+        and attrs' default state (a dict of field names and values) took
+        twice the time to pickle and to load and 70% more bytes.
+        """
+        return (Indexed, (self.size, self.envelope, self.bodyStructure, self.body, self.fields))
+
     def line(self, baseName: str) -> bytes:
         """
         @return: this entry's line in the index file.

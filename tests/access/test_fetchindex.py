@@ -4,6 +4,7 @@ sends about messages' structure.
 """
 
 import os
+import pickle
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -60,6 +61,17 @@ class FetchIndexTests(SynchronousTestCase):
         self.refresh(first, ["a", "b"])
         self.assertEqual((first.get("a"), first.get("b")), (entry(1), entry(2)))
         self.assertEqual(os.stat(os.path.join(self.folder, INDEX_NAME)).st_mode & 0o777, 0o600)
+
+    def test_pickledAsValues(self) -> None:
+        """
+        An entry pickles (as the delivery process sends it) to an equal
+        entry, with or without its search fields, and without naming its
+        fields.
+        """
+        for each in (entry(1), attrs.evolve(entry(2), fields=None)):
+            data = pickle.dumps(each, protocol=pickle.HIGHEST_PROTOCOL)
+            self.assertEqual(pickle.loads(data), each)
+            self.assertNotIn(b"bodyStructure", data)
 
     def test_ownAppendsNotReadBack(self) -> None:
         """

@@ -42,6 +42,20 @@ class PlainIndexTests(SynchronousTestCase):
         self.assertEqual(entry, indexEntry(scanMessage(io.BytesIO(PLAIN))))
         self.assertEqual(readWhole(path, WHOLE_READ_BYTES), PLAIN)
 
+    def test_readWholeBoundaries(self) -> None:
+        """
+        L{readWhole} gives a file of exactly C{maxBytes} whole, in however
+        many reads it takes, and nothing for one a byte longer; a limit
+        smaller than one read is kept too.
+        """
+        for size in (WHOLE_READ_BYTES, 100 * 1024 + 7, 64 * 1024, 20):
+            content = b"Subject: s\n\n" + b"y" * (size - 13) + b"\n"
+            self.assertEqual(len(content), size)
+            path = self.write("m%d" % (size,), content)
+            self.assertEqual(readWhole(path, size), content)
+            self.assertIsNone(readWhole(path, size - 1))
+            self.assertEqual(readWhole(path, WHOLE_READ_BYTES), content)
+
     def test_leftToTheServer(self) -> None:
         """
         A message larger than L{WHOLE_READ_BYTES}, one whose header names
