@@ -348,6 +348,15 @@ class Entity:
         """
         return self._typeParams
 
+    def fieldValues(self) -> dict[str, list[str]]:
+        """
+        @return: every field's values as they are (see L{rawFields}), by
+            lower-case name: for callers that look up many fields of each
+            of many messages (ENVELOPE, BODYSTRUCTURE, the fetch index).
+            Read it, never change it.
+        """
+        return self._byName if self._byName is not None else self._fields()
+
     def rawFields(self, name: str) -> list[str]:
         """
         @return: every value of a field as it is (8-bit bytes as surrogate

@@ -75,8 +75,9 @@ def indexedFields(structure: Any) -> bytes:
         C{date}'s) and its case folded forms.
     """
     entries = []
+    byName = structure.fieldValues()
     for name in INDEXED_FIELDS:
-        raw = structure.rawFields(name)
+        raw = byName.get(name)
         if raw:
             values = _forms(raw)
             entries.append(_FIELD_SEP.join((name, values[0].replace(_ENTRY_SEP, " ").replace(_FIELD_SEP, " "),
