@@ -32,13 +32,15 @@ def readWhole(path: str, maxBytes: int) -> bytes | None:
     L{qutemail.store.reader.mayBeOurs}: such a message may be one of ours,
     which only L{qutemail.store.reader.openStored} can tell).  Blocking.
 
-    The file is read with bare system calls, a few KB being one read to
-    its end (a read of a regular file that returns less than asked has
-    reached the end), without a C{fstat} or a file object: a first
+    The file is read with bare system calls.  A message of a few KB is
+    one read to its end (a read of a regular file that gives less than
+    asked has reached it), with no C{fstat} and no file object: a first
     listing reads thousands, and those were half of the time a read took.
+    A longer one is C{fstat}ed before any more is read, so a large
+    message costs one read, not C{maxBytes} of them.
 
-    @return: the content, or C{None} when the file is larger or may be
-        ours.
+    @return: the content, or C{None} when the file is larger (or grew
+        while it was read) or may be ours.
     @raise OSError: it cannot be read.
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -46,14 +48,14 @@ def readWhole(path: str, maxBytes: int) -> bytes | None:
         wanted = min(_READ_BYTES, maxBytes + 1)
         data = os.read(fd, wanted)
         if len(data) == wanted:
-            chunks, total = [data], len(data)
-            while total <= maxBytes:
-                more = os.read(fd, min(_READ_BYTES, maxBytes + 1 - total))
-                if not more:
-                    break
-                chunks.append(more)
-                total += len(more)
-            data = b"".join(chunks)
+            size = os.fstat(fd).st_size
+            if size > maxBytes:
+                return None
+            # The rest in one read: a stored message does not change, and
+            # one that grew since the fstat is left to the caller.
+            data += os.read(fd, max(size + 1 - len(data), 1))
+            if len(data) > size:
+                return None
     finally:
         os.close(fd)
     if len(data) > maxBytes or namesEncrypted(data):
