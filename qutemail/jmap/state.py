@@ -197,26 +197,38 @@ def _stamp(path: str, now: float) -> tuple | None:
     return stamps if settled(stamps, now) else None
 
 
-def _readFolder(path: str, boxId: str, now: float) -> tuple[list[EmailEntry], int, int]:
+def _readFolder(path: str, boxId: str, now: float,
+                known: dict[str, float] | None = None) -> tuple[list[EmailEntry], int, int]:
     """
     Sync a folder and list its emails.
+
+    @param known: delivery times by base name from the folder's last
+        reading: a message file keeps its time while it keeps its name, so
+        only the others are C{stat}ed.
 
     @return: its emails, its message count, its unread count.
     @raise FileNotFoundError: it is gone.
     """
     state = sync(path, now)
+    known = known or {}
+    timed = {m.baseName: m for m in withTimes(path, [m for m in state.messages if m.baseName not in known])
+             if m is not None}
     emails, unread = [], 0
-    for listed, message in zip(state.messages, withTimes(path, list(state.messages))):
-        if "\\Seen" not in listed.flags:
+    for message in state.messages:
+        if "\\Seen" not in message.flags:
             unread += 1
-        if message is None:
-            continue
+        mtime = known.get(message.baseName)
+        if mtime is None:
+            found = timed.get(message.baseName)
+            if found is None:
+                continue
+            message, mtime = found, found.mtime
         try:
             size = storedSize(message.path)
         except FileNotFoundError:
             continue
         emails.append(EmailEntry(ids.emailId(message.baseName), boxId, path, message.baseName,
-                                 message.path, message.flags, message.mtime, size, message.uid))
+                                 message.path, message.flags, mtime, size, message.uid))
     return emails, len(state.messages), unread
 
 
@@ -246,7 +258,8 @@ def takeSnapshot(root: str, now: float, stateDirectory: str, cache: dict | None 
             found, total, unread = cached[1]
         else:
             try:
-                found, total, unread = _readFolder(entry.path, boxId, now)
+                known = {e.baseName: e.receivedAt for e in cached[1][0]} if cached is not None else None
+                found, total, unread = _readFolder(entry.path, boxId, now, known)
             except FileNotFoundError:
                 cache.pop(entry.path, None)
                 continue

@@ -125,6 +125,23 @@ class FolderCacheTests(MailboxMixin, SynchronousTestCase):
         later = takeSnapshot(self.root, os.stat(os.path.join(self.root, "cur")).st_mtime + 5, self.states, cache)
         self.assertEqual([e.keywords for e in later.emails], [{"$seen": True}])
 
+    def test_timesKeptAcrossReadings(self):
+        """
+        A changed folder is read again, but a message seen before under the
+        same name keeps the delivery time first seen (a stored message
+        never changes, so its file is not stat'ed again), a new one gets
+        its file's.
+        """
+        cache: dict = {}
+        self.age()
+        [first] = takeSnapshot(self.root, 1000.0, self.states, cache).emails
+        os.utime(first.path, (1_600_000_000, 1_600_000_000))
+        os.utime(self.write("2000.M2P2.host,S=10"), (1_650_000_000, 1_650_000_000))
+        later = takeSnapshot(self.root, os.stat(os.path.join(self.root, "cur")).st_mtime + 5, self.states, cache)
+        self.assertEqual({e.baseName: e.receivedAt for e in later.emails},
+                         {"1000.M1P1.host,S=10": first.receivedAt, "2000.M2P2.host,S=10": 1_650_000_000})
+        self.assertNotEqual(first.receivedAt, 1_600_000_000)
+
     def test_racyNotKept(self):
         """
         A folder changed within the racy window is read, not kept.
