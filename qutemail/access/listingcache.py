@@ -140,3 +140,51 @@ class ListingCache:
         with self._lock:
             self._states.clear()
             self._held = 0
+
+
+class TimeCache:
+    """
+    The modification times (IMAP INTERNALDATEs) of message files, by
+    folder path and base name, as L{qutemail.access.uids.withTimes} found
+    them, so that a session does not C{stat} what another has: a stored
+    message never changes while it keeps its name, and a name is never
+    given twice.  Bounded like L{ListingCache}; the least recently used
+    folders go first.
+    """
+
+    def __init__(self, maxMessages: int = MAX_MESSAGES) -> None:
+        """
+        @param maxMessages: how many times to keep in all.
+        """
+        self.maxMessages = maxMessages
+        self._lock = threading.Lock()
+        self._folders: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._held = 0
+
+    def known(self, folderPath: str) -> dict[str, float]:
+        """
+        @return: the times known in a folder, by base name (a copy).
+        """
+        with self._lock:
+            times = self._folders.get(folderPath)
+            if times is None:
+                return {}
+            self._folders.move_to_end(folderPath)
+            return dict(times)
+
+    def add(self, folderPath: str, found: dict[str, float]) -> None:
+        """
+        Remember times found in a folder.
+        """
+        if not found or len(found) > self.maxMessages:
+            return
+        with self._lock:
+            times = self._folders.setdefault(folderPath, {})
+            self._folders.move_to_end(folderPath)
+            before = len(times)
+            times.update(found)
+            self._held += len(times) - before
+            while self._held > self.maxMessages:
+                _, dropped = self._folders.popitem(last=False)
+                self._held -= len(dropped)
+

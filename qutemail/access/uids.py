@@ -41,7 +41,7 @@ import attrs
 from twisted.logger import Logger
 
 from qutemail.access.keywords import EMPTY, KeywordMap, ensureKeywords, readKeywords
-from qutemail.access.listingcache import ListingCache, folderStamps
+from qutemail.access.listingcache import ListingCache, TimeCache, folderStamps
 from qutemail.store.dirlock import DirectoryLock
 from qutemail.durable import replaceFile
 from qutemail.store.folders import KEYWORDS_FILE
@@ -73,6 +73,8 @@ _ENTRY_LINES = re.compile(r"(?:[0-9]+ [^\n]+\n)*")
 _STATE_FILES = ("new", "cur", UIDLIST_FILE, KEYWORDS_FILE)
 # Every process's memory of its folders' last states.
 LISTINGS = ListingCache()
+# The times withTimes has found, for every session of the process.
+TIMES = TimeCache()
 
 
 class CorruptUidList(Exception):
@@ -307,36 +309,45 @@ def _stillFile(entry: os.DirEntry) -> bool:
         return False
 
 
-def withTimes(folderPath: str, messages: list[FolderMessage]) -> list[FolderMessage | None]:
+def withTimes(folderPath: str, messages: list[FolderMessage],
+              times: TimeCache = TIMES) -> list[FolderMessage | None]:
     """
     The messages with their modification times (see L{FolderMessage}):
-    those already looked at as they are, the others C{stat}ed.  A file not
-    at its path any more has been renamed by a flag change elsewhere, and
-    is looked for by its base name in C{cur/}.  Blocking.
+    those already looked at as they are, those whose times C{times} knows
+    with those, the others C{stat}ed (and their times added to C{times}).
+    A file not at its path any more has been renamed by a flag change
+    elsewhere, and is looked for by its base name in C{cur/}.  Blocking.
 
     @param folderPath: the folder's directory.
     @return: each message with its time and, if it was found elsewhere,
         its path there; C{None} for one that is gone (expunged).
     """
     timed: list[FolderMessage | None] = []
+    known = times.known(folderPath)
+    found: dict[str, float] = {}
     moved: dict[str, str] | None = None
     for message in messages:
         if message.mtime is not None:
             timed.append(message)
             continue
         path = message.path
-        try:
-            mtime = os.stat(path).st_mtime
-        except FileNotFoundError:
-            if moved is None:
-                moved = _scan(folderPath)
-            path = moved.get(message.baseName, path)
+        mtime = known.get(message.baseName)
+        if mtime is None:
             try:
                 mtime = os.stat(path).st_mtime
             except FileNotFoundError:
-                timed.append(None)
-                continue
-        timed.append(attrs.evolve(message, path=path, mtime=mtime))
+                if moved is None:
+                    moved = _scan(folderPath)
+                path = moved.get(message.baseName, path)
+                try:
+                    mtime = os.stat(path).st_mtime
+                except FileNotFoundError:
+                    timed.append(None)
+                    continue
+            found[message.baseName] = mtime
+        # The message's own class (a session's RecentMessage stays one).
+        timed.append(type(message)(message.uid, message.baseName, path, message.flags, mtime))
+    times.add(folderPath, found)
     return timed
 
 

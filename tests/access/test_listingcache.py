@@ -12,7 +12,7 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access.listingcache import (
-    FINE_SETTLED_SECONDS, SETTLED_SECONDS, ListingCache, folderStamps, settled,
+    FINE_SETTLED_SECONDS, SETTLED_SECONDS, ListingCache, TimeCache, folderStamps, settled,
 )
 from qutemail.access.uids import setFlags, sync, withTimes
 from qutemail.store.folders import MaildirFolders
@@ -88,10 +88,31 @@ class ListingCacheTests(SynchronousTestCase):
         moved = setFlags(two.path, {"\\Seen"})
         os.remove(three.path)
         known = attrs.evolve(one, mtime=5.0)
-        timed = withTimes(self.inbox, [one, two, three, known])
+        times = TimeCache()
+        timed = withTimes(self.inbox, [one, two, three, known], times)
         self.assertEqual([(m.path, m.mtime) for m in timed[:2]],
                          [(one.path, 1_600_000_000), (moved, 1_700_000_001)])
         self.assertEqual(timed[2:], [None, known])
+        # Another session asks: what was found is not looked at again.
+        os.utime(one.path, (1_650_000_000, 1_650_000_000))
+        again = withTimes(self.inbox, [one, two], times)
+        self.assertEqual([m.mtime for m in again], [1_600_000_000, 1_700_000_001])
+        self.assertEqual(withTimes(self.inbox, [one], TimeCache())[0].mtime, 1_650_000_000)
+
+    def test_timeCacheBounded(self) -> None:
+        """
+        The time cache keeps at most its bound of times in all, dropping
+        the least recently used folders first.
+        """
+        times = TimeCache(maxMessages=4)
+        times.add("/a", {"1": 1.0, "2": 2.0})
+        times.add("/b", {"3": 3.0})
+        self.assertEqual(times.known("/a"), {"1": 1.0, "2": 2.0})
+        times.add("/c", {"4": 4.0, "5": 5.0})
+        self.assertEqual((times.known("/a"), times.known("/b"), times.known("/c")),
+                         ({"1": 1.0, "2": 2.0}, {}, {"4": 4.0, "5": 5.0}))
+        times.add("/d", {str(n): float(n) for n in range(5)})
+        self.assertEqual(times.known("/d"), {})
 
     def test_changesSeen(self) -> None:
         """
