@@ -19,13 +19,16 @@ same reason (it keeps whole seconds).  Where the times have a fraction of
 a second (ext4, XFS, Btrfs, tmpfs: nanoseconds, ticking with the kernel's
 coarse clock every 1-10 ms), L{FINE_SETTLED_SECONDS} is margin enough; a
 time on a whole second, as a file system that keeps whole seconds gives
-every time, is taken for one of those.  The C{uidlist} is the exception: only a look
-writes it, by replacing it under the folder's lock, and it changes only
-when the directories did (or when it is rebuilt), so the state the look
-wrote into it is remembered at once.  A folder that keeps changing is
-simply read each time, as before.
+every time, is taken for one of those.  The C{uidlist} is the exception:
+only a look writes it, by replacing it under the folder's lock, and it
+changes only when the directories did (or when it is rebuilt), so the
+state the look wrote into it is remembered at once.  A folder that keeps
+changing is simply read each time, as before.
 
-Everything here is called from worker threads; one lock guards the table.
+L{TimeCache} keeps the modification times sessions have looked up (a look
+lists a folder without them, see L{qutemail.access.uids.withTimes}).
+
+Everything here is called from worker threads; a lock guards each table.
 """
 
 import os
