@@ -310,6 +310,15 @@ def orphanIndexes(queueDir: str, workers: int) -> list[int]:
     return sorted(found)
 
 
+def _listens(listen: dict[str, str], name: str, port: int) -> bool:
+    """
+    @param listen: endpoint descriptions given by listener name.
+    @return: whether a listener is on: an endpoint given for it, or its
+        port set.
+    """
+    return bool(listen.get(name) or port)
+
+
 def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = None,
                  mtaOnly: bool = False, msaOnly: bool = False, workerIndex: int = 0,
                  adoptFd: int | None = None) -> MultiService:
@@ -346,6 +355,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         except QueueInUse as e:
             raise ServiceConfigError(str(e)) from None
         QueueLock(queueDir).setServiceParent(root)
+    listen = listen or {}
     metrics = buildMetrics(config, workerIndex)
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
@@ -356,8 +366,8 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     if server.deliveryProcess:
         # Stopped after everything that delivers (children stop in reverse).
         # It indexes first IMAP listings too, where this process serves IMAP.
-        servesIMAP = servesMailboxes and bool(
-            config.imap.port or config.imap.tlsPort or {"imap", "imaps"} & set(listen or {}))
+        servesIMAP = servesMailboxes and (_listens(listen, "imap", config.imap.port)
+                                          or _listens(listen, "imaps", config.imap.tlsPort))
         deliveryProcess = DeliveryProcess(reactor, preloadIndexing=servesIMAP)
         deliveryProcess.setServiceParent(root)
         deliveryWriter = SplitWriter(deliveryProcess, ThreadWriter(runner))
@@ -455,7 +465,6 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     keyPool, peerPools = None, {}
     if encryptor is not None and (config.qkd.minPoolKeys or metrics is not None):
         keyPool, peerPools = buildKeyPools(config, encryptor, reactor, root, metrics)
-    listen = listen or {}
     root.listeners = {}
     portal = Portal(MailRealm(submitterFactory), [UserDirectoryChecker(users)])
     throttle = AuthThrottle(metrics=metrics)
@@ -508,9 +517,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
                                         submissionArgs["policy"], sessionLimits)
                 wanted.append(("jmap", config.jmap.port, dict(jmap=jmap, implicitTLS=True)))
     for name, port, args in wanted:
-        description = listen.get(name) or (endpointFor(server.bind, port) if port else None)
-        if description is None:
+        if not _listens(listen, name, port):
             continue
+        description = listen.get(name) or endpointFor(server.bind, port)
         if args.get("jmap"):
             factory = args["jmap"]
         elif args.get("pop3"):

@@ -76,7 +76,7 @@ def allFlags(slot: Slot) -> list[str]:
     @return: a message's flags as FETCH FLAGS shows them, C{\\Recent}
         included.
     """
-    return sorted(slot.flags) + ([RECENT] if type(slot) is RecentMessage else [])
+    return sorted(slot.flags) + ([RECENT] if isRecent(slot) else [])
 
 
 def flagList(flags: Iterable[str]) -> bytes:
@@ -162,7 +162,7 @@ class FolderView:
         """
         @return: how many messages are C{\\Recent}.
         """
-        return sum(1 for s in self.slots if type(s) is RecentMessage)
+        return sum(1 for s in self.slots if isRecent(s))
 
     def firstUnseen(self) -> int | None:
         """

@@ -350,32 +350,10 @@ class Entity:
 
     def fieldValues(self) -> dict[str, list[str]]:
         """
-        @return: every field's values as they are (see L{rawFields}), by
-            lower-case name: for callers that look up many fields of each
-            of many messages (ENVELOPE, BODYSTRUCTURE, the fetch index).
-            Read it, never change it.
-        """
-        return self._byName if self._byName is not None else self._fields()
-
-    def rawFields(self, name: str) -> list[str]:
-        """
-        @return: every value of a field as it is (8-bit bytes as surrogate
-            escapes, folding kept), in order.
-        """
-        byName = self._byName if self._byName is not None else self._fields()
-        return list(byName.get(name.lower(), ()))
-
-    def rawField(self, name: str) -> str | None:
-        """
-        @return: the first value of a field as it is, or C{None}.
-        """
-        byName = self._byName if self._byName is not None else self._fields()
-        values = byName.get(name.lower())
-        return values[0] if values else None
-
-    def _fields(self) -> dict[str, list[str]]:
-        """
-        @return: the raw values of each field, by lower-case name.
+        @return: every field's values as they are (8-bit bytes as surrogate
+            escapes, folding kept), by lower-case name: for callers that
+            look up many fields of each of many messages (ENVELOPE,
+            BODYSTRUCTURE, the fetch index).  Read it, never change it.
         """
         if self._byName is None:
             # ENVELOPE, BODYSTRUCTURE and the index ask for thirty-odd
@@ -385,6 +363,19 @@ class Entity:
                 byName.setdefault(key.lower(), []).append(value)
             self._byName = byName
         return self._byName
+
+    def rawFields(self, name: str) -> list[str]:
+        """
+        @return: every value of a field as it is, in order.
+        """
+        return list(self.fieldValues().get(name.lower(), ()))
+
+    def rawField(self, name: str) -> str | None:
+        """
+        @return: the first value of a field as it is, or C{None}.
+        """
+        values = self.fieldValues().get(name.lower())
+        return values[0] if values else None
 
 
 def parseHeader(header: bytes, defaultType: str = "text/plain") -> email.message.Message:

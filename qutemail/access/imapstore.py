@@ -26,7 +26,7 @@ import shutil
 import attrs
 
 from qutemail.store.folders import MaildirFolders
-from qutemail.access.keywords import KeywordMap, ensureKeywords, readKeywords
+from qutemail.access.keywords import ensureKeywords, readKeywords
 from qutemail.access.uids import (
     INFO_PREFIX, FolderMessage, FolderState, flagsOfLetters, infoLetters, keywordsIn, lettersIn, lettersOfFlags,
     setFlags, sync,
@@ -116,32 +116,14 @@ def syncFolder(folderPath: str, now: float, claim: bool) -> tuple[FolderState, f
         if message.path.startswith(inNew):
             recent.add(message.baseName)
             if claim:
-                message = _claimed(folderPath, message, state.keywords)
+                try:
+                    message = attrs.evolve(message, path=setFlags(message.path, message.flags, state.keywords))
+                except FileNotFoundError:
+                    message = attrs.evolve(message, path=locate(folderPath, message.baseName) or message.path)
         messages.append(message)
     if claim and recent:
         state = attrs.evolve(state, messages=tuple(messages))
     return state, frozenset(recent)
-
-
-def _claimed(folderPath: str, message: FolderMessage, keywords: KeywordMap) -> FolderMessage:
-    """
-    Move a message from C{new/} into C{cur/} (L{syncFolder}).  A file
-    delivered there has no info yet, so it moves under its own name with
-    an empty C{:2,} (what L{setFlags} makes of it, without working out
-    its letters: a first SELECT may claim a thousand).
-
-    @return: the message at its new place (at its old one if it is gone).
-    """
-    name = os.path.basename(message.path)
-    try:
-        if ":" not in name:
-            path = os.path.join(folderPath, "cur", name + INFO_PREFIX)
-            os.rename(message.path, path)
-        else:
-            path = setFlags(message.path, message.flags, keywords)
-    except FileNotFoundError:
-        path = locate(folderPath, message.baseName) or message.path
-    return FolderMessage(message.uid, message.baseName, path, message.flags, message.mtime)
 
 
 def storeFlags(folderPath: str, baseName: str, path: str, flags: frozenset[str]) -> str:

@@ -12,8 +12,8 @@ C{cur/} and its flags change, so it keeps its UID.
 L{sync} brings the file up to date with the folder: messages delivered
 since (while nobody was logged in, too) get the next UIDs in delivery order
 (by name: a Maildir file's name begins with the second it was delivered,
-and ours then the microsecond, zero-padded), vanished ones are dropped.  It holds an
-exclusive C{flock} on the folder directory while it reads and rewrites the
+and ours then the microsecond, zero-padded), vanished ones are dropped.
+It holds an exclusive C{flock} on the folder directory while it reads and rewrites the
 file (atomically, with L{qutemail.durable.replaceFile}), so two sessions or
 processes never hand out one UID twice.
 
@@ -274,8 +274,7 @@ def _scan(folderPath: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for sub in ("new", "cur"):
         entries = _messageFiles(os.path.join(folderPath, sub))
-        # storedId, inline: the base name is the name up to its info.
-        found.update(zip([e.name.partition(":")[0] for e in entries], [e.path for e in entries]))
+        found.update(zip([storedId(e.name) for e in entries], [e.path for e in entries]))
     return found
 
 
@@ -435,7 +434,6 @@ def _messages(kept: list[tuple[int, str]], files: dict[str, str], keywords: Keyw
     """
     names = [name for _, name in kept]
     paths = [files[name] for name in names]
-    # The info's letters (C{""} without one); a base name has no "/".
-    letters = [path[path.rfind("/") + 1:].partition(INFO_PREFIX)[2] for path in paths]
+    letters = [infoLetters(path[path.rfind("/") + 1:]) for path in paths]
     flagsOf = {each: flagsOfLetters(each, keywords) for each in set(letters)}
     return tuple(map(FolderMessage, [uid for uid, _ in kept], names, paths, [flagsOf[each] for each in letters]))

@@ -197,38 +197,28 @@ def _stamp(path: str, now: float) -> tuple | None:
     return stamps if settled(stamps, now) else None
 
 
-def _readFolder(path: str, boxId: str, now: float,
-                known: dict[str, float] | None = None) -> tuple[list[EmailEntry], int, int]:
+def _readFolder(path: str, boxId: str, now: float) -> tuple[list[EmailEntry], int, int]:
     """
-    Sync a folder and list its emails.
-
-    @param known: delivery times by base name from the folder's last
-        reading: a message file keeps its time while it keeps its name, so
-        only the others are C{stat}ed.
+    Sync a folder and list its emails.  Their delivery times come from
+    L{withTimes}, which C{stat}s only the messages no reading of the
+    process has seen before.
 
     @return: its emails, its message count, its unread count.
     @raise FileNotFoundError: it is gone.
     """
     state = sync(path, now)
-    known = known or {}
-    timed = {m.baseName: m for m in withTimes(path, [m for m in state.messages if m.baseName not in known])
-             if m is not None}
     emails, unread = [], 0
-    for message in state.messages:
-        if "\\Seen" not in message.flags:
+    for listed, message in zip(state.messages, withTimes(path, list(state.messages))):
+        if "\\Seen" not in listed.flags:
             unread += 1
-        mtime = known.get(message.baseName)
-        if mtime is None:
-            found = timed.get(message.baseName)
-            if found is None:
-                continue
-            message, mtime = found, found.mtime
+        if message is None:
+            continue
         try:
             size = storedSize(message.path)
         except FileNotFoundError:
             continue
         emails.append(EmailEntry(ids.emailId(message.baseName), boxId, path, message.baseName,
-                                 message.path, message.flags, mtime, size, message.uid))
+                                 message.path, message.flags, message.mtime, size, message.uid))
     return emails, len(state.messages), unread
 
 
@@ -258,8 +248,7 @@ def takeSnapshot(root: str, now: float, stateDirectory: str, cache: dict | None 
             found, total, unread = cached[1]
         else:
             try:
-                known = {e.baseName: e.receivedAt for e in cached[1][0]} if cached is not None else None
-                found, total, unread = _readFolder(entry.path, boxId, now, known)
+                found, total, unread = _readFolder(entry.path, boxId, now)
             except FileNotFoundError:
                 cache.pop(entry.path, None)
                 continue
