@@ -45,7 +45,7 @@ class FolderGone(Exception):
     """
 
 
-@attrs.frozen
+@attrs.define(unsafe_hash=True)
 class RecentMessage(FolderMessage):
     """
     A message that is C{\\Recent} in this session (it was in C{new/}
