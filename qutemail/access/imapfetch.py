@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from qutemail.access.fetchindex import Indexed
 from qutemail.access.flow import WriteFlow
-from qutemail.access.imapmailbox import Slot, allFlags, flagList
+from qutemail.access.imapmailbox import Slot, slotFlagList
 from qutemail.access.imapmessage import CHUNK_BYTES, readConverted
 from qutemail.access.imapmime import Entity, Mark, convertedSpan
 from qutemail.access.imapstructure import (
@@ -239,7 +239,7 @@ def _viewItem(kind: str, slot: Slot) -> bytes | None:
         C{INTERNALDATE}), or C{None} for another kind.
     """
     if kind == "flags":
-        return b"FLAGS " + flagList(allFlags(slot))
+        return b"FLAGS " + slotFlagList(slot)
     if kind == "uid":
         return b"UID %d" % (slot.uid,)
     if kind == "internaldate":

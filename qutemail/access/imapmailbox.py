@@ -16,6 +16,7 @@ they change, both are sent again (RFC 3501 §7.2.6).
 Pure bookkeeping: nothing here touches the disk.
 """
 
+import functools
 from collections.abc import Iterable
 
 import attrs
@@ -30,6 +31,8 @@ RECENT = "\\Recent"
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "$Forwarded")
 # PERMANENTFLAGS: new keywords can be made (RFC 3501 §7.1).
 NEW_KEYWORDS = "\\*"
+# Distinct sets of flags whose FETCH FLAGS form is kept.
+FLAG_LIST_CACHE_SIZE = 4096
 
 
 class UIDValidityChanged(Exception):
@@ -77,6 +80,24 @@ def allFlags(slot: Slot) -> list[str]:
         included.
     """
     return sorted(slot.flags) + ([RECENT] if isRecent(slot) else [])
+
+
+def slotFlagList(slot: Slot) -> bytes:
+    """
+    @return: L{flagList} of L{allFlags}: what FETCH FLAGS sends for a
+        message of the view.
+    """
+    return _flagListOf(slot.flags, isRecent(slot))
+
+
+@functools.lru_cache(maxsize=FLAG_LIST_CACHE_SIZE)
+def _flagListOf(flags: frozenset[str], recent: bool) -> bytes:
+    """
+    L{slotFlagList}, kept: a folder's messages share a few sets of flags
+    (the sets themselves are shared, L{qutemail.access.uids.sync}), and a
+    listing formats one for each message.
+    """
+    return flagList(sorted(flags) + ([RECENT] if recent else []))
 
 
 def flagList(flags: Iterable[str]) -> bytes:
@@ -249,7 +270,7 @@ class FolderView:
             else:
                 slots[position] = attrs.evolve(slot, path=message.path, flags=message.flags)
             if message.flags != slot.flags:
-                lines.append(b"%d FETCH (FLAGS %b)" % (position + 1, flagList(allFlags(slots[position]))))
+                lines.append(b"%d FETCH (FLAGS %b)" % (position + 1, slotFlagList(slots[position])))
         largest = slots[-1].uid if slots else 0
         arrived = _slots((m for m in state.messages if m.uid > largest), recent)
         self.slots += arrived

@@ -33,7 +33,7 @@ from qutemail.access.imapfetch import (
     ResumePoints, WholeRenderer, WriteFlow, indexable, needsFile, needsStructure, render, sendPieces,
     setsSeen, wholeOnly,
 )
-from qutemail.access.imapmailbox import Slot, allFlags, flagList
+from qutemail.access.imapmailbox import Slot, slotFlagList
 from qutemail.access.imapmessage import MessageGone, MessageUnavailable, fileContains
 from qutemail.access.imapsearch import (
     CHARSETS, Candidate, Key, matcher, matchesNow, parseKeys, readsBodies, searchIndexable, searchNeedsStructure,
@@ -449,7 +449,7 @@ class SelectedCommands:
                     continue
             if not silent:
                 uidPart = b" UID %d" % (slot.uid,) if uid else b""
-                self._untagged(b"%d FETCH (FLAGS %b%b)" % (seq, flagList(allFlags(slot)), uidPart))
+                self._untagged(b"%d FETCH (FLAGS %b%b)" % (seq, slotFlagList(slot), uidPart))
         self._announce()
         if gone:
             raise no(b"Some messages were expunged by another session")

@@ -17,6 +17,8 @@ from qutemail.access.imapwire import Atom, formatList, formatValue
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # Distinct address fields whose parse is kept (a few MB at most).
 ADDRESS_CACHE_SIZE = 8192
+# Distinct leaf types and parameters whose wire form is kept.
+TYPE_CACHE_SIZE = 1024
 
 
 class NoSuchSection(Exception):
@@ -75,18 +77,27 @@ def _parsedAddresses(value: str) -> Atom | None:
     return Atom(b"(" + b"".join(formatList(a) for a in result) + b")") if result else None
 
 
+# The fields an ENVELOPE shows, in its order, sender and reply-to given
+# their fallback to from (RFC 3501 §7.4.2) in L{envelope}.
+_ENVELOPE_FIELDS = ("date", "subject", "from", "sender", "reply-to", "to", "cc", "bcc", "in-reply-to", "message-id")
+_NO_VALUE = (None,)
+
+
 def envelope(entity: Entity) -> list:
     """
     @return: a message's ENVELOPE fields, for L{formatList}.
     """
-    field = entity.rawField
-    sender = field("sender") or field("from")
-    replyTo = field("reply-to") or field("from")
+    # One look in the field table per field (a first listing makes
+    # thousands of envelopes; Entity.rawField lower-cases the name and
+    # finds the table again for each).
+    get = entity.fieldValues().get
+    date, subject, from_, sender, replyTo, to, cc, bcc, inReplyTo, messageId = [
+        (get(name) or _NO_VALUE)[0] for name in _ENVELOPE_FIELDS]
     return [
-        _raw(field("date")), _raw(field("subject")),
-        _addresses(field("from")), _addresses(sender), _addresses(replyTo),
-        _addresses(field("to")), _addresses(field("cc")), _addresses(field("bcc")),
-        _raw(field("in-reply-to")), _raw(field("message-id")),
+        _raw(date), _raw(subject),
+        _addresses(from_), _addresses(sender or from_), _addresses(replyTo or from_),
+        _addresses(to), _addresses(cc), _addresses(bcc),
+        _raw(inReplyTo), _raw(messageId),
     ]
 
 
@@ -114,7 +125,7 @@ def _disposition(entity: Entity) -> list | None:
     """
     @return: the body disposition (C{("attachment" (params))}), or C{None}.
     """
-    if entity.rawField("content-disposition") is None:
+    if "content-disposition" not in entity.fieldValues():
         return None
     params = entity.headers().get_params(header="content-disposition")
     if not params:
@@ -138,6 +149,33 @@ def _field(entity: Entity, name: str) -> bytes | None:
     @return: one field's raw value, or C{None}.
     """
     return _raw(entity.rawField(name))
+
+
+# The fields a leaf's BODYSTRUCTURE extension data is made of (RFC 3501
+# §7.4.2: body MD5, disposition, language, location), and what it is when
+# a part has none of them, as most have.
+_EXTENSION_FIELDS = frozenset(("content-md5", "content-disposition", "content-language", "content-location"))
+_NO_EXTENSION = b"NIL NIL NIL NIL"
+
+
+def _extension(entity: Entity) -> bytes:
+    """
+    @return: a leaf's BODYSTRUCTURE extension data, in wire form.
+    """
+    if _EXTENSION_FIELDS.isdisjoint(entity.fieldValues()):
+        return _NO_EXTENSION
+    return b" ".join(formatValue(v) for v in (
+        _field(entity, "content-md5"), _disposition(entity), _language(entity), _field(entity, "content-location")))
+
+
+@functools.lru_cache(maxsize=TYPE_CACHE_SIZE)
+def _typeForm(mainType: str, subType: str, params: tuple[str, ...] | None) -> bytes:
+    """
+    @return: a leaf's type, subtype and parameters in wire form.  Kept:
+        most parts of a folder have one of a few (C{"text" "plain"
+        ("charset" "us-ascii")}), and a first listing formats thousands.
+    """
+    return b" ".join((formatValue(mainType), formatValue(subType), formatValue(list(params) if params is not None else None)))
 
 
 def structures(entity: Entity) -> tuple[bytes, bytes]:
@@ -166,10 +204,13 @@ def structures(entity: Entity) -> tuple[bytes, bytes]:
         mainType, subType, params = "text", "plain", ["charset", "us-ascii"]
     elif params is None and (mainType, subType) == ("text", "plain"):
         params = ["charset", "us-ascii"]
-    encoding = _field(entity, "content-transfer-encoding") or b"7bit"
-    shared = b" ".join(formatValue(v) for v in (
-        mainType, subType, params, _field(entity, "content-id"), _field(entity, "content-description"),
-        encoding, entity.bodySize))
+    get = entity.fieldValues().get
+    encoding = _raw((get("content-transfer-encoding") or _NO_VALUE)[0]) or b"7bit"
+    shared = b" ".join((
+        _typeForm(mainType, subType, tuple(params) if params is not None else None),
+        formatValue(_raw((get("content-id") or _NO_VALUE)[0])),
+        formatValue(_raw((get("content-description") or _NO_VALUE)[0])),
+        formatValue(encoding), b"%d" % (entity.bodySize,)))
     body = structure = shared
     if entity.message is not None:
         inner = structures(entity.message)
@@ -181,8 +222,7 @@ def structures(entity: Entity) -> tuple[bytes, bytes]:
         lines = b" " + formatValue(entity.bodyLines)
         body += lines
         structure += lines
-    structure += b" " + b" ".join(formatValue(v) for v in (
-        _field(entity, "content-md5"), _disposition(entity), _language(entity), _field(entity, "content-location")))
+    structure += b" " + _extension(entity)
     return b"(" + body + b")", b"(" + structure + b")"
 
 

@@ -68,14 +68,35 @@ def _haystack(values: list[str]) -> str:
     return joined.casefold()
 
 
+def _plain(header: bytes) -> bool:
+    """
+    @return: whether a header block's values are each their only form
+        with nothing to blank: ASCII, no encoded word, no NUL and no
+        separator.  (Five scans in C take a fifth of the time one regular
+        expression does.)
+    """
+    return (header.isascii() and b"=?" not in header and b"\x00" not in header and b"\x01" not in header
+            and b"\x02" not in header)
+
+
 def indexedFields(structure: Any) -> bytes:
     """
     @return: the index's record of a message's L{INDEXED_FIELDS}: for each
         it has, its name, its first raw value (the sent date is read from
         C{date}'s) and its case folded forms.
     """
+    if _plain(structure.header):
+        # Most headers: a first listing indexes thousands, and this takes
+        # three quarters of the time.
+        return _plainRecord(structure.fieldValues())
+    return _record(structure.fieldValues())
+
+
+def _record(byName: dict[str, list[str]]) -> bytes:
+    """
+    L{indexedFields} of any header's fields.
+    """
     entries = []
-    byName = structure.fieldValues()
     for name in INDEXED_FIELDS:
         raw = byName.get(name)
         if raw:
@@ -83,6 +104,20 @@ def indexedFields(structure: Any) -> bytes:
             entries.append(_FIELD_SEP.join((name, values[0].replace(_ENTRY_SEP, " ").replace(_FIELD_SEP, " "),
                                             _haystack(values).replace(_ENTRY_SEP, " ").replace(_FIELD_SEP, " "))))
     return _ENTRY_SEP.join(entries).encode("utf-8", "surrogatepass")
+
+
+def _plainRecord(byName: dict[str, list[str]]) -> bytes:
+    """
+    L{_record} of the fields of a header that is L{_plain}: each value's
+    only form is itself, unfolded, and there is nothing to blank.
+    """
+    entries = []
+    for name in INDEXED_FIELDS:
+        raw = byName.get(name)
+        if raw:
+            values = [unfold(value) for value in raw]
+            entries.append(_FIELD_SEP.join((name, values[0], "\x00".join(values).casefold())))
+    return _ENTRY_SEP.join(entries).encode("ascii")
 
 
 class IndexedHeader:

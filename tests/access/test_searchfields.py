@@ -11,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access.imapmime import scanMessage
 from qutemail.access.imapstructure import unfold
-from qutemail.access.searchfields import INDEXED_FIELDS, IndexedHeader, fieldMatches, indexedFields
+from qutemail.access.searchfields import (INDEXED_FIELDS, IndexedHeader, _plain, _plainRecord, _record, fieldMatches,
+                                         indexedFields)
 
 VALUES = st.sampled_from([
     "Alice <alice@example.test>", "=?utf-8?q?caf=C3=A9?= r\u00e9sum\u00e9", "=?iso-8859-1?b?Y2Fm6Q==?=",
@@ -56,6 +57,23 @@ class IndexedHeaderTests(SynchronousTestCase):
         self.assertEqual(fieldMatches(indexed, name, needle), fieldMatches(root, name, needle))
         date = root.rawField("date")
         self.assertEqual(indexed.rawField("Date"), None if date is None else unfold(str(date)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(fields=st.lists(st.tuples(NAMES, st.text(st.characters(min_codepoint=0, max_codepoint=0x7e), max_size=30)
+                                     | VALUES), max_size=8))
+    def test_plainShortcut(self, fields):
+        """
+        A header that L{_plain} lets through gets the same record by the
+        shortcut as the long way, and one with a NUL, a separator, a byte
+        that is not ASCII or an encoded word is not let through.
+        """
+        text = message([(n, v.replace("\n", " ").replace("\r", " ")) for n, v in fields])
+        root = scanMessage(io.BytesIO(text))
+        if _plain(root.header):
+            self.assertEqual(_plainRecord(root.fieldValues()), _record(root.fieldValues()))
+        else:
+            self.assertTrue(any(c in root.header for c in (b"\x00", b"\x01", b"\x02", b"=?"))
+                            or not root.header.isascii())
 
     def test_decodedAndFolded(self):
         """
