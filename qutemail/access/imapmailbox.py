@@ -183,7 +183,8 @@ class FolderView:
         """
         @return: how many messages are C{\\Recent}.
         """
-        return sum(1 for s in self.slots if isRecent(s))
+        # The types counted in C: a first SELECT of a large folder asks.
+        return list(map(type, self.slots)).count(RecentMessage)
 
     def firstUnseen(self) -> int | None:
         """

@@ -109,21 +109,18 @@ def syncFolder(folderPath: str, now: float, claim: bool) -> tuple[FolderState, f
     @raise FileNotFoundError: the folder is gone.
     """
     state = sync(folderPath, now)
-    recent = set()
+    recent = state.inNew
+    if not (claim and recent):
+        return state, recent
     messages = []
-    inNew = os.path.join(folderPath, "new", "")
     for message in state.messages:
-        if message.path.startswith(inNew):
-            recent.add(message.baseName)
-            if claim:
-                try:
-                    message = attrs.evolve(message, path=setFlags(message.path, message.flags, state.keywords))
-                except FileNotFoundError:
-                    message = attrs.evolve(message, path=locate(folderPath, message.baseName) or message.path)
+        if message.baseName in recent:
+            try:
+                message = attrs.evolve(message, path=setFlags(message.path, message.flags, state.keywords))
+            except FileNotFoundError:
+                message = attrs.evolve(message, path=locate(folderPath, message.baseName) or message.path)
         messages.append(message)
-    if claim and recent:
-        state = attrs.evolve(state, messages=tuple(messages))
-    return state, frozenset(recent)
+    return attrs.evolve(state, messages=tuple(messages), inNew=frozenset()), recent
 
 
 def storeFlags(folderPath: str, baseName: str, path: str, flags: frozenset[str]) -> str:

@@ -127,12 +127,16 @@ class FolderState:
     @ivar messages: the messages, by ascending UID.
     @ivar keywords: the folder's keywords (read after its messages, so
         every keyword letter they carry is in it).
+    @ivar inNew: the base names of the messages whose file is in C{new/}
+        (known from the listing, so that a session need not look at each
+        message's path to find them).
     """
 
     uidValidity: int
     uidNext: int
     messages: tuple[FolderMessage, ...]
     keywords: KeywordMap = EMPTY
+    inNew: frozenset[str] = frozenset()
 
 
 def infoLetters(fileName: str) -> str:
@@ -275,11 +279,22 @@ def _scan(folderPath: str) -> dict[str, str]:
 
     @return: C{{baseName: path}}.
     """
+    return _scanBoth(folderPath)[0]
+
+
+def _scanBoth(folderPath: str) -> tuple[dict[str, str], frozenset[str]]:
+    """
+    L{_scan}, and the base names of the files found in C{new/} only.
+    """
     found: dict[str, str] = {}
+    names: list[set[str]] = []
     for sub in ("new", "cur"):
         entries = _messageFiles(os.path.join(folderPath, sub))
-        found.update(zip([storedId(e.name) for e in entries], [e.path for e in entries]))
-    return found
+        baseNames = [storedId(e.name) for e in entries]
+        found.update(zip(baseNames, [e.path for e in entries]))
+        names.append(set(baseNames))
+    inNew, inCur = names
+    return found, frozenset(inNew - inCur)
 
 
 def _messageFiles(directory: str) -> list[os.DirEntry]:
@@ -409,7 +424,7 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
         if remembered is not None:
             return remembered
         uidValidity, uidNext, entries, changed = _readUidList(listPath, now)
-        files = _scan(folderPath)
+        files, inNew = _scanBoth(folderPath)
         kept = [(uid, name) for uid, name in entries if name in files]
         changed = changed or len(kept) != len(entries)
         known = {name for _, name in kept}
@@ -424,7 +439,7 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
         # After the scan: a keyword letter on a file was given before it
         # was set.
         keywords = readKeywords(folderPath)
-        state = FolderState(uidValidity, uidNext, _messages(kept, files, keywords), keywords)
+        state = FolderState(uidValidity, uidNext, _messages(kept, files, keywords), keywords, inNew)
         listings.put(folderPath, stamps, state, len(kept), now, written=(2,))
     return state
 
