@@ -74,18 +74,10 @@ def isRecent(slot: Slot) -> bool:
     return type(slot) is RecentMessage
 
 
-def allFlags(slot: Slot) -> list[str]:
-    """
-    @return: a message's flags as FETCH FLAGS shows them, C{\\Recent}
-        included.
-    """
-    return sorted(slot.flags) + ([RECENT] if isRecent(slot) else [])
-
-
 def slotFlagList(slot: Slot) -> bytes:
     """
-    @return: L{flagList} of L{allFlags}: what FETCH FLAGS sends for a
-        message of the view.
+    @return: what FETCH FLAGS sends for a message of the view: its flags,
+        sorted, and C{\\Recent} last when it is recent, as a L{flagList}.
     """
     return _flagListOf(slot.flags, isRecent(slot))
 

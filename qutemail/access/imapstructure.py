@@ -175,7 +175,8 @@ def _typeForm(mainType: str, subType: str, params: tuple[str, ...] | None) -> by
         most parts of a folder have one of a few (C{"text" "plain"
         ("charset" "us-ascii")}), and a first listing formats thousands.
     """
-    return b" ".join((formatValue(mainType), formatValue(subType), formatValue(list(params) if params is not None else None)))
+    flat = list(params) if params is not None else None
+    return b" ".join((formatValue(mainType), formatValue(subType), formatValue(flat)))
 
 
 def structures(entity: Entity) -> tuple[bytes, bytes]:

@@ -7,7 +7,7 @@ ones are made again.
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.access.imapmailbox import FolderView, RecentMessage, allFlags, isRecent
+from qutemail.access.imapmailbox import FolderView, RecentMessage, isRecent, slotFlagList
 from qutemail.access.uids import FolderMessage, FolderState
 
 
@@ -52,7 +52,7 @@ class FolderViewTests(SynchronousTestCase):
         self.assertIs(first, folder.messages[0])
         self.assertEqual((type(second), attrs.astuple(second)), (RecentMessage, attrs.astuple(folder.messages[1])))
         self.assertEqual([isRecent(s) for s in view.slots], [False, True])
-        self.assertEqual([allFlags(s) for s in view.slots], [["\\Seen"], ["\\Recent"]])
+        self.assertEqual([slotFlagList(s) for s in view.slots], [b"(\\Seen)", b"(\\Recent)"])
         self.assertEqual(view.recentCount(), 1)
 
     def test_updateReplacesChangedMessages(self):
