@@ -44,7 +44,6 @@ from qutemail.access.keywords import EMPTY, KeywordMap, ensureKeywords, readKeyw
 from qutemail.access.listingcache import ListingCache, TimeCache, folderStamps
 from qutemail.store.dirlock import DirectoryLock
 from qutemail.durable import replaceFile
-from qutemail.gcpause import collectorPaused
 from qutemail.store.folders import KEYWORDS_FILE
 from qutemail.store.reader import storedId
 
@@ -419,7 +418,7 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
         deliveries under one UIDVALIDITY).
     """
     listPath = os.path.join(folderPath, UIDLIST_FILE)
-    with collectorPaused(), DirectoryLock(folderPath):
+    with DirectoryLock(folderPath):
         stamps = folderStamps(folderPath, _STATE_FILES)
         remembered = listings.get(folderPath, stamps)
         if remembered is not None:
