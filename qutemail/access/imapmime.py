@@ -34,6 +34,8 @@ BLOCK_BYTES = 1024 * 1024
 PIECE_BYTES = 64 * 1024
 # An entity's Content-Type parameters not split yet.
 NOT_SPLIT = object()
+# What Entity.firstValues takes for a field that is missing.
+_NO_VALUE = (None,)
 
 
 class Mark(NamedTuple):
@@ -374,8 +376,18 @@ class Entity:
         """
         @return: the first value of a field as it is, or C{None}.
         """
-        values = self.fieldValues().get(name.lower())
-        return values[0] if values else None
+        return self.firstValues((name.lower(),))[0]
+
+    def firstValues(self, names: tuple[str, ...]) -> list[str | None]:
+        """
+        L{rawField} of several fields at once, for callers that want many
+        of each of many messages (ENVELOPE, BODYSTRUCTURE).
+
+        @param names: lower-case field names.
+        @return: the first value of each, as it is, or C{None}.
+        """
+        get = self.fieldValues().get
+        return [(get(name) or _NO_VALUE)[0] for name in names]
 
 
 def parseHeader(header: bytes, defaultType: str = "text/plain") -> email.message.Message:

@@ -80,19 +80,18 @@ def _parsedAddresses(value: str) -> Atom | None:
 # The fields an ENVELOPE shows, in its order, sender and reply-to given
 # their fallback to from (RFC 3501 §7.4.2) in L{envelope}.
 _ENVELOPE_FIELDS = ("date", "subject", "from", "sender", "reply-to", "to", "cc", "bcc", "in-reply-to", "message-id")
-_NO_VALUE = (None,)
+# The fields of a leaf's BODYSTRUCTURE after its type.
+_LEAF_FIELDS = ("content-transfer-encoding", "content-id", "content-description")
 
 
 def envelope(entity: Entity) -> list:
     """
     @return: a message's ENVELOPE fields, for L{formatList}.
     """
-    # One look in the field table per field (a first listing makes
-    # thousands of envelopes; Entity.rawField lower-cases the name and
-    # finds the table again for each).
-    get = entity.fieldValues().get
-    date, subject, from_, sender, replyTo, to, cc, bcc, inReplyTo, messageId = [
-        (get(name) or _NO_VALUE)[0] for name in _ENVELOPE_FIELDS]
+    # All at once (a first listing makes thousands of envelopes;
+    # Entity.rawField lower-cases the name and finds the table again for
+    # each).
+    date, subject, from_, sender, replyTo, to, cc, bcc, inReplyTo, messageId = entity.firstValues(_ENVELOPE_FIELDS)
     return [
         _raw(date), _raw(subject),
         _addresses(from_), _addresses(sender or from_), _addresses(replyTo or from_),
@@ -205,13 +204,11 @@ def structures(entity: Entity) -> tuple[bytes, bytes]:
         mainType, subType, params = "text", "plain", ["charset", "us-ascii"]
     elif params is None and (mainType, subType) == ("text", "plain"):
         params = ["charset", "us-ascii"]
-    get = entity.fieldValues().get
-    encoding = _raw((get("content-transfer-encoding") or _NO_VALUE)[0]) or b"7bit"
+    encoding, contentId, description = [_raw(v) for v in entity.firstValues(_LEAF_FIELDS)]
     shared = b" ".join((
         _typeForm(mainType, subType, tuple(params) if params is not None else None),
-        formatValue(_raw((get("content-id") or _NO_VALUE)[0])),
-        formatValue(_raw((get("content-description") or _NO_VALUE)[0])),
-        formatValue(encoding), b"%d" % (entity.bodySize,)))
+        formatValue(contentId), formatValue(description), formatValue(encoding or b"7bit"),
+        b"%d" % (entity.bodySize,)))
     body = structure = shared
     if entity.message is not None:
         inner = structures(entity.message)

@@ -13,9 +13,9 @@ L{sync} brings the file up to date with the folder: messages delivered
 since (while nobody was logged in, too) get the next UIDs in delivery order
 (by name: a Maildir file's name begins with the second it was delivered,
 and ours then the microsecond, zero-padded), vanished ones are dropped.
-It holds an exclusive C{flock} on the folder directory while it reads and rewrites the
-file (atomically, with L{qutemail.durable.replaceFile}), so two sessions or
-processes never hand out one UID twice.
+It holds an exclusive C{flock} on the folder directory while it reads and
+rewrites the file (atomically, with L{qutemail.durable.replaceFile}), so
+two sessions or processes never hand out one UID twice.
 
 UIDVALIDITY is chosen when the file is created: the current time in
 seconds.  It changes only when the file is lost or corrupt; the file is
@@ -45,6 +45,7 @@ from qutemail.access.listingcache import ListingCache, TimeCache, folderStamps
 from qutemail.store.dirlock import DirectoryLock
 from qutemail.durable import replaceFile
 from qutemail.store.folders import KEYWORDS_FILE
+from qutemail.store.mailbox import subdirectoryEntries
 from qutemail.store.reader import storedId
 
 _log = Logger()
@@ -299,17 +300,12 @@ def _scanBoth(folderPath: str) -> tuple[dict[str, str], frozenset[str]]:
 
 def _messageFiles(directory: str) -> list[os.DirEntry]:
     """
-    The entries of a Maildir subdirectory that L{_scan} lists: files whose
-    names are printable (so no newline; a name that is not UTF-8 reads
-    with surrogate escapes, which are not printable either) and do not
-    start with a dot.  A missing directory has none.
+    The entries of a Maildir subdirectory that L{_scan} lists: those of
+    L{subdirectoryEntries} that are files and whose names are printable (so
+    no newline; a name that is not UTF-8 reads with surrogate escapes,
+    which are not printable either).
     """
-    try:
-        listing = os.scandir(directory)
-    except FileNotFoundError:
-        return []
-    with listing:
-        entries = [e for e in listing if e.name.isprintable() and e.name[0] != "."]
+    entries = [e for e in subdirectoryEntries(directory) if e.name.isprintable()]
     try:
         # The type comes with the listing on most file systems, no stat.
         return [e for e in entries if e.is_file(follow_symlinks=False)]

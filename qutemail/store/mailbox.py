@@ -192,14 +192,20 @@ def messageEntries(path: str) -> Iterator[os.DirEntry]:
     @param path: the mailbox directory.
     """
     for sub in ("new", "cur"):
-        try:
-            entries = os.scandir(os.path.join(path, sub))
-        except FileNotFoundError:
-            continue
-        with entries:
-            for entry in entries:
-                if not entry.name.startswith("."):
-                    yield entry
+        yield from subdirectoryEntries(os.path.join(path, sub))
+
+
+def subdirectoryEntries(directory: str) -> list[os.DirEntry]:
+    """
+    The entries of one Maildir subdirectory (C{new/} or C{cur/}) but its
+    dot files, read in one go; a missing directory has none.  Blocking.
+    """
+    try:
+        listing = os.scandir(directory)
+    except FileNotFoundError:
+        return []
+    with listing:
+        return [entry for entry in listing if entry.name[0] != "."]
 
 
 def _allMessageEntries(path: str) -> Iterator[os.DirEntry]:
