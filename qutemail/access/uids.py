@@ -36,6 +36,7 @@ import operator
 import os
 import re
 from collections.abc import Iterable
+from itertools import repeat
 
 import attrs
 from twisted.logger import Logger
@@ -49,6 +50,13 @@ from qutemail.store.mailbox import subdirectoryEntries
 from qutemail.store.reader import storedId
 
 _log = Logger()
+
+# Bulk accessors for a listing's entries and their split names.
+_NAME = operator.attrgetter("name")
+_PATH = operator.attrgetter("path")
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+_LAST = operator.itemgetter(2)
 
 UIDLIST_FILE = "uidlist"
 # UIDs and UIDVALIDITY are non-zero 32-bit numbers (RFC 3501 §9, nz-number).
@@ -283,19 +291,31 @@ def _scan(folderPath: str) -> dict[str, str]:
     return _scanBoth(folderPath)[0]
 
 
-def _scanBoth(folderPath: str) -> tuple[dict[str, str], frozenset[str]]:
+def _scanBoth(folderPath: str) -> tuple[dict[str, str], dict[str, str], frozenset[str]]:
     """
-    L{_scan}, and the base names of the files found in C{new/} only.
+    L{_scan}, with each message's info (what follows the first colon of
+    its file name: C{2,} and the flag letters, or C{""}) and the base
+    names of the files found in C{new/} only.  Names are split once, in
+    C (C{str.partition} mapped over them), and only the C{new/} names are
+    gathered into a set: a first look at a large folder lists thousands.
+
+    @return: C{(paths, infos, inNew)}, the first two by base name.
     """
-    found: dict[str, str] = {}
-    names: list[set[str]] = []
+    paths: dict[str, str] = {}
+    infos: dict[str, str] = {}
+    newPaths: dict[str, str] = {}
     for sub in ("new", "cur"):
         entries = _messageFiles(os.path.join(folderPath, sub))
-        baseNames = [storedId(e.name) for e in entries]
-        found.update(zip(baseNames, [e.path for e in entries]))
-        names.append(set(baseNames))
-    inNew, inCur = names
-    return found, frozenset(inNew - inCur)
+        parts = list(map(str.partition, map(_NAME, entries), repeat(":")))
+        baseNames = list(map(_FIRST, parts))
+        listed = dict(zip(baseNames, map(_PATH, entries)))
+        paths.update(listed)
+        infos.update(zip(baseNames, map(_LAST, parts)))
+        if sub == "new":
+            newPaths = listed
+    # A name in both keeps its cur/ path (the same string object as listed
+    # there), so the new/ ones are those still holding their new/ path.
+    return paths, infos, frozenset([name for name, path in newPaths.items() if paths[name] is path])
 
 
 def _messageFiles(directory: str) -> list[os.DirEntry]:
@@ -305,12 +325,12 @@ def _messageFiles(directory: str) -> list[os.DirEntry]:
     no newline; a name that is not UTF-8 reads with surrogate escapes,
     which are not printable either).
     """
-    entries = [e for e in subdirectoryEntries(directory) if e.name.isprintable()]
+    entries = subdirectoryEntries(directory)
     try:
         # The type comes with the listing on most file systems, no stat.
-        return [e for e in entries if e.is_file(follow_symlinks=False)]
+        return [e for e in entries if e.name.isprintable() and e.is_file(follow_symlinks=False)]
     except FileNotFoundError:
-        return [e for e in entries if _stillFile(e)]
+        return [e for e in entries if e.name.isprintable() and _stillFile(e)]
 
 
 def _stillFile(entry: os.DirEntry) -> bool:
@@ -420,7 +440,7 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
         if remembered is not None:
             return remembered
         uidValidity, uidNext, entries, changed = _readUidList(listPath, now)
-        files, inNew = _scanBoth(folderPath)
+        files, infos, inNew = _scanBoth(folderPath)
         kept = [(uid, name) for uid, name in entries if name in files]
         changed = changed or len(kept) != len(entries)
         known = {name for _, name in kept}
@@ -435,20 +455,26 @@ def sync(folderPath: str, now: float, listings: ListingCache = LISTINGS) -> Fold
         # After the scan: a keyword letter on a file was given before it
         # was set.
         keywords = readKeywords(folderPath)
-        state = FolderState(uidValidity, uidNext, _messages(kept, files, keywords), keywords, inNew)
+        state = FolderState(uidValidity, uidNext, _messages(kept, files, infos, keywords), keywords, inNew)
         listings.put(folderPath, stamps, state, len(kept), now, written=(2,))
     return state
 
 
-def _messages(kept: list[tuple[int, str]], files: dict[str, str], keywords: KeywordMap) -> tuple[FolderMessage, ...]:
+def _messages(kept: list[tuple[int, str]], files: dict[str, str], infos: dict[str, str],
+              keywords: KeywordMap) -> tuple[FolderMessage, ...]:
     """
-    @return: the messages of a folder's C{uidlist} entries, with the paths
-        L{_scan} found and the flags of their names (their times not
-        looked at yet).  Made list by list rather than message by message:
-        a first look at a large folder makes thousands.
+    @param files: the paths L{_scanBoth} found, by base name.
+    @param infos: the infos it found, by base name.
+    @return: the messages of a folder's C{uidlist} entries, with their
+        paths and the flags of their names (their times not looked at
+        yet).  Made list by list rather than message by message, and the
+        flags once for each distinct info: a first look at a large folder
+        makes thousands.
     """
-    names = [name for _, name in kept]
-    paths = [files[name] for name in names]
-    letters = [infoLetters(path[path.rfind("/") + 1:]) for path in paths]
-    flagsOf = {each: flagsOfLetters(each, keywords) for each in set(letters)}
-    return tuple(map(FolderMessage, [uid for uid, _ in kept], names, paths, [flagsOf[each] for each in letters]))
+    names = list(map(_SECOND, kept))
+    messageInfos = list(map(infos.__getitem__, names))
+    # The file name is the base name, a colon and the info, and a base name
+    # holds no colon: its flag letters are the info's after a colon.
+    flagsOf = {info: flagsOfLetters(infoLetters(":" + info), keywords) for info in set(messageInfos)}
+    return tuple(map(FolderMessage, map(_FIRST, kept), names, map(files.__getitem__, names),
+                     map(flagsOf.__getitem__, messageInfos)))

@@ -169,6 +169,40 @@ class SyncTests(SynchronousTestCase):
         with open(os.path.join(self.inbox, UIDLIST_FILE), "rb") as f:
             self.assertEqual(f.read(), b"1700000000 4\n2 m2\n3 m3\n")
 
+    def test_oddNames(self) -> None:
+        """
+        A message's flags come from the letters after the first C{:2,} of
+        its file name, wherever the first colon is; a name without info
+        has none.  A message in both C{new/} and C{cur/} is listed once,
+        at its C{cur/} path and not as new.  Dot files, directories and
+        names with a newline are not messages.
+        """
+        names = {
+            ("new", "1.a.host"): frozenset(),
+            ("new", "2.b.host:"): frozenset(),
+            ("cur", "3.c.host:2,FS"): frozenset({"\\Flagged", "\\Seen"}),
+            ("cur", "4.d.host:x:2,T"): frozenset({"\\Deleted"}),
+            ("cur", "5.e.host:1,S"): frozenset(),
+            ("new", "6.f.host"): None,
+            ("cur", "6.f.host:2,R"): frozenset({"\\Answered"}),
+        }
+        for (sub, name) in names:
+            with open(os.path.join(self.inbox, sub, name), "w") as f:
+                f.write("Subject: odd\n\nbody\n")
+        for sub in ("new", "cur"):
+            with open(os.path.join(self.inbox, sub, ".hidden:2,S"), "w") as f:
+                f.write("x")
+            with open(os.path.join(self.inbox, sub, "7.g\nhost"), "w") as f:
+                f.write("x")
+            os.mkdir(os.path.join(self.inbox, sub, "8.h.host"))
+        state = sync(self.inbox, NOW)
+        listed = {m.baseName: (os.path.relpath(m.path, self.inbox), m.flags) for m in state.messages}
+        expected = {name.partition(":")[0]: (os.path.join(sub, name), flags)
+                    for (sub, name), flags in names.items() if flags is not None}
+        self.assertEqual(listed, expected)
+        self.assertEqual([m.baseName for m in state.messages], sorted(expected))
+        self.assertEqual(state.inNew, frozenset({"1.a.host", "2.b.host"}))
+
     def test_foldersIndependent(self) -> None:
         """
         Each folder has its own C{uidlist}.
