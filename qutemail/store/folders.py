@@ -386,13 +386,19 @@ class MaildirFolders:
         path = self.pathOf(name)
         if self.exists(name):
             raise FolderExists(f"the folder {name!r} exists already")
+        self._makeWithParents(segments)
+        syncDirectory(self.root)
+        return path
+
+    def _makeWithParents(self, segments: list[str]) -> None:
+        """
+        Make a folder's directory and its missing parents' (not synced).
+        """
         for depth in range(1, len(segments)):
             parent = SEPARATOR.join(segments[:depth])
             if not self.exists(parent):
                 self._makeFolder(self.pathOf(parent))
-        self._makeFolder(path)
-        syncDirectory(self.root)
-        return path
+        self._makeFolder(self.pathOf(SEPARATOR.join(segments)))
 
     def _makeFolder(self, path: str) -> None:
         """
@@ -504,9 +510,11 @@ class MaildirFolders:
         created = []
         for name in SPECIAL_FOLDERS:
             if not self.exists(name):
-                self.create(name)
+                self._makeWithParents(splitName(name))
                 created.append(name)
         if created:
+            # One sync of the mailbox directory for them all (a first
+            # login's), by the subscriptions file's replacement below.
             with self._locked():
                 subscribed = self.subscriptions()
                 self._writeSubscriptions(subscribed + [n for n in created if n not in subscribed])
