@@ -36,6 +36,7 @@ anywhere in clear.
 
 import base64
 import binascii
+from binascii import b2a_base64
 import fcntl
 import os
 from collections import OrderedDict
@@ -65,10 +66,13 @@ MAX_SHARED_ENTRIES = 50_000
 APPEND_AHEAD_BYTES = 1024 * 1024
 
 
-@attrs.frozen
+@attrs.define(unsafe_hash=True)
 class Indexed:
     """
-    What FETCH sends about one message's structure, in wire form.
+    What FETCH sends about one message's structure, in wire form.  Treated
+    as immutable, but not frozen: a frozen attrs class sets each field
+    through C{object.__setattr__}, and a first listing makes (and the
+    server unpickles) one of these per message.
 
     @ivar size: C{RFC822.SIZE}.
     @ivar envelope: the C{ENVELOPE} list.
@@ -85,16 +89,6 @@ class Indexed:
     body: bytes
     fields: bytes | None = None
 
-    def __reduce__(self) -> tuple:
-        """
-        Pickle as the class and its values: the delivery process
-        (L{qutemail.store.deliveryworker}) sends a first listing's entries
-        by the thousand, and attrs' default state (a dict of field names
-        and values) took two to three times as long to pickle and twice as
-        long to load, in 70% more bytes.
-        """
-        return (Indexed, (self.size, self.envelope, self.bodyStructure, self.body, self.fields))
-
     def line(self, baseName: str) -> bytes:
         """
         @return: this entry's line in the index file.
@@ -102,18 +96,42 @@ class Indexed:
         values = (self.envelope, self.bodyStructure, self.body)
         if self.fields is not None:
             values += (self.fields,)
-        parts = [base64.b64encode(v) for v in values]
+        parts = [b2a_base64(v, newline=False) for v in values]
         return b" ".join([baseName.encode("utf-8", "surrogateescape"), b"%d" % (self.size,)] + parts) + b"\n"
+
+
+# An entry as its values, in the order of L{Indexed}'s fields: what the
+# delivery process sends (L{qutemail.store.deliveryworker}).  A first
+# listing's entries go by the thousand, and a tuple of numbers and bytes
+# pickles and loads in C, where an object pickled as its class and values
+# took a Python call per entry to pickle and an attrs constructor per entry
+# to load.
+IndexedRow = tuple[int, bytes, bytes, bytes, bytes | None]
+
+
+def indexRow(root: Any) -> IndexedRow:
+    """
+    @param root: a message's scanned structure
+        (L{qutemail.access.imapmime.Entity}).
+    @return: its fetch index entry's values (see L{IndexedRow}).
+    """
+    body, structure = structures(root)
+    return (root.size, formatList(envelope(root)), structure, body, indexedFields(root))
 
 
 def indexEntry(root: Any) -> Indexed:
     """
-    @param root: a message's scanned structure
-        (L{qutemail.access.imapmime.Entity}).
+    @param root: a message's scanned structure.
     @return: its fetch index entry.
     """
-    body, structure = structures(root)
-    return Indexed(root.size, formatList(envelope(root)), structure, body, indexedFields(root))
+    return Indexed(*indexRow(root))
+
+
+def fromRows(rows: list[IndexedRow | None]) -> list[Indexed | None]:
+    """
+    @return: the entries of rows (C{None} stays C{None}).
+    """
+    return [None if row is None else Indexed(*row) for row in rows]
 
 
 def parseLines(data: bytes) -> dict[str, Indexed]:
@@ -358,8 +376,9 @@ class SharedIndexes:
         @param indexer: what makes index entries in another process, so
             that a first listing uses another core (its
             C{indexPlain(paths)} gives what
-            L{qutemail.access.plainindex.indexSmallPlain} gives: an entry,
-            or C{None} for a message left to the server; or fails with
+            L{qutemail.access.plainindex.indexSmallPlainRows} gives: an
+            entry's values, or C{None} for a message left to the server;
+            or fails with
             C{OSError}): the server's
             L{qutemail.store.deliveryprocess.DeliveryProcess}; or C{None}.
         """

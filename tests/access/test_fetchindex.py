@@ -11,7 +11,10 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access import fetchindex
-from qutemail.access.fetchindex import INDEX_NAME, FetchIndex, Indexed, SharedIndexes, parseLines
+from qutemail.access.fetchindex import (
+    INDEX_NAME, FetchIndex, Indexed, SharedIndexes, fromRows, indexEntry, indexRow, parseLines,
+)
+from qutemail.access.quickscan import scanBytes
 from qutemail.access.searchfields import IndexedHeader
 from qutemail.blocking import InlineRunner
 from tests.support import QueuedRunner
@@ -62,16 +65,20 @@ class FetchIndexTests(SynchronousTestCase):
         self.assertEqual((first.get("a"), first.get("b")), (entry(1), entry(2)))
         self.assertEqual(os.stat(os.path.join(self.folder, INDEX_NAME)).st_mode & 0o777, 0o600)
 
-    def test_pickledAsValues(self) -> None:
+    def test_rowsAsValues(self) -> None:
         """
-        An entry pickles (as the delivery process sends it) to an equal
-        entry, with or without its search fields, and without naming its
-        fields.
+        An entry's row (as the delivery process sends it, pickled) gives
+        an equal entry back, with or without its search fields; the pickle
+        names no class.
         """
+        root = scanBytes(b"From: A <a@x.test>\nSubject: one\n\nbody\n")
+        row = indexRow(root)
+        self.assertEqual(fromRows([row, None]), [indexEntry(root), None])
         for each in (entry(1), attrs.evolve(entry(2), fields=None)):
-            data = pickle.dumps(each, protocol=pickle.HIGHEST_PROTOCOL)
-            self.assertEqual(pickle.loads(data), each)
-            self.assertNotIn(b"bodyStructure", data)
+            row = (each.size, each.envelope, each.bodyStructure, each.body, each.fields)
+            data = pickle.dumps([row], protocol=pickle.HIGHEST_PROTOCOL)
+            self.assertEqual(fromRows(pickle.loads(data)), [each])
+            self.assertNotIn(b"Indexed", data)
 
     def test_ownAppendsNotReadBack(self) -> None:
         """
