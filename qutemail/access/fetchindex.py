@@ -66,72 +66,50 @@ MAX_SHARED_ENTRIES = 50_000
 APPEND_AHEAD_BYTES = 1024 * 1024
 
 
-@attrs.define(unsafe_hash=True)
-class Indexed:
+# A message's entry: what FETCH sends about its structure, in wire form, as
+# a plain tuple (read with the positions below):
+#   SIZE           RFC822.SIZE;
+#   ENVELOPE       the ENVELOPE list;
+#   BODYSTRUCTURE  the BODYSTRUCTURE list;
+#   BODY           the BODY list (no extension data);
+#   FIELDS         what SEARCH matches in its header fields
+#                  (qutemail.access.searchfields.indexedFields), or None
+#                  when not indexed.
+# A tuple of numbers and bytes is one object, which the cyclic garbage
+# collector stops tracking at its first look: a server holds up to
+# MAX_SHARED_ENTRIES of them, and as objects each was walked by every full
+# collection (with a few large folders listed, those took 14-24 ms).  The
+# delivery process sends them as they are; they pickle and load in C.
+Indexed = tuple[int, bytes, bytes, bytes, bytes | None]
+SIZE, ENVELOPE, BODYSTRUCTURE, BODY, FIELDS = range(5)
+
+
+def indexed(size: int, envelope: bytes, bodyStructure: bytes, body: bytes, fields: bytes | None = None) -> Indexed:
     """
-    What FETCH sends about one message's structure, in wire form.  Treated
-    as immutable, but not frozen: a frozen attrs class sets each field
-    through C{object.__setattr__}, and a first listing makes (and the
-    server unpickles) one of these per message.
-
-    @ivar size: C{RFC822.SIZE}.
-    @ivar envelope: the C{ENVELOPE} list.
-    @ivar bodyStructure: the C{BODYSTRUCTURE} list.
-    @ivar body: the C{BODY} list (no extension data).
-    @ivar fields: what SEARCH matches in its header fields
-        (L{qutemail.access.searchfields.indexedFields}), or C{None} when
-        not indexed.
+    @return: an entry of these values.
     """
-
-    size: int
-    envelope: bytes
-    bodyStructure: bytes
-    body: bytes
-    fields: bytes | None = None
-
-    def line(self, baseName: str) -> bytes:
-        """
-        @return: this entry's line in the index file.
-        """
-        values = (self.envelope, self.bodyStructure, self.body)
-        if self.fields is not None:
-            values += (self.fields,)
-        parts = [b2a_base64(v, newline=False) for v in values]
-        return b" ".join([baseName.encode("utf-8", "surrogateescape"), b"%d" % (self.size,)] + parts) + b"\n"
+    return (size, envelope, bodyStructure, body, fields)
 
 
-# An entry as its values, in the order of L{Indexed}'s fields: what the
-# delivery process sends (L{qutemail.store.deliveryworker}).  A first
-# listing's entries go by the thousand, and a tuple of numbers and bytes
-# pickles and loads in C, where an object pickled as its class and values
-# took a Python call per entry to pickle and an attrs constructor per entry
-# to load.
-IndexedRow = tuple[int, bytes, bytes, bytes, bytes | None]
-
-
-def indexRow(root: Any) -> IndexedRow:
+def indexLine(baseName: str, entry: Indexed) -> bytes:
     """
-    @param root: a message's scanned structure
-        (L{qutemail.access.imapmime.Entity}).
-    @return: its fetch index entry's values (see L{IndexedRow}).
+    @return: an entry's line in the index file.
     """
-    body, structure = structures(root)
-    return (root.size, formatList(envelope(root)), structure, body, indexedFields(root))
+    size, *values = entry
+    if values[-1] is None:
+        del values[-1]
+    parts = [b2a_base64(v, newline=False) for v in values]
+    return b" ".join([baseName.encode("utf-8", "surrogateescape"), b"%d" % (size,)] + parts) + b"\n"
 
 
 def indexEntry(root: Any) -> Indexed:
     """
-    @param root: a message's scanned structure.
+    @param root: a message's scanned structure
+        (L{qutemail.access.imapmime.Entity}).
     @return: its fetch index entry.
     """
-    return Indexed(*indexRow(root))
-
-
-def fromRows(rows: list[IndexedRow | None]) -> list[Indexed | None]:
-    """
-    @return: the entries of rows (C{None} stays C{None}).
-    """
-    return [None if row is None else Indexed(*row) for row in rows]
+    body, structure = structures(root)
+    return (root.size, formatList(envelope(root)), structure, body, indexedFields(root))
 
 
 def parseLines(data: bytes) -> dict[str, Indexed]:
@@ -150,7 +128,9 @@ def parseLines(data: bytes) -> dict[str, Indexed]:
             values = [base64.b64decode(v, validate=True) for v in fields[2:]]
         except (binascii.Error, ValueError):
             continue
-        entries[fields[0].decode("utf-8", "surrogateescape")] = Indexed(int(fields[1]), *values)
+        if len(values) == 3:
+            values.append(None)
+        entries[fields[0].decode("utf-8", "surrogateescape")] = (int(fields[1]), *values)
     return entries
 
 
@@ -218,7 +198,7 @@ def _rewrite(path: str, keep: set[str]) -> None:
         with open(os.dup(fd), "rb") as f:
             f.seek(0)
             entries = parseLines(f.read())
-        data = b"".join(entry.line(name) for name, entry in entries.items() if name in keep)
+        data = b"".join(indexLine(name, entry) for name, entry in entries.items() if name in keep)
         temporary = path + ".tmp"
         out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         try:
@@ -270,11 +250,11 @@ class FetchIndex:
             if its entry has them.
         """
         entry = self.entries.get(baseName)
-        if entry is None or entry.fields is None:
+        if entry is None or entry[FIELDS] is None:
             return None
         made = self._headers.get(baseName)
         if made is None or made[0] is not entry:
-            made = self._headers[baseName] = (entry, IndexedHeader(entry.size, entry.fields))
+            made = self._headers[baseName] = (entry, IndexedHeader(entry[SIZE], entry[FIELDS]))
         return made[1]
 
     async def refresh(self, count: int, live: Callable[[], set[str]]) -> None:
@@ -312,7 +292,7 @@ class FetchIndex:
         """
         Index a message (written by L{flush}).
         """
-        line = entry.line(baseName)
+        line = indexLine(baseName, entry)
         self.entries[baseName] = entry
         self._pending.append(line)
         self._pendingBytes += len(line)
@@ -376,9 +356,8 @@ class SharedIndexes:
         @param indexer: what makes index entries in another process, so
             that a first listing uses another core (its
             C{indexPlain(paths)} gives what
-            L{qutemail.access.plainindex.indexSmallPlainRows} gives: an
-            entry's values, or C{None} for a message left to the server;
-            or fails with
+            L{qutemail.access.plainindex.indexSmallPlain} gives: an entry,
+            or C{None} for a message left to the server; or fails with
             C{OSError}): the server's
             L{qutemail.store.deliveryprocess.DeliveryProcess}; or C{None}.
         """

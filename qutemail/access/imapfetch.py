@@ -292,19 +292,20 @@ def _renderIndexed(items: list, seq: int, slot: Slot, indexed: Indexed, uid: boo
     """
     out: list = [b"* %d FETCH (" % (seq,)]
     parts = []
+    size, envelope, bodyStructure, body, _ = indexed
     for item in items:
         kind = item.type
         viewed = _viewItem(kind, slot)
         if viewed is not None:
             parts.append(viewed)
         elif kind == "rfc822size":
-            parts.append(b"RFC822.SIZE %d" % (indexed.size,))
+            parts.append(b"RFC822.SIZE %d" % (size,))
         elif kind == "envelope":
-            parts.append(b"ENVELOPE " + indexed.envelope)
+            parts.append(b"ENVELOPE " + envelope)
         elif kind == "bodystructure":
-            parts.append(b"BODYSTRUCTURE " + indexed.bodyStructure)
+            parts.append(b"BODYSTRUCTURE " + bodyStructure)
         else:
-            parts.append(b"BODY " + indexed.body)
+            parts.append(b"BODY " + body)
     if uid and not any(item.type == "uid" for item in items):
         parts.append(b"UID %d" % (slot.uid,))
     out.append(b" ".join(parts))

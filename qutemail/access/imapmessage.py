@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Callable
 import attrs
 from twisted.logger import Logger
 
-from qutemail.access.fetchindex import FetchIndex, Indexed, SharedIndexes, fromRows, indexEntry
+from qutemail.access.fetchindex import FetchIndex, Indexed, SharedIndexes, indexEntry
 from qutemail.access.imapmime import Entity, scanMessage
 from qutemail.access.plainindex import readWhole, scanSmallPlain
 from qutemail.access.quickscan import scanBytes
@@ -298,7 +298,7 @@ class MessageCache:
         indexer = self.indexes.indexer
         if elsewhere and indexer is not None:
             try:
-                made = fromRows(await indexer.indexPlain(paths))
+                made = await indexer.indexPlain(paths)
             except OSError as e:
                 self._log.warn("indexing in the delivery process failed ({error}); indexing here",
                                error=str(e))

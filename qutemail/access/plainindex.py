@@ -13,7 +13,7 @@ server indexes those itself (L{qutemail.access.imapmessage.indexPlainFiles}).
 
 import os
 
-from qutemail.access.fetchindex import Indexed, IndexedRow, fromRows, indexRow
+from qutemail.access.fetchindex import Indexed, indexEntry
 from qutemail.access.imapmime import Entity
 from qutemail.access.quickscan import scanBytes
 from qutemail.headerblock import namesEncrypted
@@ -82,19 +82,11 @@ def indexSmallPlain(paths: list[str]) -> list[Indexed | None]:
     C{None} for one left to the server (see the module's docstring).
     Blocking.
     """
-    return fromRows(indexSmallPlainRows(paths))
-
-
-def indexSmallPlainRows(paths: list[str]) -> list[IndexedRow | None]:
-    """
-    L{indexSmallPlain}, as the entries' values (what the delivery process
-    sends back).  Blocking.
-    """
-    rows: list[IndexedRow | None] = []
+    entries: list[Indexed | None] = []
     for path in paths:
         try:
             root = scanSmallPlain(path)
         except OSError:
             root = None
-        rows.append(None if root is None else indexRow(root))
-    return rows
+        entries.append(None if root is None else indexEntry(root))
+    return entries

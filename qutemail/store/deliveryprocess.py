@@ -139,9 +139,8 @@ class DeliveryProcess(Service):
     def indexPlain(self, paths: list[str]) -> Deferred:
         """
         Make the IMAP fetch index entries of small plain stored messages
-        in the child, as their values (see
-        L{qutemail.access.plainindex.indexSmallPlainRows}), on its core
-        rather than the server's.
+        in the child (see L{qutemail.access.plainindex.indexSmallPlain}),
+        on its core rather than the server's.
 
         @return: a Deferred firing with that function's results, or failing
             with C{OSError(EIO)} if the child cannot make them.

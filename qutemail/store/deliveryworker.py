@@ -12,8 +12,8 @@ and answers each on its standard output.  A request is either
   under the master key by the parent (which alone reads that key), written
   by L{qutemail.qkd.keyfiles.addKeyFiles}; or
 - C{INDEX_PLAIN}: the IMAP fetch index entries of a batch of small plain
-  stored messages, as their values
-  (L{qutemail.access.plainindex.indexSmallPlainRows}), so that
+  stored messages (L{qutemail.access.plainindex.indexSmallPlain}; plain
+  tuples, which pickle in C), so that
   a first listing of a large folder uses this process's core beside the
   server's.  They have one thread of their own: a delivery never waits
   behind them for a thread, only, briefly, for the interpreter.
@@ -110,8 +110,8 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
                 # Loaded by now when the parent asked for it (see main),
                 # else at the first such request: a process that never
                 # indexes (an SMTP worker's) never pays its memory.
-                from qutemail.access.plainindex import indexSmallPlainRows
-                results = indexSmallPlainRows(payload)
+                from qutemail.access.plainindex import indexSmallPlain
+                results = indexSmallPlain(payload)
             else:
                 raise ValueError(f"unknown request {kind!r}")
             frame = encodeFrame((requestId, results, None))

@@ -17,7 +17,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
-from qutemail.access.fetchindex import INDEX_NAME, parseLines
+from qutemail.access.fetchindex import ENVELOPE, FIELDS, INDEX_NAME, parseLines
 from qutemail.access.imapaccount import imapPortal
 from qutemail.access.imapselected import PREFETCH_MESSAGES
 from qutemail.access.plainindex import WHOLE_READ_BYTES
@@ -229,7 +229,7 @@ class LoopbackTests(TestCase):
         with open(index, "rb") as f:
             entries = parseLines(f.read())
         self.assertEqual(sorted(entries), ["1700000002.M2Q2R0.host,S=2", "1700000003.M3Q3R0.host,S=3"])
-        self.assertFalse(any(b"plan" in e.envelope for e in entries.values()))
+        self.assertFalse(any(b"plan" in e[ENVELOPE] for e in entries.values()))
         self.assertEqual(os.stat(index).st_mode & 0o777, 0o600)
         # The content under a unique name never changes; were it to, the
         # index would still answer: proof that it is what answers.
@@ -363,7 +363,7 @@ class LoopbackTests(TestCase):
         with open(os.path.join(self.inbox, INDEX_NAME), "rb") as f:
             entries = parseLines(f.read())
         self.assertEqual(sorted(entries), [PLAIN_NAME, "1700000003.M3Q3R0.host,S=3"])
-        self.assertFalse(any(b"plan" in (e.fields or b"") for e in entries.values()))
+        self.assertFalse(any(b"plan" in (e[FIELDS] or b"") for e in entries.values()))
         # Proof the index answers: a change under the same unique name
         # (which never happens) shows only for the field it does not keep.
         deliver(self.inbox, "1700000003.M3Q3R0.host,S=3",

@@ -10,6 +10,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access.fetchindex import indexEntry
+from qutemail.access.fetchindex import ENVELOPE
 from qutemail.access.imapmessage import indexPlainFiles
 from qutemail.access.imapmime import scanMessage
 from qutemail.access.plainindex import WHOLE_READ_BYTES, indexSmallPlain, readWhole
@@ -70,6 +71,6 @@ class PlainIndexTests(SynchronousTestCase):
         self.assertIsNone(readWhole(named, WHOLE_READ_BYTES))
         self.assertRaises(FileNotFoundError, readWhole, missing, WHOLE_READ_BYTES)
         full = indexPlainFiles([big, named, missing])
-        self.assertIn(b'"big"', full[0].envelope)
-        self.assertIn(b'"encrypted, they say"', full[1].envelope)
+        self.assertIn(b'"big"', full[0][ENVELOPE])
+        self.assertIn(b'"encrypted, they say"', full[1][ENVELOPE])
         self.assertIsNone(full[2])

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.access.fetchindex import Indexed
+from qutemail.access.fetchindex import ENVELOPE
 from qutemail.access.fetchindex import indexEntry
 from qutemail.access.imapmime import HEADER_CAP_BYTES, scanMessage
 from qutemail.access.quickscan import quickScan, scanBytes
@@ -130,8 +130,8 @@ class QuickScanTests(SynchronousTestCase):
         self.assertEqual(quick.contentTypeParams(), ["charset", "us-ascii", "format", "flowed"])
         self.assertSameAsFull(SIMPLE)
         entry = indexEntry(quick)
-        self.assertIsInstance(entry, Indexed)
-        self.assertIn(b'"quarterly report"', entry.envelope)
+        self.assertIs(type(entry), tuple)
+        self.assertIn(b'"quarterly report"', entry[ENVELOPE])
 
     def test_noContentType(self) -> None:
         """

@@ -21,8 +21,8 @@ from qutemail.replies import MAILBOX_FULL, ReplyError
 from qutemail.store.deliveryprocess import DeliveryProcess
 from qutemail.qkd.keyfiles import KeyExists
 from qutemail.qkd.vault import FileKeyVault
-from qutemail.access.fetchindex import fromRows
-from qutemail.access.plainindex import indexSmallPlain, indexSmallPlainRows
+from qutemail.access.fetchindex import BODYSTRUCTURE, ENVELOPE
+from qutemail.access.plainindex import indexSmallPlain
 from qutemail.store.deliveryworker import DELIVER, INDEX_PLAIN, VAULT_KEYS, decodeFrames, encodeFrame, serve
 from qutemail.store.maildir import MaildirStore
 from qutemail.store.maildirwrite import MaildirWriter, WriteJob
@@ -174,11 +174,9 @@ class ServeTests(SynchronousTestCase):
         paths.append(os.path.join(folder, "gone"))
         [(requestId, results, error)] = self.answers((9, INDEX_PLAIN, paths))
         self.assertEqual((requestId, error), (9, None))
-        self.assertEqual(results, indexSmallPlainRows(paths))
-        self.assertEqual(fromRows(results), indexSmallPlain(paths))
-        entries = fromRows(results)
-        self.assertIn(b'"one"', entries[0].envelope)
-        self.assertIn(b'"mixed"', entries[1].bodyStructure)
+        self.assertEqual(results, indexSmallPlain(paths))
+        self.assertIn(b'"one"', results[0][ENVELOPE])
+        self.assertIn(b'"mixed"', results[1][BODYSTRUCTURE])
         self.assertEqual(results[2:], [None, None])
 
 
@@ -269,7 +267,7 @@ class DeliveryProcessTests(TestCase):
             paths.append(os.path.join(folder, f"m{i}"))
             with open(paths[-1], "wb") as f:
                 f.write(b"From: S%d <s%d@x.test>\nSubject: number %d\n\nbody\n" % (i, i, i))
-        self.assertEqual(fromRows(await self.process.indexPlain(paths)), indexSmallPlain(paths))
+        self.assertEqual(await self.process.indexPlain(paths), indexSmallPlain(paths))
 
     async def test_vaultChildKilled(self):
         """
