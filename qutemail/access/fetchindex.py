@@ -235,8 +235,6 @@ class FetchIndex:
         # Appends run one at a time, in the order their lines were added.
         self._appending = DeferredLock()
         self._appends: set[Deferred] = set()
-        # Entries' header records as read, by base name, with the entry.
-        self._headers: dict[str, tuple[Indexed, IndexedHeader]] = {}
 
     def get(self, baseName: str) -> Indexed | None:
         """
@@ -252,10 +250,7 @@ class FetchIndex:
         entry = self.entries.get(baseName)
         if entry is None or entry[FIELDS] is None:
             return None
-        made = self._headers.get(baseName)
-        if made is None or made[0] is not entry:
-            made = self._headers[baseName] = (entry, IndexedHeader(entry[SIZE], entry[FIELDS]))
-        return made[1]
+        return IndexedHeader(entry[SIZE], entry[FIELDS])
 
     async def refresh(self, count: int, live: Callable[[], set[str]]) -> None:
         """
@@ -274,7 +269,6 @@ class FetchIndex:
                 _readFrom, self.path, self._offset, self._inode)
             if rewritten:
                 self.entries = {}
-                self._headers = {}
             self.entries.update(parseLines(data))
             if len(self.entries) <= max(count, MIN_DEAD_FOR_REWRITE):
                 return
@@ -284,7 +278,6 @@ class FetchIndex:
                 await self.runner.run(_rewrite, self.path, names)
                 data, self._offset, self._inode, _ = await self.runner.run(_readFrom, self.path, 0, None)
                 self.entries = parseLines(data)
-                self._headers = {}
         except OSError as e:
             self._log.warn("IMAP fetch index {path}: {error}", path=self.path, error=str(e))
 

@@ -126,29 +126,47 @@ class IndexedHeader:
     L{INDEXED_FIELDS}.  It stands for the message's scanned structure in
     L{qutemail.access.imapsearch.matches} for searches of those fields.
 
+    A field is looked up in the record itself (its entries are separated
+    by a character no value holds), not split into a table: a search makes
+    one of these per message and drops it, so a folder's records cost the
+    cyclic garbage collector nothing between searches, and the first
+    search of a folder builds no table per message.
+
     @ivar size: C{RFC822.SIZE}.
     """
 
-    __slots__ = ("size", "_fields")
+    __slots__ = ("size", "_record")
 
     def __init__(self, size: int, record: bytes) -> None:
         """
         @param record: what L{indexedFields} made.
         """
         self.size = size
-        self._fields: dict[str, tuple[str, str]] = {}
-        if record:
-            for entry in record.decode("utf-8", "surrogatepass").split(_ENTRY_SEP):
-                name, _, rest = entry.partition(_FIELD_SEP)
-                first, _, haystack = rest.partition(_FIELD_SEP)
-                self._fields[name] = (first, haystack)
+        self._record = record.decode("utf-8", "surrogatepass")
+
+    def _find(self, name: str) -> tuple[str, str] | None:
+        """
+        @return: a field's first value and haystack, or C{None}.
+        """
+        record = self._record
+        key = name.lower() + _FIELD_SEP
+        if record.startswith(key):
+            start = len(key)
+        else:
+            start = record.find(_ENTRY_SEP + key)
+            if start < 0:
+                return None
+            start += len(key) + 1
+        end = record.find(_ENTRY_SEP, start)
+        first, _, haystack = (record[start:] if end < 0 else record[start:end]).partition(_FIELD_SEP)
+        return first, haystack
 
     def rawField(self, name: str) -> str | None:
         """
         @return: the first value of an indexed field, unfolded, or
             C{None}.
         """
-        found = self._fields.get(name.lower())
+        found = self._find(name)
         return found[0] if found is not None else None
 
     def fieldMatches(self, name: str, folded: str) -> bool:
@@ -156,7 +174,7 @@ class IndexedHeader:
         @param folded: the needle, case folded (C{""}: any value).
         @return: whether an indexed field has a value holding it.
         """
-        found = self._fields.get(name.lower())
+        found = self._find(name)
         return found is not None and folded in found[1]
 
 

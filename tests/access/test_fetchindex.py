@@ -245,6 +245,21 @@ class FetchIndexTests(SynchronousTestCase):
         self.assertTrue(header.fieldMatches("Subject", "caf\u00e9"))
         self.assertEqual((header.rawField("subject"), header.size), ("Caf\u00e9", 101))
 
+    def test_headersNotKept(self) -> None:
+        """
+        The index keeps nothing of a search but its entries: after every
+        entry's header record has been asked for, no L{IndexedHeader} is
+        left alive (a searched folder would otherwise hold one, and its
+        fields, per message for the garbage collector to walk).
+        """
+        index = self.index()
+        record = "subject\x01One\x01one\x02from\x01A\x01a".encode()
+        for n in range(50):
+            index.add(f"m{n}", entry(n)[:FIELDS] + (record,))
+        self.assertEqual(sum(index.header(f"m{n}").fieldMatches("from", "a") for n in range(50)), 50)
+        gc.collect()
+        self.assertEqual([o for o in gc.get_objects() if isinstance(o, IndexedHeader)], [])
+
 
 class SharedIndexesTests(SynchronousTestCase):
     """
