@@ -36,13 +36,12 @@ anywhere in clear.
 
 import base64
 import binascii
-from binascii import b2a_base64
 import fcntl
 import os
+from binascii import b2a_base64
 from collections import OrderedDict
 from typing import Any, Callable
 
-import attrs
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
@@ -82,13 +81,6 @@ APPEND_AHEAD_BYTES = 1024 * 1024
 # delivery process sends them as they are; they pickle and load in C.
 Indexed = tuple[int, bytes, bytes, bytes, bytes | None]
 SIZE, ENVELOPE, BODYSTRUCTURE, BODY, FIELDS = range(5)
-
-
-def indexed(size: int, envelope: bytes, bodyStructure: bytes, body: bytes, fields: bytes | None = None) -> Indexed:
-    """
-    @return: an entry of these values.
-    """
-    return (size, envelope, bodyStructure, body, fields)
 
 
 def indexLine(baseName: str, entry: Indexed) -> bytes:

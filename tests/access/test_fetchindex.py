@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from qutemail.access import fetchindex
 from qutemail.access.fetchindex import (
-    ENVELOPE, FIELDS, INDEX_NAME, SIZE, FetchIndex, SharedIndexes, indexed, indexEntry, indexLine, parseLines,
+    ENVELOPE, FIELDS, INDEX_NAME, SIZE, FetchIndex, SharedIndexes, indexEntry, indexLine, parseLines,
 )
 from qutemail.access.quickscan import scanBytes
 from qutemail.access.searchfields import IndexedHeader
@@ -24,7 +24,7 @@ def entry(n: int) -> tuple:
     """
     A distinct entry, with 8-bit and space-holding values.
     """
-    return indexed(100 + n, b'("date" "caf\xc3\xa9 %d")' % (n,), b'("text" "plain")', b"(%d)" % (n,))
+    return (100 + n, b'("date" "caf\xc3\xa9 %d")' % (n,), b'("text" "plain")', b"(%d)" % (n,), None)
 
 
 class FetchIndexTests(SynchronousTestCase):
