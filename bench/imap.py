@@ -235,20 +235,29 @@ service stats {{
     return process, port
 
 
+def logIn(port: int) -> imaplib.IMAP4:
+    """
+    Connect to a server, STARTTLS (its self-signed certificate not
+    verified) and LOGIN as the bench user.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    client = imaplib.IMAP4("127.0.0.1", port)
+    client.starttls(ssl_context=context)
+    client.login(ADDRESS, PASSWORD)
+    return client
+
+
 def timeSteps(port: int) -> tuple[dict[str, float], dict[str, int]]:
     """
     Run the steps against one server.
 
     @return: seconds per step, and what each step found (for checking).
     """
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
     times, found = {}, {}
     started = time.perf_counter()
-    client = imaplib.IMAP4("127.0.0.1", port)
-    client.starttls(ssl_context=context)
-    client.login(ADDRESS, PASSWORD)
+    client = logIn(port)
     selecting = time.perf_counter()
     status, data = client.select("INBOX", readonly=True)
     times["login_select"] = time.perf_counter() - started
@@ -282,12 +291,7 @@ def timeFolder(port: int, folder: str) -> tuple[float, float, int]:
 
     @return: the seconds of each, and how many messages were listed.
     """
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    client = imaplib.IMAP4("127.0.0.1", port)
-    client.starttls(ssl_context=context)
-    client.login(ADDRESS, PASSWORD)
+    client = logIn(port)
     started = time.perf_counter()
     status, data = client.select(folder, readonly=True)
     selected = time.perf_counter() - started

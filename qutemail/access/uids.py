@@ -36,7 +36,6 @@ import operator
 import os
 import re
 from collections.abc import Iterable
-from itertools import repeat
 
 import attrs
 from twisted.logger import Logger
@@ -47,7 +46,7 @@ from qutemail.store.dirlock import DirectoryLock
 from qutemail.durable import replaceFile
 from qutemail.store.folders import KEYWORDS_FILE
 from qutemail.store.mailbox import subdirectoryEntries
-from qutemail.store.reader import storedId
+from qutemail.store.reader import splitStoredNames, storedId
 
 _log = Logger()
 
@@ -296,8 +295,8 @@ def _scanBoth(folderPath: str) -> tuple[dict[str, str], dict[str, str], frozense
     L{_scan}, with each message's info (what follows the first colon of
     its file name: C{2,} and the flag letters, or C{""}) and the base
     names of the files found in C{new/} only.  Names are split once, in
-    C (C{str.partition} mapped over them), and only the C{new/} names are
-    gathered into a set: a first look at a large folder lists thousands.
+    C (L{splitStoredNames}), and only the C{new/} listing is gone through
+    again: a first look at a large folder lists thousands.
 
     @return: C{(paths, infos, inNew)}, the first two by base name.
     """
@@ -306,7 +305,7 @@ def _scanBoth(folderPath: str) -> tuple[dict[str, str], dict[str, str], frozense
     newPaths: dict[str, str] = {}
     for sub in ("new", "cur"):
         entries = _messageFiles(os.path.join(folderPath, sub))
-        parts = list(map(str.partition, map(_NAME, entries), repeat(":")))
+        parts = splitStoredNames(map(_NAME, entries))
         baseNames = list(map(_FIRST, parts))
         listed = dict(zip(baseNames, map(_PATH, entries)))
         paths.update(listed)

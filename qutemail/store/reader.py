@@ -27,6 +27,8 @@ L{MessageInfo.returnPathLine}, for readers that show it.
 import email.parser
 import email.policy
 import os
+from collections.abc import Iterable
+from itertools import repeat
 from typing import Any, BinaryIO, NamedTuple
 
 import attrs
@@ -96,12 +98,26 @@ class MessageInfo:
     returnPathLine: bytes | None = None
 
 
+# What ends a Maildir file's unique part, before its info.
+_INFO_SEPARATOR = ":"
+
+
 def storedId(name: str) -> str:
     """
     @param name: a Maildir file's base name.
     @return: its unique part, without the info (C{:2,} and flags).
     """
-    return name.partition(":")[0]
+    return name.partition(_INFO_SEPARATOR)[0]
+
+
+def splitStoredNames(names: Iterable[str]) -> list[tuple[str, str, str]]:
+    """
+    L{storedId} of many file names at once, with their info, split in C
+    (a first look at a large folder splits thousands).
+
+    @return: for each name, C{(unique part, ":" or "", info)}.
+    """
+    return list(map(str.partition, names, repeat(_INFO_SEPARATOR)))
 
 
 def listMessages(dataDir: str, address: str) -> list[StoredMessage]:
