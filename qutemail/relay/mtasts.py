@@ -228,13 +228,15 @@ class MTASTSPolicies:
         """
         See L{policyFor}.
         """
+        answer = await self.resolver.query(f"_mta-sts.{domain}", "TXT")
+        policyId = parseRecord(list(answer.records)) if answer.status == FOUND else None
+        # The cache as it is once the answer is in: a fetch started by
+        # another delivery may have finished while this one waited.
         now = self.reactor.seconds()
         cached = self._cache.get(domain)
         if cached is not None and cached.expiresAt <= now:
             del self._cache[domain]
             cached = None
-        answer = await self.resolver.query(f"_mta-sts.{domain}", "TXT")
-        policyId = parseRecord(list(answer.records)) if answer.status == FOUND else None
         if policyId is None or (cached is not None and cached.policy.id == policyId):
             # No record (or no usable one): a cached policy still holds
             # until it expires (RFC 8461 §5.1).

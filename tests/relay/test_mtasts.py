@@ -175,6 +175,35 @@ class PoliciesTests(PolicySetup):
         self.assertEqual([p.id for p in found], ["first"] * 5)
         self.assertEqual(self.host.fetches, 1)
 
+    async def test_lateAnswerUsesFetchedPolicy(self) -> None:
+        """
+        A delivery whose TXT answer comes only after another delivery's
+        fetch of the same policy has finished takes the policy that fetch
+        cached, rather than fetching it again.
+        """
+        real, held, asked = self.resolver, Deferred(), []
+
+        class SecondTXTLate:
+            """
+            The real resolver, holding back the second TXT answer.
+            """
+
+            async def query(self, name: str, rdtype: str):
+                answer = await real.query(name, rdtype)
+                if rdtype == "TXT":
+                    asked.append(name)
+                    if len(asked) == 2:
+                        await held
+                return answer
+
+        policies = MTASTSPolicies(reactor, SecondTXTLate(), self.ca.root(), httpsPort=self.https, timeoutSeconds=5)
+        first, second = policies.policyFor("remote.test"), policies.policyFor("remote.test")
+        self.assertEqual((await first).id, "first")
+        self.assertEqual(self.host.fetches, 1)
+        held.callback(None)
+        self.assertEqual((await second).id, "first")
+        self.assertEqual(self.host.fetches, 1)
+
     async def test_recordRemovedKeepsCache(self) -> None:
         """
         With the TXT record gone, the cached policy holds until its
