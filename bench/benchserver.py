@@ -38,9 +38,14 @@ def freePort() -> int:
 
 def serverEnvironment() -> dict[str, str]:
     """
-    @return: this environment without QUTEMAIL_* variables.
+    @return: this environment without QUTEMAIL_* variables, and with
+        Python's fault handler on, so that a server that has to be stopped
+        with SIGABRT (see L{BenchServer.stop}) writes every thread's stack
+        to its stderr first.
     """
-    return {k: v for k, v in os.environ.items() if not k.startswith("QUTEMAIL_")}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("QUTEMAIL_")}
+    environment["PYTHONFAULTHANDLER"] = "1"
+    return environment
 
 
 def maildirCount(mailbox: str) -> int:
@@ -154,7 +159,9 @@ class Server:
 
     def stop(self) -> None:
         """
-        SIGTERM it and wait; SIGKILL it if it does not stop in time.  Safe to
+        SIGTERM it and wait.  If it does not stop in time, SIGABRT it (the
+        fault handler writes every thread's stack to C{twistd.stderr}, for
+        finding out where it hung), then SIGKILL it if need be.  Safe to
         call more than once, and when it never started.
         """
         process = self.process
@@ -164,9 +171,14 @@ class Server:
         try:
             process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-            raise BenchError(f"twistd (pid {process.pid}) ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killed")
+            process.send_signal(signal.SIGABRT)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+            raise BenchError(f"twistd (pid {process.pid}) ignored SIGTERM for {STOP_TIMEOUT:.0f} s; aborted "
+                             f"(its threads' stacks are in {self.errPath})") from None
 
 
 def waitForMaildir(mailbox: str, expected: int, started: float) -> tuple[float, int]:

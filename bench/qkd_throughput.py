@@ -28,8 +28,9 @@ the script:
   - times from the first MAIL until all SESSIONS x MESSAGES messages are
     in alice's Maildir (files in new/ and cur/), so the figure covers
     delivery (and sealing), not only acceptance;
-  - stops the server with SIGTERM (SIGKILL if it does not stop), then checks
-    the count and a few stored files: multipart/encrypted without the
+  - stops the server with SIGTERM (if it does not stop within 60 s,
+    SIGABRT, which writes its threads' stacks to twistd.stderr, then
+    SIGKILL), then checks the count and a few stored files: multipart/encrypted without the
     plaintext when encrypting, the plaintext as sent otherwise.
 
 It prints one line per run (mode, round, messages, seconds, messages per
