@@ -69,7 +69,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
     # KME allows it); a vendor KME pair wants another SAE ([qkd] rest_sae).
     encryptor = MessageEncryptor(source, vault, runner, qkd.restSae or saeId, sealed,
                                  subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT,
-                                 keySizeBits=qkd.keySizeBits)
+                                 keySizeBits=qkd.keySizeBits, clock=reactor)
     makeDirectories(sealed)
     encryptor.cleanup(reactor.seconds())
     return encryptor

@@ -198,7 +198,7 @@ class FullDiskRunner:
         """
         Like L{InlineRunner.run}, except for the sealed file's write.
         """
-        if f.__name__ == "_writeSealed":
+        if f.__name__ == "writeSealed":
             return fail(OSError(errno.ENOSPC, "No space left on device"))
         return InlineRunner().run(f, *args, **kwargs)
 

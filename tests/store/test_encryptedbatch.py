@@ -12,6 +12,7 @@ import uuid
 import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -220,7 +221,7 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
         rest = self.source.answer(1)
         results += [self.successResultOf(d) for d in sealing[1:]]
         self.assertEqual([r.keyId for r in results[1:]], [k for k, _ in rest])
-        self.assertEqual(self.runner.jobs.count("_sealInMemory"), 2)
+        self.assertEqual(self.runner.jobs.count("sealInMemory"), 2)
         for n, ((keyId, key), result) in enumerate(zip([first] + rest, results)):
             self.assertEqual(self.successResultOf(self.vault.fetch(keyId)), key)
             self.assertEqual(decryptBytes(result.message.inline, key), messageBytes(n))
@@ -272,6 +273,61 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
         self.source.answer(1)
         self.assertEqual(len({self.successResultOf(d).keyId for d in later}), 3)
 
+    def pacedEncryptor(self, **kwargs) -> MessageEncryptor:
+        """
+        @return: an encryptor that paces its requests by C{self.clock}, 50
+            ms apart.
+        """
+        self.clock = Clock()
+        self.clock.advance(1000)
+        return self.makeEncryptor(clock=self.clock, requestInterval=0.05, **kwargs)
+
+    def test_pacedWhileBusy(self):
+        """
+        With a clock, seals that ask less than C{requestInterval} after the
+        last request started wait until it is over, then share one request;
+        a seal after a quiet spell asks at once.
+        """
+        self.encryptor = self.pacedEncryptor()
+        first = self.startSeals(1)
+        self.assertEqual(self.source.numbers, [1])
+        self.source.answer(0)
+        self.successResultOf(first[0])
+        self.clock.advance(0.01)
+        later = self.startSeals(3)
+        self.clock.advance(0.039)
+        self.assertEqual(self.source.numbers, [1])
+        self.clock.advance(0.001)
+        self.assertEqual(self.source.numbers, [1, 3])
+        self.source.answer(1)
+        self.assertEqual(len({self.successResultOf(d).keyId for d in later}), 3)
+        self.clock.advance(0.05)
+        self.startSeals(1)
+        self.assertEqual(self.source.numbers, [1, 3, 1])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_fullRequestNotPaced(self):
+        """
+        Seals enough for a whole request go at once, interval or not; the
+        ones past it wait for the interval after that request.
+        """
+        self.encryptor = self.pacedEncryptor(maxKeysPerRequest=3)
+        self.startSeals(1)
+        self.source.answer(0)
+        self.clock.advance(0.01)
+        waiting = self.startSeals(2)
+        self.assertEqual(self.source.numbers, [1])
+        waiting += self.startSeals(3)
+        self.assertEqual(self.source.numbers, [1, 3])
+        self.source.answer(1)
+        self.clock.advance(0.049)
+        self.assertEqual(self.source.numbers, [1, 3])
+        self.clock.advance(0.001)
+        self.assertEqual(self.source.numbers, [1, 3, 2])
+        self.source.answer(2)
+        self.assertEqual(len({self.successResultOf(d).keyId for d in waiting}), 5)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_spilledDoesNotHold(self):
         """
         A spilled message is sealed on its own: while its file is being
@@ -289,7 +345,7 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
                 """
                 Run C{f} now, or a sealed file's write once C{written} fires.
                 """
-                if f.__name__ == "_writeSealed":
+                if f.__name__ == "writeSealed":
                     return written.addCallback(lambda _: CountingRunner.run(self, f, *args, **kwargs))
                 return CountingRunner.run(self, f, *args, **kwargs)
 
@@ -353,7 +409,7 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
         self.source.answer(0)
         self.source.asked[1][1].callback([(held, os.urandom(32))] + [(str(uuid.uuid4()), os.urandom(32))
                                                                      for _ in range(2)])
-        self.assertEqual(self.runner.jobs, ["_sealInMemory", "addKeyFiles", "_sealInMemory", "addKeyFiles"])
+        self.assertEqual(self.runner.jobs, ["sealInMemory", "addKeyFiles", "sealInMemory", "addKeyFiles"])
         self.assertIn(f"key id {held} again", self.failureResultOf(sealing[1], ReplyError).value.reply.text)
         self.assertEqual(self.successResultOf(self.vault.fetch(held)), old)
         for d in (sealing[0],) + tuple(sealing[2:]):
@@ -406,7 +462,7 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
                 """
                 Run C{f}, except an in-memory seal, which raises.
                 """
-                if f.__name__ == "_sealInMemory":
+                if f.__name__ == "sealInMemory":
                     return fail(RuntimeError("bug"))
                 return CountingRunner.run(self, f, *args, **kwargs)
 
