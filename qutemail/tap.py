@@ -35,9 +35,10 @@ def makeService(options: Options, reactor=None):
     file, section and key, and exit status 1.
 
     In the real process (no C{reactor} given) the soft open-file limit is
-    first raised to the hard limit, so C{[limits] max_sessions} fits, and
+    first raised to the hard limit, so C{[limits] max_sessions} fits,
     start-up's objects are kept out of later full garbage collections
-    (L{qutemail.gcstartup}).
+    (L{qutemail.gcstartup}), and SIGTERM and SIGINT stop it without
+    logging inside their handler (L{qutemail.stopsignals}).
 
     @param options: the parsed L{Options}.
     @param reactor: the reactor; the global one when not given.
@@ -54,8 +55,10 @@ def makeService(options: Options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
         from qutemail.gcstartup import freezeWhenRunning
+        from qutemail.stopsignals import installWhenRunning
         openFileLimit = raiseOpenFileLimit()[1]
         freezeWhenRunning(reactor)
+        installWhenRunning(reactor)
     try:
         config = loadConfig(options["config"])
         if openFileLimit is not None:

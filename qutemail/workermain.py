@@ -17,6 +17,7 @@ from qutemail.gcstartup import freezeWhenRunning
 from qutemail.parentdeath import dieWithParent
 from qutemail.policy.sessions import checkHeadroom, raiseOpenFileLimit
 from qutemail.service import buildService
+from qutemail.stopsignals import installWhenRunning
 from qutemail.workers import LISTEN_FD
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     root = buildService(config, reactor, workerIndex=options.index, adoptFd=LISTEN_FD)
     root.startService()
     freezeWhenRunning(reactor)
+    installWhenRunning(reactor)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()
     return 0
