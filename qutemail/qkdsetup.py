@@ -30,7 +30,7 @@ _log = Logger()
 
 
 def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService, vault: Any,
-                   metrics: Any = None) -> MessageEncryptor:
+                   metrics: Any = None, sealer: Any = None) -> MessageEncryptor:
     """
     The QKD layer: the key source (the embedded KME on loopback when
     C{[qkd] kme_url} is empty, else the configured KME), the key vault and
@@ -39,6 +39,8 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
 
     @param parent: gets the embedded KME and the client's service.
     @param metrics: counts the client's requests to the KME, or C{None}.
+    @param sealer: encrypts inline messages in another process (the
+        delivery process), or C{None} for the runner's threads.
     """
     dataDir = config.server.dataDir
     qkd = config.qkd
@@ -69,7 +71,7 @@ def buildEncryptor(config: Any, reactor: Any, runner: Any, parent: MultiService,
     # KME allows it); a vendor KME pair wants another SAE ([qkd] rest_sae).
     encryptor = MessageEncryptor(source, vault, runner, qkd.restSae or saeId, sealed,
                                  subject=None if qkd.keepSubject else PLACEHOLDER_SUBJECT,
-                                 keySizeBits=qkd.keySizeBits, clock=reactor)
+                                 keySizeBits=qkd.keySizeBits, sealer=sealer, clock=reactor)
     makeDirectories(sealed)
     encryptor.cleanup(reactor.seconds())
     return encryptor

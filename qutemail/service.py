@@ -395,7 +395,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     encryptor = None
     if workerIndex == 0:
         if config.qkd.encrypt:
-            encryptor = buildEncryptor(config, reactor, runner, root, vault, metrics)
+            # The delivery process seals internal mail held in memory, on
+            # its core: in a thread here the seals held the interpreter.
+            encryptor = buildEncryptor(config, reactor, runner, root, vault, metrics, sealer=deliveryProcess)
     created = ensureKey(dataDir, config.dkim.privateKey, config.dkim.selector, server.domains)
     if created is not None and workerIndex == 0:
         _log.info("created a DKIM key; publish these records:\n{records}", records=created)

@@ -33,7 +33,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from qutemail.store.deliveryworker import (
-    DELIVER, INDEX_PLAIN, PRELOAD_INDEXING, VAULT_KEYS, decodeFrames, encodeFrame,
+    DELIVER, INDEX_PLAIN, PRELOAD_INDEXING, SEAL_INLINE, VAULT_KEYS, decodeFrames, encodeFrame, frameSize,
 )
 
 
@@ -44,7 +44,12 @@ class _ChildProtocol(ProcessProtocol):
 
     def __init__(self, owner: "DeliveryProcess") -> None:
         self.owner = owner
-        self.buffer = b""
+        # What has arrived of the answers not yet decoded, and how much of
+        # it the first one needs: a large answer (sealed messages) comes in
+        # many reads, which are joined once it is all in, not at each read.
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.needed = frameSize(b"")
         self.ended: Deferred = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -53,7 +58,13 @@ class _ChildProtocol(ProcessProtocol):
         """
         if childFD != 1:
             return
-        answers, self.buffer = decodeFrames(self.buffer + data)
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size < self.needed:
+            return
+        answers, rest = decodeFrames(b"".join(self.chunks))
+        self.chunks, self.size = ([rest] if rest else []), len(rest)
+        self.needed = frameSize(rest)
         for requestId, results, error in answers:
             self.owner.answered(requestId, results, error)
 
@@ -146,6 +157,16 @@ class DeliveryProcess(Service):
             with C{OSError(EIO)} if the child cannot make them.
         """
         return self._request(INDEX_PLAIN, paths, len(paths))
+
+    def sealInline(self, subject: str | None, items: list[tuple[bytes, str, bytes]]) -> Deferred:
+        """
+        Encrypt internal mail held in memory in the child, on its core
+        rather than the server's (see L{qutemail.store.sealwork.sealBodies}).
+
+        @return: a Deferred firing with that function's results, or failing
+            with C{OSError(EIO)} if the child cannot make them.
+        """
+        return self._request(SEAL_INLINE, (subject, items), len(items))
 
     def _request(self, kind: str, payload: object, count: int) -> Deferred:
         """

@@ -11,6 +11,12 @@ and answers each on its standard output.  A request is either
 - C{VAULT_KEYS}: the key files of a batch of message keys, already wrapped
   under the master key by the parent (which alone reads that key), written
   by L{qutemail.qkd.keyfiles.addKeyFiles}; or
+- C{SEAL_INLINE}: internal mail held in memory, encrypted with its QKD
+  message keys (L{qutemail.store.sealwork.sealBodies}) on this process's
+  core: in a thread of the server, the seals of a busy server held its
+  interpreter lock against the reactor (issue 14).  The message keys cross
+  the private pipe and are dropped once used; the vault's master key never
+  does; or
 - C{INDEX_PLAIN}: the IMAP fetch index entries of a batch of small plain
   stored messages (L{qutemail.access.plainindex.indexSmallPlain}; plain
   tuples, which pickle in C), so that
@@ -47,6 +53,7 @@ THREADS = 4
 DELIVER = "deliver"
 VAULT_KEYS = "vault-keys"
 INDEX_PLAIN = "index-plain"
+SEAL_INLINE = "seal-inline"
 # The option that has the process load the IMAP indexing code as it starts.
 PRELOAD_INDEXING = "--preload-indexing"
 _LENGTH = struct.Struct(">I")
@@ -76,6 +83,16 @@ def decodeFrames(buffer: bytes) -> tuple[list, bytes]:
         values.append(pickle.loads(buffer[pos + _LENGTH.size:end]))
         pos = end
     return values, buffer[pos:]
+
+
+def frameSize(buffer: bytes) -> int:
+    """
+    @return: how many bytes the first frame of C{buffer} needs in all
+        (the length's own size while that is not all in yet).
+    """
+    if len(buffer) < _LENGTH.size:
+        return _LENGTH.size
+    return _LENGTH.size + _LENGTH.unpack_from(buffer)[0]
 
 
 def _readExactly(source: BinaryIO, count: int) -> bytes | None:
@@ -112,6 +129,12 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
                 # indexes (an SMTP worker's) never pays its memory.
                 from qutemail.access.plainindex import indexSmallPlain
                 results = indexSmallPlain(payload)
+            elif kind == SEAL_INLINE:
+                # Loaded at the first seal: a server that never encrypts
+                # never pays for the cipher's imports here.
+                from qutemail.store.sealwork import sealBodies
+                subject, items = payload
+                results = sealBodies(subject, items)
             else:
                 raise ValueError(f"unknown request {kind!r}")
             frame = encodeFrame((requestId, results, None))
@@ -125,10 +148,12 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-delivery") as pool, \
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-vault") as keyPool, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="qutemail-index") as indexPool:
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="qutemail-index") as indexPool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="qutemail-seal") as sealPool:
         # Key files have threads of their own: a seal waits for its keys,
         # and its delivery after it, so they never queue behind deliveries.
-        pools = {VAULT_KEYS: keyPool, INDEX_PLAIN: indexPool}
+        # Seals are CPU work, one batch at a time.
+        pools = {VAULT_KEYS: keyPool, INDEX_PLAIN: indexPool, SEAL_INLINE: sealPool}
         while True:
             header = _readExactly(source, _LENGTH.size)
             if header is None:

@@ -94,9 +94,8 @@ from qutemail.qkd.cipher import MIN_KEY_BYTES, PLACEHOLDER_SUBJECT
 from qutemail.qkd.keyfiles import KeyExists
 from qutemail.qkd.vault import InvalidKeyId, KeyVaultError, checkKeyId
 from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, STORAGE_FULL, Reply, ReplyError, oneLine
-from qutemail.store.sealwork import sealInMemory, writeSealed
+from qutemail.store.sealwork import SEALED_SUFFIX, removeLeftovers, sealInMemory, writeSealed
 
-SEALED_SUFFIX = ".sealed"
 KEY_SIZE_BITS = 256
 # The most keys one enc_keys request asks for (the embedded KME allows 128).
 MAX_KEYS_PER_REQUEST = 64
@@ -197,6 +196,9 @@ class MessageEncryptor:
         the original's (when it is sane; see L{qutemail.qkd.cipher}).
     @ivar keySizeBits: the key size asked for.
     @ivar maxKeysPerRequest: the most keys one C{enc_keys} request takes.
+    @ivar sealer: what encrypts inline messages in another process (the
+        delivery process, L{qutemail.store.deliveryprocess.DeliveryProcess}:
+        its C{sealInline(subject, items)}), or C{None} for a worker thread.
     @ivar clock: the reactor's time (L{IReactorTime}) that paces requests,
         or C{None} not to pace them.
     @ivar requestInterval: the least seconds from the start of one request
@@ -214,6 +216,7 @@ class MessageEncryptor:
     subject: str | None = attrs.field(default=PLACEHOLDER_SUBJECT)
     keySizeBits: int = KEY_SIZE_BITS
     maxKeysPerRequest: int = MAX_KEYS_PER_REQUEST
+    sealer: Any = None
     clock: Any = None
     requestInterval: float = KEY_REQUEST_INTERVAL_SECONDS
     _waiting: list[_Waiting] = attrs.field(factory=list, init=False)
@@ -420,11 +423,10 @@ class MessageEncryptor:
         """
         first = keyed[0].waiting.message
         if first.inline is not None:
-            sealed = await self.runner.run(sealInMemory, [(i.waiting.message, i.keyId, i.key) for i in keyed],
-                                           self.subject)
+            sealed = await self._sealInline(keyed)
             return [SealResult(attrs.evolve(item.waiting.message, size=len(data), inline=data, path=None, opener=None),
-                               item.keyId, info.messageId, info.plaintextBytes)
-                    for item, (data, info) in zip(keyed, sealed)]
+                               item.keyId, messageId, plaintextBytes)
+                    for item, (data, messageId, plaintextBytes) in zip(keyed, sealed)]
         [item] = keyed
         path = self.sealedPath(first)
         try:
@@ -438,6 +440,28 @@ class MessageEncryptor:
         # Not the queue's opener: the sealed file is read as it is.
         message = attrs.evolve(first, size=info.storedBytes, inline=None, path=path, opener=None)
         return [SealResult(message, item.keyId, info.messageId, info.plaintextBytes)]
+
+    async def _sealInline(self, keyed: list[_Keyed]) -> list[tuple[bytes, str, int]]:
+        """
+        Encrypt inline messages in memory: by the C{sealer} where there is
+        one (and it answers), else by one worker job.
+
+        @return: per item, its stored form, its Message-ID and its
+            original's size.
+        """
+        if self.sealer is not None:
+            try:
+                answers = await self.sealer.sealInline(
+                    self.subject, [(item.waiting.message.inline, item.keyId, item.key) for item in keyed])
+            except OSError:
+                # The delivery process failed or ended (it logged why):
+                # seal here, and it restarts at its next request.
+                pass
+            else:
+                return [(data, messageId, plaintextBytes) for data, _, messageId, plaintextBytes, _ in answers]
+        sealed = await self.runner.run(sealInMemory, [(i.waiting.message, i.keyId, i.key) for i in keyed],
+                                       self.subject)
+        return [(data, info.messageId, info.plaintextBytes) for data, info in sealed]
 
     async def _keepKeys(self, keys: list[tuple[str, bytes]]) -> list[BaseException | None]:
         """
@@ -550,22 +574,7 @@ class MessageEncryptor:
         @return: how many files were removed.
         @raise OSError: the work directory exists but cannot be read.
         """
-        removed = 0
-        try:
-            entries = os.scandir(self.workDirectory)
-        except FileNotFoundError:
-            return 0
-        with entries:
-            for entry in entries:
-                if not entry.name.endswith(SEALED_SUFFIX):
-                    continue
-                try:
-                    if entry.stat(follow_symlinks=False).st_mtime > now - maxAgeSeconds:
-                        continue
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                removed += 1
+        removed = removeLeftovers(self.workDirectory, now - maxAgeSeconds)
         if removed:
             self._log.info("removed {count} leftover sealed files from {directory}",
                            count=removed, directory=self.workDirectory)

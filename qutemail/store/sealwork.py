@@ -12,6 +12,8 @@ from qutemail.durable import PRIVATE_FILE_MODE, makeDirectories
 from qutemail.message import SpooledMessage
 from qutemail.qkd.cipher import SealedMessage, encryptStream
 
+SEALED_SUFFIX = ".sealed"
+
 
 def sealInMemory(items: list[tuple[SpooledMessage, str, bytes]],
                  subject: str | None) -> list[tuple[bytes, SealedMessage]]:
@@ -28,6 +30,24 @@ def sealInMemory(items: list[tuple[SpooledMessage, str, bytes]],
         with message.openBody() as source:
             info = encryptStream(source, out, keyId, key, subject)
         sealed.append((out.getvalue(), info))
+    return sealed
+
+
+def sealBodies(subject: str | None, items: list[tuple[bytes, str, bytes]]) -> list[tuple]:
+    """
+    L{sealInMemory} for bodies given as bytes, with plain tuples for
+    answers: what the delivery process does for a C{SEAL_INLINE} request
+    (see L{qutemail.store.deliveryworker}).  Blocking (CPU).
+
+    @param items: C{(body, keyId, key)} of each message.
+    @return: per message, in order, C{(stored form, keyId, messageId,
+        plaintextBytes, storedBytes)}.
+    """
+    sealed = []
+    for body, keyId, key in items:
+        out = io.BytesIO()
+        info = encryptStream(io.BytesIO(body), out, keyId, key, subject)
+        sealed.append((out.getvalue(), info.keyId, info.messageId, info.plaintextBytes, info.storedBytes))
     return sealed
 
 
@@ -58,3 +78,30 @@ def writeSealed(message: SpooledMessage, path: str, keyId: str, key: bytes,
         raise
     os.close(fd)
     return sealed
+
+
+def removeLeftovers(directory: str, olderThan: float) -> int:
+    """
+    Remove the sealed files of a work directory last modified before
+    C{olderThan} (POSIX time).  Blocking.
+
+    @return: how many were removed.
+    @raise OSError: the directory exists but cannot be read.
+    """
+    removed = 0
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:
+        return 0
+    with entries:
+        for entry in entries:
+            if not entry.name.endswith(SEALED_SUFFIX):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime > olderThan:
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+    return removed

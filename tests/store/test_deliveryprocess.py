@@ -8,22 +8,29 @@ import io
 import os
 import signal
 import sys
+import uuid
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
-from qutemail.interfaces import Account
+from qutemail.backends.memory import MemoryKeyVault
+from qutemail.interfaces import IQKDKeySource, Account
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.replies import MAILBOX_FULL, ReplyError
-from qutemail.store.deliveryprocess import DeliveryProcess
+from qutemail.store.deliveryprocess import DeliveryProcess, _ChildProtocol
+from qutemail.store.encrypted import MessageEncryptor
 from qutemail.qkd.keyfiles import KeyExists
 from qutemail.qkd.vault import FileKeyVault
 from qutemail.access.fetchindex import BODYSTRUCTURE, ENVELOPE
 from qutemail.access.plainindex import indexSmallPlain
-from qutemail.store.deliveryworker import DELIVER, INDEX_PLAIN, VAULT_KEYS, decodeFrames, encodeFrame, serve
+from qutemail.qkd.cipher import decryptBytes, readEnvelope
+from qutemail.store.deliveryworker import (
+    DELIVER, INDEX_PLAIN, SEAL_INLINE, VAULT_KEYS, decodeFrames, encodeFrame, serve,
+)
 from qutemail.store.maildir import MaildirStore
 from qutemail.store.maildirwrite import MaildirWriter, WriteJob
 from tests.integration.support import waitFor
@@ -74,6 +81,45 @@ class FrameTests(SynchronousTestCase):
         """
         frame = encodeFrame((1, [b"x"]))
         self.assertEqual(decodeFrames(frame[:-1]), ([], frame[:-1]))
+
+    @given(st.lists(st.binary(min_size=0, max_size=70000), min_size=1, max_size=4),
+           st.lists(st.integers(1, 50000), max_size=30))
+    def test_answersInAnyReads(self, bodies, reads):
+        """
+        The parent's end takes answers in reads of any size (a large one
+        in many) and hands over each once it is all in, in order.
+        """
+        class Owner:
+            """
+            Records the answers.
+            """
+
+            def __init__(self) -> None:
+                self.answers: list = []
+
+            def answered(self, requestId, results, error) -> None:
+                self.answers.append((requestId, results, error))
+
+        owner = Owner()
+        protocol = _ChildProtocol(owner)
+        sent = [(n, [body], None) for n, body in enumerate(bodies)]
+        stream = b"".join(encodeFrame(answer) for answer in sent)
+        position = 0
+        for size in reads:
+            protocol.childDataReceived(1, stream[position:position + size])
+            position += size
+            whole = [answer for answer in sent if len(b"".join(encodeFrame(a) for a in sent[:answer[0] + 1]))
+                     <= min(position, len(stream))]
+            self.assertEqual(owner.answers, whole)
+        protocol.childDataReceived(1, stream[position:])
+        self.assertEqual(owner.answers, sent)
+        # Each answer is handed over by the read that ends it exactly.
+        owner.answers = []
+        for answer in sent:
+            frame = encodeFrame(answer)
+            protocol.childDataReceived(1, frame[:3])
+            protocol.childDataReceived(1, frame[3:])
+            self.assertEqual(owner.answers[-1:], [answer])
 
 
 class ServeTests(SynchronousTestCase):
@@ -155,6 +201,23 @@ class ServeTests(SynchronousTestCase):
                 self.assertEqual(f.read(), content)
             self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
 
+
+    def test_sealInline(self):
+        """
+        Messages held in memory are sealed in the child, each with its own
+        key: what comes back reads as the original with that key.
+        """
+        keys = [(f"00000000-0000-4000-8000-00000000000{n}", os.urandom(32)) for n in range(3)]
+        bodies = [b"Subject: number %d\nMessage-ID: <%d@x.test>\n\nbody %d\n" % (n, n, n) for n in range(3)]
+        [(requestId, results, error)] = self.answers(
+            (4, SEAL_INLINE, ("Encrypted message", [(body, keyId, key) for body, (keyId, key) in zip(bodies, keys)])))
+        self.assertEqual((requestId, error), (4, None))
+        for n, ((data, keyId, messageId, plaintextBytes, storedBytes), body) in enumerate(zip(results, bodies)):
+            self.assertEqual((keyId, messageId, plaintextBytes, storedBytes),
+                             (keys[n][0], f"<{n}@x.test>", len(body), len(data)))
+            self.assertEqual(readEnvelope(io.BytesIO(data)).keyId, keyId)
+            self.assertNotIn(b"body %d" % n, data)
+            self.assertEqual(decryptBytes(data, keys[n][1]), body)
 
     def test_indexPlain(self):
         """
@@ -254,6 +317,47 @@ class DeliveryProcessTests(TestCase):
         [held] = await vault.addKeys([("key-3", os.urandom(32))])
         self.assertIsInstance(held, KeyExists)
         self.assertEqual(await vault.fetch("key-3"), pairs[3][1])
+
+    async def test_sealThroughChild(self):
+        """
+        An encryptor given the process as its C{sealer} has its inline
+        messages sealed by the child (not by its runner, which here refuses
+        to seal); each reads back with its own key.
+        """
+        class NoSealing:
+            """
+            Runs the vault's blocking work inline, refuses to seal.
+            """
+
+            def run(self, f, *args):
+                """
+                Run C{f} now, unless it seals.
+                """
+                assert f.__name__ != "sealInMemory", "sealed by the runner"
+                return maybeDeferred(f, *args)
+
+        @implementer(IQKDKeySource)
+        class Keys:
+            """
+            Fresh keys, as many as asked.
+            """
+
+            def encKeys(self, peerSAE, sizeBits, number):
+                return succeed([(str(uuid.uuid4()), os.urandom(sizeBits // 8)) for _ in range(number)])
+
+            def encKey(self, peerSAE, sizeBits):
+                return succeed((str(uuid.uuid4()), os.urandom(sizeBits // 8)))
+
+        vault = MemoryKeyVault()
+        encryptor = MessageEncryptor(Keys(), vault, NoSealing(), "sae-b", os.path.join(self.dataDir, "sealed"),
+                                     sealer=self.process)
+        bodies = [b"Subject: secret %d\n\nbody %d\n" % (n, n) for n in range(5)]
+        results = await gatherResults([Deferred.fromCoroutine(encryptor.seal(message(f"QS{n}", body)))
+                                       for n, body in enumerate(bodies)])
+        self.assertEqual(len({r.keyId for r in results}), 5)
+        for result, body in zip(results, bodies):
+            self.assertNotIn(body, result.message.inline)
+            self.assertEqual(decryptBytes(result.message.inline, await vault.fetch(result.keyId)), body)
 
     async def test_indexThroughChild(self):
         """

@@ -4,6 +4,7 @@ KME over loopback mutual TLS, and seals sharing one key request.
 """
 
 import datetime
+import errno
 import email
 import io
 import os
@@ -28,6 +29,7 @@ from qutemail.qkd.kmecore import KME, PoolSettings, QKDLink
 from qutemail.qkd.vault import FileKeyVault, KeyVaultError
 from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, ReplyError
 from qutemail.store.encrypted import MessageEncryptor
+from qutemail.store.sealwork import sealBodies
 from qutemail.store.maildir import MaildirStore
 from qutemail.store.reader import listMessages, readMessage
 
@@ -327,6 +329,40 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
         self.source.answer(2)
         self.assertEqual(len({self.successResultOf(d).keyId for d in waiting}), 5)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_sealerFailsOver(self):
+        """
+        Inline messages go to the C{sealer} when there is one; when it
+        fails (the delivery process died), the runner seals them.
+        """
+        class Sealer:
+            """
+            Seals as the delivery process does, then fails.
+            """
+
+            def __init__(self) -> None:
+                self.batches: list[int] = []
+                self.broken = False
+
+            def sealInline(self, subject, items):
+                self.batches.append(len(items))
+                if self.broken:
+                    return fail(OSError(errno.EIO, "the delivery process ended"))
+                return succeed(sealBodies(subject, items))
+
+        sealer = Sealer()
+        self.encryptor = self.makeEncryptor(sealer=sealer)
+        first = self.startSeals(1)
+        self.source.answer(0)
+        sealer.broken = True
+        later = self.startSeals(2)
+        self.source.answer(1)
+        self.source.answer(2)
+        self.assertEqual((sealer.batches, self.runner.jobs.count("sealInMemory")), ([1, 1, 1], 2))
+        for n, d in enumerate(first + later):
+            result = self.successResultOf(d)
+            key = self.successResultOf(self.vault.fetch(result.keyId))
+            self.assertEqual(decryptBytes(result.message.inline, key), messageBytes(0 if n == 0 else n - 1))
 
     def test_spilledDoesNotHold(self):
         """
