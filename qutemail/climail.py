@@ -38,6 +38,7 @@ from qutemail.qkd.cipher import DecryptionError, readEnvelope
 from qutemail.qkd.vault import KeyVaultError
 from qutemail.store.retention import RetentionSweep
 from qutemail.store.reader import MessageUnreadable, listMessages, readMessage
+from qutemail.stopsignals import installWhenRunning
 
 
 def _account(context: Any, text: str) -> str:
@@ -315,6 +316,8 @@ def _kme(context: Any, arguments: argparse.Namespace) -> int:
             listening, lambda failure: failed(failure.value.subFailure))
 
     reactor.callWhenRunning(start)
+    # SIGTERM and Ctrl-C stop it without logging inside the handler.
+    installWhenRunning(reactor)
     for service in services:
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()

@@ -15,7 +15,8 @@ about 150 server stops: the fault handler's stacks showed C{sigTerm}
 waiting in C{LogFile.write} under another C{LogFile.write} of the same
 thread.
 
-L{installStopHandlers} replaces those handlers once the reactor runs: the
+L{installStopHandlers} replaces those handlers once the reactor runs (in
+twistd, in the extra SMTP workers and in C{qutemail kme}): the
 handler only records the signal for twistd's exit status and hands the
 stop to the reactor's loop with C{callFromThread} (a list append and a
 write to the waker pipe, no lock), which logs and stops there.
