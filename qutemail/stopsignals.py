@@ -11,7 +11,7 @@ C{threadable.XLock}, a reentrant lock written in Python: caught between
 taking its inner lock and recording its owner, the handler's write waits
 for a lock its own thread holds, forever, and the server ignores every
 later SIGTERM (Twisted issue #7736).  Issue 14's benchmark hit it twice in
-about 150 server stops: the fault handler's stacks showed C{sigTerm}
+about 270 server stops: the fault handler's stacks showed C{sigTerm}
 waiting in C{LogFile.write} under another C{LogFile.write} of the same
 thread.
 
