@@ -41,8 +41,9 @@ A seal after a quiet spell asks at once; under load a seal waits at most
 that long, and the batches grow with the load: on issue 14's benchmark
 (about 350-400 internal messages a second) from 3.5 keys a request to
 about 18.  The busier the server, the bigger the batches, which is what
-makes encryption cheap under load: one HTTPS exchange, one worker-thread
-job encrypting all the batch's inline messages, and one vault call (one
+makes encryption cheap under load: one HTTPS exchange, one job encrypting
+all the batch's inline messages (in the delivery process where the server
+has one, on its own core, else in a worker thread), and one vault call (one
 directory fsync for the file vault) for many messages.  A spilled
 message is sealed and its key stored on its own (its own worker job), so
 that a large message does not hold up the next batch.  Every message still
@@ -94,7 +95,7 @@ from qutemail.qkd.cipher import MIN_KEY_BYTES, PLACEHOLDER_SUBJECT
 from qutemail.qkd.keyfiles import KeyExists
 from qutemail.qkd.vault import InvalidKeyId, KeyVaultError, checkKeyId
 from qutemail.replies import KEY_SOURCE_UNAVAILABLE, LOCAL_ERROR, STORAGE_FULL, Reply, ReplyError, oneLine
-from qutemail.store.sealwork import SEALED_SUFFIX, removeLeftovers, sealInMemory, writeSealed
+from qutemail.store.sealwork import SEALED_SUFFIX, removeLeftovers, sealBodies, writeSealed
 
 KEY_SIZE_BITS = 256
 # The most keys one enc_keys request asks for (the embedded KME allows 128).
@@ -103,7 +104,7 @@ MAX_KEYS_PER_REQUEST = 64
 # next while seals keep coming (see "Batches" above).  Each request costs
 # an HTTPS exchange on both ends, a worker job and a vault write, whatever
 # its number of keys: on issue 14's benchmark, pacing them at 50 ms cut
-# the requests for 1,000 messages from 224-286 to 48-62.
+# the requests for 1,000 messages from 224-286 to 37-62.
 KEY_REQUEST_INTERVAL_SECONDS = 0.05
 # Sealed files older than this at start-up are leftovers of a crash (a
 # delivery in progress, even of 25 MB to many mailboxes, takes far less).
@@ -317,8 +318,8 @@ class MessageEncryptor:
         batch start, so the seals that arrive meanwhile (while a request,
         a worker job or a vault write is under way, or the pacing interval
         runs, see L{_askForKeys}) gather into it: the busier the server,
-        the bigger the batches.  Each spilled message goes on on its own, so that a large
-        one does not hold up the others.
+        the bigger the batches.  Each spilled message goes on on its own,
+        so that a large one does not hold up the others.
 
         @param batch: the seals; one handed off on its own is removed from
             it (L{_batchFailed} is for the rest).
@@ -449,19 +450,18 @@ class MessageEncryptor:
         @return: per item, its stored form, its Message-ID and its
             original's size.
         """
+        items = [(item.waiting.message.inline, item.keyId, item.key) for item in keyed]
+        answers = None
         if self.sealer is not None:
             try:
-                answers = await self.sealer.sealInline(
-                    self.subject, [(item.waiting.message.inline, item.keyId, item.key) for item in keyed])
+                answers = await self.sealer.sealInline(self.subject, items)
             except OSError:
                 # The delivery process failed or ended (it logged why):
                 # seal here, and it restarts at its next request.
                 pass
-            else:
-                return [(data, messageId, plaintextBytes) for data, _, messageId, plaintextBytes, _ in answers]
-        sealed = await self.runner.run(sealInMemory, [(i.waiting.message, i.keyId, i.key) for i in keyed],
-                                       self.subject)
-        return [(data, info.messageId, info.plaintextBytes) for data, info in sealed]
+        if answers is None:
+            answers = await self.runner.run(sealBodies, self.subject, items)
+        return [(data, messageId, plaintextBytes) for data, _, messageId, plaintextBytes, _ in answers]
 
     async def _keepKeys(self, keys: list[tuple[str, bytes]]) -> list[BaseException | None]:
         """

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.store.test_encrypted -*-
 """
 The blocking work of sealing a message (L{qutemail.store.encrypted}):
-encrypting it into memory or into a file of the work directory.  Both run
-in a worker thread.
+encrypting it into memory (in the delivery process, or in a worker thread
+where there is none) or into a file of the work directory (in a worker
+thread), and removing a crash's leftover files.
 """
 
 import io
@@ -15,29 +16,12 @@ from qutemail.qkd.cipher import SealedMessage, encryptStream
 SEALED_SUFFIX = ".sealed"
 
 
-def sealInMemory(items: list[tuple[SpooledMessage, str, bytes]],
-                 subject: str | None) -> list[tuple[bytes, SealedMessage]]:
-    """
-    Encrypt inline messages into memory.  Blocking (CPU).
-
-    @param items: C{(message, keyId, key)} of each.
-    @return: per message, in order, its stored form and what the cipher
-        says about it.
-    """
-    sealed = []
-    for message, keyId, key in items:
-        out = io.BytesIO()
-        with message.openBody() as source:
-            info = encryptStream(source, out, keyId, key, subject)
-        sealed.append((out.getvalue(), info))
-    return sealed
-
-
 def sealBodies(subject: str | None, items: list[tuple[bytes, str, bytes]]) -> list[tuple]:
     """
-    L{sealInMemory} for bodies given as bytes, with plain tuples for
-    answers: what the delivery process does for a C{SEAL_INLINE} request
-    (see L{qutemail.store.deliveryworker}).  Blocking (CPU).
+    Encrypt messages held in memory, answering with plain tuples (which
+    pickle in C): what the delivery process does for a C{SEAL_INLINE}
+    request (see L{qutemail.store.deliveryworker}), and a worker thread
+    where there is no such process.  Blocking (CPU).
 
     @param items: C{(body, keyId, key)} of each message.
     @return: per message, in order, C{(stored form, keyId, messageId,

@@ -333,7 +333,7 @@ class DeliveryProcessTests(TestCase):
                 """
                 Run C{f} now, unless it seals.
                 """
-                assert f.__name__ != "sealInMemory", "sealed by the runner"
+                assert f.__name__ != "sealBodies", "sealed by the runner"
                 return maybeDeferred(f, *args)
 
         @implementer(IQKDKeySource)

@@ -223,7 +223,7 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
         rest = self.source.answer(1)
         results += [self.successResultOf(d) for d in sealing[1:]]
         self.assertEqual([r.keyId for r in results[1:]], [k for k, _ in rest])
-        self.assertEqual(self.runner.jobs.count("sealInMemory"), 2)
+        self.assertEqual(self.runner.jobs.count("sealBodies"), 2)
         for n, ((keyId, key), result) in enumerate(zip([first] + rest, results)):
             self.assertEqual(self.successResultOf(self.vault.fetch(keyId)), key)
             self.assertEqual(decryptBytes(result.message.inline, key), messageBytes(n))
@@ -358,7 +358,7 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
         later = self.startSeals(2)
         self.source.answer(1)
         self.source.answer(2)
-        self.assertEqual((sealer.batches, self.runner.jobs.count("sealInMemory")), ([1, 1, 1], 2))
+        self.assertEqual((sealer.batches, self.runner.jobs.count("sealBodies")), ([1, 1, 1], 2))
         for n, d in enumerate(first + later):
             result = self.successResultOf(d)
             key = self.successResultOf(self.vault.fetch(result.keyId))
@@ -445,7 +445,7 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
         self.source.answer(0)
         self.source.asked[1][1].callback([(held, os.urandom(32))] + [(str(uuid.uuid4()), os.urandom(32))
                                                                      for _ in range(2)])
-        self.assertEqual(self.runner.jobs, ["sealInMemory", "addKeyFiles", "sealInMemory", "addKeyFiles"])
+        self.assertEqual(self.runner.jobs, ["sealBodies", "addKeyFiles", "sealBodies", "addKeyFiles"])
         self.assertIn(f"key id {held} again", self.failureResultOf(sealing[1], ReplyError).value.reply.text)
         self.assertEqual(self.successResultOf(self.vault.fetch(held)), old)
         for d in (sealing[0],) + tuple(sealing[2:]):
@@ -498,7 +498,7 @@ class BatchTests(EncryptorTestsMixin, SynchronousTestCase):
                 """
                 Run C{f}, except an in-memory seal, which raises.
                 """
-                if f.__name__ == "sealInMemory":
+                if f.__name__ == "sealBodies":
                     return fail(RuntimeError("bug"))
                 return CountingRunner.run(self, f, *args, **kwargs)
 
