@@ -14,9 +14,10 @@ one per message key, each created and written, they cost internal mail
 about as many system calls as its delivery does.
 
 Nothing that got a 250 depends on the child: the message is in the journal
-until its delivery is reported.  If the child dies, the batches it had fail
-with C{EIO} (the router defers those recipients for a retry) and the next
-batch starts a new child; if the parent dies, the child is killed with it
+until its delivery is reported.  If the child dies, or sends an answer
+that cannot be read (it is then killed: nothing after such an answer could
+be found), the batches it had fail with C{EIO} (the router defers those
+recipients for a retry) and the next batch starts a new child; if the parent dies, the child is killed with it
 (C{PR_SET_PDEATHSIG}) and the next start recovers the journal, finding any
 copy the child had finished (the file names are fixed by the queue entry).
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -51,18 +53,26 @@ class _ChildProtocol(ProcessProtocol):
         self.size = 0
         self.needed = frameSize(b"")
         self.ended: Deferred = Deferred()
+        # Set once an answer could not be read: nothing after it can be.
+        self.damaged = False
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         """
         Answers arrive on the child's standard output.
         """
-        if childFD != 1:
+        if childFD != 1 or self.damaged:
             return
         self.chunks.append(data)
         self.size += len(data)
         if self.size < self.needed:
             return
-        answers, rest = decodeFrames(b"".join(self.chunks))
+        try:
+            answers, rest = decodeFrames(b"".join(self.chunks))
+        except Exception as e:
+            # Whatever unpickling raises: the stream has lost its framing.
+            self.damaged, self.chunks, self.size = True, [], 0
+            self.owner.damaged(self, f"{type(e).__name__}: {e}")
+            return
         self.chunks, self.size = ([rest] if rest else []), len(rest)
         self.needed = frameSize(rest)
         for requestId, results, error in answers:
@@ -203,13 +213,35 @@ class DeliveryProcess(Service):
         """
         if protocol is not self._protocol:
             return
-        self._protocol = None
-        waiting, self._waiting = self._waiting, {}
         if self.running:
             self._log.error("the delivery process ended ({reason}); {count} batches fail and are retried",
-                            reason=reason.getErrorMessage(), count=len(waiting))
+                            reason=reason.getErrorMessage(), count=len(self._waiting))
+        self._dropChild("the delivery process ended")
+
+    def damaged(self, protocol: _ChildProtocol, reason: str) -> None:
+        """
+        An answer from the child could not be read, so no later one can
+        be found either: fail everything it had, as if it had died, and
+        kill it; the next batch starts another.
+        """
+        if protocol is not self._protocol:
+            return
+        self._log.error("the delivery process sent an answer that cannot be read ({reason}); stopping it, "
+                        "{count} batches fail and are retried", reason=reason, count=len(self._waiting))
+        self._dropChild("the delivery process sent a damaged answer")
+        try:
+            protocol.transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+
+    def _dropChild(self, why: str) -> None:
+        """
+        Forget the child and fail the requests it had with EIO.
+        """
+        self._protocol = None
+        waiting, self._waiting = self._waiting, {}
         for d, _ in waiting.values():
-            d.errback(OSError(errno.EIO, "the delivery process ended"))
+            d.errback(OSError(errno.EIO, why))
 
     def stopService(self) -> Deferred:
         """

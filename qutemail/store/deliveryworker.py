@@ -33,6 +33,7 @@ because both ends are this program, started by its own parent over private
 pipes.
 """
 
+import functools
 import importlib
 import os
 import pickle
@@ -41,7 +42,7 @@ import struct
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from qutemail.parentdeath import dieWithParent
 from qutemail.qkd.keyfiles import addKeyFiles
@@ -109,10 +110,31 @@ def _readExactly(source: BinaryIO, count: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int = THREADS) -> None:
+def writeAll(fd: int, data: bytes) -> None:
     """
-    Answer requests from C{source} on C{sink} until C{source} ends, then
+    Write all of C{data} to a file descriptor, each part after the one
+    before.  Blocking.
+
+    A blocking write to a pipe that a stop interrupts (C{SIGSTOP} and
+    C{SIGCONT}: job control, a debugger or a profiler attaching) returns
+    having written only part of it.  CPython 3.11's C{BufferedWriter}
+    (C{sys.stdout.buffer}) was seen to lose the rest then: the parent read
+    the start of one answer followed by the next one, and stopped hearing
+    from the child.  So answers are written with bare C{os.write}.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def serve(source: BinaryIO, send: Callable[[bytes], object], writer: MaildirWriter,
+          threads: int = THREADS) -> None:
+    """
+    Answer requests from C{source} with C{send} until C{source} ends, then
     finish the batches under way.
+
+    @param send: writes a whole answer frame (L{writeAll} on the standard
+        output), called by one thread at a time.
     """
     lock = threading.Lock()
 
@@ -143,8 +165,7 @@ def serve(source: BinaryIO, sink: BinaryIO, writer: MaildirWriter, threads: int 
             # parent fails the batch with this text.
             frame = encodeFrame((requestId, None, f"{type(e).__name__}: {e}"))
         with lock:
-            sink.write(frame)
-            sink.flush()
+            send(frame)
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-delivery") as pool, \
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qutemail-vault") as keyPool, \
@@ -182,7 +203,7 @@ def main() -> int:
         # does not wait for it, and a first listing does not either.
         threading.Thread(target=importlib.import_module, args=("qutemail.access.plainindex",),
                          name="qutemail-preload", daemon=True).start()
-    serve(sys.stdin.buffer, sys.stdout.buffer, MaildirWriter())
+    serve(sys.stdin.buffer, functools.partial(writeAll, sys.stdout.fileno()), MaildirWriter())
     return 0
 
 

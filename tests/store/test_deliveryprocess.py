@@ -8,6 +8,8 @@ import io
 import os
 import signal
 import sys
+import threading
+import time
 import uuid
 
 from hypothesis import given
@@ -54,6 +56,32 @@ def job(mailbox: str, name: str, body: bytes = b"body\n", quotaBytes: int = 0) -
     @return: a job writing C{body} as C{name} into C{mailbox}'s INBOX.
     """
     return WriteJob(mailbox, "", name, HEADER, body, None, len(HEADER) + len(body), quotaBytes, False)
+
+
+@implementer(IQKDKeySource)
+class FreshKeys:
+    """
+    Fresh keys, as many as asked.
+    """
+
+    def encKeys(self, peerSAE, sizeBits, number):
+        return succeed([(str(uuid.uuid4()), os.urandom(sizeBits // 8)) for _ in range(number)])
+
+    def encKey(self, peerSAE, sizeBits):
+        return succeed((str(uuid.uuid4()), os.urandom(sizeBits // 8)))
+
+
+class NoSealing:
+    """
+    Runs the vault's blocking work inline, refuses to seal.
+    """
+
+    def run(self, f, *args):
+        """
+        Run C{f} now, unless it seals.
+        """
+        assert f.__name__ != "sealBodies", "sealed by the runner"
+        return maybeDeferred(f, *args)
 
 
 class FrameTests(SynchronousTestCase):
@@ -135,7 +163,7 @@ class ServeTests(SynchronousTestCase):
         """
         source = io.BytesIO(b"".join(encodeFrame(r) for r in requests))
         sink = io.BytesIO()
-        serve(source, sink, MaildirWriter(), threads=2)
+        serve(source, sink.write, MaildirWriter(), threads=2)
         values, left = decodeFrames(sink.getvalue())
         self.assertEqual(left, b"")
         return sorted(values, key=lambda v: v[0])
@@ -275,6 +303,15 @@ class DeliveryProcessTests(TestCase):
         path = os.path.join(self.dataDir, "mail", "example.test", "alice", "new")
         return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
+    def childEncryptor(self, vault: MemoryKeyVault) -> MessageEncryptor:
+        """
+        @return: an encryptor that stores keys in C{vault} and has its
+            inline messages sealed by the child (its runner refuses to
+            seal).
+        """
+        return MessageEncryptor(FreshKeys(), vault, NoSealing(), "sae-b", os.path.join(self.dataDir, "sealed"),
+                                sealer=self.process)
+
     async def test_delivers(self):
         """
         Copies delivered through the child are in the Maildir when their
@@ -324,33 +361,8 @@ class DeliveryProcessTests(TestCase):
         messages sealed by the child (not by its runner, which here refuses
         to seal); each reads back with its own key.
         """
-        class NoSealing:
-            """
-            Runs the vault's blocking work inline, refuses to seal.
-            """
-
-            def run(self, f, *args):
-                """
-                Run C{f} now, unless it seals.
-                """
-                assert f.__name__ != "sealBodies", "sealed by the runner"
-                return maybeDeferred(f, *args)
-
-        @implementer(IQKDKeySource)
-        class Keys:
-            """
-            Fresh keys, as many as asked.
-            """
-
-            def encKeys(self, peerSAE, sizeBits, number):
-                return succeed([(str(uuid.uuid4()), os.urandom(sizeBits // 8)) for _ in range(number)])
-
-            def encKey(self, peerSAE, sizeBits):
-                return succeed((str(uuid.uuid4()), os.urandom(sizeBits // 8)))
-
         vault = MemoryKeyVault()
-        encryptor = MessageEncryptor(Keys(), vault, NoSealing(), "sae-b", os.path.join(self.dataDir, "sealed"),
-                                     sealer=self.process)
+        encryptor = self.childEncryptor(vault)
         bodies = [b"Subject: secret %d\n\nbody %d\n" % (n, n) for n in range(5)]
         results = await gatherResults([Deferred.fromCoroutine(encryptor.seal(message(f"QS{n}", body)))
                                        for n, body in enumerate(bodies)])
@@ -449,6 +461,75 @@ class DeliveryProcessTests(TestCase):
             await self.store.deliver(message("QBAD"), ALICE, 0)
         self.assertEqual(caught.exception.errno, errno.EIO)
         self.flushLoggedErrors()
+
+    async def test_answersSurviveStops(self):
+        """
+        Answers larger than the pipe holds reach the parent whole while
+        the child is stopped and continued again and again (job control, a
+        debugger or a profiler attaching): each blocking write a stop
+        interrupts has written only part of its answer, and the child
+        writes the rest after it.  (Written through C{sys.stdout.buffer},
+        answers lost their ends and the parent stopped hearing from the
+        child.)
+        """
+        vault = MemoryKeyVault()
+        encryptor = self.childEncryptor(vault)
+        pid = self.process._child.pid
+        done = threading.Event()
+
+        def stopAndGo():
+            while not done.is_set():
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.0005)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.001)
+
+        stopper = threading.Thread(target=stopAndGo)
+        stopper.start()
+        try:
+            for round_ in range(8):
+                bodies = [b"Subject: big %d\n\n" % n + os.urandom(150_000) for n in range(4)]
+                results = await gatherResults([Deferred.fromCoroutine(encryptor.seal(message(f"QB{round_}{n}", body)))
+                                               for n, body in enumerate(bodies)])
+                for result, body in zip(results, bodies):
+                    self.assertEqual(decryptBytes(result.message.inline, await vault.fetch(result.keyId)), body)
+        finally:
+            done.set()
+            stopper.join()
+            os.kill(pid, signal.SIGCONT)
+        self.assertEqual(self.process._child.pid, pid)
+
+    async def test_damagedAnswer(self):
+        """
+        An answer that cannot be read fails the batches under way with
+        EIO, and the child is killed: nothing after it in the pipe could
+        be told apart.  The next batch starts another child.
+        """
+        await self.process.stopService()
+        marker = os.path.abspath(self.mktemp())
+        # The first child answers its first request with a frame that does
+        # not unpickle; any later child is the real one.
+        garbler = ("import os, sys\n"
+                   f"marker = {marker!r}\n"
+                   "if os.path.exists(marker):\n"
+                   "    os.execv(sys.executable, [sys.executable, '-m', 'qutemail.store.deliveryworker'])\n"
+                   "open(marker, 'w').close()\n"
+                   "size = int.from_bytes(sys.stdin.buffer.read(4), 'big')\n"
+                   "sys.stdin.buffer.read(size)\n"
+                   "os.write(1, b'\\x00\\x00\\x00\\x05junk!')\n"
+                   "sys.stdin.buffer.read()\n")
+        self.process = DeliveryProcess(reactor, [sys.executable, "-c", garbler])
+        self.process.startService()
+        first = self.process._child.pid
+        self.store = MaildirStore(self.dataDir, None, "mail.example.test", 0, writer=self.process)
+        with self.assertRaises(OSError) as caught:
+            await self.store.deliver(message("QGARBLED"), ALICE, 0)
+        self.assertEqual(caught.exception.errno, errno.EIO)
+        await waitFor(lambda: not os.path.exists(f"/proc/{first}") or _isZombie(first), timeout=10)
+        name = await self.store.deliver(message("QNEXT"), ALICE, 0)
+        self.assertNotEqual(self.process._child.pid, first)
+        self.assertEqual(self.newFiles(), [name])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
 
 
 def _isZombie(pid: int) -> bool:
