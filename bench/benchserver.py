@@ -7,12 +7,13 @@ what it stored in a Maildir.
 import email.parser
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
@@ -112,6 +113,69 @@ def processCPUSeconds(process: subprocess.Popen | None) -> float | None:
         return None
 
 
+def leaveScratch(scratch: str, clean: bool, failed: bool = False) -> None:
+    """
+    Keep a benchmark's scratch directory and say where it is (the
+    default), or delete it (C{--clean}, and the run did not fail).
+
+    Deleting thousands of files slows the creation of new ones for one to
+    six minutes on ext4 without a journal, as on the benchmark machines:
+    inode allocation then looks at each candidate inode's deletion time
+    and skips those deleted in that span.  A benchmark run soon after
+    another had deleted its files measured that rather than the server.
+    Delete kept directories when no benchmark is about to run.
+    """
+    if clean and not failed:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
+    print(f"# scratch directory kept: {scratch} (delete it when no benchmark is about to run)",
+          file=sys.stderr if failed else sys.stdout, flush=True)
+
+
+def addScratchOptions(parser: Any) -> None:
+    """
+    Add C{--dir}, C{--keep} and C{--clean} to a benchmark's options.
+    """
+    parser.add_argument("--dir", help="scratch directory (default: a new one under $TMPDIR)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the scratch directory (the default; see --clean)")
+    parser.add_argument("--clean", action="store_true",
+                        help="delete the scratch directory at the end (this slows the next run's file "
+                             "creation for minutes on ext4 without a journal)")
+
+
+def descendantsCPUSeconds(pid: int) -> float | None:
+    """
+    @return: the CPU time (user and system) the live descendants of a
+        process have used so far (a server's delivery process and SMTP
+        worker processes), or C{None} where /proc cannot say.
+    """
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents[int(name)] = int(fields[1])
+        ticks[int(name)] = int(fields[11]) + int(fields[12])
+    total, wanted = 0, {pid}
+    while True:
+        found = {child for child, parent in parents.items() if parent in wanted and child not in wanted}
+        if not found:
+            break
+        total += sum(ticks[child] for child in found)
+        wanted |= found
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
     """
     C{twistd -n qutemail} for one run.
@@ -156,6 +220,13 @@ class Server:
             far, or C{None} where /proc cannot say.
         """
         return processCPUSeconds(self.process)
+
+    def childrenCPUSeconds(self) -> float | None:
+        """
+        @return: the CPU time its live child processes (the delivery
+            process, SMTP workers) have used so far, or C{None}.
+        """
+        return None if self.process is None else descendantsCPUSeconds(self.process.pid)
 
     def stop(self) -> None:
         """

@@ -32,7 +32,7 @@ N more copies of the INBOX are made as folders of both accounts and each
 is timed in turn, on a session of its own, QutEmail then Dovecot: its
 SELECT and its first C{FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)}.
 
-    python bench/imap.py [--messages 10000] [--rounds 1] [--more-folders 0] [--dir DIR] [--keep]
+    python bench/imap.py [--messages 10000] [--rounds 1] [--more-folders 0] [--dir DIR] [--clean]
 
 Exit status 0 when both servers answered every step alike, 1 otherwise.
 """
@@ -51,7 +51,9 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchserver import BenchError, serverEnvironment, waitForGreeting  # noqa: E402
+from benchserver import (  # noqa: E402
+    BenchError, addScratchOptions, leaveScratch, serverEnvironment, waitForGreeting,
+)
 from qkd_throughput import PASSWORD, addUser, freePort, writeFromBase  # noqa: E402
 
 ADDRESS = "bench@example.test"
@@ -342,8 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--more-folders", type=int, default=0, metavar="N",
                         help="then time N more fresh folders (see the docstring)")
-    parser.add_argument("--dir", help="scratch directory (kept)")
-    parser.add_argument("--keep", action="store_true")
+    addScratchOptions(parser)
     args = parser.parse_args(argv)
     if shutil.which("dovecot") is None:
         print("Debian's dovecot-imapd is needed (apt-get install dovecot-imapd)", file=sys.stderr)
@@ -393,8 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        if not args.dir and not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+        leaveScratch(scratch, args.clean and not args.dir)
 
 
 if __name__ == "__main__":

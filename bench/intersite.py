@@ -31,7 +31,7 @@ B stored (sealed or plain as the mode says) and, for transit, that A's log
 names a sealing and B's an opening for every message.
 
     python bench/intersite.py [--sessions 4] [--messages 100] [--size 2K]
-        [--rounds 3] [--dir DIR] [--keep]
+        [--rounds 3] [--dir DIR] [--clean]
 
 Prints one line per run and the median rates, the ratio transit/plain and
 the cost of transit encryption (1 - ratio).  Exit status 0 when every run
@@ -40,12 +40,13 @@ delivered every message and passed its checks.
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 
-from benchserver import BenchError, KMEPair, Server, checkStored, maildirCount, waitForMaildir
+from benchserver import (
+    BenchError, KMEPair, Server, addScratchOptions, checkStored, leaveScratch, maildirCount, waitForMaildir,
+)
 from qkd_throughput import Message, addUser, freePort, parseSize, positive, runSessions, writeFromBase
 
 SENDER = "sender@a.example.test"
@@ -145,13 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=positive, default=100, help="messages per session (100)")
     parser.add_argument("--size", type=parseSize, default=2048, help="message size: 2K (default), 100K")
     parser.add_argument("--rounds", type=positive, default=3, help="runs of each mode, alternating (3)")
-    parser.add_argument("--dir", help="scratch directory (default: a new one under $TMPDIR, deleted at the end)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    addScratchOptions(parser)
     args = parser.parse_args(argv)
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="intersite-bench-", dir=args.dir)
-    keep = args.keep or bool(args.dir)
     print(f"# {args.sessions} sessions x {args.messages} messages of {args.size} bytes, {SENDER} -> {RECIPIENT} "
           f"(A relays to B over a route), {args.rounds} rounds; scratch {scratch}", flush=True)
     pair = KMEPair(scratch, ("site-a", "site-b"), ("mail.a.example.test", "mail.b.example.test"))
@@ -176,10 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 130
     finally:
         pair.stop()
-        if keep or status:
-            print(f"# scratch directory kept: {scratch}", file=sys.stderr if status else sys.stdout)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
+        leaveScratch(scratch, args.clean, failed=bool(status))
     if status:
         return status
     medians = {mode: statistics.median(r["rate"] for r in results if r["mode"] == mode) for mode in MODES}

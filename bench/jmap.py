@@ -16,7 +16,7 @@ sender, subject, date, size and flags:
     (FLAGS RFC822.SIZE INTERNALDATE ENVELOPE), over STARTTLS;
   - imap_again: the same FETCH again in that session.
 
-    python bench/jmap.py [--messages 10000] [--rounds 3] [--dir DIR]
+    python bench/jmap.py [--messages 10000] [--rounds 3] [--dir DIR] [--clean]
 
 Exit status 0 when both listed the same 50 subjects, 1 otherwise.
 """
@@ -27,7 +27,6 @@ import http.client
 import imaplib
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -37,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from imap import ADDRESS, makeMaildir  # noqa: E402
-from benchserver import BenchError, serverEnvironment  # noqa: E402
+from benchserver import BenchError, addScratchOptions, leaveScratch, serverEnvironment  # noqa: E402
 from qkd_throughput import PASSWORD, addUser, freePort, writeFromBase  # noqa: E402
 
 NEWEST = 50
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dir", help="scratch directory (kept)")
+    addScratchOptions(parser)
     args = parser.parse_args(argv)
     scratch = args.dir or tempfile.mkdtemp(prefix="qutemail-jmap-bench-")
     os.makedirs(scratch, exist_ok=True)
@@ -195,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        if not args.dir:
-            shutil.rmtree(scratch, ignore_errors=True)
+        leaveScratch(scratch, args.clean and not args.dir)
 
 
 if __name__ == "__main__":

@@ -34,19 +34,20 @@ the script:
     plaintext when encrypting, the plaintext as sent otherwise.
 
 It prints one line per run (mode, round, messages, seconds, messages per
-second; then when the last message was accepted, the CPU time the server
-and this client used over the measured interval, what a stored message is,
+second; then when the last message was accepted, the CPU time the server,
+its child processes (the delivery process) and this client used over the
+measured interval, what a stored message is,
 and when encrypting the vault's key count and how many enc_keys requests
 took those keys, from the KME's log: the batching that keeps encryption
 cheap under load) and a summary: the median messages per second of each mode, the ratio
 encrypted/plain and the cost of encryption (1 - ratio).
 QUTEMAIL_* environment variables are not passed to the server (they would
-override the benchmark's configuration).  The scratch directory is deleted
-at the end unless --keep is given or it was given with --dir.
+override the benchmark's configuration).  The scratch directory is kept
+(see L{benchserver.leaveScratch}) unless --clean is given.
 
     python bench/qkd_throughput.py [--sessions 4] [--messages 250]
         [--size 2048 | --size 100K] [--rounds 3] [--kme embedded|separate]
-        [--dir DIR] [--keep] [--before-run COMMAND]
+        [--dir DIR] [--clean] [--before-run COMMAND]
 
 --before-run runs COMMAND PID MODE ROUND once each server listens, before
 the sessions connect; for example a script that starts
@@ -61,7 +62,6 @@ import argparse
 import configparser
 import email.utils
 import os
-import shutil
 import smtplib
 import ssl
 import statistics
@@ -73,7 +73,8 @@ from typing import Any
 import time
 
 from benchserver import (
-    BenchError, KMEPair, Server, checkStored, freePort, maildirCount, serverEnvironment, waitForMaildir,
+    BenchError, KMEPair, Server, addScratchOptions, checkStored, freePort, leaveScratch, maildirCount,
+    serverEnvironment, waitForMaildir,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -365,6 +366,7 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
 
         def go() -> None:
             times["serverCPU"] = server.cpuSeconds()
+            times["childrenCPU"] = server.childrenCPUSeconds()
             times["clientCPU"] = time.process_time()
             times["kmeCPU"] = kme.cpuSeconds() if kme is not None else None
 
@@ -375,6 +377,11 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
             serverCPU -= times["serverCPU"]
         else:
             serverCPU = None
+        childrenCPU = server.childrenCPUSeconds()
+        if childrenCPU is not None and times["childrenCPU"] is not None:
+            childrenCPU -= times["childrenCPU"]
+        else:
+            childrenCPU = None
         clientCPU = time.process_time() - times["clientCPU"]
         kmeCPU = kme.cpuSeconds() if kme is not None else None
         if kmeCPU is not None and times["kmeCPU"] is not None:
@@ -398,7 +405,8 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
     seconds = done - started
     return {"mode": mode, "round": number, "messages": count, "seconds": seconds,
             "rate": count / seconds, "accepted": accepted - started, "contentType": contentType,
-            "keys": keys, "requests": requests, "serverCPU": serverCPU, "clientCPU": clientCPU, "kmeCPU": kmeCPU}
+            "keys": keys, "requests": requests, "serverCPU": serverCPU, "childrenCPU": childrenCPU, "clientCPU": clientCPU,
+            "kmeCPU": kmeCPU}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=parseSize, default=2048,
                         help="message size in bytes, or with K/M: 2K (default), 100K")
     parser.add_argument("--rounds", type=positive, default=3, help="runs of each mode, alternating (3)")
-    parser.add_argument("--dir", help="scratch directory (default: a new one under $TMPDIR, deleted at the end)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    addScratchOptions(parser)
     parser.add_argument("--kme", choices=("embedded", "separate"), default="embedded",
                         help="the server's embedded KME (default), or `qutemail kme` in its own process, "
                              "as a site's KME is on its own machine")
@@ -423,7 +430,6 @@ def main(argv: list[str] | None = None) -> int:
         scratch = tempfile.mkdtemp(prefix="qkd-bench-", dir=args.dir)
     else:
         scratch = tempfile.mkdtemp(prefix="qutemail-qkd-bench-")
-    keep = args.keep or bool(args.dir)
     print(f"# {args.sessions} sessions x {args.messages} messages of {args.size} bytes, bob -> alice over "
           f"submission (STARTTLS, AUTH PLAIN), {args.rounds} rounds, {args.kme} KME; scratch {scratch}", flush=True)
     results = []
@@ -439,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = oneRun(args, scratch, number, mode, value == "yes", kme)
                 results.append(result)
                 cpu = "" if result["serverCPU"] is None else f"server CPU {result['serverCPU']:.2f} s, "
+                if result["childrenCPU"] is not None:
+                    cpu += f"children {result['childrenCPU']:.2f} s, "
                 if result["kmeCPU"] is not None:
                     cpu += f"KME CPU {result['kmeCPU']:.2f} s, "
                 extra = f", {result['keys']} vault keys" if result["keys"] is not None else ""
@@ -457,10 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if kme is not None:
             kme.stop()
-        if keep or status:
-            print(f"# scratch directory kept: {scratch}", file=sys.stderr if status else sys.stdout)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
+        leaveScratch(scratch, args.clean, failed=bool(status))
     if status:
         return status
     medians = {mode: statistics.median(r["rate"] for r in results if r["mode"] == mode) for mode, _ in MODES}
