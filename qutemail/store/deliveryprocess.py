@@ -23,20 +23,148 @@ copy the child had finished (the file names are fixed by the queue entry).
 """
 
 import errno
+import fcntl
 import itertools
 import os
 import sys
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.fdesc import setNonBlocking
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qutemail.store.deliveryworker import (
     DELIVER, INDEX_PLAIN, PRELOAD_INDEXING, SEAL_INLINE, VAULT_KEYS, decodeFrames, encodeFrame, frameSize,
 )
+
+# How much of the child's answers one read takes, and the size asked for
+# the pipes between the two.  Sealed 100 KB messages come back in answers
+# of a few MB; Twisted's own reader of a child's output takes 8 KB a read,
+# and with a pipe's default 64 KB each side waited on the other: for
+# internal mail of 100 KB, passing the bodies and the sealed messages cost
+# the server's reactor more than everything else encryption added to it.
+READ_BYTES = 1024 * 1024
+MIN_READ_BYTES = 64 * 1024
+PIPE_BYTES = 1024 * 1024
+# fcntl's F_SETPIPE_SZ (Linux; Python 3.10 names it).
+_SET_PIPE_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def widenPipe(fd: int) -> None:
+    """
+    Ask for a pipe of L{PIPE_BYTES}; where that is refused (not Linux, or
+    more than C{/proc/sys/fs/pipe-max-size}), it keeps the size it has.
+    """
+    try:
+        fcntl.fcntl(fd, _SET_PIPE_SIZE, PIPE_BYTES)
+    except OSError:
+        pass
+
+
+class _AnswerReader(FileDescriptor):
+    """
+    The parent's end of the pipe the child answers on (its standard
+    output), read up to L{READ_BYTES} at a time.
+    """
+
+    connected = True
+
+    def __init__(self, reactor: Any, fd: int, protocol: "_ChildProtocol") -> None:
+        FileDescriptor.__init__(self, reactor)
+        self.fd = fd
+        self.protocol = protocol
+        setNonBlocking(fd)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> object:
+        """
+        Hand what has arrived to the protocol.
+        """
+        try:
+            data = os.read(self.fd, self.protocol.readSize())
+        except BlockingIOError:
+            return None
+        except OSError:
+            return CONNECTION_LOST
+        if not data:
+            return CONNECTION_DONE
+        self.protocol.answerBytes(data)
+        return None
+
+    def drain(self) -> None:
+        """
+        Read what is left, the child having exited (its exit can be seen
+        before the last of its answers is read), and close.
+        """
+        while self.fd >= 0:
+            try:
+                data = os.read(self.fd, READ_BYTES)
+            except BlockingIOError:
+                # Another process still holds the pipe: what it may write
+                # later is not the child's.
+                data = b""
+            except OSError:
+                data = b""
+            if not data:
+                self.stopReading()
+                self._close()
+                return
+            self.protocol.answerBytes(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        FileDescriptor.connectionLost(self, reason)
+        self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _RequestWriter(FileDescriptor):
+    """
+    The parent's end of the pipe the child takes requests from (its
+    standard input): Twisted's buffering, in writes of up to a widened
+    pipe's size.
+    """
+
+    SEND_LIMIT = PIPE_BYTES
+    # Open from the start (FileDescriptor drops what is written to one not
+    # connected).
+    connected = True
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        FileDescriptor.__init__(self, reactor)
+        self.fd = fd
+        setNonBlocking(fd)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def writeSomeData(self, data: bytes) -> object:
+        """
+        Write what the pipe takes now.
+        """
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return CONNECTION_LOST
+
+    def connectionLost(self, reason: Any) -> None:
+        FileDescriptor.connectionLost(self, reason)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -55,12 +183,23 @@ class _ChildProtocol(ProcessProtocol):
         self.ended: Deferred = Deferred()
         # Set once an answer could not be read: nothing after it can be.
         self.damaged = False
+        self.reader: _AnswerReader | None = None
+        self.writer: _RequestWriter | None = None
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
+    def readSize(self) -> int:
         """
-        Answers arrive on the child's standard output.
+        @return: how much the next read of the pipe should take: what the
+            answer under way still needs, between L{MIN_READ_BYTES} and
+            L{READ_BYTES} (a read allocates all it asks for first, and most
+            answers are small).
         """
-        if childFD != 1 or self.damaged:
+        return min(READ_BYTES, max(MIN_READ_BYTES, self.needed - self.size))
+
+    def answerBytes(self, data: bytes) -> None:
+        """
+        Answers arrive on the child's standard output (see L{_AnswerReader}).
+        """
+        if self.damaged:
             return
         self.chunks.append(data)
         self.size += len(data)
@@ -80,8 +219,13 @@ class _ChildProtocol(ProcessProtocol):
 
     def processEnded(self, reason) -> None:
         """
-        The child exited.
+        The child exited: its last answers are read first.
         """
+        if self.reader is not None:
+            self.reader.drain()
+        if self.writer is not None and self.writer.fd >= 0:
+            # Nothing more can be handed to it.
+            self.writer.connectionLost(Failure(CONNECTION_DONE))
         self.owner.ended(self, reason)
         self.ended.callback(None)
 
@@ -130,10 +274,25 @@ class DeliveryProcess(Service):
         Start a child.
         """
         protocol = _ChildProtocol(self)
-        child = self._reactor.spawnProcess(
-            protocol, self._argv[0], self._argv, env=os.environ.copy(),
-            childFDs={0: "w", 1: "r", 2: 2},
-        )
+        childIn, requests = os.pipe2(os.O_CLOEXEC)
+        answers, childOut = os.pipe2(os.O_CLOEXEC)
+        widenPipe(requests)
+        widenPipe(answers)
+        try:
+            child = self._reactor.spawnProcess(
+                protocol, self._argv[0], self._argv, env=os.environ.copy(),
+                childFDs={0: childIn, 1: childOut, 2: 2},
+            )
+        except BaseException:
+            os.close(requests)
+            os.close(answers)
+            raise
+        finally:
+            os.close(childIn)
+            os.close(childOut)
+        protocol.writer = _RequestWriter(self._reactor, requests)
+        protocol.reader = _AnswerReader(self._reactor, answers, protocol)
+        protocol.reader.startReading()
         self._protocol = protocol
         self._log.info("started the delivery process (pid {pid})", pid=child.pid)
 
@@ -189,7 +348,7 @@ class DeliveryProcess(Service):
         requestId = next(self._ids)
         d: Deferred = Deferred()
         self._waiting[requestId] = (d, count)
-        self._protocol.transport.write(encodeFrame((requestId, kind, payload)))
+        self._protocol.writer.write(encodeFrame((requestId, kind, payload)))
         return d
 
     def answered(self, requestId: int, results: list | None, error: str | None) -> None:
@@ -252,5 +411,5 @@ class DeliveryProcess(Service):
         if self._protocol is None:
             return succeed(None)
         ended = self._protocol.ended
-        self._protocol.transport.closeStdin()
+        self._protocol.writer.loseConnection()
         return ended

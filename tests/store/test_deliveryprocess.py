@@ -4,6 +4,7 @@ L{DeliveryProcess} running the real child under the reactor.
 """
 
 import errno
+import fcntl
 import io
 import os
 import signal
@@ -23,7 +24,7 @@ from qutemail.backends.memory import MemoryKeyVault
 from qutemail.interfaces import IQKDKeySource, Account
 from qutemail.message import Envelope, SpooledMessage
 from qutemail.replies import MAILBOX_FULL, ReplyError
-from qutemail.store.deliveryprocess import DeliveryProcess, _ChildProtocol
+from qutemail.store.deliveryprocess import PIPE_BYTES, DeliveryProcess, _AnswerReader, _ChildProtocol
 from qutemail.store.encrypted import MessageEncryptor
 from qutemail.qkd.keyfiles import KeyExists
 from qutemail.qkd.vault import FileKeyVault
@@ -84,6 +85,19 @@ class NoSealing:
         return maybeDeferred(f, *args)
 
 
+class AnswerRecorder:
+    """
+    Stands for L{DeliveryProcess} behind a L{_ChildProtocol}: records the
+    answers.
+    """
+
+    def __init__(self) -> None:
+        self.answers: list = []
+
+    def answered(self, requestId, results, error) -> None:
+        self.answers.append((requestId, results, error))
+
+
 class FrameTests(SynchronousTestCase):
     """
     The length-prefixed frames between the two processes.
@@ -117,36 +131,25 @@ class FrameTests(SynchronousTestCase):
         The parent's end takes answers in reads of any size (a large one
         in many) and hands over each once it is all in, in order.
         """
-        class Owner:
-            """
-            Records the answers.
-            """
-
-            def __init__(self) -> None:
-                self.answers: list = []
-
-            def answered(self, requestId, results, error) -> None:
-                self.answers.append((requestId, results, error))
-
-        owner = Owner()
+        owner = AnswerRecorder()
         protocol = _ChildProtocol(owner)
         sent = [(n, [body], None) for n, body in enumerate(bodies)]
         stream = b"".join(encodeFrame(answer) for answer in sent)
         position = 0
         for size in reads:
-            protocol.childDataReceived(1, stream[position:position + size])
+            protocol.answerBytes(stream[position:position + size])
             position += size
             whole = [answer for answer in sent if len(b"".join(encodeFrame(a) for a in sent[:answer[0] + 1]))
                      <= min(position, len(stream))]
             self.assertEqual(owner.answers, whole)
-        protocol.childDataReceived(1, stream[position:])
+        protocol.answerBytes(stream[position:])
         self.assertEqual(owner.answers, sent)
         # Each answer is handed over by the read that ends it exactly.
         owner.answers = []
         for answer in sent:
             frame = encodeFrame(answer)
-            protocol.childDataReceived(1, frame[:3])
-            protocol.childDataReceived(1, frame[3:])
+            protocol.answerBytes(frame[:3])
+            protocol.answerBytes(frame[3:])
             self.assertEqual(owner.answers[-1:], [answer])
 
 
@@ -415,6 +418,7 @@ class DeliveryProcessTests(TestCase):
         delivery starts a new child and succeeds.
         """
         first = self.process._child.pid
+        old = self.process._protocol
         # Stop the child so the batch is certainly in flight when it dies.
         os.kill(first, signal.SIGSTOP)
         pending = self.store.deliver(message("QLOST"), ALICE, 0)
@@ -425,6 +429,22 @@ class DeliveryProcessTests(TestCase):
         name = await self.store.deliver(message("QNEXT"), ALICE, 0)
         self.assertNotEqual(self.process._child.pid, first)
         self.assertEqual(self.newFiles(), [name])
+        # The dead child's pipes were closed.
+        self.assertEqual((old.reader.fileno(), old.writer.fileno()), (-1, -1))
+        self.flushLoggedErrors()
+
+    async def test_idleChildKilled(self):
+        """
+        When a child with nothing under way dies, both of its pipes are
+        closed, and the next delivery starts another.
+        """
+        await self.store.deliver(message("QFIRST"), ALICE, 0)
+        old = self.process._protocol
+        os.kill(old.transport.pid, signal.SIGKILL)
+        await waitFor(lambda: self.process._protocol is None, timeout=10)
+        self.assertEqual((old.reader.fileno(), old.writer.fileno()), (-1, -1))
+        await self.store.deliver(message("QNEXT"), ALICE, 0)
+        self.assertEqual(len(self.newFiles()), 2)
         self.flushLoggedErrors()
 
     async def test_stopFinishesBatches(self):
@@ -498,6 +518,35 @@ class DeliveryProcessTests(TestCase):
             stopper.join()
             os.kill(pid, signal.SIGCONT)
         self.assertEqual(self.process._child.pid, pid)
+
+    def test_answerPipe(self):
+        """
+        The child answers through a pipe widened to L{PIPE_BYTES} (where
+        the system allows that much), read by the parent's own reader.
+        """
+        reader = self.process._protocol.reader
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            allowed = int(f.read())
+        size = fcntl.fcntl(reader.fileno(), 1032)  # F_GETPIPE_SZ
+        self.assertEqual(size, PIPE_BYTES if allowed >= PIPE_BYTES else 65536)
+
+    def test_drainReadsTheRest(self):
+        """
+        Once the child has exited, what is left in its pipe is read before
+        its requests are failed, and the pipe is closed.
+        """
+        readEnd, writeEnd = os.pipe()
+        answers = [(n, [b"x" * 20_000], None) for n in range(3)]
+
+        owner = AnswerRecorder()
+        protocol = _ChildProtocol(owner)
+        reader = _AnswerReader(reactor, readEnd, protocol)
+        # Under a default pipe's 64 KB: the write does not wait for a reader.
+        os.write(writeEnd, b"".join(encodeFrame(a) for a in answers))
+        os.close(writeEnd)
+        reader.drain()
+        self.assertEqual(owner.answers, answers)
+        self.assertEqual(reader.fileno(), -1)
 
     async def test_damagedAnswer(self):
         """
