@@ -4,6 +4,7 @@ clients in threads.
 """
 
 import os
+import random
 import signal
 import ssl as stdssl
 import socket
@@ -110,13 +111,49 @@ REMOTE_ZONE = [
 ]
 
 
+# Where freePort looks: below the kernel's range of ephemeral ports
+# (32768-60999 by default), which every outgoing connection of the suite's
+# two workers draws from.  A port taken from that range by binding to port
+# 0 could be another connection's before the server bound it: a node once
+# failed to start with "Address already in use".
+_PORTS_FROM, _PORTS_TO = 20000, 32767
+_given: set[int] = set()
+_pick = random.Random()
+
+
+def _ephemeralPorts() -> tuple[int, int]:
+    """
+    @return: the kernel's range of ephemeral ports.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(value) for value in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def freePort() -> int:
     """
-    @return: a TCP port that was free on 127.0.0.1 a moment ago.
+    @return: a TCP port that was free on 127.0.0.1 a moment ago, outside
+        the ephemeral range and not given out before by this process (so
+        that nothing but another test picks it meanwhile, by chance).
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    low, high = _ephemeralPorts()
+    candidates = [port for port in range(_PORTS_FROM, _PORTS_TO + 1) if not low <= port <= high]
+    for _ in range(200):
+        port = _pick.choice(candidates) if candidates else 0
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _given.add(port)
+        return port
+    raise RuntimeError("no free loopback port found")
 
 
 def runCLI(configPath: str, *args: str, stdin: str = "", env: dict | None = None,
