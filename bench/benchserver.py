@@ -100,15 +100,24 @@ def waitForGreeting(port: int, process: subprocess.Popen, greeting: bytes, name:
     raise BenchError(f"{name} did not greet on port {port} within {timeout:.0f} s")
 
 
+def _parentAndTicks(pid: int | str) -> tuple[int, int]:
+    """
+    @return: a process's parent and the clock ticks (user and system, all
+        threads) it has used, from C{/proc/PID/stat}.
+    @raise OSError: it is gone, or there is no /proc.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
 def processCPUSeconds(process: subprocess.Popen | None) -> float | None:
     """
     @return: the CPU time (user and system, all threads) a child process
         has used so far, or C{None} where /proc cannot say.
     """
     try:
-        with open(f"/proc/{process.pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _parentAndTicks(process.pid)[1] / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
         return None
 
@@ -160,12 +169,9 @@ def descendantsCPUSeconds(pid: int) -> float | None:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
+            parents[int(name)], ticks[int(name)] = _parentAndTicks(name)
         except OSError:
             continue
-        parents[int(name)] = int(fields[1])
-        ticks[int(name)] = int(fields[11]) + int(fields[12])
     total, wanted = 0, {pid}
     while True:
         found = {child for child, parent in parents.items() if parent in wanted and child not in wanted}

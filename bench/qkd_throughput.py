@@ -335,6 +335,14 @@ def encKeysRequests(logPath: str) -> int | None:
         return None
 
 
+def _spent(now: float | None, before: float | None) -> float | None:
+    """
+    @return: the CPU seconds used between two readings, or C{None} when
+        either could not be taken.
+    """
+    return None if now is None or before is None else now - before
+
+
 def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encrypt: bool,
            kme: KMEPair | None = None) -> dict:
     """
@@ -372,22 +380,10 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
 
         started, accepted = runSessions(args.sessions, submissionPort, args.messages, message, go)
         done, count = waitForMaildir(mailbox, expected, started)
-        serverCPU = server.cpuSeconds()
-        if serverCPU is not None and times["serverCPU"] is not None:
-            serverCPU -= times["serverCPU"]
-        else:
-            serverCPU = None
-        childrenCPU = server.childrenCPUSeconds()
-        if childrenCPU is not None and times["childrenCPU"] is not None:
-            childrenCPU -= times["childrenCPU"]
-        else:
-            childrenCPU = None
+        serverCPU = _spent(server.cpuSeconds(), times["serverCPU"])
+        childrenCPU = _spent(server.childrenCPUSeconds(), times["childrenCPU"])
         clientCPU = time.process_time() - times["clientCPU"]
-        kmeCPU = kme.cpuSeconds() if kme is not None else None
-        if kmeCPU is not None and times["kmeCPU"] is not None:
-            kmeCPU -= times["kmeCPU"]
-        else:
-            kmeCPU = None
+        kmeCPU = _spent(kme.cpuSeconds() if kme is not None else None, times["kmeCPU"])
     finally:
         server.stop()
     # Stopped: nothing is being written now.
@@ -405,8 +401,8 @@ def oneRun(args: argparse.Namespace, scratch: str, number: int, mode: str, encry
     seconds = done - started
     return {"mode": mode, "round": number, "messages": count, "seconds": seconds,
             "rate": count / seconds, "accepted": accepted - started, "contentType": contentType,
-            "keys": keys, "requests": requests, "serverCPU": serverCPU, "childrenCPU": childrenCPU, "clientCPU": clientCPU,
-            "kmeCPU": kmeCPU}
+            "keys": keys, "requests": requests, "serverCPU": serverCPU, "childrenCPU": childrenCPU,
+            "clientCPU": clientCPU, "kmeCPU": kmeCPU}
 
 
 def main(argv: list[str] | None = None) -> int:

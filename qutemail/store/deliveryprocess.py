@@ -17,9 +17,10 @@ Nothing that got a 250 depends on the child: the message is in the journal
 until its delivery is reported.  If the child dies, or sends an answer
 that cannot be read (it is then killed: nothing after such an answer could
 be found), the batches it had fail with C{EIO} (the router defers those
-recipients for a retry) and the next batch starts a new child; if the parent dies, the child is killed with it
-(C{PR_SET_PDEATHSIG}) and the next start recovers the journal, finding any
-copy the child had finished (the file names are fixed by the queue entry).
+recipients for a retry) and the next batch starts a new child; if the
+parent dies, the child is killed with it (C{PR_SET_PDEATHSIG}) and the
+next start recovers the journal, finding any copy the child had finished
+(the file names are fixed by the queue entry).
 """
 
 import errno
@@ -67,22 +68,43 @@ def widenPipe(fd: int) -> None:
         pass
 
 
-class _AnswerReader(FileDescriptor):
+class _PipeEnd(FileDescriptor):
     """
-    The parent's end of the pipe the child answers on (its standard
-    output), read up to L{READ_BYTES} at a time.
+    The parent's end of one of the pipes to the child, non-blocking, closed
+    when it is lost.
     """
 
+    # Open from the start (FileDescriptor drops what is written to one not
+    # connected, and does not close one that is not).
     connected = True
 
-    def __init__(self, reactor: Any, fd: int, protocol: "_ChildProtocol") -> None:
+    def __init__(self, reactor: Any, fd: int) -> None:
         FileDescriptor.__init__(self, reactor)
         self.fd = fd
-        self.protocol = protocol
         setNonBlocking(fd)
 
     def fileno(self) -> int:
         return self.fd
+
+    def connectionLost(self, reason: Any) -> None:
+        FileDescriptor.connectionLost(self, reason)
+        self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _AnswerReader(_PipeEnd):
+    """
+    The end the child answers on (its standard output), read up to
+    L{READ_BYTES} at a time.
+    """
+
+    def __init__(self, reactor: Any, fd: int, protocol: "_ChildProtocol") -> None:
+        _PipeEnd.__init__(self, reactor, fd)
+        self.protocol = protocol
 
     def doRead(self) -> object:
         """
@@ -107,11 +129,9 @@ class _AnswerReader(FileDescriptor):
         while self.fd >= 0:
             try:
                 data = os.read(self.fd, READ_BYTES)
-            except BlockingIOError:
-                # Another process still holds the pipe: what it may write
-                # later is not the child's.
-                data = b""
             except OSError:
+                # Including BlockingIOError: another process still holds
+                # the pipe, and what it may write later is not the child's.
                 data = b""
             if not data:
                 self.stopReading()
@@ -119,35 +139,14 @@ class _AnswerReader(FileDescriptor):
                 return
             self.protocol.answerBytes(data)
 
-    def connectionLost(self, reason: Any) -> None:
-        FileDescriptor.connectionLost(self, reason)
-        self._close()
 
-    def _close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-class _RequestWriter(FileDescriptor):
+class _RequestWriter(_PipeEnd):
     """
-    The parent's end of the pipe the child takes requests from (its
-    standard input): Twisted's buffering, in writes of up to a widened
-    pipe's size.
+    The end the child takes requests from (its standard input): Twisted's
+    buffering, in writes of up to a widened pipe's size.
     """
 
     SEND_LIMIT = PIPE_BYTES
-    # Open from the start (FileDescriptor drops what is written to one not
-    # connected).
-    connected = True
-
-    def __init__(self, reactor: Any, fd: int) -> None:
-        FileDescriptor.__init__(self, reactor)
-        self.fd = fd
-        setNonBlocking(fd)
-
-    def fileno(self) -> int:
-        return self.fd
 
     def writeSomeData(self, data: bytes) -> object:
         """
@@ -159,12 +158,6 @@ class _RequestWriter(FileDescriptor):
             return 0
         except OSError:
             return CONNECTION_LOST
-
-    def connectionLost(self, reason: Any) -> None:
-        FileDescriptor.connectionLost(self, reason)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class _ChildProtocol(ProcessProtocol):

@@ -3,6 +3,7 @@ Helpers for integration tests: real servers on loopback, driven by real
 clients in threads.
 """
 
+import functools
 import os
 import random
 import signal
@@ -121,16 +122,18 @@ _given: set[int] = set()
 _pick = random.Random()
 
 
-def _ephemeralPorts() -> tuple[int, int]:
+@functools.cache
+def _candidatePorts() -> list[int]:
     """
-    @return: the kernel's range of ephemeral ports.
+    @return: the ports of C{_PORTS_FROM}-C{_PORTS_TO} outside the kernel's
+        range of ephemeral ports.
     """
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             low, high = (int(value) for value in f.read().split())
-        return low, high
     except (OSError, ValueError):
-        return 32768, 60999
+        low, high = 32768, 60999
+    return [port for port in range(_PORTS_FROM, _PORTS_TO + 1) if not low <= port <= high]
 
 
 def freePort() -> int:
@@ -139,8 +142,7 @@ def freePort() -> int:
         the ephemeral range and not given out before by this process (so
         that nothing but another test picks it meanwhile, by chance).
     """
-    low, high = _ephemeralPorts()
-    candidates = [port for port in range(_PORTS_FROM, _PORTS_TO + 1) if not low <= port <= high]
+    candidates = _candidatePorts()
     for _ in range(200):
         port = _pick.choice(candidates) if candidates else 0
         if port in _given:
