@@ -368,7 +368,9 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
         # It indexes first IMAP listings too, where this process serves IMAP.
         servesIMAP = servesMailboxes and (_listens(listen, "imap", config.imap.port)
                                           or _listens(listen, "imaps", config.imap.tlsPort))
-        deliveryProcess = DeliveryProcess(reactor, preloadIndexing=servesIMAP)
+        # It seals internal mail where this process encrypts it (below).
+        deliveryProcess = DeliveryProcess(reactor, preloadIndexing=servesIMAP,
+                                          preloadSealing=workerIndex == 0 and config.qkd.encrypt)
         deliveryProcess.setServiceParent(root)
         deliveryWriter = SplitWriter(deliveryProcess, ThreadWriter(runner))
     diskSpace = watchDiskSpace(dataDir, runner, reactor, config.smtp.maxMessageBytes, root)

@@ -95,7 +95,10 @@ class TapTests(TestCase):
         with self.assertRaises(SystemExit):
             makeService(options, MemoryReactorClock())
         self.assertIn("is in use by a running server", self.stderr.getvalue())
-        self.assertEqual([args[1:] for args in spawned], [["-m", "qutemail.store.deliveryworker"]])
+        # It encrypts internal mail (the default): its delivery process,
+        # which seals, loads that code as it starts.
+        self.assertEqual([args[1:] for args in spawned],
+                         [["-m", "qutemail.store.deliveryworker", "--preload-sealing"]])
         [kme, (port, factory, backlog, interface)] = reactor.tcpServers
         self.assertEqual((kme[0], kme[3]), (0, "127.0.0.1"))
         self.assertEqual((port, interface), (2525, "127.0.0.1"))
@@ -107,7 +110,8 @@ class TapTests(TestCase):
         Where the process serves IMAP, its delivery process is told to load
         the indexing code of first listings as it starts; with IMAP off, or
         with C{--mta-only}, it is not (an SMTP-only process never asks it
-        to index).
+        to index).  The sealing code is loaded where the process encrypts
+        internal mail, and not with C{[qkd] encrypt = no}.
         """
         with open(self.configPath) as f:
             text = f.read()
@@ -122,8 +126,13 @@ class TapTests(TestCase):
             root.getServiceNamed("delivery-process").startService()
             return [args[1:] for args in spawned]
 
-        self.assertEqual(spawnedWith(), [["-m", "qutemail.store.deliveryworker", "--preload-indexing"]])
-        self.assertEqual(spawnedWith("--mta-only"), [["-m", "qutemail.store.deliveryworker"]])
+        worker = ["-m", "qutemail.store.deliveryworker"]
+        self.assertEqual(spawnedWith(), [worker + ["--preload-indexing", "--preload-sealing"]])
+        self.assertEqual(spawnedWith("--mta-only"), [worker + ["--preload-sealing"]])
+        with open(self.configPath, "a") as f:
+            f.write("\n[qkd]\nencrypt = no\n")
+        self.assertEqual(spawnedWith(), [worker + ["--preload-indexing"]])
+        self.assertEqual(spawnedWith("--mta-only"), [worker])
 
     def test_inboundChecksAndRetention(self):
         """

@@ -41,7 +41,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qutemail.store.deliveryworker import (
-    DELIVER, INDEX_PLAIN, PRELOAD_INDEXING, SEAL_INLINE, VAULT_KEYS, decodeFrames, encodeFrame, frameSize,
+    DELIVER, INDEX_PLAIN, PRELOAD_INDEXING, PRELOAD_SEALING, SEAL_INLINE, VAULT_KEYS, decodeFrames, encodeFrame,
+    frameSize,
 )
 
 # How much of the child's answers one read takes, and the size asked for
@@ -232,7 +233,8 @@ class DeliveryProcess(Service):
     _log = Logger()
     name = "delivery-process"
 
-    def __init__(self, reactor: Any, argv: list[str] | None = None, preloadIndexing: bool = False) -> None:
+    def __init__(self, reactor: Any, argv: list[str] | None = None, preloadIndexing: bool = False,
+                 preloadSealing: bool = False) -> None:
         """
         @param reactor: an C{IReactorProcess}.
         @param argv: the child's command line (tests run other programs).
@@ -240,10 +242,12 @@ class DeliveryProcess(Service):
             as it starts, for a server whose IMAP sends it first listings
             to index (L{indexPlain}); without it the first such request
             loads it.
+        @param preloadSealing: the same for the sealing code, for a server
+            that encrypts internal mail (L{sealInline}).
         """
         self._reactor = reactor
         self._argv = argv or [sys.executable, "-m", "qutemail.store.deliveryworker"] + (
-            [PRELOAD_INDEXING] if preloadIndexing else [])
+            [PRELOAD_INDEXING] if preloadIndexing else []) + ([PRELOAD_SEALING] if preloadSealing else [])
         self._protocol: _ChildProtocol | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[Deferred, int]] = {}
