@@ -9,13 +9,13 @@ port serving C{/metrics} and C{/healthz}.
 import os
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 
 from qutemail.metrics.health import Health
 from qutemail.metrics.http import metricsSite
 from qutemail.metrics.registry import Metrics, enableMultiprocess, scrapeRegistry
+from qutemail.portservice import PortService
 from qutemail.stspolicy import ownPolicy
 
 
@@ -39,7 +39,7 @@ def buildMetrics(config: Any, workerIndex: int) -> Metrics | None:
 
 def serveMetrics(config: Any, reactor: Any, runner: Any, metrics: Metrics, parent: MultiService,
                  listeners: dict[str, Any], journalDirectory: str, keyWatches: list[Any],
-                 listen: str | None = None) -> StreamServerEndpointService:
+                 listen: str | None = None) -> PortService:
     """
     Add the metrics port to C{parent} (the main process only).
 
@@ -56,7 +56,7 @@ def serveMetrics(config: Any, reactor: Any, runner: Any, metrics: Metrics, paren
     bind = config.metrics.bind
     description = listen or f"tcp:{config.metrics.port}:interface={bind.replace(':', chr(92) + ':')}"
     policy = ownPolicy(config.server.hostname, config.metrics.mtaStsMode)
-    service = StreamServerEndpointService(serverFromString(reactor, description),
+    service = PortService(serverFromString(reactor, description),
                                           metricsSite(reactor, registry, health, policy))
     service.setName("metrics")
     service.health = health

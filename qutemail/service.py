@@ -19,7 +19,6 @@ import socket
 from typing import Any
 
 import attrs
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.cred.portal import Portal
@@ -54,6 +53,7 @@ from qutemail.policy.ratelimit import MemoryRateLimiter
 from qutemail.policy.sessions import SessionLimits
 from qutemail.policy.throttle import AuthThrottle
 from qutemail.durable import makeDirectories
+from qutemail.portservice import PortService
 from qutemail.pipeline.dkim import FileDKIMKeys
 from qutemail.pipeline.intake import Intake
 from qutemail.pipeline.router import Router
@@ -232,9 +232,10 @@ class AdoptedListenerService(Service):
         return port.stopListening() if port is not None else None
 
 
-class ListenerService(StreamServerEndpointService):
+class ListenerService(PortService):
     """
-    A listener whose sessions are told when the server stops.
+    A listener whose sessions are told when the server stops, and whose
+    port, if it cannot be opened, stops the start (L{PortService}).
     """
 
     def whenListening(self) -> Deferred:
@@ -256,7 +257,7 @@ class ListenerService(StreamServerEndpointService):
         @return: whether the port is open now (for the health check).
         """
         waiting = getattr(self, "_waitingForPort", None)
-        # A port that failed to open leaves None (the service logged it).
+        # Not yet open, or closed: one that fails to open stops the start.
         return bool(self.running and waiting is not None and waiting.called
                     and IListeningPort.providedBy(waiting.result))
 
@@ -264,7 +265,7 @@ class ListenerService(StreamServerEndpointService):
         """
         Stop listening, then ask open sessions to finish.
         """
-        d = StreamServerEndpointService.stopService(self)
+        d = PortService.stopService(self)
         shutdown = getattr(getattr(self, "smtpFactory", self.factory), "shutdown", None)
         if shutdown is not None:
             shutdown()

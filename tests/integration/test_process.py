@@ -6,6 +6,7 @@ C{kill -9}, memory use with a 25 MB message, clean stop on SIGTERM.
 import os
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -243,6 +244,29 @@ class StartFailureTests(TestCase):
         self.assertEqual(result.returncode, 1)
         [line] = result.stderr.strip().splitlines()
         self.assertIn("[limits] connections_per_ip", line)
+
+
+    async def test_portInUse(self):
+        """
+        The MTA port is held by another program: exit status 1 and one
+        line naming the listener, its address and why, no traceback (the
+        server used to log an Unhandled Error and run on without it).
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        path = writeConfig(os.path.join(base, "q.ini"), os.path.join(base, "var"), mtaPort=port)
+        result = await deferToThread(self.twistd, path)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.strip().splitlines(),
+                         [f"qutemail: listener-mta: cannot listen on 127.0.0.1:{port}: Address already in use"])
+        self.assertNotIn("Traceback", result.stdout)
+        self.assertIn(f"listener-mta: cannot listen on 127.0.0.1:{port}: Address already in use; stopping",
+                      result.stdout)
 
 
 class VaultPersistenceStartTests(TestCase):
