@@ -66,7 +66,7 @@ class Backends:
 
 
 def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, withVault: bool = True,
-                  keyFiles: Any = None) -> Backends:
+                  keyFiles: Any = None, hashRunner: Any = None) -> Backends:
     """
     Build the backends of a configuration.
 
@@ -79,6 +79,8 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
     @param withVault: build the vault (an extra SMTP worker has none).
     @param keyFiles: what writes the file vault's new key files (see
         L{FileKeyVault.keyFiles}), or C{None} for the runner.
+    @param hashRunner: runs the user directory's password hashing and
+        checks (the server's password threads), or C{None} for the runner.
     @return: the L{Backends}.
     @raise qutemail.backends.redisvault.VolatileVaultError: the server's
         vault would be in a Redis that may lose it (asked with a short
@@ -94,13 +96,13 @@ def buildBackends(config: Any, runner: Any, clock: Any, reactor: Any = None, wit
         raise ServiceConfigError(str(e)) from None
     connection = None
     if not config.redis.url:
-        users: Any = FileUserDirectory(os.path.join(dataDir, "users"), runner, clock)
+        users: Any = FileUserDirectory(os.path.join(dataDir, "users"), runner, clock, hashRunner=hashRunner)
     elif reactor is None:
-        users = RedisUserDirectory(blockingCaller(config.redis.url), runner)
+        users = RedisUserDirectory(blockingCaller(config.redis.url), hashRunner or runner)
     else:
         # One connection for the users and the vault.
         connection = connectRedis(config.redis.url)
-        users = RedisUserDirectory(txredisCaller(connection, reactor), runner)
+        users = RedisUserDirectory(txredisCaller(connection, reactor), hashRunner or runner)
     close = connection.disconnect if connection is not None else (lambda: None)
     # Deferred internal mail is sealed under a key derived from master.key.
     queue = DeferredQueue(os.path.join(dataDir, "queue", "deferred"), runner,

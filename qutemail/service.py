@@ -40,6 +40,7 @@ from qutemail.assembly import ClosingService, ServiceConfigError, buildBackends,
 from qutemail.pipeline.transitin import TransitReceiver
 from qutemail.pipeline.transitkeys import TransitKeySweep
 from qutemail.qkdsetup import buildEncryptor, buildKeyPools, buildTransit
+from qutemail.backends.passwordhash import passwordThreads
 from qutemail.blocking import BlockingRunner
 from qutemail.cred import MailRealm, UserDirectoryChecker, submitterFactory
 from qutemail.listener.factory import SMTPServerFactory
@@ -360,6 +361,11 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     metrics = buildMetrics(config, workerIndex)
     runner = BlockingRunner(reactor)
     runner.setServiceParent(root)
+    # Passwords are hashed and checked in threads of their own (see
+    # passwordThreads): few, so few keep scrypt's memory; none until the
+    # first password.
+    passwords = BlockingRunner(reactor, minThreads=0, maxThreads=passwordThreads(), name="passwords")
+    passwords.setServiceParent(root)
     # The mailbox listeners (POP3, IMAP, JMAP) run in the main process,
     # unless it serves SMTP only.
     servesMailboxes = workerIndex == 0 and not mtaOnly and not msaOnly
@@ -379,7 +385,7 @@ def buildService(config: Any, reactor: Any, *, listen: dict[str, str] | None = N
     # The delivery process writes the vault's key files too: as many
     # system calls per internal message as its delivery.
     backends = buildBackends(config, runner, reactor, reactor, withVault=workerIndex == 0,
-                             keyFiles=deliveryProcess)
+                             keyFiles=deliveryProcess, hashRunner=passwords)
     users, queue, vault = backends.users, backends.queue, backends.vault
     if config.redis.url:
         # The users' and the vault's Redis connection.

@@ -15,6 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
+from qutemail.backends.passwordhash import passwordThreads
 from qutemail.tap import Options, makeService
 from tests.integration.support import writeConfig
 
@@ -83,9 +84,13 @@ class TapTests(TestCase):
         root = makeService(options, reactor)
         self.assertEqual(
             [child.name for child in root],
-            ["queue-lock", "blocking", "delivery-process", "disk-space", "kme", "qkd-client", "spool", "retention",
-             "retry-scheduler", "tls-reports", "queue-control", "listener-mta"],
+            ["queue-lock", "blocking", "passwords", "delivery-process", "disk-space", "kme", "qkd-client", "spool",
+             "retention", "retry-scheduler", "tls-reports", "queue-control", "listener-mta"],
         )
+        # Passwords are hashed in threads of their own, not the general pool.
+        passwords = root.getServiceNamed("passwords")
+        self.assertIs(root.users.hashRunner, passwords)
+        self.assertEqual((passwords.minThreads, passwords.maxThreads), (0, passwordThreads()))
         root.startService()
         # A memory reactor never delivers thread results, so the whole tree
         # cannot stop through it: stop the pieces that own real resources.

@@ -117,7 +117,8 @@ class RedisUserDirectory:
 
     @ivar call: runs one Redis command (L{txredisCaller} or
         L{blockingCaller}).
-    @ivar runner: runs the scrypt work (the server's threads, or inline).
+    @ivar runner: runs the scrypt work (the server's password threads, or
+        inline).
     @ivar workFactor: the scrypt cost of new hashes.
     """
 

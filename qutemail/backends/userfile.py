@@ -189,6 +189,9 @@ class FileUserDirectory:
     @ivar clock: reads the time that paces re-reading the file.
     @ivar workFactor: log2 of scrypt's N for new hashes.  Existing hashes
         keep the parameters they were made with.
+    @ivar hashRunner: runs the scrypt work, or C{None} for C{runner}: the
+        server's password threads (see
+        L{qutemail.backends.passwordhash.passwordThreads}).
     """
 
     _log = Logger()
@@ -199,6 +202,7 @@ class FileUserDirectory:
     workFactor: int = attrs.field(
         default=DEFAULT_WORK_FACTOR, validator=attrs.validators.in_(range(1, MAX_WORK_FACTOR + 1))
     )
+    hashRunner: Any = None
     _snapshot: _Snapshot | None = attrs.field(default=None, init=False)
     _checkedAt: float = attrs.field(default=0.0, init=False)
     # A re-read is in flight; those who need it wait in _reread.
@@ -326,7 +330,7 @@ class FileUserDirectory:
         """
         record = (await self._users()).get(address)
         passwordHash = None if record is None else record.passwordHash
-        if not await verifyInThread(self.runner, passwordHash, password, self.workFactor):
+        if not await verifyInThread(self.hashRunner or self.runner, passwordHash, password, self.workFactor):
             return None
         return Account(address, record.quotaBytes)
 
@@ -345,7 +349,7 @@ class FileUserDirectory:
         See L{addUser}.
         """
         checkAddress(address)
-        passwordHash = await hashInThread(self.runner, password, self.workFactor)
+        passwordHash = await hashInThread(self.hashRunner or self.runner, password, self.workFactor)
 
         def add(users: dict[str, UserRecord]) -> None:
             """
@@ -371,7 +375,7 @@ class FileUserDirectory:
         """
         See L{setPassword}.
         """
-        passwordHash = await hashInThread(self.runner, password, self.workFactor)
+        passwordHash = await hashInThread(self.hashRunner or self.runner, password, self.workFactor)
 
         def setHash(users: dict[str, UserRecord]) -> None:
             """

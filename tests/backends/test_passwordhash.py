@@ -3,9 +3,13 @@
 Tests for L{qutemail.backends.passwordhash}.
 """
 
+import os
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from qutemail.backends.passwordhash import DEFAULT_WORK_FACTOR, hashPassword, parsePasswordHash, verifyPassword
+from qutemail.backends.passwordhash import (
+    DEFAULT_WORK_FACTOR, hashPassword, parsePasswordHash, passwordThreads, verifyPassword,
+)
 
 # Cheap scrypt (N = 16) so that the tests run fast; test_defaultParameters
 # covers the real cost once.
@@ -58,3 +62,21 @@ class PasswordHashTests(SynchronousTestCase):
         for encoded in bad:
             self.assertRaises(ValueError, parsePasswordHash, encoded)
         self.assertEqual(parsePasswordHash(good)[:3], (CHEAP, 8, 1))
+
+
+class PasswordThreadsTests(SynchronousTestCase):
+    """
+    L{passwordThreads}: one per core, at least 2, at most 8.
+    """
+
+    def test_perCore(self) -> None:
+        """
+        The count follows the cores between the bounds.
+        """
+        self.assertEqual([passwordThreads(cores) for cores in (1, 2, 3, 4, 8, 9, 64)], [2, 2, 3, 4, 8, 8, 8])
+
+    def test_thisMachine(self) -> None:
+        """
+        By default, this machine's cores.
+        """
+        self.assertEqual(passwordThreads(), min(8, max(2, os.cpu_count() or 2)))

@@ -187,6 +187,24 @@ class AccountTests(DirectoryTestsMixin, SynchronousTestCase):
         self.successResultOf(self.directory.checkPassword("eve@example.test", PASSWORD))
         self.assertEqual(self.runner.calls, ["dummyVerify"])
 
+    def test_hashingThroughHashRunner(self) -> None:
+        """
+        Given a C{hashRunner} (the server's password threads), hashing,
+        verifying and the dummy work run there, and only the file work
+        through the runner.
+        """
+        hashing = RecordingRunner()
+        self.directory = FileUserDirectory(self.path, self.runner, self.clock, workFactor=CHEAP,
+                                           hashRunner=hashing)
+        self.add()
+        self.successResultOf(self.directory.setPassword("bob@example.test", PASSWORD + b"2"))
+        self.successResultOf(self.directory.checkPassword("bob@example.test", PASSWORD + b"2"))
+        self.successResultOf(self.directory.checkPassword("eve@example.test", PASSWORD))
+        self.assertEqual(hashing.calls, ["hashPassword", "hashPassword", "verifyPassword", "dummyVerify"])
+        self.assertNotIn("hashPassword", self.runner.calls)
+        self.assertNotIn("verifyPassword", self.runner.calls)
+        self.assertIn("_modify", self.runner.calls)
+
     def test_fileAccessThroughRunner(self) -> None:
         """
         Writing and re-reading the file run through the runner.
