@@ -56,8 +56,7 @@ def serveMetrics(config: Any, reactor: Any, runner: Any, metrics: Metrics, paren
     bind = config.metrics.bind
     description = listen or f"tcp:{config.metrics.port}:interface={bind.replace(':', chr(92) + ':')}"
     policy = ownPolicy(config.server.hostname, config.metrics.mtaStsMode)
-    service = PortService(serverFromString(reactor, description),
-                                          metricsSite(reactor, registry, health, policy))
+    service = PortService(serverFromString(reactor, description), metricsSite(reactor, registry, health, policy))
     service.setName("metrics")
     service.health = health
     service.setServiceParent(parent)

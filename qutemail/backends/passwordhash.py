@@ -25,8 +25,8 @@ SCRYPT_P = 1
 SALT_BYTES = 16
 KEY_BYTES = 32
 
-# The threads the server hashes and checks passwords in (a pool of their
-# own, see passwordThreads).
+# The most threads the server hashes and checks passwords in (a pool of
+# their own, see passwordThreads).
 MAX_PASSWORD_THREADS = 8
 
 # Bounds on the parameters accepted from the file, so that an edited or
