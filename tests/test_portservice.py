@@ -14,7 +14,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from qutemail.portservice import PortService
-from tests.integration.support import freePort
+from tests.integration.support import freePort, holdPort
 
 
 class PortServiceTests(TestCase):
@@ -44,11 +44,7 @@ class PortServiceTests(TestCase):
         service, the address and the reason on the real standard error, and
         the same logged as critical.
         """
-        holder = socket.socket()
-        self.addCleanup(holder.close)
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
+        port = holdPort(self)
         with self.assertRaises(SystemExit) as raised:
             self.service(port).privilegedStartService()
         self.assertEqual(raised.exception.code, 1)

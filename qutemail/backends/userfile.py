@@ -207,6 +207,13 @@ class FileUserDirectory:
     _checkedAt: float = attrs.field(default=0.0, init=False)
     # A re-read is in flight; those who need it wait in _reread.
     _rereading: bool = attrs.field(default=False, init=False)
+
+    @property
+    def _hashing(self) -> Any:
+        """
+        What runs the scrypt work: C{hashRunner}, else C{runner}.
+        """
+        return self.hashRunner or self.runner
     _reread: Waiters = attrs.field(factory=Waiters, init=False)
     # Writers go one at a time; each bumps the generation, so that a
     # re-read started before a write never replaces what the write stored.
@@ -330,7 +337,7 @@ class FileUserDirectory:
         """
         record = (await self._users()).get(address)
         passwordHash = None if record is None else record.passwordHash
-        if not await verifyInThread(self.hashRunner or self.runner, passwordHash, password, self.workFactor):
+        if not await verifyInThread(self._hashing, passwordHash, password, self.workFactor):
             return None
         return Account(address, record.quotaBytes)
 
@@ -349,7 +356,7 @@ class FileUserDirectory:
         See L{addUser}.
         """
         checkAddress(address)
-        passwordHash = await hashInThread(self.hashRunner or self.runner, password, self.workFactor)
+        passwordHash = await hashInThread(self._hashing, password, self.workFactor)
 
         def add(users: dict[str, UserRecord]) -> None:
             """
@@ -375,7 +382,7 @@ class FileUserDirectory:
         """
         See L{setPassword}.
         """
-        passwordHash = await hashInThread(self.hashRunner or self.runner, password, self.workFactor)
+        passwordHash = await hashInThread(self._hashing, password, self.workFactor)
 
         def setHash(users: dict[str, UserRecord]) -> None:
             """

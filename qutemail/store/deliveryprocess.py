@@ -246,8 +246,9 @@ class DeliveryProcess(Service):
             that encrypts internal mail (L{sealInline}).
         """
         self._reactor = reactor
-        self._argv = argv or [sys.executable, "-m", "qutemail.store.deliveryworker"] + (
-            [PRELOAD_INDEXING] if preloadIndexing else []) + ([PRELOAD_SEALING] if preloadSealing else [])
+        preloads = [option for option, wanted in ((PRELOAD_INDEXING, preloadIndexing),
+                                                  (PRELOAD_SEALING, preloadSealing)) if wanted]
+        self._argv = argv or [sys.executable, "-m", "qutemail.store.deliveryworker", *preloads]
         self._protocol: _ChildProtocol | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[Deferred, int]] = {}

@@ -158,6 +158,20 @@ def freePort() -> int:
     raise RuntimeError("no free loopback port found")
 
 
+def holdPort(testCase: Any) -> int:
+    """
+    Listen on a free loopback port, as another program holding it would,
+    until C{testCase} ends.
+
+    @return: the port.
+    """
+    holder = socket.socket()
+    testCase.addCleanup(holder.close)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder.getsockname()[1]
+
+
 def runCLI(configPath: str, *args: str, stdin: str = "", env: dict | None = None,
            binary: bool = False) -> subprocess.CompletedProcess:
     """

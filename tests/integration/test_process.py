@@ -6,7 +6,6 @@ C{kill -9}, memory use with a 25 MB message, clean stop on SIGTERM.
 import os
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from tests.integration.support import (
     CLIENT_TIMEOUT,
     ServerProcess,
     freePort,
+    holdPort,
     maildirFiles,
     runCLI,
     waitFor,
@@ -212,15 +212,16 @@ class StartFailureTests(TestCase):
             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
         )
 
-    def startWith(self, extra: str):
+    def startWith(self, extra: str, mtaPort: int | None = None):
         """
         Run twistd (in a thread) on a loopback configuration plus C{extra}.
 
+        @param mtaPort: the MTA port (default: a free one).
         @return: a Deferred firing with the completed process.
         """
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
-        path = writeConfig(os.path.join(base, "q.ini"), os.path.join(base, "var"), mtaPort=freePort())
+        path = writeConfig(os.path.join(base, "q.ini"), os.path.join(base, "var"), mtaPort=mtaPort or freePort())
         with open(path, "a") as f:
             f.write(extra)
         return deferToThread(self.twistd, path)
@@ -245,22 +246,14 @@ class StartFailureTests(TestCase):
         [line] = result.stderr.strip().splitlines()
         self.assertIn("[limits] connections_per_ip", line)
 
-
     async def test_portInUse(self):
         """
         The MTA port is held by another program: exit status 1 and one
         line naming the listener, its address and why, no traceback (the
         server used to log an Unhandled Error and run on without it).
         """
-        holder = socket.socket()
-        self.addCleanup(holder.close)
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        path = writeConfig(os.path.join(base, "q.ini"), os.path.join(base, "var"), mtaPort=port)
-        result = await deferToThread(self.twistd, path)
+        port = holdPort(self)
+        result = await self.startWith("", mtaPort=port)
         self.assertEqual(result.returncode, 1)
         self.assertEqual(result.stderr.strip().splitlines(),
                          [f"qutemail: listener-mta: cannot listen on 127.0.0.1:{port}: Address already in use"])
